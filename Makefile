@@ -1,0 +1,76 @@
+# handoff: build, test, demo and benchmarks. `make test` and `make demo` set
+# up the machine first (scripts/setup, idempotent apt-get).
+
+BUILD    ?= build
+CC       ?= gcc
+SANITIZE ?=
+DPDK_CFLAGS := $(shell pkg-config --cflags libdpdk 2>/dev/null)
+DPDK_LIBS   := $(shell pkg-config --libs libdpdk 2>/dev/null)
+
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -I. $(DPDK_CFLAGS) -mavx2
+LDLIBS  += $(DPDK_LIBS) -lisal -lzstd -llzma -lcrypto -lhwloc -ljson-c -lpthread
+ifneq ($(SANITIZE),)
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+CODECS_SRC  := codecs/hash.c codecs/delta.c codecs/compress.c codecs/seal.c
+TRACKER_SRC := tracker/index.c tracker/table.c
+ENGINE_SRC  := engine/stream.c engine/io.c engine/pipeline.c engine/cli.c \
+               engine/cmd_diff.c engine/cmd_patch.c
+LIB_SRC     := $(CODECS_SRC) $(TRACKER_SRC) $(ENGINE_SRC)
+LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
+ENGINE      := $(BUILD)/handoff-engine
+
+TESTS       := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+
+.PHONY: all setup test unit fuzz fuzz-run demo bench clean
+all: $(ENGINE)
+
+setup:
+	@scripts/setup
+
+$(BUILD)/%.o: %.c $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libhandoff.a: $(LIB_OBJ)
+	ar rcs $@ $^
+
+$(ENGINE): $(BUILD)/engine/main.o $(BUILD)/libhandoff.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/testlib.h $(BUILD)/libhandoff.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/libhandoff.a -o $@ $(LDLIBS) -lcmocka
+
+# The stream reader under libFuzzer with ASan and UBSan (clang, own objects).
+FUZZ_SRC := $(CODECS_SRC) engine/stream.c engine/io.c tests/fuzz/fuzz_stream.c
+$(BUILD)/fuzz_stream: $(FUZZ_SRC) $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	clang -O1 -g -std=gnu11 -D_GNU_SOURCE -I. $(DPDK_CFLAGS) -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=undefined $(FUZZ_SRC) -o $@ -lisal -lzstd -llzma -lcrypto
+
+unit: $(ENGINE) $(TESTS)
+	@scripts/run-tests $(TESTS)
+
+fuzz: $(BUILD)/fuzz_stream
+# Bounded: a minute of fuzzing plus replay of the saved corpus.
+fuzz-run: $(BUILD)/fuzz_stream
+	@scripts/run-fuzz $(BUILD)/fuzz_stream 60
+
+test: setup
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory fuzz-run
+
+demo: setup
+	@$(MAKE) --no-print-directory $(ENGINE)
+	@scripts/demo
+
+bench: setup
+	@$(MAKE) --no-print-directory $(ENGINE)
+	@perf/bench-diff
+
+clean:
+	rm -rf $(BUILD)

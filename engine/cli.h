@@ -1,0 +1,71 @@
+/*
+ * Command-line plumbing shared by the handoff-engine commands: one option
+ * table per command (parsing and --help both read it), EAL start-up with safe
+ * defaults, key files, progress lines and JSON summaries.
+ */
+#ifndef HANDOFF_CLI_H
+#define HANDOFF_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <json-c/json.h>
+
+#include "codecs/codecs.h"
+#include "pipeline.h"
+
+#define CLI_MAX_OPTS 16
+
+struct cli_opt {
+	const char *name;  /* long name, without -- */
+	char shortc;       /* 0: long only */
+	const char *arg;   /* NULL: a flag */
+	bool required;
+	const char *help;
+};
+
+struct cli_cmd {
+	const char *name;
+	const char *summary;
+	const char *usage;
+	const struct cli_opt *opts; /* NULL-terminated by name */
+	int (*run)(const struct cli_cmd *cmd, const char *const *val);
+	bool needs_eal;
+};
+
+/* Parse argv against cmd's table into val[] (by table index). 1 = --help shown. */
+int cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **val);
+void cli_help(const struct cli_cmd *cmd);
+
+/* One-line error to stderr, prefixed with the program name. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
+ * Start DPDK's EAL. With no user EAL arguments, pick defaults for this host:
+ * lcores from hwloc (one per physical core), --no-huge when no hugepages are
+ * mounted (with -m sized from mem_mb), --no-pci, a unique file prefix.
+ * *socket gets the NUMA node for pools. 0, or -1 after a one-line error.
+ */
+int cli_eal_start(unsigned mem_mb, int *socket);
+/* The EAL arguments the operator gave before --, kept for cli_eal_start. */
+void cli_set_eal_args(int argc, char **argv);
+void cli_eal_stop(void);
+/* The EAL lcores as a list, e.g. "0-1" or "0,2". */
+void cli_lcore_list(char *buf, size_t len);
+
+/* Read a 32-byte key: raw, or 64 hex digits. 0, or -1 after a one-line error. */
+int cli_read_key(const char *path, uint8_t key[CDC_KEY_LEN]);
+int cli_parse_aead(const char *name, enum cdc_aead *aead);
+
+/* Progress line on a terminal (no-op otherwise); cli_progress_end clears it. */
+void cli_progress(const char *what, uint64_t done, uint64_t total, uint64_t out_bytes,
+		  double seconds);
+void cli_progress_end(void);
+
+json_object *cli_stage_json(const struct eng_diff_report *rep);
+void cli_print_json(json_object *o);
+
+extern const struct cli_cmd cli_cmd_diff, cli_cmd_patch, cli_cmd_keygen;
+
+#endif

@@ -1,0 +1,123 @@
+/*
+ * handoff-engine: entry point. DPDK convention: optional EAL arguments,
+ * then --, then the command and its options. EAL starts inside a command,
+ * once it knows how much memory its inputs need.
+ */
+#include "cli.h"
+#include "codecs/codecs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define HANDOFF_VERSION "0.1.0"
+
+enum { K_OUT };
+
+static const struct cli_opt keygen_opts[] = {
+	[K_OUT] = { "output", 'o', "FILE", true, "where to write the new key (mode 0600)" },
+	{ 0 },
+};
+
+static int keygen_run(const struct cli_cmd *cmd, const char *const *val)
+{
+	uint8_t key[CDC_KEY_LEN];
+	char hex[2 * CDC_KEY_LEN + 2];
+
+	(void)cmd;
+	if (cdc_random(key, sizeof(key))) {
+		cli_error("keygen: no randomness available");
+		return 1;
+	}
+	for (int i = 0; i < CDC_KEY_LEN; i++)
+		sprintf(hex + 2 * i, "%02x", key[i]);
+	strcat(hex, "\n");
+	int fd = open(val[K_OUT], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		cli_error("keygen: cannot create %s: %s", val[K_OUT], strerror(errno));
+		return 1;
+	}
+	if (write(fd, hex, strlen(hex)) != (ssize_t)strlen(hex) || close(fd)) {
+		cli_error("keygen: cannot write %s", val[K_OUT]);
+		unlink(val[K_OUT]);
+		return 1;
+	}
+	return 0;
+}
+
+const struct cli_cmd cli_cmd_keygen = {
+	.name = "keygen",
+	.summary = "Write a new random 256-bit key, as hex, for --key.",
+	.usage = "-o FILE",
+	.opts = keygen_opts,
+	.run = keygen_run,
+};
+
+static const struct cli_cmd *const commands[] = { &cli_cmd_diff, &cli_cmd_patch, &cli_cmd_keygen };
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: handoff-engine [EAL args --] COMMAND [options]\n\ncommands:\n");
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %-8s %s %s\n", commands[i]->name, commands[i]->name, commands[i]->usage);
+	fprintf(f, "\n'handoff-engine COMMAND --help' describes a command. EAL args are DPDK's\n"
+		   "(e.g. -l 0-1 --no-huge -m 512 --file-prefix x); without them the engine picks\n"
+		   "lcores with hwloc and adds --no-huge when no hugepages are mounted.\n");
+}
+
+static const struct cli_cmd *find_command(const char *name)
+{
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(commands[i]->name, name))
+			return commands[i];
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	const char *val[CLI_MAX_OPTS];
+	int first = 1;
+
+	/* EAL args come first and end at "--"; a command name means there are none. */
+	if (argc > 1 && !find_command(argv[1]) && argv[1][0] == '-' && strcmp(argv[1], "--help") &&
+	    strcmp(argv[1], "-h") && strcmp(argv[1], "--version")) {
+		int dd = 1;
+		while (dd < argc && strcmp(argv[dd], "--"))
+			dd++;
+		if (dd == argc) {
+			cli_error("EAL arguments must be followed by -- and a command (see --help)");
+			return 2;
+		}
+		cli_set_eal_args(dd - 1, argv + 1);
+		first = dd + 1;
+	} else if (argc > 1 && !strcmp(argv[1], "--")) {
+		first = 2;
+	}
+	if (first >= argc) {
+		usage(stderr);
+		return 2;
+	}
+	const char *name = argv[first];
+	if (!strcmp(name, "--help") || !strcmp(name, "-h") || !strcmp(name, "help")) {
+		usage(stdout);
+		return 0;
+	}
+	if (!strcmp(name, "--version")) {
+		printf("handoff-engine %s (stream format v1)\n", HANDOFF_VERSION);
+		return 0;
+	}
+	const struct cli_cmd *cmd = find_command(name);
+	if (!cmd) {
+		cli_error("unknown command '%s' (commands: diff, patch, keygen; see --help)", name);
+		return 2;
+	}
+	int r = cli_parse(cmd, argc - first, argv + first, val);
+	if (r)
+		return r > 0 ? 0 : 2;
+	int ret = cmd->run(cmd, val);
+	if (cmd->needs_eal)
+		cli_eal_stop();
+	return ret;
+}

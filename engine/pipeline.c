@@ -1,0 +1,873 @@
+/*
+ * The diff pipeline on DPDK lcores (design in pipeline.h).
+ *
+ * Threads: every lcore runs a poll loop over its share of stage instances
+ * (SPDK-reactor style). A poll handles at most one object, returns whether it
+ * did work, and the loop backs off (pause, then sleep) after a run of idle
+ * polls, because on edge hosts the cores are shared with QEMU.
+ *
+ * Ownership: an object belongs to whoever dequeued or got it from its pool;
+ * enqueueing hands it on. Statistics are written only by the instance's own
+ * lcore and read racily by the tick (figures for humans and the controller).
+ */
+#include "pipeline.h"
+#include "codecs/varint.h"
+#include "stream.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <rte_cycles.h>
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+#include <rte_mempool.h>
+#include <rte_pause.h>
+#include <rte_ring.h>
+
+#define BATCH_BLOCKS 256
+#define NBATCHES 16
+#define NSEGMENTS 16
+#define RING_SIZE 64 /* > NBATCHES, NSEGMENTS: enqueues never fail */
+#define REORDER 64   /* reorder window: >= objects in flight */
+#define MAX_LCORES 64
+#define BATCH_ENC_MAX (1 + BATCH_BLOCKS * (CDC_DELTA_MAX + 24))
+
+enum batch_flags { BATCH_EOS = 1 };
+
+struct batch {
+	uint64_t seq, first_block;
+	uint32_t nblocks, flags;
+	enum cdc_delta delta; /* mode captured in order by dedup */
+	uint32_t enc_len;
+	uint8_t zero[BATCH_BLOCKS];
+	uint8_t verdict[BATCH_BLOCKS];
+	uint64_t ref[BATCH_BLOCKS];
+	uint8_t digest[BATCH_BLOCKS][CDC_DIGEST_LEN];
+	uint8_t image_digest[CDC_DIGEST_LEN]; /* on the EOS batch */
+	uint8_t data[BATCH_BLOCKS * CDC_BLOCK_SIZE] __attribute__((aligned(64)));
+	uint8_t enc[BATCH_ENC_MAX] __attribute__((aligned(64)));
+};
+
+struct segment {
+	uint64_t seq;
+	enum eng_frame_type type;
+	enum cdc_comp comp;
+	int level;
+	uint32_t raw_len, payload_len, frame_len;
+	uint64_t blocks; /* input blocks covered, for P */
+	uint8_t raw[ENG_SEG_RAW_MAX] __attribute__((aligned(64)));
+	uint8_t frame[ENG_FRAME_MAX] __attribute__((aligned(64)));
+};
+
+struct stage_stats {
+	uint64_t items, blocks, bytes_in, bytes_out, busy_tsc;
+} __attribute__((aligned(64)));
+
+struct stage {
+	enum eng_stage_id id;
+	unsigned instance;
+	struct eng_pipeline *p;
+	struct stage_stats st;
+	/* per-instance codec contexts, as the stage needs */
+	struct cdc_hasher *hasher;
+	struct cdc_delta_ctx *delta;
+	struct cdc_comp_ctx *comp;
+	struct cdc_sealer *sealer;
+	struct cdc_image_digest *image;
+	/* single stages: reorder window */
+	void *slot[REORDER];
+	uint64_t next_seq;
+};
+
+struct lcore_plan {
+	struct stage *stages[ENG_STAGE_COUNT];
+	unsigned n;
+};
+
+struct eng_pipeline {
+	const struct eng_diff_args *a;
+	struct eng_stream stream;
+	struct rte_mempool *batches, *segments;
+	struct rte_ring *ring[ENG_STAGE_COUNT]; /* ring[s]: input of stage s */
+	struct trk_table *base_table, *sent_table;
+	uint64_t base_blocks, target_blocks;
+	unsigned nlcores;
+	unsigned lcore_ids[MAX_LCORES];
+	struct lcore_plan plan[MAX_LCORES];
+	struct stage *instances[ENG_STAGE_COUNT][MAX_LCORES];
+	unsigned ninstances[ENG_STAGE_COUNT];
+	volatile uint64_t mode_word;
+	/* ingest */
+	uint64_t ingest_seq, ingest_block;
+	bool ingest_done;
+	/* segment builder */
+	struct segment *open_seg;
+	bool batch_packed; /* the in-order batch is in open_seg, awaiting a trailer segment */
+	uint64_t seg_seq, data_segments;
+	bool trailer_sent;
+	uint64_t verdicts[ENG_VERDICT_COUNT];
+	uint64_t deltas[CDC_DELTA_COUNT];
+	/* sink */
+	uint64_t wire_bytes;
+	volatile int done;
+	volatile int failed;
+	char err[256];
+	uint64_t start_tsc;
+};
+
+static const char *const stage_names[ENG_STAGE_COUNT] = {
+	"ingest", "hash", "dedup", "delta", "segment", "compress", "seal", "sink",
+};
+
+static const char *const verdict_names[ENG_VERDICT_COUNT] = {
+	"same", "zero", "base", "dup", "new",
+};
+
+const char *eng_verdict_name(enum eng_verdict v)
+{
+	return (unsigned)v < ENG_VERDICT_COUNT ? verdict_names[v] : "?";
+}
+
+/* ---- modes ------------------------------------------------------------------ */
+
+int eng_mode_parse(const char *text, struct eng_mode *m, char *err, size_t errlen)
+{
+	char d[16], c[16];
+	int level, n = 0;
+
+	if (sscanf(text, "%15[a-z]:%15[a-z]:%d%n", d, c, &level, &n) != 3 || text[n]) {
+		snprintf(err, errlen, "bad mode '%s': expected DELTA:COMP:LEVEL, e.g. wdiff:zstd:3", text);
+		return -EINVAL;
+	}
+	if (cdc_delta_parse(d, &m->delta)) {
+		snprintf(err, errlen, "bad mode '%s': delta must be none, xor, wdiff, zref or best", text);
+		return -EINVAL;
+	}
+	if (cdc_comp_parse(c, &m->comp) || !cdc_comp_level_ok(m->comp, level)) {
+		snprintf(err, errlen,
+			 "bad mode '%s': compressor must be none:0, igzip:0..3, zstd:-7..19 (not 0) or lzma:0..9",
+			 text);
+		return -EINVAL;
+	}
+	m->level = level;
+	return 0;
+}
+
+void eng_mode_format(const struct eng_mode *m, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s:%s:%d", cdc_delta_name(m->delta), cdc_comp_name(m->comp), m->level);
+}
+
+static uint64_t mode_pack(const struct eng_mode *m)
+{
+	return (uint64_t)m->delta | (uint64_t)m->comp << 8 | (uint64_t)(uint8_t)(int8_t)m->level << 16;
+}
+
+static struct eng_mode mode_unpack(uint64_t w)
+{
+	struct eng_mode m = {
+		.delta = (enum cdc_delta)(w & 0xff),
+		.comp = (enum cdc_comp)((w >> 8) & 0xff),
+		.level = (int8_t)((w >> 16) & 0xff),
+	};
+	return m;
+}
+
+void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m)
+{
+	__atomic_store_n(&p->mode_word, mode_pack(m), __ATOMIC_RELEASE);
+}
+
+static struct eng_mode current_mode(const struct eng_pipeline *p)
+{
+	return mode_unpack(__atomic_load_n(&p->mode_word, __ATOMIC_ACQUIRE));
+}
+
+static void fail(struct eng_pipeline *p, const char *fmt, ...)
+{
+	int expected = 0;
+	va_list ap;
+
+	if (!__atomic_compare_exchange_n(&p->failed, &expected, 1, false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(p->err, sizeof(p->err), fmt, ap);
+	va_end(ap);
+}
+
+/* Enqueue cannot fail: every ring holds all objects of its pool. */
+static void hand_on(struct eng_pipeline *p, enum eng_stage_id next, void *obj)
+{
+	if (rte_ring_enqueue(p->ring[next], obj))
+		fail(p, "internal error: ring to %s full", stage_names[next]);
+}
+
+/* ---- stages ----------------------------------------------------------------- */
+
+static int read_at(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+static int poll_ingest(struct stage *s)
+{
+	struct eng_pipeline *p = s->p;
+	struct batch *b;
+
+	if (p->ingest_done || rte_mempool_get(p->batches, (void **)&b))
+		return 0;
+	uint64_t t0 = rte_rdtsc();
+	b->seq = p->ingest_seq++;
+	b->first_block = p->ingest_block;
+	b->flags = 0;
+	b->enc_len = 0;
+	uint64_t left = p->target_blocks - p->ingest_block;
+	b->nblocks = left < BATCH_BLOCKS ? (uint32_t)left : BATCH_BLOCKS;
+	if (b->nblocks == 0) {
+		b->flags = BATCH_EOS;
+		p->ingest_done = true;
+	} else {
+		uint64_t off = b->first_block * CDC_BLOCK_SIZE;
+		uint64_t len = (uint64_t)b->nblocks * CDC_BLOCK_SIZE;
+		if (off + len > p->a->target_size)
+			len = p->a->target_size - off;
+		int ret = read_at(p->a->target_fd, b->data, len, off);
+		if (ret) {
+			fail(p, "cannot read target at offset %llu: %s", (unsigned long long)off,
+			     strerror(-ret));
+			rte_mempool_put(p->batches, b);
+			return 0;
+		}
+		/* zero-pad the last block: both ends hash padded blocks */
+		memset(b->data + len, 0, (size_t)b->nblocks * CDC_BLOCK_SIZE - len);
+		p->ingest_block += b->nblocks;
+		s->st.bytes_in += len;
+		s->st.bytes_out += len;
+	}
+	s->st.items++;
+	s->st.blocks += b->nblocks;
+	s->st.busy_tsc += rte_rdtsc() - t0;
+	hand_on(p, ENG_STAGE_HASH, b);
+	return 1;
+}
+
+static int poll_hash(struct stage *s)
+{
+	struct batch *b;
+
+	if (rte_ring_dequeue(s->p->ring[ENG_STAGE_HASH], (void **)&b))
+		return 0;
+	uint64_t t0 = rte_rdtsc();
+	for (uint32_t i = 0; i < b->nblocks; i++) {
+		const uint8_t *blk = b->data + (size_t)i * CDC_BLOCK_SIZE;
+		b->zero[i] = cdc_is_zero(blk, CDC_BLOCK_SIZE);
+		if (b->zero[i])
+			memcpy(b->digest[i], cdc_zero_digest(), CDC_DIGEST_LEN);
+		else
+			cdc_hash_block(s->hasher, blk, b->digest[i]);
+	}
+	s->st.items++;
+	s->st.blocks += b->nblocks;
+	s->st.bytes_in += (uint64_t)b->nblocks * CDC_BLOCK_SIZE;
+	s->st.bytes_out += (uint64_t)b->nblocks * CDC_BLOCK_SIZE;
+	s->st.busy_tsc += rte_rdtsc() - t0;
+	hand_on(s->p, ENG_STAGE_DEDUP, b);
+	return 1;
+}
+
+/*
+ * Single-consumer stages take objects in sequence order: whatever arrives
+ * early waits in the window. Returns the next in-order object or NULL.
+ */
+static void *next_in_order(struct stage *s, struct rte_ring *in, uint64_t (*seq_of)(void *))
+{
+	void *obj;
+
+	while (rte_ring_dequeue(in, &obj) == 0)
+		s->slot[seq_of(obj) % REORDER] = obj;
+	obj = s->slot[s->next_seq % REORDER];
+	if (!obj || seq_of(obj) != s->next_seq)
+		return NULL;
+	return obj;
+}
+
+static void consume_in_order(struct stage *s)
+{
+	s->slot[s->next_seq % REORDER] = NULL;
+	s->next_seq++;
+}
+
+static uint64_t batch_seq(void *o) { return ((struct batch *)o)->seq; }
+static uint64_t segment_seq(void *o) { return ((struct segment *)o)->seq; }
+
+static int poll_dedup(struct stage *s)
+{
+	struct eng_pipeline *p = s->p;
+	struct batch *b = next_in_order(s, p->ring[ENG_STAGE_DEDUP], batch_seq);
+	uint64_t out = 0;
+
+	if (!b)
+		return 0;
+	consume_in_order(s);
+	uint64_t t0 = rte_rdtsc();
+	b->delta = current_mode(p).delta;
+	for (uint32_t i = 0; i < b->nblocks; i++) {
+		uint64_t blk = b->first_block + i;
+		const uint8_t *d = b->digest[i];
+		uint64_t ref;
+		enum eng_verdict v;
+
+		cdc_image_digest_add(s->image, d);
+		if (blk < p->base_blocks && !memcmp(d, trk_index_digest(p->a->base, blk), CDC_DIGEST_LEN))
+			v = ENG_SAME;
+		else if (b->zero[i])
+			v = ENG_ZERO;
+		else if (trk_table_lookup(p->base_table, d, &ref) == 0)
+			v = ENG_BASE;
+		else if (trk_table_lookup(p->sent_table, d, &ref) == 0)
+			v = ENG_DUP;
+		else {
+			v = ENG_NEW;
+			/* a full table only costs missed duplicates later */
+			trk_table_add(p->sent_table, d, blk);
+			out += CDC_BLOCK_SIZE;
+		}
+		b->verdict[i] = (uint8_t)v;
+		b->ref[i] = ref;
+		p->verdicts[v]++;
+	}
+	if (b->flags & BATCH_EOS)
+		cdc_image_digest_final(s->image, p->a->target_size, b->image_digest);
+	s->st.items++;
+	s->st.blocks += b->nblocks;
+	s->st.bytes_in += (uint64_t)b->nblocks * CDC_BLOCK_SIZE;
+	s->st.bytes_out += out;
+	s->st.busy_tsc += rte_rdtsc() - t0;
+	hand_on(p, ENG_STAGE_DELTA, b);
+	return 1;
+}
+
+static const uint8_t delta_op[CDC_DELTA_COUNT] = {
+	[CDC_DELTA_NONE] = ENG_OP_RAW, [CDC_DELTA_XOR] = ENG_OP_XOR,
+	[CDC_DELTA_WDIFF] = ENG_OP_WDIFF, [CDC_DELTA_ZREF] = ENG_OP_ZREF,
+};
+
+static size_t put_block_ref(uint8_t *q, uint8_t op, uint64_t blk, int64_t *prev)
+{
+	int64_t d = (int64_t)blk - (*prev + 1);
+	size_t n = 0;
+
+	q[n++] = op;
+	n += cdc_put_varint(q + n, (uint64_t)(d << 1) ^ (uint64_t)(d >> 63));
+	*prev = (int64_t)blk;
+	return n;
+}
+
+static int poll_delta(struct stage *s)
+{
+	struct eng_pipeline *p = s->p;
+	struct batch *b;
+	int64_t prev = -1;
+
+	if (rte_ring_dequeue(p->ring[ENG_STAGE_DELTA], (void **)&b))
+		return 0;
+	uint64_t t0 = rte_rdtsc();
+	uint8_t *q = b->enc;
+	*q++ = ENG_OP_RESET; /* batches are encoded apart: restart numbering */
+	for (uint32_t i = 0; i < b->nblocks; i++) {
+		uint64_t blk = b->first_block + i;
+		const uint8_t *data = b->data + (size_t)i * CDC_BLOCK_SIZE;
+
+		switch (b->verdict[i]) {
+		case ENG_SAME:
+			continue;
+		case ENG_ZERO:
+			q += put_block_ref(q, ENG_OP_ZERO, blk, &prev);
+			continue;
+		case ENG_BASE:
+			q += put_block_ref(q, ENG_OP_BASE, blk, &prev);
+			*q++ = 0; /* base source: the one base of a diff */
+			q += cdc_put_varint(q, b->ref[i]);
+			continue;
+		case ENG_DUP:
+			q += put_block_ref(q, ENG_OP_DUP, blk, &prev);
+			q += cdc_put_varint(q, b->ref[i]);
+			continue;
+		}
+		/* new block: delta against the same-offset base block if there is one */
+		enum cdc_delta kind = blk < p->base_blocks ? b->delta : CDC_DELTA_NONE;
+		uint8_t tmp[CDC_DELTA_MAX];
+		ssize_t n = 0;
+		if (kind != CDC_DELTA_NONE)
+			n = cdc_delta_encode(s->delta, &kind,
+					     data, p->a->base_map + blk * CDC_BLOCK_SIZE, tmp, sizeof(tmp));
+		if (n <= 0)
+			kind = CDC_DELTA_NONE;
+		q += put_block_ref(q, delta_op[kind], blk, &prev);
+		if (kind == CDC_DELTA_NONE) {
+			memcpy(q, data, CDC_BLOCK_SIZE);
+			q += CDC_BLOCK_SIZE;
+		} else {
+			if (kind != CDC_DELTA_XOR)
+				q += cdc_put_varint(q, (uint64_t)n);
+			memcpy(q, tmp, (size_t)n);
+			q += n;
+		}
+		__atomic_fetch_add(&p->deltas[kind], 1, __ATOMIC_RELAXED);
+	}
+	b->enc_len = (uint32_t)(q - b->enc);
+	s->st.items++;
+	s->st.blocks += b->nblocks;
+	s->st.bytes_in += (uint64_t)b->nblocks * CDC_BLOCK_SIZE;
+	s->st.bytes_out += b->enc_len;
+	s->st.busy_tsc += rte_rdtsc() - t0;
+	hand_on(p, ENG_STAGE_SEGMENT, b);
+	return 1;
+}
+
+static struct segment *open_segment(struct eng_pipeline *p)
+{
+	struct segment *g;
+
+	if (rte_mempool_get(p->segments, (void **)&g))
+		return NULL;
+	struct eng_mode m = current_mode(p);
+	g->seq = p->seg_seq++;
+	g->type = ENG_FRAME_DATA;
+	g->comp = m.comp;
+	g->level = m.level;
+	g->raw_len = 0;
+	g->blocks = 0;
+	return g;
+}
+
+static void flush_segment(struct stage *s)
+{
+	struct eng_pipeline *p = s->p;
+
+	s->st.items++;
+	s->st.bytes_out += p->open_seg->raw_len;
+	p->data_segments++;
+	hand_on(p, ENG_STAGE_COMPRESS, p->open_seg);
+	p->open_seg = NULL;
+}
+
+/*
+ * Packs whole batches into ~1 MiB segments. A batch that does not fit starts
+ * a new segment; segments hold whole batches so a segment decodes alone.
+ */
+static int poll_segment(struct stage *s)
+{
+	struct eng_pipeline *p = s->p;
+	struct batch *b = next_in_order(s, p->ring[ENG_STAGE_SEGMENT], batch_seq);
+
+	if (!b)
+		return 0;
+	uint64_t t0 = rte_rdtsc();
+	/* An empty batch encodes to the lone RESET byte: nothing to carry. */
+	if (!p->batch_packed && b->enc_len > 1) {
+		if (p->open_seg && p->open_seg->raw_len + b->enc_len > ENG_SEG_TARGET)
+			flush_segment(s);
+		if (!p->open_seg && !(p->open_seg = open_segment(p)))
+			return 0; /* no free segment: retry the batch later */
+		memcpy(p->open_seg->raw + p->open_seg->raw_len, b->enc, b->enc_len);
+		p->open_seg->raw_len += b->enc_len;
+		p->open_seg->blocks += b->nblocks;
+	}
+	p->batch_packed = true;
+	if (b->flags & BATCH_EOS) {
+		if (p->open_seg)
+			flush_segment(s);
+		struct segment *t = open_segment(p);
+		if (!t)
+			return 0; /* retry: the batch is packed already */
+		t->type = ENG_FRAME_TRAILER;
+		t->comp = CDC_COMP_NONE;
+		t->level = 0;
+		cdc_put_le(t->raw, p->a->target_size, 8);
+		cdc_put_le(t->raw + 8, p->target_blocks, 8);
+		cdc_put_le(t->raw + 16, p->data_segments, 8);
+		memcpy(t->raw + 24, b->image_digest, CDC_DIGEST_LEN);
+		t->raw_len = ENG_TRAILER_LEN;
+		hand_on(p, ENG_STAGE_COMPRESS, t);
+	}
+	p->batch_packed = false;
+	consume_in_order(s);
+	s->st.blocks += b->nblocks;
+	s->st.bytes_in += b->enc_len;
+	s->st.busy_tsc += rte_rdtsc() - t0;
+	rte_mempool_put(p->batches, b);
+	return 1;
+}
+
+static int poll_compress(struct stage *s)
+{
+	struct eng_pipeline *p = s->p;
+	struct segment *g;
+
+	if (rte_ring_dequeue(p->ring[ENG_STAGE_COMPRESS], (void **)&g))
+		return 0;
+	uint64_t t0 = rte_rdtsc();
+	uint8_t *payload = g->frame + ENG_FRAME_HDR;
+	size_t cap = ENG_FRAME_MAX - ENG_FRAME_HDR - CDC_TAG_LEN;
+	ssize_t n = cdc_compress(s->comp, g->comp, g->level, g->raw, g->raw_len, payload, cap);
+	/* Incompressible (or failed): store it; the frame says which. */
+	if (n < 0 || (size_t)n >= g->raw_len) {
+		memcpy(payload, g->raw, g->raw_len);
+		n = g->raw_len;
+		g->comp = CDC_COMP_NONE;
+		g->level = 0;
+	}
+	g->payload_len = (uint32_t)n;
+	s->st.items++;
+	s->st.blocks += g->blocks;
+	s->st.bytes_in += g->raw_len;
+	s->st.bytes_out += (uint64_t)n;
+	s->st.busy_tsc += rte_rdtsc() - t0;
+	hand_on(p, ENG_STAGE_SEAL, g);
+	return 1;
+}
+
+static int poll_seal(struct stage *s)
+{
+	struct eng_pipeline *p = s->p;
+	struct segment *g;
+
+	if (rte_ring_dequeue(p->ring[ENG_STAGE_SEAL], (void **)&g))
+		return 0;
+	uint64_t t0 = rte_rdtsc();
+	g->frame_len = (uint32_t)eng_frame_seal(&p->stream, s->sealer, g->seq, g->type, g->comp,
+						g->level, g->raw_len, g->frame, g->payload_len);
+	if (!g->frame_len)
+		fail(p, "sealing segment %llu failed", (unsigned long long)g->seq);
+	s->st.items++;
+	s->st.blocks += g->blocks;
+	s->st.bytes_in += g->payload_len;
+	s->st.bytes_out += g->frame_len;
+	s->st.busy_tsc += rte_rdtsc() - t0;
+	hand_on(p, ENG_STAGE_SINK, g);
+	return 1;
+}
+
+static int poll_sink(struct stage *s)
+{
+	struct eng_pipeline *p = s->p;
+	struct segment *g = next_in_order(s, p->ring[ENG_STAGE_SINK], segment_seq);
+
+	if (!g)
+		return 0;
+	consume_in_order(s);
+	uint64_t t0 = rte_rdtsc();
+	int ret = p->a->sink->write(p->a->sink->ctx, g->frame, g->frame_len);
+	if (ret)
+		fail(p, "cannot write output: %s", strerror(-ret));
+	p->wire_bytes += g->frame_len;
+	s->st.items++;
+	s->st.blocks += g->blocks;
+	s->st.bytes_in += g->frame_len;
+	s->st.bytes_out += g->frame_len;
+	s->st.busy_tsc += rte_rdtsc() - t0;
+	if (g->type == ENG_FRAME_TRAILER)
+		__atomic_store_n(&p->done, 1, __ATOMIC_RELEASE);
+	rte_mempool_put(p->segments, g);
+	return 1;
+}
+
+typedef int (*poll_fn)(struct stage *s);
+
+static const poll_fn stage_poll[ENG_STAGE_COUNT] = {
+	poll_ingest, poll_hash, poll_dedup, poll_delta, poll_segment, poll_compress, poll_seal,
+	poll_sink,
+};
+
+static bool stage_is_parallel(enum eng_stage_id id)
+{
+	return id == ENG_STAGE_HASH || id == ENG_STAGE_DELTA || id == ENG_STAGE_COMPRESS ||
+	       id == ENG_STAGE_SEAL;
+}
+
+/* ---- lcore loop ------------------------------------------------------------- */
+
+static bool finished(const struct eng_pipeline *p)
+{
+	return __atomic_load_n(&p->done, __ATOMIC_ACQUIRE) ||
+	       __atomic_load_n(&p->failed, __ATOMIC_ACQUIRE);
+}
+
+/* Idle back-off: spin briefly (latency), then sleep longer and longer. */
+static void back_off(unsigned idle)
+{
+	if (idle < 64)
+		rte_pause();
+	else
+		usleep(idle < 512 ? 20 : idle < 2048 ? 100 : 500);
+}
+
+static void run_plan(struct eng_pipeline *p, struct lcore_plan *plan, bool main_lcore)
+{
+	uint64_t period = rte_get_tsc_hz() / 1000 * (p->a->tick_ms ? p->a->tick_ms : 100);
+	uint64_t next_tick = rte_rdtsc() + period;
+	unsigned idle = 0;
+
+	while (!finished(p)) {
+		int work = 0;
+		for (unsigned i = 0; i < plan->n; i++)
+			work += stage_poll[plan->stages[i]->id](plan->stages[i]);
+		if (main_lcore && p->a->tick && rte_rdtsc() >= next_tick) {
+			p->a->tick(p->a->tick_ctx, p);
+			next_tick = rte_rdtsc() + period;
+		}
+		if (work)
+			idle = 0;
+		else
+			back_off(idle++);
+	}
+}
+
+static int worker_main(void *arg)
+{
+	struct eng_pipeline *p = arg;
+	unsigned me = rte_lcore_id();
+
+	for (unsigned i = 1; i < p->nlcores; i++)
+		if (p->lcore_ids[i] == me)
+			run_plan(p, &p->plan[i], false);
+	return 0;
+}
+
+/* ---- set-up ------------------------------------------------------------------- */
+
+static struct stage *stage_new(struct eng_pipeline *p, enum eng_stage_id id, unsigned instance)
+{
+	struct stage *s = aligned_alloc(64, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	memset(s, 0, sizeof(*s));
+	s->id = id;
+	s->instance = instance;
+	s->p = p;
+	bool ok = true;
+	switch (id) {
+	case ENG_STAGE_HASH:
+		ok = (s->hasher = cdc_hasher_new()) != NULL;
+		break;
+	case ENG_STAGE_DEDUP:
+		ok = (s->image = cdc_image_digest_new()) != NULL;
+		break;
+	case ENG_STAGE_DELTA:
+		ok = (s->delta = cdc_delta_new()) != NULL;
+		break;
+	case ENG_STAGE_COMPRESS:
+		ok = (s->comp = cdc_comp_new()) != NULL;
+		break;
+	case ENG_STAGE_SEAL:
+		ok = (s->sealer = cdc_sealer_new((enum cdc_aead)p->stream.aead, p->stream.subkey)) != NULL;
+		break;
+	default:
+		break;
+	}
+	if (!ok) {
+		free(s);
+		return NULL;
+	}
+	p->instances[id][p->ninstances[id]++] = s;
+	return s;
+}
+
+static void stage_free(struct stage *s)
+{
+	cdc_hasher_free(s->hasher);
+	cdc_image_digest_free(s->image);
+	cdc_delta_free(s->delta);
+	cdc_comp_free(s->comp);
+	cdc_sealer_free(s->sealer);
+	free(s);
+}
+
+/*
+ * Stage placement: every lcore runs one instance of each parallel stage;
+ * the main lcore also owns ingest and sink (I/O and the tick), the first
+ * worker dedup and segment (or the main lcore when it is alone).
+ */
+static int plan_lcores(struct eng_pipeline *p)
+{
+	unsigned id, n = 0;
+
+	p->lcore_ids[n++] = rte_get_main_lcore();
+	RTE_LCORE_FOREACH_WORKER(id)
+	{
+		if (n < MAX_LCORES)
+			p->lcore_ids[n++] = id;
+	}
+	p->nlcores = n;
+	for (unsigned l = 0; l < n; l++) {
+		struct lcore_plan *pl = &p->plan[l];
+		for (int sid = 0; sid < ENG_STAGE_COUNT; sid++) {
+			bool mine;
+			if (stage_is_parallel(sid))
+				mine = true;
+			else if (sid == ENG_STAGE_INGEST || sid == ENG_STAGE_SINK)
+				mine = l == 0;
+			else
+				mine = l == (n > 1 ? 1u : 0u);
+			if (!mine)
+				continue;
+			struct stage *s = stage_new(p, sid, p->ninstances[sid]);
+			if (!s)
+				return -ENOMEM;
+			pl->stages[pl->n++] = s;
+		}
+	}
+	return 0;
+}
+
+static void pipeline_free(struct eng_pipeline *p)
+{
+	for (int sid = 0; sid < ENG_STAGE_COUNT; sid++) {
+		for (unsigned i = 0; i < p->ninstances[sid]; i++)
+			stage_free(p->instances[sid][i]);
+		rte_ring_free(p->ring[sid]);
+	}
+	rte_mempool_free(p->batches);
+	rte_mempool_free(p->segments);
+	trk_table_free(p->base_table);
+	trk_table_free(p->sent_table);
+	free(p);
+}
+
+/* DPDK object names are global in the process: make them unique per run. */
+static void unique_name(char *buf, size_t len, const char *what)
+{
+	static unsigned counter;
+
+	snprintf(buf, len, "ho_%s_%u", what, __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
+}
+
+static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
+{
+	const struct eng_diff_args *a = p->a;
+	char name[RTE_RING_NAMESIZE];
+
+	p->base_blocks = trk_index_blocks(a->base);
+	p->target_blocks = (a->target_size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+	eng_pipeline_set_mode(p, &a->mode);
+	if (eng_stream_init(&p->stream, a->key, a->aead, trk_index_id(a->base),
+			    trk_index_size(a->base))) {
+		snprintf(err, errlen, "cannot initialise the stream keys");
+		return -EIO;
+	}
+	unique_name(name, sizeof(name), "batch");
+	p->batches = rte_mempool_create(name, NBATCHES, sizeof(struct batch), 0, 0, NULL, NULL,
+					NULL, NULL, a->socket, 0);
+	unique_name(name, sizeof(name), "seg");
+	p->segments = rte_mempool_create(name, NSEGMENTS, sizeof(struct segment), 0, 0, NULL,
+					 NULL, NULL, NULL, a->socket, 0);
+	if (!p->batches || !p->segments) {
+		snprintf(err, errlen,
+			 "cannot allocate pipeline buffers (%u MiB) from DPDK memory: raise EAL -m",
+			 (unsigned)((NBATCHES * sizeof(struct batch) + NSEGMENTS * sizeof(struct segment)) >> 20));
+		return -ENOMEM;
+	}
+	for (int sid = ENG_STAGE_HASH; sid < ENG_STAGE_COUNT; sid++) {
+		unique_name(name, sizeof(name), stage_names[sid]);
+		p->ring[sid] = rte_ring_create(name, RING_SIZE, a->socket, 0);
+		if (!p->ring[sid]) {
+			snprintf(err, errlen, "cannot create ring: %s", rte_strerror(rte_errno));
+			return -ENOMEM;
+		}
+	}
+	uint64_t sent_cap = p->target_blocks < (4u << 20) ? p->target_blocks : (4u << 20);
+	unique_name(name, sizeof(name), "base");
+	p->base_table = trk_index_table(a->base, name, a->socket);
+	unique_name(name, sizeof(name), "sent");
+	p->sent_table = trk_table_new(name, (uint32_t)sent_cap, a->socket);
+	if (!p->base_table || !p->sent_table) {
+		snprintf(err, errlen, "cannot allocate dedup tables from DPDK memory: raise EAL -m");
+		return -ENOMEM;
+	}
+	return plan_lcores(p) ? (snprintf(err, errlen, "out of memory"), -ENOMEM) : 0;
+}
+
+void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *rep)
+{
+	double ns_per_tsc = 1e9 / (double)rte_get_tsc_hz();
+
+	memset(rep, 0, sizeof(*rep));
+	rep->target_size = p->a->target_size;
+	rep->blocks = p->target_blocks;
+	rep->wire_bytes = p->wire_bytes + ENG_HEADER_LEN;
+	rep->segments = p->data_segments;
+	rep->lcores = p->nlcores;
+	rep->seconds = (double)(rte_rdtsc() - p->start_tsc) / (double)rte_get_tsc_hz();
+	memcpy(rep->verdicts, p->verdicts, sizeof(rep->verdicts));
+	for (int k = 0; k < CDC_DELTA_COUNT; k++)
+		rep->deltas[k] = __atomic_load_n(&p->deltas[k], __ATOMIC_RELAXED);
+	for (int sid = 0; sid < ENG_STAGE_COUNT; sid++) {
+		struct eng_stage_report *r = &rep->stages[sid];
+		r->name = stage_names[sid];
+		r->instances = p->ninstances[sid];
+		for (unsigned i = 0; i < p->ninstances[sid]; i++) {
+			const struct stage_stats *st = &p->instances[sid][i]->st;
+			r->blocks += st->blocks;
+			r->bytes_in += st->bytes_in;
+			r->bytes_out += st->bytes_out;
+			r->busy_ns += (uint64_t)((double)st->busy_tsc * ns_per_tsc);
+		}
+	}
+}
+
+int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, char *err,
+		 size_t errlen)
+{
+	struct eng_pipeline *p = calloc(1, sizeof(*p));
+	int ret;
+
+	if (!p) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	p->a = a;
+	ret = pipeline_setup(p, err, errlen);
+	if (ret)
+		goto out;
+	p->start_tsc = rte_rdtsc();
+	ret = a->sink->write(a->sink->ctx, p->stream.header, ENG_HEADER_LEN);
+	if (ret) {
+		snprintf(err, errlen, "cannot write output: %s", strerror(-ret));
+		goto out;
+	}
+	for (unsigned i = 1; i < p->nlcores; i++)
+		rte_eal_remote_launch(worker_main, p, p->lcore_ids[i]);
+	run_plan(p, &p->plan[0], true);
+	for (unsigned i = 1; i < p->nlcores; i++)
+		rte_eal_wait_lcore(p->lcore_ids[i]);
+	if (p->failed) {
+		snprintf(err, errlen, "%s", p->err);
+		ret = -EIO;
+		goto out;
+	}
+	if (rep)
+		eng_pipeline_report(p, rep);
+out:
+	pipeline_free(p);
+	return ret;
+}

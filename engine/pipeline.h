@@ -1,0 +1,109 @@
+/*
+ * The diff pipeline: a stage graph on DPDK lcores that turns a target image
+ * into a sealed stream against a base.
+ *
+ *   ingest -> hash[N] -> dedup -> delta[N] -> segment -> compress[N] -> seal[N] -> sink
+ *
+ * Stages are joined by rte_rings sized to hold every buffer of their pool,
+ * so an enqueue never fails and back-pressure comes only from the pools
+ * (rte_mempool): ingest stops when no batch is free, the segment stage when
+ * no segment is free. Parallel stages ([N]) run one instance per lcore and
+ * share their input ring; the single stages after them (dedup, segment, sink)
+ * restore order by sequence number, so the output is deterministic.
+ *
+ * eng_diff_run() is called on the main lcore; it launches the workers and
+ * runs its own share of the stages plus a 100 ms control tick.
+ */
+#ifndef HANDOFF_PIPELINE_H
+#define HANDOFF_PIPELINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "codecs/codecs.h"
+#include "tracker/tracker.h"
+
+/* An operating mode: how new blocks are delta-encoded and segments compressed. */
+struct eng_mode {
+	enum cdc_delta delta;
+	enum cdc_comp comp;
+	int level;
+};
+
+/* Parse "DELTA:COMP:LEVEL" (e.g. "wdiff:zstd:3"); -EINVAL with a reason. */
+int eng_mode_parse(const char *text, struct eng_mode *m, char *err, size_t errlen);
+void eng_mode_format(const struct eng_mode *m, char *buf, size_t len);
+
+/* Byte sink for the stream writer: 0 or -errno. */
+struct eng_sink {
+	int (*write)(void *ctx, const void *buf, size_t len);
+	void *ctx;
+};
+
+enum eng_stage_id {
+	ENG_STAGE_INGEST,
+	ENG_STAGE_HASH,
+	ENG_STAGE_DEDUP,
+	ENG_STAGE_DELTA,
+	ENG_STAGE_SEGMENT,
+	ENG_STAGE_COMPRESS,
+	ENG_STAGE_SEAL,
+	ENG_STAGE_SINK,
+	ENG_STAGE_COUNT
+};
+
+/* Per-stage figures summed over instances: P = busy_ns / blocks, R = out / in. */
+struct eng_stage_report {
+	const char *name;
+	unsigned instances;
+	uint64_t blocks, bytes_in, bytes_out, busy_ns;
+};
+
+/* What dedup decided for each block. */
+enum eng_verdict {
+	ENG_SAME,   /* equal to the base block at the same offset: not sent */
+	ENG_ZERO,
+	ENG_BASE,   /* equal to some other base block */
+	ENG_DUP,    /* equal to an earlier target block */
+	ENG_NEW,    /* sent raw or as a delta */
+	ENG_VERDICT_COUNT
+};
+
+struct eng_diff_report {
+	uint64_t target_size, blocks, wire_bytes, segments;
+	uint64_t verdicts[ENG_VERDICT_COUNT];
+	uint64_t deltas[CDC_DELTA_COUNT]; /* NEW blocks by encoding (NONE = raw) */
+	double seconds;
+	unsigned lcores;
+	struct eng_stage_report stages[ENG_STAGE_COUNT];
+};
+
+struct eng_pipeline;
+
+struct eng_diff_args {
+	int target_fd;
+	uint64_t target_size;
+	const struct trk_index *base;
+	const uint8_t *base_map; /* the base image mapped read-only */
+	const struct eng_sink *sink;
+	const uint8_t *key; /* NULL: unkeyed, integrity only */
+	enum cdc_aead aead;
+	struct eng_mode mode;
+	int socket; /* NUMA node for pools and tables */
+	/* Called on the main lcore every tick_ms (default 100 ms): progress, mode changes. */
+	void (*tick)(void *ctx, struct eng_pipeline *p);
+	unsigned tick_ms;
+	void *tick_ctx;
+};
+
+int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, char *err,
+		 size_t errlen);
+
+/* From the tick: takes effect at the next batch / segment boundary. */
+void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m);
+/* From the tick: live figures so far. */
+void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *rep);
+
+const char *eng_verdict_name(enum eng_verdict v);
+
+#endif

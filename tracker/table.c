@@ -1,0 +1,90 @@
+/*
+ * Digest tables on rte_hash. Keys are SHA-256 digests, already uniformly
+ * distributed, so the table's hash function just takes their first bytes
+ * instead of hashing 32 bytes again. Owned by one thread (the dedup stage or
+ * the main thread while preparing it): no locking.
+ */
+#include "tracker.h"
+
+#include <errno.h>
+#include <rte_hash.h>
+#include <stdio.h>
+#include <string.h>
+
+struct trk_table {
+	struct rte_hash *h;
+};
+
+static uint32_t digest_hash(const void *key, uint32_t len, uint32_t init)
+{
+	uint32_t v;
+
+	(void)len;
+	memcpy(&v, key, sizeof(v));
+	return v ^ init;
+}
+
+struct trk_table *trk_table_new(const char *name, uint32_t entries, int socket)
+{
+	struct trk_table *t = calloc(1, sizeof(*t));
+	struct rte_hash_parameters p = {
+		.name = name,
+		.entries = entries < 64 ? 64 : entries,
+		.key_len = CDC_DIGEST_LEN,
+		.hash_func = digest_hash,
+		.socket_id = socket,
+	};
+
+	if (!t)
+		return NULL;
+	t->h = rte_hash_create(&p);
+	if (!t->h) {
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+void trk_table_free(struct trk_table *t)
+{
+	if (!t)
+		return;
+	rte_hash_free(t->h);
+	free(t);
+}
+
+int trk_table_add(struct trk_table *t, const uint8_t digest[CDC_DIGEST_LEN], uint64_t value)
+{
+	void *old;
+
+	if (rte_hash_lookup_data(t->h, digest, &old) >= 0)
+		return 0;
+	return rte_hash_add_key_data(t->h, digest, (void *)(uintptr_t)value);
+}
+
+int trk_table_lookup(const struct trk_table *t, const uint8_t digest[CDC_DIGEST_LEN],
+		     uint64_t *value)
+{
+	void *v;
+
+	if (rte_hash_lookup_data(t->h, digest, &v) < 0)
+		return -ENOENT;
+	*value = (uint64_t)(uintptr_t)v;
+	return 0;
+}
+
+struct trk_table *trk_index_table(const struct trk_index *idx, const char *name, int socket)
+{
+	uint64_t n = trk_index_blocks(idx);
+	struct trk_table *t = trk_table_new(name, n > UINT32_MAX / 2 ? UINT32_MAX / 2 : (uint32_t)n,
+					    socket);
+
+	if (!t)
+		return NULL;
+	for (uint64_t b = 0; b < n; b++) {
+		const uint8_t *d = trk_index_digest(idx, b);
+		if (memcmp(d, cdc_zero_digest(), CDC_DIGEST_LEN) && trk_table_add(t, d, b) == -ENOSPC)
+			break;
+	}
+	return t;
+}
