@@ -8,6 +8,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -74,6 +75,7 @@ static inline void test_write_file(const char *path, const void *buf, size_t len
 static inline uint8_t *test_read_file(const char *path, size_t *len)
 {
 	FILE *f = fopen(path, "rb");
+	*len = 0;
 	if (!f)
 		return NULL;
 	fseek(f, 0, SEEK_END);

@@ -33,6 +33,8 @@ struct trk_table *trk_table_new(const char *name, uint32_t entries, int socket)
 		.key_len = CDC_DIGEST_LEN,
 		.hash_func = digest_hash,
 		.socket_id = socket,
+		/* overflow buckets: the table holds `entries` keys, whatever their spread */
+		.extra_flag = RTE_HASH_EXTRA_FLAGS_EXT_TABLE,
 	};
 
 	if (!t)

@@ -1,0 +1,119 @@
+/*
+ * tracker: base indexes are built, cached beside the image, reused while the
+ * image is unchanged and rebuilt when it changed or the cache is damaged;
+ * digest tables find what was added.
+ */
+#define TEST_WITH_EAL
+#include "tracker/tracker.h"
+#include "testlib.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+static void test_index_cache_lifecycle(void **state)
+{
+	(void)state;
+	char *dir = test_tmpdir(), img[256], err[256];
+	size_t len = (1 << 20) + 777;
+	uint8_t *data = malloc(len);
+
+	snprintf(img, sizeof(img), "%s/base.img", dir);
+	test_fill_random(data, len);
+	test_write_file(img, data, len);
+
+	struct trk_index *a = trk_index_open(img, err, sizeof(err));
+	assert_non_null(a);
+	assert_false(trk_index_was_cached(a));
+	assert_int_equal(trk_index_size(a), len);
+	assert_int_equal(trk_index_blocks(a), 257);
+	/* per-block digests are SHA-256 of the (zero-padded) block */
+	uint8_t d[CDC_DIGEST_LEN], last[CDC_BLOCK_SIZE] = { 0 };
+	cdc_sha256(data + 5 * CDC_BLOCK_SIZE, CDC_BLOCK_SIZE, d);
+	assert_memory_equal(trk_index_digest(a, 5), d, CDC_DIGEST_LEN);
+	memcpy(last, data + 256 * CDC_BLOCK_SIZE, 777);
+	cdc_sha256(last, CDC_BLOCK_SIZE, d);
+	assert_memory_equal(trk_index_digest(a, 256), d, CDC_DIGEST_LEN);
+
+	/* second open: from the cache, same identity */
+	struct trk_index *b = trk_index_open(img, err, sizeof(err));
+	assert_non_null(b);
+	assert_true(trk_index_was_cached(b));
+	assert_memory_equal(trk_index_id(a), trk_index_id(b), CDC_DIGEST_LEN);
+	trk_index_free(b);
+
+	/* the image changes (same size, mtime restored): ctime still tells */
+	struct stat st;
+	assert_int_equal(stat(img, &st), 0);
+	data[100] ^= 1;
+	test_write_file(img, data, len);
+	struct timespec times[2] = { st.st_atim, st.st_mtim };
+	assert_int_equal(utimensat(AT_FDCWD, img, times, 0), 0);
+	b = trk_index_open(img, err, sizeof(err));
+	assert_false(trk_index_was_cached(b));
+	assert_memory_not_equal(trk_index_id(a), trk_index_id(b), CDC_DIGEST_LEN);
+	trk_index_free(b);
+
+	/* a damaged cache is rebuilt, not trusted */
+	char *cache = trk_index_cache_path(img);
+	size_t clen = 0;
+	uint8_t *c = test_read_file(cache, &clen);
+	assert_non_null(c);
+	c[clen / 2] ^= 0xff;
+	test_write_file(cache, c, clen);
+	b = trk_index_open(img, err, sizeof(err));
+	assert_false(trk_index_was_cached(b));
+	trk_index_free(b);
+	b = trk_index_open(img, err, sizeof(err));
+	assert_true(trk_index_was_cached(b));
+	trk_index_free(b);
+
+	/* a missing image is a clear error */
+	char missing[300];
+	snprintf(missing, sizeof(missing), "%s/nope.img", dir);
+	assert_null(trk_index_open(missing, err, sizeof(err)));
+	assert_non_null(strstr(err, "nope.img"));
+
+	free(c);
+	free(cache);
+	trk_index_free(a);
+	free(data);
+}
+
+static void test_digest_table(void **state)
+{
+	(void)state;
+	struct trk_table *t = trk_table_new("test_tbl", 1000, 0);
+	uint8_t d[CDC_DIGEST_LEN];
+	uint64_t v;
+
+	assert_non_null(t);
+	for (uint64_t i = 0; i < 1000; i++) {
+		cdc_sha256(&i, sizeof(i), d);
+		assert_int_equal(trk_table_add(t, d, i * 3), 0);
+	}
+	for (uint64_t i = 0; i < 1000; i++) {
+		cdc_sha256(&i, sizeof(i), d);
+		assert_int_equal(trk_table_lookup(t, d, &v), 0);
+		assert_int_equal(v, i * 3);
+	}
+	/* first occurrence wins */
+	uint64_t zero = 0;
+	cdc_sha256(&zero, sizeof(zero), d);
+	assert_int_equal(trk_table_add(t, d, 99999), 0);
+	assert_int_equal(trk_table_lookup(t, d, &v), 0);
+	assert_int_equal(v, 0);
+	d[31] = 1;
+	assert_int_equal(trk_table_lookup(t, d, &v), -ENOENT);
+	trk_table_free(t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_index_cache_lifecycle),
+		cmocka_unit_test(test_digest_table),
+	};
+	test_seed();
+	return cmocka_run_group_tests_name("tracker", tests, test_eal_setup, test_eal_teardown);
+}
