@@ -24,6 +24,7 @@ struct cdc_delta_ctx {
 	ZSTD_CCtx *cctx;
 	ZSTD_DCtx *dctx;
 	uint8_t scratch[CDC_DELTA_MAX];
+	uint8_t alone[CDC_DELTA_MAX + 128];
 };
 
 struct cdc_delta_ctx *cdc_delta_new(void)
@@ -122,6 +123,12 @@ static int zref_decode(struct cdc_delta_ctx *c, const uint8_t *in, size_t len, c
 	return (ZSTD_isError(r) || r != CDC_BLOCK_SIZE) ? -EBADMSG : 0;
 }
 
+static size_t zstd_alone(struct cdc_delta_ctx *c, const uint8_t *block)
+{
+	size_t r = ZSTD_compressCCtx(c->cctx, c->alone, sizeof(c->alone), block, CDC_BLOCK_SIZE, 1);
+	return ZSTD_isError(r) ? CDC_BLOCK_SIZE : r;
+}
+
 ssize_t cdc_delta_encode(struct cdc_delta_ctx *c, enum cdc_delta *kind, const uint8_t *block,
 			 const uint8_t *base, uint8_t *out, size_t cap)
 {
@@ -150,6 +157,11 @@ ssize_t cdc_delta_encode(struct cdc_delta_ctx *c, enum cdc_delta *kind, const ui
 		}
 		size_t z = zref_encode(c, block, base, c->scratch,
 				       n ? n - 1 : limit);
+		/* A zref that barely beats the block compressed on its own means
+		 * the base block is unrelated: the raw block compresses better in
+		 * its segment, next to its neighbours. */
+		if (z && z * 10 > zstd_alone(c, block) * 7)
+			z = 0;
 		if (z) {
 			memcpy(out, c->scratch, z);
 			*kind = CDC_DELTA_ZREF;

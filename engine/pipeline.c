@@ -412,8 +412,13 @@ static int poll_delta(struct stage *s)
 			q += cdc_put_varint(q, b->ref[i]);
 			continue;
 		}
-		/* new block: delta against the same-offset base block if there is one */
-		enum cdc_delta kind = blk < p->base_blocks ? b->delta : CDC_DELTA_NONE;
+		/* new block: delta against the same-offset base block if there is
+		 * one with content (against zeros a delta is the block itself) */
+		enum cdc_delta kind = blk < p->base_blocks &&
+					      memcmp(trk_index_digest(p->a->base, blk), cdc_zero_digest(),
+						     CDC_DIGEST_LEN)
+					      ? b->delta
+					      : CDC_DELTA_NONE;
 		uint8_t tmp[CDC_DELTA_MAX];
 		ssize_t n = 0;
 		if (kind != CDC_DELTA_NONE)
