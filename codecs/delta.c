@@ -109,6 +109,8 @@ static size_t zref_encode(struct cdc_delta_ctx *c, const uint8_t *block, const u
 	ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_compressionLevel, ZREF_LEVEL);
 	ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_contentSizeFlag, 0);
 	ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_checksumFlag, 0);
+	/* zstd shrinks the window to the 4 KiB input; it must span the prefix too */
+	ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_windowLog, CDC_BLOCK_SHIFT + 1);
 	ZSTD_CCtx_refPrefix(c->cctx, base, CDC_BLOCK_SIZE);
 	size_t r = ZSTD_compress2(c->cctx, out, cap, block, CDC_BLOCK_SIZE);
 	return ZSTD_isError(r) ? 0 : r;
