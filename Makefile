@@ -25,7 +25,9 @@ ENGINE      := $(BUILD)/handoff-engine
 
 TESTS       := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all setup test unit fuzz fuzz-run demo bench clean
+export ASAN_OPTIONS UBSAN_OPTIONS
+
+.PHONY: all setup test unit unit-sanitized fuzz fuzz-run demo bench clean
 all: $(ENGINE)
 
 setup:
@@ -53,7 +55,13 @@ $(BUILD)/fuzz_stream: $(FUZZ_SRC) $(wildcard */*.h)
 	    -fno-sanitize-recover=undefined $(FUZZ_SRC) -o $@ -lisal -lzstd -llzma -lcrypto
 
 unit: $(ENGINE) $(TESTS)
-	@scripts/run-tests $(TESTS)
+	@HANDOFF_ENGINE=$(ENGINE) scripts/run-tests $(TESTS)
+
+# The same tests on an ASan + UBSan build (leak checks off: DPDK keeps its
+# memory until exit by design).
+unit-sanitized:
+	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=address,undefined unit \
+	    ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1
 
 fuzz: $(BUILD)/fuzz_stream
 # Bounded: a minute of fuzzing plus replay of the saved corpus.
@@ -62,6 +70,7 @@ fuzz-run: $(BUILD)/fuzz_stream
 
 test: setup
 	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory unit-sanitized
 	@$(MAKE) --no-print-directory fuzz-run
 
 demo: setup
@@ -73,4 +82,4 @@ bench: setup
 	@perf/bench-diff
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan
