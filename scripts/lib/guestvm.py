@@ -99,6 +99,8 @@ class QMP:
                 chunk = self.sock.recv(65536)
             except socket.timeout:
                 raise GuestError("timed out waiting for QMP reply") from None
+            except OSError as e:
+                raise GuestError(f"QMP connection failed: {e} (QEMU died?)") from None
             if not chunk:
                 raise GuestError("QMP connection closed (QEMU died?)")
             self.buf += chunk
@@ -109,7 +111,10 @@ class QMP:
         msg = {"execute": cmd}
         if args:
             msg["arguments"] = args
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as e:
+            raise GuestError(f"QMP send failed: {e} (QEMU died?)") from None
         while True:
             r = self._read_msg()
             if "event" in r:
@@ -145,6 +150,7 @@ class Guest:
                              "TCG loses stores with such sizes (use e.g. 262152)")
         self.mem_kb = mem_kb
         self.accel = accel or os.environ.get("ACCEL", "tcg")
+        self.cpu = os.environ.get("QEMU_CPU", "max")
         self.append = "console=ttyS0 panic=-1" + (" " + append_extra if append_extra else "")
         self.extra_args = list(extra_args)
         self.keep_tmp = keep_tmp
@@ -155,6 +161,7 @@ class Guest:
         self._serial_pos = 0
         self._serial_tail = ""
         self.serial_lines = []  # (host monotonic time seen, line)
+        self._wait_pos = 0      # wait_serial's cursor in serial_lines
 
     # -- lifecycle -------------------------------------------------------
     def start(self):
@@ -168,7 +175,7 @@ class Guest:
         open(self.serial_path, "wb").close()
         cmd = [
             "qemu-system-x86_64",
-            "-machine", f"q35,accel={self.accel}", "-cpu", "max",
+            "-machine", f"q35,accel={self.accel}", "-cpu", self.cpu,
             "-m", f"{self.mem_kb}K", "-smp", "1",
             "-kernel", self.kernel, "-initrd", self.initrd,
             "-append", self.append,
@@ -188,7 +195,13 @@ class Guest:
             logf.close()
         _live.add(self)
         self.qmp_client = QMP(self.qmp_path, self.timeout, self.alive)
-        self.qmp_client.connect()
+        try:
+            self.qmp_client.connect()
+        except GuestError:
+            time.sleep(0.2)
+            if not self.alive():
+                raise GuestError(self._died_msg()) from None
+            raise
         return self
 
     def alive(self):
@@ -253,7 +266,7 @@ class Guest:
 
     def _died_msg(self):
         rc = self.proc.poll() if self.proc else None
-        out = self.qemu_output()
+        out = self.qemu_output().replace("\n", " | ")
         last = "; ".join(l for _, l in self.serial_lines[-3:])
         return (f"QEMU exited (status {rc})" + (f": {out}" if out else "")
                 + (f" [last serial lines: {last}]" if last else ""))
@@ -292,13 +305,17 @@ class Guest:
 
     def wait_serial(self, pattern, timeout, fail_pattern=None):
         """Wait for a serial line matching regex `pattern` (anchored at the
-        start); returns the line. Raises GuestError on timeout, on a line
-        matching fail_pattern, or if QEMU exits."""
+        start) after the line the previous wait_serial matched; returns the
+        line. Raises GuestError on timeout, on a line matching fail_pattern,
+        or if QEMU exits."""
         rx = re.compile(pattern)
         frx = re.compile(fail_pattern) if fail_pattern else None
         deadline = time.monotonic() + timeout
         while True:
-            for line in self.poll_serial():
+            self.poll_serial()
+            while self._wait_pos < len(self.serial_lines):
+                line = self.serial_lines[self._wait_pos][1]
+                self._wait_pos += 1
                 if frx and frx.match(line):
                     raise GuestError(f"guest reported: {line}")
                 if rx.match(line):
