@@ -636,7 +636,7 @@ static void run_plan(struct eng_pipeline *p, struct lcore_plan *plan, bool main_
 		int work = 0;
 		for (unsigned i = 0; i < plan->n; i++)
 			work += stage_poll[plan->stages[i]->id](plan->stages[i]);
-		if (main_lcore && p->a->tick && rte_rdtsc() >= next_tick) {
+		if (main_lcore && p->a->tick && (p->a->tick_every_loop || rte_rdtsc() >= next_tick)) {
 			p->a->tick(p->a->tick_ctx, p);
 			next_tick = rte_rdtsc() + period;
 		}

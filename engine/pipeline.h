@@ -93,6 +93,7 @@ struct eng_diff_args {
 	/* Called on the main lcore every tick_ms (default 100 ms): progress, mode changes. */
 	void (*tick)(void *ctx, struct eng_pipeline *p);
 	unsigned tick_ms;
+	bool tick_every_loop; /* tests: tick on every main-lcore loop, between any two batches */
 	void *tick_ctx;
 };
 
