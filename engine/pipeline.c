@@ -75,6 +75,7 @@ struct stage {
 	unsigned instance;
 	struct eng_pipeline *p;
 	struct stage_stats st;
+	uint64_t deltas[CDC_DELTA_COUNT]; /* delta stage: new blocks by encoding */
 	/* per-instance codec contexts, as the stage needs */
 	struct cdc_hasher *hasher;
 	struct cdc_delta_ctx *delta;
@@ -113,7 +114,6 @@ struct eng_pipeline {
 	uint64_t seg_seq, data_segments;
 	bool trailer_sent;
 	uint64_t verdicts[ENG_VERDICT_COUNT];
-	uint64_t deltas[CDC_DELTA_COUNT];
 	/* sink */
 	uint64_t wire_bytes;
 	volatile int done;
@@ -436,7 +436,7 @@ static int poll_delta(struct stage *s)
 			memcpy(q, tmp, (size_t)n);
 			q += n;
 		}
-		__atomic_fetch_add(&p->deltas[kind], 1, __ATOMIC_RELAXED);
+		s->deltas[kind]++;
 	}
 	b->enc_len = (uint32_t)(q - b->enc);
 	s->st.items++;
@@ -824,8 +824,9 @@ void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *r
 	rep->lcores = p->nlcores;
 	rep->seconds = (double)(rte_rdtsc() - p->start_tsc) / (double)rte_get_tsc_hz();
 	memcpy(rep->verdicts, p->verdicts, sizeof(rep->verdicts));
-	for (int k = 0; k < CDC_DELTA_COUNT; k++)
-		rep->deltas[k] = __atomic_load_n(&p->deltas[k], __ATOMIC_RELAXED);
+	for (unsigned i = 0; i < p->ninstances[ENG_STAGE_DELTA]; i++)
+		for (int k = 0; k < CDC_DELTA_COUNT; k++)
+			rep->deltas[k] += p->instances[ENG_STAGE_DELTA][i]->deltas[k];
 	for (int sid = 0; sid < ENG_STAGE_COUNT; sid++) {
 		struct eng_stage_report *r = &rep->stages[sid];
 		r->name = stage_names[sid];

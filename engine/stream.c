@@ -364,7 +364,6 @@ static int read_frames(struct reader *r)
 		uint32_t len = (uint32_t)cdc_get_le(r->frame, 4);
 		uint32_t raw_len = (uint32_t)cdc_get_le(r->frame + 4, 4);
 		uint8_t type = r->frame[8], comp = r->frame[9];
-		int level = (int8_t)r->frame[10];
 		if (len > ENG_FRAME_MAX - ENG_FRAME_HDR - CDC_TAG_LEN || raw_len > ENG_SEG_RAW_MAX) {
 			set_err(r->err, r->errlen, "segment %llu: corrupt frame header", (unsigned long long)seq);
 			return -EBADMSG;
@@ -389,7 +388,6 @@ static int read_frames(struct reader *r)
 			set_err(r->err, r->errlen, "segment %llu: corrupt compressed data", (unsigned long long)seq);
 			return -EBADMSG;
 		}
-		(void)level;
 		if (type == ENG_FRAME_TRAILER) {
 			if (raw_len != ENG_TRAILER_LEN) {
 				set_err(r->err, r->errlen, "corrupt trailer");
