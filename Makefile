@@ -6,29 +6,35 @@ CC       ?= gcc
 SANITIZE ?=
 DPDK_CFLAGS := $(shell pkg-config --cflags libdpdk 2>/dev/null)
 DPDK_LIBS   := $(shell pkg-config --libs libdpdk 2>/dev/null)
+FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
 
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -I. $(DPDK_CFLAGS) -mavx2
-LDLIBS  += $(DPDK_LIBS) -lisal -lzstd -llzma -lcrypto -lhwloc -ljson-c -lpthread
+CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -I. $(DPDK_CFLAGS) $(FUSE_CFLAGS) -mavx2
+LDLIBS  += $(DPDK_LIBS) -lisal -lzstd -llzma -lcrypto -lhwloc -ljson-c -luring -lfuse3 -lpthread
 ifneq ($(SANITIZE),)
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-CODECS_SRC  := codecs/hash.c codecs/delta.c codecs/compress.c codecs/seal.c
-TRACKER_SRC := tracker/index.c tracker/table.c
-ENGINE_SRC  := engine/stream.c engine/io.c engine/pipeline.c engine/cli.c \
-               engine/cmd_diff.c engine/cmd_patch.c
-LIB_SRC     := $(CODECS_SRC) $(TRACKER_SRC) $(ENGINE_SRC)
+# One module per file: every .c of a folder is part of the library.
+CODECS_SRC  := $(wildcard codecs/*.c)
+TRACKER_SRC := $(wildcard tracker/*.c)
+BRIDGE_SRC  := $(wildcard qemu_bridge/*.c)
+ENGINE_SRC  := $(filter-out engine/main.c,$(wildcard engine/*.c))
+LIB_SRC     := $(CODECS_SRC) $(TRACKER_SRC) $(BRIDGE_SRC) $(ENGINE_SRC)
 LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
 ENGINE      := $(BUILD)/handoff-engine
 
 TESTS       := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+# Integration tests (real QEMU, FUSE, namespaces): executables tests/it_*.
+INTEGRATION := $(sort $(wildcard tests/it_*))
+# Small helper programs the scripts run (e.g. the WAN delay relay).
+TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c))
 
 export ASAN_OPTIONS UBSAN_OPTIONS
 
-.PHONY: all setup test unit unit-sanitized fuzz fuzz-run demo bench clean
-all: $(ENGINE)
+.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench clean
+all: $(ENGINE) $(TOOLS)
 
 setup:
 	@scripts/setup
@@ -43,6 +49,10 @@ $(BUILD)/libhandoff.a: $(LIB_OBJ)
 $(ENGINE): $(BUILD)/engine/main.o $(BUILD)/libhandoff.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+$(BUILD)/%: scripts/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $< -o $@ -lpthread
+
 $(BUILD)/tests/%: tests/%.c tests/testlib.h $(BUILD)/libhandoff.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/libhandoff.a -o $@ $(LDLIBS) -lcmocka
@@ -52,10 +62,13 @@ FUZZ_SRC := $(CODECS_SRC) engine/stream.c engine/io.c tests/fuzz/fuzz_stream.c
 $(BUILD)/fuzz_stream: $(FUZZ_SRC) $(wildcard */*.h)
 	@mkdir -p $(dir $@)
 	clang -O1 -g -std=gnu11 -D_GNU_SOURCE -I. $(DPDK_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=undefined $(FUZZ_SRC) -o $@ -lisal -lzstd -llzma -lcrypto
+	    -fno-sanitize-recover=undefined $(FUZZ_SRC) -o $@ -lisal -lzstd -llzma -lcrypto -luring
 
 unit: $(ENGINE) $(TESTS)
 	@HANDOFF_ENGINE=$(ENGINE) scripts/run-tests $(TESTS)
+
+integration: $(ENGINE) $(TOOLS)
+	@HANDOFF_ENGINE=$(abspath $(ENGINE)) HANDOFF_BUILD=$(abspath $(BUILD)) scripts/run-tests $(INTEGRATION)
 
 # The same tests on an ASan + UBSan build (leak checks off: DPDK keeps its
 # memory until exit by design).
@@ -70,6 +83,7 @@ fuzz-run: $(BUILD)/fuzz_stream
 
 test: setup
 	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory unit-sanitized
 	@$(MAKE) --no-print-directory fuzz-run
 
