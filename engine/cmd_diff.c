@@ -117,11 +117,19 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 	struct eng_fd out_fd = { .fd = out.fd };
 	struct eng_sink sink = eng_fd_sink(&out_fd);
 	struct diff_tick tick = { .start = rte_rdtsc() };
-	struct eng_diff_args a = {
-		.target_fd = tfd,
-		.target_size = (uint64_t)tst.st_size,
+	struct eng_file_feed target = { .fd = tfd, .size = (uint64_t)tst.st_size };
+	struct eng_feed feed = eng_file_feed(&target);
+	struct eng_diff_object obj = {
+		.name = "image",
 		.base = base,
 		.base_map = base_map == MAP_FAILED ? NULL : base_map,
+		.capacity = (uint64_t)tst.st_size,
+	};
+	struct eng_diff_args a = {
+		.kind = ENG_KIND_IMAGE,
+		.nobj = 1,
+		.obj = &obj,
+		.feed = &feed,
 		.sink = &sink,
 		.key = val[O_KEY] ? key : NULL,
 		.aead = aead,

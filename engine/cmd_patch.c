@@ -115,12 +115,19 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 	struct eng_store base_store = eng_fd_store(&base_f), out_store = eng_fd_store(&out_f);
 	struct patch_progress pp = { .last = 0 };
 	clock_gettime(CLOCK_MONOTONIC, &pp.start);
+	struct eng_patch_object obj = {
+		.name = "image",
+		.base = &base_store,
+		.out = &out_store,
+		.base_digests = trk_index_digest(base, 0),
+		.base_size = trk_index_size(base),
+		.base_id = trk_index_id(base),
+	};
 	struct eng_patch_args a = {
 		.src = &src,
-		.base = &base_store,
-		.base_id = trk_index_id(base),
-		.base_size = trk_index_size(base),
-		.out = &out_store,
+		.kind = ENG_KIND_IMAGE,
+		.nobj = 1,
+		.obj = &obj,
 		.key = val[O_KEY] ? key : NULL,
 		.progress = patch_progress,
 		.progress_ctx = &pp,
@@ -144,7 +151,7 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 		json_object_object_add(o, "input", json_object_new_string(in_path));
 		json_object_object_add(o, "output", json_object_new_string(out_path));
 		json_object_object_add(o, "bytes_in", json_object_new_int64((int64_t)st.wire_bytes));
-		json_object_object_add(o, "bytes_out", json_object_new_int64((int64_t)st.target_size));
+		json_object_object_add(o, "bytes_out", json_object_new_int64((int64_t)st.size[0]));
 		json_object_object_add(o, "segments", json_object_new_int64((int64_t)st.segments));
 		json_object_object_add(o, "records", json_object_new_int64((int64_t)st.records));
 		json_object_object_add(o, "seconds", json_object_new_double(secs));
@@ -152,7 +159,7 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 		cli_print_json(o);
 	} else {
 		fprintf(stderr, "patch: %.2f MiB stream -> %.1f MiB in %.2f s, digest verified\n",
-			(double)st.wire_bytes / 1048576.0, (double)st.target_size / 1048576.0, secs);
+			(double)st.wire_bytes / 1048576.0, (double)st.size[0] / 1048576.0, secs);
 	}
 	ret = 0;
 out:

@@ -39,18 +39,19 @@
 #define MAX_LCORES 64
 #define BATCH_ENC_MAX (1 + BATCH_BLOCKS * (CDC_DELTA_MAX + 24))
 
-enum batch_flags { BATCH_EOS = 1 };
+/* EOS: the feed ended; FLUSH: the feed is idle, send what is held. */
+enum batch_flags { BATCH_EOS = 1, BATCH_FLUSH = 2 };
 
 struct batch {
-	uint64_t seq, first_block;
+	uint64_t seq;
 	uint32_t nblocks, flags;
 	enum cdc_delta delta; /* mode captured in order by dedup */
 	uint32_t enc_len;
 	uint8_t zero[BATCH_BLOCKS];
 	uint8_t verdict[BATCH_BLOCKS];
-	uint64_t ref[BATCH_BLOCKS];
+	uint64_t block[BATCH_BLOCKS]; /* ENG_REF(object, block) */
+	uint64_t ref[BATCH_BLOCKS];   /* what a BASE or DUP verdict copies */
 	uint8_t digest[BATCH_BLOCKS][CDC_DIGEST_LEN];
-	uint8_t image_digest[CDC_DIGEST_LEN]; /* on the EOS batch */
 	uint8_t data[BATCH_BLOCKS * CDC_BLOCK_SIZE] __attribute__((aligned(64)));
 	uint8_t enc[BATCH_ENC_MAX] __attribute__((aligned(64)));
 };
@@ -81,7 +82,6 @@ struct stage {
 	struct cdc_delta_ctx *delta;
 	struct cdc_comp_ctx *comp;
 	struct cdc_sealer *sealer;
-	struct cdc_image_digest *image;
 	/* single stages: reorder window */
 	void *slot[REORDER];
 	uint64_t next_seq;
@@ -98,7 +98,11 @@ struct eng_pipeline {
 	struct rte_mempool *batches, *segments;
 	struct rte_ring *ring[ENG_STAGE_COUNT]; /* ring[s]: input of stage s */
 	struct trk_table *base_table, *sent_table;
-	uint64_t base_blocks, target_blocks;
+	/* dedup: per object, the digest of every block as the receiver holds it */
+	uint8_t (*held[ENG_MAX_OBJECTS])[CDC_DIGEST_LEN];
+	uint64_t base_blocks[ENG_MAX_OBJECTS], capacity_blocks[ENG_MAX_OBJECTS];
+	uint64_t sizes[ENG_MAX_OBJECTS];
+	uint8_t digests[ENG_MAX_OBJECTS][CDC_DIGEST_LEN]; /* at the end */
 	unsigned nlcores;
 	unsigned lcore_ids[MAX_LCORES];
 	struct lcore_plan plan[MAX_LCORES];
@@ -106,8 +110,8 @@ struct eng_pipeline {
 	unsigned ninstances[ENG_STAGE_COUNT];
 	volatile uint64_t mode_word;
 	/* ingest */
-	uint64_t ingest_seq, ingest_block;
-	bool ingest_done;
+	uint64_t ingest_seq, ingest_blocks;
+	bool ingest_done, ingest_idle;
 	/* segment builder */
 	struct segment *open_seg;
 	bool batch_packed; /* the in-order batch is in open_seg, awaiting a trailer segment */
@@ -227,41 +231,96 @@ static int read_at(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+static int file_feed_next(void *ctx, uint64_t *refs, uint8_t *data, unsigned max, char *err,
+			  size_t errlen)
+{
+	struct eng_file_feed *f = ctx;
+	uint64_t blocks = (f->size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+	uint64_t left = blocks - f->next_block;
+	unsigned n = left < max ? (unsigned)left : max;
+
+	if (n == 0)
+		return ENG_FEED_END;
+	uint64_t off = f->next_block * CDC_BLOCK_SIZE, len = (uint64_t)n * CDC_BLOCK_SIZE;
+	if (off + len > f->size)
+		len = f->size - off;
+	int ret = read_at(f->fd, data, len, off);
+	if (ret) {
+		snprintf(err, errlen, "cannot read target at offset %llu: %s", (unsigned long long)off,
+			 strerror(-ret));
+		return ret;
+	}
+	/* zero-pad the last block: both ends hash padded blocks */
+	memset(data + len, 0, (size_t)n * CDC_BLOCK_SIZE - len);
+	for (unsigned i = 0; i < n; i++)
+		refs[i] = ENG_REF(0, f->next_block + i);
+	f->next_block += n;
+	return (int)n;
+}
+
+static uint64_t file_feed_size(void *ctx, unsigned obj)
+{
+	(void)obj;
+	return ((struct eng_file_feed *)ctx)->size;
+}
+
+struct eng_feed eng_file_feed(struct eng_file_feed *f)
+{
+	return (struct eng_feed){ .next = file_feed_next, .size = file_feed_size, .ctx = f };
+}
+
+/* Hand on an empty batch that only carries flags (end, or flush while idle). */
+static int ingest_marker(struct stage *s, struct batch *b, uint32_t flags)
+{
+	b->flags = flags;
+	b->nblocks = 0;
+	s->st.items++;
+	hand_on(s->p, ENG_STAGE_HASH, b);
+	return 1;
+}
+
 static int poll_ingest(struct stage *s)
 {
 	struct eng_pipeline *p = s->p;
+	const struct eng_feed *feed = p->a->feed;
 	struct batch *b;
+	char err[200];
 
 	if (p->ingest_done || rte_mempool_get(p->batches, (void **)&b))
 		return 0;
 	uint64_t t0 = rte_rdtsc();
-	b->seq = p->ingest_seq++;
-	b->first_block = p->ingest_block;
+	b->seq = p->ingest_seq;
 	b->flags = 0;
 	b->enc_len = 0;
-	uint64_t left = p->target_blocks - p->ingest_block;
-	b->nblocks = left < BATCH_BLOCKS ? (uint32_t)left : BATCH_BLOCKS;
-	if (b->nblocks == 0) {
-		b->flags = BATCH_EOS;
-		p->ingest_done = true;
-	} else {
-		uint64_t off = b->first_block * CDC_BLOCK_SIZE;
-		uint64_t len = (uint64_t)b->nblocks * CDC_BLOCK_SIZE;
-		if (off + len > p->a->target_size)
-			len = p->a->target_size - off;
-		int ret = read_at(p->a->target_fd, b->data, len, off);
-		if (ret) {
-			fail(p, "cannot read target at offset %llu: %s", (unsigned long long)off,
-			     strerror(-ret));
+	err[0] = 0;
+	int n = feed->next(feed->ctx, b->block, b->data, BATCH_BLOCKS, err, sizeof(err));
+	if (n == 0 || n < 0) {
+		if (n == ENG_FEED_END || (n == 0 && !p->ingest_idle)) {
+			p->ingest_seq++;
+			p->ingest_done = n == ENG_FEED_END;
+			p->ingest_idle = true;
+			return ingest_marker(s, b, n ? BATCH_EOS : BATCH_FLUSH);
+		}
+		if (n < 0)
+			fail(p, "%s", err[0] ? err : strerror(-n));
+		rte_mempool_put(p->batches, b);
+		return 0;
+	}
+	for (int i = 0; i < n; i++) {
+		unsigned obj = ENG_REF_OBJ(b->block[i]);
+		if (obj >= p->a->nobj || ENG_REF_BLK(b->block[i]) >= p->capacity_blocks[obj]) {
+			fail(p, "internal error: feed named block %llu of object %u beyond its capacity",
+			     (unsigned long long)ENG_REF_BLK(b->block[i]), obj);
 			rte_mempool_put(p->batches, b);
 			return 0;
 		}
-		/* zero-pad the last block: both ends hash padded blocks */
-		memset(b->data + len, 0, (size_t)b->nblocks * CDC_BLOCK_SIZE - len);
-		p->ingest_block += b->nblocks;
-		s->st.bytes_in += len;
-		s->st.bytes_out += len;
 	}
+	p->ingest_seq++;
+	p->ingest_idle = false;
+	b->nblocks = (uint32_t)n;
+	p->ingest_blocks += (uint64_t)n;
+	s->st.bytes_in += (uint64_t)n * CDC_BLOCK_SIZE;
+	s->st.bytes_out += (uint64_t)n * CDC_BLOCK_SIZE;
 	s->st.items++;
 	s->st.blocks += b->nblocks;
 	s->st.busy_tsc += rte_rdtsc() - t0;
@@ -318,6 +377,47 @@ static void consume_in_order(struct stage *s)
 static uint64_t batch_seq(void *o) { return ((struct batch *)o)->seq; }
 static uint64_t segment_seq(void *o) { return ((struct segment *)o)->seq; }
 
+static uint8_t *held_digest(struct eng_pipeline *p, uint64_t ref)
+{
+	return p->held[ENG_REF_OBJ(ref)][ENG_REF_BLK(ref)];
+}
+
+/* At the end: each object's image digest over the blocks the receiver holds. */
+static void final_digests(struct eng_pipeline *p)
+{
+	for (unsigned o = 0; o < p->a->nobj; o++) {
+		struct cdc_image_digest *d = cdc_image_digest_new();
+		p->sizes[o] = p->a->feed->size(p->a->feed->ctx, o);
+		uint64_t n = (p->sizes[o] + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+		if (!d || n > p->capacity_blocks[o]) {
+			fail(p, d ? "internal error: %s grew past its capacity" : "out of memory",
+			     p->a->obj[o].name);
+			cdc_image_digest_free(d);
+			return;
+		}
+		uint64_t tail = p->sizes[o] % CDC_BLOCK_SIZE;
+		const uint8_t *base_map = p->a->obj[o].base_map;
+		/* an unchanged base block that the final size cuts short */
+		if (tail && n <= p->base_blocks[o] && p->sizes[o] < trk_index_size(p->a->obj[o].base) &&
+		    !memcmp(p->held[o][n - 1], trk_index_digest(p->a->obj[o].base, n - 1), CDC_DIGEST_LEN)) {
+			uint8_t blk[CDC_BLOCK_SIZE];
+			memcpy(blk, base_map + (n - 1) * CDC_BLOCK_SIZE, tail);
+			memset(blk + tail, 0, CDC_BLOCK_SIZE - tail);
+			cdc_sha256(blk, CDC_BLOCK_SIZE, p->held[o][n - 1]);
+		}
+		for (uint64_t b = 0; b < n; b++)
+			cdc_image_digest_add(d, p->held[o][b]);
+		cdc_image_digest_final(d, p->sizes[o], p->digests[o]);
+		cdc_image_digest_free(d);
+	}
+}
+
+/*
+ * Decides, in stream order, what each block needs: nothing if the receiver
+ * already holds it, else a zero, base or duplicate reference, else new bytes.
+ * A block may come again (live handoff), so "already sent" means "some
+ * result block holds this now": an overwritten holder leaves the table.
+ */
 static int poll_dedup(struct stage *s)
 {
 	struct eng_pipeline *p = s->p;
@@ -330,15 +430,19 @@ static int poll_dedup(struct stage *s)
 	uint64_t t0 = rte_rdtsc();
 	b->delta = current_mode(p).delta;
 	for (uint32_t i = 0; i < b->nblocks; i++) {
-		uint64_t blk = b->first_block + i;
 		const uint8_t *d = b->digest[i];
-		uint64_t ref;
+		uint8_t *held = held_digest(p, b->block[i]);
+		uint64_t ref, holder;
 		enum eng_verdict v;
 
-		cdc_image_digest_add(s->image, d);
-		if (blk < p->base_blocks && !memcmp(d, trk_index_digest(p->a->base, blk), CDC_DIGEST_LEN))
-			v = ENG_SAME;
-		else if (b->zero[i])
+		if (!memcmp(d, held, CDC_DIGEST_LEN)) {
+			b->verdict[i] = ENG_SAME;
+			p->verdicts[ENG_SAME]++;
+			continue;
+		}
+		if (trk_table_lookup(p->sent_table, held, &holder) == 0 && holder == b->block[i])
+			trk_table_del(p->sent_table, held);
+		if (b->zero[i])
 			v = ENG_ZERO;
 		else if (trk_table_lookup(p->base_table, d, &ref) == 0)
 			v = ENG_BASE;
@@ -347,15 +451,16 @@ static int poll_dedup(struct stage *s)
 		else {
 			v = ENG_NEW;
 			/* a full table only costs missed duplicates later */
-			trk_table_add(p->sent_table, d, blk);
+			trk_table_add(p->sent_table, d, b->block[i]);
 			out += CDC_BLOCK_SIZE;
 		}
+		memcpy(held, d, CDC_DIGEST_LEN);
 		b->verdict[i] = (uint8_t)v;
 		b->ref[i] = ref;
 		p->verdicts[v]++;
 	}
 	if (b->flags & BATCH_EOS)
-		cdc_image_digest_final(s->image, p->a->target_size, b->image_digest);
+		final_digests(p);
 	s->st.items++;
 	s->st.blocks += b->nblocks;
 	s->st.bytes_in += (uint64_t)b->nblocks * CDC_BLOCK_SIZE;
@@ -376,7 +481,7 @@ static size_t put_block_ref(uint8_t *q, uint8_t op, uint64_t blk, int64_t *prev)
 	size_t n = 0;
 
 	q[n++] = op;
-	n += cdc_put_varint(q + n, (uint64_t)(d << 1) ^ (uint64_t)(d >> 63));
+	n += cdc_put_varint(q + n, ((uint64_t)d << 1) ^ (uint64_t)(d >> 63));
 	*prev = (int64_t)blk;
 	return n;
 }
@@ -385,45 +490,53 @@ static int poll_delta(struct stage *s)
 {
 	struct eng_pipeline *p = s->p;
 	struct batch *b;
+	unsigned cur = 0;
 	int64_t prev = -1;
 
 	if (rte_ring_dequeue(p->ring[ENG_STAGE_DELTA], (void **)&b))
 		return 0;
 	uint64_t t0 = rte_rdtsc();
 	uint8_t *q = b->enc;
-	*q++ = ENG_OP_RESET; /* batches are encoded apart: restart numbering */
+	*q++ = ENG_OP_RESET; /* batches are encoded apart: restart at object 0 */
 	for (uint32_t i = 0; i < b->nblocks; i++) {
-		uint64_t blk = b->first_block + i;
+		unsigned obj = ENG_REF_OBJ(b->block[i]);
+		uint64_t blk = ENG_REF_BLK(b->block[i]);
 		const uint8_t *data = b->data + (size_t)i * CDC_BLOCK_SIZE;
 
-		switch (b->verdict[i]) {
-		case ENG_SAME:
+		if (b->verdict[i] == ENG_SAME)
 			continue;
+		if (obj != cur) {
+			*q++ = ENG_OP_OBJECT;
+			*q++ = (uint8_t)obj;
+			cur = obj;
+			prev = -1;
+		}
+		switch (b->verdict[i]) {
 		case ENG_ZERO:
 			q += put_block_ref(q, ENG_OP_ZERO, blk, &prev);
 			continue;
 		case ENG_BASE:
-			q += put_block_ref(q, ENG_OP_BASE, blk, &prev);
-			*q++ = 0; /* base source: the one base of a diff */
-			q += cdc_put_varint(q, b->ref[i]);
-			continue;
 		case ENG_DUP:
-			q += put_block_ref(q, ENG_OP_DUP, blk, &prev);
-			q += cdc_put_varint(q, b->ref[i]);
+			q += put_block_ref(q, b->verdict[i] == ENG_BASE ? ENG_OP_BASE : ENG_OP_DUP, blk,
+					   &prev);
+			*q++ = (uint8_t)ENG_REF_OBJ(b->ref[i]);
+			q += cdc_put_varint(q, ENG_REF_BLK(b->ref[i]));
 			continue;
 		}
 		/* new block: delta against the same-offset base block if there is
 		 * one with content (against zeros a delta is the block itself) */
-		enum cdc_delta kind = blk < p->base_blocks &&
-					      memcmp(trk_index_digest(p->a->base, blk), cdc_zero_digest(),
+		const struct trk_index *base = p->a->obj[obj].base;
+		enum cdc_delta kind = blk < p->base_blocks[obj] &&
+					      memcmp(trk_index_digest(base, blk), cdc_zero_digest(),
 						     CDC_DIGEST_LEN)
 					      ? b->delta
 					      : CDC_DELTA_NONE;
 		uint8_t tmp[CDC_DELTA_MAX];
 		ssize_t n = 0;
 		if (kind != CDC_DELTA_NONE)
-			n = cdc_delta_encode(s->delta, &kind,
-					     data, p->a->base_map + blk * CDC_BLOCK_SIZE, tmp, sizeof(tmp));
+			n = cdc_delta_encode(s->delta, &kind, data,
+					     p->a->obj[obj].base_map + blk * CDC_BLOCK_SIZE, tmp,
+					     sizeof(tmp));
 		if (n <= 0)
 			kind = CDC_DELTA_NONE;
 		q += put_block_ref(q, delta_op[kind], blk, &prev);
@@ -498,6 +611,8 @@ static int poll_segment(struct stage *s)
 		p->open_seg->blocks += b->nblocks;
 	}
 	p->batch_packed = true;
+	if ((b->flags & BATCH_FLUSH) && p->open_seg)
+		flush_segment(s);
 	if (b->flags & BATCH_EOS) {
 		if (p->open_seg)
 			flush_segment(s);
@@ -507,11 +622,13 @@ static int poll_segment(struct stage *s)
 		t->type = ENG_FRAME_TRAILER;
 		t->comp = CDC_COMP_NONE;
 		t->level = 0;
-		cdc_put_le(t->raw, p->a->target_size, 8);
-		cdc_put_le(t->raw + 8, p->target_blocks, 8);
-		cdc_put_le(t->raw + 16, p->data_segments, 8);
-		memcpy(t->raw + 24, b->image_digest, CDC_DIGEST_LEN);
-		t->raw_len = ENG_TRAILER_LEN;
+		cdc_put_le(t->raw, p->data_segments, 8);
+		for (unsigned o = 0; o < p->a->nobj; o++) {
+			uint8_t *q = t->raw + 8 + o * (8 + CDC_DIGEST_LEN);
+			cdc_put_le(q, p->sizes[o], 8);
+			memcpy(q + 8, p->digests[o], CDC_DIGEST_LEN);
+		}
+		t->raw_len = ENG_TRAILER_LEN(p->a->nobj);
 		hand_on(p, ENG_STAGE_COMPRESS, t);
 	}
 	p->batch_packed = false;
@@ -579,9 +696,11 @@ static int poll_sink(struct stage *s)
 
 	if (!g)
 		return 0;
-	consume_in_order(s);
 	uint64_t t0 = rte_rdtsc();
 	int ret = p->a->sink->write(p->a->sink->ctx, g->frame, g->frame_len);
+	if (ret == -EAGAIN)
+		return 0; /* the sink is full (slow link): keep the segment, retry */
+	consume_in_order(s);
 	if (ret)
 		fail(p, "cannot write output: %s", strerror(-ret));
 	p->wire_bytes += g->frame_len;
@@ -675,9 +794,6 @@ static struct stage *stage_new(struct eng_pipeline *p, enum eng_stage_id id, uns
 	case ENG_STAGE_HASH:
 		ok = (s->hasher = cdc_hasher_new()) != NULL;
 		break;
-	case ENG_STAGE_DEDUP:
-		ok = (s->image = cdc_image_digest_new()) != NULL;
-		break;
 	case ENG_STAGE_DELTA:
 		ok = (s->delta = cdc_delta_new()) != NULL;
 		break;
@@ -701,7 +817,6 @@ static struct stage *stage_new(struct eng_pipeline *p, enum eng_stage_id id, uns
 static void stage_free(struct stage *s)
 {
 	cdc_hasher_free(s->hasher);
-	cdc_image_digest_free(s->image);
 	cdc_delta_free(s->delta);
 	cdc_comp_free(s->comp);
 	cdc_sealer_free(s->sealer);
@@ -756,6 +871,8 @@ static void pipeline_free(struct eng_pipeline *p)
 	rte_mempool_free(p->segments);
 	trk_table_free(p->base_table);
 	trk_table_free(p->sent_table);
+	for (unsigned o = 0; o < ENG_MAX_OBJECTS; o++)
+		free(p->held[o]);
 	free(p);
 }
 
@@ -767,18 +884,50 @@ static void unique_name(char *buf, size_t len, const char *what)
 	snprintf(buf, len, "ho_%s_%u", what, __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
 }
 
+/* Before anything is sent the receiver holds the base, and zeros past it. */
+static int held_init(struct eng_pipeline *p)
+{
+	for (unsigned o = 0; o < p->a->nobj; o++) {
+		const struct trk_index *base = p->a->obj[o].base;
+		p->base_blocks[o] = trk_index_blocks(base);
+		p->capacity_blocks[o] = (p->a->obj[o].capacity + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+		p->held[o] = malloc((p->capacity_blocks[o] ? p->capacity_blocks[o] : 1) * CDC_DIGEST_LEN);
+		if (!p->held[o])
+			return -ENOMEM;
+		for (uint64_t b = 0; b < p->capacity_blocks[o]; b++)
+			memcpy(p->held[o][b],
+			       b < p->base_blocks[o] ? trk_index_digest(base, b) : cdc_zero_digest(),
+			       CDC_DIGEST_LEN);
+	}
+	return 0;
+}
+
 static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
 {
 	const struct eng_diff_args *a = p->a;
+	struct eng_object_desc desc[ENG_MAX_OBJECTS];
 	char name[RTE_RING_NAMESIZE];
+	uint64_t base_total = 0, capacity_total = 0;
 
-	p->base_blocks = trk_index_blocks(a->base);
-	p->target_blocks = (a->target_size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+	if (a->nobj == 0 || a->nobj > ENG_MAX_OBJECTS) {
+		snprintf(err, errlen, "internal error: %u objects", a->nobj);
+		return -EINVAL;
+	}
+	for (unsigned o = 0; o < a->nobj; o++) {
+		desc[o].base_size = trk_index_size(a->obj[o].base);
+		desc[o].capacity = a->obj[o].capacity;
+		memcpy(desc[o].base_id, trk_index_id(a->obj[o].base), CDC_DIGEST_LEN);
+		base_total += trk_index_blocks(a->obj[o].base);
+		capacity_total += (a->obj[o].capacity + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+	}
 	eng_pipeline_set_mode(p, &a->mode);
-	if (eng_stream_init(&p->stream, a->key, a->aead, trk_index_id(a->base),
-			    trk_index_size(a->base))) {
+	if (eng_stream_init(&p->stream, a->key, a->aead, a->kind, a->nobj, desc)) {
 		snprintf(err, errlen, "cannot initialise the stream keys");
 		return -EIO;
+	}
+	if (held_init(p)) {
+		snprintf(err, errlen, "out of memory for the block digest tables");
+		return -ENOMEM;
 	}
 	unique_name(name, sizeof(name), "batch");
 	p->batches = rte_mempool_create(name, NBATCHES, sizeof(struct batch), 0, 0, NULL, NULL,
@@ -800,15 +949,18 @@ static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
 			return -ENOMEM;
 		}
 	}
-	uint64_t sent_cap = p->target_blocks < (4u << 20) ? p->target_blocks : (4u << 20);
+	uint64_t sent_cap = capacity_total < (4u << 20) ? capacity_total : (4u << 20);
+	uint64_t base_cap = base_total < UINT32_MAX / 2 ? base_total : UINT32_MAX / 2;
 	unique_name(name, sizeof(name), "base");
-	p->base_table = trk_index_table(a->base, name, a->socket);
+	p->base_table = trk_table_new(name, (uint32_t)base_cap, a->socket);
 	unique_name(name, sizeof(name), "sent");
 	p->sent_table = trk_table_new(name, (uint32_t)sent_cap, a->socket);
 	if (!p->base_table || !p->sent_table) {
 		snprintf(err, errlen, "cannot allocate dedup tables from DPDK memory: raise EAL -m");
 		return -ENOMEM;
 	}
+	for (unsigned o = 0; o < a->nobj; o++)
+		trk_table_add_index(p->base_table, a->obj[o].base, ENG_REF(o, 0));
 	return plan_lcores(p) ? (snprintf(err, errlen, "out of memory"), -ENOMEM) : 0;
 }
 
@@ -817,9 +969,10 @@ void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *r
 	double ns_per_tsc = 1e9 / (double)rte_get_tsc_hz();
 
 	memset(rep, 0, sizeof(*rep));
-	rep->target_size = p->a->target_size;
-	rep->blocks = p->target_blocks;
-	rep->wire_bytes = p->wire_bytes + ENG_HEADER_LEN;
+	for (unsigned o = 0; o < p->a->nobj; o++)
+		rep->target_size += p->sizes[o];
+	rep->blocks = p->ingest_blocks;
+	rep->wire_bytes = p->wire_bytes + p->stream.header_len;
 	rep->segments = p->data_segments;
 	rep->lcores = p->nlcores;
 	rep->seconds = (double)(rte_rdtsc() - p->start_tsc) / (double)rte_get_tsc_hz();
@@ -839,6 +992,7 @@ void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *r
 			r->busy_ns += (uint64_t)((double)st->busy_tsc * ns_per_tsc);
 		}
 	}
+	rep->blocks_in_flight = rep->blocks - rep->stages[ENG_STAGE_SINK].blocks;
 }
 
 int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, char *err,
@@ -856,7 +1010,8 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 	if (ret)
 		goto out;
 	p->start_tsc = rte_rdtsc();
-	ret = a->sink->write(a->sink->ctx, p->stream.header, ENG_HEADER_LEN);
+	while ((ret = a->sink->write(a->sink->ctx, p->stream.header, p->stream.header_len)) == -EAGAIN)
+		usleep(1000);
 	if (ret) {
 		snprintf(err, errlen, "cannot write output: %s", strerror(-ret));
 		goto out;

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "codecs/codecs.h"
+#include "stream.h"
 #include "tracker/tracker.h"
 
 /* An operating mode: how new blocks are delta-encoded and segments compressed. */
@@ -34,7 +35,8 @@ struct eng_mode {
 int eng_mode_parse(const char *text, struct eng_mode *m, char *err, size_t errlen);
 void eng_mode_format(const struct eng_mode *m, char *buf, size_t len);
 
-/* Byte sink for the stream writer: 0 or -errno. */
+/* Byte sink for the stream writer: 0, -EAGAIN (not now: the sink stage
+ * retries later, so a slow link never blocks an lcore) or -errno. */
 struct eng_sink {
 	int (*write)(void *ctx, const void *buf, size_t len);
 	void *ctx;
@@ -71,6 +73,7 @@ enum eng_verdict {
 
 struct eng_diff_report {
 	uint64_t target_size, blocks, wire_bytes, segments;
+	uint64_t blocks_in_flight; /* taken from the feed, not yet on the sink */
 	uint64_t verdicts[ENG_VERDICT_COUNT];
 	uint64_t deltas[CDC_DELTA_COUNT]; /* NEW blocks by encoding (NONE = raw) */
 	double seconds;
@@ -80,11 +83,36 @@ struct eng_diff_report {
 
 struct eng_pipeline;
 
+/* One object the pipeline sends (an image; a VM's disk, memory, device state). */
+struct eng_diff_object {
+	const char *name;
+	const struct trk_index *base; /* digests of the base both ends hold */
+	const uint8_t *base_map;      /* the base mapped read-only (deltas read it) */
+	uint64_t capacity;            /* the result never grows past this many bytes */
+};
+
+#define ENG_FEED_END (-1000000)
+
+/*
+ * Where blocks come from. next() fills up to max blocks: refs[i] =
+ * ENG_REF(object, block) and CDC_BLOCK_SIZE bytes at data + i * CDC_BLOCK_SIZE
+ * (zero-padded). It returns how many it filled, 0 when none are ready yet (a
+ * live source: the pipeline flushes what it holds and asks again later),
+ * ENG_FEED_END when there will be no more, or -errno with a reason in err.
+ * A block may come again later with new content; the receiver ends with the
+ * last version. size() gives each object's final size, once, after the end.
+ */
+struct eng_feed {
+	int (*next)(void *ctx, uint64_t *refs, uint8_t *data, unsigned max, char *err, size_t errlen);
+	uint64_t (*size)(void *ctx, unsigned obj);
+	void *ctx;
+};
+
 struct eng_diff_args {
-	int target_fd;
-	uint64_t target_size;
-	const struct trk_index *base;
-	const uint8_t *base_map; /* the base image mapped read-only */
+	enum eng_stream_kind kind;
+	unsigned nobj;
+	const struct eng_diff_object *obj;
+	const struct eng_feed *feed;
 	const struct eng_sink *sink;
 	const uint8_t *key; /* NULL: unkeyed, integrity only */
 	enum cdc_aead aead;
@@ -96,6 +124,13 @@ struct eng_diff_args {
 	bool tick_every_loop; /* tests: tick on every main-lcore loop, between any two batches */
 	void *tick_ctx;
 };
+
+/* A feed that reads one image file front to back (diff). */
+struct eng_file_feed {
+	int fd;
+	uint64_t size, next_block;
+};
+struct eng_feed eng_file_feed(struct eng_file_feed *f);
 
 int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, char *err,
 		 size_t errlen);

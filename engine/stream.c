@@ -1,5 +1,5 @@
 /*
- * Stream format v1: header, frame sealing and the one-pass reader that
+ * Stream format v2: header, frame sealing and the one-pass reader that
  * applies a stream to a block store. The reader runs on one thread and uses
  * only codecs (no DPDK), so the fuzzer drives it directly.
  */
@@ -11,11 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static const char magic[8] = { 'H', 'O', 'F', 'F', 'S', 'T', 'R', 'M' };
-
-/* Highest block number a record may name: 2^40 blocks = 4 PiB. */
-#define MAX_BLOCK (1ull << 40)
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -42,68 +40,119 @@ static int derive(struct eng_stream *s, const uint8_t *key)
 	static const uint8_t unkeyed[CDC_KEY_LEN];
 	const uint8_t *k = key ? key : unkeyed;
 
-	if (cdc_derive_key(k, s->salt, sizeof(s->salt), "handoff v1 key check", s->key_check,
+	if (cdc_derive_key(k, s->salt, sizeof(s->salt), "handoff v2 key check", s->key_check,
 			   sizeof(s->key_check)) ||
-	    cdc_derive_key(k, s->salt, sizeof(s->salt), "handoff v1 segments", s->subkey,
+	    cdc_derive_key(k, s->salt, sizeof(s->salt), "handoff v2 segments", s->subkey,
 			   sizeof(s->subkey)))
 		return -EIO;
 	return 0;
+}
+
+static void put_object_table(const struct eng_stream *s, uint8_t *q)
+{
+	for (unsigned i = 0; i < s->nobj; i++, q += ENG_OBJECT_DESC_LEN) {
+		cdc_put_le(q, s->obj[i].base_size, 8);
+		cdc_put_le(q + 8, s->obj[i].capacity, 8);
+		memcpy(q + 16, s->obj[i].base_id, CDC_DIGEST_LEN);
+	}
+}
+
+/* One identity for all bases: SHA-256 over each object's base size and digest. */
+static void combined_base_id(const struct eng_stream *s, uint8_t out[CDC_DIGEST_LEN])
+{
+	uint8_t buf[ENG_MAX_OBJECTS * (8 + CDC_DIGEST_LEN)];
+	size_t n = 0;
+
+	for (unsigned i = 0; i < s->nobj; i++) {
+		cdc_put_le(buf + n, s->obj[i].base_size, 8);
+		memcpy(buf + n + 8, s->obj[i].base_id, CDC_DIGEST_LEN);
+		n += 8 + CDC_DIGEST_LEN;
+	}
+	cdc_sha256(buf, n, out);
 }
 
 static void encode_header(struct eng_stream *s)
 {
 	uint8_t *h = s->header;
 
-	memset(h, 0, ENG_HEADER_LEN);
+	memset(h, 0, ENG_HEADER_MAX);
 	memcpy(h, magic, 8);
 	cdc_put_le(h + 8, ENG_STREAM_VERSION, 2);
 	cdc_put_le(h + 10, s->flags, 2);
 	h[12] = s->aead;
 	h[13] = CDC_BLOCK_SHIFT;
-	cdc_put_le(h + 16, s->base_size, 8);
+	h[14] = (uint8_t)s->nobj;
+	h[15] = s->kind;
 	memcpy(h + 24, s->salt, 32);
 	memcpy(h + 56, s->base_id, 32);
 	memcpy(h + 88, s->key_check, 16);
-	cdc_sha256(h, ENG_HEADER_LEN, s->header_hash);
+	put_object_table(s, h + ENG_HEADER_LEN);
+	s->header_len = ENG_HEADER_LEN + (size_t)s->nobj * ENG_OBJECT_DESC_LEN;
+	cdc_sha256(h, s->header_len, s->header_hash);
 }
 
 int eng_stream_init(struct eng_stream *s, const uint8_t *key, enum cdc_aead aead,
-		    const uint8_t base_id[CDC_DIGEST_LEN], uint64_t base_size)
+		    enum eng_stream_kind kind, unsigned nobj, const struct eng_object_desc *obj)
 {
 	memset(s, 0, sizeof(*s));
+	if (nobj == 0 || nobj > ENG_MAX_OBJECTS)
+		return -EINVAL;
 	s->flags = key ? ENG_STREAM_KEYED : 0;
 	s->aead = (uint8_t)aead;
-	s->base_size = base_size;
-	memcpy(s->base_id, base_id, CDC_DIGEST_LEN);
+	s->kind = (uint8_t)kind;
+	s->nobj = nobj;
+	memcpy(s->obj, obj, nobj * sizeof(*obj));
+	combined_base_id(s, s->base_id);
 	if (cdc_random(s->salt, sizeof(s->salt)) || derive(s, key))
 		return -EIO;
 	encode_header(s);
 	return 0;
 }
 
-int eng_stream_parse(struct eng_stream *s, const uint8_t header[ENG_HEADER_LEN],
-		     const uint8_t *key, char *err, size_t errlen)
+ssize_t eng_stream_header_len(const uint8_t fixed[ENG_HEADER_LEN], char *err, size_t errlen)
 {
-	static const uint8_t zeros[24];
-	uint8_t check[16];
 	unsigned version;
 
-	memset(s, 0, sizeof(*s));
-	if (memcmp(header, magic, 8)) {
+	if (memcmp(fixed, magic, 8)) {
 		set_err(err, errlen, "not a handoff stream (bad magic)");
 		return -EBADMSG;
 	}
-	version = (unsigned)cdc_get_le(header + 8, 2);
+	version = (unsigned)cdc_get_le(fixed + 8, 2);
 	if (version != ENG_STREAM_VERSION) {
 		set_err(err, errlen, "unsupported stream version %u (this engine reads version %d)",
 			version, ENG_STREAM_VERSION);
 		return -EPROTO;
 	}
+	if (fixed[14] == 0 || fixed[14] > ENG_MAX_OBJECTS) {
+		set_err(err, errlen, "corrupt stream header");
+		return -EBADMSG;
+	}
+	return ENG_HEADER_LEN + (ssize_t)fixed[14] * ENG_OBJECT_DESC_LEN;
+}
+
+int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, const uint8_t *key,
+		     char *err, size_t errlen)
+{
+	static const uint8_t zeros[24];
+	uint8_t check[16], id[CDC_DIGEST_LEN];
+	ssize_t want;
+
+	memset(s, 0, sizeof(*s));
+	if (len < ENG_HEADER_LEN || (want = eng_stream_header_len(header, err, errlen)) < 0)
+		return len < ENG_HEADER_LEN ? (set_err(err, errlen, "truncated stream header"), -EBADMSG)
+					    : (int)want;
+	if ((size_t)want != len) {
+		set_err(err, errlen, "truncated stream header");
+		return -EBADMSG;
+	}
 	s->flags = (uint16_t)cdc_get_le(header + 10, 2);
 	s->aead = header[12];
+	s->nobj = header[14];
+	s->kind = header[15];
 	if ((s->flags & ~ENG_STREAM_KEYED) || header[13] != CDC_BLOCK_SHIFT ||
 	    (s->aead != CDC_AEAD_AES256GCM && s->aead != CDC_AEAD_CHACHA20POLY1305) ||
-	    header[14] || header[15] || memcmp(header + 104, zeros, sizeof(zeros))) {
+	    (s->kind != ENG_KIND_IMAGE && s->kind != ENG_KIND_VM) ||
+	    memcmp(header + 16, zeros, 8) || memcmp(header + 104, zeros, sizeof(zeros))) {
 		set_err(err, errlen, "corrupt stream header");
 		return -EBADMSG;
 	}
@@ -116,10 +165,24 @@ int eng_stream_parse(struct eng_stream *s, const uint8_t header[ENG_HEADER_LEN],
 		set_err(err, errlen, "stream is not encrypted but --key was given; refusing it");
 		return -EACCES;
 	}
-	s->base_size = cdc_get_le(header + 16, 8);
+	for (unsigned i = 0; i < s->nobj; i++) {
+		const uint8_t *q = header + ENG_HEADER_LEN + i * ENG_OBJECT_DESC_LEN;
+		s->obj[i].base_size = cdc_get_le(q, 8);
+		s->obj[i].capacity = cdc_get_le(q + 8, 8);
+		memcpy(s->obj[i].base_id, q + 16, CDC_DIGEST_LEN);
+		if (s->obj[i].capacity > ENG_MAX_BLOCK * CDC_BLOCK_SIZE) {
+			set_err(err, errlen, "corrupt stream header");
+			return -EBADMSG;
+		}
+	}
 	memcpy(s->salt, header + 24, 32);
 	memcpy(s->base_id, header + 56, 32);
 	memcpy(check, header + 88, 16);
+	combined_base_id(s, id);
+	if (memcmp(id, s->base_id, CDC_DIGEST_LEN)) {
+		set_err(err, errlen, "corrupt stream header");
+		return -EBADMSG;
+	}
 	if (derive(s, key))
 		return -EIO;
 	if (memcmp(check, s->key_check, sizeof(check))) {
@@ -127,8 +190,9 @@ int eng_stream_parse(struct eng_stream *s, const uint8_t header[ENG_HEADER_LEN],
 					 : "corrupt stream header (key check failed)");
 		return -EACCES;
 	}
-	memcpy(s->header, header, ENG_HEADER_LEN);
-	cdc_sha256(s->header, ENG_HEADER_LEN, s->header_hash);
+	memcpy(s->header, header, len);
+	s->header_len = len;
+	cdc_sha256(s->header, len, s->header_hash);
 	return 0;
 }
 
@@ -161,20 +225,40 @@ size_t eng_frame_seal(const struct eng_stream *s, struct cdc_sealer *sealer, uin
 
 /* ---- reader ---------------------------------------------------------------- */
 
+/* Per object: the digest of every result block as records are applied. */
+struct obj_state {
+	const struct eng_patch_object *o;
+	uint64_t capacity_blocks, base_blocks;
+	uint64_t written_end; /* one past the highest block written */
+	/* all-zero entry = never written: the base block's digest (or zero past the base) */
+	uint8_t (*digest)[CDC_DIGEST_LEN];
+	size_t map_len;
+};
+
 struct reader {
 	const struct eng_patch_args *a;
 	struct eng_stream s;
 	struct cdc_sealer *sealer;
 	struct cdc_comp_ctx *comp;
 	struct cdc_delta_ctx *delta;
+	struct cdc_hasher *hasher;
+	struct obj_state obj[ENG_MAX_OBJECTS];
 	uint8_t *frame, *raw;
 	uint8_t block[CDC_BLOCK_SIZE] __attribute__((aligned(64)));
 	uint8_t base_block[CDC_BLOCK_SIZE] __attribute__((aligned(64)));
 	struct eng_patch_stats *st;
-	uint64_t max_block_plus1; /* blocks written so far bound DUP references */
 	char *err;
 	size_t errlen;
 };
+
+static const uint8_t unset_digest[CDC_DIGEST_LEN];
+
+static const uint8_t *block_digest(const struct obj_state *o, uint64_t blk)
+{
+	if (memcmp(o->digest[blk], unset_digest, CDC_DIGEST_LEN))
+		return o->digest[blk];
+	return blk < o->base_blocks ? o->o->base_digests + blk * CDC_DIGEST_LEN : cdc_zero_digest();
+}
 
 /* 1: got len bytes, 0: clean end before any byte, <0: error / truncation. */
 static int read_exact(struct reader *r, void *buf, size_t len)
@@ -195,46 +279,46 @@ static int read_exact(struct reader *r, void *buf, size_t len)
 	return 1;
 }
 
-static int apply_record(struct reader *r, const uint8_t **pp, const uint8_t *end,
-			int64_t *prev)
+/*
+ * Decode one record into r->block; *digest gets the block's digest when it is
+ * known without hashing (NULL: hash the block).
+ */
+static int decode_record(struct reader *r, uint8_t op, const uint8_t **pp, const uint8_t *end,
+			 struct obj_state *o, uint64_t block, const uint8_t **digest)
 {
 	const uint8_t *p = *pp;
-	uint64_t gap, ref, len;
-	uint8_t op = *p++;
+	uint64_t ref, len;
 	int ret;
 
-	if (op == ENG_OP_RESET) {
-		*prev = -1;
-		*pp = p;
-		return 0;
-	}
-	if (cdc_get_varint(&p, end, &gap))
-		return -EBADMSG;
-	/* zigzag: records may go backwards once page order is randomized */
-	int64_t delta = (int64_t)(gap >> 1) ^ -(int64_t)(gap & 1);
-	int64_t blk = *prev + 1 + delta;
-	if (blk < 0 || (uint64_t)blk >= MAX_BLOCK)
-		return -EBADMSG;
-	uint64_t block = (uint64_t)blk;
-	*prev = blk;
-
+	*digest = NULL;
 	switch (op) {
 	case ENG_OP_ZERO:
 		memset(r->block, 0, CDC_BLOCK_SIZE);
+		*digest = cdc_zero_digest();
 		break;
-	case ENG_OP_BASE:
-		if (p >= end || *p++ != 0 || cdc_get_varint(&p, end, &ref) ||
-		    ref >= (r->a->base_size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE)
+	case ENG_OP_BASE: {
+		if (p >= end || *p >= r->s.nobj)
 			return -EBADMSG;
-		if ((ret = r->a->base->read(r->a->base->ctx, ref, r->block)))
-			return ret;
-		break;
-	case ENG_OP_DUP:
-		if (cdc_get_varint(&p, end, &ref) || ref >= r->max_block_plus1 || ref == block)
+		struct obj_state *src = &r->obj[*p++];
+		if (cdc_get_varint(&p, end, &ref) || ref >= src->base_blocks)
 			return -EBADMSG;
-		if ((ret = r->a->out->read(r->a->out->ctx, ref, r->block)))
+		if ((ret = src->o->base->read(src->o->base->ctx, ref, r->block)))
 			return ret;
+		*digest = src->o->base_digests + ref * CDC_DIGEST_LEN;
 		break;
+	}
+	case ENG_OP_DUP: {
+		if (p >= end || *p >= r->s.nobj)
+			return -EBADMSG;
+		struct obj_state *src = &r->obj[*p++];
+		if (cdc_get_varint(&p, end, &ref) || ref >= src->capacity_blocks ||
+		    (src == o && ref == block))
+			return -EBADMSG;
+		if ((ret = src->o->out->read(src->o->out->ctx, ref, r->block)))
+			return ret;
+		*digest = block_digest(src, ref);
+		break;
+	}
 	case ENG_OP_RAW:
 		if ((size_t)(end - p) < CDC_BLOCK_SIZE)
 			return -EBADMSG;
@@ -248,10 +332,9 @@ static int apply_record(struct reader *r, const uint8_t **pp, const uint8_t *end
 			len = CDC_BLOCK_SIZE;
 		else if (cdc_get_varint(&p, end, &len))
 			return -EBADMSG;
-		if (len > (uint64_t)(end - p) || len > CDC_DELTA_MAX ||
-		    block * CDC_BLOCK_SIZE >= r->a->base_size)
+		if (len > (uint64_t)(end - p) || len > CDC_DELTA_MAX || block >= o->base_blocks)
 			return -EBADMSG;
-		if ((ret = r->a->base->read(r->a->base->ctx, block, r->base_block)))
+		if ((ret = o->o->base->read(o->o->base->ctx, block, r->base_block)))
 			return ret;
 		enum cdc_delta kind = op == ENG_OP_XOR     ? CDC_DELTA_XOR
 				      : op == ENG_OP_WDIFF ? CDC_DELTA_WDIFF
@@ -263,10 +346,48 @@ static int apply_record(struct reader *r, const uint8_t **pp, const uint8_t *end
 	default:
 		return -EBADMSG;
 	}
-	if ((ret = r->a->out->write(r->a->out->ctx, block, r->block)))
+	*pp = p;
+	return 0;
+}
+
+static int apply_record(struct reader *r, const uint8_t **pp, const uint8_t *end, unsigned *cur,
+			int64_t *prev)
+{
+	const uint8_t *p = *pp, *digest;
+	uint8_t computed[CDC_DIGEST_LEN];
+	uint64_t gap;
+	uint8_t op = *p++;
+	int ret;
+
+	if (op == ENG_OP_RESET || op == ENG_OP_OBJECT) {
+		if (op == ENG_OP_OBJECT && (p >= end || *p >= r->s.nobj))
+			return -EBADMSG;
+		*cur = op == ENG_OP_OBJECT ? *p++ : 0;
+		*prev = -1;
+		*pp = p;
+		return 0;
+	}
+	struct obj_state *o = &r->obj[*cur];
+	if (cdc_get_varint(&p, end, &gap))
+		return -EBADMSG;
+	/* zigzag: records may go backwards once page order is randomized */
+	int64_t delta = (int64_t)(gap >> 1) ^ -(int64_t)(gap & 1);
+	int64_t blk = *prev + 1 + delta;
+	if (blk < 0 || (uint64_t)blk >= o->capacity_blocks)
+		return -EBADMSG;
+	uint64_t block = (uint64_t)blk;
+	*prev = blk;
+	if ((ret = decode_record(r, op, &p, end, o, block, &digest)))
 		return ret;
-	if (block + 1 > r->max_block_plus1)
-		r->max_block_plus1 = block + 1;
+	if (!digest) {
+		cdc_hash_block(r->hasher, r->block, computed);
+		digest = computed;
+	}
+	if ((ret = o->o->out->write(o->o->out->ctx, block, r->block)))
+		return ret;
+	memmove(o->digest[block], digest, CDC_DIGEST_LEN);
+	if (block + 1 > o->written_end)
+		o->written_end = block + 1;
 	r->st->records++;
 	*pp = p;
 	return 0;
@@ -275,10 +396,11 @@ static int apply_record(struct reader *r, const uint8_t **pp, const uint8_t *end
 static int apply_segment(struct reader *r, const uint8_t *raw, size_t len, uint64_t seq)
 {
 	const uint8_t *p = raw, *end = raw + len;
+	unsigned cur = 0;
 	int64_t prev = -1;
 
 	while (p < end) {
-		int ret = apply_record(r, &p, end, &prev);
+		int ret = apply_record(r, &p, end, &cur, &prev);
 		if (ret == -EBADMSG) {
 			set_err(r->err, r->errlen, "segment %llu: malformed record",
 				(unsigned long long)seq);
@@ -295,58 +417,59 @@ static int apply_segment(struct reader *r, const uint8_t *raw, size_t len, uint6
 
 static int verify_result(struct reader *r, const uint8_t *trailer)
 {
-	uint64_t size = cdc_get_le(trailer, 8), nblocks = cdc_get_le(trailer + 8, 8);
-	uint64_t segments = cdc_get_le(trailer + 16, 8);
-	struct cdc_hasher *h = cdc_hasher_new();
-	struct cdc_image_digest *d = cdc_image_digest_new();
-	uint8_t digest[CDC_DIGEST_LEN];
-	int ret = -ENOMEM;
+	uint64_t segments = cdc_get_le(trailer, 8);
 
-	if (!h || !d)
-		goto out;
-	ret = -EBADMSG;
-	if (nblocks != (size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE || nblocks > MAX_BLOCK ||
-	    r->max_block_plus1 > nblocks) {
-		set_err(r->err, r->errlen, "corrupt trailer: sizes do not match the records");
-		goto out;
-	}
 	if (segments != r->st->segments) {
 		set_err(r->err, r->errlen, "stream lost segments: trailer counts %llu, read %llu",
 			(unsigned long long)segments, (unsigned long long)r->st->segments);
-		goto out;
+		return -EBADMSG;
 	}
-	ret = r->a->out->resize(r->a->out->ctx, size);
-	if (ret) {
-		set_err(r->err, r->errlen, "cannot size result to %llu bytes: %s",
-			(unsigned long long)size, strerror(-ret));
-		goto out;
-	}
-	for (uint64_t b = 0; b < nblocks; b++) {
-		ret = r->a->out->read(r->a->out->ctx, b, r->block);
+	for (unsigned i = 0; i < r->s.nobj; i++) {
+		const uint8_t *t = trailer + 8 + i * (8 + CDC_DIGEST_LEN);
+		struct obj_state *o = &r->obj[i];
+		uint64_t size = cdc_get_le(t, 8), nblocks = (size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+		if (nblocks > o->capacity_blocks || o->written_end > nblocks) {
+			set_err(r->err, r->errlen, "corrupt trailer: %s size does not match the records",
+				o->o->name);
+			return -EBADMSG;
+		}
+		int ret = o->o->out->resize(o->o->out->ctx, size);
 		if (ret) {
-			set_err(r->err, r->errlen, "cannot read back result: %s", strerror(-ret));
-			goto out;
+			set_err(r->err, r->errlen, "cannot size %s to %llu bytes: %s", o->o->name,
+				(unsigned long long)size, strerror(-ret));
+			return ret;
 		}
-		if (cdc_is_zero(r->block, CDC_BLOCK_SIZE))
-			cdc_image_digest_add(d, cdc_zero_digest());
-		else {
-			cdc_hash_block(h, r->block, digest);
-			cdc_image_digest_add(d, digest);
+		struct cdc_image_digest *d = cdc_image_digest_new();
+		if (!d) {
+			set_err(r->err, r->errlen, "out of memory");
+			return -ENOMEM;
+		}
+		/* A base block cut by a smaller result no longer has the base's digest. */
+		for (uint64_t b = 0; b < nblocks; b++) {
+			if (b + 1 == nblocks && size % CDC_BLOCK_SIZE && b < o->base_blocks &&
+			    !memcmp(o->digest[b], unset_digest, CDC_DIGEST_LEN) &&
+			    size < o->o->base_size) {
+				if ((ret = o->o->out->read(o->o->out->ctx, b, r->block))) {
+					cdc_image_digest_free(d);
+					set_err(r->err, r->errlen, "cannot read back %s: %s", o->o->name,
+						strerror(-ret));
+					return ret;
+				}
+				cdc_hash_block(r->hasher, r->block, o->digest[b]);
+			}
+			cdc_image_digest_add(d, block_digest(o, b));
+		}
+		cdc_image_digest_final(d, size, r->st->digest[i]);
+		cdc_image_digest_free(d);
+		r->st->size[i] = size;
+		if (memcmp(r->st->digest[i], t + 8, CDC_DIGEST_LEN)) {
+			set_err(r->err, r->errlen,
+				"%s digest does not match the stream's: base or result corrupted",
+				o->o->name);
+			return -EBADMSG;
 		}
 	}
-	cdc_image_digest_final(d, size, digest);
-	if (memcmp(digest, trailer + 24, CDC_DIGEST_LEN)) {
-		set_err(r->err, r->errlen, "result digest does not match the stream's: base or result corrupted");
-		ret = -EBADMSG;
-		goto out;
-	}
-	r->st->target_size = size;
-	r->st->nblocks = nblocks;
-	ret = 0;
-out:
-	cdc_image_digest_free(d);
-	cdc_hasher_free(h);
-	return ret;
+	return 0;
 }
 
 static int read_frames(struct reader *r)
@@ -389,7 +512,7 @@ static int read_frames(struct reader *r)
 			return -EBADMSG;
 		}
 		if (type == ENG_FRAME_TRAILER) {
-			if (raw_len != ENG_TRAILER_LEN) {
+			if (raw_len != ENG_TRAILER_LEN(r->s.nobj)) {
 				set_err(r->err, r->errlen, "corrupt trailer");
 				return -EBADMSG;
 			}
@@ -413,12 +536,70 @@ static int read_frames(struct reader *r)
 	}
 }
 
+/* Check the header's objects against ours and map the digest tables. */
+static int setup_objects(struct reader *r)
+{
+	char want[17], have[17];
+
+	if (r->s.kind != r->a->kind || r->s.nobj != r->a->nobj) {
+		set_err(r->err, r->errlen, "stream carries %s, expected %s",
+			r->s.kind == ENG_KIND_VM ? "a VM" : "an image",
+			r->a->kind == ENG_KIND_VM ? "a VM" : "an image");
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < r->s.nobj; i++) {
+		const struct eng_patch_object *po = &r->a->obj[i];
+		struct obj_state *o = &r->obj[i];
+		if (memcmp(r->s.obj[i].base_id, po->base_id, CDC_DIGEST_LEN) ||
+		    r->s.obj[i].base_size != po->base_size) {
+			eng_hex(r->s.obj[i].base_id, 8, want);
+			eng_hex(po->base_id, 8, have);
+			set_err(r->err, r->errlen,
+				"wrong base: the stream's %s was made against base %s…, this base is %s…",
+				po->name, want, have);
+			return -EINVAL;
+		}
+		o->o = po;
+		o->base_blocks = (po->base_size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+		o->capacity_blocks = (r->s.obj[i].capacity + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+		/* Sparse and lazily backed: a capacity of terabytes costs only what is written. */
+		o->map_len = (size_t)(o->capacity_blocks ? o->capacity_blocks : 1) * CDC_DIGEST_LEN;
+		o->digest = mmap(NULL, o->map_len, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (o->digest == MAP_FAILED) {
+			o->digest = NULL;
+			set_err(r->err, r->errlen, "cannot map the %s digest table: %s", po->name,
+				strerror(errno));
+			return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+/* The fixed part tells how long the object table is. */
+static int read_header(struct reader *r, uint8_t header[ENG_HEADER_MAX])
+{
+	ssize_t len;
+	int got = read_exact(r, header, ENG_HEADER_LEN);
+
+	if (got > 0) {
+		if ((len = eng_stream_header_len(header, r->err, r->errlen)) < 0)
+			return (int)len;
+		got = read_exact(r, header + ENG_HEADER_LEN, (size_t)len - ENG_HEADER_LEN);
+	}
+	if (got <= 0) {
+		if (got == 0 || got == -EPIPE)
+			set_err(r->err, r->errlen, "truncated stream: header incomplete");
+		return got ? got : -EPIPE;
+	}
+	return eng_stream_parse(&r->s, header, (size_t)len, r->a->key, r->err, r->errlen);
+}
+
 int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st, char *err,
 		     size_t errlen)
 {
 	struct reader *r = aligned_alloc(64, sizeof(*r));
-	uint8_t header[ENG_HEADER_LEN];
-	char want[17], have[17];
+	uint8_t header[ENG_HEADER_MAX];
 	int ret = -ENOMEM;
 
 	memset(st, 0, sizeof(*st));
@@ -435,28 +616,16 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 	r->raw = malloc(ENG_SEG_RAW_MAX);
 	r->comp = cdc_comp_new();
 	r->delta = cdc_delta_new();
-	if (!r->frame || !r->raw || !r->comp || !r->delta) {
+	r->hasher = cdc_hasher_new();
+	if (!r->frame || !r->raw || !r->comp || !r->delta || !r->hasher) {
 		set_err(err, errlen, "out of memory");
 		goto out;
 	}
-	ret = read_exact(r, header, sizeof(header));
-	if (ret <= 0) {
-		if (ret == 0 || ret == -EPIPE)
-			set_err(err, errlen, "truncated stream: header incomplete");
-		ret = ret ? ret : -EPIPE;
-		goto out;
-	}
-	ret = eng_stream_parse(&r->s, header, a->key, err, errlen);
+	ret = read_header(r, header);
 	if (ret)
 		goto out;
-	if (memcmp(r->s.base_id, a->base_id, CDC_DIGEST_LEN) || r->s.base_size != a->base_size) {
-		eng_hex(r->s.base_id, 8, want);
-		eng_hex(a->base_id, 8, have);
-		set_err(err, errlen, "wrong base: the stream was made against base %s…, this base is %s…",
-			want, have);
-		ret = -EINVAL;
+	if ((ret = setup_objects(r)))
 		goto out;
-	}
 	r->sealer = cdc_sealer_new((enum cdc_aead)r->s.aead, r->s.subkey);
 	if (!r->sealer) {
 		set_err(err, errlen, "cannot set up decryption");
@@ -465,7 +634,11 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 	}
 	ret = read_frames(r);
 out:
+	for (unsigned i = 0; i < ENG_MAX_OBJECTS; i++)
+		if (r->obj[i].digest)
+			munmap(r->obj[i].digest, r->obj[i].map_len);
 	cdc_sealer_free(r->sealer);
+	cdc_hasher_free(r->hasher);
 	cdc_delta_free(r->delta);
 	cdc_comp_free(r->comp);
 	free(r->raw);

@@ -1,10 +1,10 @@
 /*
- * Stream format v1 (docs/format.md): the bytes that carry a target image (or,
- * later, a VM's state) against a base both ends hold. Written in one pass and
+ * Stream format v2 (docs/format.md): the bytes that carry a target image, or
+ * a VM's disk, memory and device state, against a base both ends hold. Written in one pass and
  * read in one pass, so the same bytes go to a file, a TCP socket or a DPDK
  * port.
  *
- *   header (128 B) | frame* | trailer frame
+ *   header (128 B + 48 B per object) | frame* | trailer frame
  *   frame = len u32 | raw_len u32 | type u8 | comp u8 | level i8 | 0 u8 |
  *           payload[len] | tag[16]
  *
@@ -22,38 +22,61 @@
 
 #include "codecs/codecs.h"
 
-#define ENG_STREAM_VERSION 1
-#define ENG_HEADER_LEN 128
+#define ENG_STREAM_VERSION 2
+#define ENG_HEADER_LEN 128 /* fixed part; an object table follows */
+#define ENG_OBJECT_DESC_LEN 48
+#define ENG_MAX_OBJECTS 4
+#define ENG_HEADER_MAX (ENG_HEADER_LEN + ENG_MAX_OBJECTS * ENG_OBJECT_DESC_LEN)
 #define ENG_FRAME_HDR 12
 /* Segments aim for this many raw bytes... */
 #define ENG_SEG_TARGET (1u << 20)
 /* ...and never exceed this: readers reject anything larger. */
 #define ENG_SEG_RAW_MAX (ENG_SEG_TARGET + 256 * (CDC_DELTA_MAX + 24))
 #define ENG_FRAME_MAX (ENG_FRAME_HDR + ENG_SEG_RAW_MAX + 4096 + CDC_TAG_LEN)
-#define ENG_TRAILER_LEN 56
+#define ENG_TRAILER_LEN(nobj) (8 + (nobj) * (8 + CDC_DIGEST_LEN))
+/* Highest block number a record may name: 2^40 blocks = 4 PiB. */
+#define ENG_MAX_BLOCK (1ull << 40)
+/* A block reference in tables: object in the top byte, block below. */
+#define ENG_REF(obj, blk) ((uint64_t)(obj) << 56 | (blk))
+#define ENG_REF_OBJ(ref) ((unsigned)((ref) >> 56))
+#define ENG_REF_BLK(ref) ((ref) & ((1ull << 56) - 1))
 
 enum eng_frame_type { ENG_FRAME_DATA = 1, ENG_FRAME_TRAILER = 2 };
 
+/* What a stream carries: one image, or a VM (disk, memory, device state). */
+enum eng_stream_kind { ENG_KIND_IMAGE = 1, ENG_KIND_VM = 2 };
+enum eng_vm_object { ENG_VM_DISK = 0, ENG_VM_MEMORY = 1, ENG_VM_DEVICES = 2, ENG_VM_OBJECTS = 3 };
+
 /* Record opcodes inside a decompressed data segment. */
 enum eng_op {
-	ENG_OP_ZERO = 1,  /* block is all zero */
-	ENG_OP_BASE = 2,  /* copy of base block (source u8, block varint) */
-	ENG_OP_DUP = 3,   /* copy of an earlier target block (block varint) */
-	ENG_OP_RAW = 4,   /* 4096 literal bytes */
-	ENG_OP_XOR = 5,   /* 4096 bytes xor the base block at the same offset */
-	ENG_OP_WDIFF = 6, /* len varint + changed words vs the same-offset base block */
-	ENG_OP_ZREF = 7,  /* len varint + zstd with the same-offset base block as prefix */
-	ENG_OP_RESET = 8, /* no block: the next record's block is relative to -1 again */
+	ENG_OP_ZERO = 1,   /* block is all zero */
+	ENG_OP_BASE = 2,   /* copy of a base block (object u8, block varint) */
+	ENG_OP_DUP = 3,    /* copy of the current content of a result block (object u8, block varint) */
+	ENG_OP_RAW = 4,    /* 4096 literal bytes */
+	ENG_OP_XOR = 5,    /* 4096 bytes xor the base block at the same offset */
+	ENG_OP_WDIFF = 6,  /* len varint + changed words vs the same-offset base block */
+	ENG_OP_ZREF = 7,   /* len varint + zstd with the same-offset base block as prefix */
+	ENG_OP_RESET = 8,  /* no block: object 0, the next record's block is relative to -1 */
+	ENG_OP_OBJECT = 9, /* no block: object u8; the next block is relative to -1 */
+};
+
+/* One object of a stream as the header describes it. */
+struct eng_object_desc {
+	uint64_t base_size; /* size of the base image of this object */
+	uint64_t capacity;  /* the result never exceeds this many bytes */
+	uint8_t base_id[CDC_DIGEST_LEN]; /* image digest of the base */
 };
 
 struct eng_stream {
 	uint16_t flags;
-	uint8_t aead;
-	uint64_t base_size;
+	uint8_t aead, kind;
+	unsigned nobj;
+	struct eng_object_desc obj[ENG_MAX_OBJECTS];
 	uint8_t salt[32];
-	uint8_t base_id[CDC_DIGEST_LEN];
+	uint8_t base_id[CDC_DIGEST_LEN]; /* over every object's base */
 	uint8_t key_check[16];
-	uint8_t header[ENG_HEADER_LEN];
+	uint8_t header[ENG_HEADER_MAX];
+	size_t header_len;
 	uint8_t header_hash[CDC_DIGEST_LEN];
 	uint8_t subkey[CDC_KEY_LEN];
 };
@@ -62,10 +85,12 @@ struct eng_stream {
 
 /* Writer side: fresh salt, derived keys, encoded header. key NULL = unkeyed. */
 int eng_stream_init(struct eng_stream *s, const uint8_t *key, enum cdc_aead aead,
-		    const uint8_t base_id[CDC_DIGEST_LEN], uint64_t base_size);
-/* Reader side: parse and check a header; one-line reason in err on failure. */
-int eng_stream_parse(struct eng_stream *s, const uint8_t header[ENG_HEADER_LEN],
-		     const uint8_t *key, char *err, size_t errlen);
+		    enum eng_stream_kind kind, unsigned nobj, const struct eng_object_desc *obj);
+/* Reader side, step 1: check the fixed header part; returns the whole header's length. */
+ssize_t eng_stream_header_len(const uint8_t fixed[ENG_HEADER_LEN], char *err, size_t errlen);
+/* Step 2: parse and check the whole header; one-line reason in err on failure. */
+int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, const uint8_t *key,
+		     char *err, size_t errlen);
 
 /*
  * Seal the frame whose payload (payload_len bytes) already sits at
@@ -91,24 +116,38 @@ struct eng_store {
 	void *ctx;
 };
 
+/* One object as the reader sees it. */
+struct eng_patch_object {
+	const char *name;             /* for messages: "image", "disk", "memory", ... */
+	const struct eng_store *base; /* the pristine base: BASE records and deltas read it */
+	const struct eng_store *out;  /* the result: holds a copy of the base when the stream starts */
+	const uint8_t *base_digests;  /* SHA-256 of each (zero-padded) base block */
+	uint64_t base_size;
+	const uint8_t *base_id;       /* image digest of the base */
+};
+
 struct eng_patch_stats {
-	uint64_t target_size, nblocks, segments, wire_bytes, records;
+	uint64_t segments, wire_bytes, records;
+	uint64_t size[ENG_MAX_OBJECTS];
+	uint8_t digest[ENG_MAX_OBJECTS][CDC_DIGEST_LEN];
 };
 
 struct eng_patch_args {
 	const struct eng_source *src;
-	const struct eng_store *base;
-	const uint8_t *base_id; /* identity the stream must name */
-	uint64_t base_size;
-	const struct eng_store *out;
+	enum eng_stream_kind kind;
+	unsigned nobj;
+	const struct eng_patch_object *obj;
 	const uint8_t *key; /* NULL: the stream must be unkeyed */
 	void (*progress)(void *ctx, const struct eng_patch_stats *st);
 	void *progress_ctx;
 };
 
 /*
- * Read a whole stream, apply it to out, verify the result's digest against
- * the trailer. 0 on success; otherwise -errno and a one-line reason.
+ * Read a whole stream, apply it to the objects' results and check every
+ * result's digest against the trailer. The digests are kept per block as
+ * records are applied (each result starts as a copy of its base), so the
+ * check costs no second pass. 0 on success; otherwise -errno and a one-line
+ * reason.
  */
 int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st, char *err,
 		     size_t errlen);

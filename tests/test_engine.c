@@ -73,11 +73,16 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 	int fd = open(fx.target_path, O_RDONLY);
 	struct eng_sink sink = eng_mem_sink(stream);
 	struct switcher sw = { 0 };
+	struct eng_file_feed target = { .fd = fd, .size = fx.target_len };
+	struct eng_feed feed = eng_file_feed(&target);
+	struct eng_diff_object obj = {
+		.name = "image", .base = fx.idx, .capacity = fx.target_len,
+	};
 	struct eng_diff_args a = {
-		.target_fd = fd,
-		.target_size = fx.target_len,
-		.base = fx.idx,
-		.base_map = fx.base,
+		.kind = ENG_KIND_IMAGE,
+		.nobj = 1,
+		.obj = &obj,
+		.feed = &feed,
 		.sink = &sink,
 		.key = key,
 		.aead = CDC_AEAD_AES256GCM,
@@ -90,7 +95,7 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 	/* the delta stage reads base blocks up to a whole block past the end */
 	uint8_t *padded = calloc(1, fx.base_len + CDC_BLOCK_SIZE);
 	memcpy(padded, fx.base, fx.base_len);
-	a.base_map = padded;
+	obj.base_map = padded;
 	int ret = eng_diff_run(&a, rep, err, sizeof(err));
 	if (ret)
 		fprintf(stderr, "diff: %s\n", err);
@@ -116,9 +121,12 @@ static int patch_from(struct eng_mem *stream, const uint8_t *key, struct eng_mem
 		memcpy(result->data, fx.base, fx.base_len);
 		result->len = result->cap = fx.base_len;
 	}
+	struct eng_patch_object obj = {
+		.name = "image", .base = &bs, .out = &os, .base_digests = trk_index_digest(fx.idx, 0),
+		.base_size = trk_index_size(fx.idx), .base_id = trk_index_id(fx.idx),
+	};
 	struct eng_patch_args a = {
-		.src = &src, .base = &bs, .base_id = trk_index_id(fx.idx),
-		.base_size = trk_index_size(fx.idx), .out = &os, .key = key,
+		.src = &src, .kind = ENG_KIND_IMAGE, .nobj = 1, .obj = &obj, .key = key,
 	};
 	return eng_patch_stream(&a, &st, err, errlen);
 }
@@ -275,7 +283,7 @@ static void test_mode_switch_while_running(void **state)
 	assert_int_equal(diff_to(&stream, &m, NULL, &rep, true), 0);
 	assert_true(rep.segments >= 8);
 	/* frame headers are authenticated but not encrypted: count compressors used */
-	for (size_t off = ENG_HEADER_LEN; off + ENG_FRAME_HDR <= stream.len;) {
+	for (size_t off = ENG_HEADER_LEN + ENG_OBJECT_DESC_LEN; off + ENG_FRAME_HDR <= stream.len;) {
 		uint32_t len = (uint32_t)(stream.data[off] | stream.data[off + 1] << 8 |
 					  stream.data[off + 2] << 16 | (uint32_t)stream.data[off + 3] << 24);
 		if (stream.data[off + 8] == ENG_FRAME_DATA && !seen[stream.data[off + 9] % CDC_COMP_COUNT]) {
@@ -360,6 +368,162 @@ static void test_rejects_damage(void **state)
 	free(b2);
 }
 
+
+/*
+ * A live source: blocks of three objects come again and again with new
+ * contents drawn from a small pool (zeros, base blocks of any object, a few
+ * random blocks), in random order and in bursts with idle gaps, so the
+ * stream is full of DUP references to blocks that are later overwritten,
+ * blocks that go back to their base content, and cross-object copies. The
+ * receiver must end with exactly the last version of every block.
+ */
+#define LIVE_OBJ 3
+#define LIVE_POOL 24
+
+struct live_feed {
+	uint8_t *base[LIVE_OBJ], *want[LIVE_OBJ];
+	uint64_t blocks[LIVE_OBJ], size[LIVE_OBJ];
+	uint8_t pool[LIVE_POOL][CDC_BLOCK_SIZE];
+	unsigned rounds, round;
+	bool idle_next;
+};
+
+static void live_pick(struct live_feed *f, uint8_t *out)
+{
+	uint64_t r = test_rand() % 10;
+
+	if (r == 0)
+		memset(out, 0, CDC_BLOCK_SIZE);
+	else if (r < 4) {
+		unsigned o = (unsigned)(test_rand() % LIVE_OBJ);
+		memcpy(out, f->base[o] + (test_rand() % f->blocks[o]) * CDC_BLOCK_SIZE, CDC_BLOCK_SIZE);
+	} else
+		memcpy(out, f->pool[test_rand() % LIVE_POOL], CDC_BLOCK_SIZE);
+}
+
+static int live_next(void *ctx, uint64_t *refs, uint8_t *data, unsigned max, char *err,
+		     size_t errlen)
+{
+	struct live_feed *f = ctx;
+
+	(void)err;
+	(void)errlen;
+	if (f->round >= f->rounds)
+		return ENG_FEED_END;
+	f->round++;
+	if (f->idle_next || test_rand() % 5 == 0) {
+		f->idle_next = false;
+		return 0; /* nothing ready: the pipeline flushes and asks again */
+	}
+	unsigned n = 1 + (unsigned)(test_rand() % max);
+	for (unsigned i = 0; i < n; i++) {
+		unsigned o = (unsigned)(test_rand() % LIVE_OBJ);
+		uint64_t b = test_rand() % f->blocks[o];
+		uint8_t *dst = f->want[o] + b * CDC_BLOCK_SIZE;
+		live_pick(f, dst);
+		/* the last block of a short object stays zero past its size */
+		if ((b + 1) * CDC_BLOCK_SIZE > f->size[o])
+			memset(dst + f->size[o] % CDC_BLOCK_SIZE, 0,
+			       CDC_BLOCK_SIZE - f->size[o] % CDC_BLOCK_SIZE);
+		refs[i] = ENG_REF(o, b);
+		memcpy(data + (size_t)i * CDC_BLOCK_SIZE, dst, CDC_BLOCK_SIZE);
+	}
+	return (int)n;
+}
+
+static uint64_t live_size(void *ctx, unsigned obj)
+{
+	return ((struct live_feed *)ctx)->size[obj];
+}
+
+static void test_live_feed_last_version_wins(void **state)
+{
+	static const char *names[LIVE_OBJ] = { "disk", "memory", "devices" };
+	struct live_feed *f = calloc(1, sizeof(*f));
+	struct trk_index *idx[LIVE_OBJ];
+	struct eng_diff_object obj[LIVE_OBJ];
+	struct eng_patch_object pobj[LIVE_OBJ];
+	struct eng_mem base_mem[LIVE_OBJ], out_mem[LIVE_OBJ], stream = { 0 };
+	struct eng_store base_st[LIVE_OBJ], out_st[LIVE_OBJ];
+	struct eng_diff_report rep;
+	struct eng_patch_stats st;
+	char path[300], err[256];
+	const struct eng_mode modes[] = { { CDC_DELTA_BEST, CDC_COMP_ZSTD, 3 },
+					  { CDC_DELTA_XOR, CDC_COMP_IGZIP, 1 } };
+
+	(void)state;
+	if (!fx.dir)
+		fx.dir = test_tmpdir();
+	/* disk and memory of fixed size; device state smaller than its base */
+	uint64_t base_size[LIVE_OBJ] = { 96 * CDC_BLOCK_SIZE, 128 * CDC_BLOCK_SIZE, 5 * CDC_BLOCK_SIZE + 100 };
+	f->size[0] = base_size[0];
+	f->size[1] = base_size[1];
+	f->size[2] = 3 * CDC_BLOCK_SIZE + 77;
+	for (int i = 0; i < LIVE_POOL; i++)
+		(i % 2 ? test_fill_text : test_fill_random)(f->pool[i], CDC_BLOCK_SIZE);
+	for (int o = 0; o < LIVE_OBJ; o++) {
+		uint64_t cap = base_size[o] > f->size[o] ? base_size[o] : f->size[o];
+		f->blocks[o] = (f->size[o] + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+		size_t padded = (size_t)((cap + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE) * CDC_BLOCK_SIZE;
+		f->base[o] = calloc(1, padded);
+		test_fill_text(f->base[o], base_size[o]);
+		f->want[o] = calloc(1, padded);
+		memcpy(f->want[o], f->base[o], base_size[o]);
+		snprintf(path, sizeof(path), "%s/live-base-%d", fx.dir, o);
+		test_write_file(path, f->base[o], base_size[o]);
+		idx[o] = trk_index_open(path, err, sizeof(err));
+		assert_non_null(idx[o]);
+		obj[o] = (struct eng_diff_object){ names[o], idx[o], f->base[o], cap };
+	}
+	for (unsigned m = 0; m < 2; m++) {
+		f->rounds = 120;
+		f->round = 0;
+		struct eng_feed feed = { live_next, live_size, f };
+		struct eng_sink sink = eng_mem_sink(&stream);
+		struct eng_diff_args a = {
+			.kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = obj, .feed = &feed,
+			.sink = &sink, .aead = CDC_AEAD_CHACHA20POLY1305, .mode = modes[m], .socket = 0,
+		};
+		memset(&stream, 0, sizeof(stream));
+		assert_int_equal(eng_diff_run(&a, &rep, err, sizeof(err)), 0);
+		for (int o = 0; o < LIVE_OBJ; o++) {
+			base_mem[o] = (struct eng_mem){ .data = f->base[o], .len = base_size[o], .cap = base_size[o] };
+			out_mem[o] = (struct eng_mem){ .data = malloc(base_size[o]), .len = base_size[o],
+						       .cap = base_size[o], .max = 1u << 24 };
+			memcpy(out_mem[o].data, f->base[o], base_size[o]);
+			base_st[o] = eng_mem_store(&base_mem[o]);
+			out_st[o] = eng_mem_store(&out_mem[o]);
+			pobj[o] = (struct eng_patch_object){ names[o], &base_st[o], &out_st[o],
+							     trk_index_digest(idx[o], 0), base_size[o],
+							     trk_index_id(idx[o]) };
+		}
+		struct eng_source src = eng_mem_source(&stream);
+		struct eng_patch_args pa = { .src = &src, .kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = pobj };
+		int ret = eng_patch_stream(&pa, &st, err, sizeof(err));
+		if (ret)
+			fprintf(stderr, "patch: %s\n", err);
+		assert_int_equal(ret, 0);
+		for (int o = 0; o < LIVE_OBJ; o++) {
+			assert_int_equal(out_mem[o].len, f->size[o]);
+			assert_memory_equal(out_mem[o].data, f->want[o], f->size[o]);
+			eng_mem_free(&out_mem[o]);
+		}
+		/* the next run starts again from the base */
+		for (int o = 0; o < LIVE_OBJ; o++) {
+			memset(f->want[o], 0, (size_t)f->blocks[o] * CDC_BLOCK_SIZE);
+			memcpy(f->want[o], f->base[o], base_size[o] < f->size[o] ? base_size[o] : f->size[o]);
+		}
+		assert_true(rep.verdicts[ENG_DUP] > 0 && rep.verdicts[ENG_BASE] > 0);
+		eng_mem_free(&stream);
+	}
+	for (int o = 0; o < LIVE_OBJ; o++) {
+		trk_index_free(idx[o]);
+		free(f->base[o]);
+		free(f->want[o]);
+	}
+	free(f);
+}
+
 static void test_mode_parse(void **state)
 {
 	(void)state;
@@ -384,6 +548,7 @@ int main(void)
 		cmocka_unit_test(test_dedup_verdicts),
 		cmocka_unit_test(test_mode_switch_while_running),
 		cmocka_unit_test(test_rejects_damage),
+		cmocka_unit_test(test_live_feed_last_version_wins),
 	};
 	test_seed();
 	return cmocka_run_group_tests_name("engine", tests, test_eal_setup, test_eal_teardown);

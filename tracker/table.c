@@ -75,18 +75,20 @@ int trk_table_lookup(const struct trk_table *t, const uint8_t digest[CDC_DIGEST_
 	return 0;
 }
 
-struct trk_table *trk_index_table(const struct trk_index *idx, const char *name, int socket)
+int trk_table_del(struct trk_table *t, const uint8_t digest[CDC_DIGEST_LEN])
+{
+	int ret = rte_hash_del_key(t->h, digest);
+
+	return ret < 0 ? ret : 0;
+}
+
+void trk_table_add_index(struct trk_table *t, const struct trk_index *idx, uint64_t tag)
 {
 	uint64_t n = trk_index_blocks(idx);
-	struct trk_table *t = trk_table_new(name, n > UINT32_MAX / 2 ? UINT32_MAX / 2 : (uint32_t)n,
-					    socket);
 
-	if (!t)
-		return NULL;
 	for (uint64_t b = 0; b < n; b++) {
 		const uint8_t *d = trk_index_digest(idx, b);
-		if (memcmp(d, cdc_zero_digest(), CDC_DIGEST_LEN) && trk_table_add(t, d, b) == -ENOSPC)
+		if (memcmp(d, cdc_zero_digest(), CDC_DIGEST_LEN) && trk_table_add(t, d, tag | b) == -ENOSPC)
 			break;
 	}
-	return t;
 }

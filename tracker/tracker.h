@@ -45,7 +45,9 @@ int trk_table_add(struct trk_table *t, const uint8_t digest[CDC_DIGEST_LEN], uin
 /* 0 and *value when found, -ENOENT otherwise. */
 int trk_table_lookup(const struct trk_table *t, const uint8_t digest[CDC_DIGEST_LEN],
 		     uint64_t *value);
-/* Table of the first occurrence of every non-zero block of idx. */
-struct trk_table *trk_index_table(const struct trk_index *idx, const char *name, int socket);
+/* Remove digest; -ENOENT when absent. */
+int trk_table_del(struct trk_table *t, const uint8_t digest[CDC_DIGEST_LEN]);
+/* Add the first occurrence of every non-zero block of idx, as tag | block. */
+void trk_table_add_index(struct trk_table *t, const struct trk_index *idx, uint64_t tag);
 
 #endif
