@@ -33,7 +33,7 @@ TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c))
 
 export ASAN_OPTIONS UBSAN_OPTIONS
 
-.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench clean
+.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench bench-handoff clean
 all: $(ENGINE) $(TOOLS)
 
 setup:
@@ -94,6 +94,11 @@ demo: setup
 bench: setup
 	@$(MAKE) --no-print-directory $(ENGINE)
 	@perf/bench-diff
+
+# handoff-engine vs QEMU's own live migration over the emulated WAN (needs root)
+bench-handoff: setup
+	@$(MAKE) --no-print-directory all
+	@HANDOFF_ENGINE=$(abspath $(ENGINE)) HANDOFF_BUILD=$(abspath $(BUILD)) perf/handoff-bench
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -55,7 +55,8 @@ const struct cli_cmd cli_cmd_keygen = {
 	.run = keygen_run,
 };
 
-static const struct cli_cmd *const commands[] = { &cli_cmd_diff, &cli_cmd_patch, &cli_cmd_keygen };
+static const struct cli_cmd *const commands[] = { &cli_cmd_diff,  &cli_cmd_patch, &cli_cmd_send,
+						  &cli_cmd_receive, &cli_cmd_track, &cli_cmd_keygen };
 
 static void usage(FILE *f)
 {
@@ -105,12 +106,12 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (!strcmp(name, "--version")) {
-		printf("handoff-engine %s (stream format v1)\n", HANDOFF_VERSION);
+		printf("handoff-engine %s (stream format v2)\n", HANDOFF_VERSION);
 		return 0;
 	}
 	const struct cli_cmd *cmd = find_command(name);
 	if (!cmd) {
-		cli_error("unknown command '%s' (commands: diff, patch, keygen; see --help)", name);
+		cli_error("unknown command '%s' (commands: diff, patch, send, receive, track, keygen; see --help)", name);
 		return 2;
 	}
 	int r = cli_parse(cmd, argc - first, argv + first, val);

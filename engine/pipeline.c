@@ -1010,6 +1010,8 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 	if (ret)
 		goto out;
 	p->start_tsc = rte_rdtsc();
+	if (a->stream_out)
+		*a->stream_out = p->stream;
 	while ((ret = a->sink->write(a->sink->ctx, p->stream.header, p->stream.header_len)) == -EAGAIN)
 		usleep(1000);
 	if (ret) {

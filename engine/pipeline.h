@@ -123,6 +123,7 @@ struct eng_diff_args {
 	unsigned tick_ms;
 	bool tick_every_loop; /* tests: tick on every main-lcore loop, between any two batches */
 	void *tick_ctx;
+	struct eng_stream *stream_out; /* if set: the stream's keys and header, for control messages */
 };
 
 /* A feed that reads one image file front to back (diff). */

@@ -517,7 +517,7 @@ static int read_frames(struct reader *r)
 				return -EBADMSG;
 			}
 			uint8_t extra;
-			if (r->a->src->read(r->a->src->ctx, &extra, 1) != 0) {
+			if (!r->a->control_follows && r->a->src->read(r->a->src->ctx, &extra, 1) != 0) {
 				set_err(r->err, r->errlen, "unexpected data after the end of the stream");
 				return -EBADMSG;
 			}
@@ -624,6 +624,8 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 	ret = read_header(r, header);
 	if (ret)
 		goto out;
+	if (a->stream_out)
+		*a->stream_out = r->s;
 	if ((ret = setup_objects(r)))
 		goto out;
 	r->sealer = cdc_sealer_new((enum cdc_aead)r->s.aead, r->s.subkey);

@@ -140,6 +140,8 @@ struct eng_patch_args {
 	const uint8_t *key; /* NULL: the stream must be unkeyed */
 	void (*progress)(void *ctx, const struct eng_patch_stats *st);
 	void *progress_ctx;
+	struct eng_stream *stream_out; /* if set: the parsed header, keys (for control messages) */
+	bool control_follows; /* the connection carries control messages after the trailer */
 };
 
 /*

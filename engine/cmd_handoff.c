@@ -1,0 +1,149 @@
+/*
+ * handoff-engine send / receive: the VM handoff's command lines (the work is
+ * in handoff_send.c and handoff_receive.c).
+ */
+#include "cli.h"
+#include "handoff.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { S_QMP, S_DISK, S_BASE, S_TO, S_KEY, S_MODE, S_CIPHER, S_JSON, S_TIMEOUT };
+
+static const struct cli_opt send_opts[] = {
+	[S_QMP] = { "qmp", 0, "SRC.sock", true, "QMP socket of the running source QEMU" },
+	[S_DISK] = { "disk", 0, "TRACKED_DISK", true, "the VM's disk as served by 'handoff-engine track'" },
+	[S_BASE] = { "base", 0, "BASEDIR", true, "base VM directory the VM was started from (scripts/make-base)" },
+	[S_TO] = { "to", 0, "DEST", true, "tcp:HOST:PORT (live handoff) or file:PATH (VM overlay of the suspended VM)" },
+	[S_KEY] = { "key", 'k', "FILE", false, "32-byte key (handoff-engine keygen); required for tcp:" },
+	[S_MODE] = { "mode", 'm', "MODE", false, "auto (default) or DELTA:COMP:LEVEL, e.g. wdiff:zstd:3" },
+	[S_CIPHER] = { "cipher", 0, "NAME", false, "aes-256-gcm (default) or chacha20-poly1305" },
+	[S_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
+	[S_TIMEOUT] = { "connect-timeout", 0, "SECONDS", false, "how long to retry connecting (default 30)" },
+	{ 0 },
+};
+
+static const struct eng_mode auto_mode = { CDC_DELTA_BEST, CDC_COMP_ZSTD, 3 };
+
+static int need_key(const char *loc, const char *key_path, const char *what)
+{
+	if (!strncmp(loc, "tcp:", 4) && !key_path) {
+		cli_error("%s: a key is required for transfers that leave the host (--key FILE; make one with 'handoff-engine keygen')",
+			  what);
+		return -1;
+	}
+	return 0;
+}
+
+static int finish(json_object *summary, bool json, int ret, const char *what, const char *err)
+{
+	if (json && summary)
+		cli_print_json(summary);
+	else
+		json_object_put(summary);
+	if (ret) {
+		cli_error("%s failed: %s", what, err);
+		return 1;
+	}
+	return 0;
+}
+
+static int send_run(const struct cli_cmd *cmd, const char *const *val)
+{
+	struct eng_send_args a = {
+		.qmp_path = val[S_QMP], .disk_path = val[S_DISK], .base_dir = val[S_BASE], .to = val[S_TO],
+		.mode = auto_mode, .progress = isatty(2), .connect_timeout_s = 30,
+	};
+	uint8_t key[CDC_KEY_LEN];
+	char err[512];
+	json_object *summary = NULL;
+
+	(void)cmd;
+	if (val[S_MODE] && strcmp(val[S_MODE], "auto") && eng_mode_parse(val[S_MODE], &a.mode, err, sizeof(err))) {
+		cli_error("%s", err);
+		return 2;
+	}
+	if (val[S_TIMEOUT] && (a.connect_timeout_s = strtod(val[S_TIMEOUT], NULL)) <= 0) {
+		cli_error("bad --connect-timeout '%s'", val[S_TIMEOUT]);
+		return 2;
+	}
+	if (need_key(a.to, val[S_KEY], "send") || cli_parse_aead(val[S_CIPHER], &a.aead) ||
+	    (val[S_KEY] && cli_read_key(val[S_KEY], key)))
+		return 2;
+	a.key = val[S_KEY] ? key : NULL;
+	if (cli_eal_start(512, &a.socket))
+		return 1;
+	int ret = eng_handoff_send(&a, &summary, err, sizeof(err));
+	if (!ret && !val[S_JSON]) {
+		json_object *t, *w, *dt;
+		if (json_object_object_get_ex(summary, "total_s", &t) &&
+		    json_object_object_get_ex(summary, "wire_bytes", &w) &&
+		    json_object_object_get_ex(summary, "downtime_s", &dt))
+			fprintf(stderr, "send: done in %.2f s, %.2f MB on the wire, downtime %.3f s\n",
+				json_object_get_double(t), (double)json_object_get_int64(w) / 1e6,
+				json_object_get_double(dt));
+	}
+	return finish(summary, val[S_JSON] != NULL, ret, "send", err);
+}
+
+const struct cli_cmd cli_cmd_send = {
+	.name = "send",
+	.summary = "Hand a running QEMU VM off to a destination (tcp:) while it runs, or write the\n"
+		   "suspended VM as an overlay against its base (file:). Memory, disk and device state are\n"
+		   "deduplicated and delta-encoded against the base, compressed and sealed. If anything\n"
+		   "fails before the destination is committed, the source VM keeps running.",
+	.usage = "--qmp SRC.sock --disk TRACKED_DISK --base BASEDIR --to tcp:HOST:PORT|file:PATH [--key FILE] [--json]",
+	.opts = send_opts,
+	.run = send_run,
+	.needs_eal = true,
+};
+
+enum { R_FROM, R_QMP, R_BASE, R_DISK_OUT, R_KEY, R_JSON, R_TIMEOUT };
+
+static const struct cli_opt receive_opts[] = {
+	[R_FROM] = { "from", 0, "SOURCE", true, "tcp:ADDR:PORT to listen on, or file:PATH of a VM overlay" },
+	[R_QMP] = { "qmp", 0, "DST.sock", true, "QMP socket of the destination QEMU, started with -incoming defer" },
+	[R_BASE] = { "base", 0, "BASEDIR", true, "the same base VM directory as the source's" },
+	[R_DISK_OUT] = { "disk-out", 0, "PATH", true, "a copy of the base disk, opened by the destination QEMU; written in place" },
+	[R_KEY] = { "key", 'k', "FILE", false, "the sender's key; required for tcp:" },
+	[R_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
+	[R_TIMEOUT] = { "accept-timeout", 0, "SECONDS", false, "how long to wait for the source (default 600)" },
+	{ 0 },
+};
+
+static int receive_run(const struct cli_cmd *cmd, const char *const *val)
+{
+	struct eng_receive_args a = {
+		.from = val[R_FROM], .qmp_path = val[R_QMP], .base_dir = val[R_BASE],
+		.disk_out = val[R_DISK_OUT], .progress = isatty(2), .accept_timeout_s = 600,
+	};
+	uint8_t key[CDC_KEY_LEN];
+	char err[512];
+	json_object *summary = NULL;
+
+	(void)cmd;
+	if (val[R_TIMEOUT] && (a.accept_timeout_s = strtod(val[R_TIMEOUT], NULL)) <= 0) {
+		cli_error("bad --accept-timeout '%s'", val[R_TIMEOUT]);
+		return 2;
+	}
+	if (need_key(a.from, val[R_KEY], "receive") || (val[R_KEY] && cli_read_key(val[R_KEY], key)))
+		return 2;
+	a.key = val[R_KEY] ? key : NULL;
+	int ret = eng_handoff_receive(&a, &summary, err, sizeof(err));
+	if (!ret && !val[R_JSON])
+		fprintf(stderr, "receive: VM resumed from %s, every object verified\n", a.from);
+	return finish(summary, val[R_JSON] != NULL, ret, "receive", err);
+}
+
+const struct cli_cmd cli_cmd_receive = {
+	.name = "receive",
+	.summary = "Receive a VM handed off by 'send' (tcp:) or apply a VM overlay (file:), verify\n"
+		   "every object against the stream's digests, and resume the VM in the destination QEMU.\n"
+		   "The VM never resumes on partial or unverified state.",
+	.usage = "--from tcp:ADDR:PORT|file:PATH --qmp DST.sock --base BASEDIR --disk-out PATH [--key FILE] [--json]",
+	.opts = receive_opts,
+	.run = receive_run,
+	.needs_eal = false,
+};

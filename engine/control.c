@@ -1,0 +1,88 @@
+/*
+ * Sealed control messages (design in control.h).
+ *   message = len:u16 | sealed(type:u8 text[len-1]) | tag[16]
+ */
+#include "control.h"
+
+#include <errno.h>
+#include <string.h>
+
+static const uint8_t unkeyed[CDC_KEY_LEN];
+
+int eng_control_init(struct eng_control *c, struct eng_tcp *t, const struct eng_stream *s,
+		     const uint8_t *key, int sender)
+{
+	uint8_t k[CDC_KEY_LEN];
+
+	memset(c, 0, sizeof(*c));
+	c->tcp = t;
+	c->my_dir = sender ? 1 : 2;
+	memcpy(c->aad, s->header_hash, CDC_DIGEST_LEN);
+	if (cdc_derive_key(key ? key : unkeyed, s->salt, sizeof(s->salt), "handoff v2 control", k,
+			   sizeof(k)))
+		return -EIO;
+	c->sealer = cdc_sealer_new((enum cdc_aead)s->aead, k);
+	return c->sealer ? 0 : -ENOMEM;
+}
+
+void eng_control_free(struct eng_control *c)
+{
+	cdc_sealer_free(c->sealer);
+	c->sealer = NULL;
+}
+
+/* Nonces: direction in the top byte, so the two ends never share one. */
+static uint64_t nonce(uint8_t dir, uint64_t seq)
+{
+	return (uint64_t)dir << 56 | seq;
+}
+
+int eng_control_send(struct eng_control *c, enum eng_msg_type type, const char *text)
+{
+	uint8_t buf[2 + 1 + ENG_MSG_TEXT_MAX + CDC_TAG_LEN];
+	size_t tl = text ? strnlen(text, ENG_MSG_TEXT_MAX) : 0;
+	size_t len = 1 + tl;
+
+	buf[0] = (uint8_t)(len & 0xff);
+	buf[1] = (uint8_t)(len >> 8);
+	buf[2] = (uint8_t)type;
+	if (tl)
+		memcpy(buf + 3, text, tl);
+	if (cdc_seal(c->sealer, nonce(c->my_dir, c->send_seq++), c->aad, sizeof(c->aad), buf + 2, len,
+		     buf + 2 + len))
+		return -EIO;
+	return eng_tcp_send(c->tcp, buf, 2 + len + CDC_TAG_LEN);
+}
+
+int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type *type, char *text,
+		     size_t textlen)
+{
+	uint8_t buf[2 + 1 + ENG_MSG_TEXT_MAX + CDC_TAG_LEN];
+	int ret = eng_tcp_recv_all(c->tcp, buf, 2, timeout_s);
+
+	if (ret)
+		return ret;
+	size_t len = (size_t)buf[0] | (size_t)buf[1] << 8;
+	if (len < 1 || len > 1 + ENG_MSG_TEXT_MAX)
+		return -EBADMSG;
+	if ((ret = eng_tcp_recv_all(c->tcp, buf + 2, len + CDC_TAG_LEN, timeout_s)))
+		return ret;
+	uint8_t peer = c->my_dir == 1 ? 2 : 1;
+	if (cdc_open(c->sealer, nonce(peer, c->recv_seq++), c->aad, sizeof(c->aad), buf + 2, len,
+		     buf + 2 + len))
+		return -EBADMSG;
+	if (buf[2] < ENG_MSG_READY || buf[2] > ENG_MSG_FAILED)
+		return -EBADMSG;
+	*type = (enum eng_msg_type)buf[2];
+	size_t tl = len - 1 < textlen - 1 ? len - 1 : textlen - 1;
+	memcpy(text, buf + 3, tl);
+	text[tl] = 0;
+	return 0;
+}
+
+const char *eng_msg_name(enum eng_msg_type t)
+{
+	static const char *const names[] = { "?", "READY", "COMMIT", "RESUMED", "FAILED" };
+
+	return (unsigned)t <= ENG_MSG_FAILED ? names[t] : "?";
+}

@@ -1,0 +1,47 @@
+/*
+ * Control messages between the two ends of a handoff, on the same
+ * connection as the stream, in the other direction too. Sealed like the
+ * stream's frames (AEAD under a key derived from the operator key and the
+ * stream's salt, AAD = the stream's header hash), with a direction byte and
+ * a sequence number in the nonce, so a peer without the key can neither
+ * forge "resume" nor "failed", and a message cannot be replayed or turned
+ * around.
+ *
+ * The end of a live handoff is a two-phase commit, so that the VM runs on
+ * exactly one site whatever fails:
+ *   receiver: READY    (every object verified, QEMU loaded, not resumed)
+ *   sender:   COMMIT   (the source VM will never resume)
+ *   receiver: RESUMED  (the VM runs at the destination; payload: QMP time)
+ * or FAILED with a one-line reason from either side at any point.
+ */
+#ifndef HANDOFF_CONTROL_H
+#define HANDOFF_CONTROL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "stream.h"
+#include "tcp.h"
+
+enum eng_msg_type { ENG_MSG_READY = 1, ENG_MSG_COMMIT = 2, ENG_MSG_RESUMED = 3, ENG_MSG_FAILED = 4 };
+#define ENG_MSG_TEXT_MAX 240
+
+struct eng_control {
+	struct eng_tcp *tcp;
+	struct cdc_sealer *sealer;
+	uint8_t aad[CDC_DIGEST_LEN];
+	uint8_t my_dir;
+	uint64_t send_seq, recv_seq;
+};
+
+/* sender = 1 on the source, 0 on the destination. key NULL = unkeyed stream. */
+int eng_control_init(struct eng_control *c, struct eng_tcp *t, const struct eng_stream *s,
+		     const uint8_t *key, int sender);
+void eng_control_free(struct eng_control *c);
+int eng_control_send(struct eng_control *c, enum eng_msg_type type, const char *text);
+/* Wait for one message: type and its text (NUL-terminated). -ETIMEDOUT, -EBADMSG, -errno. */
+int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type *type, char *text,
+		     size_t textlen);
+const char *eng_msg_name(enum eng_msg_type t);
+
+#endif

@@ -1,0 +1,59 @@
+/*
+ * The VM handoff: a running (or suspended) QEMU VM's disk, memory and device
+ * state, sent against a base VM both sites hold.
+ *
+ * Source (handoff_send.c): QEMU migrates into a socket the engine reads;
+ * qemu_bridge parses it into pages (kept in a mirror of guest RAM, marking
+ * what changed) and opaque device state; the FUSE tracker says which disk
+ * blocks were written. A feed hands the pipeline every changed block once
+ * per pass, in a randomized order, newest content only. The engine owns
+ * pre-copy: a new pass starts when ~10 MB changed again; when a pass would
+ * take <= 2 s on the link (pipeline and socket backlog included), QEMU is
+ * let finish: it stops the VM and sends the last pages and the devices; a
+ * final pass sends those, the last disk blocks and the device state.
+ *
+ * Destination (handoff_receive.c): verifies and applies the stream (disk
+ * blocks into its copy of the base disk through io_uring, memory into a RAM
+ * image, device state into a buffer), rebuilds a migration stream for its
+ * QEMU (started with -incoming defer), and resumes the VM only after every
+ * object matched its digest and the source committed (control.h).
+ */
+#ifndef HANDOFF_HANDOFF_H
+#define HANDOFF_HANDOFF_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <json-c/json.h>
+
+#include "pipeline.h"
+#include "vmbase.h"
+
+/* Pre-copy policy (DESIGN.md / seed 004). */
+#define ENG_ITERATE_BYTES (10ull << 20) /* a new pass when this much changed again */
+#define ENG_STOP_SECONDS 2.0           /* stop the VM when a pass would take this long */
+#define ENG_DEVICES_CAPACITY (64ull << 20)
+
+struct eng_send_args {
+	const char *qmp_path, *disk_path, *base_dir, *to;
+	const uint8_t *key; /* NULL: unkeyed (files only) */
+	enum cdc_aead aead;
+	struct eng_mode mode;
+	int socket;
+	bool progress;
+	double connect_timeout_s;
+};
+
+struct eng_receive_args {
+	const char *from, *qmp_path, *base_dir, *disk_out;
+	const uint8_t *key;
+	bool progress;
+	double accept_timeout_s;
+};
+
+/* 0 on success; otherwise a one-line reason in err. *summary (caller puts) either way when set. */
+int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char *err, size_t errlen);
+int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary, char *err,
+			size_t errlen);
+
+#endif

@@ -1,0 +1,385 @@
+/*
+ * Destination side of the VM handoff (design in handoff.h): apply the
+ * stream to a copy of the base VM, check every object's digest, load the
+ * result into QEMU (started with -incoming defer) and let it resume only
+ * after the source committed. Nothing here resumes a VM on partial or
+ * unverified state: QEMU gets the device state, which is what lets it run,
+ * last, after the commit.
+ */
+#include "handoff.h"
+#include "cli.h"
+#include "control.h"
+#include "io.h"
+#include "tcp.h"
+#include "uring_store.h"
+#include "qemu_bridge/qmp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+struct dst {
+	const struct eng_receive_args *a;
+	struct eng_vmbase base;
+	struct qb_qmp *qmp;
+	int disk_fd, in_fd, mig_fd;
+	struct eng_tcp *tcp;
+	struct eng_uring_file *disk;
+	uint8_t *ram;
+	size_t ram_len;
+	struct eng_mem dev_out;
+	struct timespec t0, last_progress;
+};
+
+static double since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* disk-out must start as the base disk: unsent blocks are taken from it. */
+static int check_disk_out(struct dst *d, char *err, size_t errlen)
+{
+	const struct trk_index *idx = d->base.index[ENG_VM_DISK];
+	struct cdc_hasher *h = cdc_hasher_new();
+	uint8_t *buf = malloc(1 << 20), digest[CDC_DIGEST_LEN];
+	struct stat st;
+	int ret = -EINVAL;
+
+	d->disk_fd = open(d->a->disk_out, O_RDWR | O_CLOEXEC);
+	if (d->disk_fd < 0 || fstat(d->disk_fd, &st)) {
+		snprintf(err, errlen, "cannot open --disk-out %s: %s (make it a copy of %s first)",
+			 d->a->disk_out, strerror(errno), d->base.path[ENG_VM_DISK]);
+		goto out;
+	}
+	if ((uint64_t)st.st_size != trk_index_size(idx)) {
+		snprintf(err, errlen, "--disk-out %s is not a copy of the base disk %s (size differs)",
+			 d->a->disk_out, d->base.path[ENG_VM_DISK]);
+		goto out;
+	}
+	if (!h || !buf) {
+		snprintf(err, errlen, "out of memory");
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (uint64_t off = 0; off < (uint64_t)st.st_size; off += 1 << 20) {
+		ssize_t n = pread(d->disk_fd, buf, 1 << 20, (off_t)off);
+		if (n <= 0) {
+			snprintf(err, errlen, "cannot read --disk-out %s: %s", d->a->disk_out,
+				 n < 0 ? strerror(errno) : "short file");
+			goto out;
+		}
+		for (ssize_t b = 0; b < n; b += CDC_BLOCK_SIZE) {
+			size_t len = (size_t)(n - b) < CDC_BLOCK_SIZE ? (size_t)(n - b) : CDC_BLOCK_SIZE;
+			uint8_t blk[CDC_BLOCK_SIZE] = { 0 };
+			memcpy(blk, buf + b, len);
+			uint64_t bn = (off + (uint64_t)b) / CDC_BLOCK_SIZE;
+			if (cdc_is_zero(blk, CDC_BLOCK_SIZE))
+				memcpy(digest, cdc_zero_digest(), CDC_DIGEST_LEN);
+			else
+				cdc_hash_block(h, blk, digest);
+			if (memcmp(digest, trk_index_digest(idx, bn), CDC_DIGEST_LEN)) {
+				snprintf(err, errlen,
+					 "--disk-out %s is not a copy of the base disk %s (block %llu differs)",
+					 d->a->disk_out, d->base.path[ENG_VM_DISK], (unsigned long long)bn);
+				goto out;
+			}
+		}
+	}
+	ret = 0;
+out:
+	cdc_hasher_free(h);
+	free(buf);
+	return ret;
+}
+
+static int open_source(struct dst *d, char *err, size_t errlen)
+{
+	const char *path;
+
+	if (!strncmp(d->a->from, "tcp:", 4)) {
+		char host[256], port[32];
+		if (eng_tcp_parse(d->a->from, host, sizeof(host), port, sizeof(port), err, errlen))
+			return -EINVAL;
+		if (d->a->progress)
+			fprintf(stderr, "receive: waiting for the source on %s\n", d->a->from);
+		d->tcp = eng_tcp_accept(host, port, d->a->accept_timeout_s, err, errlen);
+		return d->tcp ? 0 : -ECONNREFUSED;
+	}
+	if (eng_parse_location(d->a->from, &path, err, errlen))
+		return -EINVAL;
+	d->in_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (d->in_fd < 0) {
+		snprintf(err, errlen, "cannot open overlay %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+static void progress(void *ctx, const struct eng_patch_stats *st)
+{
+	struct dst *d = ctx;
+
+	if (!d->a->progress || since(&d->last_progress) < 0.2)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &d->last_progress);
+	fprintf(stderr, "\r\033[Kreceive: %5.1fs %llu segments, %.1f MB received, %llu blocks applied",
+		since(&d->t0), (unsigned long long)st->segments, (double)st->wire_bytes / 1e6,
+		(unsigned long long)st->records);
+}
+
+/* Stream applied and verified: rebuild QEMU's stream, all but the device state. */
+static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_devstate *dev,
+		     char *err, size_t errlen)
+{
+	struct qb_layout layout;
+	char perr[200], status[64];
+	int sv[2];
+
+	if (qb_devstate_decode(d->dev_out.data, st->size[ENG_VM_DEVICES], dev, perr, sizeof(perr)) ||
+	    qb_devstate_layout(dev, &layout, perr, sizeof(perr))) {
+		snprintf(err, errlen, "device state in the stream: %s", perr);
+		return -EBADMSG;
+	}
+	if (eng_vmbase_check_layout(&d->base, &layout, err, errlen) ||
+	    st->size[ENG_VM_MEMORY] != layout.image_size)
+		return -EINVAL;
+	if (qb_qmp_running(d->qmp, status, sizeof(status), err, errlen) < 0)
+		return -EIO;
+	if (strcmp(status, "inmigrate")) {
+		snprintf(err, errlen, "destination QEMU is '%s', not waiting for a migration (start it with -incoming defer)",
+			 status);
+		return -EINVAL;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
+		snprintf(err, errlen, "socketpair: %s", strerror(errno));
+		return -errno;
+	}
+	d->mig_fd = sv[0];
+	int ret = qb_migrate_incoming_fd(d->qmp, sv[1], "handoff-in", err, errlen);
+	close(sv[1]);
+	if (ret)
+		return -EIO;
+	/* the device state (tail) goes last, after the commit: without it QEMU cannot resume */
+	if (qb_write_stream_ex(d->mig_fd, &layout, d->ram, dev, QB_WRITE_SKIP_ZERO | QB_WRITE_NO_TAIL,
+			       perr, sizeof(perr))) {
+		snprintf(err, errlen, "feeding the destination QEMU: %s", perr);
+		return -EIO;
+	}
+	return 0;
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = write(fd, (const char *)buf + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+static int resume_qemu(struct dst *d, const struct qb_devstate *dev, double *resume_ts, char *err,
+		       size_t errlen)
+{
+	int ret = write_all(d->mig_fd, dev->tail, dev->tail_len);
+
+	if (ret) {
+		snprintf(err, errlen, "feeding the destination QEMU: %s", strerror(-ret));
+		return ret;
+	}
+	shutdown(d->mig_fd, SHUT_WR);
+	/* RESUME, or "paused" for a QEMU started with -S (it loaded and waits for cont) */
+	for (int i = 0; i < 1200; i++) {
+		char status[64];
+		if (qb_qmp_wait_event(d->qmp, "RESUME", 0.1, NULL, resume_ts, err, errlen) == 0)
+			return 0;
+		if (qb_qmp_running(d->qmp, status, sizeof(status), err, errlen) < 0)
+			return -EIO;
+		if (!strcmp(status, "paused") || !strcmp(status, "running"))
+			return 0;
+		if (strcmp(status, "inmigrate")) {
+			snprintf(err, errlen, "destination QEMU did not load the VM (state '%s')", status);
+			return -EIO;
+		}
+	}
+	snprintf(err, errlen, "destination QEMU did not finish loading the VM within 120 s");
+	return -ETIMEDOUT;
+}
+
+static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st, double secs,
+				 bool ok, const char *why)
+{
+	json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "command", json_object_new_string("receive"));
+	json_object_object_add(o, "from", json_object_new_string(d->a->from));
+	json_object_object_add(o, "ok", json_object_new_boolean(ok));
+	if (!ok)
+		json_object_object_add(o, "error", json_object_new_string(why));
+	json_object_object_add(o, "seconds", json_object_new_double(secs));
+	json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)st->wire_bytes));
+	json_object_object_add(o, "segments", json_object_new_int64((int64_t)st->segments));
+	json_object_object_add(o, "records", json_object_new_int64((int64_t)st->records));
+	json_object *objs = json_object_new_object();
+	for (int i = 0; i < ENG_VM_OBJECTS; i++) {
+		char hex[2 * CDC_DIGEST_LEN + 1];
+		json_object *e = json_object_new_object();
+		eng_hex(st->digest[i], CDC_DIGEST_LEN, hex);
+		json_object_object_add(e, "size", json_object_new_int64((int64_t)st->size[i]));
+		json_object_object_add(e, "digest", json_object_new_string(ok ? hex : ""));
+		json_object_object_add(objs, eng_vm_object_names[i], e);
+	}
+	json_object_object_add(o, "objects", objs);
+	return o;
+}
+
+int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary, char *err,
+			size_t errlen)
+{
+	struct dst *d = calloc(1, sizeof(*d));
+	struct eng_patch_stats st = { 0 };
+	struct qb_devstate dev = { 0 };
+	struct eng_control ctl = { 0 };
+	bool have_ctl = false;
+	double resume_ts = 0;
+	int ret = -EIO;
+
+	if (summary)
+		*summary = NULL;
+	if (!d) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	d->a = a;
+	d->disk_fd = d->in_fd = d->mig_fd = -1;
+	clock_gettime(CLOCK_MONOTONIC, &d->t0);
+	if ((ret = eng_vmbase_open(&d->base, a->base_dir, err, errlen)) ||
+	    (ret = check_disk_out(d, err, errlen)))
+		goto out;
+	if (!(d->qmp = qb_qmp_connect(a->qmp_path, 10, err, errlen))) {
+		ret = -EIO;
+		goto out;
+	}
+	if ((ret = open_source(d, err, errlen)))
+		goto out;
+	clock_gettime(CLOCK_MONOTONIC, &d->t0);
+
+	/* results: disk-out, a private copy of the base RAM, a buffer for devices */
+	if (!(d->disk = eng_uring_file_new(d->disk_fd, trk_index_size(d->base.index[ENG_VM_DISK]), err, errlen))) {
+		ret = -EIO;
+		goto out;
+	}
+	d->ram_len = d->base.map_len[ENG_VM_MEMORY];
+	d->ram = mmap(NULL, d->ram_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	size_t dev_size = (size_t)trk_index_size(d->base.index[ENG_VM_DEVICES]);
+	d->dev_out = (struct eng_mem){ .data = malloc(dev_size ? dev_size : 1), .len = dev_size,
+				       .cap = dev_size, .max = ENG_DEVICES_CAPACITY };
+	if (d->ram == MAP_FAILED || !d->dev_out.data) {
+		d->ram = d->ram == MAP_FAILED ? NULL : d->ram;
+		snprintf(err, errlen, "out of memory for the VM's RAM image");
+		ret = -ENOMEM;
+		goto out;
+	}
+	memcpy(d->ram, d->base.map[ENG_VM_MEMORY], trk_index_size(d->base.index[ENG_VM_MEMORY]));
+	memcpy(d->dev_out.data, d->base.map[ENG_VM_DEVICES], dev_size);
+	struct eng_mem base_mem[ENG_VM_OBJECTS], ram_mem = { .data = d->ram,
+							      .len = trk_index_size(d->base.index[ENG_VM_MEMORY]),
+							      .cap = d->ram_len, .max = d->ram_len };
+	struct eng_store base_st[ENG_VM_OBJECTS], out_st[ENG_VM_OBJECTS];
+	struct eng_patch_object obj[ENG_VM_OBJECTS];
+	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
+		uint64_t size = trk_index_size(d->base.index[o]);
+		base_mem[o] = (struct eng_mem){ .data = (uint8_t *)d->base.map[o], .len = size, .cap = size };
+		base_st[o] = eng_mem_store(&base_mem[o]);
+	}
+	out_st[ENG_VM_DISK] = eng_uring_store(d->disk);
+	out_st[ENG_VM_MEMORY] = eng_mem_store(&ram_mem);
+	out_st[ENG_VM_DEVICES] = eng_mem_store(&d->dev_out);
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		obj[o] = (struct eng_patch_object){ eng_vm_object_names[o], &base_st[o], &out_st[o],
+						    trk_index_digest(d->base.index[o], 0),
+						    trk_index_size(d->base.index[o]),
+						    trk_index_id(d->base.index[o]) };
+	struct eng_fd in = { .fd = d->in_fd };
+	struct eng_source src = d->tcp ? eng_tcp_source(d->tcp) : eng_fd_source(&in);
+	struct eng_stream stream = { 0 };
+	struct eng_patch_args pa = {
+		.src = &src, .kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .key = a->key,
+		.progress = progress, .progress_ctx = d, .stream_out = &stream,
+		.control_follows = d->tcp != NULL,
+	};
+	ret = eng_patch_stream(&pa, &st, err, errlen);
+	if (a->progress)
+		fputs("\r\033[K", stderr);
+	if (!ret && (ret = eng_uring_file_sync(d->disk)))
+		snprintf(err, errlen, "cannot write --disk-out %s: %s", a->disk_out, strerror(-ret));
+	if (d->tcp && (stream.header_len || !ret)) {
+		have_ctl = eng_control_init(&ctl, d->tcp, &stream, a->key, 0) == 0;
+	}
+	if (!ret)
+		ret = load_qemu(d, &st, &dev, err, errlen);
+	if (ret)
+		goto out;
+	if (have_ctl) {
+		enum eng_msg_type type;
+		char text[ENG_MSG_TEXT_MAX + 1];
+		if ((ret = eng_control_send(&ctl, ENG_MSG_READY, NULL)) ||
+		    (ret = eng_control_recv(&ctl, 60, &type, text, sizeof(text)))) {
+			snprintf(err, errlen, "source did not commit: %s",
+				 ret == -EBADMSG ? "forged or corrupt message" : strerror(-ret));
+			goto out;
+		}
+		if (type != ENG_MSG_COMMIT) {
+			snprintf(err, errlen, "source aborted: %s", text);
+			ret = -ECANCELED;
+			goto out;
+		}
+	}
+	if ((ret = resume_qemu(d, &dev, &resume_ts, err, errlen)))
+		goto out;
+	if (have_ctl) {
+		char ts[64];
+		snprintf(ts, sizeof(ts), "%.6f", resume_ts);
+		eng_control_send(&ctl, ENG_MSG_RESUMED, ts);
+	}
+out:
+	if (ret && have_ctl)
+		eng_control_send(&ctl, ENG_MSG_FAILED, err);
+	if (summary)
+		*summary = summary_json(d, &st, since(&d->t0), ret == 0, err);
+	if (have_ctl)
+		eng_control_free(&ctl);
+	/* a failed load: QEMU sees the stream end early and gives up without resuming */
+	if (d->mig_fd >= 0)
+		close(d->mig_fd);
+	eng_uring_file_free(d->disk);
+	if (d->tcp)
+		eng_tcp_close(d->tcp);
+	qb_qmp_close(d->qmp);
+	qb_devstate_free(&dev);
+	if (d->ram)
+		munmap(d->ram, d->ram_len);
+	free(d->dev_out.data);
+	if (d->disk_fd >= 0)
+		close(d->disk_fd);
+	if (d->in_fd >= 0)
+		close(d->in_fd);
+	eng_vmbase_close(&d->base);
+	free(d);
+	return ret;
+}

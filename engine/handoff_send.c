@@ -1,0 +1,739 @@
+/*
+ * Source side of the VM handoff (design in handoff.h).
+ *
+ * Threads: the pipeline's lcores (the feed and the 100 ms tick run on the
+ * main lcore), the bridge thread parsing QEMU's migration stream, and the
+ * send queue's writer. They share the mirror of guest RAM and one pending
+ * bitmap over the block space [disk | memory | devices]: the bridge (and
+ * the tick, for disk and devices) set bits after writing content, the feed
+ * clears a bit before it copies, so a block changed during the copy is
+ * marked again and sent again with its newer content.
+ */
+#include "handoff.h"
+#include "cli.h"
+#include "control.h"
+#include "io.h"
+#include "sendq.h"
+#include "tcp.h"
+#include "qemu_bridge/qmp.h"
+#include "tracker/dirtyfs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <rte_cycles.h>
+
+enum phase { PH_PRECOPY, PH_STOPPING, PH_FINAL };
+
+struct pass_report {
+	unsigned pass;
+	double start_s, end_s;
+	uint64_t blocks, pending_at_start, wire_at_start, wire_at_end;
+	struct pass_report *next;
+};
+
+struct src {
+	const struct eng_send_args *a;
+	struct eng_vmbase base;
+	struct qb_qmp *qmp;
+	bool was_running, qemu_migrating, committed;
+	/* block space [disk | memory | devices] and what in it changed */
+	uint64_t first[ENG_VM_OBJECTS], count[ENG_VM_OBJECTS], total;
+	uint64_t *pending;
+	uint64_t pending_count;
+	uint8_t *mirror;
+	size_t mirror_len;
+	int disk_fd;
+	uint64_t disk_size;
+	uint8_t *dev;
+	size_t dev_len;
+	/* passes: a permutation of the block space, walked by the feed */
+	uint64_t perm_mul, perm_add, cursor;
+	bool pass_active, final_pass, ended, hold;
+	unsigned passes;
+	struct pass_report *reports, *cur_report;
+	uint64_t fed_blocks;
+	/* bridge */
+	pthread_t bridge;
+	bool bridge_started;
+	int mig_fd;
+	int bridge_done; /* 1 ok, -1 failed; atomic */
+	char bridge_err[256];
+	struct qb_layout layout;
+	struct qb_devstate devstate;
+	uint64_t qemu_pages, qemu_sections;
+	/* control */
+	enum phase phase;
+	uint64_t t0;
+	double stop_requested_s;
+	struct eng_tcp *tcp;
+	struct eng_sendq *sq;
+	struct eng_outfile out;
+	struct eng_fd out_fd;
+	struct eng_link link;
+	double rate_Bps;
+	uint64_t wire_bytes;
+	char fail[256];
+};
+
+static double now_s(const struct src *s)
+{
+	return (double)(rte_rdtsc() - s->t0) / (double)rte_get_tsc_hz();
+}
+
+static void src_fail(struct src *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (s->fail[0])
+		return;
+	va_start(ap, fmt);
+	vsnprintf(s->fail, sizeof(s->fail), fmt, ap);
+	va_end(ap);
+}
+
+/* ---- pending bitmap ----------------------------------------------------------- */
+
+static void mark(struct src *s, uint64_t g)
+{
+	uint64_t bit = 1ull << (g & 63);
+
+	if (!(__atomic_fetch_or(&s->pending[g >> 6], bit, __ATOMIC_ACQ_REL) & bit))
+		__atomic_fetch_add(&s->pending_count, 1, __ATOMIC_RELAXED);
+}
+
+static bool take(struct src *s, uint64_t g)
+{
+	uint64_t bit = 1ull << (g & 63);
+
+	if (!(__atomic_load_n(&s->pending[g >> 6], __ATOMIC_RELAXED) & bit))
+		return false;
+	if (!(__atomic_fetch_and(&s->pending[g >> 6], ~bit, __ATOMIC_ACQ_REL) & bit))
+		return false;
+	__atomic_fetch_sub(&s->pending_count, 1, __ATOMIC_RELAXED);
+	return true;
+}
+
+/* Disk blocks written since the last fetch (the first fetch: since the VM started). */
+static int mark_dirty_disk(struct src *s)
+{
+	struct trk_dirty_map m;
+	char err[200];
+
+	if (trk_dirty_fetch(s->a->disk_path, &m, err, sizeof(err))) {
+		src_fail(s, "disk tracker: %s", err);
+		return -EIO;
+	}
+	uint64_t n = m.nblocks < s->count[ENG_VM_DISK] ? m.nblocks : s->count[ENG_VM_DISK];
+	for (uint64_t b = 0; b < n; b++)
+		if (trk_dirty_test(&m, b))
+			mark(s, s->first[ENG_VM_DISK] + b);
+	trk_dirty_map_free(&m);
+	return 0;
+}
+
+/* ---- passes --------------------------------------------------------------------- */
+
+static uint64_t gcd(uint64_t a, uint64_t b)
+{
+	while (b) {
+		uint64_t t = a % b;
+		a = b;
+		b = t;
+	}
+	return a;
+}
+
+/* A fresh permutation i -> (mul * i + add) mod total for each pass (workload leveling). */
+static void start_pass(struct src *s)
+{
+	uint64_t r[2];
+
+	cdc_random(r, sizeof(r));
+	s->perm_mul = (r[0] % s->total) | 1;
+	while (gcd(s->perm_mul, s->total) != 1)
+		s->perm_mul += 2;
+	s->perm_add = r[1] % s->total;
+	s->cursor = 0;
+	s->passes++;
+	struct pass_report *p = calloc(1, sizeof(*p));
+	if (p) {
+		p->pass = s->passes;
+		p->start_s = now_s(s);
+		p->pending_at_start = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
+		p->wire_at_start = s->wire_bytes;
+		if (s->cur_report)
+			s->cur_report->next = p;
+		else
+			s->reports = p;
+		s->cur_report = p;
+	}
+	__atomic_store_n(&s->pass_active, true, __ATOMIC_RELEASE);
+}
+
+static int fill_block(struct src *s, uint64_t g, uint64_t *ref, uint8_t *out, char *err,
+		      size_t errlen)
+{
+	unsigned o = g >= s->first[ENG_VM_DEVICES] ? ENG_VM_DEVICES
+		     : g >= s->first[ENG_VM_MEMORY] ? ENG_VM_MEMORY
+						     : ENG_VM_DISK;
+	uint64_t b = g - s->first[o];
+
+	*ref = ENG_REF(o, b);
+	if (o == ENG_VM_MEMORY) {
+		memcpy(out, s->mirror + b * CDC_BLOCK_SIZE, CDC_BLOCK_SIZE);
+		return 0;
+	}
+	if (o == ENG_VM_DEVICES) {
+		size_t off = (size_t)b * CDC_BLOCK_SIZE, n = s->dev_len - off;
+		if (n > CDC_BLOCK_SIZE)
+			n = CDC_BLOCK_SIZE;
+		memcpy(out, s->dev + off, n);
+		memset(out + n, 0, CDC_BLOCK_SIZE - n);
+		return 0;
+	}
+	ssize_t n = pread(s->disk_fd, out, CDC_BLOCK_SIZE, (off_t)(b * CDC_BLOCK_SIZE));
+	if (n < 0) {
+		snprintf(err, errlen, "cannot read tracked disk %s: %s", s->a->disk_path, strerror(errno));
+		return -errno;
+	}
+	memset(out + n, 0, CDC_BLOCK_SIZE - (size_t)n);
+	return 0;
+}
+
+static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, unsigned max, char *err,
+		     size_t errlen)
+{
+	struct src *s = ctx;
+	unsigned n = 0, steps = 0;
+
+	if (s->ended)
+		return ENG_FEED_END;
+	if (!__atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE) || s->hold)
+		return 0;
+	while (n < max && s->cursor < s->total && steps++ < 16384) {
+		uint64_t g = (uint64_t)(((unsigned __int128)s->perm_mul * s->cursor++ + s->perm_add) %
+					s->total);
+		if (!take(s, g))
+			continue;
+		int ret = fill_block(s, g, &refs[n], data + (size_t)n * CDC_BLOCK_SIZE, err, errlen);
+		if (ret)
+			return ret;
+		n++;
+	}
+	s->fed_blocks += n;
+	if (s->cur_report)
+		s->cur_report->blocks += n;
+	if (s->cursor >= s->total) {
+		if (s->cur_report)
+			s->cur_report->end_s = now_s(s);
+		__atomic_store_n(&s->pass_active, false, __ATOMIC_RELEASE);
+		if (s->final_pass)
+			s->ended = true;
+	}
+	return (int)n;
+}
+
+static uint64_t feed_size(void *ctx, unsigned obj)
+{
+	struct src *s = ctx;
+
+	return obj == ENG_VM_DISK ? s->disk_size : obj == ENG_VM_MEMORY ? s->layout.image_size : s->dev_len;
+}
+
+/* ---- bridge thread: QEMU's migration stream -> mirror + pending ------------------ */
+
+static int on_layout(void *ctx, const struct qb_layout *l)
+{
+	struct src *s = ctx;
+
+	return eng_vmbase_check_layout(&s->base, l, s->bridge_err, sizeof(s->bridge_err)) ? -1 : 0;
+}
+
+static int on_page(void *ctx, uint64_t off, const uint8_t *data)
+{
+	struct src *s = ctx;
+	uint8_t *page = s->mirror + off;
+
+	if (off + CDC_BLOCK_SIZE > s->mirror_len) {
+		snprintf(s->bridge_err, sizeof(s->bridge_err), "QEMU sent a page past guest RAM");
+		return -1;
+	}
+	s->qemu_pages++;
+	/* only what differs from what we hold needs sending */
+	if (data) {
+		if (!memcmp(page, data, CDC_BLOCK_SIZE))
+			return 0;
+		memcpy(page, data, CDC_BLOCK_SIZE);
+	} else {
+		if (cdc_is_zero(page, CDC_BLOCK_SIZE))
+			return 0;
+		memset(page, 0, CDC_BLOCK_SIZE);
+	}
+	mark(s, s->first[ENG_VM_MEMORY] + off / CDC_BLOCK_SIZE);
+	return 0;
+}
+
+static int on_section_end(void *ctx, unsigned type)
+{
+	(void)type;
+	__atomic_fetch_add(&((struct src *)ctx)->qemu_sections, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static void *bridge_main(void *arg)
+{
+	struct src *s = arg;
+	struct qb_parse_cb cb = { on_layout, on_page, on_section_end, s };
+	char err[200];
+	int ok = -1;
+
+	if (qb_parse_stream(s->mig_fd, &cb, &s->layout, &s->devstate, err, sizeof(err))) {
+		if (!s->bridge_err[0])
+			snprintf(s->bridge_err, sizeof(s->bridge_err), "QEMU migration stream: %s", err);
+	} else {
+		s->dev_len = qb_devstate_encode(&s->devstate, &s->dev);
+		if (!s->dev_len)
+			snprintf(s->bridge_err, sizeof(s->bridge_err), "out of memory for device state");
+		else if (s->dev_len > ENG_DEVICES_CAPACITY)
+			snprintf(s->bridge_err, sizeof(s->bridge_err),
+				 "device state of %zu bytes is larger than the %llu the stream allows",
+				 s->dev_len, (unsigned long long)ENG_DEVICES_CAPACITY);
+		else
+			ok = 1;
+	}
+	__atomic_store_n(&s->bridge_done, ok, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* ---- control tick --------------------------------------------------------------- */
+
+static void progress_line(struct src *s, const struct eng_diff_report *rep, uint64_t pending)
+{
+	char mode[48];
+	static const char *const phase_names[] = { "pre-copy", "stopping", "final" };
+
+	if (!s->a->progress)
+		return;
+	eng_mode_format(&s->a->mode, mode, sizeof(mode));
+	fprintf(stderr, "\r\033[Ksend: %5.1fs pass %u (%s) pending %.1f MB in-flight %.1f MB sent %.1f MB link %.1f Mbit/s mode %s",
+		now_s(s), s->passes, phase_names[s->phase], (double)pending * CDC_BLOCK_SIZE / 1e6,
+		(double)rep->blocks_in_flight * CDC_BLOCK_SIZE / 1e6, (double)s->wire_bytes / 1e6,
+		s->rate_Bps * 8 / 1e6, mode);
+}
+
+/* Bytes that will reach the wire before anything the feed hands over now. */
+static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, double ratio)
+{
+	double b = (double)rep->blocks_in_flight * CDC_BLOCK_SIZE * ratio;
+
+	if (s->sq)
+		b += (double)eng_sendq_queued(s->sq);
+	if (s->tcp)
+		b += (double)s->link.queued;
+	return b;
+}
+
+static void begin_final(struct src *s)
+{
+	/* QEMU flushed the disk when it stopped the VM: this map is the last */
+	if (mark_dirty_disk(s))
+		return;
+	for (uint64_t b = 0; b < (s->dev_len + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE; b++)
+		mark(s, s->first[ENG_VM_DEVICES] + b);
+	s->final_pass = true;
+	s->phase = PH_FINAL;
+	start_pass(s);
+}
+
+static void tick(void *ctx, struct eng_pipeline *p)
+{
+	struct src *s = ctx;
+	struct eng_diff_report rep;
+	char err[200];
+
+	eng_pipeline_report(p, &rep);
+	s->wire_bytes = rep.wire_bytes;
+	if (s->tcp) {
+		eng_tcp_sample(s->tcp, &s->link);
+		double r = s->link.rate_smooth_bps > s->link.delivery_bps ? s->link.rate_smooth_bps
+									  : s->link.delivery_bps;
+		if (r > 0)
+			s->rate_Bps = r / 8;
+	}
+	/* what the wire carries per byte fed: dedup and compression together */
+	double ratio = s->fed_blocks > 1000
+			       ? (double)rep.wire_bytes / ((double)s->fed_blocks * CDC_BLOCK_SIZE)
+			       : 0.5;
+	uint64_t pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
+	double backlog = backlog_bytes(s, &rep, ratio);
+	/* keep at most ~1 s of link time committed: the rest stays pending,
+	 * where a page dirtied again replaces its older version for free */
+	if (s->tcp && s->rate_Bps > 0)
+		s->hold = s->phase != PH_FINAL && backlog > (s->rate_Bps > 1e6 ? s->rate_Bps : 1e6);
+	if (s->sq && s->rate_Bps > 0)
+		eng_sendq_set_cap(s->sq, (size_t)(s->rate_Bps * 0.25 > (1 << 18) ? s->rate_Bps * 0.25 : (1 << 18)));
+	int bridge = __atomic_load_n(&s->bridge_done, __ATOMIC_ACQUIRE);
+	if (bridge < 0) {
+		src_fail(s, "%s", s->bridge_err);
+		s->ended = true;
+	}
+	progress_line(s, &rep, pending);
+	if (s->fail[0] || __atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE))
+		return;
+	switch (s->phase) {
+	case PH_PRECOPY:
+		if (bridge > 0) { /* QEMU finished on its own (a suspended VM) */
+			begin_final(s);
+			break;
+		}
+		double rate = s->tcp ? s->rate_Bps : 0;
+		double est = rate > 0 ? ((double)pending * CDC_BLOCK_SIZE * ratio + backlog) / rate : 0;
+		if (s->passes >= 1 && (!s->tcp || (rate > 0 && est <= ENG_STOP_SECONDS))) {
+			/* let QEMU finish: it stops the VM and sends the rest */
+			if (qb_migrate_set_downtime(s->qmp, 300000, err, sizeof(err))) {
+				src_fail(s, "cannot let QEMU finish: %s", err);
+				s->ended = true;
+				return;
+			}
+			s->stop_requested_s = now_s(s);
+			s->phase = PH_STOPPING;
+		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES ||
+			   (s->tcp && rate > 0 && est <= ENG_STOP_SECONDS)) {
+			if (mark_dirty_disk(s) == 0)
+				start_pass(s);
+			else
+				s->ended = true;
+		}
+		break;
+	case PH_STOPPING:
+		if (bridge > 0)
+			begin_final(s);
+		else if (now_s(s) - s->stop_requested_s > 120) {
+			src_fail(s, "QEMU did not finish the migration within 120 s of being let stop");
+			s->ended = true;
+		}
+		break;
+	case PH_FINAL:
+		break;
+	}
+	if (s->fail[0])
+		s->ended = true;
+}
+
+/* ---- set-up and the end --------------------------------------------------------- */
+
+static int tcp_send_cb(void *ctx, const void *buf, size_t len)
+{
+	return eng_tcp_send(ctx, buf, len);
+}
+
+static int open_transport(struct src *s, char *err, size_t errlen)
+{
+	const char *path;
+
+	if (!strncmp(s->a->to, "tcp:", 4)) {
+		char host[256], port[32];
+		if (eng_tcp_parse(s->a->to, host, sizeof(host), port, sizeof(port), err, errlen))
+			return -EINVAL;
+		s->tcp = eng_tcp_connect(host, port, s->a->connect_timeout_s, err, errlen);
+		if (!s->tcp)
+			return -ECONNREFUSED;
+		s->sq = eng_sendq_new(1 << 20, tcp_send_cb, s->tcp);
+		return s->sq ? 0 : -ENOMEM;
+	}
+	if (eng_parse_location(s->a->to, &path, err, errlen))
+		return -EINVAL;
+	if (eng_outfile_create(&s->out, path, err, errlen))
+		return -EIO;
+	s->out_fd.fd = s->out.fd;
+	return 0;
+}
+
+/* Source VM back to how it was: the handoff failed before the commit. */
+static void restore_source(struct src *s)
+{
+	char err[200], status[64];
+
+	if (!s->qmp)
+		return;
+	if (s->qemu_migrating) {
+		char mstatus[64];
+		if (qb_migrate_status(s->qmp, mstatus, sizeof(mstatus), err, sizeof(err)) == 0 &&
+		    strcmp(mstatus, "completed"))
+			qb_qmp_run(s->qmp, "migrate_cancel", NULL, 10, err, sizeof(err));
+	}
+	if (s->was_running && qb_qmp_running(s->qmp, status, sizeof(status), err, sizeof(err)) == 0) {
+		if (qb_qmp_run(s->qmp, "cont", NULL, 10, err, sizeof(err)))
+			fprintf(stderr, "send: warning: could not resume the source VM: %s\n", err);
+	}
+}
+
+static int start_migration(struct src *s, char *err, size_t errlen)
+{
+	int sv[2];
+	char status[64];
+
+	int run = qb_qmp_running(s->qmp, status, sizeof(status), err, errlen);
+	if (run < 0)
+		return -EIO;
+	if (strcmp(status, "running") && strcmp(status, "paused")) {
+		snprintf(err, errlen, "the source VM is in state '%s'; it must be running or paused", status);
+		return -EINVAL;
+	}
+	s->was_running = run == 1;
+	bool overlay = s->tcp == NULL;
+	/* an overlay is a suspended VM: stop it first, QEMU then sends one pass */
+	if (overlay && s->was_running && qb_qmp_run(s->qmp, "stop", NULL, 10, err, errlen))
+		return -EIO;
+	if (qb_migrate_prepare(s->qmp, overlay ? 300000 : 0, err, errlen))
+		return -EIO;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
+		snprintf(err, errlen, "socketpair: %s", strerror(errno));
+		return -errno;
+	}
+	s->mig_fd = sv[0];
+	int ret = qb_migrate_to_fd(s->qmp, sv[1], "handoff", err, errlen);
+	close(sv[1]);
+	if (ret)
+		return -EIO;
+	s->qemu_migrating = true;
+	if (pthread_create(&s->bridge, NULL, bridge_main, s)) {
+		snprintf(err, errlen, "cannot start the bridge thread");
+		return -ENOMEM;
+	}
+	s->bridge_started = true;
+	return 0;
+}
+
+static int setup(struct src *s, char *err, size_t errlen)
+{
+	struct stat st;
+
+	if (eng_vmbase_open(&s->base, s->a->base_dir, err, errlen))
+		return -EIO;
+	s->disk_fd = open(s->a->disk_path, O_RDONLY | O_CLOEXEC);
+	if (s->disk_fd < 0 || fstat(s->disk_fd, &st)) {
+		snprintf(err, errlen, "cannot open tracked disk %s: %s", s->a->disk_path, strerror(errno));
+		return -errno;
+	}
+	s->disk_size = (uint64_t)st.st_size;
+	if (s->disk_size != trk_index_size(s->base.index[ENG_VM_DISK])) {
+		snprintf(err, errlen, "disk %s is %llu bytes, its base %s is %llu: not a disk of this base",
+			 s->a->disk_path, (unsigned long long)s->disk_size, s->base.path[ENG_VM_DISK],
+			 (unsigned long long)trk_index_size(s->base.index[ENG_VM_DISK]));
+		return -EINVAL;
+	}
+	/* the source checks what it can before touching the VM */
+	struct trk_dirty_map probe;
+	if (trk_dirty_fetch(s->a->disk_path, &probe, err, errlen))
+		return -EINVAL;
+	/* put back what the probe took: those blocks still need sending */
+	s->count[ENG_VM_DISK] = (s->disk_size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+	s->count[ENG_VM_MEMORY] = trk_index_blocks(s->base.index[ENG_VM_MEMORY]);
+	s->count[ENG_VM_DEVICES] = ENG_DEVICES_CAPACITY / CDC_BLOCK_SIZE;
+	s->first[ENG_VM_MEMORY] = s->count[ENG_VM_DISK];
+	s->first[ENG_VM_DEVICES] = s->first[ENG_VM_MEMORY] + s->count[ENG_VM_MEMORY];
+	s->total = s->first[ENG_VM_DEVICES] + s->count[ENG_VM_DEVICES];
+	s->pending = calloc((s->total + 63) / 64, sizeof(uint64_t));
+	if (!s->pending) {
+		trk_dirty_map_free(&probe);
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	for (uint64_t b = 0; b < probe.nblocks && b < s->count[ENG_VM_DISK]; b++)
+		if (trk_dirty_test(&probe, b))
+			mark(s, b);
+	trk_dirty_map_free(&probe);
+	/* the mirror starts as the base RAM: the VM was started from it */
+	s->mirror_len = (size_t)s->count[ENG_VM_MEMORY] * CDC_BLOCK_SIZE;
+	s->mirror = mmap(NULL, s->mirror_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (s->mirror == MAP_FAILED) {
+		s->mirror = NULL;
+		snprintf(err, errlen, "cannot allocate the RAM mirror: %s", strerror(errno));
+		return -ENOMEM;
+	}
+	memcpy(s->mirror, s->base.map[ENG_VM_MEMORY], trk_index_size(s->base.index[ENG_VM_MEMORY]));
+	s->qmp = qb_qmp_connect(s->a->qmp_path, 10, err, errlen);
+	return s->qmp ? 0 : -EIO;
+}
+
+static json_object *summary_json(struct src *s, const struct eng_diff_report *rep, double total_s,
+				 double downtime_s)
+{
+	json_object *o = json_object_new_object(), *its = json_object_new_array();
+	char mode[48];
+
+	eng_mode_format(&s->a->mode, mode, sizeof(mode));
+	json_object_object_add(o, "command", json_object_new_string("send"));
+	json_object_object_add(o, "to", json_object_new_string(s->a->to));
+	json_object_object_add(o, "ok", json_object_new_boolean(!s->fail[0]));
+	if (s->fail[0])
+		json_object_object_add(o, "error", json_object_new_string(s->fail));
+	json_object_object_add(o, "total_s", json_object_new_double(total_s));
+	json_object_object_add(o, "downtime_s", json_object_new_double(downtime_s));
+	json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)rep->wire_bytes));
+	json_object_object_add(o, "state_bytes", json_object_new_int64((int64_t)rep->target_size));
+	json_object_object_add(o, "blocks_fed", json_object_new_int64((int64_t)s->fed_blocks));
+	json_object_object_add(o, "qemu_pages", json_object_new_int64((int64_t)s->qemu_pages));
+	json_object_object_add(o, "mode", json_object_new_string(mode));
+	json_object_object_add(o, "lcores", json_object_new_int((int)rep->lcores));
+	json_object_object_add(o, "link_mbit", json_object_new_double(s->rate_Bps * 8 / 1e6));
+	for (struct pass_report *p = s->reports; p; p = p->next) {
+		json_object *it = json_object_new_object();
+		json_object_object_add(it, "pass", json_object_new_int((int)p->pass));
+		json_object_object_add(it, "start_s", json_object_new_double(p->start_s));
+		json_object_object_add(it, "end_s", json_object_new_double(p->end_s));
+		json_object_object_add(it, "pending_blocks", json_object_new_int64((int64_t)p->pending_at_start));
+		json_object_object_add(it, "blocks", json_object_new_int64((int64_t)p->blocks));
+		json_object_array_add(its, it);
+	}
+	json_object_object_add(o, "iterations", its);
+	json_object *v = json_object_new_object();
+	for (int i = 0; i < ENG_VERDICT_COUNT; i++)
+		json_object_object_add(v, eng_verdict_name(i), json_object_new_int64((int64_t)rep->verdicts[i]));
+	json_object_object_add(o, "blocks", v);
+	if (rep->lcores) /* the pipeline ran */
+		json_object_object_add(o, "stages", cli_stage_json(rep));
+	return o;
+}
+
+/* After the trailer: the two-phase commit with the destination. */
+static int finish_tcp(struct src *s, const struct eng_stream *st, double *resume_ts, char *err,
+		      size_t errlen)
+{
+	struct eng_control c;
+	enum eng_msg_type type;
+	char text[ENG_MSG_TEXT_MAX + 1];
+	int ret = eng_sendq_drain(s->sq, 600);
+
+	if (ret) {
+		snprintf(err, errlen, "connection to the destination lost: %s", strerror(-ret));
+		return ret;
+	}
+	if (eng_control_init(&c, s->tcp, st, s->a->key, 1)) {
+		snprintf(err, errlen, "cannot set up control messages");
+		return -EIO;
+	}
+	ret = eng_control_recv(&c, 300, &type, text, sizeof(text));
+	if (ret || type != ENG_MSG_READY) {
+		if (ret)
+			snprintf(err, errlen, "destination did not confirm: %s",
+				 ret == -EBADMSG ? "forged or corrupt reply" : strerror(-ret));
+		else
+			snprintf(err, errlen, "destination failed: %s", text);
+		eng_control_free(&c);
+		return ret ? ret : -EIO;
+	}
+	/* from here on the source VM never runs again */
+	s->committed = true;
+	ret = eng_control_send(&c, ENG_MSG_COMMIT, NULL);
+	if (!ret)
+		ret = eng_control_recv(&c, 120, &type, text, sizeof(text));
+	eng_control_free(&c);
+	if (ret || type != ENG_MSG_RESUMED) {
+		snprintf(err, errlen,
+			 "committed, but the destination did not confirm the resume (%s); the source VM stays paused",
+			 ret ? strerror(-ret) : text);
+		return ret ? ret : -EIO;
+	}
+	*resume_ts = strtod(text, NULL);
+	return 0;
+}
+
+int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char *err, size_t errlen)
+{
+	struct src *s = calloc(1, sizeof(*s));
+	struct eng_diff_report rep = { 0 };
+	double resume_ts = 0, stop_ts = 0;
+	int ret = -EIO;
+
+	if (summary)
+		*summary = NULL;
+	if (!s) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	s->a = a;
+	s->disk_fd = s->mig_fd = -1;
+	s->out.fd = -1;
+	s->t0 = rte_rdtsc();
+	if ((ret = setup(s, err, errlen)) || (ret = open_transport(s, err, errlen)) ||
+	    (ret = start_migration(s, err, errlen)))
+		goto out;
+
+	struct eng_diff_object obj[ENG_VM_OBJECTS];
+	struct eng_stream stream;
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		obj[o] = (struct eng_diff_object){ eng_vm_object_names[o], s->base.index[o], s->base.map[o],
+						   trk_index_size(s->base.index[o]) };
+	obj[ENG_VM_DEVICES].capacity = ENG_DEVICES_CAPACITY;
+	struct eng_feed feed = { feed_next, feed_size, s };
+	struct eng_sink sink = s->sq ? eng_sendq_sink(s->sq) : eng_fd_sink(&s->out_fd);
+	struct eng_diff_args da = {
+		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed, .sink = &sink,
+		.key = a->key, .aead = a->aead, .mode = a->mode, .socket = a->socket,
+		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &stream,
+	};
+	ret = eng_diff_run(&da, &rep, err, errlen);
+	if (a->progress)
+		fputs("\r\033[K", stderr);
+	if (ret || s->fail[0]) {
+		if (s->fail[0])
+			snprintf(err, errlen, "%s", s->fail);
+		ret = ret ? ret : -EIO;
+		goto out;
+	}
+	if (qb_qmp_wait_event(s->qmp, "STOP", 0.5, NULL, &stop_ts, err, errlen))
+		stop_ts = 0;
+	if (s->tcp)
+		ret = finish_tcp(s, &stream, &resume_ts, err, errlen);
+	else
+		ret = eng_outfile_commit(&s->out, err, errlen) ? -EIO : 0;
+out:
+	if (ret && !s->fail[0])
+		snprintf(s->fail, sizeof(s->fail), "%s", err);
+	if (s->sq && ret)
+		eng_tcp_shutdown(s->tcp, SHUT_RDWR); /* wakes a writer stuck on a dead peer */
+	eng_sendq_free(s->sq);
+	if (ret && s->out.fd >= 0)
+		eng_outfile_abort(&s->out);
+	if (s->mig_fd >= 0)
+		shutdown(s->mig_fd, SHUT_RDWR);
+	if (ret && !s->committed)
+		restore_source(s);
+	if (s->bridge_started)
+		pthread_join(s->bridge, NULL);
+	double total = now_s(s);
+	if (summary)
+		*summary = summary_json(s, &rep, total, resume_ts > 0 && stop_ts > 0 ? resume_ts - stop_ts : -1);
+	if (s->tcp)
+		eng_tcp_close(s->tcp);
+	qb_qmp_close(s->qmp);
+	if (s->mig_fd >= 0)
+		close(s->mig_fd);
+	if (s->disk_fd >= 0)
+		close(s->disk_fd);
+	if (s->mirror)
+		munmap(s->mirror, s->mirror_len);
+	for (struct pass_report *p = s->reports, *n; p; p = n) {
+		n = p->next;
+		free(p);
+	}
+	qb_devstate_free(&s->devstate);
+	free(s->dev);
+	free(s->pending);
+	eng_vmbase_close(&s->base);
+	free(s);
+	return ret;
+}

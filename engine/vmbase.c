@@ -1,0 +1,317 @@
+/*
+ * Base VM directories (design in vmbase.h). Derived files are written aside
+ * and renamed, stamp last, so a crash mid-way only costs a rebuild.
+ */
+#include "vmbase.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const char *const eng_vm_object_names[ENG_VM_OBJECTS] = { "disk", "memory", "device state" };
+static const char *const file_names[ENG_VM_OBJECTS] = { "disk.img", "mem.img", "devices.bin" };
+
+static char *join(const char *dir, const char *name)
+{
+	char *p;
+
+	return asprintf(&p, "%s/%s", dir, name) < 0 ? NULL : p;
+}
+
+/* What vm.mig is: its identity, as the stamp of the derived files. */
+static int mig_stamp(const char *mig, char *buf, size_t len)
+{
+	struct stat st;
+
+	if (stat(mig, &st))
+		return -errno;
+	snprintf(buf, len, "vm.mig %llu %llu %lld.%09ld %lld.%09ld\n", (unsigned long long)st.st_dev,
+		 (unsigned long long)st.st_ino, (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+		 (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+	snprintf(buf + strlen(buf), len - strlen(buf), "size %lld\n", (long long)st.st_size);
+	return 0;
+}
+
+static int write_file(const char *path, const void *buf, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	size_t done = 0;
+
+	if (fd < 0)
+		return -errno;
+	while (done < len) {
+		ssize_t n = write(fd, (const char *)buf + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int e = n < 0 ? -errno : -EIO;
+			close(fd);
+			return e;
+		}
+		done += (size_t)n;
+	}
+	if (fsync(fd)) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return close(fd) ? -errno : 0;
+}
+
+struct derive_ctx {
+	int fd;
+	uint8_t *image;
+	uint64_t size;
+	char err[200];
+};
+
+static int on_layout(void *ctx, const struct qb_layout *l)
+{
+	struct derive_ctx *d = ctx;
+
+	if (ftruncate(d->fd, (off_t)l->image_size)) {
+		snprintf(d->err, sizeof(d->err), "cannot size mem.img: %s", strerror(errno));
+		return -1;
+	}
+	d->image = mmap(NULL, l->image_size, PROT_READ | PROT_WRITE, MAP_SHARED, d->fd, 0);
+	if (d->image == MAP_FAILED) {
+		d->image = NULL;
+		snprintf(d->err, sizeof(d->err), "cannot map mem.img: %s", strerror(errno));
+		return -1;
+	}
+	d->size = l->image_size;
+	return 0;
+}
+
+static int on_page(void *ctx, uint64_t off, const uint8_t *data)
+{
+	struct derive_ctx *d = ctx;
+
+	if (!d->image || off + QB_PAGE > d->size)
+		return -1;
+	if (data)
+		memcpy(d->image + off, data, QB_PAGE);
+	else
+		memset(d->image + off, 0, QB_PAGE); /* a later pass may zero a page */
+	return 0;
+}
+
+/* vm.mig -> mem.img + devices.bin + derived.stamp */
+static int derive(struct eng_vmbase *b, const char *mig, const char *stamp_path,
+		  const char *stamp, char *err, size_t errlen)
+{
+	char *tmp_mem = NULL, *tmp_dev = NULL, *tmp_stamp = NULL;
+	struct derive_ctx d = { .fd = -1 };
+	struct qb_devstate dev = { 0 };
+	uint8_t *enc = NULL;
+	int ret = -ENOMEM, in;
+
+	in = open(mig, O_RDONLY | O_CLOEXEC);
+	if (in < 0) {
+		snprintf(err, errlen, "cannot open %s: %s", mig, strerror(errno));
+		return -errno;
+	}
+	if (asprintf(&tmp_mem, "%s.tmp-%d", b->path[ENG_VM_MEMORY], getpid()) < 0 ||
+	    asprintf(&tmp_dev, "%s.tmp-%d", b->path[ENG_VM_DEVICES], getpid()) < 0 ||
+	    asprintf(&tmp_stamp, "%s.tmp-%d", stamp_path, getpid()) < 0) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	d.fd = open(tmp_mem, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (d.fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot write in base directory %s: %s", b->dir, strerror(errno));
+		goto out;
+	}
+	struct qb_parse_cb cb = { .layout = on_layout, .page = on_page, .ctx = &d };
+	char perr[200];
+	ret = qb_parse_stream(in, &cb, &b->layout, &dev, perr, sizeof(perr));
+	if (ret) {
+		snprintf(err, errlen, "base VM state %s: %s", mig, d.err[0] ? d.err : perr);
+		goto out;
+	}
+	size_t enc_len = qb_devstate_encode(&dev, &enc);
+	if (!enc_len) {
+		ret = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	if ((ret = msync(d.image, d.size, MS_SYNC) ? -errno : 0) ||
+	    (ret = write_file(tmp_dev, enc, enc_len)) || (ret = write_file(tmp_stamp, stamp, strlen(stamp)))) {
+		snprintf(err, errlen, "cannot write derived base files in %s: %s", b->dir, strerror(-ret));
+		goto out;
+	}
+	if (rename(tmp_mem, b->path[ENG_VM_MEMORY]) || rename(tmp_dev, b->path[ENG_VM_DEVICES]) ||
+	    rename(tmp_stamp, stamp_path)) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot rename derived base files in %s: %s", b->dir, strerror(errno));
+		goto out;
+	}
+	ret = 0;
+out:
+	if (d.image)
+		munmap(d.image, d.size);
+	if (d.fd >= 0)
+		close(d.fd);
+	close(in);
+	if (ret) {
+		if (tmp_mem)
+			unlink(tmp_mem);
+		if (tmp_dev)
+			unlink(tmp_dev);
+		if (tmp_stamp)
+			unlink(tmp_stamp);
+	}
+	qb_devstate_free(&dev);
+	free(enc);
+	free(tmp_mem);
+	free(tmp_dev);
+	free(tmp_stamp);
+	return ret;
+}
+
+static bool stamp_matches(const char *path, const char *want)
+{
+	char buf[512];
+	FILE *f = fopen(path, "re");
+	size_t n;
+
+	if (!f)
+		return false;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	return !strcmp(buf, want);
+}
+
+/* Maps a whole number of blocks: the last block reads as zero-padded. */
+static int map_image(struct eng_vmbase *b, unsigned o, char *err, size_t errlen)
+{
+	uint64_t size = trk_index_size(b->index[o]);
+	int fd;
+
+	b->map_len[o] = (size_t)((size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE) * CDC_BLOCK_SIZE;
+	if (!b->map_len[o])
+		b->map_len[o] = CDC_BLOCK_SIZE;
+	fd = open(b->path[o], O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot open %s: %s", b->path[o], strerror(errno));
+		return -errno;
+	}
+	void *m = mmap(NULL, b->map_len[o], PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED) {
+		snprintf(err, errlen, "cannot map %s: %s", b->path[o], strerror(errno));
+		return -ENOMEM;
+	}
+	b->map[o] = m;
+	return 0;
+}
+
+int eng_vmbase_open(struct eng_vmbase *b, const char *dir, char *err, size_t errlen)
+{
+	char stamp[512], *mig = NULL, *stamp_path = NULL;
+	struct stat st;
+	int ret = -ENOMEM;
+
+	memset(b, 0, sizeof(*b));
+	if (stat(dir, &st) || !S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen, "base directory %s: %s", dir,
+			 errno && !S_ISDIR(st.st_mode) ? strerror(errno) : "not a directory");
+		return -ENOENT;
+	}
+	b->dir = strdup(dir);
+	mig = join(dir, "vm.mig");
+	stamp_path = join(dir, "derived.stamp");
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		if (!(b->path[o] = join(dir, file_names[o])))
+			goto fail_oom;
+	if (!b->dir || !mig || !stamp_path)
+		goto fail_oom;
+	if (access(b->path[ENG_VM_DISK], R_OK) || (ret = mig_stamp(mig, stamp, sizeof(stamp)))) {
+		snprintf(err, errlen, "%s is not a base VM directory (needs disk.img and vm.mig; see scripts/make-base)",
+			 dir);
+		ret = -ENOENT;
+		goto fail;
+	}
+	if (!stamp_matches(stamp_path, stamp) || access(b->path[ENG_VM_MEMORY], R_OK) ||
+	    access(b->path[ENG_VM_DEVICES], R_OK)) {
+		if ((ret = derive(b, mig, stamp_path, stamp, err, errlen)))
+			goto fail;
+	}
+	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
+		if (!(b->index[o] = trk_index_open(b->path[o], err, errlen))) {
+			ret = -EIO;
+			goto fail;
+		}
+		if ((ret = map_image(b, (unsigned)o, err, errlen)))
+			goto fail;
+	}
+	/* The RAM layout lives in the device state's prefix (the MEM_SIZE record). */
+	struct qb_devstate dev;
+	char perr[200];
+	if (qb_devstate_decode(b->map[ENG_VM_DEVICES], trk_index_size(b->index[ENG_VM_DEVICES]), &dev,
+			       perr, sizeof(perr)) ||
+	    qb_devstate_layout(&dev, &b->layout, perr, sizeof(perr))) {
+		snprintf(err, errlen, "base device state %s: %s", b->path[ENG_VM_DEVICES], perr);
+		ret = -EBADMSG;
+		goto fail;
+	}
+	qb_devstate_free(&dev);
+	if (b->layout.image_size != trk_index_size(b->index[ENG_VM_MEMORY])) {
+		snprintf(err, errlen, "base %s: mem.img does not match the RAM layout in vm.mig", dir);
+		ret = -EBADMSG;
+		goto fail;
+	}
+	free(mig);
+	free(stamp_path);
+	return 0;
+fail_oom:
+	snprintf(err, errlen, "out of memory");
+	ret = -ENOMEM;
+fail:
+	free(mig);
+	free(stamp_path);
+	eng_vmbase_close(b);
+	return ret;
+}
+
+void eng_vmbase_close(struct eng_vmbase *b)
+{
+	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
+		if (b->map[o])
+			munmap((void *)b->map[o], b->map_len[o]);
+		trk_index_free(b->index[o]);
+		free(b->path[o]);
+	}
+	free(b->dir);
+	memset(b, 0, sizeof(*b));
+}
+
+int eng_vmbase_check_layout(const struct eng_vmbase *b, const struct qb_layout *l, char *err,
+			    size_t errlen)
+{
+	const struct qb_layout *w = &b->layout;
+
+	for (unsigned i = 0; i < l->nblocks || i < w->nblocks; i++) {
+		if (i >= l->nblocks || i >= w->nblocks || strcmp(l->blocks[i].id, w->blocks[i].id) ||
+		    l->blocks[i].length != w->blocks[i].length) {
+			const struct qb_ram_block *have = i < l->nblocks ? &l->blocks[i] : NULL;
+			const struct qb_ram_block *want = i < w->nblocks ? &w->blocks[i] : NULL;
+			snprintf(err, errlen,
+				 "the VM does not match its base: RAM block %u is %s (%" PRIu64
+				 " bytes), the base has %s (%" PRIu64 " bytes); start it with the base's -m and machine",
+				 i, have ? have->id : "missing", have ? have->length : 0,
+				 want ? want->id : "missing", want ? want->length : 0);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,42 @@
+/*
+ * A base VM directory, the state both sites hold before a handoff:
+ *
+ *   disk.img      the base disk
+ *   vm.mig        QEMU's own migration stream of the idle base VM (make-base)
+ *   vm.json       how to start an identical VM (read by the scripts)
+ *
+ * From vm.mig the engine derives, once, the RAM image (mem.img: every RAM
+ * block in stream order) and the device state (devices.bin: the opaque
+ * parts of the stream, qb_devstate_encode), and every image gets its cached
+ * block index. The derived files are rebuilt whenever vm.mig changes
+ * (derived.stamp records which vm.mig they came from).
+ */
+#ifndef HANDOFF_VMBASE_H
+#define HANDOFF_VMBASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qemu_bridge/migstream.h"
+#include "stream.h"
+#include "tracker/tracker.h"
+
+struct eng_vmbase {
+	char *dir;
+	char *path[ENG_VM_OBJECTS];             /* disk.img, mem.img, devices.bin */
+	struct trk_index *index[ENG_VM_OBJECTS];
+	const uint8_t *map[ENG_VM_OBJECTS];     /* read-only, whole blocks (zero-padded) */
+	size_t map_len[ENG_VM_OBJECTS];
+	struct qb_layout layout;                /* RAM blocks of the base VM */
+};
+
+extern const char *const eng_vm_object_names[ENG_VM_OBJECTS];
+
+/* Open BASEDIR, deriving and indexing what is missing or stale. 0 or -errno + one line. */
+int eng_vmbase_open(struct eng_vmbase *b, const char *dir, char *err, size_t errlen);
+void eng_vmbase_close(struct eng_vmbase *b);
+/* Same RAM blocks (names and sizes) as the base? 0, or -EINVAL with the first difference. */
+int eng_vmbase_check_layout(const struct eng_vmbase *b, const struct qb_layout *l, char *err,
+			    size_t errlen);
+
+#endif
