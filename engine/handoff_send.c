@@ -53,6 +53,10 @@ struct src {
 	uint64_t pending_count;
 	uint8_t *mirror;
 	size_t mirror_len;
+	/* guest RAM on a shared memory backend, read directly during pre-copy */
+	const uint8_t *shared;
+	size_t shared_len;
+	uint64_t shared_off; /* where the backend's RAM block sits in the RAM image */
 	int disk_fd;
 	uint64_t disk_size;
 	uint8_t *dev;
@@ -75,7 +79,9 @@ struct src {
 	/* control */
 	enum phase phase;
 	uint64_t t0;
-	double stop_requested_s;
+	double stop_requested_s, last_refresh_s;
+	double best_est;      /* smallest estimated time of a pass so far */
+	unsigned est_pass, stalled;
 	struct eng_tcp *tcp;
 	struct eng_sendq *sq;
 	struct eng_outfile out;
@@ -85,6 +91,9 @@ struct src {
 	uint64_t wire_bytes;
 	char fail[256];
 };
+
+static int qemu_migrate(struct src *s, bool stop_first, uint64_t downtime_ms, char *err,
+			size_t errlen);
 
 static double now_s(const struct src *s)
 {
@@ -142,6 +151,25 @@ static int mark_dirty_disk(struct src *s)
 	return 0;
 }
 
+/*
+ * Pre-copy reads guest RAM straight from QEMU's shared memory backend: a
+ * page that differs from the mirror changed since it was last taken. QEMU's
+ * own pre-copy cannot be held open (7.2 converges, stopping the VM, as soon
+ * as one bitmap sync finds little dirty), so QEMU migrates only at the stop.
+ */
+static void scan_shared_ram(struct src *s)
+{
+	uint64_t first = s->first[ENG_VM_MEMORY] + s->shared_off / CDC_BLOCK_SIZE;
+
+	for (size_t off = 0; off < s->shared_len; off += CDC_BLOCK_SIZE) {
+		uint8_t *m = s->mirror + s->shared_off + off;
+		if (!memcmp(m, s->shared + off, CDC_BLOCK_SIZE))
+			continue;
+		memcpy(m, s->shared + off, CDC_BLOCK_SIZE);
+		mark(s, first + off / CDC_BLOCK_SIZE);
+	}
+}
+
 /* ---- passes --------------------------------------------------------------------- */
 
 static uint64_t gcd(uint64_t a, uint64_t b)
@@ -158,6 +186,7 @@ static uint64_t gcd(uint64_t a, uint64_t b)
 static void start_pass(struct src *s)
 {
 	uint64_t r[2];
+
 
 	cdc_random(r, sizeof(r));
 	s->perm_mul = (r[0] % s->total) | 1;
@@ -383,6 +412,11 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		s->hold = s->phase != PH_FINAL && backlog > (s->rate_Bps > 1e6 ? s->rate_Bps : 1e6);
 	if (s->sq && s->rate_Bps > 0)
 		eng_sendq_set_cap(s->sq, (size_t)(s->rate_Bps * 0.25 > (1 << 18) ? s->rate_Bps * 0.25 : (1 << 18)));
+	int qerr = s->sq ? eng_sendq_error(s->sq) : 0;
+	if (qerr) {
+		src_fail(s, "connection to the destination lost: %s", strerror(-qerr));
+		s->ended = true;
+	}
 	int bridge = __atomic_load_n(&s->bridge_done, __ATOMIC_ACQUIRE);
 	if (bridge < 0) {
 		src_fail(s, "%s", s->bridge_err);
@@ -397,11 +431,36 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			begin_final(s);
 			break;
 		}
-		double rate = s->tcp ? s->rate_Bps : 0;
+		/* between passes: what changed since, at most once a second (a scan reads all RAM) */
+		if (now_s(s) - s->last_refresh_s >= 1.0 || s->passes == 0) {
+			s->last_refresh_s = now_s(s);
+			if (s->shared)
+				scan_shared_ram(s);
+			if (mark_dirty_disk(s)) {
+				s->ended = true;
+				return;
+			}
+			pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
+		} else if (s->passes) {
+			return;
+		}
+		/* before the link has carried enough to measure, assume a slow one */
+		double rate = s->tcp ? (s->rate_Bps > 125000 ? s->rate_Bps : 125000) : 0;
 		double est = rate > 0 ? ((double)pending * CDC_BLOCK_SIZE * ratio + backlog) / rate : 0;
-		if (s->passes >= 1 && (!s->tcp || (rate > 0 && est <= ENG_STOP_SECONDS))) {
-			/* let QEMU finish: it stops the VM and sends the rest */
-			if (qb_migrate_set_downtime(s->qmp, 300000, err, sizeof(err))) {
+		/* a workload that dirties faster than the link drains never gets
+		 * there: stop when three passes in a row did not shrink the rest */
+		bool stuck = false;
+		if (s->passes > s->est_pass) {
+			s->est_pass = s->passes;
+			s->stalled = est >= 0.9 * s->best_est && s->passes > 1 ? s->stalled + 1 : 0;
+			if (est < s->best_est || s->passes == 1)
+				s->best_est = est;
+			stuck = s->stalled >= 3;
+		}
+		if (s->passes >= 1 && (!s->tcp || (rate > 0 && est <= ENG_STOP_SECONDS) || stuck)) {
+			/* stop the VM; QEMU sends the device state (and RAM, checked against the mirror) */
+			if (s->shared ? qemu_migrate(s, true, 300000, err, sizeof(err))
+				      : qb_migrate_set_downtime(s->qmp, 300000, err, sizeof(err))) {
 				src_fail(s, "cannot let QEMU finish: %s", err);
 				s->ended = true;
 				return;
@@ -410,10 +469,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			s->phase = PH_STOPPING;
 		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES ||
 			   (s->tcp && rate > 0 && est <= ENG_STOP_SECONDS)) {
-			if (mark_dirty_disk(s) == 0)
-				start_pass(s);
-			else
-				s->ended = true;
+			start_pass(s);
 		}
 		break;
 	case PH_STOPPING:
@@ -479,12 +535,11 @@ static void restore_source(struct src *s)
 	}
 }
 
-static int start_migration(struct src *s, char *err, size_t errlen)
+static int check_source(struct src *s, char *err, size_t errlen)
 {
-	int sv[2];
 	char status[64];
-
 	int run = qb_qmp_running(s->qmp, status, sizeof(status), err, errlen);
+
 	if (run < 0)
 		return -EIO;
 	if (strcmp(status, "running") && strcmp(status, "paused")) {
@@ -492,11 +547,18 @@ static int start_migration(struct src *s, char *err, size_t errlen)
 		return -EINVAL;
 	}
 	s->was_running = run == 1;
-	bool overlay = s->tcp == NULL;
-	/* an overlay is a suspended VM: stop it first, QEMU then sends one pass */
-	if (overlay && s->was_running && qb_qmp_run(s->qmp, "stop", NULL, 10, err, errlen))
+	return 0;
+}
+
+/* QEMU migrates into a socketpair read by the bridge thread. */
+static int qemu_migrate(struct src *s, bool stop_first, uint64_t downtime_ms, char *err,
+			size_t errlen)
+{
+	int sv[2];
+
+	if (stop_first && s->was_running && qb_qmp_run(s->qmp, "stop", NULL, 10, err, errlen))
 		return -EIO;
-	if (qb_migrate_prepare(s->qmp, overlay ? 300000 : 0, err, errlen))
+	if (qb_migrate_prepare(s->qmp, downtime_ms, err, errlen))
 		return -EIO;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
 		snprintf(err, errlen, "socketpair: %s", strerror(errno));
@@ -514,6 +576,60 @@ static int start_migration(struct src *s, char *err, size_t errlen)
 	}
 	s->bridge_started = true;
 	return 0;
+}
+
+/* The RAM block on a shared memory backend (memory-backend-file,share=on), if any. */
+static int map_shared_ram(struct src *s, char *err, size_t errlen)
+{
+	json_object *devs = qb_qmp_exec(s->qmp, "query-memdev", NULL, 10, err, errlen);
+	int ret = 0;
+
+	if (!devs)
+		return -EIO;
+	for (size_t i = 0; i < json_object_array_length(devs) && !s->shared; i++) {
+		json_object *d = json_object_array_get_idx(devs, i), *share, *id;
+		if (!json_object_object_get_ex(d, "share", &share) || !json_object_get_boolean(share) ||
+		    !json_object_object_get_ex(d, "id", &id))
+			continue;
+		const char *name = json_object_get_string(id);
+		const struct qb_ram_block *blk = NULL;
+		for (unsigned b = 0; b < s->base.layout.nblocks; b++)
+			if (!strcmp(s->base.layout.blocks[b].id, name))
+				blk = &s->base.layout.blocks[b];
+		if (!blk)
+			continue;
+		json_object *args = json_object_new_object();
+		char path_obj[300];
+		snprintf(path_obj, sizeof(path_obj), "/objects/%s", name);
+		json_object_object_add(args, "path", json_object_new_string(path_obj));
+		json_object_object_add(args, "property", json_object_new_string("mem-path"));
+		json_object *mp = qb_qmp_exec(s->qmp, "qom-get", args, 10, err, errlen);
+		if (!mp) {
+			ret = -EIO;
+			break;
+		}
+		int fd = open(json_object_get_string(mp), O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			snprintf(err, errlen, "cannot open the VM's RAM %s: %s", json_object_get_string(mp),
+				 strerror(errno));
+			json_object_put(mp);
+			ret = -errno;
+			break;
+		}
+		json_object_put(mp);
+		void *m = mmap(NULL, blk->length, PROT_READ, MAP_SHARED, fd, 0);
+		close(fd);
+		if (m == MAP_FAILED) {
+			snprintf(err, errlen, "cannot map the VM's RAM: %s", strerror(errno));
+			ret = -ENOMEM;
+			break;
+		}
+		s->shared = m;
+		s->shared_len = blk->length;
+		s->shared_off = blk->image_off;
+	}
+	json_object_put(devs);
+	return ret;
 }
 
 static int setup(struct src *s, char *err, size_t errlen)
@@ -565,7 +681,9 @@ static int setup(struct src *s, char *err, size_t errlen)
 	}
 	memcpy(s->mirror, s->base.map[ENG_VM_MEMORY], trk_index_size(s->base.index[ENG_VM_MEMORY]));
 	s->qmp = qb_qmp_connect(s->a->qmp_path, 10, err, errlen);
-	return s->qmp ? 0 : -EIO;
+	if (!s->qmp || check_source(s, err, errlen))
+		return -EIO;
+	return map_shared_ram(s, err, errlen);
 }
 
 static json_object *summary_json(struct src *s, const struct eng_diff_report *rep, double total_s,
@@ -668,8 +786,21 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	s->disk_fd = s->mig_fd = -1;
 	s->out.fd = -1;
 	s->t0 = rte_rdtsc();
-	if ((ret = setup(s, err, errlen)) || (ret = open_transport(s, err, errlen)) ||
-	    (ret = start_migration(s, err, errlen)))
+	if ((ret = setup(s, err, errlen)) || (ret = open_transport(s, err, errlen)))
+		goto out;
+	/*
+	 * An overlay is a suspended VM: stop it, QEMU sends one pass. A live
+	 * handoff reads RAM from the shared backend and lets QEMU migrate only
+	 * at the stop; without one, QEMU's own pre-copy feeds the mirror (it
+	 * stops the VM as soon as it converges).
+	 */
+	if (!s->tcp)
+		ret = qemu_migrate(s, true, 300000, err, errlen);
+	else if (!s->shared) {
+		fprintf(stderr, "send: warning: guest RAM is not on a shared memory backend; QEMU's own pre-copy will stop the VM early\n");
+		ret = qemu_migrate(s, false, 0, err, errlen);
+	}
+	if (ret)
 		goto out;
 
 	struct eng_diff_object obj[ENG_VM_OBJECTS];

@@ -141,6 +141,14 @@ uint64_t eng_sendq_queued(struct eng_sendq *q)
 	return n;
 }
 
+int eng_sendq_error(struct eng_sendq *q)
+{
+	pthread_mutex_lock(&q->lock);
+	int e = q->error;
+	pthread_mutex_unlock(&q->lock);
+	return e;
+}
+
 int eng_sendq_drain(struct eng_sendq *q, double timeout_s)
 {
 	struct timespec until;

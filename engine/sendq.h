@@ -24,6 +24,8 @@ void eng_sendq_free(struct eng_sendq *q);
 struct eng_sink eng_sendq_sink(struct eng_sendq *q);
 void eng_sendq_set_cap(struct eng_sendq *q, size_t cap);
 uint64_t eng_sendq_queued(struct eng_sendq *q);
+/* The writer's error (0 while all is well): a dead link shows here even when nothing is being queued. */
+int eng_sendq_error(struct eng_sendq *q);
 /* Wait until everything queued was sent: 0, the writer's error, or -ETIMEDOUT. */
 int eng_sendq_drain(struct eng_sendq *q, double timeout_s);
 

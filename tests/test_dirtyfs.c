@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -24,10 +25,12 @@
 #define NBLOCKS ((IMG_SIZE + BLK - 1) / BLK)
 #define START_TIMEOUT_MS 20000
 #define STOP_TIMEOUT_MS 10000
+#define MOUNT_LIFETIME_S 30 /* the watchdog kills an engine mounted longer */
 
 static char engine[PATH_MAX], *dir;
 static char img[300], mnt[300], disk[600], errf[300];
 static pid_t track_pid = -1;
+static time_t track_deadline; /* 0: no engine running */
 static uint8_t ref[IMG_SIZE];  /* what the disk must hold */
 static bool expect[NBLOCKS];   /* blocks written since the last fetch */
 
@@ -37,15 +40,17 @@ static void sleep_ms(unsigned ms)
 	nanosleep(&ts, NULL);
 }
 
+/* A small text file (e.g. the engine's stderr while it may still write it). */
 static char *file_text(const char *path)
 {
-	size_t len;
-	uint8_t *b = test_read_file(path, &len);
-	char *s = malloc(len + 1);
-	if (b)
-		memcpy(s, b, len);
-	s[b ? len : 0] = 0;
-	free(b);
+	char *s = calloc(1, 65536);
+	int fd = open(path, O_RDONLY);
+
+	if (fd >= 0) {
+		ssize_t n = read(fd, s, 65535);
+		s[n > 0 ? n : 0] = 0;
+		close(fd);
+	}
 	return s;
 }
 
@@ -64,24 +69,60 @@ static bool is_mounted(const char *path)
 	return found;
 }
 
+static void set_track_pid(pid_t pid)
+{
+	if (pid < 0)
+		__atomic_store_n(&track_deadline, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&track_pid, pid, __ATOMIC_SEQ_CST);
+}
+
+/*
+ * A hung filesystem would leave this process in an unkillable wait on its
+ * own I/O: the watchdog kills an engine that outlives its deadline, which
+ * aborts the connection and turns the hang into a failed test.
+ */
+static void *watchdog_main(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		time_t d = __atomic_load_n(&track_deadline, __ATOMIC_SEQ_CST);
+		pid_t pid = __atomic_load_n(&track_pid, __ATOMIC_SEQ_CST);
+		if (d && pid > 0 && time(NULL) > d) {
+			fprintf(stderr, "watchdog: track still mounted after %d s, killing it\n",
+				MOUNT_LIFETIME_S);
+			kill(pid, SIGKILL);
+			__atomic_store_n(&track_deadline, 0, __ATOMIC_SEQ_CST);
+		}
+		sleep_ms(100);
+	}
+	return NULL;
+}
+
 /* Start `track` in the background; returns when the disk is served (bounded). */
 static void start_track(void)
 {
 	struct stat st;
 
-	track_pid = fork();
-	assert_true(track_pid >= 0);
-	if (track_pid == 0) {
+	unlink(errf); /* the ready line must be this engine's */
+	pid_t parent = getpid(), pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* never outlive the test */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
+			_exit(126);
 		int fd = open(errf, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		if (fd >= 0)
 			dup2(fd, 2);
 		execl(engine, engine, "track", "--image", img, "--mount", mnt, (char *)NULL);
 		_exit(127);
 	}
+	set_track_pid(pid);
+	memset(expect, 0, sizeof(expect)); /* a new engine starts with an empty map */
+	__atomic_store_n(&track_deadline, time(NULL) + MOUNT_LIFETIME_S, __ATOMIC_SEQ_CST);
 	for (int ms = 0; ms < START_TIMEOUT_MS; ms += 10) {
 		int status;
 		if (waitpid(track_pid, &status, WNOHANG) == track_pid) {
-			track_pid = -1;
+			set_track_pid(-1);
 			fail_msg("track exited early (status %d): %s", status, file_text(errf));
 		}
 		char *s = file_text(errf);
@@ -96,6 +137,20 @@ static void start_track(void)
 	fail_msg("track did not serve %s within %d ms", disk, START_TIMEOUT_MS);
 }
 
+/* The engine's exit code (128 + signal); its stderr is shown when that is not 0. */
+static int exit_code(int status, int sent)
+{
+	int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+
+	set_track_pid(-1);
+	if (code && code != 128 + sent) {
+		char *s = file_text(errf);
+		print_message("track exited with %d; its stderr:\n%s", code, s);
+		free(s);
+	}
+	return code;
+}
+
 /* Signal the engine and wait (bounded) for its exit status; kills it on timeout. */
 static int stop_track(int sig)
 {
@@ -105,15 +160,13 @@ static int stop_track(int sig)
 		return -1;
 	kill(track_pid, sig);
 	for (int ms = 0; ms < STOP_TIMEOUT_MS; ms += 10) {
-		if (waitpid(track_pid, &status, WNOHANG) == track_pid) {
-			track_pid = -1;
-			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-		}
+		if (waitpid(track_pid, &status, WNOHANG) == track_pid)
+			return exit_code(status, sig);
 		sleep_ms(10);
 	}
 	kill(track_pid, SIGKILL);
 	waitpid(track_pid, &status, 0);
-	track_pid = -1;
+	set_track_pid(-1);
 	umount2(mnt, MNT_DETACH);
 	return -1;
 }
@@ -124,10 +177,8 @@ static int wait_track(void)
 	int status;
 
 	for (int ms = 0; ms < STOP_TIMEOUT_MS; ms += 10) {
-		if (waitpid(track_pid, &status, WNOHANG) == track_pid) {
-			track_pid = -1;
-			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-		}
+		if (waitpid(track_pid, &status, WNOHANG) == track_pid)
+			return exit_code(status, 0);
 		sleep_ms(10);
 	}
 	return stop_track(SIGKILL);
@@ -161,6 +212,9 @@ static int group_setup(void **state)
 	snprintf(disk, sizeof(disk), "%s/vm-disk.img", mnt);
 	snprintf(errf, sizeof(errf), "%s/stderr", dir);
 	if (mkdir(mnt, 0755))
+		return -1;
+	pthread_t wd;
+	if (pthread_create(&wd, NULL, watchdog_main, NULL) || pthread_detach(wd))
 		return -1;
 	test_fill_text(ref, IMG_SIZE);
 	test_write_file(img, ref, IMG_SIZE);
@@ -304,7 +358,6 @@ static void test_dirty_blocks(void **state)
 {
 	(void)state;
 	start_track();
-	memset(expect, 0, sizeof(expect));
 	check_fetch(); /* nothing written since mount */
 
 	int fd = open(disk, O_RDWR);
@@ -322,6 +375,7 @@ static void test_dirty_blocks(void **state)
 	assert_int_equal(pwrite(fd, junk, sizeof(junk), IMG_SIZE - 10), -1); /* past the end */
 	assert_int_equal(errno, EFBIG);
 	assert_int_not_equal(ftruncate(fd, IMG_SIZE / 2), 0); /* the disk keeps its size */
+	assert_true(open(disk, O_WRONLY | O_TRUNC) < 0);
 	check_fetch();
 
 	/* random writes with fetches in between */
@@ -379,8 +433,6 @@ static void test_direct_fsync_fallocate(void **state)
 
 	(void)state;
 	start_track();
-	check_fetch(); /* whatever earlier tests did is not ours */
-	memset(expect, 0, sizeof(expect));
 	int fd = open(disk, O_RDWR | O_DIRECT);
 	assert_true(fd >= 0);
 	assert_int_equal(posix_memalign(&buf, 4096, 1 << 20), 0);

@@ -201,7 +201,7 @@ static void *tbuf_get(size_t len)
 			return NULL;
 		}
 	}
-	if (t->cap < len) {
+	if (!t->p || t->cap < len) {
 		size_t cap = len < (128u << 10) ? (128u << 10) : (len + 4095) & ~(size_t)4095;
 		void *p;
 		if (posix_memalign(&p, 4096, cap))
@@ -392,6 +392,10 @@ static void dfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	if (ino == INO_DISK) {
+		if (fi->flags & O_TRUNC) {
+			fuse_reply_err(req, EPERM); /* the disk keeps its size */
+			return;
+		}
 		fi->fh = (fi->flags & O_DIRECT) ? 1 : 0;
 		fuse_reply_open(req, fi);
 		return;
@@ -431,9 +435,21 @@ static void dfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	if (ino == INO_CTL) {
+		/*
+		 * Reply from this thread's buffer, not the snapshot: the reader may
+		 * close (and free the snapshot) as soon as the kernel has the data,
+		 * while this thread is still returning from the reply's writev.
+		 */
 		const struct dirty_snap *s = (const struct dirty_snap *)(uintptr_t)fi->fh;
 		size_t o = (size_t)off < s->len ? (size_t)off : s->len;
-		fuse_reply_buf(req, (const char *)s->data + o, size < s->len - o ? size : s->len - o);
+		size_t n = size < s->len - o ? size : s->len - o;
+		void *buf = tbuf_get(n);
+		if (!buf) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(buf, s->data + o, n);
+		fuse_reply_buf(req, buf, n);
 		return;
 	}
 	if (ino != INO_DISK) {

@@ -42,7 +42,11 @@ import time
 # migration/dirty logging with such sizes (see DESIGN.md).
 DEFAULT_MEM_KB = 262152
 DEFAULT_APPEND = "console=ttyS0 panic=-1 root=/dev/vda"
-VM_JSON_FORMAT = 1
+VM_JSON_FORMAT = 2
+# Guest RAM lives in a shared memory file (memory-backend-file,share=on) so the
+# engine can read it during pre-copy (QEMU 7.2's own pre-copy cannot be held
+# open); the RAM block is then called RAM_BACKEND_ID instead of pc.ram.
+RAM_BACKEND_ID = "ram0"
 HB_RX = re.compile(r"^HB (\d+)$")
 
 # Migration capabilities that must be off for a plain, parseable stream
@@ -305,7 +309,7 @@ def guest_dir_spec(guest_dir, mem_kb=DEFAULT_MEM_KB, accel=None, append_extra=""
     guest_dir = os.path.abspath(guest_dir)
     spec = {
         "machine": "q35", "accel": accel or default_accel(), "cpu": default_cpu(),
-        "mem_kb": mem_kb, "smp": 1,
+        "mem_kb": mem_kb, "smp": 1, "ram": "shared",
         "kernel": os.path.join(guest_dir, "vmlinuz"),
         "initrd": os.path.join(guest_dir, "initramfs.cpio.gz"),
         "append": DEFAULT_APPEND + (" " + append_extra if append_extra else ""),
@@ -352,7 +356,7 @@ def load_base(basedir):
 
 
 def qemu_command(spec, disk, serial_sock, ctl_sock, qmp_sock, disk_cache="writeback",
-                 snapshot=False, incoming=None, paused=False, extra_args=()):
+                 snapshot=False, incoming=None, paused=False, extra_args=(), ram_path=None):
     """QEMU's argument list for a VM spec. Everything that makes up the
     migrated machine comes from the spec, so a source and a destination
     started from the same spec are compatible; the rest is per instance."""
@@ -365,9 +369,17 @@ def qemu_command(spec, disk, serial_sock, ctl_sock, qmp_sock, disk_cache="writeb
     drive = (f"if=none,id=disk0,file={disk.replace(',', ',,')},format={d['format']},"
              f"cache={disk_cache}"
              + (",snapshot=on" if snapshot else ""))
+    machine = f"{spec['machine']},accel={spec['accel']}"
+    ram = []
+    if spec.get("ram") == "shared":
+        if not ram_path:
+            raise GuestError("a VM with shared RAM needs ram_path (a file in /dev/shm)")
+        machine += f",memory-backend={RAM_BACKEND_ID}"
+        ram = ["-object", f"memory-backend-file,id={RAM_BACKEND_ID},size={spec['mem_kb']}K,"
+                          f"mem-path={ram_path},share=on"]
     cmd = [
         "qemu-system-x86_64",
-        "-machine", f"{spec['machine']},accel={spec['accel']}", "-cpu", spec["cpu"],
+        "-machine", machine, "-cpu", spec["cpu"], *ram,
         "-m", f"{spec['mem_kb']}K", "-smp", str(spec["smp"]),
         "-kernel", spec["kernel"], "-initrd", spec["initrd"],
         "-append", spec["append"],
@@ -490,10 +502,11 @@ class Guest:
                                      self._on_serial_line)
         self._serial.start()
         self._ctl_listener = _listen_unix(self.ctl_path)
+        self.ram_path = os.path.join("/dev/shm", os.path.basename(self.tmp) + ".ram")
         cmd = qemu_command(self.spec, self.disk, serial_sock, self.ctl_path, self.qmp_path,
                            disk_cache=self.disk_cache, snapshot=self.snapshot,
                            incoming=self.incoming, paused=self.paused,
-                           extra_args=self.extra_args)
+                           extra_args=self.extra_args, ram_path=self.ram_path)
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns] + cmd
         self.cmd = cmd
@@ -565,6 +578,8 @@ class Guest:
         if self._serial is not None:
             self._serial.close()
             self._serial = None
+        if getattr(self, "ram_path", None) and os.path.exists(self.ram_path):
+            os.unlink(self.ram_path)
         if self.tmp and not self.keep_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
