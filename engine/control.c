@@ -65,7 +65,8 @@ int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type 
 	size_t len = (size_t)buf[0] | (size_t)buf[1] << 8;
 	if (len < 1 || len > 1 + ENG_MSG_TEXT_MAX)
 		return -EBADMSG;
-	if ((ret = eng_tcp_recv_all(c->tcp, buf + 2, len + CDC_TAG_LEN, timeout_s)))
+	/* the rest follows at once: a short poll must not cut a message in two */
+	if ((ret = eng_tcp_recv_all(c->tcp, buf + 2, len + CDC_TAG_LEN, timeout_s > 5 ? timeout_s : 5)))
 		return ret;
 	uint8_t peer = c->my_dir == 1 ? 2 : 1;
 	if (cdc_open(c->sealer, nonce(peer, c->recv_seq++), c->aad, sizeof(c->aad), buf + 2, len,

@@ -83,6 +83,9 @@ struct src {
 	double best_est;      /* smallest estimated time of a pass so far */
 	unsigned est_pass, stalled;
 	struct eng_tcp *tcp;
+	struct eng_control ctl; /* ready once the stream's keys exist */
+	bool have_ctl;
+	struct eng_stream stream;
 	struct eng_sendq *sq;
 	struct eng_outfile out;
 	struct eng_fd out_fd;
@@ -412,6 +415,22 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		s->hold = s->phase != PH_FINAL && backlog > (s->rate_Bps > 1e6 ? s->rate_Bps : 1e6);
 	if (s->sq && s->rate_Bps > 0)
 		eng_sendq_set_cap(s->sq, (size_t)(s->rate_Bps * 0.25 > (1 << 18) ? s->rate_Bps * 0.25 : (1 << 18)));
+	/* the destination only speaks before the trailer to say it failed */
+	if (s->tcp && !s->fail[0]) {
+		enum eng_msg_type type;
+		char text[ENG_MSG_TEXT_MAX + 1];
+		if (!s->have_ctl && s->stream.header_len)
+			s->have_ctl = eng_control_init(&s->ctl, s->tcp, &s->stream, s->a->key, 1) == 0;
+		int r = s->have_ctl ? eng_control_recv(&s->ctl, 0.001, &type, text, sizeof(text)) : -ETIMEDOUT;
+		if (r == 0)
+			src_fail(s, "destination %s: %s", type == ENG_MSG_FAILED ? "failed" : "spoke out of turn",
+				 type == ENG_MSG_FAILED ? text : eng_msg_name(type));
+		else if (r != -ETIMEDOUT)
+			src_fail(s, "connection to the destination lost: %s",
+				 r == -EPIPE ? "closed by the destination (wrong key?)" : strerror(-r));
+		if (s->fail[0])
+			s->ended = true;
+	}
 	int qerr = s->sq ? eng_sendq_error(s->sq) : 0;
 	if (qerr) {
 		src_fail(s, "connection to the destination lost: %s", strerror(-qerr));
@@ -727,10 +746,9 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 }
 
 /* After the trailer: the two-phase commit with the destination. */
-static int finish_tcp(struct src *s, const struct eng_stream *st, double *resume_ts, char *err,
-		      size_t errlen)
+static int finish_tcp(struct src *s, double *resume_ts, char *err, size_t errlen)
 {
-	struct eng_control c;
+	struct eng_control *c = &s->ctl;
 	enum eng_msg_type type;
 	char text[ENG_MSG_TEXT_MAX + 1];
 	int ret = eng_sendq_drain(s->sq, 600);
@@ -739,26 +757,24 @@ static int finish_tcp(struct src *s, const struct eng_stream *st, double *resume
 		snprintf(err, errlen, "connection to the destination lost: %s", strerror(-ret));
 		return ret;
 	}
-	if (eng_control_init(&c, s->tcp, st, s->a->key, 1)) {
+	if (!s->have_ctl && !(s->have_ctl = eng_control_init(c, s->tcp, &s->stream, s->a->key, 1) == 0)) {
 		snprintf(err, errlen, "cannot set up control messages");
 		return -EIO;
 	}
-	ret = eng_control_recv(&c, 300, &type, text, sizeof(text));
+	ret = eng_control_recv(c, 300, &type, text, sizeof(text));
 	if (ret || type != ENG_MSG_READY) {
 		if (ret)
 			snprintf(err, errlen, "destination did not confirm: %s",
 				 ret == -EBADMSG ? "forged or corrupt reply" : strerror(-ret));
 		else
 			snprintf(err, errlen, "destination failed: %s", text);
-		eng_control_free(&c);
 		return ret ? ret : -EIO;
 	}
 	/* from here on the source VM never runs again */
 	s->committed = true;
-	ret = eng_control_send(&c, ENG_MSG_COMMIT, NULL);
+	ret = eng_control_send(c, ENG_MSG_COMMIT, NULL);
 	if (!ret)
-		ret = eng_control_recv(&c, 120, &type, text, sizeof(text));
-	eng_control_free(&c);
+		ret = eng_control_recv(c, 120, &type, text, sizeof(text));
 	if (ret || type != ENG_MSG_RESUMED) {
 		snprintf(err, errlen,
 			 "committed, but the destination did not confirm the resume (%s); the source VM stays paused",
@@ -804,7 +820,6 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		goto out;
 
 	struct eng_diff_object obj[ENG_VM_OBJECTS];
-	struct eng_stream stream;
 	for (int o = 0; o < ENG_VM_OBJECTS; o++)
 		obj[o] = (struct eng_diff_object){ eng_vm_object_names[o], s->base.index[o], s->base.map[o],
 						   trk_index_size(s->base.index[o]) };
@@ -814,7 +829,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	struct eng_diff_args da = {
 		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed, .sink = &sink,
 		.key = a->key, .aead = a->aead, .mode = a->mode, .socket = a->socket,
-		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &stream,
+		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
 	};
 	ret = eng_diff_run(&da, &rep, err, errlen);
 	if (a->progress)
@@ -828,7 +843,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	if (qb_qmp_wait_event(s->qmp, "STOP", 0.5, NULL, &stop_ts, err, errlen))
 		stop_ts = 0;
 	if (s->tcp)
-		ret = finish_tcp(s, &stream, &resume_ts, err, errlen);
+		ret = finish_tcp(s, &resume_ts, err, errlen);
 	else
 		ret = eng_outfile_commit(&s->out, err, errlen) ? -EIO : 0;
 out:
@@ -848,6 +863,8 @@ out:
 	double total = now_s(s);
 	if (summary)
 		*summary = summary_json(s, &rep, total, resume_ts > 0 && stop_ts > 0 ? resume_ts - stop_ts : -1);
+	if (s->have_ctl)
+		eng_control_free(&s->ctl);
 	if (s->tcp)
 		eng_tcp_close(s->tcp);
 	qb_qmp_close(s->qmp);
