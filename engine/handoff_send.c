@@ -81,6 +81,10 @@ struct src {
 	uint64_t t0;
 	double stop_requested_s, last_refresh_s;
 	double best_est;      /* smallest estimated time of a pass so far */
+	/* wire bytes per raw byte fed, over the last whole pass: late passes
+	 * carry the hottest pages, which compress worse than the average */
+	uint64_t cur_raw, cur_wire, pass_raw0, pass_wire0;
+	double pass_ratio;
 	unsigned est_pass, stalled;
 	struct eng_tcp *tcp;
 	struct eng_control ctl; /* ready once the stream's keys exist */
@@ -197,6 +201,10 @@ static void start_pass(struct src *s)
 		s->perm_mul += 2;
 	s->perm_add = r[1] % s->total;
 	s->cursor = 0;
+	if (s->passes && s->cur_raw > s->pass_raw0 + (1u << 20))
+		s->pass_ratio = (double)(s->cur_wire - s->pass_wire0) / (double)(s->cur_raw - s->pass_raw0);
+	s->pass_raw0 = s->cur_raw;
+	s->pass_wire0 = s->cur_wire;
 	s->passes++;
 	struct pass_report *p = calloc(1, sizeof(*p));
 	if (p) {
@@ -404,15 +412,19 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			s->rate_Bps = r / 8;
 	}
 	/* what the wire carries per byte fed: dedup and compression together */
+	s->cur_raw = rep.stages[ENG_STAGE_INGEST].bytes_in;
+	s->cur_wire = rep.stages[ENG_STAGE_SEAL].bytes_out;
 	double ratio = s->fed_blocks > 1000
 			       ? (double)rep.wire_bytes / ((double)s->fed_blocks * CDC_BLOCK_SIZE)
 			       : 0.5;
+	if (s->pass_ratio > ratio)
+		ratio = s->pass_ratio;
 	uint64_t pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
 	double backlog = backlog_bytes(s, &rep, ratio);
 	/* keep at most ~1 s of link time committed: the rest stays pending,
 	 * where a page dirtied again replaces its older version for free */
 	if (s->tcp && s->rate_Bps > 0)
-		s->hold = s->phase != PH_FINAL && backlog > (s->rate_Bps > 1e6 ? s->rate_Bps : 1e6);
+		s->hold = s->phase == PH_PRECOPY && backlog > (s->rate_Bps > 1e6 ? s->rate_Bps : 1e6);
 	if (s->sq && s->rate_Bps > 0)
 		eng_sendq_set_cap(s->sq, (size_t)(s->rate_Bps * 0.25 > (1 << 18) ? s->rate_Bps * 0.25 : (1 << 18)));
 	/* the destination only speaks before the trailer to say it failed */
@@ -486,6 +498,18 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			}
 			s->stop_requested_s = now_s(s);
 			s->phase = PH_STOPPING;
+			/*
+			 * The stop flushed the disk and froze RAM: their last changes
+			 * can go now, while QEMU serializes the devices.
+			 */
+			if (s->shared && s->tcp) {
+				scan_shared_ram(s);
+				if (mark_dirty_disk(s)) {
+					s->ended = true;
+					return;
+				}
+				start_pass(s);
+			}
 		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES ||
 			   (s->tcp && rate > 0 && est <= ENG_STOP_SECONDS)) {
 			start_pass(s);
