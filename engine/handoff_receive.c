@@ -36,6 +36,8 @@ struct dst {
 	size_t ram_len;
 	struct eng_mem dev_out;
 	struct timespec t0, last_progress;
+	/* seconds since t0: stream verified, QEMU loaded (all but devices), commit, resumed */
+	double t_verified, t_loaded, t_committed, t_resumed;
 };
 
 static double since(const struct timespec *t0)
@@ -137,6 +139,47 @@ static void progress(void *ctx, const struct eng_patch_stats *st)
 		(unsigned long long)st->records);
 }
 
+/*
+ * The source sent its devices with x-ignore-shared: our QEMU's RAM is a
+ * shared backend too; put the received RAM straight into it, and QEMU loads
+ * only the devices and small ROM blocks.
+ */
+static int place_shared_ram(struct dst *d, struct qb_layout *layout, char *err, size_t errlen)
+{
+	char id[256], path[4096];
+	int ret = qb_find_shared_ram(d->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
+
+	if (ret == -ENOENT)
+		snprintf(err, errlen, "the source migrated with x-ignore-shared: start the destination QEMU with the same shared memory backend (memory-backend-file,share=on)");
+	if (ret)
+		return ret;
+	struct qb_ram_block *blk = NULL;
+	for (unsigned b = 0; b < layout->nblocks; b++)
+		if (!strcmp(layout->blocks[b].id, id))
+			blk = &layout->blocks[b];
+	if (!blk) {
+		snprintf(err, errlen, "the destination's shared memory backend '%s' is not a RAM block of the VM", id);
+		return -EINVAL;
+	}
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot open the destination VM's RAM %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	void *m = mmap(NULL, blk->length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED) {
+		snprintf(err, errlen, "cannot map the destination VM's RAM: %s", strerror(errno));
+		return -ENOMEM;
+	}
+	memcpy(m, d->ram + blk->image_off, blk->length);
+	munmap(m, blk->length);
+	blk->shared = true;
+	if (qb_migrate_ignore_shared(d->qmp, err, errlen))
+		return -EIO;
+	return 0;
+}
+
 /* Stream applied and verified: rebuild QEMU's stream, all but the device state. */
 static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_devstate *dev,
 		     char *err, size_t errlen)
@@ -160,6 +203,8 @@ static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_
 			 status);
 		return -EINVAL;
 	}
+	if (layout.ignore_shared && place_shared_ram(d, &layout, err, errlen))
+		return -EINVAL;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
 		snprintf(err, errlen, "socketpair: %s", strerror(errno));
 		return -errno;
@@ -238,6 +283,12 @@ static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st
 	json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)st->wire_bytes));
 	json_object_object_add(o, "segments", json_object_new_int64((int64_t)st->segments));
 	json_object_object_add(o, "records", json_object_new_int64((int64_t)st->records));
+	json_object *t = json_object_new_object();
+	json_object_object_add(t, "verified_s", json_object_new_double(d->t_verified));
+	json_object_object_add(t, "qemu_loaded_s", json_object_new_double(d->t_loaded));
+	json_object_object_add(t, "committed_s", json_object_new_double(d->t_committed));
+	json_object_object_add(t, "resumed_s", json_object_new_double(d->t_resumed));
+	json_object_object_add(o, "timeline", t);
 	json_object *objs = json_object_new_object();
 	for (int i = 0; i < ENG_VM_OBJECTS; i++) {
 		char hex[2 * CDC_DIGEST_LEN + 1];
@@ -334,10 +385,12 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	if (d->tcp && (stream.header_len || !ret)) {
 		have_ctl = eng_control_init(&ctl, d->tcp, &stream, a->key, 0) == 0;
 	}
+	d->t_verified = since(&d->t0);
 	if (!ret)
 		ret = load_qemu(d, &st, &dev, err, errlen);
 	if (ret)
 		goto out;
+	d->t_loaded = since(&d->t0);
 	if (have_ctl) {
 		enum eng_msg_type type;
 		char text[ENG_MSG_TEXT_MAX + 1];
@@ -353,8 +406,10 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 			goto out;
 		}
 	}
+	d->t_committed = since(&d->t0);
 	if ((ret = resume_qemu(d, &dev, &resume_ts, err, errlen)))
 		goto out;
+	d->t_resumed = since(&d->t0);
 	if (have_ctl) {
 		char ts[64];
 		snprintf(ts, sizeof(ts), "%.6f", resume_ts);

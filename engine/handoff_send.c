@@ -79,7 +79,8 @@ struct src {
 	/* control */
 	enum phase phase;
 	uint64_t t0;
-	double stop_requested_s, last_refresh_s;
+	double stop_requested_s, last_refresh_s, qemu_done_s, trailer_s;
+	double stop_ts, resume_ts; /* QMP event times (host realtime clock) */
 	double best_est;      /* smallest estimated time of a pass so far */
 	/* wire bytes per raw byte fed, over the last whole pass: late passes
 	 * carry the hottest pages, which compress worse than the average */
@@ -99,8 +100,7 @@ struct src {
 	char fail[256];
 };
 
-static int qemu_migrate(struct src *s, bool stop_first, uint64_t downtime_ms, char *err,
-			size_t errlen);
+static int qemu_migrate(struct src *s, uint64_t downtime_ms, char *err, size_t errlen);
 
 static double now_s(const struct src *s)
 {
@@ -386,6 +386,10 @@ static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, do
 
 static void begin_final(struct src *s)
 {
+	s->qemu_done_s = now_s(s);
+	/* QEMU stopped the VM: RAM is frozen (QEMU sent none of the shared block) */
+	if (s->shared && s->tcp)
+		scan_shared_ram(s);
 	/* QEMU flushed the disk when it stopped the VM: this map is the last */
 	if (mark_dirty_disk(s))
 		return;
@@ -489,8 +493,12 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			stuck = s->stalled >= 3;
 		}
 		if (s->passes >= 1 && (!s->tcp || (rate > 0 && est <= ENG_STOP_SECONDS) || stuck)) {
-			/* stop the VM; QEMU sends the device state (and RAM, checked against the mirror) */
-			if (s->shared ? qemu_migrate(s, true, 300000, err, sizeof(err))
+			/*
+			 * QEMU stops the VM as its migration completes (so the VM's run
+			 * state says "running" and the destination starts it) and sends
+			 * the devices; RAM is read from the shared backend after that.
+			 */
+			if (s->shared ? qemu_migrate(s, 300000, err, sizeof(err))
 				      : qb_migrate_set_downtime(s->qmp, 300000, err, sizeof(err))) {
 				src_fail(s, "cannot let QEMU finish: %s", err);
 				s->ended = true;
@@ -498,18 +506,6 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			}
 			s->stop_requested_s = now_s(s);
 			s->phase = PH_STOPPING;
-			/*
-			 * The stop flushed the disk and froze RAM: their last changes
-			 * can go now, while QEMU serializes the devices.
-			 */
-			if (s->shared && s->tcp) {
-				scan_shared_ram(s);
-				if (mark_dirty_disk(s)) {
-					s->ended = true;
-					return;
-				}
-				start_pass(s);
-			}
 		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES ||
 			   (s->tcp && rate > 0 && est <= ENG_STOP_SECONDS)) {
 			start_pass(s);
@@ -594,14 +590,15 @@ static int check_source(struct src *s, char *err, size_t errlen)
 }
 
 /* QEMU migrates into a socketpair read by the bridge thread. */
-static int qemu_migrate(struct src *s, bool stop_first, uint64_t downtime_ms, char *err,
-			size_t errlen)
+static int qemu_migrate(struct src *s, uint64_t downtime_ms, char *err, size_t errlen)
 {
 	int sv[2];
 
-	if (stop_first && s->was_running && qb_qmp_run(s->qmp, "stop", NULL, 10, err, errlen))
-		return -EIO;
 	if (qb_migrate_prepare(s->qmp, downtime_ms, err, errlen))
+		return -EIO;
+	/* live with shared RAM: the engine already holds the stopped VM's RAM,
+	 * QEMU need only send the devices (and small ROM blocks) */
+	if (s->shared && s->tcp && qb_migrate_ignore_shared(s->qmp, err, errlen))
 		return -EIO;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
 		snprintf(err, errlen, "socketpair: %s", strerror(errno));
@@ -624,55 +621,34 @@ static int qemu_migrate(struct src *s, bool stop_first, uint64_t downtime_ms, ch
 /* The RAM block on a shared memory backend (memory-backend-file,share=on), if any. */
 static int map_shared_ram(struct src *s, char *err, size_t errlen)
 {
-	json_object *devs = qb_qmp_exec(s->qmp, "query-memdev", NULL, 10, err, errlen);
-	int ret = 0;
+	char id[256], path[4096];
+	int ret = qb_find_shared_ram(s->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
 
-	if (!devs)
-		return -EIO;
-	for (size_t i = 0; i < json_object_array_length(devs) && !s->shared; i++) {
-		json_object *d = json_object_array_get_idx(devs, i), *share, *id;
-		if (!json_object_object_get_ex(d, "share", &share) || !json_object_get_boolean(share) ||
-		    !json_object_object_get_ex(d, "id", &id))
-			continue;
-		const char *name = json_object_get_string(id);
-		const struct qb_ram_block *blk = NULL;
-		for (unsigned b = 0; b < s->base.layout.nblocks; b++)
-			if (!strcmp(s->base.layout.blocks[b].id, name))
-				blk = &s->base.layout.blocks[b];
-		if (!blk)
-			continue;
-		json_object *args = json_object_new_object();
-		char path_obj[300];
-		snprintf(path_obj, sizeof(path_obj), "/objects/%s", name);
-		json_object_object_add(args, "path", json_object_new_string(path_obj));
-		json_object_object_add(args, "property", json_object_new_string("mem-path"));
-		json_object *mp = qb_qmp_exec(s->qmp, "qom-get", args, 10, err, errlen);
-		if (!mp) {
-			ret = -EIO;
-			break;
-		}
-		int fd = open(json_object_get_string(mp), O_RDONLY | O_CLOEXEC);
-		if (fd < 0) {
-			snprintf(err, errlen, "cannot open the VM's RAM %s: %s", json_object_get_string(mp),
-				 strerror(errno));
-			json_object_put(mp);
-			ret = -errno;
-			break;
-		}
-		json_object_put(mp);
-		void *m = mmap(NULL, blk->length, PROT_READ, MAP_SHARED, fd, 0);
-		close(fd);
-		if (m == MAP_FAILED) {
-			snprintf(err, errlen, "cannot map the VM's RAM: %s", strerror(errno));
-			ret = -ENOMEM;
-			break;
-		}
-		s->shared = m;
-		s->shared_len = blk->length;
-		s->shared_off = blk->image_off;
+	if (ret == -ENOENT)
+		return 0;
+	if (ret)
+		return ret;
+	const struct qb_ram_block *blk = NULL;
+	for (unsigned b = 0; b < s->base.layout.nblocks; b++)
+		if (!strcmp(s->base.layout.blocks[b].id, id))
+			blk = &s->base.layout.blocks[b];
+	if (!blk)
+		return 0; /* not a RAM block of the base: no use */
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot open the VM's RAM %s: %s", path, strerror(errno));
+		return -errno;
 	}
-	json_object_put(devs);
-	return ret;
+	void *m = mmap(NULL, blk->length, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED) {
+		snprintf(err, errlen, "cannot map the VM's RAM %s: %s", path, strerror(errno));
+		return -ENOMEM;
+	}
+	s->shared = m;
+	s->shared_len = blk->length;
+	s->shared_off = blk->image_off;
+	return 0;
 }
 
 static int setup(struct src *s, char *err, size_t errlen)
@@ -760,6 +736,13 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 		json_object_array_add(its, it);
 	}
 	json_object_object_add(o, "iterations", its);
+	json_object *t = json_object_new_object();
+	json_object_object_add(t, "stop_s", json_object_new_double(s->stop_requested_s));
+	json_object_object_add(t, "stop_qmp_time", json_object_new_double(s->stop_ts));
+	json_object_object_add(t, "resume_qmp_time", json_object_new_double(s->resume_ts));
+	json_object_object_add(t, "qemu_done_s", json_object_new_double(s->qemu_done_s));
+	json_object_object_add(t, "trailer_queued_s", json_object_new_double(s->trailer_s));
+	json_object_object_add(o, "timeline", t);
 	json_object *v = json_object_new_object();
 	for (int i = 0; i < ENG_VERDICT_COUNT; i++)
 		json_object_object_add(v, eng_verdict_name(i), json_object_new_int64((int64_t)rep->verdicts[i]));
@@ -829,16 +812,18 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	if ((ret = setup(s, err, errlen)) || (ret = open_transport(s, err, errlen)))
 		goto out;
 	/*
-	 * An overlay is a suspended VM: stop it, QEMU sends one pass. A live
+	 * An overlay is the VM suspended by QEMU's own migration: one pass,
+	 * then QEMU stops it (its run state stays "running", so the VM starts
+	 * again wherever the overlay is applied, unless that QEMU has -S). A live
 	 * handoff reads RAM from the shared backend and lets QEMU migrate only
 	 * at the stop; without one, QEMU's own pre-copy feeds the mirror (it
 	 * stops the VM as soon as it converges).
 	 */
 	if (!s->tcp)
-		ret = qemu_migrate(s, true, 300000, err, errlen);
+		ret = qemu_migrate(s, 300000, err, errlen);
 	else if (!s->shared) {
 		fprintf(stderr, "send: warning: guest RAM is not on a shared memory backend; QEMU's own pre-copy will stop the VM early\n");
-		ret = qemu_migrate(s, false, 0, err, errlen);
+		ret = qemu_migrate(s, 0, err, errlen);
 	}
 	if (ret)
 		goto out;
@@ -856,6 +841,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
 	};
 	ret = eng_diff_run(&da, &rep, err, errlen);
+	s->trailer_s = now_s(s);
 	if (a->progress)
 		fputs("\r\033[K", stderr);
 	if (ret || s->fail[0]) {
@@ -885,6 +871,8 @@ out:
 	if (s->bridge_started)
 		pthread_join(s->bridge, NULL);
 	double total = now_s(s);
+	s->stop_ts = stop_ts;
+	s->resume_ts = resume_ts;
 	if (summary)
 		*summary = summary_json(s, &rep, total, resume_ts > 0 && stop_ts > 0 ? resume_ts - stop_ts : -1);
 	if (s->have_ctl)

@@ -219,6 +219,7 @@ struct parser {
 	const struct qb_parse_cb *cb;
 	struct qb_layout layout;
 	bool have_layout;
+	bool ignore_shared;	/* x-ignore-shared: MEM_SIZE carries addresses, shared blocks send no pages */
 	int last_block;		/* block of the previous record, -1 none (kept across sections) */
 	uint32_t ram_id;
 	uint8_t fill[QB_PAGE];	/* ZERO records with a non-zero fill byte */
@@ -231,7 +232,8 @@ static int call_failed(struct parser *ps, const char *which, int ret)
 }
 
 /* CONFIG section (vmstate "configuration"): be32 len, machine name, then the
- * subsections QEMU 7.2 may add. x-ignore-shared changes the RAM format: refused. */
+ * subsections QEMU 7.2 may add. x-ignore-shared changes the RAM format: each
+ * MEM_SIZE entry gains the block's address, shared blocks send no pages. */
 static int parse_config(struct parser *ps)
 {
 	struct rd *r = &ps->rd;
@@ -269,7 +271,7 @@ static int parse_config(struct parser *ps)
 				if ((ret = rd_name(r, "capability name", name)))
 					return ret;
 				if (!strcmp(name, "x-ignore-shared"))
-					return rd_fail(r, -EBADMSG, "x-ignore-shared is enabled (switch it off: qb_migrate_prepare)");
+					ps->ignore_shared = true;
 			}
 		} else if (!strcmp(name, "configuration/uuid")) {
 			if ((ret = rd_take(r, 16, "uuid", &p)))
@@ -327,6 +329,9 @@ static int parse_mem_size(struct parser *ps, uint64_t total)
 			return rd_fail(r, -EBADMSG, "more than %d RAM blocks", QB_MAX_BLOCKS);
 		if ((ret = rd_name(r, "RAM block id", b->id)) || (ret = rd_be64(r, "RAM block length", &b->length)))
 			return ret;
+		uint64_t addr;
+		if (ps->ignore_shared && (ret = rd_be64(r, "RAM block address", &addr)))
+			return ret;
 		if (!b->id[0])
 			return rd_fail(r, -EBADMSG, "empty RAM block id");
 		for (unsigned i = 0; i < l->nblocks; i++)
@@ -345,6 +350,7 @@ static int parse_mem_size(struct parser *ps, uint64_t total)
 	}
 	if (!l->nblocks)
 		return rd_fail(r, -EBADMSG, "MEM_SIZE record lists no RAM");
+	l->ignore_shared = ps->ignore_shared;
 	ps->have_layout = true;
 	if (ps->cb && ps->cb->layout && (ret = ps->cb->layout(ps->cb->ctx, l)))
 		return call_failed(ps, "layout", ret);
@@ -846,6 +852,8 @@ static int wr_pages(struct wr *w, const struct qb_layout *l, const uint8_t *imag
 		const struct qb_ram_block *b = &l->blocks[i];
 		bool first = true;
 
+		if (b->shared) /* x-ignore-shared: the destination's RAM file holds it */
+			continue;
 		for (uint64_t a = 0; a < b->length; a += QB_PAGE) {
 			const uint8_t *page = image + b->image_off + a;
 			bool zero = cdc_is_zero(page, QB_PAGE);

@@ -35,6 +35,7 @@
 #ifndef HANDOFF_QB_MIGSTREAM_H
 #define HANDOFF_QB_MIGSTREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -70,6 +71,7 @@ struct qb_ram_block {
 	char id[256];
 	uint64_t length;
 	uint64_t image_off; /* offset in the RAM image */
+	bool shared;        /* writer: a shared memory backend both QEMU and we map; no pages sent */
 };
 
 /* RAM image = all RAM blocks of the MEM_SIZE list, concatenated in stream
@@ -78,6 +80,7 @@ struct qb_layout {
 	unsigned nblocks;
 	struct qb_ram_block blocks[QB_MAX_BLOCKS];
 	uint64_t image_size;
+	bool ignore_shared; /* the stream was made with x-ignore-shared (shared blocks carry no pages) */
 };
 
 struct qb_parse_cb {

@@ -506,6 +506,51 @@ int qb_migrate_prepare(struct qb_qmp *q, uint64_t downtime_ms, char *err, size_t
 	return set_params(q, params, err, errlen);
 }
 
+int qb_migrate_ignore_shared(struct qb_qmp *q, char *err, size_t errlen)
+{
+	json_object *c = json_object_new_object(), *list = json_object_new_array(),
+		    *args = json_object_new_object();
+
+	json_object_object_add(c, "capability", json_object_new_string("x-ignore-shared"));
+	json_object_object_add(c, "state", json_object_new_boolean(1));
+	json_object_array_add(list, c);
+	json_object_object_add(args, "capabilities", list);
+	return qb_qmp_run(q, "migrate-set-capabilities", args, QMP_CMD_TIMEOUT, err, errlen);
+}
+
+int qb_find_shared_ram(struct qb_qmp *q, char *id, size_t idlen, char *path, size_t pathlen,
+		       char *err, size_t errlen)
+{
+	json_object *devs = qb_qmp_exec(q, "query-memdev", NULL, QMP_CMD_TIMEOUT, err, errlen);
+	int ret = -ENOENT;
+
+	if (!devs)
+		return -EIO;
+	for (size_t i = 0; json_object_is_type(devs, json_type_array) &&
+			   i < json_object_array_length(devs) && ret == -ENOENT; i++) {
+		json_object *d = json_object_array_get_idx(devs, i), *share;
+		const char *name = str_field(d, "id");
+		if (!name || !json_object_object_get_ex(d, "share", &share) || !json_object_get_boolean(share))
+			continue;
+		json_object *args = json_object_new_object();
+		char obj[300];
+		snprintf(obj, sizeof(obj), "/objects/%s", name);
+		json_object_object_add(args, "path", json_object_new_string(obj));
+		json_object_object_add(args, "property", json_object_new_string("mem-path"));
+		json_object *mp = qb_qmp_exec(q, "qom-get", args, QMP_CMD_TIMEOUT, err, errlen);
+		if (!mp) {
+			ret = -EIO;
+			break;
+		}
+		snprintf(id, idlen, "%s", name);
+		snprintf(path, pathlen, "%s", json_object_get_string(mp));
+		json_object_put(mp);
+		ret = 0;
+	}
+	json_object_put(devs);
+	return ret;
+}
+
 int qb_migrate_set_downtime(struct qb_qmp *q, uint64_t downtime_ms, char *err, size_t errlen)
 {
 	json_object *params;

@@ -58,6 +58,13 @@ int qb_migrate_prepare(struct qb_qmp *q, uint64_t downtime_ms, char *err, size_t
  * workload converges 0.2-0.5 s after the first full pass, because QEMU
  * re-syncs its dirty bitmap microseconds apart and finds nothing pending).
  * Hold QEMU with max-bandwidth instead (below). */
+/* Turn on x-ignore-shared (after qb_migrate_prepare): RAM on shared memory
+ * backends is not sent; both ends map the same bytes (the engine copies them). */
+int qb_migrate_ignore_shared(struct qb_qmp *q, char *err, size_t errlen);
+/* The first memory backend with share=on: its id (= its RAM block's name) and
+ * mem-path. 0, -ENOENT when there is none, -EIO with err. */
+int qb_find_shared_ram(struct qb_qmp *q, char *id, size_t idlen, char *path, size_t pathlen,
+		       char *err, size_t errlen);
 int qb_migrate_set_downtime(struct qb_qmp *q, uint64_t downtime_ms, char *err, size_t errlen);
 /* Change max-bandwidth (bytes/s, 1 .. 2^40), also while migrating. Once a
  * 100 ms window has used bandwidth/10 bytes, QEMU sleeps out the window;

@@ -163,8 +163,12 @@ static struct buf make_stream(enum defect d, uint8_t *img, size_t *pre_len, size
 	b_be64(&b, total | QB_RAM_MEM_SIZE);
 	b_name(&b, "pc.ram");
 	b_be64(&b, S_RAM_PAGES * QB_PAGE + (d == UNALIGNED_BLOCK ? 512 : 0));
+	if (d == IGNORE_SHARED) /* with x-ignore-shared every entry carries its address */
+		b_be64(&b, 0);
 	b_name(&b, "rom");
 	b_be64(&b, S_ROM_PAGES * QB_PAGE);
+	if (d == IGNORE_SHARED)
+		b_be64(&b, 0xfffc0000);
 	b_be64(&b, QB_RAM_EOS);
 	b_u8(&b, QB_SEC_FOOTER);
 	b_be32(&b, id);
@@ -368,7 +372,18 @@ static void test_parse_rejects(void **state)
 		struct qb_devstate dev = { .prefix = (uint8_t *)1 };
 
 		err[0] = 0;
-		int ret = qb_parse_mem(s.p, s.len, &cb, NULL, &dev, err, sizeof(err));
+		struct qb_layout lay;
+		int ret = qb_parse_mem(s.p, s.len, &cb, &lay, &dev, err, sizeof(err));
+		if (d == IGNORE_SHARED) { /* not a defect: a stream made with x-ignore-shared */
+			if (ret)
+				fail_msg("x-ignore-shared stream: ret %d, err '%s'", ret, err);
+			assert_true(lay.ignore_shared);
+			assert_int_equal(lay.nblocks, 2);
+			qb_devstate_free(&dev);
+			collect_reset(&c);
+			free(s.p);
+			continue;
+		}
 		if (ret != -EBADMSG || !strcasestr(err, defect_words[d]))
 			fail_msg("defect %d: ret %d, err '%s' (expected -EBADMSG mentioning '%s')", d, ret, err,
 				 defect_words[d]);
