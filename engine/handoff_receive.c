@@ -34,6 +34,7 @@ struct dst {
 	struct eng_uring_file *disk;
 	uint8_t *ram;
 	size_t ram_len;
+	char shared_id[256]; /* RAM block that ram maps straight from our QEMU's shared backend */
 	struct eng_mem dev_out;
 	struct timespec t0, last_progress;
 	/* seconds since t0: stream verified, QEMU loaded (all but devices), commit, resumed */
@@ -153,6 +154,12 @@ static int place_shared_ram(struct dst *d, struct qb_layout *layout, char *err, 
 		snprintf(err, errlen, "the source migrated with x-ignore-shared: start the destination QEMU with the same shared memory backend (memory-backend-file,share=on)");
 	if (ret)
 		return ret;
+	for (unsigned b = 0; b < layout->nblocks; b++)
+		if (d->shared_id[0] && !strcmp(layout->blocks[b].id, d->shared_id)) {
+			/* the stream was applied straight into it */
+			layout->blocks[b].shared = true;
+			return qb_migrate_ignore_shared(d->qmp, err, errlen) ? -EIO : 0;
+		}
 	struct qb_ram_block *blk = NULL;
 	for (unsigned b = 0; b < layout->nblocks; b++)
 		if (!strcmp(layout->blocks[b].id, id))
@@ -177,6 +184,43 @@ static int place_shared_ram(struct dst *d, struct qb_layout *layout, char *err, 
 	blk->shared = true;
 	if (qb_migrate_ignore_shared(d->qmp, err, errlen))
 		return -EIO;
+	return 0;
+}
+
+/*
+ * If our QEMU's RAM is a shared backend, the RAM image maps it in place, so
+ * the stream's pages land in the VM's memory as they arrive and nothing is
+ * copied after verification (QEMU, waiting with -incoming, does not touch
+ * it; if the handoff fails it never runs on it).
+ */
+static int map_shared_ram(struct dst *d, char *err, size_t errlen)
+{
+	char id[256], path[4096];
+	int ret = qb_find_shared_ram(d->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
+
+	if (ret == -ENOENT)
+		return 0;
+	if (ret)
+		return ret;
+	const struct qb_ram_block *blk = NULL;
+	for (unsigned b = 0; b < d->base.layout.nblocks; b++)
+		if (!strcmp(d->base.layout.blocks[b].id, id))
+			blk = &d->base.layout.blocks[b];
+	if (!blk)
+		return 0;
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot open the destination VM's RAM %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	void *m = mmap(d->ram + blk->image_off, blk->length, PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_FIXED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED) {
+		snprintf(err, errlen, "cannot map the destination VM's RAM: %s", strerror(errno));
+		return -ENOMEM;
+	}
+	snprintf(d->shared_id, sizeof(d->shared_id), "%s", id);
 	return 0;
 }
 
@@ -349,6 +393,8 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		ret = -ENOMEM;
 		goto out;
 	}
+	if ((ret = map_shared_ram(d, err, errlen)))
+		goto out;
 	memcpy(d->ram, d->base.map[ENG_VM_MEMORY], trk_index_size(d->base.index[ENG_VM_MEMORY]));
 	memcpy(d->dev_out.data, d->base.map[ENG_VM_DEVICES], dev_size);
 	struct eng_mem base_mem[ENG_VM_OBJECTS], ram_mem = { .data = d->ram,
