@@ -299,11 +299,13 @@ static int resume_qemu(struct dst *d, const struct qb_devstate *dev, double *res
 			return 0;
 		if (qb_qmp_running(d->qmp, status, sizeof(status), err, errlen) < 0)
 			return -EIO;
-		if (!strcmp(status, "paused") || !strcmp(status, "running")) {
+		if (!strcmp(status, "running")) {
 			/* the RESUME event may have been queued while we asked */
 			qb_qmp_wait_event(d->qmp, "RESUME", 0.5, NULL, resume_ts, err, errlen);
 			return 0;
 		}
+		if (!strcmp(status, "paused")) /* -S: loaded, left for the operator's cont */
+			return 0;
 		if (strcmp(status, "inmigrate")) {
 			snprintf(err, errlen, "destination QEMU did not load the VM (state '%s')", status);
 			return -EIO;
