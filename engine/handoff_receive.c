@@ -141,50 +141,19 @@ static void progress(void *ctx, const struct eng_patch_stats *st)
 }
 
 /*
- * The source sent its devices with x-ignore-shared: our QEMU's RAM is a
- * shared backend too; put the received RAM straight into it, and QEMU loads
- * only the devices and small ROM blocks.
+ * The source sent its devices with x-ignore-shared: the RAM it left out was
+ * applied straight into our QEMU's shared backend (map_shared_ram), so QEMU
+ * loads only the devices and small ROM blocks.
  */
 static int place_shared_ram(struct dst *d, struct qb_layout *layout, char *err, size_t errlen)
 {
-	char id[256], path[4096];
-	int ret = qb_find_shared_ram(d->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
-
-	if (ret == -ENOENT)
-		snprintf(err, errlen, "the source migrated with x-ignore-shared: start the destination QEMU with the same shared memory backend (memory-backend-file,share=on)");
-	if (ret)
-		return ret;
 	for (unsigned b = 0; b < layout->nblocks; b++)
 		if (d->shared_id[0] && !strcmp(layout->blocks[b].id, d->shared_id)) {
-			/* the stream was applied straight into it */
 			layout->blocks[b].shared = true;
 			return qb_migrate_ignore_shared(d->qmp, err, errlen) ? -EIO : 0;
 		}
-	struct qb_ram_block *blk = NULL;
-	for (unsigned b = 0; b < layout->nblocks; b++)
-		if (!strcmp(layout->blocks[b].id, id))
-			blk = &layout->blocks[b];
-	if (!blk) {
-		snprintf(err, errlen, "the destination's shared memory backend '%s' is not a RAM block of the VM", id);
-		return -EINVAL;
-	}
-	int fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		snprintf(err, errlen, "cannot open the destination VM's RAM %s: %s", path, strerror(errno));
-		return -errno;
-	}
-	void *m = mmap(NULL, blk->length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
-	if (m == MAP_FAILED) {
-		snprintf(err, errlen, "cannot map the destination VM's RAM: %s", strerror(errno));
-		return -ENOMEM;
-	}
-	memcpy(m, d->ram + blk->image_off, blk->length);
-	munmap(m, blk->length);
-	blk->shared = true;
-	if (qb_migrate_ignore_shared(d->qmp, err, errlen))
-		return -EIO;
-	return 0;
+	snprintf(err, errlen, "the source migrated with x-ignore-shared: start the destination QEMU with the same shared memory backend (memory-backend-file,share=on)");
+	return -EINVAL;
 }
 
 /*
