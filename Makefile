@@ -20,8 +20,9 @@ endif
 CODECS_SRC  := $(wildcard codecs/*.c)
 TRACKER_SRC := $(wildcard tracker/*.c)
 BRIDGE_SRC  := $(wildcard qemu_bridge/*.c)
+DPDKIO_SRC  := $(wildcard dpdk_io/*.c)
 ENGINE_SRC  := $(filter-out engine/main.c,$(wildcard engine/*.c))
-LIB_SRC     := $(CODECS_SRC) $(TRACKER_SRC) $(BRIDGE_SRC) $(ENGINE_SRC)
+LIB_SRC     := $(CODECS_SRC) $(TRACKER_SRC) $(BRIDGE_SRC) $(DPDKIO_SRC) $(ENGINE_SRC)
 LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
 ENGINE      := $(BUILD)/handoff-engine
 

@@ -67,6 +67,6 @@ json_object *cli_stage_json(const struct eng_diff_report *rep);
 void cli_print_json(json_object *o);
 
 extern const struct cli_cmd cli_cmd_diff, cli_cmd_patch, cli_cmd_keygen, cli_cmd_track, cli_cmd_send,
-	cli_cmd_receive;
+	cli_cmd_receive, cli_cmd_probe;
 
 #endif

@@ -3,6 +3,7 @@
  * Main thread: opens inputs, indexes the base, runs the pipeline, reports.
  */
 #include "cli.h"
+#include "conn.h"
 #include "io.h"
 
 #include <errno.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,7 +22,7 @@ enum { O_BASE, O_TARGET, O_OUT, O_KEY, O_MODE, O_CIPHER, O_JSON };
 static const struct cli_opt diff_opts[] = {
 	[O_BASE] = { "base", 'b', "BASE", true, "base image both ends hold (index cached as BASE.hidx)" },
 	[O_TARGET] = { "target", 't', "TARGET", true, "image to encode against BASE" },
-	[O_OUT] = { "output", 'o', "OUT", true, "stream destination: PATH or file:PATH" },
+	[O_OUT] = { "output", 'o', "OUT", true, "stream destination: PATH, file:PATH, or tcp:HOST:PORT / dpdk:PORT of a patch --input (needs --key)" },
 	[O_KEY] = { "key", 'k', "FILE", false, "seal with this 32-byte key (AEAD); without it, integrity only" },
 	[O_MODE] = { "mode", 'm', "MODE", false, "auto (default) or DELTA:COMP:LEVEL, e.g. wdiff:zstd:3" },
 	[O_CIPHER] = { "cipher", 0, "NAME", false, "aes-256-gcm (default) or chacha20-poly1305" },
@@ -75,7 +77,14 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 	}
 	if (cli_parse_aead(val[O_CIPHER], &aead) || (val[O_KEY] && cli_read_key(val[O_KEY], key)))
 		return 2;
-	if (eng_parse_location(val[O_OUT], &out_path, err, sizeof(err))) {
+	bool remote = eng_conn_is_remote(val[O_OUT]);
+	struct eng_conn *conn = NULL;
+	if (remote && !val[O_KEY]) {
+		cli_error("a key is required for streams that cross a link (--key FILE)");
+		return 2;
+	}
+	out_path = val[O_OUT];
+	if (!remote && eng_parse_location(val[O_OUT], &out_path, err, sizeof(err))) {
 		cli_error("%s", err);
 		return 2;
 	}
@@ -108,14 +117,22 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 			goto out;
 		}
 	}
-	if (eng_outfile_create(&out, out_path, err, sizeof(err))) {
+	if (remote) {
+		struct eng_conn_bind b = { .key = key };
+		memcpy(b.base_id, trk_index_id(base), sizeof(b.base_id));
+		conn = eng_conn_connect(out_path, &b, 30, err, sizeof(err));
+		if (!conn) {
+			cli_error("%s", err);
+			goto out;
+		}
+	} else if (eng_outfile_create(&out, out_path, err, sizeof(err))) {
 		cli_error("%s", err);
 		goto out;
 	}
 	posix_fadvise(tfd, 0, 0, POSIX_FADV_SEQUENTIAL);
 
 	struct eng_fd out_fd = { .fd = out.fd };
-	struct eng_sink sink = eng_fd_sink(&out_fd);
+	struct eng_sink sink = conn ? eng_conn_sink(conn) : eng_fd_sink(&out_fd);
 	struct diff_tick tick = { .start = rte_rdtsc() };
 	struct eng_file_feed target = { .fd = tfd, .size = (uint64_t)tst.st_size };
 	struct eng_feed feed = eng_file_feed(&target);
@@ -140,13 +157,17 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 	};
 	struct eng_diff_report rep;
 	if (eng_diff_run(&a, &rep, err, sizeof(err))) {
-		cli_error("diff failed: %s", err);
-		eng_outfile_abort(&out);
+		cli_error("diff failed: %s", conn && eng_conn_error(conn) ? eng_conn_error(conn) : err);
+		if (conn)
+			eng_conn_shutdown(conn, SHUT_RDWR);
+		else
+			eng_outfile_abort(&out);
 		goto out;
 	}
 	cli_progress_end();
-	if (eng_outfile_commit(&out, err, sizeof(err))) {
-		cli_error("%s", err);
+	if (conn ? eng_conn_shutdown(conn, SHUT_WR) != 0 : eng_outfile_commit(&out, err, sizeof(err)) != 0) {
+		cli_error("%s", conn ? (eng_conn_error(conn) ? eng_conn_error(conn) : "the receiver did not take the stream's end")
+				     : err);
 		goto out;
 	}
 	char mode_name[48];
@@ -190,6 +211,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 	}
 	ret = 0;
 out:
+	eng_conn_close(conn);
 	if (base_map != MAP_FAILED)
 		munmap(base_map, (size_t)bst.st_size);
 	trk_index_free(base);

@@ -3,6 +3,7 @@
  * in handoff_send.c and handoff_receive.c).
  */
 #include "cli.h"
+#include "conn.h"
 #include "handoff.h"
 
 #include <stdio.h>
@@ -16,8 +17,8 @@ static const struct cli_opt send_opts[] = {
 	[S_QMP] = { "qmp", 0, "SRC.sock", true, "QMP socket of the running source QEMU" },
 	[S_DISK] = { "disk", 0, "TRACKED_DISK", true, "the VM's disk as served by 'handoff-engine track'" },
 	[S_BASE] = { "base", 0, "BASEDIR", true, "base VM directory the VM was started from (scripts/make-base)" },
-	[S_TO] = { "to", 0, "DEST", true, "tcp:HOST:PORT (live handoff) or file:PATH (VM overlay of the suspended VM)" },
-	[S_KEY] = { "key", 'k', "FILE", false, "32-byte key (handoff-engine keygen); required for tcp:" },
+	[S_TO] = { "to", 0, "DEST", true, "tcp:HOST:PORT or dpdk:PORT (live handoff), or file:PATH (VM overlay of the suspended VM)" },
+	[S_KEY] = { "key", 'k', "FILE", false, "32-byte key (handoff-engine keygen); required for tcp: and dpdk:" },
 	[S_MODE] = { "mode", 'm', "MODE", false, "auto (default) or DELTA:COMP:LEVEL, e.g. wdiff:zstd:3" },
 	[S_CIPHER] = { "cipher", 0, "NAME", false, "aes-256-gcm (default) or chacha20-poly1305" },
 	[S_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
@@ -29,7 +30,7 @@ static const struct eng_mode auto_mode = { CDC_DELTA_BEST, CDC_COMP_ZSTD, 3 };
 
 static int need_key(const char *loc, const char *key_path, const char *what)
 {
-	if (!strncmp(loc, "tcp:", 4) && !key_path) {
+	if (eng_conn_is_remote(loc) && !key_path) {
 		cli_error("%s: a key is required for transfers that leave the host (--key FILE; make one with 'handoff-engine keygen')",
 			  what);
 		return -1;
@@ -90,11 +91,12 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 
 const struct cli_cmd cli_cmd_send = {
 	.name = "send",
-	.summary = "Hand a running QEMU VM off to a destination (tcp:) while it runs, or write the\n"
+	.summary = "Hand a running QEMU VM off to a destination (tcp: or dpdk:) while it runs, or write the\n"
 		   "suspended VM as an overlay against its base (file:). Memory, disk and device state are\n"
 		   "deduplicated and delta-encoded against the base, compressed and sealed. If anything\n"
 		   "fails before the destination is committed, the source VM keeps running.",
-	.usage = "--qmp SRC.sock --disk TRACKED_DISK --base BASEDIR --to tcp:HOST:PORT|file:PATH [--key FILE] [--json]",
+	.usage = "--qmp SRC.sock --disk TRACKED_DISK --base BASEDIR --to tcp:HOST:PORT|dpdk:PORT|file:PATH [--key FILE] [--json]\n"
+		 "(dpdk: needs the port in the EAL arguments, e.g. --vdev net_af_packet0,iface=eth1 -- send ... --to dpdk:0)",
 	.opts = send_opts,
 	.run = send_run,
 	.needs_eal = true,
@@ -103,11 +105,11 @@ const struct cli_cmd cli_cmd_send = {
 enum { R_FROM, R_QMP, R_BASE, R_DISK_OUT, R_KEY, R_JSON, R_TIMEOUT };
 
 static const struct cli_opt receive_opts[] = {
-	[R_FROM] = { "from", 0, "SOURCE", true, "tcp:ADDR:PORT to listen on, or file:PATH of a VM overlay" },
+	[R_FROM] = { "from", 0, "SOURCE", true, "tcp:ADDR:PORT to listen on, dpdk:PORT to wait on, or file:PATH of a VM overlay" },
 	[R_QMP] = { "qmp", 0, "DST.sock", true, "QMP socket of the destination QEMU, started with -incoming defer" },
 	[R_BASE] = { "base", 0, "BASEDIR", true, "the same base VM directory as the source's" },
 	[R_DISK_OUT] = { "disk-out", 0, "PATH", true, "a copy of the base disk, opened by the destination QEMU; written in place" },
-	[R_KEY] = { "key", 'k', "FILE", false, "the sender's key; required for tcp:" },
+	[R_KEY] = { "key", 'k', "FILE", false, "the sender's key; required for tcp: and dpdk:" },
 	[R_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[R_TIMEOUT] = { "accept-timeout", 0, "SECONDS", false, "how long to wait for the source (default 600)" },
 	{ 0 },
@@ -131,6 +133,9 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 	if (need_key(a.from, val[R_KEY], "receive") || (val[R_KEY] && cli_read_key(val[R_KEY], key)))
 		return 2;
 	a.key = val[R_KEY] ? key : NULL;
+	int socket;
+	if (!strncmp(a.from, "dpdk:", 5) && cli_eal_start(512, &socket))
+		return 1;
 	int ret = eng_handoff_receive(&a, &summary, err, sizeof(err));
 	if (!ret && !val[R_JSON])
 		fprintf(stderr, "receive: VM resumed from %s, every object verified\n", a.from);
@@ -139,11 +144,11 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 
 const struct cli_cmd cli_cmd_receive = {
 	.name = "receive",
-	.summary = "Receive a VM handed off by 'send' (tcp:) or apply a VM overlay (file:), verify\n"
+	.summary = "Receive a VM handed off by 'send' (tcp:, dpdk:) or apply a VM overlay (file:), verify\n"
 		   "every object against the stream's digests, and resume the VM in the destination QEMU.\n"
 		   "The VM never resumes on partial or unverified state.",
-	.usage = "--from tcp:ADDR:PORT|file:PATH --qmp DST.sock --base BASEDIR --disk-out PATH [--key FILE] [--json]",
+	.usage = "--from tcp:ADDR:PORT|dpdk:PORT|file:PATH --qmp DST.sock --base BASEDIR --disk-out PATH [--key FILE] [--json]",
 	.opts = receive_opts,
 	.run = receive_run,
-	.needs_eal = false,
+	.needs_eal = true,
 };

@@ -4,6 +4,7 @@
  * against the stream's digest and only then renamed into place.
  */
 #include "cli.h"
+#include "conn.h"
 #include "io.h"
 
 #include <errno.h>
@@ -18,7 +19,7 @@ enum { O_BASE, O_IN, O_OUT, O_KEY, O_JSON };
 
 static const struct cli_opt patch_opts[] = {
 	[O_BASE] = { "base", 'b', "BASE", true, "the base image the stream was made against" },
-	[O_IN] = { "input", 'i', "IN", true, "stream source: PATH or file:PATH" },
+	[O_IN] = { "input", 'i', "IN", true, "stream source: PATH, file:PATH, or tcp:ADDR:PORT / dpdk:PORT to receive on (needs --key)" },
 	[O_OUT] = { "output", 'o', "RESULT", true, "where to write the rebuilt image" },
 	[O_KEY] = { "key", 'k', "FILE", false, "key the stream was sealed with" },
 	[O_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
@@ -71,18 +72,25 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 	const char *in_path, *out_path;
 	struct eng_outfile out = { .fd = -1 };
 	struct trk_index *base = NULL;
+	struct eng_conn *conn = NULL;
+	bool remote = eng_conn_is_remote(val[O_IN]);
 	int in_fd = -1, base_fd = -1, ret = 1, socket;
 
 	(void)cmd;
 	if (val[O_KEY] && cli_read_key(val[O_KEY], key))
 		return 2;
-	if (eng_parse_location(val[O_IN], &in_path, err, sizeof(err)) ||
+	if (remote && !val[O_KEY]) {
+		cli_error("a key is required for streams that cross a link (--key FILE)");
+		return 2;
+	}
+	in_path = val[O_IN];
+	if ((!remote && eng_parse_location(val[O_IN], &in_path, err, sizeof(err))) ||
 	    eng_parse_location(val[O_OUT], &out_path, err, sizeof(err))) {
 		cli_error("%s", err);
 		return 2;
 	}
-	in_fd = open(in_path, O_RDONLY | O_CLOEXEC);
-	if (in_fd < 0) {
+	in_fd = remote ? -2 : open(in_path, O_RDONLY | O_CLOEXEC);
+	if (in_fd == -1) {
 		cli_error("cannot open stream %s: %s", in_path, strerror(errno));
 		goto out;
 	}
@@ -98,6 +106,15 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 		cli_error("%s", err);
 		goto out;
 	}
+	if (remote) { /* before RESULT's temporary file exists: the wait may be long */
+		struct eng_conn_bind b = { .key = key };
+		memcpy(b.base_id, trk_index_id(base), sizeof(b.base_id));
+		conn = eng_conn_accept(in_path, &b, 600, err, sizeof(err));
+		if (!conn) {
+			cli_error("%s", err);
+			goto out;
+		}
+	}
 	if (eng_outfile_create(&out, out_path, err, sizeof(err))) {
 		cli_error("%s", err);
 		goto out;
@@ -111,7 +128,7 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 	struct eng_fd src_fd = { .fd = in_fd };
 	struct eng_fd base_f = { .fd = base_fd, .size = trk_index_size(base) };
 	struct eng_fd out_f = { .fd = out.fd, .size = trk_index_size(base) };
-	struct eng_source src = eng_fd_source(&src_fd);
+	struct eng_source src = conn ? eng_conn_source(conn) : eng_fd_source(&src_fd);
 	struct eng_store base_store = eng_fd_store(&base_f), out_store = eng_fd_store(&out_f);
 	struct patch_progress pp = { .last = 0 };
 	clock_gettime(CLOCK_MONOTONIC, &pp.start);
@@ -156,6 +173,12 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 		json_object_object_add(o, "records", json_object_new_int64((int64_t)st.records));
 		json_object_object_add(o, "seconds", json_object_new_double(secs));
 		json_object_object_add(o, "digest_ok", json_object_new_boolean(1));
+		if (conn) {
+			json_object *l = eng_conn_stats_json(conn);
+			json_object_object_add(o, "transport", json_object_new_string(eng_conn_transport(conn)));
+			if (l)
+				json_object_object_add(o, "link", l);
+		}
 		cli_print_json(o);
 	} else {
 		fprintf(stderr, "patch: %.2f MiB stream -> %.1f MiB in %.2f s, digest verified\n",
@@ -163,6 +186,7 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 	}
 	ret = 0;
 out:
+	eng_conn_close(conn);
 	trk_index_free(base);
 	if (in_fd >= 0)
 		close(in_fd);

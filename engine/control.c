@@ -9,13 +9,13 @@
 
 static const uint8_t unkeyed[CDC_KEY_LEN];
 
-int eng_control_init(struct eng_control *c, struct eng_tcp *t, const struct eng_stream *s,
+int eng_control_init(struct eng_control *c, struct eng_conn *t, const struct eng_stream *s,
 		     const uint8_t *key, int sender)
 {
 	uint8_t k[CDC_KEY_LEN];
 
 	memset(c, 0, sizeof(*c));
-	c->tcp = t;
+	c->conn = t;
 	c->my_dir = sender ? 1 : 2;
 	memcpy(c->aad, s->header_hash, CDC_DIGEST_LEN);
 	if (cdc_derive_key(key ? key : unkeyed, s->salt, sizeof(s->salt), "handoff v2 control", k,
@@ -51,14 +51,14 @@ int eng_control_send(struct eng_control *c, enum eng_msg_type type, const char *
 	if (cdc_seal(c->sealer, nonce(c->my_dir, c->send_seq++), c->aad, sizeof(c->aad), buf + 2, len,
 		     buf + 2 + len))
 		return -EIO;
-	return eng_tcp_send(c->tcp, buf, 2 + len + CDC_TAG_LEN);
+	return eng_conn_send(c->conn, buf, 2 + len + CDC_TAG_LEN);
 }
 
 int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type *type, char *text,
 		     size_t textlen)
 {
 	uint8_t buf[2 + 1 + ENG_MSG_TEXT_MAX + CDC_TAG_LEN];
-	int ret = eng_tcp_recv_all(c->tcp, buf, 2, timeout_s);
+	int ret = eng_conn_recv_all(c->conn, buf, 2, timeout_s);
 
 	if (ret)
 		return ret;
@@ -66,7 +66,7 @@ int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type 
 	if (len < 1 || len > 1 + ENG_MSG_TEXT_MAX)
 		return -EBADMSG;
 	/* the rest follows at once: a short poll must not cut a message in two */
-	if ((ret = eng_tcp_recv_all(c->tcp, buf + 2, len + CDC_TAG_LEN, timeout_s > 5 ? timeout_s : 5)))
+	if ((ret = eng_conn_recv_all(c->conn, buf + 2, len + CDC_TAG_LEN, timeout_s > 5 ? timeout_s : 5)))
 		return ret;
 	uint8_t peer = c->my_dir == 1 ? 2 : 1;
 	if (cdc_open(c->sealer, nonce(peer, c->recv_seq++), c->aad, sizeof(c->aad), buf + 2, len,

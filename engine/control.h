@@ -21,13 +21,13 @@
 #include <stdint.h>
 
 #include "stream.h"
-#include "tcp.h"
+#include "conn.h"
 
 enum eng_msg_type { ENG_MSG_READY = 1, ENG_MSG_COMMIT = 2, ENG_MSG_RESUMED = 3, ENG_MSG_FAILED = 4 };
 #define ENG_MSG_TEXT_MAX 240
 
 struct eng_control {
-	struct eng_tcp *tcp;
+	struct eng_conn *conn;
 	struct cdc_sealer *sealer;
 	uint8_t aad[CDC_DIGEST_LEN];
 	uint8_t my_dir;
@@ -35,7 +35,7 @@ struct eng_control {
 };
 
 /* sender = 1 on the source, 0 on the destination. key NULL = unkeyed stream. */
-int eng_control_init(struct eng_control *c, struct eng_tcp *t, const struct eng_stream *s,
+int eng_control_init(struct eng_control *c, struct eng_conn *t, const struct eng_stream *s,
 		     const uint8_t *key, int sender);
 void eng_control_free(struct eng_control *c);
 int eng_control_send(struct eng_control *c, enum eng_msg_type type, const char *text);

@@ -10,7 +10,7 @@
 #include "cli.h"
 #include "control.h"
 #include "io.h"
-#include "tcp.h"
+#include "conn.h"
 #include "uring_store.h"
 #include "qemu_bridge/qmp.h"
 
@@ -30,7 +30,7 @@ struct dst {
 	struct eng_vmbase base;
 	struct qb_qmp *qmp;
 	int disk_fd, in_fd, mig_fd;
-	struct eng_tcp *tcp;
+	struct eng_conn *conn;
 	struct eng_uring_file *disk;
 	uint8_t *ram;
 	size_t ram_len;
@@ -109,14 +109,13 @@ static int open_source(struct dst *d, char *err, size_t errlen)
 {
 	const char *path;
 
-	if (!strncmp(d->a->from, "tcp:", 4)) {
-		char host[256], port[32];
-		if (eng_tcp_parse(d->a->from, host, sizeof(host), port, sizeof(port), err, errlen))
-			return -EINVAL;
+	if (eng_conn_is_remote(d->a->from)) {
+		struct eng_conn_bind b = { .key = d->a->key };
+		eng_vmbase_id(&d->base, b.base_id);
 		if (d->a->progress)
 			fprintf(stderr, "receive: waiting for the source on %s\n", d->a->from);
-		d->tcp = eng_tcp_accept(host, port, d->a->accept_timeout_s, err, errlen);
-		return d->tcp ? 0 : -ECONNREFUSED;
+		d->conn = eng_conn_accept(d->a->from, &b, d->a->accept_timeout_s, err, errlen);
+		return d->conn ? 0 : -ECONNREFUSED;
 	}
 	if (eng_parse_location(d->a->from, &path, err, errlen))
 		return -EINVAL;
@@ -387,20 +386,20 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 						    trk_index_size(d->base.index[o]),
 						    trk_index_id(d->base.index[o]) };
 	struct eng_fd in = { .fd = d->in_fd };
-	struct eng_source src = d->tcp ? eng_tcp_source(d->tcp) : eng_fd_source(&in);
+	struct eng_source src = d->conn ? eng_conn_source(d->conn) : eng_fd_source(&in);
 	struct eng_stream stream = { 0 };
 	struct eng_patch_args pa = {
 		.src = &src, .kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .key = a->key,
 		.progress = progress, .progress_ctx = d, .stream_out = &stream,
-		.control_follows = d->tcp != NULL,
+		.control_follows = d->conn != NULL,
 	};
 	ret = eng_patch_stream(&pa, &st, err, errlen);
 	if (a->progress)
 		fputs("\r\033[K", stderr);
 	if (!ret && (ret = eng_uring_file_sync(d->disk)))
 		snprintf(err, errlen, "cannot write --disk-out %s: %s", a->disk_out, strerror(-ret));
-	if (d->tcp && (stream.header_len || !ret)) {
-		have_ctl = eng_control_init(&ctl, d->tcp, &stream, a->key, 0) == 0;
+	if (d->conn && (stream.header_len || !ret)) {
+		have_ctl = eng_control_init(&ctl, d->conn, &stream, a->key, 0) == 0;
 	}
 	d->t_verified = since(&d->t0);
 	if (!ret)
@@ -443,8 +442,8 @@ out:
 	if (d->mig_fd >= 0)
 		close(d->mig_fd);
 	eng_uring_file_free(d->disk);
-	if (d->tcp)
-		eng_tcp_close(d->tcp);
+	if (d->conn)
+		eng_conn_close(d->conn);
 	qb_qmp_close(d->qmp);
 	qb_devstate_free(&dev);
 	if (d->ram)

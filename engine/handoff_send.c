@@ -14,7 +14,7 @@
 #include "control.h"
 #include "io.h"
 #include "sendq.h"
-#include "tcp.h"
+#include "conn.h"
 #include "qemu_bridge/qmp.h"
 #include "tracker/dirtyfs.h"
 
@@ -87,7 +87,7 @@ struct src {
 	uint64_t cur_raw, cur_wire, pass_raw0, pass_wire0;
 	double pass_ratio;
 	unsigned est_pass, stalled;
-	struct eng_tcp *tcp;
+	struct eng_conn *conn;
 	struct eng_control ctl; /* ready once the stream's keys exist */
 	bool have_ctl;
 	struct eng_stream stream;
@@ -379,7 +379,7 @@ static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, do
 
 	if (s->sq)
 		b += (double)eng_sendq_queued(s->sq);
-	if (s->tcp)
+	if (s->conn)
 		b += (double)s->link.queued;
 	return b;
 }
@@ -388,7 +388,7 @@ static void begin_final(struct src *s)
 {
 	s->qemu_done_s = now_s(s);
 	/* QEMU stopped the VM: RAM is frozen (QEMU sent none of the shared block) */
-	if (s->shared && s->tcp)
+	if (s->shared && s->conn)
 		scan_shared_ram(s);
 	/* QEMU flushed the disk when it stopped the VM: this map is the last */
 	if (mark_dirty_disk(s))
@@ -408,8 +408,8 @@ static void tick(void *ctx, struct eng_pipeline *p)
 
 	eng_pipeline_report(p, &rep);
 	s->wire_bytes = rep.wire_bytes;
-	if (s->tcp) {
-		eng_tcp_sample(s->tcp, &s->link);
+	if (s->conn) {
+		eng_conn_sample(s->conn, &s->link);
 		double r = s->link.rate_smooth_bps > s->link.delivery_bps ? s->link.rate_smooth_bps
 									  : s->link.delivery_bps;
 		if (r > 0)
@@ -427,16 +427,16 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	double backlog = backlog_bytes(s, &rep, ratio);
 	/* keep at most ~1 s of link time committed: the rest stays pending,
 	 * where a page dirtied again replaces its older version for free */
-	if (s->tcp && s->rate_Bps > 0)
+	if (s->conn && s->rate_Bps > 0)
 		s->hold = s->phase == PH_PRECOPY && backlog > (s->rate_Bps > 1e6 ? s->rate_Bps : 1e6);
 	if (s->sq && s->rate_Bps > 0)
 		eng_sendq_set_cap(s->sq, (size_t)(s->rate_Bps * 0.25 > (1 << 18) ? s->rate_Bps * 0.25 : (1 << 18)));
 	/* the destination only speaks before the trailer to say it failed */
-	if (s->tcp && !s->fail[0]) {
+	if (s->conn && !s->fail[0]) {
 		enum eng_msg_type type;
 		char text[ENG_MSG_TEXT_MAX + 1];
 		if (!s->have_ctl && s->stream.header_len)
-			s->have_ctl = eng_control_init(&s->ctl, s->tcp, &s->stream, s->a->key, 1) == 0;
+			s->have_ctl = eng_control_init(&s->ctl, s->conn, &s->stream, s->a->key, 1) == 0;
 		int r = s->have_ctl ? eng_control_recv(&s->ctl, 0.001, &type, text, sizeof(text)) : -ETIMEDOUT;
 		if (r == 0)
 			src_fail(s, "destination %s: %s", type == ENG_MSG_FAILED ? "failed" : "spoke out of turn",
@@ -480,7 +480,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			return;
 		}
 		/* before the link has carried enough to measure, assume a slow one */
-		double rate = s->tcp ? (s->rate_Bps > 125000 ? s->rate_Bps : 125000) : 0;
+		double rate = s->conn ? (s->rate_Bps > 125000 ? s->rate_Bps : 125000) : 0;
 		double est = rate > 0 ? ((double)pending * CDC_BLOCK_SIZE * ratio + backlog) / rate : 0;
 		/* a workload that dirties faster than the link drains never gets
 		 * there: stop when three passes in a row did not shrink the rest */
@@ -492,7 +492,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 				s->best_est = est;
 			stuck = s->stalled >= 3;
 		}
-		if (s->passes >= 1 && (!s->tcp || (rate > 0 && est <= ENG_STOP_SECONDS) || stuck)) {
+		if (s->passes >= 1 && (!s->conn || (rate > 0 && est <= ENG_STOP_SECONDS) || stuck)) {
 			/*
 			 * QEMU stops the VM as its migration completes (so the VM's run
 			 * state says "running" and the destination starts it) and sends
@@ -507,7 +507,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			s->stop_requested_s = now_s(s);
 			s->phase = PH_STOPPING;
 		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES ||
-			   (s->tcp && rate > 0 && est <= ENG_STOP_SECONDS)) {
+			   (s->conn && rate > 0 && est <= ENG_STOP_SECONDS)) {
 			start_pass(s);
 		}
 		break;
@@ -528,23 +528,22 @@ static void tick(void *ctx, struct eng_pipeline *p)
 
 /* ---- set-up and the end --------------------------------------------------------- */
 
-static int tcp_send_cb(void *ctx, const void *buf, size_t len)
+static int conn_send_cb(void *ctx, const void *buf, size_t len)
 {
-	return eng_tcp_send(ctx, buf, len);
+	return eng_conn_send(ctx, buf, len);
 }
 
 static int open_transport(struct src *s, char *err, size_t errlen)
 {
 	const char *path;
 
-	if (!strncmp(s->a->to, "tcp:", 4)) {
-		char host[256], port[32];
-		if (eng_tcp_parse(s->a->to, host, sizeof(host), port, sizeof(port), err, errlen))
-			return -EINVAL;
-		s->tcp = eng_tcp_connect(host, port, s->a->connect_timeout_s, err, errlen);
-		if (!s->tcp)
+	if (eng_conn_is_remote(s->a->to)) {
+		struct eng_conn_bind b = { .key = s->a->key };
+		eng_vmbase_id(&s->base, b.base_id);
+		s->conn = eng_conn_connect(s->a->to, &b, s->a->connect_timeout_s, err, errlen);
+		if (!s->conn)
 			return -ECONNREFUSED;
-		s->sq = eng_sendq_new(1 << 20, tcp_send_cb, s->tcp);
+		s->sq = eng_sendq_new(1 << 20, conn_send_cb, s->conn);
 		return s->sq ? 0 : -ENOMEM;
 	}
 	if (eng_parse_location(s->a->to, &path, err, errlen))
@@ -598,7 +597,7 @@ static int qemu_migrate(struct src *s, uint64_t downtime_ms, char *err, size_t e
 		return -EIO;
 	/* live with shared RAM: the engine already holds the stopped VM's RAM,
 	 * QEMU need only send the devices (and small ROM blocks) */
-	if (s->shared && s->tcp && qb_migrate_ignore_shared(s->qmp, err, errlen))
+	if (s->shared && s->conn && qb_migrate_ignore_shared(s->qmp, err, errlen))
 		return -EIO;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
 		snprintf(err, errlen, "socketpair: %s", strerror(errno));
@@ -753,7 +752,7 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 }
 
 /* After the trailer: the two-phase commit with the destination. */
-static int finish_tcp(struct src *s, double *resume_ts, char *err, size_t errlen)
+static int finish_remote(struct src *s, double *resume_ts, char *err, size_t errlen)
 {
 	struct eng_control *c = &s->ctl;
 	enum eng_msg_type type;
@@ -764,7 +763,7 @@ static int finish_tcp(struct src *s, double *resume_ts, char *err, size_t errlen
 		snprintf(err, errlen, "connection to the destination lost: %s", strerror(-ret));
 		return ret;
 	}
-	if (!s->have_ctl && !(s->have_ctl = eng_control_init(c, s->tcp, &s->stream, s->a->key, 1) == 0)) {
+	if (!s->have_ctl && !(s->have_ctl = eng_control_init(c, s->conn, &s->stream, s->a->key, 1) == 0)) {
 		snprintf(err, errlen, "cannot set up control messages");
 		return -EIO;
 	}
@@ -819,7 +818,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	 * at the stop; without one, QEMU's own pre-copy feeds the mirror (it
 	 * stops the VM as soon as it converges).
 	 */
-	if (!s->tcp)
+	if (!s->conn)
 		ret = qemu_migrate(s, 300000, err, errlen);
 	else if (!s->shared) {
 		fprintf(stderr, "send: warning: guest RAM is not on a shared memory backend; QEMU's own pre-copy will stop the VM early\n");
@@ -852,15 +851,15 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	}
 	if (qb_qmp_wait_event(s->qmp, "STOP", 0.5, NULL, &stop_ts, err, errlen))
 		stop_ts = 0;
-	if (s->tcp)
-		ret = finish_tcp(s, &resume_ts, err, errlen);
+	if (s->conn)
+		ret = finish_remote(s, &resume_ts, err, errlen);
 	else
 		ret = eng_outfile_commit(&s->out, err, errlen) ? -EIO : 0;
 out:
 	if (ret && !s->fail[0])
 		snprintf(s->fail, sizeof(s->fail), "%s", err);
 	if (s->sq && ret)
-		eng_tcp_shutdown(s->tcp, SHUT_RDWR); /* wakes a writer stuck on a dead peer */
+		eng_conn_shutdown(s->conn, SHUT_RDWR); /* wakes a writer stuck on a dead peer */
 	eng_sendq_free(s->sq);
 	if (ret && s->out.fd >= 0)
 		eng_outfile_abort(&s->out);
@@ -877,8 +876,8 @@ out:
 		*summary = summary_json(s, &rep, total, resume_ts > 0 && stop_ts > 0 ? resume_ts - stop_ts : -1);
 	if (s->have_ctl)
 		eng_control_free(&s->ctl);
-	if (s->tcp)
-		eng_tcp_close(s->tcp);
+	if (s->conn)
+		eng_conn_close(s->conn);
 	qb_qmp_close(s->qmp);
 	if (s->mig_fd >= 0)
 		close(s->mig_fd);

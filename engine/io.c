@@ -17,8 +17,8 @@ int eng_parse_location(const char *loc, const char **path, char *err, size_t err
 	if (!strncmp(loc, "file:", 5)) {
 		*path = loc + 5;
 	} else if (!strncmp(loc, "tcp:", 4) || !strncmp(loc, "dpdk:", 5)) {
-		snprintf(err, errlen, "%s: network transports are not available in this build yet", loc);
-		return -ENOTSUP;
+		snprintf(err, errlen, "%s is a network location; a file is needed here", loc);
+		return -EINVAL;
 	} else {
 		*path = loc;
 	}

@@ -1,7 +1,7 @@
 /*
  * Sources, sinks and block stores behind the small function tables of
  * stream.h and pipeline.h (Redis rio style): files, and memory for tests and
- * fuzzers. Later transports (tcp:, dpdk:) add entries here.
+ * fuzzers. The network transports (tcp:, dpdk:) are in conn.h.
  *
  * Output files are written aside (PATH.tmp-PID) and renamed into place only
  * on commit, so a failed patch or diff never leaves a partial result.

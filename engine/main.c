@@ -56,7 +56,8 @@ const struct cli_cmd cli_cmd_keygen = {
 };
 
 static const struct cli_cmd *const commands[] = { &cli_cmd_diff,  &cli_cmd_patch, &cli_cmd_send,
-						  &cli_cmd_receive, &cli_cmd_track, &cli_cmd_keygen };
+						  &cli_cmd_receive, &cli_cmd_track, &cli_cmd_probe,
+						  &cli_cmd_keygen };
 
 static void usage(FILE *f)
 {
@@ -111,7 +112,7 @@ int main(int argc, char **argv)
 	}
 	const struct cli_cmd *cmd = find_command(name);
 	if (!cmd) {
-		cli_error("unknown command '%s' (commands: diff, patch, send, receive, track, keygen; see --help)", name);
+		cli_error("unknown command '%s' (commands: diff, patch, send, receive, track, probe, keygen; see --help)", name);
 		return 2;
 	}
 	int r = cli_parse(cmd, argc - first, argv + first, val);

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "link.h"
 #include "pipeline.h"
 #include "stream.h"
 
@@ -95,23 +96,7 @@ const char *eng_tcp_peer(const struct eng_tcp *t);
 struct eng_sink eng_tcp_sink(struct eng_tcp *t);
 struct eng_source eng_tcp_source(struct eng_tcp *t);
 
-/*
- * Link estimate, from one getsockopt(TCP_INFO) and one ioctl(SIOCOUTQ):
- * sent   bytes handed to the kernel by eng_tcp_send;
- * acked  bytes the peer acknowledged (tcpi_bytes_acked), <= sent;
- * queued bytes in the send queue, unsent or unacknowledged (sent - acked);
- * unsent the part of queued not yet on the wire;
- * rate_bps acknowledged bits per second since the previous sample, and
- * rate_smooth_bps its EWMA with a ~1 s time constant;
- * delivery_bps the kernel's own delivery-rate estimate, app_limited set when
- * the sender, not the link, was the bottleneck (then rates understate the link);
- * rtt_ms smoothed RTT.
- */
-struct eng_link {
-	uint64_t sent, acked, queued, unsent;
-	double rate_bps, rate_smooth_bps, delivery_bps, rtt_ms;
-	bool app_limited;
-};
+/* The link estimate (link.h) from one getsockopt(TCP_INFO) and one ioctl(SIOCOUTQ). */
 void eng_tcp_sample(struct eng_tcp *t, struct eng_link *out);
 
 /*

@@ -295,6 +295,15 @@ void eng_vmbase_close(struct eng_vmbase *b)
 	memset(b, 0, sizeof(*b));
 }
 
+void eng_vmbase_id(const struct eng_vmbase *b, uint8_t out[CDC_DIGEST_LEN])
+{
+	uint8_t ids[ENG_VM_OBJECTS * CDC_DIGEST_LEN];
+
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		memcpy(ids + o * CDC_DIGEST_LEN, trk_index_id(b->index[o]), CDC_DIGEST_LEN);
+	cdc_sha256(ids, sizeof(ids), out);
+}
+
 int eng_vmbase_check_layout(const struct eng_vmbase *b, const struct qb_layout *l, char *err,
 			    size_t errlen)
 {

@@ -35,6 +35,8 @@ extern const char *const eng_vm_object_names[ENG_VM_OBJECTS];
 /* Open BASEDIR, deriving and indexing what is missing or stale. 0 or -errno + one line. */
 int eng_vmbase_open(struct eng_vmbase *b, const char *dir, char *err, size_t errlen);
 void eng_vmbase_close(struct eng_vmbase *b);
+/* Identity of the whole base (a digest of its three indexes' ids), for transport handshakes. */
+void eng_vmbase_id(const struct eng_vmbase *b, uint8_t out[CDC_DIGEST_LEN]);
 /* Same RAM blocks (names and sizes) as the base? 0, or -EINVAL with the first difference. */
 int eng_vmbase_check_layout(const struct eng_vmbase *b, const struct qb_layout *l, char *err,
 			    size_t errlen);

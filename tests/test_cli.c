@@ -113,7 +113,9 @@ static void test_help_and_usage_errors(void **state)
 	assert_int_equal(run("diff --base %s --target %s -o %s --mode xor:gzip:1", base, target, out), 2);
 	assert_one_line_error("bad mode");
 	assert_int_equal(run("diff --base %s --target %s -o tcp:1.2.3.4:5", base, target), 2);
-	assert_one_line_error("not available");
+	assert_one_line_error("key is required");
+	assert_int_equal(run("patch --base %s -i dpdk:0 -o %s", base, out), 2);
+	assert_one_line_error("key is required");
 }
 
 static void test_round_trip_with_key(void **state)

@@ -1,0 +1,196 @@
+#include "port.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_log.h>
+#include <rte_mbuf.h>
+
+#define RX_DESC 1024
+#define TX_DESC 1024
+#define POOL_MBUFS 4095 /* RX ring + TX in flight + bursts; a power of two minus one */
+#define POOL_CACHE 128
+#define LINK_RETRY_S 2.0 /* restart a port whose link stays down this long */
+
+static double mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int find_port(const char *spec, uint16_t *id, char *err, size_t errlen)
+{
+	char *end;
+	unsigned long v = strtoul(spec, &end, 10);
+
+	if (*spec && !*end) {
+		if (v >= RTE_MAX_ETHPORTS || !rte_eth_dev_is_valid_port((uint16_t)v)) {
+			snprintf(err, errlen,
+				 "no DPDK port %lu (%u ports; give the NIC with -a PCI or a virtual one with --vdev before --)",
+				 v, rte_eth_dev_count_avail());
+			return -ENODEV;
+		}
+		*id = (uint16_t)v;
+		return 0;
+	}
+	if (rte_eth_dev_get_port_by_name(spec, id)) {
+		snprintf(err, errlen, "no DPDK port named %s (give it with --vdev %s,... or -a before --)",
+			 spec, spec);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+/* The largest MTU ethdev lets us configure on this port, up to DIO_JUMBO_MTU. */
+static uint32_t ethdev_mtu(const struct rte_eth_dev_info *info)
+{
+	uint32_t hw = info->max_mtu;
+
+	/* what the PMD says it receives into one buffer bounds it too (af_packet, memif: 1518) */
+	if (info->max_rx_pktlen > RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN &&
+	    info->max_rx_pktlen - RTE_ETHER_HDR_LEN - RTE_ETHER_CRC_LEN < hw)
+		hw = info->max_rx_pktlen - RTE_ETHER_HDR_LEN - RTE_ETHER_CRC_LEN;
+	if (hw > DIO_JUMBO_MTU)
+		hw = DIO_JUMBO_MTU;
+	if (hw < info->min_mtu)
+		hw = info->min_mtu;
+	return hw ? hw : RTE_ETHER_MTU;
+}
+
+int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double link_timeout_s,
+		  char *err, size_t errlen)
+{
+	struct rte_eth_dev_info info;
+	struct rte_eth_conf conf;
+	char pool_name[RTE_MEMPOOL_NAMESIZE];
+	uint16_t nrx = RX_DESC, ntx = TX_DESC;
+	int ret;
+
+	memset(p, 0, sizeof(*p));
+	if ((ret = find_port(spec, &p->id, err, errlen)))
+		return ret;
+	rte_eth_dev_get_name_by_port(p->id, p->name);
+	if ((ret = rte_eth_dev_info_get(p->id, &info))) {
+		snprintf(err, errlen, "DPDK port %s: cannot read device info: %s", p->name, rte_strerror(-ret));
+		return ret;
+	}
+	p->socket = rte_eth_dev_socket_id(p->id);
+	if (p->socket < 0)
+		p->socket = SOCKET_ID_ANY;
+	/*
+	 * Virtual PMDs report 1518-byte frames whatever the path carries
+	 * (af_packet sends up to its framesz, memif chains buffers): an mtu=
+	 * beyond that is the operator's word, checked by the handshake, whose
+	 * frames are padded to the full size.
+	 */
+	uint32_t eth_mtu = ethdev_mtu(&info);
+	p->mtu = mtu_cap ? mtu_cap : eth_mtu;
+
+	/* data room: headroom + the whole frame, rounded up to a cache line */
+	unsigned room = RTE_PKTMBUF_HEADROOM + p->mtu + RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN + 64;
+	if (room < RTE_PKTMBUF_HEADROOM + 2048)
+		room = RTE_PKTMBUF_HEADROOM + 2048; /* af_packet wants its whole frame slot (framesz 2048) */
+	room = (room + 63) & ~63u;
+	if (room > UINT16_MAX)
+		room = UINT16_MAX;
+	snprintf(pool_name, sizeof(pool_name), "dio_pool_%u", p->id);
+	p->pool = rte_mempool_lookup(pool_name);
+	if (p->pool && p->pool->elt_size < sizeof(struct rte_mbuf) + room) {
+		rte_mempool_free(p->pool);
+		p->pool = NULL;
+	}
+	if (!p->pool)
+		p->pool = rte_pktmbuf_pool_create(pool_name, POOL_MBUFS, POOL_CACHE, 0, room, p->socket);
+	if (!p->pool) {
+		snprintf(err, errlen, "DPDK port %s: no memory for %u packet buffers of %u bytes (%s; raise -m)",
+			 p->name, POOL_MBUFS, room, rte_strerror(rte_errno));
+		return -ENOMEM;
+	}
+
+	memset(&conf, 0, sizeof(conf));
+	conf.rxmode.mtu = p->mtu < eth_mtu ? p->mtu : eth_mtu;
+	if ((ret = rte_eth_dev_configure(p->id, 1, 1, &conf))) {
+		snprintf(err, errlen, "DPDK port %s: cannot configure (MTU %u): %s", p->name, p->mtu,
+			 rte_strerror(-ret));
+		goto err;
+	}
+	rte_eth_dev_adjust_nb_rx_tx_desc(p->id, &nrx, &ntx);
+	if ((ret = rte_eth_rx_queue_setup(p->id, 0, nrx, p->socket, NULL, p->pool)) ||
+	    (ret = rte_eth_tx_queue_setup(p->id, 0, ntx, p->socket, NULL))) {
+		snprintf(err, errlen, "DPDK port %s: cannot set up its queues: %s", p->name, rte_strerror(-ret));
+		goto err;
+	}
+	/*
+	 * Bring the link up. A net_memif client cannot start before its server
+	 * listens, and one that connected before the server started is turned
+	 * away and never retries by itself: start, wait LINK_RETRY_S for the
+	 * link, otherwise stop and start again, until the deadline. PMD error
+	 * lines of the retries are muted; our own line says what failed.
+	 */
+	double deadline = mono_s() + link_timeout_s;
+	uint32_t log_level = rte_log_get_global_level();
+	for (int attempt = 0;; attempt++) {
+		if (attempt == 1)
+			rte_log_set_global_level(RTE_LOG_CRIT);
+		ret = rte_eth_dev_start(p->id);
+		if (!ret) {
+			p->started = true;
+			double until = mono_s() + LINK_RETRY_S;
+			while (!dio_port_link_up(p) && mono_s() < until && mono_s() < deadline)
+				usleep(20000);
+			if (dio_port_link_up(p))
+				break;
+		}
+		if (mono_s() >= deadline) {
+			rte_log_set_global_level(log_level);
+			if (ret)
+				snprintf(err, errlen, "DPDK port %s: cannot start: %s (is the peer there?)", p->name,
+					 rte_strerror(ret < 0 ? -ret : EIO));
+			else
+				snprintf(err, errlen,
+					 "DPDK port %s: link is down after %.0f s (cable, peer process or --vdev arguments?)",
+					 p->name, link_timeout_s);
+			ret = ret ? ret : -ENETDOWN;
+			goto err;
+		}
+		if (p->started) {
+			rte_eth_dev_stop(p->id);
+			p->started = false;
+		} else {
+			usleep(50000);
+		}
+	}
+	rte_log_set_global_level(log_level);
+	/* the frames are addressed to us; promiscuous only helps PMDs that filter */
+	rte_eth_promiscuous_enable(p->id);
+	rte_eth_macaddr_get(p->id, &p->mac);
+	return 0;
+err:
+	dio_port_close(p);
+	return ret < 0 ? ret : -EIO;
+}
+
+bool dio_port_link_up(const struct dio_port *p)
+{
+	struct rte_eth_link link;
+
+	if (rte_eth_link_get_nowait(p->id, &link))
+		return false;
+	return link.link_status == RTE_ETH_LINK_UP;
+}
+
+void dio_port_close(struct dio_port *p)
+{
+	if (p->started) {
+		rte_eth_dev_stop(p->id);
+		p->started = false;
+	}
+	/* the pool stays for a later connection on the same port; EAL frees it at exit */
+}

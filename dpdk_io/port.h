@@ -1,0 +1,43 @@
+/*
+ * One DPDK ethdev port set up for the dpdk: transport: found by port id or
+ * device name, one RX and one TX queue, a packet mempool on the port's NUMA
+ * node sized for the port's largest frame (jumbo where the PMD allows), the
+ * MTU raised up to DIO_JUMBO_MTU, started, and waited on until the link is up
+ * (net_memif is up only once its peer process has connected).
+ *
+ * Called from the thread that opens a connection; afterwards the
+ * connection's I/O thread owns the queues.
+ */
+#ifndef HANDOFF_DIO_PORT_H
+#define HANDOFF_DIO_PORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <rte_ether.h>
+#include <rte_mempool.h>
+
+#define DIO_JUMBO_MTU 9000
+
+struct dio_port {
+	uint16_t id;
+	char name[64];
+	int socket;        /* NUMA node of the port, SOCKET_ID_ANY if unknown */
+	uint32_t mtu;      /* bytes after the Ethernet header */
+	struct rte_ether_addr mac;
+	struct rte_mempool *pool;
+	bool started;
+};
+
+/*
+ * spec: a port id ("0") or an ethdev name ("net_af_packet0"). mtu_cap: 0 or
+ * a smaller MTU to use. Waits up to link_timeout_s for the link. 0, or -errno
+ * with a one-line reason that names the EAL argument to check.
+ */
+int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double link_timeout_s,
+		  char *err, size_t errlen);
+void dio_port_close(struct dio_port *p);
+bool dio_port_link_up(const struct dio_port *p);
+
+#endif
