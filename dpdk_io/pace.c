@@ -8,7 +8,7 @@
 #define BACKOFF 0.85
 #define RECOVER 0.02  /* loss_scale regained per clean round */
 #define FLOOR_FRAMES 64
-#define MIN_WINDOW_RTT_US 1000 /* scheduling delays on shared cores add ~1 ms to tiny RTTs */
+#define MIN_WINDOW_RTT_US 4000 /* scheduling delays on shared cores add milliseconds to tiny RTTs */
 
 static const double gain_cycle[8] = { 1.25, 0.75, 1, 1, 1, 1, 1, 1 };
 

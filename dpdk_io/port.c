@@ -94,10 +94,12 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 	p->mtu = mtu_cap ? mtu_cap : eth_mtu;
 
 	/* data room: headroom + the whole frame, rounded up to a cache line */
-	unsigned room = RTE_PKTMBUF_HEADROOM + p->mtu + RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN + 64;
-	if (room < RTE_PKTMBUF_HEADROOM + 2048)
-		room = RTE_PKTMBUF_HEADROOM + 2048; /* af_packet wants its whole frame slot (framesz 2048) */
-	room = (room + 63) & ~63u;
+	/*
+	 * af_packet wants a buffer for its whole frame slot (framesz, default
+	 * 2048), which the operator may size a little above the MTU: allow 2 KiB.
+	 */
+	unsigned room = RTE_PKTMBUF_HEADROOM + p->mtu + RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN + 2048;
+	room = (room + 1023) & ~1023u;
 	if (room > UINT16_MAX)
 		room = UINT16_MAX;
 	snprintf(pool_name, sizeof(pool_name), "dio_pool_%u", p->id);
