@@ -47,6 +47,8 @@
 #define INIT_RATE_BPS 20e6
 #define SPIN_IDLE 64             /* empty polls before the I/O thread sleeps */
 #define PACE_SLACK_US 500.0
+#define LINK_CHECK_US 100000
+#define LINK_DOWN_US 1000000      /* link down this long: the peer is gone */
 #define LINGER_S 5.0             /* close: wait this long for the peer to acknowledge */
 
 struct seg {
@@ -112,6 +114,7 @@ struct dio_conn {
 	uint64_t delivered, delivered_us, rack_sent_us;
 	uint64_t round_end, round_sent, round_lost;
 	uint64_t last_progress_us, last_rx_us, last_tx_us, rto_us;
+	uint64_t link_checked_us, link_down_since_us;
 	double srtt_us;  /* smoothed RTT (1/8 EWMA) for the probe timeout */
 	bool probed;     /* a tail-loss probe went out since the last progress */
 	double next_tx_us;
@@ -591,7 +594,7 @@ static void on_ack(struct dio_conn *c, const struct dio_hdr *h, const struct dio
 		rate = (double)(c->delivered - newest.delivered) * 8e6 / (double)(now - newest.delivered_us);
 	dio_pace_sample(&c->pace, (double)now, rate, rtt, newest.app_limited);
 	if (newest.sent_us && newest.delivered >= c->round_end) {
-		dio_pace_round(&c->pace, c->round_sent, c->round_lost);
+		dio_pace_round(&c->pace, (double)now, c->round_sent, c->round_lost);
 		c->round_end = c->delivered;
 		c->round_sent = c->round_lost = 0;
 	}
@@ -798,6 +801,16 @@ static void check_timers(struct dio_conn *c, uint64_t now)
 		c->ack_due = true; /* also the keepalive */
 	if (since_us(now, c->last_rx_us) > (uint64_t)(c->dead_s * 1e6))
 		fail(c, -ETIMEDOUT, "no frame from the peer for %.0f s", c->dead_s);
+	/* a link that went down (memif: the peer process exited) fails sooner */
+	if (since_us(now, c->link_checked_us) >= LINK_CHECK_US) {
+		c->link_checked_us = now;
+		if (dio_port_link_up(&c->port))
+			c->link_down_since_us = 0;
+		else if (!c->link_down_since_us)
+			c->link_down_since_us = now;
+		else if (since_us(now, c->link_down_since_us) > LINK_DOWN_US)
+			fail(c, -ENETDOWN, "the port's link went down");
+	}
 }
 
 /* ---- the I/O thread ------------------------------------------------------------ */

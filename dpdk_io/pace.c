@@ -6,7 +6,8 @@
 #define MAX_BPS 4e11  /* nor above any NIC there is */
 #define STARTUP_GAIN 2.0
 #define BACKOFF 0.85
-#define RECOVER 0.02  /* loss_scale regained per clean round */
+#define RECOVER 0.05  /* loss_scale regained per clean judgement */
+#define MIN_SCALE 0.5 /* back-off never halves the rate more than once over */
 #define FLOOR_FRAMES 64
 #define MIN_WINDOW_RTT_US 4000 /* scheduling delays on shared cores add milliseconds to tiny RTTs */
 
@@ -43,7 +44,7 @@ void dio_pace_sample(struct dio_pace *p, double now_us, double rate_bps, double 
 	/* an app-limited sample understates the link; it may only raise the estimate */
 	if (rate_bps <= 0 || (app_limited && rate_bps < p->bw_bps))
 		return;
-	double *slot = &p->bw_round[p->rounds % DIO_BW_ROUNDS];
+	double *slot = &p->bw_round[p->slot % DIO_BW_ROUNDS];
 	if (rate_bps > *slot)
 		*slot = rate_bps;
 	double best = 0;
@@ -54,10 +55,19 @@ void dio_pace_sample(struct dio_pace *p, double now_us, double rate_bps, double 
 	update_pacing(p);
 }
 
-void dio_pace_round(struct dio_pace *p, uint64_t sent, uint64_t lost)
+void dio_pace_round(struct dio_pace *p, double now_us, uint64_t sent, uint64_t lost)
 {
 	p->rounds++;
-	p->bw_round[p->rounds % DIO_BW_ROUNDS] = 0;
+	/*
+	 * The bandwidth filter's slots last a round but at least
+	 * DIO_BW_SLOT_US, so it remembers ~1 s even at microsecond RTTs: a dip
+	 * (loss back-off, a busy receiver) must not erase what the link did.
+	 */
+	if (now_us - p->slot_start_us >= DIO_BW_SLOT_US) {
+		p->slot++;
+		p->bw_round[p->slot % DIO_BW_ROUNDS] = 0;
+		p->slot_start_us = now_us;
+	}
 	/*
 	 * Judge loss over enough frames that one random drop is not a rate:
 	 * at microsecond RTTs a round is a handful of frames.
@@ -70,8 +80,8 @@ void dio_pace_round(struct dio_pace *p, uint64_t sent, uint64_t lost)
 		p->loss_sent = p->loss_lost = 0;
 	if (lossy) {
 		p->loss_scale *= BACKOFF;
-		if (p->loss_scale < 0.05)
-			p->loss_scale = 0.05;
+		if (p->loss_scale < MIN_SCALE)
+			p->loss_scale = MIN_SCALE;
 		p->loss_rounds++;
 		p->startup = false; /* loss means the link is full */
 	} else if (judge && p->loss_scale < 1) {
@@ -106,8 +116,8 @@ void dio_pace_timeout(struct dio_pace *p)
 {
 	/* nothing acknowledged for an RTO: the path is congested or gone, back off now */
 	p->loss_scale *= BACKOFF;
-	if (p->loss_scale < 0.05)
-		p->loss_scale = 0.05;
+	if (p->loss_scale < MIN_SCALE)
+		p->loss_scale = MIN_SCALE;
 	p->loss_rounds++;
 	p->loss_sent = p->loss_lost = 0;
 	p->startup = false;
