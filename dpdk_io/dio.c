@@ -32,6 +32,7 @@
 #include <rte_ethdev.h>
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
+#include <rte_telemetry.h>
 
 #include "pace.h"
 #include "port.h"
@@ -965,12 +966,63 @@ static void *io_main(void *arg)
 	return NULL;
 }
 
+/* ---- telemetry: /handoff/link ------------------------------------------------ */
+
+/* The open connection telemetry reports (one per process in practice). */
+static pthread_mutex_t tele_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct dio_conn *tele_conn;
+
+static int tele_link(const char *cmd, const char *params, struct rte_tel_data *d)
+{
+	struct dio_stats st;
+
+	(void)cmd;
+	(void)params;
+	rte_tel_data_start_dict(d);
+	pthread_mutex_lock(&tele_lock);
+	if (!tele_conn) {
+		pthread_mutex_unlock(&tele_lock);
+		rte_tel_data_add_dict_string(d, "state", "no connection");
+		return 0;
+	}
+	dio_stats(tele_conn, &st);
+	rte_tel_data_add_dict_string(d, "peer", tele_conn->peer_name);
+	pthread_mutex_unlock(&tele_lock);
+	rte_tel_data_add_dict_string(d, "port", st.port);
+#define U(f) rte_tel_data_add_dict_u64(d, #f, st.f)
+	U(mtu); U(frames_tx); U(frames_rx); U(data_bytes_tx); U(retx_frames); U(retx_bytes);
+	U(rto_events); U(loss_probes); U(acked_bytes); U(received_bytes); U(port_imissed);
+#undef U
+	rte_tel_data_add_dict_u64(d, "pacing_bps", (uint64_t)st.pacing_bps);
+	rte_tel_data_add_dict_u64(d, "bw_bps", (uint64_t)st.bw_bps);
+	rte_tel_data_add_dict_u64(d, "min_rtt_us", (uint64_t)st.min_rtt_us);
+	return 0;
+}
+
+static void tele_register(void)
+{
+	rte_telemetry_register_cmd("/handoff/link", tele_link,
+				   "The dpdk: connection's counters and rate. Takes no parameters");
+}
+
+static void tele_set(struct dio_conn *c, struct dio_conn *expect)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&once, tele_register);
+	pthread_mutex_lock(&tele_lock);
+	if (tele_conn == expect)
+		tele_conn = c;
+	pthread_mutex_unlock(&tele_lock);
+}
+
 /* ---- set-up and teardown ------------------------------------------------------- */
 
 static void conn_free(struct dio_conn *c)
 {
 	if (!c)
 		return;
+	tele_set(NULL, c);
 	if (c->io_started) {
 		atomic_store(&c->stop, true);
 		pthread_join(c->io, NULL);
@@ -1059,6 +1111,7 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 		snprintf(err, errlen, "%s", m ? m + 6 : c->errmsg);
 		goto err;
 	}
+	tele_set(c, tele_conn);
 	return c;
 err:
 	conn_free(c);
