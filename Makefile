@@ -34,7 +34,7 @@ TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c))
 
 export ASAN_OPTIONS UBSAN_OPTIONS
 
-.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench bench-handoff clean
+.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench bench-handoff bench-transport clean
 all: $(ENGINE) $(TOOLS)
 
 setup:
@@ -100,6 +100,10 @@ bench: setup
 bench-handoff: setup
 	@$(MAKE) --no-print-directory all
 	@HANDOFF_ENGINE=$(abspath $(ENGINE)) HANDOFF_BUILD=$(abspath $(BUILD)) perf/handoff-bench
+
+bench-transport: setup
+	@$(MAKE) --no-print-directory all
+	@HANDOFF_BUILD=$(abspath $(BUILD)) perf/bench-transport
 
 clean:
 	rm -rf $(BUILD) build-asan

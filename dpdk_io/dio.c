@@ -55,10 +55,11 @@
 struct seg {
 	uint64_t off;
 	uint32_t len;
-	bool fin, sacked, lost, app_limited;
+	bool fin, sacked, lost, app_limited, retx;
 	uint64_t sent_us;      /* last transmission */
 	uint64_t delivered;    /* conn delivered count at that time */
 	uint64_t delivered_us; /* and when it last grew */
+	uint64_t first_sent_us; /* send time of the newest segment delivered by then */
 };
 
 struct range {
@@ -112,7 +113,7 @@ struct dio_conn {
 	uint64_t fin_at; bool fin_seen;
 	uint64_t last_echo_us, last_adv_wnd;
 	bool ack_due;
-	uint64_t delivered, delivered_us, rack_sent_us;
+	uint64_t delivered, delivered_us, first_sent_us, rack_sent_us;
 	uint64_t round_end, round_sent, round_lost;
 	uint64_t last_progress_us, last_rx_us, last_tx_us, rto_us;
 	uint64_t link_checked_us, link_down_since_us;
@@ -520,10 +521,17 @@ static struct seg *sb_at(struct dio_conn *c, uint32_t i)
 	return &c->sb[(c->sb_head + i) % SEGS];
 }
 
-static void deliver(struct dio_conn *c, struct seg *s, uint64_t now, struct seg *newest)
+/*
+ * A delivered segment. If it was sent again, the delivery may be the first
+ * transmission's: its send time then says nothing (RFC 8985), unless the
+ * ACK echoes a time at or after the retransmission.
+ */
+static void deliver(struct dio_conn *c, struct seg *s, uint64_t now, uint64_t echo_us, struct seg *newest)
 {
 	c->delivered += s->len ? s->len : 1;
 	c->delivered_us = now;
+	if (s->retx && echo_us < s->sent_us)
+		return;
 	if (s->sent_us > c->rack_sent_us)
 		c->rack_sent_us = s->sent_us;
 	if (!newest->sent_us || s->sent_us >= newest->sent_us)
@@ -553,7 +561,7 @@ static void on_ack(struct dio_conn *c, const struct dio_hdr *h, const struct dio
 		if (!acked)
 			break;
 		if (!s->sacked)
-			deliver(c, s, now, &newest);
+			deliver(c, s, now, a->ts_echo_us, &newest);
 		c->sb_head = (c->sb_head + 1) % SEGS;
 		c->sb_count--;
 	}
@@ -581,7 +589,7 @@ static void on_ack(struct dio_conn *c, const struct dio_hdr *h, const struct dio
 		if (k < nsack && !s->sacked && !s->fin && s->off >= r[k].start && s->off + s->len <= r[k].end) {
 			s->sacked = true;
 			s->lost = false;
-			deliver(c, s, now, &newest);
+			deliver(c, s, now, a->ts_echo_us, &newest);
 			c->last_progress_us = now;
 			progress = true;
 		}
@@ -591,8 +599,19 @@ static void on_ack(struct dio_conn *c, const struct dio_hdr *h, const struct dio
 	if (rtt > 0)
 		c->srtt_us = c->srtt_us > 0 ? c->srtt_us + (rtt - c->srtt_us) / 8 : rtt;
 	double rate = 0;
-	if (newest.sent_us && now > newest.delivered_us)
-		rate = (double)(c->delivered - newest.delivered) * 8e6 / (double)(now - newest.delivered_us);
+	if (newest.sent_us) {
+		/*
+		 * Over the longer of the send and the acknowledgement intervals
+		 * (as BBR): ACKs that arrive bunched cannot make the link look
+		 * faster than the data was sent.
+		 */
+		uint64_t ack_iv = since_us(now, newest.delivered_us);
+		uint64_t send_iv = since_us(newest.sent_us, newest.first_sent_us);
+		uint64_t iv = ack_iv > send_iv ? ack_iv : send_iv;
+		if (iv)
+			rate = (double)(c->delivered - newest.delivered) * 8e6 / (double)iv;
+		c->first_sent_us = newest.sent_us;
+	}
 	dio_pace_sample(&c->pace, (double)now, rate, rtt, newest.app_limited);
 	if (newest.sent_us && newest.delivered >= c->round_end) {
 		dio_pace_round(&c->pace, (double)now, c->round_sent, c->round_lost);
@@ -618,7 +637,7 @@ static void mark_lost(struct dio_conn *c, uint64_t now)
 {
 	uint64_t hi_sacked = 0;
 	double reo = c->pace.min_rtt_us > 0 ? c->pace.min_rtt_us / 4 : 1000;
-	double rtt = c->pace.min_rtt_us > 0 ? c->pace.min_rtt_us : 1000;
+	double rtt = c->srtt_us > 0 ? c->srtt_us : 1000; /* with the queue the segment waits in */
 
 	if (reo < 50)
 		reo = 50;
@@ -631,7 +650,8 @@ static void mark_lost(struct dio_conn *c, uint64_t now)
 		}
 		if (s->lost)
 			continue;
-		bool fack = hi_sacked >= s->off + s->len + 3 * (uint64_t)c->payload;
+		/* a resent segment is judged by time only: the SACKs beyond it predate the resend */
+		bool fack = !s->retx && hi_sacked >= s->off + s->len + 3 * (uint64_t)c->payload;
 		bool rack = s->sent_us < c->rack_sent_us && (double)(now - s->sent_us) > rtt + reo;
 		if (fack || rack) {
 			s->lost = true;
@@ -658,8 +678,10 @@ static void transmit(struct dio_conn *c, struct seg *s, bool retx, uint64_t now)
 		return;
 	ring_get(c->snd_buf, DIO_SNDBUF, s->off, pl, s->len);
 	s->sent_us = now;
+	s->retx |= retx;
 	s->delivered = c->delivered;
 	s->delivered_us = c->delivered_us ? c->delivered_us : now;
+	s->first_sent_us = c->first_sent_us ? c->first_sent_us : now;
 	s->lost = false;
 	tx_queue(c, m);
 	c->round_sent += s->len;
@@ -1057,9 +1079,13 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	c->idle_s = DIO_IDLE_S;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->slock, NULL);
-	pthread_cond_init(&c->cv_send, NULL);
-	pthread_cond_init(&c->cv_recv, NULL);
-	pthread_cond_init(&c->cv_state, NULL);
+	pthread_condattr_t ca; /* waits use CLOCK_MONOTONIC deadlines (deadline_ts) */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->cv_send, &ca);
+	pthread_cond_init(&c->cv_recv, &ca);
+	pthread_cond_init(&c->cv_state, &ca);
+	pthread_condattr_destroy(&ca);
 	c->snd_buf = malloc(DIO_SNDBUF);
 	c->rcv_buf = malloc(DIO_RCVBUF);
 	c->sb = calloc(SEGS, sizeof(*c->sb));
