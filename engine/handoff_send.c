@@ -725,6 +725,12 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(o, "mode", json_object_new_string(mode));
 	json_object_object_add(o, "lcores", json_object_new_int((int)rep->lcores));
 	json_object_object_add(o, "link_mbit", json_object_new_double(s->rate_Bps * 8 / 1e6));
+	if (s->conn) {
+		json_object *l = eng_conn_stats_json(s->conn);
+		json_object_object_add(o, "transport", json_object_new_string(eng_conn_transport(s->conn)));
+		if (l)
+			json_object_object_add(o, "link", l);
+	}
 	for (struct pass_report *p = s->reports; p; p = p->next) {
 		json_object *it = json_object_new_object();
 		json_object_object_add(it, "pass", json_object_new_int((int)p->pass));
