@@ -114,6 +114,7 @@ struct dio_conn {
 	uint64_t fin_at; bool fin_seen;
 	uint64_t last_echo_us, last_adv_wnd;
 	bool ack_due;
+	bool wake_send, wake_recv; /* progress an application thread may wait for */
 	uint64_t delivered, delivered_us, first_sent_us, rack_sent_us;
 	uint64_t round_end, round_sent, round_lost;
 	uint64_t last_progress_us, last_rx_us, last_tx_us, rto_us;
@@ -480,12 +481,8 @@ static void on_data(struct dio_conn *c, const struct dio_hdr *h, const uint8_t *
 		cum = c->ranges[0].end;
 		memmove(&c->ranges[0], &c->ranges[1], (c->nranges - 1) * sizeof(c->ranges[0]));
 		c->nranges--;
-		atomic_store_explicit(&c->rcv_cum, cum, memory_order_release);
-		if (atomic_load(&c->recv_waiting)) {
-			pthread_mutex_lock(&c->lock);
-			pthread_cond_broadcast(&c->cv_recv);
-			pthread_mutex_unlock(&c->lock);
-		}
+		atomic_store(&c->rcv_cum, cum);
+		c->wake_recv = true; /* once per burst, in io_main */
 	}
 	if (c->fin_seen && cum >= c->fin_at && !atomic_load(&c->rcv_eof)) {
 		atomic_store(&c->rcv_eof, true);
@@ -567,14 +564,10 @@ static void on_ack(struct dio_conn *c, const struct dio_hdr *h, const struct dio
 		c->sb_count--;
 	}
 	if (a->cum > una && a->cum <= c->snd_nxt) {
-		atomic_store_explicit(&c->snd_una, a->cum, memory_order_release);
+		atomic_store(&c->snd_una, a->cum);
 		c->last_progress_us = now;
 		progress = true;
-		if (atomic_load(&c->send_waiting)) {
-			pthread_mutex_lock(&c->lock);
-			pthread_cond_broadcast(&c->cv_send);
-			pthread_mutex_unlock(&c->lock);
-		}
+		c->wake_send = true; /* once per burst, in io_main */
 	}
 	if ((a->flags & DIO_A_FIN) && c->fin_sent && !atomic_load(&c->fin_acked)) {
 		atomic_store(&c->fin_acked, true);
@@ -909,6 +902,23 @@ static void on_frame(struct dio_conn *c, struct rte_mbuf *m, uint64_t now)
 	}
 }
 
+/* One wake-up per burst for the application threads that wait on progress. */
+static void wake_waiters(struct dio_conn *c)
+{
+	bool s = c->wake_send && atomic_load(&c->send_waiting);
+	bool r = c->wake_recv && atomic_load(&c->recv_waiting);
+
+	c->wake_send = c->wake_recv = false;
+	if (!s && !r)
+		return;
+	pthread_mutex_lock(&c->lock);
+	if (s)
+		pthread_cond_broadcast(&c->cv_send);
+	if (r)
+		pthread_cond_broadcast(&c->cv_recv);
+	pthread_mutex_unlock(&c->lock);
+}
+
 static void *io_main(void *arg)
 {
 	struct dio_conn *c = arg;
@@ -935,6 +945,7 @@ static void *io_main(void *arg)
 			on_frame(c, rx[i], now);
 			rte_pktmbuf_free(rx[i]);
 		}
+		wake_waiters(c);
 		work += n;
 		if (atomic_load(&c->err)) {
 			tx_flush(c);
@@ -1176,14 +1187,20 @@ static void deadline_ts(struct timespec *ts, double s)
 	ts->tv_nsec = (long)((t - (double)ts->tv_sec) * 1e9);
 }
 
-/* Sleep on cv for up to ~10 ms (the I/O thread signals only when someone waits). */
-static void wait_a_little(struct dio_conn *c, pthread_cond_t *cv, atomic_bool *flag)
+/*
+ * Sleep on cv for up to ~10 ms until *watch moves from seen. The I/O thread
+ * stores *watch, then looks at the flag; we set the flag, then look at
+ * *watch (both sequentially consistent), so a wake-up cannot fall between.
+ */
+static void wait_a_little(struct dio_conn *c, pthread_cond_t *cv, atomic_bool *flag, _Atomic uint64_t *watch,
+			  uint64_t seen)
 {
 	struct timespec ts;
 	deadline_ts(&ts, 0.01);
 	pthread_mutex_lock(&c->lock);
 	atomic_store(flag, true);
-	pthread_cond_timedwait(cv, &c->lock, &ts);
+	if (atomic_load(watch) == seen)
+		pthread_cond_timedwait(cv, &c->lock, &ts);
 	atomic_store(flag, false);
 	pthread_mutex_unlock(&c->lock);
 }
@@ -1212,7 +1229,7 @@ int dio_send(struct dio_conn *c, const void *buf, size_t len)
 				fail(c, -ETIMEDOUT, "the peer took nothing for %.0f s", c->idle_s);
 				continue;
 			}
-			wait_a_little(c, &c->cv_send, &c->send_waiting);
+			wait_a_little(c, &c->cv_send, &c->send_waiting, &c->snd_una, una);
 			continue;
 		}
 		size_t n = len < room ? len : room;
@@ -1249,7 +1266,7 @@ ssize_t dio_recv(struct dio_conn *c, void *buf, size_t len, double timeout_s)
 			fail(c, -ETIMEDOUT, "nothing received for %.0f s", limit);
 			continue;
 		}
-		wait_a_little(c, &c->cv_recv, &c->recv_waiting);
+		wait_a_little(c, &c->cv_recv, &c->recv_waiting, &c->rcv_cum, cum);
 	}
 }
 
@@ -1281,7 +1298,7 @@ int dio_shutdown(struct dio_conn *c, int how)
 			fail(c, -ETIMEDOUT, "the end of the stream was not acknowledged for %.0f s", c->dead_s);
 			return -ETIMEDOUT;
 		}
-		wait_a_little(c, &c->cv_send, &c->send_waiting);
+		wait_a_little(c, &c->cv_send, &c->send_waiting, &c->snd_una, una);
 	}
 	return 0;
 }
@@ -1365,6 +1382,6 @@ void dio_close(struct dio_conn *c)
 	uint64_t until = now_us() + (uint64_t)(LINGER_S * 1e6);
 	while (!atomic_load(&c->err) && atomic_load(&c->snd_una) < atomic_load(&c->app_end) &&
 	       now_us() < until)
-		wait_a_little(c, &c->cv_send, &c->send_waiting);
+		wait_a_little(c, &c->cv_send, &c->send_waiting, &c->snd_una, atomic_load(&c->snd_una));
 	conn_free(c);
 }
