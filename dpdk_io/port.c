@@ -96,9 +96,11 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 	/* data room: headroom + the whole frame, rounded up to a cache line */
 	/*
 	 * af_packet wants a buffer for its whole frame slot (framesz, default
-	 * 2048), which the operator may size a little above the MTU: allow 2 KiB.
+	 * 2048), which the operator may size a little above the MTU (framesz
+	 * must divide blocksz): allow max(2 KiB, MTU/8), up to mbufs' 64 KiB.
 	 */
-	unsigned room = RTE_PKTMBUF_HEADROOM + p->mtu + RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN + 2048;
+	unsigned slack = p->mtu / 8 > 2048 ? p->mtu / 8 : 2048;
+	unsigned room = RTE_PKTMBUF_HEADROOM + p->mtu + RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN + slack;
 	room = (room + 1023) & ~1023u;
 	if (room > UINT16_MAX)
 		room = UINT16_MAX;
