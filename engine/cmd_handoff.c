@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { S_QMP, S_DISK, S_BASE, S_TO, S_KEY, S_MODE, S_CIPHER, S_JSON, S_TIMEOUT };
+enum { S_QMP, S_DISK, S_BASE, S_TO, S_KEY, S_MODE, S_CIPHER, S_JSON, S_TIMEOUT, S_TRACE };
 
 static const struct cli_opt send_opts[] = {
 	[S_QMP] = { "qmp", 0, "SRC.sock", true, "QMP socket of the running source QEMU" },
@@ -19,10 +19,11 @@ static const struct cli_opt send_opts[] = {
 	[S_BASE] = { "base", 0, "BASEDIR", true, "base VM directory the VM was started from (scripts/make-base)" },
 	[S_TO] = { "to", 0, "DEST", true, "tcp:HOST:PORT or dpdk:PORT (live handoff), or file:PATH (VM overlay of the suspended VM)" },
 	[S_KEY] = { "key", 'k', "FILE", false, "32-byte key (handoff-engine keygen); required for tcp: and dpdk:" },
-	[S_MODE] = { "mode", 'm', "MODE", false, "auto (default) or DELTA:COMP:LEVEL, e.g. wdiff:zstd:3" },
+	[S_MODE] = { "mode", 'm', "MODE", false, "auto (default: re-picked from link, CPU and data while running) or DELTA:COMP:LEVEL, e.g. wdiff:zstd:3" },
 	[S_CIPHER] = { "cipher", 0, "NAME", false, "aes-256-gcm (default) or chacha20-poly1305" },
 	[S_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[S_TIMEOUT] = { "connect-timeout", 0, "SECONDS", false, "how long to retry connecting (default 30)" },
+	[S_TRACE] = { "trace", 0, "FILE", false, "write one JSON line per controller tick (time, mode, P, R, link, queue)" },
 	{ 0 },
 };
 
@@ -55,7 +56,7 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	struct eng_send_args a = {
 		.qmp_path = val[S_QMP], .disk_path = val[S_DISK], .base_dir = val[S_BASE], .to = val[S_TO],
-		.mode = auto_mode, .progress = isatty(2), .connect_timeout_s = 30,
+		.mode = auto_mode, .progress = isatty(2), .connect_timeout_s = 30, .trace_path = val[S_TRACE],
 	};
 	uint8_t key[CDC_KEY_LEN];
 	char err[512];
@@ -66,6 +67,7 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 		cli_error("%s", err);
 		return 2;
 	}
+	a.adapt = !val[S_MODE] || !strcmp(val[S_MODE], "auto");
 	if (val[S_TIMEOUT] && (a.connect_timeout_s = strtod(val[S_TIMEOUT], NULL)) <= 0) {
 		cli_error("bad --connect-timeout '%s'", val[S_TIMEOUT]);
 		return 2;

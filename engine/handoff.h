@@ -42,7 +42,9 @@ struct eng_send_args {
 	const char *qmp_path, *disk_path, *base_dir, *to;
 	const uint8_t *key; /* NULL: unkeyed (files only) */
 	enum cdc_aead aead;
-	struct eng_mode mode;
+	struct eng_mode mode;    /* the mode to start with */
+	bool adapt;              /* --mode auto: the controller (adapt.h) re-picks it while running */
+	const char *trace_path;  /* --trace: one JSON line per controller tick */
 	int socket;
 	bool progress;
 	double connect_timeout_s;

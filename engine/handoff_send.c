@@ -14,6 +14,7 @@
 #include "control.h"
 #include "io.h"
 #include "sendq.h"
+#include "adapt.h"
 #include "conn.h"
 #include "qemu_bridge/qmp.h"
 #include "tracker/dirtyfs.h"
@@ -44,6 +45,11 @@ struct pass_report {
 
 struct src {
 	const struct eng_send_args *a;
+	/* adaptation (--mode auto) */
+	struct eng_adapt adapt;
+	struct eng_cpu_meter cpu;
+	FILE *trace;
+	struct eng_mode mode_now;
 	struct eng_vmbase base;
 	struct qb_qmp *qmp;
 	bool was_running, qemu_migrating, committed;
@@ -365,7 +371,7 @@ static void progress_line(struct src *s, const struct eng_diff_report *rep, uint
 
 	if (!s->a->progress)
 		return;
-	eng_mode_format(&s->a->mode, mode, sizeof(mode));
+	eng_mode_format(&s->mode_now, mode, sizeof(mode));
 	fprintf(stderr, "\r\033[Ksend: %5.1fs pass %u (%s) pending %.1f MB in-flight %.1f MB sent %.1f MB link %.1f Mbit/s mode %s",
 		now_s(s), s->passes, phase_names[s->phase], (double)pending * CDC_BLOCK_SIZE / 1e6,
 		(double)rep->blocks_in_flight * CDC_BLOCK_SIZE / 1e6, (double)s->wire_bytes / 1e6,
@@ -414,6 +420,18 @@ static void tick(void *ctx, struct eng_pipeline *p)
 									  : s->link.delivery_bps;
 		if (r > 0)
 			s->rate_Bps = r / 8;
+	}
+	if (s->a->adapt) {
+		struct eng_adapt_sample smp;
+		struct eng_mode next;
+		double free_lc = eng_cpu_free(&s->cpu);
+		if (free_lc > rep.lcores)
+			free_lc = rep.lcores;
+		eng_adapt_fill(&smp, now_s(s), &rep, s->conn ? &s->link : NULL, free_lc);
+		if (eng_adapt_tick(&s->adapt, &smp, &next)) {
+			eng_pipeline_set_mode(p, &next);
+			s->mode_now = next;
+		}
 	}
 	/* what the wire carries per byte fed: dedup and compression together */
 	s->cur_raw = rep.stages[ENG_STAGE_INGEST].bytes_in;
@@ -656,6 +674,13 @@ static int setup(struct src *s, char *err, size_t errlen)
 
 	if (eng_vmbase_open(&s->base, s->a->base_dir, err, errlen))
 		return -EIO;
+	s->mode_now = s->a->mode;
+	if (s->a->trace_path && !(s->trace = fopen(s->a->trace_path, "w"))) {
+		snprintf(err, errlen, "cannot create trace %s: %s", s->a->trace_path, strerror(errno));
+		return -errno;
+	}
+	if (s->a->adapt)
+		eng_adapt_init(&s->adapt, eng_mode_table, eng_mode_table_len, &s->a->mode, s->trace);
 	s->disk_fd = open(s->a->disk_path, O_RDONLY | O_CLOEXEC);
 	if (s->disk_fd < 0 || fstat(s->disk_fd, &st)) {
 		snprintf(err, errlen, "cannot open tracked disk %s: %s", s->a->disk_path, strerror(errno));
@@ -710,7 +735,7 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object *o = json_object_new_object(), *its = json_object_new_array();
 	char mode[48];
 
-	eng_mode_format(&s->a->mode, mode, sizeof(mode));
+	eng_mode_format(&s->mode_now, mode, sizeof(mode));
 	json_object_object_add(o, "command", json_object_new_string("send"));
 	json_object_object_add(o, "to", json_object_new_string(s->a->to));
 	json_object_object_add(o, "ok", json_object_new_boolean(!s->fail[0]));
@@ -722,7 +747,9 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(o, "state_bytes", json_object_new_int64((int64_t)rep->target_size));
 	json_object_object_add(o, "blocks_fed", json_object_new_int64((int64_t)s->fed_blocks));
 	json_object_object_add(o, "qemu_pages", json_object_new_int64((int64_t)s->qemu_pages));
-	json_object_object_add(o, "mode", json_object_new_string(mode));
+	json_object_object_add(o, "mode", json_object_new_string(mode)); /* the last one */
+	json_object_object_add(o, "adaptive", json_object_new_boolean(s->a->adapt));
+	json_object_object_add(o, "mode_switches", json_object_new_int((int)s->adapt.switches));
 	json_object_object_add(o, "lcores", json_object_new_int((int)rep->lcores));
 	json_object_object_add(o, "link_mbit", json_object_new_double(s->rate_Bps * 8 / 1e6));
 	if (s->conn) {
@@ -899,6 +926,8 @@ out:
 	free(s->dev);
 	free(s->pending);
 	eng_vmbase_close(&s->base);
+	if (s->trace)
+		fclose(s->trace);
 	free(s);
 	return ret;
 }
