@@ -34,7 +34,7 @@ TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c))
 
 export ASAN_OPTIONS UBSAN_OPTIONS
 
-.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench bench-handoff bench-transport clean
+.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench bench-handoff bench-transport bench-adapt clean
 all: $(ENGINE) $(TOOLS)
 
 setup:
@@ -104,6 +104,10 @@ bench-handoff: setup
 bench-transport: setup
 	@$(MAKE) --no-print-directory all
 	@HANDOFF_BUILD=$(abspath $(BUILD)) perf/bench-transport
+
+bench-adapt: setup
+	@$(MAKE) --no-print-directory all
+	@HANDOFF_BUILD=$(abspath $(BUILD)) perf/bench-adapt
 
 clean:
 	rm -rf $(BUILD) build-asan
