@@ -73,6 +73,7 @@ struct dio_conn {
 	struct dio_bind bind;
 	uint8_t key[32];
 	bool listener;
+	bool trace; /* HANDOFF_DIO_TRACE: a state line a second, each RTO, on stderr */
 	uint64_t session;
 	uint8_t my_nonce[DIO_NONCE_LEN], peer_nonce[DIO_NONCE_LEN];
 	struct rte_ether_addr peer_mac;
@@ -87,7 +88,7 @@ struct dio_conn {
 
 	/* shared with application threads */
 	pthread_mutex_t lock;
-	pthread_cond_t cv_send, cv_recv, cv_state;
+	pthread_cond_t cv_send, cv_recv;
 	atomic_int err;  /* sticky -errno */
 	char errmsg[384];
 	double dead_s, idle_s;
@@ -184,7 +185,6 @@ static void fail(struct dio_conn *c, int e, const char *fmt, ...)
 	}
 	pthread_cond_broadcast(&c->cv_send);
 	pthread_cond_broadcast(&c->cv_recv);
-	pthread_cond_broadcast(&c->cv_state);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -780,7 +780,7 @@ static void check_timers(struct dio_conn *c, uint64_t now)
 		c->round_end = c->delivered;
 		c->last_progress_us = now;
 		c->rto_us = c->rto_us * 2 > MAX_RTO_US ? MAX_RTO_US : c->rto_us * 2;
-		if (getenv("HANDOFF_DIO_TRACE"))
+		if (c->trace)
 			fprintf(stderr, "dio: RTO: sacked %u lost %u una %lu nxt %lu inflight %u first seg %lu+%u sacked %d lost %d sent %lu us ago\n",
 				nsacked, nlost, (unsigned long)atomic_load(&c->snd_una), (unsigned long)c->snd_nxt, c->sb_count,
 				(unsigned long)sb_at(c, 0)->off, sb_at(c, 0)->len, sb_at(c, 0)->sacked, sb_at(c, 0)->lost,
@@ -925,7 +925,6 @@ static void *io_main(void *arg)
 	struct rte_mbuf *rx[BURST];
 	unsigned idle = 0;
 	uint64_t last_hello = 0, last_trace = 0;
-	bool trace = getenv("HANDOFF_DIO_TRACE") != NULL; /* one state line a second on stderr */
 
 	rte_thread_register();
 	/* sleeps here are tens of microseconds: the default 50 us timer slack would double them */
@@ -962,7 +961,7 @@ static void *io_main(void *arg)
 			c->last_rx_us = now; /* the accept timeout governs the wait */
 		}
 		tx_flush(c);
-		if (trace && since_us(now, last_trace) >= 1000000) {
+		if (c->trace && since_us(now, last_trace) >= 1000000) {
 			last_trace = now;
 			fprintf(stderr,
 				"dio %s: una %lu nxt %lu app %lu inflight %u pacing %.1f Mbit/s bw %.1f scale %.2f rtt %.0f us rto %lu rcv %lu ranges %d\n",
@@ -1071,7 +1070,6 @@ static void conn_free(struct dio_conn *c)
 	pthread_mutex_destroy(&c->slock);
 	pthread_cond_destroy(&c->cv_send);
 	pthread_cond_destroy(&c->cv_recv);
-	pthread_cond_destroy(&c->cv_state);
 	free(c);
 }
 
@@ -1089,6 +1087,7 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 		memcpy(c->key, b->key, 32);
 	c->bind.key = NULL;
 	c->listener = listener;
+	c->trace = getenv("HANDOFF_DIO_TRACE") != NULL;
 	c->dead_s = DIO_DEAD_S;
 	c->idle_s = DIO_IDLE_S;
 	pthread_mutex_init(&c->lock, NULL);
@@ -1098,7 +1097,6 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->cv_send, &ca);
 	pthread_cond_init(&c->cv_recv, &ca);
-	pthread_cond_init(&c->cv_state, &ca);
 	pthread_condattr_destroy(&ca);
 	c->snd_buf = malloc(DIO_SNDBUF);
 	c->rcv_buf = malloc(DIO_RCVBUF);
@@ -1128,6 +1126,7 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	c->last_adv_wnd = DIO_RCVBUF;
 	c->rto_us = MIN_RTO_US;
 	dio_pace_init(&c->pace, INIT_RATE_BPS, c->payload);
+	c->pace.trace = c->trace;
 	c->t0_us = now_us();
 	if (pthread_create(&c->io, NULL, io_main, c)) {
 		snprintf(err, errlen, "cannot start the dpdk: I/O thread");

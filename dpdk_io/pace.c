@@ -1,7 +1,6 @@
 #include "pace.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define MIN_BPS 1e5   /* never pace below 100 kbit/s */
@@ -78,7 +77,7 @@ void dio_pace_round(struct dio_pace *p, double now_us, uint64_t sent, uint64_t l
 	p->loss_lost += lost;
 	bool judge = p->loss_sent >= (uint64_t)DIO_LOSS_MIN_FRAMES * p->frame_bytes;
 	bool lossy = judge && (double)p->loss_lost > DIO_LOSS_THRESH * (double)p->loss_sent;
-	if (judge && getenv("HANDOFF_DIO_TRACE"))
+	if (judge && p->trace)
 		fprintf(stderr, "pace: judged %.1f%% lost of %lu bytes\n", 100.0 * p->loss_lost / p->loss_sent,
 			(unsigned long)p->loss_sent);
 	if (judge)

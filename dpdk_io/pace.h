@@ -48,6 +48,7 @@ struct dio_pace {
 	uint64_t loss_rounds; /* rounds that backed off */
 	uint64_t loss_sent, loss_lost; /* since loss was last judged */
 	uint32_t frame_bytes;
+	bool trace; /* print each loss judgement on stderr */
 };
 
 void dio_pace_init(struct dio_pace *p, double init_bps, uint32_t frame_bytes);
