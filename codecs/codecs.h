@@ -99,8 +99,39 @@ ssize_t cdc_compress(struct cdc_comp_ctx *c, enum cdc_comp comp, int level, cons
 /* Decompresses exactly raw_len bytes; anything else is -EBADMSG. */
 int cdc_decompress(struct cdc_comp_ctx *c, enum cdc_comp comp, const void *src, size_t len,
 		   void *dst, size_t raw_len);
+/*
+ * zstd only, with a prefix: the plen bytes the stream carried just before
+ * src (the receiver holds them too). Matches may reach back into it.
+ */
+ssize_t cdc_compress_prefixed(struct cdc_comp_ctx *c, int level, const void *prefix, size_t plen,
+			      const void *src, size_t len, void *dst, size_t cap);
+int cdc_decompress_prefixed(struct cdc_comp_ctx *c, const void *prefix, size_t plen,
+			    const void *src, size_t len, void *dst, size_t raw_len);
 const char *cdc_comp_name(enum cdc_comp comp);
 int cdc_comp_parse(const char *name, enum cdc_comp *comp);
+
+/* ---- history window ----------------------------------------------------- */
+
+/*
+ * A ring of the last bytes a stream carried, mapped twice back to back:
+ * map[pos % cap .. + n) is contiguous for any n <= cap. Absolute stream
+ * positions go in, cdc_history_at() finds them.
+ */
+struct cdc_history {
+	uint8_t *map;
+	size_t cap;
+};
+
+#define CDC_HISTORY_MAX (8u << 20) /* the largest window any level uses */
+
+struct cdc_history *cdc_history_new(size_t min_capacity);
+void cdc_history_free(struct cdc_history *h);
+static inline uint8_t *cdc_history_at(const struct cdc_history *h, uint64_t pos)
+{
+	return h->map + pos % h->cap;
+}
+/* Bytes of history a segment compressed this way is given as prefix (0: none). */
+size_t cdc_history_window(enum cdc_comp comp, int level);
 
 /* ---- AEAD sealing ------------------------------------------------------- */
 

@@ -206,6 +206,8 @@ int cdc_decompress(struct cdc_comp_ctx *c, enum cdc_comp comp, const void *src, 
 	case CDC_COMP_IGZIP:
 		return igzip_decompress(c, src, len, dst, raw_len);
 	case CDC_COMP_ZSTD:
+		/* no prefix left over from a failed prefixed call */
+		ZSTD_DCtx_reset(c->zd, ZSTD_reset_session_and_parameters);
 		r = ZSTD_decompressDCtx(c->zd, dst, raw_len, src, len);
 		return (ZSTD_isError(r) || r != raw_len) ? -EBADMSG : 0;
 	case CDC_COMP_LZMA:
@@ -213,6 +215,46 @@ int cdc_decompress(struct cdc_comp_ctx *c, enum cdc_comp comp, const void *src, 
 	default:
 		return -EBADMSG;
 	}
+}
+
+ssize_t cdc_compress_prefixed(struct cdc_comp_ctx *c, int level, const void *prefix, size_t plen,
+			      const void *src, size_t len, void *dst, size_t cap)
+{
+	ZSTD_CCtx *z = c->zc;
+
+	if (!cdc_comp_level_ok(CDC_COMP_ZSTD, level))
+		return -EINVAL;
+	ZSTD_CCtx_reset(z, ZSTD_reset_session_and_parameters);
+	size_t r = ZSTD_CCtx_setParameter(z, ZSTD_c_compressionLevel, level);
+	if (!ZSTD_isError(r) && plen) {
+		/* a window reaching the whole prefix; long-distance matching finds
+		 * far repeats cheaply, except where the optimal parser is slow anyway */
+		unsigned wlog = 10;
+		while (wlog < 27 && ((size_t)1 << wlog) < plen + len)
+			wlog++;
+		r = ZSTD_CCtx_setParameter(z, ZSTD_c_windowLog, (int)wlog);
+		if (!ZSTD_isError(r) && level <= 12)
+			r = ZSTD_CCtx_setParameter(z, ZSTD_c_enableLongDistanceMatching, 1);
+		if (!ZSTD_isError(r))
+			r = ZSTD_CCtx_refPrefix(z, prefix, plen);
+	}
+	if (!ZSTD_isError(r))
+		r = ZSTD_compress2(z, dst, cap, src, len);
+	if (ZSTD_isError(r))
+		return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? -ENOSPC : -EIO;
+	return (ssize_t)r;
+}
+
+int cdc_decompress_prefixed(struct cdc_comp_ctx *c, const void *prefix, size_t plen,
+			    const void *src, size_t len, void *dst, size_t raw_len)
+{
+	ZSTD_DCtx *z = c->zd;
+
+	ZSTD_DCtx_reset(z, ZSTD_reset_session_and_parameters);
+	size_t r = plen ? ZSTD_DCtx_refPrefix(z, prefix, plen) : 0;
+	if (!ZSTD_isError(r))
+		r = ZSTD_decompressDCtx(z, dst, raw_len, src, len);
+	return (ZSTD_isError(r) || r != raw_len) ? -EBADMSG : 0;
 }
 
 static const char *const comp_names[CDC_COMP_COUNT] = {

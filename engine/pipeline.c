@@ -20,6 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <linux/mempolicy.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <rte_cycles.h>
@@ -62,7 +65,9 @@ struct segment {
 	enum cdc_comp comp;
 	int level;
 	uint32_t raw_len, payload_len, frame_len;
-	uint64_t blocks; /* input blocks covered, for P */
+	uint8_t history_mib; /* window of earlier segments the payload refers to */
+	uint64_t history_pos; /* data segments: where raw starts in the stream's history */
+	uint64_t blocks;      /* input blocks covered, for P */
 	uint8_t raw[ENG_SEG_RAW_MAX] __attribute__((aligned(64)));
 	uint8_t frame[ENG_FRAME_MAX] __attribute__((aligned(64)));
 };
@@ -116,6 +121,9 @@ struct eng_pipeline {
 	struct segment *open_seg;
 	bool batch_packed; /* the in-order batch is in open_seg, awaiting a trailer segment */
 	uint64_t seg_seq, data_segments;
+	/* the raw bytes of every data segment so far, in order (codecs.h) */
+	struct cdc_history *history;
+	uint64_t history_end;
 	bool trailer_sent;
 	uint64_t verdicts[ENG_VERDICT_COUNT];
 	/* sink */
@@ -328,6 +336,25 @@ static int poll_ingest(struct stage *s)
 	return 1;
 }
 
+/*
+ * Most blocks of a target equal the base at the same offset: comparing the
+ * bytes is several times cheaper than hashing them, and the base index
+ * already holds their digest. Returns that digest, or NULL. Only whole base
+ * blocks qualify (the mapping ends at the base's last byte).
+ */
+static const uint8_t *base_block_if_equal(const struct eng_pipeline *p, uint64_t ref,
+					  const uint8_t *blk)
+{
+	unsigned obj = ENG_REF_OBJ(ref);
+	uint64_t n = ENG_REF_BLK(ref);
+	const struct eng_diff_object *o = &p->a->obj[obj];
+
+	if (!o->base_map || n >= trk_index_size(o->base) / CDC_BLOCK_SIZE ||
+	    memcmp(blk, o->base_map + n * CDC_BLOCK_SIZE, CDC_BLOCK_SIZE))
+		return NULL;
+	return trk_index_digest(o->base, n);
+}
+
 static int poll_hash(struct stage *s)
 {
 	struct batch *b;
@@ -337,8 +364,12 @@ static int poll_hash(struct stage *s)
 	uint64_t t0 = rte_rdtsc();
 	for (uint32_t i = 0; i < b->nblocks; i++) {
 		const uint8_t *blk = b->data + (size_t)i * CDC_BLOCK_SIZE;
-		b->zero[i] = cdc_is_zero(blk, CDC_BLOCK_SIZE);
-		if (b->zero[i])
+		const uint8_t *same = base_block_if_equal(s->p, b->block[i], blk);
+		b->zero[i] = same ? !memcmp(same, cdc_zero_digest(), CDC_DIGEST_LEN)
+				  : cdc_is_zero(blk, CDC_BLOCK_SIZE);
+		if (same)
+			memcpy(b->digest[i], same, CDC_DIGEST_LEN);
+		else if (b->zero[i])
 			memcpy(b->digest[i], cdc_zero_digest(), CDC_DIGEST_LEN);
 		else
 			cdc_hash_block(s->hasher, blk, b->digest[i]);
@@ -573,6 +604,7 @@ static struct segment *open_segment(struct eng_pipeline *p)
 	g->comp = m.comp;
 	g->level = m.level;
 	g->raw_len = 0;
+	g->history_mib = 0;
 	g->blocks = 0;
 	return g;
 }
@@ -580,7 +612,12 @@ static struct segment *open_segment(struct eng_pipeline *p)
 static void flush_segment(struct stage *s)
 {
 	struct eng_pipeline *p = s->p;
+	struct segment *g = p->open_seg;
 
+	/* in stream order: the receiver's history grows the same way */
+	g->history_pos = p->history_end;
+	memcpy(cdc_history_at(p->history, p->history_end), g->raw, g->raw_len);
+	p->history_end += g->raw_len;
 	s->st.items++;
 	s->st.bytes_out += p->open_seg->raw_len;
 	p->data_segments++;
@@ -650,13 +687,25 @@ static int poll_compress(struct stage *s)
 	uint64_t t0 = rte_rdtsc();
 	uint8_t *payload = g->frame + ENG_FRAME_HDR;
 	size_t cap = ENG_FRAME_MAX - ENG_FRAME_HDR - CDC_TAG_LEN;
-	ssize_t n = cdc_compress(s->comp, g->comp, g->level, g->raw, g->raw_len, payload, cap);
+	size_t window = g->type == ENG_FRAME_DATA ? cdc_history_window(g->comp, g->level) : 0;
+	ssize_t n;
+	if (window && g->history_pos) {
+		size_t plen = g->history_pos < window ? (size_t)g->history_pos : window;
+		/* the history copy: prefix and segment are one span there */
+		const uint8_t *span = cdc_history_at(p->history, g->history_pos - plen);
+		n = cdc_compress_prefixed(s->comp, g->level, span, plen, span + plen, g->raw_len,
+					  payload, cap);
+		g->history_mib = (uint8_t)(window >> 20);
+	} else {
+		n = cdc_compress(s->comp, g->comp, g->level, g->raw, g->raw_len, payload, cap);
+	}
 	/* Incompressible (or failed): store it; the frame says which. */
 	if (n < 0 || (size_t)n >= g->raw_len) {
 		memcpy(payload, g->raw, g->raw_len);
 		n = g->raw_len;
 		g->comp = CDC_COMP_NONE;
 		g->level = 0;
+		g->history_mib = 0;
 	}
 	g->payload_len = (uint32_t)n;
 	s->st.items++;
@@ -677,7 +726,8 @@ static int poll_seal(struct stage *s)
 		return 0;
 	uint64_t t0 = rte_rdtsc();
 	g->frame_len = (uint32_t)eng_frame_seal(&p->stream, s->sealer, g->seq, g->type, g->comp,
-						g->level, g->raw_len, g->frame, g->payload_len);
+						g->level, g->history_mib, g->raw_len, g->frame,
+						g->payload_len);
 	if (!g->frame_len)
 		fail(p, "sealing segment %llu failed", (unsigned long long)g->seq);
 	s->st.items++;
@@ -867,6 +917,7 @@ static void pipeline_free(struct eng_pipeline *p)
 			stage_free(p->instances[sid][i]);
 		rte_ring_free(p->ring[sid]);
 	}
+	cdc_history_free(p->history);
 	rte_mempool_free(p->batches);
 	rte_mempool_free(p->segments);
 	trk_table_free(p->base_table);
@@ -882,6 +933,46 @@ static void unique_name(char *buf, size_t len, const char *what)
 	static unsigned counter;
 
 	snprintf(buf, len, "ho_%s_%u", what, __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
+}
+
+static void unmap_chunk(struct rte_mempool_memhdr *hdr, void *len)
+{
+	munmap(hdr->addr, (size_t)(uintptr_t)len);
+}
+
+/*
+ * Batches and segments never meet a NIC, so they live in plain anonymous
+ * memory rather than the EAL heap: without hugepages that heap is a memfd,
+ * whose pages fault in slower, and it zeroes every element it frees (tens of
+ * MiB at each run's end). Pages fault in as the pool cycles (no mlock, unlike
+ * rte_mempool_populate_anon) and are preferred on the pipeline's node.
+ */
+static struct rte_mempool *buffer_pool_create(const char *name, unsigned n, size_t size,
+					      int socket)
+{
+	struct rte_mempool *mp =
+		rte_mempool_create_empty(name, n, size, 0, 0, socket, RTE_MEMPOOL_F_NO_IOVA_CONTIG);
+
+	if (!mp)
+		return NULL;
+	size_t len = (size_t)n * (mp->header_size + mp->elt_size + mp->trailer_size);
+	void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED) {
+		rte_mempool_free(mp);
+		return NULL;
+	}
+	if (socket >= 0 && socket < (int)(sizeof(unsigned long) * 8)) {
+		unsigned long mask = 1ul << socket;
+		/* a preference: where it fails (no NUMA) nothing changes */
+		syscall(SYS_mbind, mem, len, MPOL_PREFERRED, &mask, sizeof(mask) * 8, 0);
+	}
+	if (rte_mempool_set_ops_byname(mp, "ring_mp_mc", NULL) ||
+	    rte_mempool_populate_virt(mp, mem, len, getpagesize(), unmap_chunk,
+				      (void *)(uintptr_t)len) != (int)n) {
+		rte_mempool_free(mp); /* unmaps mem once populated */
+		return NULL;
+	}
+	return mp;
 }
 
 /* Before anything is sent the receiver holds the base, and zeros past it. */
@@ -930,12 +1021,15 @@ static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
 		return -ENOMEM;
 	}
 	unique_name(name, sizeof(name), "batch");
-	p->batches = rte_mempool_create(name, NBATCHES, sizeof(struct batch), 0, 0, NULL, NULL,
-					NULL, NULL, a->socket, 0);
+	p->batches = buffer_pool_create(name, NBATCHES, sizeof(struct batch), a->socket);
 	unique_name(name, sizeof(name), "seg");
-	p->segments = rte_mempool_create(name, NSEGMENTS, sizeof(struct segment), 0, 0, NULL,
-					 NULL, NULL, NULL, a->socket, 0);
-	if (!p->batches || !p->segments) {
+	p->segments = buffer_pool_create(name, NSEGMENTS, sizeof(struct segment), a->socket);
+	/*
+	 * A segment reads its window while later ones are written after it: at
+	 * most every other segment in flight, each at most ENG_SEG_RAW_MAX.
+	 */
+	p->history = cdc_history_new(CDC_HISTORY_MAX + (size_t)NSEGMENTS * ENG_SEG_RAW_MAX);
+	if (!p->batches || !p->segments || !p->history) {
 		snprintf(err, errlen,
 			 "cannot allocate pipeline buffers (%u MiB) from DPDK memory: raise EAL -m",
 			 (unsigned)((NBATCHES * sizeof(struct batch) + NSEGMENTS * sizeof(struct segment)) >> 20));

@@ -205,8 +205,8 @@ static void frame_aad(const struct eng_stream *s, uint64_t seq, const uint8_t *f
 }
 
 size_t eng_frame_seal(const struct eng_stream *s, struct cdc_sealer *sealer, uint64_t seq,
-		      enum eng_frame_type type, enum cdc_comp comp, int level, uint32_t raw_len,
-		      uint8_t *frame, uint32_t payload_len)
+		      enum eng_frame_type type, enum cdc_comp comp, int level, unsigned history_mib,
+		      uint32_t raw_len, uint8_t *frame, uint32_t payload_len)
 {
 	uint8_t aad[CDC_DIGEST_LEN + 8 + ENG_FRAME_HDR];
 
@@ -215,7 +215,7 @@ size_t eng_frame_seal(const struct eng_stream *s, struct cdc_sealer *sealer, uin
 	frame[8] = (uint8_t)type;
 	frame[9] = (uint8_t)comp;
 	frame[10] = (uint8_t)(int8_t)level;
-	frame[11] = 0;
+	frame[11] = (uint8_t)history_mib;
 	frame_aad(s, seq, frame, aad);
 	if (cdc_seal(sealer, seq, aad, sizeof(aad), frame + ENG_FRAME_HDR, payload_len,
 		     frame + ENG_FRAME_HDR + payload_len))
@@ -244,6 +244,8 @@ struct reader {
 	struct cdc_hasher *hasher;
 	struct obj_state obj[ENG_MAX_OBJECTS];
 	uint8_t *frame, *raw;
+	struct cdc_history *history; /* data segments decode into it, in order */
+	uint64_t history_end;
 	uint8_t block[CDC_BLOCK_SIZE] __attribute__((aligned(64)));
 	uint8_t base_block[CDC_BLOCK_SIZE] __attribute__((aligned(64)));
 	struct eng_patch_stats *st;
@@ -472,6 +474,23 @@ static int verify_result(struct reader *r, const uint8_t *trailer)
 	return 0;
 }
 
+/* A zstd frame may refer to the window of history its header names (format.md). */
+static int decompress_frame(struct reader *r, uint8_t comp, uint8_t history_mib, uint8_t *raw,
+			    uint32_t len, uint32_t raw_len)
+{
+	const uint8_t *payload = r->frame + ENG_FRAME_HDR;
+
+	if (comp >= CDC_COMP_COUNT)
+		return -EBADMSG;
+	if (!history_mib)
+		return cdc_decompress(r->comp, (enum cdc_comp)comp, payload, len, raw, raw_len);
+	size_t window = (size_t)history_mib << 20;
+	if (comp != CDC_COMP_ZSTD || window > CDC_HISTORY_MAX || raw == r->raw)
+		return -EBADMSG;
+	size_t plen = r->history_end < window ? (size_t)r->history_end : window;
+	return cdc_decompress_prefixed(r->comp, raw - plen, plen, payload, len, raw, raw_len);
+}
+
 static int read_frames(struct reader *r)
 {
 	uint8_t aad[CDC_DIGEST_LEN + 8 + ENG_FRAME_HDR];
@@ -505,9 +524,12 @@ static int read_frames(struct reader *r)
 				(unsigned long long)seq);
 			return -EBADMSG;
 		}
-		if (r->frame[11] || comp >= CDC_COMP_COUNT ||
-		    cdc_decompress(r->comp, (enum cdc_comp)comp, r->frame + ENG_FRAME_HDR, len, r->raw,
-				   raw_len)) {
+		/* data decodes into the history, in one span with the largest window */
+		size_t back = r->history_end < CDC_HISTORY_MAX ? (size_t)r->history_end : CDC_HISTORY_MAX;
+		uint8_t *raw = type == ENG_FRAME_DATA
+			? cdc_history_at(r->history, r->history_end - back) + back
+			: r->raw;
+		if (decompress_frame(r, comp, r->frame[11], raw, len, raw_len)) {
 			set_err(r->err, r->errlen, "segment %llu: corrupt compressed data", (unsigned long long)seq);
 			return -EBADMSG;
 		}
@@ -527,7 +549,8 @@ static int read_frames(struct reader *r)
 			set_err(r->err, r->errlen, "segment %llu: unknown frame type %u", (unsigned long long)seq, type);
 			return -EBADMSG;
 		}
-		int ret = apply_segment(r, r->raw, raw_len, seq);
+		r->history_end += raw_len;
+		int ret = apply_segment(r, raw, raw_len, seq);
 		if (ret)
 			return ret;
 		r->st->segments++;
@@ -614,10 +637,11 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 	r->errlen = errlen;
 	r->frame = malloc(ENG_FRAME_MAX);
 	r->raw = malloc(ENG_SEG_RAW_MAX);
+	r->history = cdc_history_new(CDC_HISTORY_MAX + ENG_SEG_RAW_MAX);
 	r->comp = cdc_comp_new();
 	r->delta = cdc_delta_new();
 	r->hasher = cdc_hasher_new();
-	if (!r->frame || !r->raw || !r->comp || !r->delta || !r->hasher) {
+	if (!r->frame || !r->raw || !r->history || !r->comp || !r->delta || !r->hasher) {
 		set_err(err, errlen, "out of memory");
 		goto out;
 	}
@@ -644,6 +668,7 @@ out:
 	cdc_delta_free(r->delta);
 	cdc_comp_free(r->comp);
 	free(r->raw);
+	cdc_history_free(r->history);
 	free(r->frame);
 	free(r);
 	return ret;

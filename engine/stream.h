@@ -22,7 +22,7 @@
 
 #include "codecs/codecs.h"
 
-#define ENG_STREAM_VERSION 2
+#define ENG_STREAM_VERSION 3
 #define ENG_HEADER_LEN 128 /* fixed part; an object table follows */
 #define ENG_OBJECT_DESC_LEN 48
 #define ENG_MAX_OBJECTS 4
@@ -97,8 +97,8 @@ int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, co
  * frame + ENG_FRAME_HDR; returns the frame's total length.
  */
 size_t eng_frame_seal(const struct eng_stream *s, struct cdc_sealer *sealer, uint64_t seq,
-		      enum eng_frame_type type, enum cdc_comp comp, int level, uint32_t raw_len,
-		      uint8_t *frame, uint32_t payload_len);
+		      enum eng_frame_type type, enum cdc_comp comp, int level, unsigned history_mib,
+		      uint32_t raw_len, uint8_t *frame, uint32_t payload_len);
 
 /* Byte source for the reader: returns bytes read, 0 at end, -errno on error. */
 struct eng_source {

@@ -185,6 +185,52 @@ static void test_compress_round_trip(void **state)
 	cdc_comp_free(c);
 }
 
+/*
+ * The history ring: spans wrap contiguously, and a zstd segment whose content
+ * repeats what the window holds costs a fraction of one that cannot see it.
+ */
+static void test_history_prefix(void **state)
+{
+	(void)state;
+	struct cdc_history *h = cdc_history_new(3 * 100000);
+	struct cdc_comp_ctx *c = cdc_comp_new();
+	size_t seg = 100000, cap = cdc_comp_bound(CDC_COMP_ZSTD, seg);
+	uint8_t *dst = malloc(cap), *back = malloc(seg);
+
+	assert_non_null(h);
+	assert_true(h->cap >= 300000 && h->cap % 4096 == 0);
+	/* 4 segments, the 4th repeating the 2nd; the 4th crosses the ring's end */
+	for (int i = 0; i < 3; i++)
+		test_fill_random(cdc_history_at(h, (uint64_t)i * seg), seg);
+	uint64_t pos = 3 * seg;
+	memcpy(cdc_history_at(h, pos), cdc_history_at(h, seg), seg);
+	size_t plen = 2 * seg; /* its window: segments 2 and 3 */
+	/* a span is addressed by its start and runs on across the wrap */
+	const uint8_t *prefix = cdc_history_at(h, pos - plen), *src = prefix + plen;
+	assert_true((pos - plen) % h->cap + plen + seg > h->cap);
+	assert_memory_equal(src, cdc_history_at(h, seg), seg);
+	ssize_t alone = cdc_compress(c, CDC_COMP_ZSTD, 3, src, seg, dst, cap);
+	ssize_t n = cdc_compress_prefixed(c, 3, prefix, plen, src, seg, dst, cap);
+	assert_true(alone > (ssize_t)seg * 9 / 10 && n > 0 && n < (ssize_t)seg / 20);
+	assert_int_equal(cdc_decompress_prefixed(c, prefix, plen, dst, (size_t)n, back, seg), 0);
+	assert_memory_equal(back, src, seg);
+	/* without its window (or a different one) the payload does not rebuild the segment */
+	assert_int_not_equal(cdc_decompress(c, CDC_COMP_ZSTD, dst, (size_t)n, back, seg), 0);
+	int r = cdc_decompress_prefixed(c, prefix + seg, plen - seg, dst, (size_t)n, back, seg);
+	assert_true(r == -EBADMSG || memcmp(back, src, seg) != 0);
+	/* and a plain frame still decodes after a prefixed one */
+	alone = cdc_compress(c, CDC_COMP_ZSTD, 3, src, seg, dst, cap);
+	assert_int_equal(cdc_decompress(c, CDC_COMP_ZSTD, dst, (size_t)alone, back, seg), 0);
+	assert_memory_equal(back, src, seg);
+	assert_int_equal(cdc_history_window(CDC_COMP_ZSTD, -5), 0);
+	assert_int_equal(cdc_history_window(CDC_COMP_LZMA, 6), 0);
+	assert_true(cdc_history_window(CDC_COMP_ZSTD, 9) <= CDC_HISTORY_MAX);
+	free(dst);
+	free(back);
+	cdc_comp_free(c);
+	cdc_history_free(h);
+}
+
 static void test_seal_round_trip(void **state)
 {
 	(void)state;
@@ -246,6 +292,7 @@ int main(void)
 		cmocka_unit_test(test_delta_round_trip),
 		cmocka_unit_test(test_delta_rejects_corrupt),
 		cmocka_unit_test(test_compress_round_trip),
+		cmocka_unit_test(test_history_prefix),
 		cmocka_unit_test(test_seal_round_trip),
 	};
 	test_seed();

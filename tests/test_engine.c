@@ -230,6 +230,33 @@ static void test_round_trip_odd_sizes(void **state)
 	}
 }
 
+/*
+ * Content that repeats megabytes apart, not block-aligned (so block dedup
+ * cannot see it): zstd segments find it in the history window, and the
+ * receiver rebuilds the same window, also while modes switch per segment.
+ */
+static void test_history_window(void **state)
+{
+	(void)state;
+	size_t base_len = 1 << 20, half = 3 << 20, target_len = base_len + 2 * half;
+	uint8_t *t = malloc(target_len);
+	struct eng_mem stream = { 0 };
+	struct eng_diff_report rep;
+	struct eng_mode m = { CDC_DELTA_NONE, CDC_COMP_ZSTD, 3 };
+
+	test_fill_random(t, base_len + half);
+	memcpy(t + base_len + half, t + base_len + 100, half - 100);
+	test_fill_random(t + target_len - 100, 100);
+	load_fixture(t, base_len, t, target_len);
+	assert_int_equal(diff_to(&stream, &m, NULL, &rep, false), 0);
+	/* the repeat costs little: well under the 6 MiB of new data */
+	assert_true(rep.wire_bytes < half + (half / 4));
+	eng_mem_free(&stream);
+	assert_round_trip(&m, NULL, false);
+	assert_round_trip(&m, NULL, true);
+	free(t);
+}
+
 static void test_dedup_verdicts(void **state)
 {
 	(void)state;
@@ -545,6 +572,7 @@ int main(void)
 		cmocka_unit_test(test_mode_parse),
 		cmocka_unit_test(test_round_trip_every_mode),
 		cmocka_unit_test(test_round_trip_odd_sizes),
+		cmocka_unit_test(test_history_window),
 		cmocka_unit_test(test_dedup_verdicts),
 		cmocka_unit_test(test_mode_switch_while_running),
 		cmocka_unit_test(test_rejects_damage),

@@ -79,7 +79,10 @@ static void run_reader(const uint8_t *data, size_t len, int nobj)
 		eng_mem_free(&out[i]);
 }
 
-/* Wrap a payload into a valid unkeyed stream: header, one data frame, trailer. */
+/*
+ * Wrap a payload into a valid unkeyed stream: header, one data frame, trailer.
+ * The selector picks the compressor and the history window (0..9 MiB, 9 is invalid).
+ */
 static void run_sealed_segment(uint8_t comp, const uint8_t *payload, size_t len)
 {
 	struct eng_stream s;
@@ -110,13 +113,13 @@ static void run_sealed_segment(uint8_t comp, const uint8_t *payload, size_t len)
 	p += s.header_len;
 	memcpy(p + ENG_FRAME_HDR, payload, len);
 	p += eng_frame_seal(&s, sealer, 0, ENG_FRAME_DATA, (enum cdc_comp)(comp % CDC_COMP_COUNT), 0,
-			    (uint32_t)raw_len, p, (uint32_t)len);
+			    comp / CDC_COMP_COUNT % 10, (uint32_t)raw_len, p, (uint32_t)len);
 	uint8_t *t = p + ENG_FRAME_HDR;
 	memset(t, 0, ENG_TRAILER_LEN(NOBJ));
 	cdc_put_le(t, 1, 8);
 	for (int i = 0; i < NOBJ; i++)
 		cdc_put_le(t + 8 + i * (8 + CDC_DIGEST_LEN), BASE_LEN, 8);
-	p += eng_frame_seal(&s, sealer, 1, ENG_FRAME_TRAILER, CDC_COMP_NONE, 0, ENG_TRAILER_LEN(NOBJ),
+	p += eng_frame_seal(&s, sealer, 1, ENG_FRAME_TRAILER, CDC_COMP_NONE, 0, 0, ENG_TRAILER_LEN(NOBJ),
 			    p, ENG_TRAILER_LEN(NOBJ));
 	run_reader(buf, (size_t)(p - buf), NOBJ);
 	free(buf);
