@@ -67,6 +67,7 @@ struct segment {
 	uint32_t raw_len, payload_len, frame_len;
 	uint8_t history_mib; /* window of earlier segments the payload refers to */
 	uint64_t history_pos; /* data segments: where raw starts in the stream's history */
+	uint64_t history_held; /* how much of the history before it the ring holds */
 	uint64_t blocks;      /* input blocks covered, for P */
 	uint8_t raw[ENG_SEG_RAW_MAX] __attribute__((aligned(64)));
 	uint8_t frame[ENG_FRAME_MAX] __attribute__((aligned(64)));
@@ -123,7 +124,7 @@ struct eng_pipeline {
 	uint64_t seg_seq, data_segments;
 	/* the raw bytes of every data segment so far, in order (codecs.h) */
 	struct cdc_history *history;
-	uint64_t history_end;
+	uint64_t history_end, history_held;
 	bool trailer_sent;
 	uint64_t verdicts[ENG_VERDICT_COUNT];
 	/* sink */
@@ -614,9 +615,19 @@ static void flush_segment(struct stage *s)
 	struct eng_pipeline *p = s->p;
 	struct segment *g = p->open_seg;
 
-	/* in stream order: the receiver's history grows the same way */
+	/*
+	 * In stream order: the receiver's history grows the same way. The copy
+	 * is only made while the mode uses a window (the fast modes skip it); a
+	 * window is only used once the ring holds all of it.
+	 */
 	g->history_pos = p->history_end;
-	memcpy(cdc_history_at(p->history, p->history_end), g->raw, g->raw_len);
+	g->history_held = p->history_held;
+	if (cdc_history_window(g->comp, g->level)) {
+		memcpy(cdc_history_at(p->history, p->history_end), g->raw, g->raw_len);
+		p->history_held += g->raw_len;
+	} else {
+		p->history_held = 0;
+	}
 	p->history_end += g->raw_len;
 	s->st.items++;
 	s->st.bytes_out += p->open_seg->raw_len;
@@ -688,9 +699,9 @@ static int poll_compress(struct stage *s)
 	uint8_t *payload = g->frame + ENG_FRAME_HDR;
 	size_t cap = ENG_FRAME_MAX - ENG_FRAME_HDR - CDC_TAG_LEN;
 	size_t window = g->type == ENG_FRAME_DATA ? cdc_history_window(g->comp, g->level) : 0;
+	size_t plen = g->history_pos < window ? (size_t)g->history_pos : window;
 	ssize_t n;
-	if (window && g->history_pos) {
-		size_t plen = g->history_pos < window ? (size_t)g->history_pos : window;
+	if (plen && g->history_held >= plen) {
 		/* the history copy: prefix and segment are one span there */
 		const uint8_t *span = cdc_history_at(p->history, g->history_pos - plen);
 		n = cdc_compress_prefixed(s->comp, g->level, span, plen, span + plen, g->raw_len,
