@@ -1138,9 +1138,10 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	uint64_t deadline = now_us() + (uint64_t)(timeout_s * 1e6);
 	while (!atomic_load(&c->established) && !atomic_load(&c->err)) {
 		if (now_us() >= deadline) {
-			snprintf(err, errlen, listener ? "no sender reached DPDK port %s within %.0f s"
-						       : "no receiver answered on DPDK port %s within %.0f s",
-				 c->port.name, timeout_s);
+			/* oversize frames vanish without a trace (af_packet, switches): say so */
+			snprintf(err, errlen, listener ? "no sender reached DPDK port %s within %.0f s (handshake frames are %u bytes: a smaller MTU on the path drops them; try mtu=)"
+						       : "no receiver answered on DPDK port %s within %.0f s (handshake frames are %u bytes: a smaller MTU on the path drops them; try mtu=)",
+				 c->port.name, timeout_s, (unsigned)(c->port.mtu + RTE_ETHER_HDR_LEN));
 			goto err;
 		}
 		usleep(2000);

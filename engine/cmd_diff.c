@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -56,6 +57,32 @@ static unsigned eal_mem_mb(uint64_t base_size, uint64_t target_size)
 	return (unsigned)(256 + (blocks * 128 >> 20));
 }
 
+/*
+ * The base and target are read through mappings: if either shrinks while it
+ * is read, the access faults with SIGBUS. Say what happened instead of dying
+ * without a word, and leave no partial output behind.
+ */
+static const char *volatile partial_output;
+
+static void on_sigbus(int sig)
+{
+	static const char msg[] =
+		"handoff-engine: diff failed: the base or the target shrank while it was read\n";
+	(void)sig;
+	if (partial_output)
+		unlink(partial_output);
+	if (write(2, msg, sizeof(msg) - 1) < 0) {
+	}
+	_exit(1);
+}
+
+static void catch_truncation(const char *tmp_path)
+{
+	partial_output = tmp_path;
+	struct sigaction sa = { .sa_handler = on_sigbus };
+	sigaction(SIGBUS, &sa, NULL);
+}
+
 static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	char err[256], lcores[128];
@@ -66,7 +93,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 	const char *out_path;
 	struct eng_outfile out = { .fd = -1 };
 	struct trk_index *base = NULL;
-	void *base_map = MAP_FAILED;
+	void *base_map = MAP_FAILED, *target_map = MAP_FAILED;
 	struct stat bst, tst;
 	int tfd = -1, bfd = -1, ret = 1;
 
@@ -130,11 +157,22 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 		goto out;
 	}
 	posix_fadvise(tfd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	/* read in place rather than copied; a failed mapping falls back to pread */
+	if (tst.st_size) {
+		target_map = mmap(NULL, (size_t)tst.st_size, PROT_READ, MAP_SHARED, tfd, 0);
+		if (target_map != MAP_FAILED)
+			madvise(target_map, (size_t)tst.st_size, MADV_SEQUENTIAL);
+	}
+	catch_truncation(out.tmp);
 
 	struct eng_fd out_fd = { .fd = out.fd };
 	struct eng_sink sink = conn ? eng_conn_sink(conn) : eng_fd_sink(&out_fd);
 	struct diff_tick tick = { .start = rte_rdtsc() };
-	struct eng_file_feed target = { .fd = tfd, .size = (uint64_t)tst.st_size };
+	struct eng_file_feed target = {
+		.fd = tfd,
+		.map = target_map == MAP_FAILED ? NULL : target_map,
+		.size = (uint64_t)tst.st_size,
+	};
 	struct eng_feed feed = eng_file_feed(&target);
 	struct eng_diff_object obj = {
 		.name = "image",
@@ -156,7 +194,9 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 		.tick_ctx = &tick,
 	};
 	struct eng_diff_report rep;
-	if (eng_diff_run(&a, &rep, err, sizeof(err))) {
+	int run = eng_diff_run(&a, &rep, err, sizeof(err));
+	partial_output = NULL; /* reading is over */
+	if (run) {
 		cli_error("diff failed: %s", conn && eng_conn_error(conn) ? eng_conn_error(conn) : err);
 		if (conn)
 			eng_conn_shutdown(conn, SHUT_RDWR);
@@ -214,6 +254,8 @@ out:
 	eng_conn_close(conn);
 	if (base_map != MAP_FAILED)
 		munmap(base_map, (size_t)bst.st_size);
+	if (target_map != MAP_FAILED)
+		munmap(target_map, (size_t)tst.st_size);
 	trk_index_free(base);
 	if (tfd >= 0)
 		close(tfd);

@@ -257,9 +257,10 @@ static int fill_block(struct src *s, uint64_t g, uint64_t *ref, uint8_t *out, ch
 	return 0;
 }
 
-static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, unsigned max, char *err,
-		     size_t errlen)
+static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **view, unsigned max,
+		     char *err, size_t errlen)
 {
+	(void)view; /* guest RAM changes under us: always copied */
 	struct src *s = ctx;
 	unsigned n = 0, steps = 0;
 

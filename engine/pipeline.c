@@ -55,6 +55,7 @@ struct batch {
 	uint64_t block[BATCH_BLOCKS]; /* ENG_REF(object, block) */
 	uint64_t ref[BATCH_BLOCKS];   /* what a BASE or DUP verdict copies */
 	uint8_t digest[BATCH_BLOCKS][CDC_DIGEST_LEN];
+	const uint8_t *blocks; /* the batch's blocks: data, or where the feed holds them */
 	uint8_t data[BATCH_BLOCKS * CDC_BLOCK_SIZE] __attribute__((aligned(64)));
 	uint8_t enc[BATCH_ENC_MAX] __attribute__((aligned(64)));
 };
@@ -240,8 +241,8 @@ static int read_at(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-static int file_feed_next(void *ctx, uint64_t *refs, uint8_t *data, unsigned max, char *err,
-			  size_t errlen)
+static int file_feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **view,
+			  unsigned max, char *err, size_t errlen)
 {
 	struct eng_file_feed *f = ctx;
 	uint64_t blocks = (f->size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
@@ -251,6 +252,13 @@ static int file_feed_next(void *ctx, uint64_t *refs, uint8_t *data, unsigned max
 	if (n == 0)
 		return ENG_FEED_END;
 	uint64_t off = f->next_block * CDC_BLOCK_SIZE, len = (uint64_t)n * CDC_BLOCK_SIZE;
+	for (unsigned i = 0; i < n; i++)
+		refs[i] = ENG_REF(0, f->next_block + i);
+	f->next_block += n;
+	if (f->map && off + len <= f->size) { /* whole blocks: read them in place */
+		*view = f->map + off;
+		return (int)n;
+	}
 	if (off + len > f->size)
 		len = f->size - off;
 	int ret = read_at(f->fd, data, len, off);
@@ -261,9 +269,6 @@ static int file_feed_next(void *ctx, uint64_t *refs, uint8_t *data, unsigned max
 	}
 	/* zero-pad the last block: both ends hash padded blocks */
 	memset(data + len, 0, (size_t)n * CDC_BLOCK_SIZE - len);
-	for (unsigned i = 0; i < n; i++)
-		refs[i] = ENG_REF(0, f->next_block + i);
-	f->next_block += n;
 	return (int)n;
 }
 
@@ -302,7 +307,8 @@ static int poll_ingest(struct stage *s)
 	b->flags = 0;
 	b->enc_len = 0;
 	err[0] = 0;
-	int n = feed->next(feed->ctx, b->block, b->data, BATCH_BLOCKS, err, sizeof(err));
+	b->blocks = b->data;
+	int n = feed->next(feed->ctx, b->block, b->data, &b->blocks, BATCH_BLOCKS, err, sizeof(err));
 	if (n == 0 || n < 0) {
 		if (n == ENG_FEED_END || (n == 0 && !p->ingest_idle)) {
 			p->ingest_seq++;
@@ -364,7 +370,7 @@ static int poll_hash(struct stage *s)
 		return 0;
 	uint64_t t0 = rte_rdtsc();
 	for (uint32_t i = 0; i < b->nblocks; i++) {
-		const uint8_t *blk = b->data + (size_t)i * CDC_BLOCK_SIZE;
+		const uint8_t *blk = b->blocks + (size_t)i * CDC_BLOCK_SIZE;
 		const uint8_t *same = base_block_if_equal(s->p, b->block[i], blk);
 		b->zero[i] = same ? !memcmp(same, cdc_zero_digest(), CDC_DIGEST_LEN)
 				  : cdc_is_zero(blk, CDC_BLOCK_SIZE);
@@ -533,7 +539,7 @@ static int poll_delta(struct stage *s)
 	for (uint32_t i = 0; i < b->nblocks; i++) {
 		unsigned obj = ENG_REF_OBJ(b->block[i]);
 		uint64_t blk = ENG_REF_BLK(b->block[i]);
-		const uint8_t *data = b->data + (size_t)i * CDC_BLOCK_SIZE;
+		const uint8_t *data = b->blocks + (size_t)i * CDC_BLOCK_SIZE;
 
 		if (b->verdict[i] == ENG_SAME)
 			continue;

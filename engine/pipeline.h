@@ -96,14 +96,17 @@ struct eng_diff_object {
 /*
  * Where blocks come from. next() fills up to max blocks: refs[i] =
  * ENG_REF(object, block) and CDC_BLOCK_SIZE bytes at data + i * CDC_BLOCK_SIZE
- * (zero-padded). It returns how many it filled, 0 when none are ready yet (a
+ * (zero-padded). Instead of copying, it may point *view at the blocks where
+ * they already are (a mapped file): they must stay unchanged until the run
+ * ends. It returns how many it filled, 0 when none are ready yet (a
  * live source: the pipeline flushes what it holds and asks again later),
  * ENG_FEED_END when there will be no more, or -errno with a reason in err.
  * A block may come again later with new content; the receiver ends with the
  * last version. size() gives each object's final size, once, after the end.
  */
 struct eng_feed {
-	int (*next)(void *ctx, uint64_t *refs, uint8_t *data, unsigned max, char *err, size_t errlen);
+	int (*next)(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **view, unsigned max,
+		    char *err, size_t errlen);
 	uint64_t (*size)(void *ctx, unsigned obj);
 	void *ctx;
 };
@@ -129,6 +132,7 @@ struct eng_diff_args {
 /* A feed that reads one image file front to back (diff). */
 struct eng_file_feed {
 	int fd;
+	const uint8_t *map; /* optional: the file mapped read-only (no copies) */
 	uint64_t size, next_block;
 };
 struct eng_feed eng_file_feed(struct eng_file_feed *f);
