@@ -428,11 +428,12 @@ static void live_pick(struct live_feed *f, uint8_t *out)
 		memcpy(out, f->pool[test_rand() % LIVE_POOL], CDC_BLOCK_SIZE);
 }
 
-static int live_next(void *ctx, uint64_t *refs, uint8_t *data, unsigned max, char *err,
-		     size_t errlen)
+static int live_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **view, unsigned max,
+		     char *err, size_t errlen)
 {
 	struct live_feed *f = ctx;
 
+	(void)view; /* blocks change between rounds, so they are copied */
 	(void)err;
 	(void)errlen;
 	if (f->round >= f->rounds)
