@@ -347,7 +347,9 @@ static int poll_ingest(struct stage *s)
  * Most blocks of a target equal the base at the same offset: comparing the
  * bytes is several times cheaper than hashing them, and the base index
  * already holds their digest. Returns that digest, or NULL. Only whole base
- * blocks qualify (the mapping ends at the base's last byte).
+ * blocks qualify (the mapping ends at the base's last byte). A base block
+ * the index knows to be zero is never read: most of a VM's memory is zero,
+ * and every base page read is a page mapped (and unmapped) in the kernel.
  */
 static const uint8_t *base_block_if_equal(const struct eng_pipeline *p, uint64_t ref,
 					  const uint8_t *blk)
@@ -356,12 +358,16 @@ static const uint8_t *base_block_if_equal(const struct eng_pipeline *p, uint64_t
 	uint64_t n = ENG_REF_BLK(ref);
 	const struct eng_diff_object *o = &p->a->obj[obj];
 
-	if (!o->base_map || n >= trk_index_size(o->base) / CDC_BLOCK_SIZE ||
+	if (!o->base_map || n >= trk_index_size(o->base) / CDC_BLOCK_SIZE)
+		return NULL;
+	const uint8_t *digest = trk_index_digest(o->base, n);
+	if (!memcmp(digest, cdc_zero_digest(), CDC_DIGEST_LEN) ||
 	    memcmp(blk, o->base_map + n * CDC_BLOCK_SIZE, CDC_BLOCK_SIZE))
 		return NULL;
-	return trk_index_digest(o->base, n);
+	return digest;
 }
 
+/* Zero blocks first (they need no base read), then same-as-base, then hashed. */
 static int poll_hash(struct stage *s)
 {
 	struct batch *b;
@@ -371,13 +377,13 @@ static int poll_hash(struct stage *s)
 	uint64_t t0 = rte_rdtsc();
 	for (uint32_t i = 0; i < b->nblocks; i++) {
 		const uint8_t *blk = b->blocks + (size_t)i * CDC_BLOCK_SIZE;
-		const uint8_t *same = base_block_if_equal(s->p, b->block[i], blk);
-		b->zero[i] = same ? !memcmp(same, cdc_zero_digest(), CDC_DIGEST_LEN)
-				  : cdc_is_zero(blk, CDC_BLOCK_SIZE);
-		if (same)
-			memcpy(b->digest[i], same, CDC_DIGEST_LEN);
-		else if (b->zero[i])
+		const uint8_t *same;
+
+		b->zero[i] = cdc_is_zero(blk, CDC_BLOCK_SIZE);
+		if (b->zero[i])
 			memcpy(b->digest[i], cdc_zero_digest(), CDC_DIGEST_LEN);
+		else if ((same = base_block_if_equal(s->p, b->block[i], blk)))
+			memcpy(b->digest[i], same, CDC_DIGEST_LEN);
 		else
 			cdc_hash_block(s->hasher, blk, b->digest[i]);
 	}
