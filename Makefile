@@ -44,8 +44,10 @@ ENGINE      := $(BUILD)/handoff-engine
 TESTS       := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 # Integration tests (real QEMU, FUSE, namespaces): executables tests/it_*.
 INTEGRATION := $(sort $(wildcard tests/it_*))
-# Small helper programs the scripts run (e.g. the WAN delay relay).
-TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c))
+# Small helper programs the scripts run (e.g. the WAN delay relay), and the
+# benchmarks' DPDK programs (perf/*.c, linked with the engine library).
+TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c)) \
+	$(patsubst perf/%.c,$(BUILD)/%,$(wildcard perf/*.c))
 
 export ASAN_OPTIONS UBSAN_OPTIONS
 
@@ -68,6 +70,10 @@ $(ENGINE): $(BUILD)/engine/main.o $(BUILD)/libhandoff.a
 $(BUILD)/%: scripts/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< -o $@ -lpthread
+
+$(BUILD)/%: perf/%.c $(BUILD)/libhandoff.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/libhandoff.a -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/testlib.h $(BUILD)/libhandoff.a
 	@mkdir -p $(dir $@)

@@ -31,7 +31,7 @@ static const struct cli_opt diff_opts[] = {
 	{ 0 },
 };
 
-/* auto, until the adaptation controller: deltas where they pay, fast zstd */
+/* auto for diff (send's auto is the adaptation controller): deltas where they pay, fast zstd */
 static const struct eng_mode auto_mode = { CDC_DELTA_BEST, CDC_COMP_ZSTD, 3 };
 
 struct diff_tick {
