@@ -59,11 +59,17 @@ static const struct eng_mode cycle[] = {
 	{ CDC_DELTA_ZREF, CDC_COMP_NONE, 0 },
 };
 
+/*
+ * A random mode at every tick: stepping through the cycle in order could
+ * alias with the main lcore's loop, so that every segment opened under the
+ * same one or two modes.
+ */
 static void switch_modes(void *ctx, struct eng_pipeline *p)
 {
 	struct switcher *s = ctx;
 
-	eng_pipeline_set_mode(p, &cycle[s->calls++ % 4]);
+	s->calls++;
+	eng_pipeline_set_mode(p, &cycle[test_rand() % 4]);
 }
 
 static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const uint8_t *key,
