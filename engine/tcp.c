@@ -877,13 +877,18 @@ void eng_tcp_sample(struct eng_tcp *t, struct eng_link *out)
 	double now;
 
 	memset(out, 0, sizeof(*out));
+	/*
+	 * One sample at a time: a concurrent sample's later acked count would
+	 * otherwise replace ours (the no-going-back clamp below) after our
+	 * SIOCOUTQ was read, and queued would exceed sent - acked.
+	 */
+	pthread_mutex_lock(&t->slock);
 	if (getsockopt(t->fd, IPPROTO_TCP, TCP_INFO, &ti, &l))
 		memset(&ti, 0, sizeof(ti));
 	if (ioctl(t->fd, SIOCOUTQ, &queued) || queued < 0)
 		queued = 0;
 	/* Read after TCP_INFO, so sent >= everything the kernel could have acknowledged. */
 	out->sent = atomic_load(&t->sent);
-	pthread_mutex_lock(&t->slock);
 	now = now_s();
 	acked = ti.tcpi_bytes_acked > t->acked_base ? ti.tcpi_bytes_acked - t->acked_base : 0;
 	if (acked > out->sent) /* the FIN counts once acknowledged */
