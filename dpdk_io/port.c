@@ -1,3 +1,4 @@
+#include "engine/clock.h"
 #include "port.h"
 
 #include <errno.h>
@@ -17,13 +18,6 @@
 #define POOL_MBUFS 4095 /* RX ring + TX in flight + bursts; a power of two minus one */
 #define POOL_CACHE 128
 #define LINK_RETRY_S 2.0 /* restart a port whose link stays down this long */
-
-static double mono_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int find_port(const char *spec, uint16_t *id, char *err, size_t errlen)
 {
@@ -138,7 +132,7 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 	 * link, otherwise stop and start again, until the deadline. PMD error
 	 * lines of the retries are muted; our own line says what failed.
 	 */
-	double deadline = mono_s() + link_timeout_s;
+	double deadline = eng_mono_s() + link_timeout_s;
 	uint32_t log_level = rte_log_get_global_level();
 	for (int attempt = 0;; attempt++) {
 		if (attempt == 1)
@@ -146,13 +140,13 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 		ret = rte_eth_dev_start(p->id);
 		if (!ret) {
 			p->started = true;
-			double until = mono_s() + LINK_RETRY_S;
-			while (!dio_port_link_up(p) && mono_s() < until && mono_s() < deadline)
+			double until = eng_mono_s() + LINK_RETRY_S;
+			while (!dio_port_link_up(p) && eng_mono_s() < until && eng_mono_s() < deadline)
 				usleep(20000);
 			if (dio_port_link_up(p))
 				break;
 		}
-		if (mono_s() >= deadline) {
+		if (eng_mono_s() >= deadline) {
 			rte_log_set_global_level(log_level);
 			if (ret)
 				snprintf(err, errlen, "DPDK port %s: cannot start: %s (is the peer there?)", p->name,

@@ -8,6 +8,7 @@
  * Wire: "HOPROBE1" | bytes:u64 | seed:u64, the bytes, then the receiver's
  * reply: "HOVERDCT" | received:u64 | equal:u8 | receive seconds:f64.
  */
+#include "engine/clock.h"
 #include "cli.h"
 #include "conn.h"
 
@@ -77,13 +78,6 @@ static double mono(void)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static double cpu_s(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
-}
-
 static int parse_size(const char *s, uint64_t *out)
 {
 	char *end;
@@ -138,7 +132,7 @@ static int probe_send(const char *loc, const struct eng_conn_bind *b, uint64_t b
 		cli_error("probe: %s", err);
 		goto out;
 	}
-	double t0 = mono(), c0 = cpu_s(), last = t0;
+	double t0 = mono(), c0 = eng_cpu_s(), last = t0;
 	memcpy(hdr, "HOPROBE1", 8);
 	memcpy(hdr + 8, &bytes, 8);
 	memcpy(hdr + 16, &seed, 8);
@@ -167,7 +161,7 @@ static int probe_send(const char *loc, const struct eng_conn_bind *b, uint64_t b
 	memcpy(&got, reply + 8, 8);
 	memcpy(&rsecs, reply + 17, 8);
 	bool equal = !memcmp(reply, "HOVERDCT", 8) && got == bytes && reply[16] == 1;
-	json_object *o = summary(c, "send", bytes, secs, cpu_s() - c0, equal);
+	json_object *o = summary(c, "send", bytes, secs, eng_cpu_s() - c0, equal);
 	json_object_object_add(o, "receiver_seconds", json_object_new_double(rsecs));
 	if (json)
 		cli_print_json(o); /* frees o */
@@ -202,7 +196,7 @@ static int probe_receive(const char *loc, const struct eng_conn_bind *b, double 
 		free(want);
 		return 1;
 	}
-	double c0 = cpu_s(), t0 = 0;
+	double c0 = eng_cpu_s(), t0 = 0;
 	int e = eng_conn_recv_all(c, hdr, sizeof(hdr), -1);
 	if (!e && memcmp(hdr, "HOPROBE1", 8)) {
 		cli_error("probe: the peer is not a 'handoff-engine probe --to'");
@@ -241,7 +235,7 @@ static int probe_receive(const char *loc, const struct eng_conn_bind *b, double 
 		cli_error("probe: cannot answer the sender: %s", eng_conn_error(c) ? eng_conn_error(c) : strerror(-e));
 		goto out;
 	}
-	json_object *o = summary(c, "receive", done, secs, cpu_s() - c0, equal);
+	json_object *o = summary(c, "receive", done, secs, eng_cpu_s() - c0, equal);
 	if (json)
 		cli_print_json(o);
 	else

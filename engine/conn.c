@@ -3,6 +3,7 @@
  * adapters only translate; every behaviour (timeouts, dead peers, rate
  * estimates) belongs to the transport itself.
  */
+#include "engine/clock.h"
 #include "conn.h"
 
 #include <errno.h>
@@ -144,19 +145,12 @@ ssize_t eng_conn_recv(struct eng_conn *c, void *buf, size_t len, double timeout_
 	return c->ops->recv(c->t, buf, len, timeout_s);
 }
 
-static double mono_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 int eng_conn_recv_all(struct eng_conn *c, void *buf, size_t len, double timeout_s)
 {
 	uint8_t *p = buf;
-	double deadline = mono_s() + timeout_s;
+	double deadline = eng_mono_s() + timeout_s;
 	while (len) {
-		double left = timeout_s < 0 ? -1 : deadline - mono_s();
+		double left = timeout_s < 0 ? -1 : deadline - eng_mono_s();
 		ssize_t n = c->ops->recv(c->t, p, len, timeout_s < 0 ? -1 : left > 0 ? left : 0);
 		if (n < 0)
 			return (int)n;

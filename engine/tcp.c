@@ -14,6 +14,7 @@
  * busy destination may legitimately do; here answered zero-window probes
  * count as alive, and only idle_s bounds such a wait.
  */
+#include "engine/clock.h"
 #include "tcp.h"
 
 #include <errno.h>
@@ -81,14 +82,6 @@ struct eng_tcp_listener {
 static double dmax(double a, double b)
 {
 	return a > b ? a : b;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static void sleep_s(double s)
@@ -446,7 +439,7 @@ struct eng_tcp *eng_tcp_connect(const char *host, const char *port, double timeo
 				size_t errlen)
 {
 	struct addrinfo *res = NULL;
-	double deadline = now_s() + dmax(0, timeout_s);
+	double deadline = eng_mono_s() + dmax(0, timeout_s);
 	struct eng_tcp *t;
 	int last = -ETIMEDOUT, ret;
 
@@ -456,14 +449,14 @@ struct eng_tcp *eng_tcp_connect(const char *host, const char *port, double timeo
 	format_name(t->peer, sizeof(t->peer), host ? host : "", port ? port : "");
 	for (;;) {
 		ret = resolve(host, port, false, &res, err, errlen);
-		if (ret == -EAGAIN && now_s() + RETRY_PAUSE_S < deadline) {
+		if (ret == -EAGAIN && eng_mono_s() + RETRY_PAUSE_S < deadline) {
 			sleep_s(RETRY_PAUSE_S);
 			continue;
 		}
 		if (ret)
 			goto err;
 		for (struct addrinfo *ai = res; ai && t->tx.ring_ok; ai = ai->ai_next) {
-			double left = deadline - now_s();
+			double left = deadline - eng_mono_s();
 			if (left <= 0)
 				break;
 			ret = connect_one(t, ai, left);
@@ -479,7 +472,7 @@ struct eng_tcp *eng_tcp_connect(const char *host, const char *port, double timeo
 		}
 		freeaddrinfo(res);
 		res = NULL;
-		if (!connect_retryable(last) || !t->tx.ring_ok || now_s() + RETRY_PAUSE_S >= deadline)
+		if (!connect_retryable(last) || !t->tx.ring_ok || eng_mono_s() + RETRY_PAUSE_S >= deadline)
 			break;
 		sleep_s(RETRY_PAUSE_S);
 	}
@@ -676,7 +669,7 @@ static int check_alive(struct eng_tcp *t)
 	if (getsockopt(t->fd, IPPROTO_TCP, TCP_INFO, &ti, &l) || ioctl(t->fd, SIOCOUTQ, &outq))
 		return 0; /* the operation itself will report a broken socket */
 	pthread_mutex_lock(&t->slock);
-	now = now_s();
+	now = eng_mono_s();
 	if (outq <= 0 || (ti.tcpi_snd_wnd == 0 && ti.tcpi_probes == 0)) {
 		/* Nothing outstanding (keepalive's job), or a closed window whose probes are answered. */
 		t->watch_on = false;
@@ -700,14 +693,14 @@ static int check_alive(struct eng_tcp *t)
 static int io_wait(struct eng_tcp *t, struct dir *d, bool send, void *buf, size_t len,
 		   double limit_s, bool *expired)
 {
-	double start = now_s(), slice = dmax(0.05, t->dead_s / 5);
+	double start = eng_mono_s(), slice = dmax(0.05, t->dead_s / 5);
 	struct io_uring_sqe *sqe;
 	bool exp, broken;
 	int n;
 
 	*expired = false;
 	for (;;) {
-		double left = dmax(0, limit_s - (now_s() - start));
+		double left = dmax(0, limit_s - (eng_mono_s() - start));
 		if (!d->ring_ok)
 			return -EIO;
 		sqe = io_uring_get_sqe(&d->ring);
@@ -722,7 +715,7 @@ static int io_wait(struct eng_tcp *t, struct dir *d, bool send, void *buf, size_
 			return n;
 		if ((n = check_alive(t)))
 			return n;
-		if (now_s() - start >= limit_s) {
+		if (eng_mono_s() - start >= limit_s) {
 			*expired = true;
 			return -ETIMEDOUT;
 		}
@@ -816,11 +809,11 @@ out:
 
 int eng_tcp_recv_all(struct eng_tcp *t, void *buf, size_t len, double timeout_s)
 {
-	double deadline = now_s() + (timeout_s < 0 ? t->idle_s : timeout_s);
+	double deadline = eng_mono_s() + (timeout_s < 0 ? t->idle_s : timeout_s);
 	size_t done = 0;
 
 	while (done < len) {
-		double left = timeout_s < 0 ? -1 : dmax(0, deadline - now_s());
+		double left = timeout_s < 0 ? -1 : dmax(0, deadline - eng_mono_s());
 		ssize_t n = eng_tcp_recv(t, (uint8_t *)buf + done, len - done, left);
 		if (n < 0)
 			return (int)n;
@@ -889,7 +882,7 @@ void eng_tcp_sample(struct eng_tcp *t, struct eng_link *out)
 		queued = 0;
 	/* Read after TCP_INFO, so sent >= everything the kernel could have acknowledged. */
 	out->sent = atomic_load(&t->sent);
-	now = now_s();
+	now = eng_mono_s();
 	acked = ti.tcpi_bytes_acked > t->acked_base ? ti.tcpi_bytes_acked - t->acked_base : 0;
 	if (acked > out->sent) /* the FIN counts once acknowledged */
 		acked = out->sent;

@@ -12,6 +12,7 @@
  * frame), cpu_s and gbit_s. rx stops 1 s after the last frame, or after
  * SECONDS + 10 without one.
  */
+#include "engine/clock.h"
 #include "dpdk_io/port.h"
 #include "dpdk_io/wire.h"
 
@@ -30,23 +31,6 @@
 /* not the transport's EtherType: a dpdk: end on the same link ignores these */
 #define CEILING_ETHERTYPE (DIO_ETHERTYPE + 1)
 
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-	       ru.ru_stime.tv_usec / 1e6;
-}
-
 static void report(const char *role, uint64_t frames, uint64_t bytes, double secs, double cpu)
 {
 	printf("{\"role\": \"%s\", \"frames\": %llu, \"bytes\": %llu, \"seconds\": %.4f, \"cpu_s\": %.3f, "
@@ -59,9 +43,9 @@ static int run_tx(struct dio_port *p, uint32_t len, double seconds)
 {
 	struct rte_mbuf *m[BURST];
 	uint64_t frames = 0, bytes = 0;
-	double t0 = now_s(), c0 = cpu_s();
+	double t0 = eng_mono_s(), c0 = eng_cpu_s();
 
-	while (now_s() - t0 < seconds) {
+	while (eng_mono_s() - t0 < seconds) {
 		if (rte_pktmbuf_alloc_bulk(p->pool, m, BURST))
 			continue; /* the PMD still holds them: wait for completions */
 		for (int i = 0; i < BURST; i++) {
@@ -76,7 +60,7 @@ static int run_tx(struct dio_port *p, uint32_t len, double seconds)
 		frames += sent;
 		bytes += (uint64_t)sent * len;
 	}
-	report("tx", frames, bytes, now_s() - t0, cpu_s() - c0);
+	report("tx", frames, bytes, eng_mono_s() - t0, eng_cpu_s() - c0);
 	return 0;
 }
 
@@ -84,11 +68,11 @@ static int run_rx(struct dio_port *p, double seconds)
 {
 	struct rte_mbuf *m[BURST];
 	uint64_t frames = 0, bytes = 0;
-	double start = now_s(), first = 0, last = 0, c0 = cpu_s();
+	double start = eng_mono_s(), first = 0, last = 0, c0 = eng_cpu_s();
 
 	for (;;) {
 		uint16_t n = rte_eth_rx_burst(p->id, 0, m, BURST);
-		double t = now_s();
+		double t = eng_mono_s();
 		for (uint16_t i = 0; i < n; i++) {
 			const struct rte_ether_hdr *eh = rte_pktmbuf_mtod(m[i], const struct rte_ether_hdr *);
 			if (eh->ether_type == rte_cpu_to_be_16(CEILING_ETHERTYPE)) {
@@ -103,7 +87,7 @@ static int run_rx(struct dio_port *p, double seconds)
 		if (frames ? t - last > 1.0 : t - start > seconds + 10)
 			break;
 	}
-	report("rx", frames, bytes, last - first, cpu_s() - c0);
+	report("rx", frames, bytes, last - first, eng_cpu_s() - c0);
 	return frames ? 0 : 1;
 }
 

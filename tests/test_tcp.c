@@ -8,6 +8,7 @@
  * receiver that stops reading for longer than the dead-peer time must not be
  * mistaken for a dead one.
  */
+#include "engine/clock.h"
 #include "codecs/codecs.h"
 #include "engine/tcp.h"
 #include "testlib.h"
@@ -25,23 +26,6 @@
 #include <sys/wait.h>
 
 #define MiB (1u << 20)
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-	       ru.ru_stime.tv_usec / 1e6;
-}
 
 static void msleep(unsigned ms)
 {
@@ -164,7 +148,7 @@ static void *rx_stream(void *arg)
 			break;
 		}
 	}
-	j->done_at = now_s();
+	j->done_at = eng_mono_s();
 	cdc_sha256(j->buf, j->got, j->digest);
 	if (j->last == 0)
 		eng_tcp_send(j->t, j->digest, sizeof(j->digest));
@@ -216,8 +200,8 @@ static void test_stream_64mib(void **state)
 	smp.t = client;
 
 	struct eng_sink sink = eng_tcp_sink(client);
-	t0 = now_s();
-	c0 = cpu_s();
+	t0 = eng_mono_s();
+	c0 = eng_cpu_s();
 	assert_int_equal(pthread_create(&rth, NULL, rx_stream, &rx), 0);
 	assert_int_equal(pthread_create(&sth, NULL, sample_loop, &smp), 0);
 	eng_tcp_sample(client, &k); /* the first sample only sets the baseline */
@@ -241,7 +225,7 @@ static void test_stream_64mib(void **state)
 	assert_int_equal(eng_tcp_recv_all(client, reply, sizeof(reply), 10.0), 0);
 	pthread_join(rth, NULL);
 	secs = rx.done_at - t0;
-	cpu = cpu_s() - c0;
+	cpu = eng_cpu_s() - c0;
 	atomic_store(&smp.stop, true);
 	pthread_join(sth, NULL);
 
@@ -256,13 +240,13 @@ static void test_stream_64mib(void **state)
 		      secs, total * 8 / secs / 1e9, cpu / (total / 1e9), smp.samples, positive, checked);
 
 	/* Eventually every byte is acknowledged. */
-	double deadline = now_s() + 5;
+	double deadline = eng_mono_s() + 5;
 	do {
 		eng_tcp_sample(client, &k);
 		if (k.acked == k.sent)
 			break;
 		msleep(5);
-	} while (now_s() < deadline);
+	} while (eng_mono_s() < deadline);
 	assert_int_equal(k.sent, total);
 	assert_int_equal(k.acked, total);
 	assert_int_equal(k.queued, 0);
@@ -358,9 +342,9 @@ static void test_full_duplex(void **state)
 
 	/* A poll with an explicit timeout consumes nothing and keeps the connection. */
 	char buf[8];
-	double t0 = now_s();
+	double t0 = eng_mono_s();
 	assert_int_equal(eng_tcp_recv(d.client, buf, sizeof(buf), 0.1), -ETIMEDOUT);
-	assert_true(now_s() - t0 >= 0.09 && now_s() - t0 < 2);
+	assert_true(eng_mono_s() - t0 >= 0.09 && eng_mono_s() - t0 < 2);
 	assert_null(eng_tcp_error(d.client));
 	assert_int_equal(eng_tcp_send(d.server, "again", 5), 0);
 	assert_int_equal(eng_tcp_recv_all(d.client, buf, 5, 5.0), 0);
@@ -368,9 +352,9 @@ static void test_full_duplex(void **state)
 
 	/* The default (idle) timeout instead declares the connection lost, stickily. */
 	assert_int_equal(eng_tcp_set_timeouts(d.client, 5, 0.2), 0);
-	t0 = now_s();
+	t0 = eng_mono_s();
 	assert_int_equal(eng_tcp_recv(d.client, buf, sizeof(buf), -1), -ETIMEDOUT);
-	assert_true(now_s() - t0 < 2);
+	assert_true(eng_mono_s() - t0 < 2);
 	assert_non_null(eng_tcp_error(d.client));
 	assert_non_null(strstr(eng_tcp_error(d.client), "lost: nothing received for 0.2 s"));
 	assert_int_equal(eng_tcp_recv(d.client, buf, sizeof(buf), 1), -ETIMEDOUT);
@@ -390,9 +374,9 @@ static void test_connect_refused(void **state)
 	(void)state;
 
 	free_port(port, sizeof(port));
-	t0 = now_s();
+	t0 = eng_mono_s();
 	assert_null(eng_tcp_connect("127.0.0.1", port, 1.0, err, sizeof(err)));
-	double dt = now_s() - t0;
+	double dt = eng_mono_s() - t0;
 	assert_true(dt >= 0.8 && dt < 3);
 	snprintf(want, sizeof(want), "cannot connect to 127.0.0.1:%s within 1.0 s", port);
 	assert_non_null(strstr(err, want));
@@ -438,11 +422,11 @@ static void test_connect_retries(void **state)
 static void test_accept_timeout(void **state)
 {
 	char err[512];
-	double t0 = now_s();
+	double t0 = eng_mono_s();
 	(void)state;
 
 	assert_null(eng_tcp_accept("127.0.0.1", "0", 0.5, err, sizeof(err)));
-	double dt = now_s() - t0;
+	double dt = eng_mono_s() - t0;
 	assert_true(dt >= 0.45 && dt < 2);
 	assert_non_null(strstr(err, "no connection on 127.0.0.1:"));
 	assert_non_null(strstr(err, "within 0.5 s"));
@@ -479,7 +463,7 @@ static void *kill_when_ready(void *arg)
 	struct killer *k = arg;
 
 	wait_byte(k->pipe_rd, 10000);
-	k->killed_at = now_s();
+	k->killed_at = eng_mono_s();
 	kill(k->pid, SIGKILL);
 	return NULL;
 }
@@ -541,7 +525,7 @@ static void test_peer_killed(void **state)
 	int ret = 0;
 	for (int i = 0; i < 4096 && !ret; i++) /* bounded: 4 GiB */
 		ret = eng_tcp_send(t, buf, MiB);
-	double failed_at = now_s();
+	double failed_at = eng_mono_s();
 	pthread_join(th, NULL);
 	assert_int_equal(waitpid(k.pid, &status, 0), k.pid);
 	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
@@ -567,7 +551,7 @@ static void test_peer_killed(void **state)
 	uint64_t got = 0;
 	while ((n = eng_tcp_recv(t, buf, MiB, -1)) > 0)
 		got += (uint64_t)n;
-	failed_at = now_s();
+	failed_at = eng_mono_s();
 	pthread_join(th, NULL);
 	assert_int_equal(waitpid(k.pid, &status, 0), k.pid);
 	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
@@ -601,12 +585,12 @@ static void test_receiver_closes_early(void **state)
 	signal(SIGPIPE, SIG_DFL); /* a send without MSG_NOSIGNAL would kill the test */
 	make_pair("127.0.0.1", &client, &server);
 	assert_int_equal(pthread_create(&th, NULL, close_after_1mib, server), 0);
-	double t0 = now_s();
+	double t0 = eng_mono_s();
 	for (int i = 0; i < 4096 && !ret; i++)
 		ret = eng_tcp_send(client, buf, MiB);
 	pthread_join(th, NULL);
 	assert_true(ret == -ECONNRESET || ret == -EPIPE);
-	assert_true(now_s() - t0 < 10);
+	assert_true(eng_mono_s() - t0 < 10);
 	/* After the reset, writes keep failing (the kernel's EPIPE path included). */
 	assert_int_equal(eng_tcp_send(client, buf, 1), ret);
 	assert_non_null(strstr(eng_tcp_error(client), " lost: "));
@@ -652,7 +636,7 @@ static void *flow_run(void *arg)
 			break;
 		}
 	}
-	f->at = now_s();
+	f->at = eng_mono_s();
 	free(buf);
 	return NULL;
 }
@@ -692,7 +676,7 @@ static int link_drop_child(void)
 	pthread_create(&b, NULL, flow_run, &rx);
 	pthread_create(&c, NULL, flow_run, &ctl);
 	msleep(300);
-	down_at = now_s();
+	down_at = eng_mono_s();
 	if (set_lo(false))
 		return 14;
 	pthread_join(a, NULL);
