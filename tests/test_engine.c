@@ -48,10 +48,6 @@ static void load_fixture(const uint8_t *base, size_t base_len, const uint8_t *ta
 	assert_non_null(fx.idx);
 }
 
-struct switcher {
-	unsigned calls;
-};
-
 static const struct eng_mode cycle[] = {
 	{ CDC_DELTA_XOR, CDC_COMP_IGZIP, 1 },
 	{ CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 3 },
@@ -66,9 +62,7 @@ static const struct eng_mode cycle[] = {
  */
 static void switch_modes(void *ctx, struct eng_pipeline *p)
 {
-	struct switcher *s = ctx;
-
-	s->calls++;
+	(void)ctx;
 	eng_pipeline_set_mode(p, &cycle[test_rand() % 4]);
 }
 
@@ -78,7 +72,6 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 	char err[256];
 	int fd = open(fx.target_path, O_RDONLY);
 	struct eng_sink sink = eng_mem_sink(stream);
-	struct switcher sw = { 0 };
 	struct eng_file_feed target = { .fd = fd, .size = fx.target_len };
 	struct eng_feed feed = eng_file_feed(&target);
 	struct eng_diff_object obj = {
@@ -95,7 +88,6 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 		.mode = *mode,
 		.socket = 0,
 		.tick = switching ? switch_modes : NULL,
-		.tick_ctx = &sw,
 		.tick_every_loop = true,
 	};
 	/* the delta stage reads base blocks up to a whole block past the end */
