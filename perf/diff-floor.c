@@ -9,10 +9,13 @@
  *             base block at its offset where the index says that is not zero
  *   hash      SHA-256 of every block left (any-base and already-sent dedup
  *             and the trailer digest need it)
- *   dedup     look those digests up, copy the new blocks into 1 MiB segments
- *   compress  the segments, with the mode's compressor
+ *   dedup     look those digests up, copy each new block into a 1 MiB
+ *             segment buffer (one, reused)
+ *   compress  each segment, with the mode's compressor
  *   seal      AES-256-GCM over each compressed segment
- *   write     the sealed output to a file, fsync
+ *   write     each sealed segment to the output file, then fsync
+ *
+ * Whole blocks only: a target's partial last block is left out.
  *
  * The sum bounds the engine's CPU from below: perf/bench-diff compares the
  * engine against it and against zstd -1.
@@ -148,49 +151,48 @@ int main(int argc, char **argv)
 		cdc_hash_block(h, target + (uint64_t)left[i] * CDC_BLOCK_SIZE, digest[i]);
 	charge(P_HASH);
 
-	/* dedup against any base block and the blocks already taken; new ones into segments */
+	/*
+	 * Dedup against any base block and the blocks already taken; new blocks
+	 * fill one 1 MiB segment buffer, reused like the engine's pools, which is
+	 * compressed, sealed and written as it fills.
+	 */
 	struct trk_table *sent = trk_table_new("floor_sent", (uint32_t)(nleft + 64), socket);
-	uint8_t *segs = malloc(nleft * CDC_BLOCK_SIZE + 1);
-	uint64_t nnew = 0, v;
-	for (uint64_t i = 0; i < nleft; i++) {
-		if (!trk_table_lookup(table, digest[i], &v) || !trk_table_lookup(sent, digest[i], &v))
-			continue;
-		trk_table_add(sent, digest[i], i);
-		memcpy(segs + nnew++ * CDC_BLOCK_SIZE, target + (uint64_t)left[i] * CDC_BLOCK_SIZE,
-		       CDC_BLOCK_SIZE);
-	}
-	charge(P_DEDUP);
-
-	size_t raw = nnew * CDC_BLOCK_SIZE, nseg = (raw + SEG - 1) / SEG, cap = cdc_comp_bound(comp, SEG);
-	uint8_t *out = malloc(nseg * (cap + CDC_TAG_LEN) + 1);
-	size_t *olen = calloc(nseg + 1, sizeof(*olen));
+	size_t cap = cdc_comp_bound(comp, SEG);
+	uint8_t *seg = malloc(SEG), *out = malloc(cap + CDC_TAG_LEN);
 	struct cdc_comp_ctx *cc = cdc_comp_new();
-	for (size_t s = 0; s < nseg; s++) {
-		size_t n = raw - s * SEG < SEG ? raw - s * SEG : SEG;
-		ssize_t r = cdc_compress(cc, comp, level, segs + s * SEG, n, out + s * (cap + CDC_TAG_LEN), cap);
-		if (r < 0)
-			die("compress failed");
-		olen[s] = (size_t)r;
-	}
-	charge(P_COMPRESS);
-
 	static const uint8_t key[CDC_KEY_LEN];
 	struct cdc_sealer *sealer = cdc_sealer_new(CDC_AEAD_AES256GCM, key);
-	uint64_t wire = 0;
-	for (size_t s = 0; s < nseg; s++) {
-		uint8_t *p = out + s * (cap + CDC_TAG_LEN);
-		if (cdc_seal(sealer, s, NULL, 0, p, olen[s], p + olen[s]))
-			die("seal failed");
-		wire += olen[s] + CDC_TAG_LEN;
-	}
-	charge(P_SEAL);
-
 	int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		die(strerror(errno));
-	for (size_t s = 0; s < nseg; s++)
-		if (write(fd, out + s * (cap + CDC_TAG_LEN), olen[s] + CDC_TAG_LEN) < 0)
+	if (!sent || !seg || !out || !cc || !sealer || fd < 0)
+		die("cannot set up the segment stages");
+	uint64_t nnew = 0, wire = 0, nseg = 0, v;
+	size_t fill = 0;
+	charge(P_DEDUP);
+	for (uint64_t i = 0; i <= nleft; i++) {
+		if (i < nleft) {
+			if (!trk_table_lookup(table, digest[i], &v) || !trk_table_lookup(sent, digest[i], &v))
+				continue;
+			trk_table_add(sent, digest[i], i);
+			memcpy(seg + fill, target + (uint64_t)left[i] * CDC_BLOCK_SIZE, CDC_BLOCK_SIZE);
+			fill += CDC_BLOCK_SIZE;
+			nnew++;
+		}
+		if (fill < SEG && (i < nleft || !fill))
+			continue;
+		charge(P_DEDUP);
+		ssize_t n = cdc_compress(cc, comp, level, seg, fill, out, cap);
+		if (n < 0)
+			die("compress failed");
+		charge(P_COMPRESS);
+		if (cdc_seal(sealer, nseg++, NULL, 0, out, (size_t)n, out + n))
+			die("seal failed");
+		charge(P_SEAL);
+		if (write(fd, out, (size_t)n + CDC_TAG_LEN) != n + CDC_TAG_LEN)
 			die(strerror(errno));
+		wire += (uint64_t)n + CDC_TAG_LEN;
+		fill = 0;
+		charge(P_WRITE);
+	}
 	fsync(fd);
 	close(fd);
 	charge(P_WRITE);
@@ -202,9 +204,8 @@ int main(int argc, char **argv)
 	trk_table_free(sent);
 	trk_table_free(table);
 	trk_index_free(idx);
-	free(segs);
+	free(seg);
 	free(out);
-	free(olen);
 	free(digest);
 	free(left);
 	cli_eal_stop();
