@@ -2,7 +2,8 @@
  * Block hashing and zero detection. SHA-256 goes through OpenSSL's EVP,
  * which uses the SHA-NI instructions when the CPU has them; the digest
  * context is fetched once per hasher so a 4 KiB block costs one
- * init/update/final and no lookups. Zero detection is ISA-L's vectorized scan,
+ * init/update/final and no lookups. Runs of blocks go four at a time through
+ * codecs/sha_ni.c where the CPU has SHA-NI (HANDOFF_NO_SHA_X4 turns that off). Zero detection is ISA-L's vectorized scan,
  * run before hashing so zero blocks (common in VM images) skip SHA-256.
  */
 #include "codecs.h"
@@ -16,6 +17,7 @@
 struct cdc_hasher {
 	EVP_MD *md;
 	EVP_MD_CTX *ctx;
+	bool x4; /* four blocks at a time on SHA-NI (codecs/sha_ni.c) */
 };
 
 struct cdc_hasher *cdc_hasher_new(void)
@@ -26,6 +28,7 @@ struct cdc_hasher *cdc_hasher_new(void)
 		return NULL;
 	h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
 	h->ctx = EVP_MD_CTX_new();
+	h->x4 = cdc_sha256_x4_available() && !getenv("HANDOFF_NO_SHA_X4");
 	if (!h->md || !h->ctx) {
 		cdc_hasher_free(h);
 		return NULL;
@@ -49,6 +52,18 @@ void cdc_hash_block(struct cdc_hasher *h, const void *block, uint8_t out[CDC_DIG
 	EVP_DigestInit_ex2(h->ctx, h->md, NULL);
 	EVP_DigestUpdate(h->ctx, block, CDC_BLOCK_SIZE);
 	EVP_DigestFinal_ex(h->ctx, out, &len);
+}
+
+void cdc_hash_blocks(struct cdc_hasher *h, const uint8_t *const *blocks, unsigned n,
+		     uint8_t (*out)[CDC_DIGEST_LEN])
+{
+	unsigned i = 0;
+
+	if (h->x4)
+		for (; i + 4 <= n; i += 4)
+			cdc_sha256_block_x4(blocks + i, out + i);
+	for (; i < n; i++)
+		cdc_hash_block(h, blocks[i], out[i]);
 }
 
 void cdc_sha256(const void *buf, size_t len, uint8_t out[CDC_DIGEST_LEN])

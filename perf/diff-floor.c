@@ -117,10 +117,9 @@ int main(int argc, char **argv)
 	struct trk_index *idx = trk_index_open(base_path, err, sizeof(err));
 	if (!idx)
 		die(err);
-	uint64_t base_blocks = trk_index_blocks(idx), nonzero = 0;
-	for (uint64_t b = 0; b < base_blocks; b++)
-		nonzero += !!memcmp(trk_index_digest(idx, b), cdc_zero_digest(), CDC_DIGEST_LEN);
-	struct trk_table *table = trk_table_new("floor", (uint32_t)(nonzero + 64), socket);
+	uint64_t base_blocks = trk_index_blocks(idx);
+	struct trk_table *table =
+		trk_table_new("floor", (uint32_t)(trk_index_nonzero_blocks(idx) + 64), socket);
 	if (!table)
 		die("no table");
 	trk_table_add_index(table, idx, 0);
@@ -147,8 +146,13 @@ int main(int argc, char **argv)
 
 	struct cdc_hasher *h = cdc_hasher_new();
 	uint8_t(*digest)[CDC_DIGEST_LEN] = malloc((nleft + 1) * CDC_DIGEST_LEN);
-	for (uint64_t i = 0; i < nleft; i++)
-		cdc_hash_block(h, target + (uint64_t)left[i] * CDC_BLOCK_SIZE, digest[i]);
+	const uint8_t *todo[256];
+	for (uint64_t i = 0; i < nleft; i += 256) {
+		unsigned n = nleft - i < 256 ? (unsigned)(nleft - i) : 256;
+		for (unsigned j = 0; j < n; j++)
+			todo[j] = target + (uint64_t)left[i + j] * CDC_BLOCK_SIZE;
+		cdc_hash_blocks(h, todo, n, digest + i);
+	}
 	charge(P_HASH);
 
 	/*

@@ -31,6 +31,41 @@ static void test_sha256_known_answer(void **state)
 	cdc_hasher_free(h);
 }
 
+/* Runs of blocks, any count, hash as one by one; the four-lane path on its own too. */
+static void test_sha256_blocks(void **state)
+{
+	(void)state;
+	enum { N = 11 };
+	uint8_t *data = malloc(N * CDC_BLOCK_SIZE + 1), got[N][32], want[N][32];
+	const uint8_t *blocks[N];
+	struct cdc_hasher *h = cdc_hasher_new();
+
+	/* unaligned, one zero block, two equal ones */
+	test_fill_random(data, N * CDC_BLOCK_SIZE + 1);
+	for (int i = 0; i < N; i++)
+		blocks[i] = data + 1 + (size_t)i * CDC_BLOCK_SIZE;
+	memset((uint8_t *)blocks[3], 0, CDC_BLOCK_SIZE);
+	memcpy((uint8_t *)blocks[7], blocks[5], CDC_BLOCK_SIZE);
+	for (int i = 0; i < N; i++)
+		cdc_sha256(blocks[i], CDC_BLOCK_SIZE, want[i]);
+	for (unsigned n = 0; n <= N; n++) {
+		memset(got, 0xa5, sizeof(got));
+		cdc_hash_blocks(h, blocks, n, got);
+		assert_memory_equal(got, want, n * 32);
+		if (n < N)
+			assert_int_equal(got[n][0], 0xa5); /* nothing past n */
+	}
+	if (cdc_sha256_x4_available()) {
+		cdc_sha256_block_x4(blocks + 2, got);
+		assert_memory_equal(got, want + 2, 4 * 32);
+		assert_memory_equal(got[1], cdc_zero_digest(), 32);
+	} else {
+		print_message("no SHA-NI here: the four-lane path was not run\n");
+	}
+	cdc_hasher_free(h);
+	free(data);
+}
+
 static void test_zero_detect(void **state)
 {
 	(void)state;
@@ -288,6 +323,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sha256_known_answer),
+		cmocka_unit_test(test_sha256_blocks),
 		cmocka_unit_test(test_zero_detect),
 		cmocka_unit_test(test_delta_round_trip),
 		cmocka_unit_test(test_delta_rejects_corrupt),

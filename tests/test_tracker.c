@@ -20,6 +20,7 @@ static void test_index_cache_lifecycle(void **state)
 
 	snprintf(img, sizeof(img), "%s/base.img", dir);
 	test_fill_random(data, len);
+	memset(data + 10 * CDC_BLOCK_SIZE, 0, 10 * CDC_BLOCK_SIZE); /* ten zero blocks */
 	test_write_file(img, data, len);
 
 	struct trk_index *a = trk_index_open(img, err, sizeof(err));
@@ -27,6 +28,7 @@ static void test_index_cache_lifecycle(void **state)
 	assert_false(trk_index_was_cached(a));
 	assert_int_equal(trk_index_size(a), len);
 	assert_int_equal(trk_index_blocks(a), 257);
+	assert_int_equal(trk_index_nonzero_blocks(a), 247);
 	/* per-block digests are SHA-256 of the (zero-padded) block */
 	uint8_t d[CDC_DIGEST_LEN], last[CDC_BLOCK_SIZE] = { 0 };
 	cdc_sha256(data + 5 * CDC_BLOCK_SIZE, CDC_BLOCK_SIZE, d);
@@ -40,6 +42,7 @@ static void test_index_cache_lifecycle(void **state)
 	assert_non_null(b);
 	assert_true(trk_index_was_cached(b));
 	assert_memory_equal(trk_index_id(a), trk_index_id(b), CDC_DIGEST_LEN);
+	assert_int_equal(trk_index_nonzero_blocks(b), 247);
 	trk_index_free(b);
 
 	/* the image changes (same size, mtime restored): ctime still tells */

@@ -29,7 +29,7 @@ struct index_header {
 };
 
 struct trk_index {
-	uint64_t size, nblocks;
+	uint64_t size, nblocks, nonzero;
 	uint8_t (*digest)[CDC_DIGEST_LEN];
 	uint8_t id[CDC_DIGEST_LEN];
 	bool cached;
@@ -196,13 +196,23 @@ static int build(struct trk_index *idx, int fd, uint64_t size)
 		/* Zero-pad the tail so the last block hashes like the sender's. */
 		size_t padded = (want + CDC_BLOCK_SIZE - 1) & ~(size_t)(CDC_BLOCK_SIZE - 1);
 		memset(buf + want, 0, padded - want);
+		/* non-zero blocks are hashed together, several at a time where the CPU can */
+		const uint8_t *todo[READ_CHUNK / CDC_BLOCK_SIZE];
+		uint8_t digest[READ_CHUNK / CDC_BLOCK_SIZE][CDC_DIGEST_LEN];
+		uint64_t first = block;
+		unsigned n = 0;
 		for (size_t o = 0; o < padded; o += CDC_BLOCK_SIZE, block++) {
 			if (cdc_is_zero(buf + o, CDC_BLOCK_SIZE))
 				memcpy(idx->digest[block], cdc_zero_digest(), CDC_DIGEST_LEN);
 			else
-				cdc_hash_block(h, buf + o, idx->digest[block]);
-			cdc_image_digest_add(id, idx->digest[block]);
+				todo[n++] = buf + o;
 		}
+		cdc_hash_blocks(h, todo, n, digest);
+		for (unsigned j = 0; j < n; j++)
+			memcpy(idx->digest[first + (uint64_t)(todo[j] - buf) / CDC_BLOCK_SIZE], digest[j],
+			       CDC_DIGEST_LEN);
+		for (uint64_t b = first; b < block; b++)
+			cdc_image_digest_add(id, idx->digest[b]);
 	}
 	cdc_image_digest_final(id, size, idx->id);
 	ret = 0;
@@ -211,6 +221,12 @@ out:
 	cdc_image_digest_free(id);
 	cdc_hasher_free(h);
 	return ret;
+}
+
+static void count_nonzero(struct trk_index *idx)
+{
+	for (uint64_t b = 0; b < idx->nblocks; b++)
+		idx->nonzero += !!memcmp(idx->digest[b], cdc_zero_digest(), CDC_DIGEST_LEN);
 }
 
 struct trk_index *trk_index_open(const char *image, char *err, size_t errlen)
@@ -236,6 +252,7 @@ struct trk_index *trk_index_open(const char *image, char *err, size_t errlen)
 	stamp_of(&st, &stamp);
 	if (load_cache(idx, image, &stamp)) {
 		idx->cached = true;
+		count_nonzero(idx);
 		close(fd);
 		return idx;
 	}
@@ -245,6 +262,7 @@ struct trk_index *trk_index_open(const char *image, char *err, size_t errlen)
 		set_err(err, errlen, "cannot index base %s: %s", image, strerror(-ret));
 		goto err;
 	}
+	count_nonzero(idx);
 	/* Re-stat: an image modified while we read it must not be cached. */
 	struct stat after;
 	struct index_stamp stamp2;
@@ -272,6 +290,7 @@ void trk_index_free(struct trk_index *idx)
 
 uint64_t trk_index_size(const struct trk_index *idx) { return idx->size; }
 uint64_t trk_index_blocks(const struct trk_index *idx) { return idx->nblocks; }
+uint64_t trk_index_nonzero_blocks(const struct trk_index *idx) { return idx->nonzero; }
 const uint8_t *trk_index_id(const struct trk_index *idx) { return idx->id; }
 bool trk_index_was_cached(const struct trk_index *idx) { return idx->cached; }
 

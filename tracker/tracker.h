@@ -28,6 +28,8 @@ struct trk_index *trk_index_open(const char *image, char *err, size_t errlen);
 void trk_index_free(struct trk_index *idx);
 uint64_t trk_index_size(const struct trk_index *idx);
 uint64_t trk_index_blocks(const struct trk_index *idx);
+/* Blocks that are not zero: at most this many distinct digests go in a table. */
+uint64_t trk_index_nonzero_blocks(const struct trk_index *idx);
 const uint8_t *trk_index_digest(const struct trk_index *idx, uint64_t block);
 /* The image digest (cdc_image_digest over all blocks): the base's identity. */
 const uint8_t *trk_index_id(const struct trk_index *idx);
