@@ -34,6 +34,8 @@ static const uint32_t initial_h[8] = {
 	0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 };
 
+_Static_assert(CDC_BLOCK_SIZE == 4096, "the padding block below is for 4096-byte messages");
+
 /* The last block of every 4096-byte message: 0x80, zeros, the length in bits (32768), big-endian. */
 static const uint8_t pad_block[64] = { 0x80, [62] = 0x80 };
 

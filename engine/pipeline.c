@@ -389,8 +389,10 @@ static int poll_hash(struct stage *s)
 			memcpy(b->digest[i], cdc_zero_digest(), CDC_DIGEST_LEN);
 		else if ((same = base_block_if_equal(s->p, b->block[i], blk)))
 			memcpy(b->digest[i], same, CDC_DIGEST_LEN);
-		else
-			todo_at[n] = (uint16_t)i, todo[n++] = blk;
+		else {
+			todo_at[n] = (uint16_t)i;
+			todo[n++] = blk;
+		}
 	}
 	cdc_hash_blocks(s->hasher, todo, n, digest);
 	for (unsigned j = 0; j < n; j++)
