@@ -185,6 +185,15 @@ void cli_set_eal_args(int argc, char **argv)
 	eal_argv = argv;
 }
 
+unsigned cli_diff_mem_mb(uint64_t base_size, uint64_t target_size)
+{
+	/* pools ~100 MiB; rte_hash ~128 B per indexed or sent block */
+	uint64_t blocks = base_size / CDC_BLOCK_SIZE;
+	uint64_t tblocks = target_size / CDC_BLOCK_SIZE;
+	blocks += tblocks < (4u << 20) ? tblocks : (4u << 20);
+	return (unsigned)(256 + (blocks * 128 >> 20));
+}
+
 int cli_eal_start(unsigned mem_mb, int *socket)
 {
 	char lcores[256], mem[32], prefix[64], *argv[64];

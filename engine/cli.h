@@ -48,6 +48,8 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * *socket gets the NUMA node for pools. 0, or -1 after a one-line error.
  */
 int cli_eal_start(unsigned mem_mb, int *socket);
+/* EAL memory (MiB) a diff of these sizes needs: pools and dedup tables. */
+unsigned cli_diff_mem_mb(uint64_t base_size, uint64_t target_size);
 /* The EAL arguments the operator gave before --, kept for cli_eal_start. */
 void cli_set_eal_args(int argc, char **argv);
 void cli_eal_stop(void);

@@ -48,14 +48,6 @@ static void diff_tick(void *ctx, struct eng_pipeline *p)
 		     (double)(rte_rdtsc() - t->start) / (double)rte_get_tsc_hz());
 }
 
-static unsigned eal_mem_mb(uint64_t base_size, uint64_t target_size)
-{
-	/* pools ~100 MiB; rte_hash ~128 B per indexed or sent block */
-	uint64_t blocks = base_size / CDC_BLOCK_SIZE;
-	uint64_t tblocks = target_size / CDC_BLOCK_SIZE;
-	blocks += tblocks < (4u << 20) ? tblocks : (4u << 20);
-	return (unsigned)(256 + (blocks * 128 >> 20));
-}
 
 /*
  * The base and target are read through mappings: if either shrinks while it
@@ -126,7 +118,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 		goto out;
 	}
 	int socket;
-	if (cli_eal_start(eal_mem_mb((uint64_t)bst.st_size, (uint64_t)tst.st_size), &socket))
+	if (cli_eal_start(cli_diff_mem_mb((uint64_t)bst.st_size, (uint64_t)tst.st_size), &socket))
 		goto out;
 	base = trk_index_open(val[O_BASE], err, sizeof(err));
 	if (!base) {

@@ -108,8 +108,11 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
+	struct stat bst, tst;
+	if (stat(base_path, &bst) || stat(target_path, &tst))
+		die(strerror(errno));
 	mark = eng_cpu_s();
-	if (cli_eal_start(512, &socket))
+	if (cli_eal_start(cli_diff_mem_mb((uint64_t)bst.st_size, (uint64_t)tst.st_size), &socket))
 		return 1;
 	charge(P_EAL);
 
@@ -171,7 +174,7 @@ int main(int argc, char **argv)
 		die("cannot set up the segment stages");
 	uint64_t nnew = 0, wire = 0, nseg = 0, v;
 	size_t fill = 0;
-	charge(P_DEDUP);
+	charge(P_DEDUP); /* its table, like the engine's set-up of its own */
 	for (uint64_t i = 0; i <= nleft; i++) {
 		if (i < nleft) {
 			if (!trk_table_lookup(table, digest[i], &v) || !trk_table_lookup(sent, digest[i], &v))
