@@ -14,6 +14,7 @@
  */
 #include "codecs.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <stdbool.h>
 
@@ -122,9 +123,12 @@ SHA_NI void cdc_sha256_block_x4(const uint8_t *const block[4], uint8_t out[4][CD
 	}
 }
 
+/* CPUID directly: clang 14's __builtin_cpu_supports does not know "sha". */
 bool cdc_sha256_x4_available(void)
 {
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1") &&
-	       __builtin_cpu_supports("ssse3");
+	unsigned a, b, c, d;
+
+	if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSSE3) || !(c & bit_SSE4_1))
+		return false;
+	return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_SHA);
 }
