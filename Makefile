@@ -86,7 +86,7 @@ $(BUILD)/fuzz_stream: $(FUZZ_SRC) $(wildcard */*.h)
 	clang -O1 -g -std=gnu11 -D_GNU_SOURCE -I. $(DPDK_CFLAGS) -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined $(FUZZ_SRC) -o $@ -lisal -lzstd -llzma -lcrypto -luring
 
-unit: $(ENGINE) $(TESTS)
+unit: $(ENGINE) $(TOOLS) $(TESTS)
 	@HANDOFF_ENGINE=$(ENGINE) scripts/run-tests $(TESTS)
 
 integration: $(ENGINE) $(TOOLS)

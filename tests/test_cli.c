@@ -215,6 +215,44 @@ static void test_full_disk(void **state)
 	umount(small);
 }
 
+/* perf/diff-floor, beside the engine: a whole JSON report whose block counts add up. */
+static void test_diff_floor(void **state)
+{
+	(void)state;
+	char floor_bin[600], cmd[2600], floor_out[320], json[320];
+	snprintf(floor_bin, sizeof(floor_bin), "%s", engine);
+	strcpy(strrchr(floor_bin, '/') + 1, "diff-floor");
+	snprintf(floor_out, sizeof(floor_out), "%s/floor.out", dir);
+	snprintf(json, sizeof(json), "%s/floor.json", dir);
+	snprintf(cmd, sizeof(cmd), "%s --base %s --target %s --mode none:igzip:1 -o %s >%s 2>%s", floor_bin,
+		 base, target, floor_out, json, errf);
+	assert_int_equal(system(cmd), 0);
+	json_object *o = json_object_from_file(json), *blocks, *cpu, *v;
+	assert_non_null(o);
+	assert_true(json_object_object_get_ex(o, "blocks", &blocks));
+	int64_t sum = 0;
+	const char *kinds[] = { "zero", "same", "hashed" };
+	for (int i = 0; i < 3; i++) {
+		assert_true(json_object_object_get_ex(blocks, kinds[i], &v));
+		sum += json_object_get_int64(v);
+	}
+	assert_int_equal(sum, ((5 << 20) + 33) / 4096); /* whole blocks */
+	assert_true(json_object_object_get_ex(blocks, "new", &v));
+	assert_true(json_object_get_int64(v) > 0);
+	assert_true(json_object_object_get_ex(o, "cpu_s", &cpu));
+	assert_int_equal(json_object_object_length(cpu), 8);
+	assert_true(json_object_object_get_ex(o, "total_cpu_s", &v));
+	assert_true(json_object_get_double(v) > 0);
+	assert_true(json_object_object_get_ex(o, "wire_bytes", &v));
+	struct stat st;
+	assert_int_equal(stat(floor_out, &st), 0);
+	assert_int_equal((int64_t)st.st_size, json_object_get_int64(v));
+	json_object_put(o);
+	snprintf(cmd, sizeof(cmd), "%s --base %s --target %s --mode xor:zstd:1 >/dev/null 2>&1", floor_bin, base,
+		 target);
+	assert_int_equal(WEXITSTATUS(system(cmd)), 2); /* a delta mode is not what it measures */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -223,6 +261,7 @@ int main(void)
 		cmocka_unit_test(test_patch_failures_leave_nothing),
 		cmocka_unit_test(test_bad_eal_args),
 		cmocka_unit_test(test_full_disk),
+		cmocka_unit_test(test_diff_floor),
 	};
 	test_seed();
 	return cmocka_run_group_tests_name("cli", tests, setup, NULL);
