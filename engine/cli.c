@@ -187,11 +187,16 @@ void cli_set_eal_args(int argc, char **argv)
 
 unsigned cli_diff_mem_mb(uint64_t base_size, uint64_t target_size)
 {
-	/* pools ~100 MiB; rte_hash ~128 B per indexed or sent block */
+	/*
+	 * The pipeline's buffers live outside the EAL heap (pipeline.c); the heap
+	 * holds rings, a dpdk: output's mbuf pool (~40 MiB of jumbo frames) and
+	 * the dedup tables, ~128 B per indexed or sent block. A bigger -m only
+	 * makes EAL's start-up longer.
+	 */
 	uint64_t blocks = base_size / CDC_BLOCK_SIZE;
 	uint64_t tblocks = target_size / CDC_BLOCK_SIZE;
 	blocks += tblocks < (4u << 20) ? tblocks : (4u << 20);
-	return (unsigned)(256 + (blocks * 128 >> 20));
+	return (unsigned)(128 + (blocks * 128 >> 20));
 }
 
 int cli_eal_start(unsigned mem_mb, int *socket)

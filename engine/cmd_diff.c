@@ -184,6 +184,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 		.socket = socket,
 		.tick = diff_tick,
 		.tick_ctx = &tick,
+		.exit_after = true,
 	};
 	struct eng_diff_report rep;
 	int run = eng_diff_run(&a, &rep, err, sizeof(err));

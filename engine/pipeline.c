@@ -35,8 +35,8 @@
 #include <rte_ring.h>
 
 #define BATCH_BLOCKS 256
-#define NBATCHES 16
-#define NSEGMENTS 16
+#define NBATCHES 8
+#define NSEGMENTS 8
 #define RING_SIZE 64 /* > NBATCHES, NSEGMENTS: enqueues never fail */
 #define REORDER 64   /* reorder window: >= objects in flight */
 #define MAX_LCORES 64
@@ -953,8 +953,10 @@ static void pipeline_free(struct eng_pipeline *p)
 	cdc_history_free(p->history);
 	rte_mempool_free(p->batches);
 	rte_mempool_free(p->segments);
-	trk_table_free(p->base_table);
-	trk_table_free(p->sent_table);
+	if (!p->a->exit_after) {
+		trk_table_free(p->base_table);
+		trk_table_free(p->sent_table);
+	}
 	for (unsigned o = 0; o < ENG_MAX_OBJECTS; o++)
 		free(p->held[o]);
 	free(p);
