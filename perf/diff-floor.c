@@ -1,7 +1,7 @@
 /*
- * diff-floor: the least CPU any encoder of the issue's design spends on one
- * diff, measured part by part on the same codecs the engine uses, in one
- * thread with no pipeline, rings, pools or stream format around them:
+ * diff-floor: the CPU of one diff's work measured part by part, on the same
+ * codecs the engine uses, in one thread with no pipeline, rings, pools or
+ * stream format around them:
  *
  *   eal       DPDK EAL start and stop (the engine's own defaults)
  *   index     the base's cached index, and its non-zero digests in a table
@@ -17,8 +17,10 @@
  *
  * Whole blocks only: a target's partial last block is left out.
  *
- * The sum bounds the engine's CPU from below: perf/bench-diff compares the
- * engine against it and against zstd -1.
+ * The sum is the reference the pipeline's own overhead is measured against
+ * (perf/bench-diff prints the engine's CPU over it). It is not a strict
+ * bound: the engine on one lcore has come in below it (it reads the target
+ * with read-ahead hints and overlaps nothing it does not have to).
  *
  *   diff-floor --base BASE --target TARGET [--mode none:COMP:LEVEL] [-o OUT]
  *
