@@ -329,6 +329,8 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 
 	if (summary)
 		*summary = NULL;
+	if (errlen)
+		err[0] = 0; /* a failure below always says why; this keeps a hint appended to it in bounds */
 	if (!d) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
@@ -434,6 +436,14 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 out:
 	if (ret && have_ctl)
 		eng_control_send(&ctl, ENG_MSG_FAILED, err);
+	/* a retry would refuse it anyway (check_disk_out): say so now, and what to do */
+	if (ret && d->disk && eng_uring_file_writes(d->disk)) {
+		size_t n = strnlen(err, errlen);
+		if (n + 1 < errlen)
+			snprintf(err + n, errlen - n,
+				 " (--disk-out %s was written to: copy the base disk to it again before another try)",
+				 a->disk_out);
+	}
 	if (summary)
 		*summary = summary_json(d, &st, since(&d->t0), ret == 0, err);
 	if (have_ctl)
