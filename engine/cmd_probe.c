@@ -71,13 +71,6 @@ static void prng_free(struct prng *r)
 	free(r->zero);
 }
 
-static double mono(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int parse_size(const char *s, uint64_t *out)
 {
 	char *end;
@@ -132,7 +125,7 @@ static int probe_send(const char *loc, const struct eng_conn_bind *b, uint64_t b
 		cli_error("probe: %s", err);
 		goto out;
 	}
-	double t0 = mono(), c0 = eng_cpu_s(), last = t0;
+	double t0 = eng_mono_s(), c0 = eng_cpu_s(), last = t0;
 	memcpy(hdr, "HOPROBE1", 8);
 	memcpy(hdr + 8, &bytes, 8);
 	memcpy(hdr + 16, &seed, 8);
@@ -142,15 +135,15 @@ static int probe_send(const char *loc, const struct eng_conn_bind *b, uint64_t b
 		prng_fill(&r, buf, n);
 		e = eng_conn_send(c, buf, n);
 		done += n;
-		if (isatty(2) && mono() - last > 0.2) {
-			last = mono();
+		if (isatty(2) && eng_mono_s() - last > 0.2) {
+			last = eng_mono_s();
 			cli_progress("probe", done, bytes, done, last - t0);
 		}
 	}
 	cli_progress_end();
 	if (!e)
 		e = eng_conn_recv_all(c, reply, sizeof(reply), timeout + 60);
-	double secs = mono() - t0;
+	double secs = eng_mono_s() - t0;
 	if (e) {
 		const char *why = eng_conn_error(c);
 		cli_error("probe: %s", why ? why : strerror(-e));
@@ -208,7 +201,7 @@ static int probe_receive(const char *loc, const struct eng_conn_bind *b, double 
 		cli_error("probe: out of memory");
 		goto out;
 	}
-	t0 = mono();
+	t0 = eng_mono_s();
 	while (!e && done < bytes) {
 		size_t n = bytes - done < CHUNK ? (size_t)(bytes - done) : CHUNK;
 		e = eng_conn_recv_all(c, buf, n, -1);
@@ -219,7 +212,7 @@ static int probe_receive(const char *loc, const struct eng_conn_bind *b, double 
 			equal = false;
 		done += n;
 	}
-	double secs = mono() - t0;
+	double secs = eng_mono_s() - t0;
 	if (e) {
 		const char *why = eng_conn_error(c);
 		cli_error("probe: %s after %llu of %llu bytes", why ? why : strerror(-e),

@@ -4,6 +4,7 @@
  * of events that arrived while waiting for something else. Every wait polls
  * against a CLOCK_MONOTONIC deadline, so no call can hang on a stuck QEMU.
  */
+#include "engine/clock.h"
 #include "qmp.h"
 
 #include <errno.h>
@@ -34,18 +35,10 @@ struct qb_qmp {
 	unsigned long next_id;
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* poll() timeout in ms until deadline, at least 0. */
 static int left_ms(double deadline)
 {
-	double left = deadline - now_s();
+	double left = deadline - eng_mono_s();
 
 	return left <= 0 ? 0 : left > 1e6 ? 1000000000 : (int)(left * 1000) + 1;
 }
@@ -195,7 +188,7 @@ static const char *str_field(json_object *o, const char *key)
 static json_object *exec_fd(struct qb_qmp *q, const char *cmd, json_object *args, int fd, double timeout_s,
 			    int *rc, char *err, size_t errlen)
 {
-	double deadline = now_s() + timeout_s;
+	double deadline = eng_mono_s() + timeout_s;
 	json_object *msg = json_object_new_object(), *resp = NULL, *v;
 	char id[32];
 	int ret;
@@ -293,7 +286,7 @@ static int connect_retry(const char *path, double deadline, char *err, size_t er
 			return fd;
 		int e = errno;
 		close(fd);
-		if ((e != ENOENT && e != ECONNREFUSED) || now_s() >= deadline) {
+		if ((e != ENOENT && e != ECONNREFUSED) || eng_mono_s() >= deadline) {
 			snprintf(err, errlen, "cannot connect to QMP socket %s: %s", path, strerror(e));
 			return -e;
 		}
@@ -303,7 +296,7 @@ static int connect_retry(const char *path, double deadline, char *err, size_t er
 
 struct qb_qmp *qb_qmp_connect(const char *path, double timeout_s, char *err, size_t errlen)
 {
-	double deadline = now_s() + timeout_s;
+	double deadline = eng_mono_s() + timeout_s;
 	struct qb_qmp *q = calloc(1, sizeof(*q));
 	json_object *greet = NULL;
 
@@ -329,7 +322,7 @@ struct qb_qmp *qb_qmp_connect(const char *path, double timeout_s, char *err, siz
 	}
 	json_object_put(greet);
 	greet = NULL;
-	if (qb_qmp_run(q, "qmp_capabilities", NULL, deadline - now_s() > 1 ? deadline - now_s() : 1, err, errlen))
+	if (qb_qmp_run(q, "qmp_capabilities", NULL, deadline - eng_mono_s() > 1 ? deadline - eng_mono_s() : 1, err, errlen))
 		goto err;
 	return q;
 err:
@@ -399,7 +392,7 @@ static bool event_is(json_object *ev, const char *name)
 int qb_qmp_wait_event(struct qb_qmp *q, const char *name, double timeout_s, json_object **data, double *ts,
 		      char *err, size_t errlen)
 {
-	double deadline = now_s() + timeout_s;
+	double deadline = eng_mono_s() + timeout_s;
 	int ret;
 
 	if (data)
