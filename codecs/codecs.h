@@ -31,12 +31,15 @@ struct cdc_hasher *cdc_hasher_new(void);
 void cdc_hasher_free(struct cdc_hasher *h);
 /* SHA-256 of one CDC_BLOCK_SIZE block. */
 void cdc_hash_block(struct cdc_hasher *h, const void *block, uint8_t out[CDC_DIGEST_LEN]);
-/* The same for n blocks: four at a time with SHA-NI where the CPU has it (faster), else one by one. */
+/*
+ * The same for n blocks, block i's digest into out[i]: four at a time with
+ * SHA-NI where the CPU has it (faster), else one by one.
+ */
 void cdc_hash_blocks(struct cdc_hasher *h, const uint8_t *const *blocks, unsigned n,
-		     uint8_t (*out)[CDC_DIGEST_LEN]);
+		     uint8_t *const *out);
 /* The four-lane SHA-NI path itself (codecs/sha_ni.c), for tests and benchmarks. */
 bool cdc_sha256_x4_available(void);
-void cdc_sha256_block_x4(const uint8_t *const block[4], uint8_t out[4][CDC_DIGEST_LEN]);
+void cdc_sha256_block_x4(const uint8_t *const block[4], uint8_t *const out[4]);
 /* SHA-256 of an arbitrary buffer (slow path: headers, keys). */
 void cdc_sha256(const void *buf, size_t len, uint8_t out[CDC_DIGEST_LEN]);
 bool cdc_is_zero(const void *buf, size_t len);

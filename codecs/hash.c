@@ -3,8 +3,9 @@
  * which uses the SHA-NI instructions when the CPU has them; the digest
  * context is fetched once per hasher so a 4 KiB block costs one
  * init/update/final and no lookups. Runs of blocks go four at a time through
- * codecs/sha_ni.c where the CPU has SHA-NI (HANDOFF_NO_SHA_X4 turns that off). Zero detection is ISA-L's vectorized scan,
- * run before hashing so zero blocks (common in VM images) skip SHA-256.
+ * codecs/sha_ni.c where the CPU has SHA-NI (HANDOFF_NO_SHA_X4 turns that
+ * off). Zero detection is ISA-L's vectorized scan, run before hashing so zero
+ * blocks (common in VM images) skip SHA-256.
  */
 #include "codecs.h"
 
@@ -55,7 +56,7 @@ void cdc_hash_block(struct cdc_hasher *h, const void *block, uint8_t out[CDC_DIG
 }
 
 void cdc_hash_blocks(struct cdc_hasher *h, const uint8_t *const *blocks, unsigned n,
-		     uint8_t (*out)[CDC_DIGEST_LEN])
+		     uint8_t *const *out)
 {
 	unsigned i = 0;
 

@@ -102,7 +102,7 @@ SHA_NI static void compress4(struct lanes *s, const uint8_t *const p[4], size_t 
 	}
 }
 
-SHA_NI void cdc_sha256_block_x4(const uint8_t *const block[4], uint8_t out[4][CDC_DIGEST_LEN])
+SHA_NI void cdc_sha256_block_x4(const uint8_t *const block[4], uint8_t *const out[4])
 {
 	const __m128i be = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
 	const uint8_t *const pad[4] = { pad_block, pad_block, pad_block, pad_block };

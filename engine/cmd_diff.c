@@ -48,7 +48,6 @@ static void diff_tick(void *ctx, struct eng_pipeline *p)
 		     (double)(rte_rdtsc() - t->start) / (double)rte_get_tsc_hz());
 }
 
-
 /*
  * The base and target are read through mappings: if either shrinks while it
  * is read, the access faults with SIGBUS. Say what happened instead of dying

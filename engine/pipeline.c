@@ -377,8 +377,7 @@ static int poll_hash(struct stage *s)
 	uint64_t t0 = rte_rdtsc();
 	/* the blocks left are hashed together: several at a time where the CPU can */
 	const uint8_t *todo[BATCH_BLOCKS];
-	uint16_t todo_at[BATCH_BLOCKS];
-	uint8_t digest[BATCH_BLOCKS][CDC_DIGEST_LEN];
+	uint8_t *todo_digest[BATCH_BLOCKS];
 	unsigned n = 0;
 	for (uint32_t i = 0; i < b->nblocks; i++) {
 		const uint8_t *blk = b->blocks + (size_t)i * CDC_BLOCK_SIZE;
@@ -390,13 +389,11 @@ static int poll_hash(struct stage *s)
 		else if ((same = base_block_if_equal(s->p, b->block[i], blk)))
 			memcpy(b->digest[i], same, CDC_DIGEST_LEN);
 		else {
-			todo_at[n] = (uint16_t)i;
+			todo_digest[n] = b->digest[i];
 			todo[n++] = blk;
 		}
 	}
-	cdc_hash_blocks(s->hasher, todo, n, digest);
-	for (unsigned j = 0; j < n; j++)
-		memcpy(b->digest[todo_at[j]], digest[j], CDC_DIGEST_LEN);
+	cdc_hash_blocks(s->hasher, todo, n, todo_digest);
 	s->st.items++;
 	s->st.blocks += b->nblocks;
 	s->st.bytes_in += (uint64_t)b->nblocks * CDC_BLOCK_SIZE;

@@ -152,11 +152,14 @@ int main(int argc, char **argv)
 	struct cdc_hasher *h = cdc_hasher_new();
 	uint8_t(*digest)[CDC_DIGEST_LEN] = malloc((nleft + 1) * CDC_DIGEST_LEN);
 	const uint8_t *todo[256];
+	uint8_t *todo_digest[256];
 	for (uint64_t i = 0; i < nleft; i += 256) {
 		unsigned n = nleft - i < 256 ? (unsigned)(nleft - i) : 256;
-		for (unsigned j = 0; j < n; j++)
+		for (unsigned j = 0; j < n; j++) {
 			todo[j] = target + (uint64_t)left[i + j] * CDC_BLOCK_SIZE;
-		cdc_hash_blocks(h, todo, n, digest + i);
+			todo_digest[j] = digest[i + j];
+		}
+		cdc_hash_blocks(h, todo, n, todo_digest);
 	}
 	charge(P_HASH);
 

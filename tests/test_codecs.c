@@ -38,6 +38,7 @@ static void test_sha256_blocks(void **state)
 	enum { N = 11 };
 	uint8_t *data = malloc(N * CDC_BLOCK_SIZE + 1), got[N][32], want[N][32];
 	const uint8_t *blocks[N];
+	uint8_t *out[N];
 	struct cdc_hasher *h = cdc_hasher_new();
 
 	/* unaligned, one zero block, two equal ones */
@@ -46,17 +47,19 @@ static void test_sha256_blocks(void **state)
 		blocks[i] = data + 1 + (size_t)i * CDC_BLOCK_SIZE;
 	memset((uint8_t *)blocks[3], 0, CDC_BLOCK_SIZE);
 	memcpy((uint8_t *)blocks[7], blocks[5], CDC_BLOCK_SIZE);
-	for (int i = 0; i < N; i++)
+	for (int i = 0; i < N; i++) {
 		cdc_sha256(blocks[i], CDC_BLOCK_SIZE, want[i]);
+		out[i] = got[i];
+	}
 	for (unsigned n = 0; n <= N; n++) {
 		memset(got, 0xa5, sizeof(got));
-		cdc_hash_blocks(h, blocks, n, got);
+		cdc_hash_blocks(h, blocks, n, out);
 		assert_memory_equal(got, want, n * 32);
 		if (n < N)
 			assert_int_equal(got[n][0], 0xa5); /* nothing past n */
 	}
 	if (cdc_sha256_x4_available()) {
-		cdc_sha256_block_x4(blocks + 2, got);
+		cdc_sha256_block_x4(blocks + 2, out);
 		assert_memory_equal(got, want + 2, 4 * 32);
 		assert_memory_equal(got[1], cdc_zero_digest(), 32);
 	} else {

@@ -198,19 +198,19 @@ static int build(struct trk_index *idx, int fd, uint64_t size)
 		memset(buf + want, 0, padded - want);
 		/* non-zero blocks are hashed together, several at a time where the CPU can */
 		const uint8_t *todo[READ_CHUNK / CDC_BLOCK_SIZE];
-		uint8_t digest[READ_CHUNK / CDC_BLOCK_SIZE][CDC_DIGEST_LEN];
+		uint8_t *todo_digest[READ_CHUNK / CDC_BLOCK_SIZE];
 		uint64_t first = block;
 		unsigned n = 0;
 		for (size_t o = 0; o < padded; o += CDC_BLOCK_SIZE, block++) {
-			if (cdc_is_zero(buf + o, CDC_BLOCK_SIZE))
+			if (cdc_is_zero(buf + o, CDC_BLOCK_SIZE)) {
 				memcpy(idx->digest[block], cdc_zero_digest(), CDC_DIGEST_LEN);
-			else
+			} else {
+				todo_digest[n] = idx->digest[block];
 				todo[n++] = buf + o;
+			}
 		}
-		cdc_hash_blocks(h, todo, n, digest);
-		for (unsigned j = 0; j < n; j++)
-			memcpy(idx->digest[first + (uint64_t)(todo[j] - buf) / CDC_BLOCK_SIZE], digest[j],
-			       CDC_DIGEST_LEN);
+		cdc_hash_blocks(h, todo, n, todo_digest);
+		idx->nonzero += n;
 		for (uint64_t b = first; b < block; b++)
 			cdc_image_digest_add(id, idx->digest[b]);
 	}
@@ -223,6 +223,7 @@ out:
 	return ret;
 }
 
+/* A cached index does not store the count: build() counts as it hashes. */
 static void count_nonzero(struct trk_index *idx)
 {
 	for (uint64_t b = 0; b < idx->nblocks; b++)
@@ -262,7 +263,6 @@ struct trk_index *trk_index_open(const char *image, char *err, size_t errlen)
 		set_err(err, errlen, "cannot index base %s: %s", image, strerror(-ret));
 		goto err;
 	}
-	count_nonzero(idx);
 	/* Re-stat: an image modified while we read it must not be cached. */
 	struct stat after;
 	struct index_stamp stamp2;
