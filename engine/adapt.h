@@ -53,6 +53,7 @@ struct eng_adapt_sample {
 	double link_bps;      /* the transport's estimate (0: unknown) */
 	double free_lcores;   /* lcores the engine can use now */
 	uint64_t queued;      /* bytes waiting in the transport */
+	double guest_throttle; /* fraction of the guest's CPU the engine takes away (0: none) */
 };
 
 struct eng_adapt {

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { S_QMP, S_DISK, S_BASE, S_TO, S_KEY, S_MODE, S_CIPHER, S_JSON, S_TIMEOUT, S_TRACE };
+enum { S_QMP, S_DISK, S_BASE, S_TO, S_KEY, S_MODE, S_CIPHER, S_JSON, S_TIMEOUT, S_TRACE, S_BUDGET, S_THROTTLE };
 
 static const struct cli_opt send_opts[] = {
 	[S_QMP] = { "qmp", 0, "SRC.sock", true, "QMP socket of the running source QEMU" },
@@ -23,7 +23,9 @@ static const struct cli_opt send_opts[] = {
 	[S_CIPHER] = { "cipher", 0, "NAME", false, "aes-256-gcm (default) or chacha20-poly1305" },
 	[S_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[S_TIMEOUT] = { "connect-timeout", 0, "SECONDS", false, "how long to retry connecting (default 30)" },
-	[S_TRACE] = { "trace", 0, "FILE", false, "write one JSON line per controller tick (time, mode, P, R, link, queue)" },
+	[S_TRACE] = { "trace", 0, "FILE", false, "write one JSON line per controller tick (time, mode, P, R, link, queue) and per guest throttle step" },
+	[S_BUDGET] = { "stop-budget", 0, "SECONDS", false, "stop the VM once the rest fits in this much link time, like QEMU's downtime-limit (default 1; the pause adds about 1 s)" },
+	[S_THROTTLE] = { "throttle", 0, "on|off", false, "when the guest dirties faster than the link drains, slow its vCPUs (cgroup CPU quota) until the rest fits the budget (default on)" },
 	{ 0 },
 };
 
@@ -57,7 +59,9 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 	struct eng_send_args a = {
 		.qmp_path = val[S_QMP], .disk_path = val[S_DISK], .base_dir = val[S_BASE], .to = val[S_TO],
 		.mode = auto_mode, .progress = isatty(2), .connect_timeout_s = 30, .trace_path = val[S_TRACE],
+		.stop_budget_s = ENG_STOP_SECONDS, .throttle = true,
 	};
+	char *end;
 	uint8_t key[CDC_KEY_LEN];
 	char err[512];
 	json_object *summary = NULL;
@@ -72,6 +76,16 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 		cli_error("bad --connect-timeout '%s'", val[S_TIMEOUT]);
 		return 2;
 	}
+	if (val[S_BUDGET] && ((a.stop_budget_s = strtod(val[S_BUDGET], &end)) < 0.05 || a.stop_budget_s > 600 ||
+			      *end || end == val[S_BUDGET])) {
+		cli_error("bad --stop-budget '%s' (seconds, 0.05..600)", val[S_BUDGET]);
+		return 2;
+	}
+	if (val[S_THROTTLE] && strcmp(val[S_THROTTLE], "on") && strcmp(val[S_THROTTLE], "off")) {
+		cli_error("bad --throttle '%s' (on or off)", val[S_THROTTLE]);
+		return 2;
+	}
+	a.throttle = !val[S_THROTTLE] || !strcmp(val[S_THROTTLE], "on");
 	if (need_key(a.to, val[S_KEY], "send") || cli_parse_aead(val[S_CIPHER], &a.aead) ||
 	    (val[S_KEY] && cli_read_key(val[S_KEY], key)))
 		return 2;
@@ -98,6 +112,7 @@ const struct cli_cmd cli_cmd_send = {
 		   "deduplicated and delta-encoded against the base, compressed and sealed. If anything\n"
 		   "fails before the destination is committed, the source VM keeps running.",
 	.usage = "--qmp SRC.sock --disk TRACKED_DISK --base BASEDIR --to tcp:HOST:PORT|dpdk:PORT|file:PATH [--key FILE] [--json]\n"
+		 "[--mode auto|DELTA:COMP:LEVEL] [--stop-budget SECONDS] [--throttle on|off] [--trace FILE]\n"
 		 "(dpdk: needs the port in the EAL arguments, e.g. --vdev net_af_packet0,iface=eth1 -- send ... --to dpdk:0)",
 	.opts = send_opts,
 	.run = send_run,

@@ -14,6 +14,7 @@
 #include "control.h"
 #include "io.h"
 #include "sendq.h"
+#include "throttle.h"
 #include "adapt.h"
 #include "conn.h"
 #include "qemu_bridge/qmp.h"
@@ -50,6 +51,8 @@ struct src {
 	struct eng_cpu_meter cpu;
 	FILE *trace;
 	struct eng_mode mode_now;
+	struct eng_mode modes_used[32]; /* the start mode and every mode switched to, once each */
+	unsigned nmodes_used;
 	struct eng_vmbase base;
 	struct qb_qmp *qmp;
 	bool was_running, qemu_migrating, committed;
@@ -93,6 +96,13 @@ struct src {
 	uint64_t cur_raw, cur_wire, pass_raw0, pass_wire0;
 	double pass_ratio;
 	unsigned est_pass, stalled;
+	bool over_budget;     /* stopped although the rest did not fit the budget */
+	/* guest throttle (throttle.h): opened on first need */
+	struct eng_throttle thr;
+	bool thr_tried;
+	char thr_note[300];   /* why it is unavailable */
+	unsigned thr_steps;
+	double thr_max, thr_since, thr_seconds;
 	struct eng_conn *conn;
 	struct eng_control ctl; /* ready once the stream's keys exist */
 	bool have_ctl;
@@ -377,6 +387,72 @@ static void progress_line(struct src *s, const struct eng_diff_report *rep, uint
 		now_s(s), s->passes, phase_names[s->phase], (double)pending * CDC_BLOCK_SIZE / 1e6,
 		(double)rep->blocks_in_flight * CDC_BLOCK_SIZE / 1e6, (double)s->wire_bytes / 1e6,
 		s->rate_Bps * 8 / 1e6, mode);
+	if (s->thr.active && s->thr.fraction > 0)
+		fprintf(stderr, " guest throttled %.0f%%", s->thr.fraction * 100);
+}
+
+/* ---- guest throttle -------------------------------------------------------------- */
+
+static void throttle_release(struct src *s)
+{
+	if (s->thr.active && s->thr.fraction > 0)
+		s->thr_seconds += now_s(s) - s->thr_since;
+	eng_throttle_close(&s->thr);
+}
+
+/*
+ * The rest did not shrink over a pass: the guest dirties faster than the
+ * link drains. Take more of the vCPUs' time: at least 30%, then +20% a step
+ * (as QEMU's auto-converge steps its own), or at once what the guest's
+ * unslowed dirty rate (the pending bytes gathered since the last pass began)
+ * says it needs to dirty at most half of what the link drains; at most 99%.
+ * False when it cannot go further (off, unavailable, or at the maximum).
+ */
+static bool throttle_step(struct src *s, double est, double rate, double ratio, uint64_t pending)
+{
+	char err[300];
+
+	if (!s->a->throttle || s->phase != PH_PRECOPY)
+		return false;
+	if (!s->thr_tried) {
+		pid_t pid, tids[ENG_THROTTLE_MAX_THREADS];
+		unsigned n;
+		s->thr_tried = true;
+		if (qb_vcpu_threads(s->qmp, &pid, tids, ENG_THROTTLE_MAX_THREADS, &n, err, sizeof(err)) ||
+		    eng_throttle_open(&s->thr, pid, tids, n, err, sizeof(err))) {
+			snprintf(s->thr_note, sizeof(s->thr_note), "%s", err);
+			fprintf(stderr, "%ssend: warning: the guest dirties faster than the link drains and cannot be slowed (%s)\n",
+				s->a->progress ? "\r\033[K" : "", err);
+			return false;
+		}
+	}
+	if (!s->thr.active || s->thr.fraction >= 0.99)
+		return false;
+	double next = s->thr.fraction == 0 ? 0.3 : s->thr.fraction + 0.2;
+	double span = s->cur_report ? now_s(s) - s->cur_report->start_s : 0;
+	double dirty = span > 0.5 ? (double)pending * CDC_BLOCK_SIZE / span / (1 - s->thr.fraction) : 0;
+	double drain = rate > 0 && ratio > 0 ? rate / ratio : 0;
+	if (dirty > 0 && drain > 0 && 1 - 0.5 * drain / dirty > next)
+		next = 1 - 0.5 * drain / dirty;
+	if (next > 0.99)
+		next = 0.99;
+	if (eng_throttle_set(&s->thr, next, err, sizeof(err))) {
+		snprintf(s->thr_note, sizeof(s->thr_note), "%s", err);
+		throttle_release(s);
+		return false;
+	}
+	if (s->thr_steps++ == 0)
+		s->thr_since = now_s(s);
+	if (next > s->thr_max)
+		s->thr_max = next;
+	if (s->trace) {
+		fprintf(s->trace,
+			"{\"t\":%.3f,\"event\":\"throttle\",\"throttle\":%.2f,\"pass\":%u,\"est_s\":%.3f,\"budget_s\":%.3f,"
+			"\"dirty_mb_s\":%.3f,\"drain_mb_s\":%.3f}\n",
+			now_s(s), next, s->passes, est, s->a->stop_budget_s, dirty / 1e6, drain / 1e6);
+		fflush(s->trace);
+	}
+	return true;
 }
 
 /* Bytes that will reach the wire before anything the feed hands over now. */
@@ -394,6 +470,7 @@ static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, do
 static void begin_final(struct src *s)
 {
 	s->qemu_done_s = now_s(s);
+	throttle_release(s); /* the VM is stopped: nothing left to slow */
 	/* QEMU stopped the VM: RAM is frozen (QEMU sent none of the shared block) */
 	if (s->shared && s->conn)
 		scan_shared_ram(s);
@@ -405,6 +482,15 @@ static void begin_final(struct src *s)
 	s->final_pass = true;
 	s->phase = PH_FINAL;
 	start_pass(s);
+}
+
+static void note_mode_used(struct src *s)
+{
+	for (unsigned i = 0; i < s->nmodes_used; i++)
+		if (!memcmp(&s->modes_used[i], &s->mode_now, sizeof(s->mode_now)))
+			return;
+	if (s->nmodes_used < sizeof(s->modes_used) / sizeof(s->modes_used[0]))
+		s->modes_used[s->nmodes_used++] = s->mode_now;
 }
 
 static void tick(void *ctx, struct eng_pipeline *p)
@@ -429,9 +515,11 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		if (free_lc > rep.lcores)
 			free_lc = rep.lcores;
 		eng_adapt_fill(&smp, now_s(s), &rep, s->conn ? &s->link : NULL, free_lc);
+		smp.guest_throttle = s->thr.active ? s->thr.fraction : 0;
 		if (eng_adapt_tick(&s->adapt, &smp, &next)) {
 			eng_pipeline_set_mode(p, &next);
 			s->mode_now = next;
+			note_mode_used(s);
 		}
 	}
 	/* what the wire carries per byte fed: dedup and compression together */
@@ -510,8 +598,19 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			if (est < s->best_est || s->passes == 1)
 				s->best_est = est;
 			stuck = s->stalled >= 3;
+			/* slow the guest before giving up on the budget */
+			if (s->stalled >= 1 && est > s->a->stop_budget_s && throttle_step(s, est, rate, ratio, pending)) {
+				s->stalled = 0;
+				stuck = false;
+			}
 		}
-		if (s->passes >= 1 && (!s->conn || (rate > 0 && est <= ENG_STOP_SECONDS) || stuck)) {
+		bool fits = s->conn && rate > 0 && est <= s->a->stop_budget_s;
+		if (s->passes >= 1 && (!s->conn || fits || stuck)) {
+			s->over_budget = s->conn && !fits;
+			if (s->over_budget)
+				fprintf(stderr, "%ssend: warning: the rest does not shrink (about %.1f s of link time, budget %.1f s%s): stopping the VM anyway\n",
+					s->a->progress ? "\r\033[K" : "", est, s->a->stop_budget_s,
+					s->thr.active ? ", guest throttled to the maximum" : "");
 			/*
 			 * QEMU stops the VM as its migration completes (so the VM's run
 			 * state says "running" and the destination starts it) and sends
@@ -525,8 +624,9 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			}
 			s->stop_requested_s = now_s(s);
 			s->phase = PH_STOPPING;
-		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES ||
-			   (s->conn && rate > 0 && est <= ENG_STOP_SECONDS)) {
+		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES || fits ||
+			   /* a slowed guest dirties little: keep the link busy rather than wait for 10 MB */
+			   (s->thr.active && s->thr.fraction > 0 && pending && backlog < 0.5 * rate)) {
 			start_pass(s);
 		}
 		break;
@@ -676,6 +776,7 @@ static int setup(struct src *s, char *err, size_t errlen)
 	if (eng_vmbase_open(&s->base, s->a->base_dir, err, errlen))
 		return -EIO;
 	s->mode_now = s->a->mode;
+	note_mode_used(s);
 	if (s->a->trace_path && !(s->trace = fopen(s->a->trace_path, "w"))) {
 		snprintf(err, errlen, "cannot create trace %s: %s", s->a->trace_path, strerror(errno));
 		return -errno;
@@ -751,8 +852,28 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(o, "mode", json_object_new_string(mode)); /* the last one */
 	json_object_object_add(o, "adaptive", json_object_new_boolean(s->a->adapt));
 	json_object_object_add(o, "mode_switches", json_object_new_int((int)s->adapt.switches));
+	json_object *used = json_object_new_array();
+	for (unsigned i = 0; i < s->nmodes_used; i++) {
+		char m[48];
+		eng_mode_format(&s->modes_used[i], m, sizeof(m));
+		json_object_array_add(used, json_object_new_string(m));
+	}
+	json_object_object_add(o, "modes_used", used);
 	json_object_object_add(o, "lcores", json_object_new_int((int)rep->lcores));
 	json_object_object_add(o, "link_mbit", json_object_new_double(s->rate_Bps * 8 / 1e6));
+	json_object_object_add(o, "stop_budget_s", json_object_new_double(s->a->stop_budget_s));
+	json_object_object_add(o, "stopped_over_budget", json_object_new_boolean(s->over_budget));
+	json_object *th = json_object_new_object();
+	json_object_object_add(th, "enabled", json_object_new_boolean(s->a->throttle));
+	json_object_object_add(th, "used", json_object_new_boolean(s->thr_steps > 0));
+	json_object_object_add(th, "cgroup", s->thr_tried && !s->thr_note[0]
+						     ? json_object_new_int(s->thr.version) : NULL);
+	json_object_object_add(th, "steps", json_object_new_int((int)s->thr_steps));
+	json_object_object_add(th, "max_fraction", json_object_new_double(s->thr_max));
+	json_object_object_add(th, "throttled_s", json_object_new_double(s->thr_seconds));
+	if (s->thr_note[0])
+		json_object_object_add(th, "unavailable", json_object_new_string(s->thr_note));
+	json_object_object_add(o, "guest_throttle", th);
 	if (s->conn) {
 		json_object *l = eng_conn_stats_json(s->conn);
 		json_object_object_add(o, "transport", json_object_new_string(eng_conn_transport(s->conn)));
@@ -899,6 +1020,7 @@ out:
 		eng_outfile_abort(&s->out);
 	if (s->mig_fd >= 0)
 		shutdown(s->mig_fd, SHUT_RDWR);
+	throttle_release(s);
 	if (ret && !s->committed)
 		restore_source(s);
 	if (s->bridge_started)

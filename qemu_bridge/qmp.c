@@ -446,6 +446,41 @@ int qb_qmp_running(struct qb_qmp *q, char *status, size_t len, char *err, size_t
 	return ret;
 }
 
+int qb_vcpu_threads(struct qb_qmp *q, pid_t *qemu_pid, pid_t *tids, unsigned max, unsigned *n, char *err,
+		    size_t errlen)
+{
+	struct ucred cred;
+	socklen_t clen = sizeof(cred);
+
+	if (getsockopt(q->fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) || cred.pid <= 0) {
+		snprintf(err, errlen, "QMP: cannot tell the QEMU process behind the socket: %s", strerror(errno));
+		return -EIO;
+	}
+	*qemu_pid = cred.pid;
+	json_object *cpus = qb_qmp_exec(q, "query-cpus-fast", NULL, QMP_CMD_TIMEOUT, err, errlen);
+	if (!cpus)
+		return -EIO;
+	*n = 0;
+	for (size_t i = 0; json_object_is_type(cpus, json_type_array) && i < json_object_array_length(cpus); i++) {
+		json_object *tid;
+		if (!json_object_object_get_ex(json_object_array_get_idx(cpus, i), "thread-id", &tid) ||
+		    !json_object_is_type(tid, json_type_int) || json_object_get_int64(tid) <= 0)
+			continue;
+		if (*n == max) {
+			json_object_put(cpus);
+			snprintf(err, errlen, "QMP: more than %u vCPUs", max);
+			return -E2BIG;
+		}
+		tids[(*n)++] = (pid_t)json_object_get_int64(tid);
+	}
+	json_object_put(cpus);
+	if (!*n) {
+		snprintf(err, errlen, "QMP: query-cpus-fast named no vCPU thread");
+		return -EIO;
+	}
+	return 0;
+}
+
 static int set_params(struct qb_qmp *q, json_object *params, char *err, size_t errlen)
 {
 	return qb_qmp_run(q, "migrate-set-parameters", params, QMP_CMD_TIMEOUT, err, errlen);

@@ -16,6 +16,7 @@
 #include <json-c/json.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct qb_qmp;
 
@@ -45,6 +46,11 @@ int qb_qmp_wait_event(struct qb_qmp *q, const char *name, double timeout_s, json
 
 /* query-status: 1 running, 0 not running, <0 error; optional status copy. */
 int qb_qmp_running(struct qb_qmp *q, char *status, size_t len, char *err, size_t errlen);
+
+/* The QEMU process behind the socket (SO_PEERCRED) and its vCPU threads
+ * (query-cpus-fast thread-id), at most max of them. 0 or -errno with err. */
+int qb_vcpu_threads(struct qb_qmp *q, pid_t *qemu_pid, pid_t *tids, unsigned max, unsigned *n, char *err,
+		    size_t errlen);
 
 /* Make the source ready for a bridge-parsed migration: every migration
  * capability off except "events" (so no multifd, postcopy, compress,
