@@ -8,8 +8,17 @@
 #include "codecs/codecs.h"
 
 #define MIN_WINDOW_BLOCKS 64
+#define MIN_STAGE_BLOCKS 16
 #define SCALE_MIN 0.05
 #define SCALE_MAX 20.0
+#define CORR_MIN 0.1
+#define CORR_MAX 10.0
+/* The transport's queue counts as empty under a frame or so in passage, or
+ * 20 ms of link time: the link then waits for us. */
+#define IDLE_QUEUE_BYTES 65536
+#define IDLE_QUEUE_S 0.02
+
+#define EVENT_LEN 48
 
 static double clampd(double v, double lo, double hi)
 {
@@ -21,77 +30,324 @@ static bool same_mode(const struct eng_mode *a, const struct eng_mode *b)
 	return a->delta == b->delta && a->comp == b->comp && a->level == b->level;
 }
 
+/* Stages whose cost is the same whatever the mode: they feed it. */
+static bool feed_stage(int sid)
+{
+	return sid == ENG_STAGE_INGEST || sid == ENG_STAGE_HASH || sid == ENG_STAGE_DEDUP;
+}
+
+static uint64_t busy_ns(const struct eng_adapt_sample *s)
+{
+	uint64_t ns = 0;
+
+	for (int i = 0; i < ENG_STAGE_SINK; i++) /* the sink waits on the link: not processing */
+		ns += s->stage[i].busy_ns;
+	return ns;
+}
+
+/* What a decision did, for the trace: "link-grew", then "probe" etc. */
+static void note(char *event, const char *what)
+{
+	size_t n = strlen(event);
+
+	snprintf(event + n, EVENT_LEN - n, "%s%s", n ? "," : "", what);
+}
+
+static bool queue_idle(const struct eng_adapt_sample *s)
+{
+	double idle = s->link_bps / 8 * IDLE_QUEUE_S;
+
+	return (double)s->unsent <= (idle > IDLE_QUEUE_BYTES ? idle : IDLE_QUEUE_BYTES);
+}
+
 void eng_adapt_init(struct eng_adapt *a, const struct eng_mode_profile *table, unsigned n,
 		    const struct eng_mode *start, FILE *trace)
 {
 	memset(a, 0, sizeof(*a));
 	a->table = table;
-	a->n = n < 64 ? n : 64;
+	a->n = n < ENG_ADAPT_MAX_MODES ? n : ENG_ADAPT_MAX_MODES;
 	a->scale_p = a->scale_r = 1;
 	a->trace = trace;
-	for (unsigned i = 0; i < a->n; i++)
+	for (unsigned i = 0; i < a->n; i++) {
+		a->corr_p[i] = a->corr_r[i] = 1;
 		if (start && same_mode(&table[i].mode, start))
 			a->cur = i;
+	}
+	a->best = a->probe_from = a->cur;
+	a->mopen = true;
 }
 
-/* Predicted input bytes/s of mode i with the current scales. */
-static double predict(const struct eng_adapt *a, unsigned i, const struct eng_adapt_sample *s)
+static double mode_r(const struct eng_adapt *a, unsigned i)
 {
-	double p = a->table[i].p_ns * a->scale_p, r = a->table[i].r * a->scale_r;
-	double lcores = s->free_lcores > 0.1 ? s->free_lcores : 0.1;
-	double proc = lcores * CDC_BLOCK_SIZE / (p > 1 ? p : 1) * 1e9;
-	double net = s->link_bps > 0 ? s->link_bps / 8 / (r > 1e-6 ? r : 1e-6) : INFINITY;
-	return proc < net ? proc : net;
+	return a->table[i].r * a->scale_r * a->corr_r[i];
+}
+
+/*
+ * Live figures of the running mode over a window: each stage's ns per block
+ * it handled, R at the seal stage (bytes out of the blocks sealed there).
+ * The first window after a switch compares the new mode with the scale the
+ * old one left: it sets the new mode's correction; later windows move the
+ * scale.
+ */
+static void measure(struct eng_adapt *a, const struct eng_adapt_sample *s)
+{
+	const struct eng_mode_profile *m = &a->table[a->cur];
+
+	if (!a->mopen) {
+		/*
+		 * The blocks fed before the switch are still in the pipeline,
+		 * encoded the old way: all packed once the segment stage passed
+		 * them, all compressed once compression took in what was packed
+		 * by then plus the segment that was still open.
+		 */
+		if (!a->packed) {
+			if (s->stage[ENG_STAGE_SEGMENT].blocks < a->fed_at_switch)
+				return;
+			a->packed = true;
+			a->packed_mark = s->stage[ENG_STAGE_SEGMENT].bytes_out + ENG_SEG_RAW_MAX;
+		}
+		if (s->stage[ENG_STAGE_COMPRESS].bytes_in < a->packed_mark)
+			return;
+		a->mopen = true;
+		a->mprev = *s;
+		return;
+	}
+	uint64_t sealed = s->stage[ENG_STAGE_SEAL].blocks - a->mprev.stage[ENG_STAGE_SEAL].blocks;
+	if (s->t - a->mprev.t < ENG_ADAPT_WINDOW_S || sealed < MIN_WINDOW_BLOCKS)
+		return;
+	double feed = 0, work = 0;
+	for (int i = 0; i < ENG_STAGE_SINK; i++) {
+		uint64_t b = s->stage[i].blocks - a->mprev.stage[i].blocks;
+		/* a stage that saw few blocks (the feed was held) keeps its last figure */
+		if (b >= MIN_STAGE_BLOCKS)
+			a->stage_p[i] = (double)(s->stage[i].busy_ns - a->mprev.stage[i].busy_ns) / (double)b;
+		if (feed_stage(i))
+			feed += a->stage_p[i];
+		else
+			work += a->stage_p[i];
+	}
+	double r = (double)(s->stage[ENG_STAGE_SEAL].bytes_out - a->mprev.stage[ENG_STAGE_SEAL].bytes_out) /
+		   ((double)sealed * CDC_BLOCK_SIZE);
+	a->feed_ns = feed;
+	a->ingest_ns = a->stage_p[ENG_STAGE_INGEST];
+	a->live_p = feed + work;
+	a->live_r = r;
+	double sp = m->p_ns > 0 && work > 0 ? work / m->p_ns : 0;
+	double sr = m->r > 1e-6 && r > 0 ? r / m->r : 0;
+	if (a->fresh) {
+		if (sp > 0)
+			a->corr_p[a->cur] = clampd(sp / a->scale_p, CORR_MIN, CORR_MAX);
+		if (sr > 0)
+			a->corr_r[a->cur] = clampd(sr / a->scale_r, CORR_MIN, CORR_MAX);
+		a->fresh = false;
+	} else {
+		if (sp > 0)
+			a->scale_p = clampd(sp / a->corr_p[a->cur], SCALE_MIN, SCALE_MAX);
+		if (sr > 0)
+			a->scale_r = clampd(sr / a->corr_r[a->cur], SCALE_MIN, SCALE_MAX);
+	}
+	a->windows++;
+	a->mprev = *s;
+}
+
+/*
+ * The running mode has figures of its own: one window after a switch, two
+ * at the start (the first carries one-off costs: contexts, first-touch
+ * memory).
+ */
+static bool measured(const struct eng_adapt *a)
+{
+	return a->windows >= (a->switches ? 1u : 2u);
+}
+
+/*
+ * The link the predictions use. While data waited for it, the transport's
+ * figure is the link (and becomes the ceiling). While its queue was empty we
+ * sent all we made: the figure is a lower bound, and the ceiling stands in,
+ * unless the link has grown past it.
+ */
+static void update_link(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
+{
+	double l = s->link_bps;
+
+	if (l <= 0 || !a->link_ticks) {
+		a->link_est = l > 0 ? l : 0;
+		return;
+	}
+	if (!a->app_limited) {
+		/* the figure of the window's last tick with data waiting: a window
+		 * that went idle at its end ends with what we made, not the link */
+		l = a->wait_link;
+		a->link_est = a->ceiling = l;
+		a->ceiling_t = s->t;
+		return;
+	}
+	if (a->ceiling > 0 && l > a->ceiling * (1 + ENG_ADAPT_MARGIN)) {
+		a->ceiling = 0; /* unknown again: worth a probe now */
+		a->next_probe_t = s->t;
+		a->probe_fails = 0;
+		note(event, "link-grew");
+	}
+	a->link_est = l > a->ceiling ? l : a->ceiling;
+}
+
+/* Every mode's predicted input B/s with the current figures. */
+static void predict(struct eng_adapt *a)
+{
+	double lc = a->free_lcores > 0.1 ? a->free_lcores : 0.1;
+	/* ingest runs on one lcore: it bounds every mode alike */
+	double feed_max = a->ingest_ns > 0 ? CDC_BLOCK_SIZE * 1e9 / a->ingest_ns : INFINITY;
+
+	a->best = a->cur;
+	for (unsigned i = 0; i < a->n; i++) {
+		double p = a->feed_ns + a->table[i].p_ns * a->scale_p * a->corr_p[i];
+		double r = mode_r(a, i);
+		double proc = lc * CDC_BLOCK_SIZE * 1e9 / (p > 1 ? p : 1);
+		double net = a->link_est > 0 ? a->link_est / 8 / (r > 1e-6 ? r : 1e-6) : INFINITY;
+		a->proc[i] = proc < feed_max ? proc : feed_max;
+		a->pred[i] = a->proc[i] < net ? a->proc[i] : net;
+		if (a->pred[i] > a->pred[a->best])
+			a->best = i;
+	}
+}
+
+static bool switch_to(struct eng_adapt *a, const struct eng_adapt_sample *s, unsigned to)
+{
+	a->since = s->t;
+	if (to == a->cur)
+		return false;
+	a->cur = to;
+	a->switches++;
+	/* the next window measures the new mode alone (see measure()) */
+	a->fed_at_switch = s->stage[ENG_STAGE_INGEST].blocks;
+	a->mopen = a->packed = false;
+	a->windows = 0;
+	a->fresh = true;
+	return true;
+}
+
+/* End of a probe: keep it, go back, or take what its figures show is best. */
+static bool end_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
+{
+	unsigned from = a->probe_from, to = a->cur;
+
+	if (a->pred[from] >= a->pred[to])
+		to = from;
+	if (a->pred[a->best] > a->pred[to] * (1 + ENG_ADAPT_MARGIN))
+		to = a->best;
+	a->probing = false;
+	a->chosen = true;
+	/* no room found: wait twice as long before the next probe */
+	if (to == from && a->probe_fails < 3)
+		a->probe_fails++;
+	else if (to != from)
+		a->probe_fails = 0;
+	a->next_probe_t = s->t + ENG_ADAPT_PROBE_WAIT_S * (double)(1u << a->probe_fails);
+	note(event, to == a->cur ? "probe-keep" : to == from ? "probe-back" : "probe-switch");
+	return switch_to(a, s, to);
+}
+
+/*
+ * CPU-bound with the transport's queue empty: the link figure is only what
+ * we made. Would the mode that is fastest on the lcores gain by the margin
+ * if the link had room the figure cannot show? Then try it (probe).
+ */
+static bool start_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
+{
+	if (!a->app_limited || a->util < ENG_ADAPT_BUSY || s->t < a->next_probe_t ||
+	    s->t - a->since < ENG_ADAPT_PROBE_S ||
+	    (a->ceiling > 0 && s->t - a->ceiling_t < ENG_ADAPT_PROBE_WAIT_S))
+		return false;
+	unsigned c = a->cur;
+	for (unsigned i = 0; i < a->n; i++)
+		if (a->proc[i] > a->proc[c])
+			c = i;
+	if (c == a->cur || a->proc[c] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN) ||
+	    a->proc[c] * mode_r(a, c) * 8 <= a->link_est)
+		return false; /* no faster mode, or the link figure already allows it */
+	a->probing = true;
+	a->probe_from = a->cur;
+	a->probes++;
+	note(event, "probe");
+	return switch_to(a, s, c);
+}
+
+/* Once a window: classify it, update the link, predict, act. */
+static bool decide(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
+{
+	double dt = s->t - a->dprev.t;
+
+	a->free_lcores = a->free_sum / a->ticks;
+	a->util = (double)(busy_ns(s) - busy_ns(&a->dprev)) / (dt * 1e9 * (a->free_lcores > 0.1 ? a->free_lcores : 0.1));
+	a->app_limited = a->link_ticks && a->idle_ticks * 2 > a->link_ticks;
+	update_link(a, s, event);
+	a->ticks = a->link_ticks = a->idle_ticks = 0;
+	a->free_sum = a->wait_link = 0;
+	a->dprev = *s;
+	predict(a);
+	if (a->probing) {
+		bool done = measured(a) ? s->t - a->since >= ENG_ADAPT_PROBE_S : s->t - a->since >= ENG_ADAPT_PROBE_MAX_S;
+		return done && end_probe(a, s, event);
+	}
+	if (!measured(a))
+		return false;
+	bool held = a->chosen && s->t - a->since < ENG_ADAPT_HOLD_S;
+	if (!held && a->best != a->cur && a->pred[a->best] > a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN)) {
+		a->chosen = true;
+		note(event, "switch");
+		return switch_to(a, s, a->best);
+	}
+	return start_probe(a, s, event);
+}
+
+static void trace(const struct eng_adapt *a, const struct eng_adapt_sample *s, unsigned from, const char *event)
+{
+	if (!a->trace)
+		return;
+	fprintf(a->trace,
+		"{\"t\":%.3f,\"mode\":\"%s\",\"next\":\"%s\",\"P_ns\":%.1f,\"feed_ns\":%.1f,\"R\":%.4f,"
+		"\"scale_p\":%.3f,\"scale_r\":%.3f,\"corr_p\":%.3f,\"corr_r\":%.3f,"
+		"\"link_mbit\":%.3f,\"link_est_mbit\":%.3f,\"ceiling_mbit\":%.3f,\"queue\":%llu,\"unsent\":%llu,"
+		"\"app_limited\":%s,\"free_lcores\":%.2f,\"util\":%.2f,\"pred_mbit\":%.3f,\"best\":\"%s\","
+		"\"best_pred_mbit\":%.3f,\"probe\":%s,\"event\":\"%s\",\"switch\":%s,\"throttle\":%.2f}\n",
+		s->t, a->table[from].name, a->table[a->cur].name, a->live_p, a->feed_ns, a->live_r, a->scale_p,
+		a->scale_r, a->corr_p[a->cur], a->corr_r[a->cur], s->link_bps / 1e6, a->link_est / 1e6,
+		a->ceiling / 1e6, (unsigned long long)s->queued, (unsigned long long)s->unsent,
+		a->app_limited ? "true" : "false", s->free_lcores, a->util, a->pred[from] * 8 / 1e6,
+		a->table[a->best].name, a->pred[a->best] * 8 / 1e6, a->probing ? "true" : "false", event,
+		from != a->cur ? "true" : "false", s->guest_throttle);
+	fflush(a->trace);
 }
 
 bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struct eng_mode *next)
 {
-	const struct eng_mode_profile *cur = &a->table[a->cur];
-	double live_p = 0, live_r = 0;
+	unsigned from = a->cur;
+	char event[EVENT_LEN] = "";
+	bool change = false;
 
-	if (!a->have_prev) {
-		a->prev = *s;
-		a->have_prev = true;
-		a->since = s->t;
+	if (!a->started && s->stage[ENG_STAGE_INGEST].blocks) {
+		/* windows start with the first block: start-up is nobody's cost */
+		a->started = true;
+		a->mprev = a->dprev = *s;
+		a->since = a->next_probe_t = s->t;
+	} else if (a->started) {
+		a->ticks++;
+		a->free_sum += s->free_lcores;
+		if (s->link_bps > 0) { /* ticks without a link figure do not vote */
+			a->link_ticks++;
+			if (queue_idle(s))
+				a->idle_ticks++;
+			else
+				a->wait_link = s->link_bps;
+		}
+		measure(a, s);
+		if (s->t - a->dprev.t >= ENG_ADAPT_WINDOW_S)
+			change = decide(a, s, event);
 	}
-	/* live P and R of the running mode over the window: rescale the table */
-	uint64_t blocks = s->fed_blocks - a->prev.fed_blocks;
-	if (s->t - a->prev.t >= ENG_ADAPT_WINDOW_S && blocks >= MIN_WINDOW_BLOCKS) {
-		live_p = (double)(s->busy_ns - a->prev.busy_ns) / (double)blocks;
-		uint64_t in = s->in_bytes - a->prev.in_bytes;
-		live_r = in ? (double)(s->wire_bytes - a->prev.wire_bytes) / (double)in : 0;
-		if (cur->p_ns > 0 && live_p > 0)
-			a->scale_p = clampd(live_p / cur->p_ns, SCALE_MIN, SCALE_MAX);
-		if (cur->r > 1e-6 && live_r > 0)
-			a->scale_r = clampd(live_r / cur->r, SCALE_MIN, SCALE_MAX);
-		a->prev = *s;
-	}
-	unsigned best = a->cur;
-	for (unsigned i = 0; i < a->n; i++) {
-		a->pred[i] = predict(a, i, s);
-		if (a->pred[i] > a->pred[best])
-			best = i;
-	}
-	bool change = best != a->cur && s->t - a->since >= ENG_ADAPT_HOLD_S &&
-		      a->pred[best] > a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN);
-	if (a->trace) {
-		fprintf(a->trace,
-			"{\"t\":%.3f,\"mode\":\"%s\",\"P_ns\":%.1f,\"R\":%.4f,\"scale_p\":%.3f,\"scale_r\":%.3f,"
-			"\"link_mbit\":%.3f,\"queue\":%llu,\"free_lcores\":%.2f,\"pred_mbit\":%.3f,"
-			"\"best\":\"%s\",\"best_pred_mbit\":%.3f,\"switch\":%s}\n",
-			s->t, cur->name, live_p, live_r, a->scale_p, a->scale_r, s->link_bps / 1e6,
-			(unsigned long long)s->queued, s->free_lcores, a->pred[a->cur] * 8 / 1e6, a->table[best].name,
-			a->pred[best] * 8 / 1e6, change ? "true" : "false");
-		fflush(a->trace);
-	}
-	if (!change)
-		return false;
-	a->cur = best;
-	a->since = s->t;
-	a->prev = *s; /* the next window measures the new mode alone */
-	a->switches++;
-	*next = a->table[best].mode;
-	return true;
+	trace(a, s, from, event);
+	if (change)
+		*next = a->table[a->cur].mode;
+	return change;
 }
 
 void eng_adapt_fill(struct eng_adapt_sample *s, double t, const struct eng_diff_report *rep,
@@ -99,15 +355,11 @@ void eng_adapt_fill(struct eng_adapt_sample *s, double t, const struct eng_diff_
 {
 	memset(s, 0, sizeof(*s));
 	s->t = t;
-	s->fed_blocks = rep->stages[ENG_STAGE_INGEST].blocks;
-	for (int i = 0; i < ENG_STAGE_COUNT; i++)
-		if (i != ENG_STAGE_SINK) /* the sink waits on the link: not processing */
-			s->busy_ns += rep->stages[i].busy_ns;
-	s->in_bytes = rep->stages[ENG_STAGE_INGEST].bytes_in;
-	s->wire_bytes = rep->stages[ENG_STAGE_SEAL].bytes_out;
+	memcpy(s->stage, rep->stages, sizeof(s->stage));
 	if (link) {
 		s->link_bps = link->rate_smooth_bps > link->delivery_bps ? link->rate_smooth_bps : link->delivery_bps;
 		s->queued = link->queued;
+		s->unsent = link->unsent;
 	}
 	s->free_lcores = free_lcores;
 }

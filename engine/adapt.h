@@ -1,17 +1,38 @@
 /*
- * The adaptation controller (seed 004, 6.1-6.2): every tick it predicts each
- * operating mode's system throughput and switches the pipeline to the best.
+ * The adaptation controller (seed 004, 6.1-6.2): about once a second it
+ * predicts each operating mode's system throughput and switches the
+ * pipeline to the best.
  *
  *   input bytes/s of mode m = min(processing, network)
  *   processing = free_lcores * 4096 B / P_m        (P: ns of lcore time per fed block)
+ *                (and at most what the single ingest lcore can feed)
  *   network    = link B/s / R_m                    (R: wire bytes per fed byte)
  *
- * P_m and R_m come from a profile table built offline on a reference
- * workload (perf/profile -> engine/mode_table.h), scaled by what the running
- * mode measures now: live P / profiled P of the running mode scales every
- * mode's P, and likewise for R (the data at hand compresses better or worse
- * than the reference, the lcores are faster or slower). A new mode must win by
- * ENG_ADAPT_MARGIN and the running one must have held ENG_ADAPT_HOLD_S.
+ * P_m = the feed's live cost per block (ingest, hash, dedup: the same for
+ * every mode) + the mode's own work (delta .. seal). The mode's work and R_m
+ * come from a profile table built offline on a reference workload
+ * (perf/profile -> engine/mode_table.c), scaled by what the running mode
+ * measures now (the data at hand compresses better or worse than the
+ * reference, the lcores are faster or slower), times a correction per mode
+ * learned the last time that mode ran (how far the table was off for it
+ * relative to the others; 1 until it has run).
+ *
+ * The link figure is only trusted when data waited for the link: when the
+ * transport's queue is empty (app-limited) the engine sent all it made, and
+ * the acknowledged rate is a lower bound. Then the last rate measured while
+ * the link was the bottleneck (the "ceiling") stands in for the link, and
+ * when there is none, or it is old, or the link has grown past it, and the
+ * lcores are busy, the controller probes: it runs the mode that would be
+ * fastest with an unlimited link for a short while. Either the queue stays
+ * empty (the lighter mode pays) or the link fills and is measured; then it
+ * chooses with that knowledge. A probe that found no room doubles the wait
+ * before the next one.
+ *
+ * A new mode must win by ENG_ADAPT_MARGIN and the running one must have held
+ * ENG_ADAPT_HOLD_S (the starting mode is not a choice: the first decision
+ * comes with the first measured window). Every decision needs a measured
+ * window of the running mode, opened once the blocks fed before the switch
+ * were compressed (the pipeline holds several MB encoded the old way).
  *
  * Free lcores: the host's cores minus what everything else used over the
  * tick (from /proc/stat and our own /proc/self/stat), at most the engine's
@@ -31,7 +52,12 @@
 
 #define ENG_ADAPT_HOLD_S 5.0
 #define ENG_ADAPT_MARGIN 0.05
-#define ENG_ADAPT_WINDOW_S 1.0 /* live P and R over about this long */
+#define ENG_ADAPT_WINDOW_S 1.0      /* decisions, and live P and R, over about this long */
+#define ENG_ADAPT_BUSY 0.5          /* lcores busy this share of the window: CPU-bound */
+#define ENG_ADAPT_PROBE_S 1.5       /* a probe runs at least this long */
+#define ENG_ADAPT_PROBE_MAX_S 5.0   /* and ends after this even unmeasured */
+#define ENG_ADAPT_PROBE_WAIT_S 10.0 /* before the next probe; doubles per probe that found no room */
+#define ENG_ADAPT_MAX_MODES 64
 
 struct eng_mode_profile {
 	const char *name;     /* "wdiff:zstd:3" */
@@ -40,35 +66,64 @@ struct eng_mode_profile {
 	double r;             /* wire bytes per fed byte */
 };
 
-/* The table perf/profile built (engine/mode_table.h). */
+/* The table perf/profile built (engine/mode_table.c). */
 extern const struct eng_mode_profile eng_mode_table[];
 extern const unsigned eng_mode_table_len;
 extern const char eng_mode_table_command[];
 
 struct eng_adapt_sample {
 	double t;             /* seconds since start */
-	uint64_t fed_blocks;  /* blocks into the pipeline so far */
-	uint64_t busy_ns;     /* lcore time of all stages so far */
-	uint64_t in_bytes, wire_bytes; /* so far */
+	/* the pipeline's figures per stage so far (busy lcore ns, blocks and bytes
+	 * through it): each stage's cost per block is its own busy / its own
+	 * blocks, so the several MB in flight between stages do not skew it */
+	struct eng_stage_report stage[ENG_STAGE_COUNT];
 	double link_bps;      /* the transport's estimate (0: unknown) */
 	double free_lcores;   /* lcores the engine can use now */
-	uint64_t queued;      /* bytes waiting in the transport */
+	uint64_t queued;      /* bytes handed to the transport and not yet acknowledged */
+	uint64_t unsent;      /* of those, not yet on the wire (plus our send queue's) */
 	double guest_throttle; /* fraction of the guest's CPU the engine takes away (0: none) */
 };
 
 struct eng_adapt {
 	const struct eng_mode_profile *table;
 	unsigned n, cur;
-	double since;          /* when cur was chosen */
-	struct eng_adapt_sample prev; /* start of the current window */
-	bool have_prev;
-	double scale_p, scale_r;
-	double pred[64];       /* last predictions, input B/s per mode */
-	unsigned switches;
+	unsigned switches;     /* every change of mode, probes included */
+	unsigned probes;
 	FILE *trace;
+	bool started;          /* blocks flow */
+	double since;          /* when cur was chosen */
+	bool chosen;           /* a decision was made (the start mode is not one) */
+	/* measurement: live figures of cur over windows of >= ENG_ADAPT_WINDOW_S */
+	struct eng_adapt_sample mprev; /* start of the open window */
+	bool mopen;            /* after a switch: opens once the old mode's blocks are out */
+	uint64_t fed_at_switch, packed_mark;
+	bool packed;
+	unsigned windows;      /* completed windows of cur */
+	bool fresh;            /* cur's first window teaches its correction, not the scale */
+	double stage_p[ENG_STAGE_COUNT]; /* ns per block, last window */
+	double live_p, live_r, feed_ns, ingest_ns;
+	double scale_p, scale_r;
+	double corr_p[ENG_ADAPT_MAX_MODES], corr_r[ENG_ADAPT_MAX_MODES];
+	/* decision window */
+	struct eng_adapt_sample dprev;
+	unsigned ticks, link_ticks, idle_ticks; /* ticks; with a link figure; with its queue empty */
+	double free_sum;
+	double wait_link;      /* the link figure at the window's last tick with data waiting */
+	double free_lcores, util; /* over the last window */
+	bool app_limited;      /* the last window: the transport's queue was mostly empty */
+	/* link */
+	double link_est;       /* what the predictions use */
+	double ceiling, ceiling_t; /* last rate measured while data waited for the link (0: none) */
+	/* probing */
+	bool probing;
+	unsigned probe_from, probe_fails;
+	double next_probe_t;
+	/* last predictions, input B/s per mode: min(processing, network), and processing alone */
+	double pred[ENG_ADAPT_MAX_MODES], proc[ENG_ADAPT_MAX_MODES];
+	unsigned best;
 };
 
-/* start = the mode running now (its index in table, or the nearest); trace may be NULL. */
+/* start = the mode running now (the table's first entry when it is not there); trace may be NULL. */
 void eng_adapt_init(struct eng_adapt *a, const struct eng_mode_profile *table, unsigned n,
 		    const struct eng_mode *start, FILE *trace);
 /* One tick. Returns true and sets *next when the pipeline should switch. */

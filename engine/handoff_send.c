@@ -516,6 +516,8 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			free_lc = rep.lcores;
 		eng_adapt_fill(&smp, now_s(s), &rep, s->conn ? &s->link : NULL, free_lc);
 		smp.guest_throttle = s->thr.active ? s->thr.fraction : 0;
+		if (s->sq) /* what waits in our send queue waits for the link too */
+			smp.unsent += eng_sendq_queued(s->sq);
 		if (eng_adapt_tick(&s->adapt, &smp, &next)) {
 			eng_pipeline_set_mode(p, &next);
 			s->mode_now = next;
