@@ -114,13 +114,14 @@ demo: setup
 	@scripts/demo
 
 bench: setup
-	@$(MAKE) --no-print-directory $(ENGINE)
+	@$(MAKE) --no-print-directory all
 	@perf/bench-diff
 
-# handoff-engine vs QEMU's own live migration over the emulated WAN (needs root)
+# handoff-engine vs QEMU's own live migration over the emulated WAN (needs root): the
+# default workload and one that outruns the link
 bench-handoff: setup
 	@$(MAKE) --no-print-directory all
-	@HANDOFF_ENGINE=$(abspath $(ENGINE)) HANDOFF_BUILD=$(abspath $(BUILD)) perf/handoff-bench
+	@HANDOFF_ENGINE=$(abspath $(ENGINE)) HANDOFF_BUILD=$(abspath $(BUILD)) perf/handoff-bench --cases default,outrun
 
 bench-transport: setup
 	@$(MAKE) --no-print-directory all
