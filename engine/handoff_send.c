@@ -627,8 +627,9 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			s->stop_requested_s = now_s(s);
 			s->phase = PH_STOPPING;
 		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES || fits ||
-			   /* a slowed guest dirties little: keep the link busy rather than wait for 10 MB */
-			   (s->thr.active && s->thr.fraction > 0 && pending && backlog < 0.5 * rate)) {
+			   /* the link would idle: send what changed rather than wait for 10 MB that a
+			    * quiet (or slowed) guest may never write */
+			   (pending && backlog < 0.5 * rate)) {
 			start_pass(s);
 		}
 		break;
