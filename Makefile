@@ -25,7 +25,7 @@ FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
 
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -Werror=incompatible-pointer-types -I. $(DPDK_CFLAGS) $(FUSE_CFLAGS) -mavx2
-LDLIBS  += $(DPDK_LIBS) -lisal -lzstd -llzma -lcrypto -lhwloc -ljson-c -luring -lfuse3 -lpthread
+LDLIBS  += $(DPDK_LIBS) -lisal -lzstd -llzma -lcrypto -lhwloc -ljson-c -luring -lfuse3 -llmdb -lpthread
 ifneq ($(SANITIZE),)
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=$(SANITIZE)
@@ -36,8 +36,9 @@ CODECS_SRC  := $(wildcard codecs/*.c)
 TRACKER_SRC := $(wildcard tracker/*.c)
 BRIDGE_SRC  := $(wildcard qemu_bridge/*.c)
 DPDKIO_SRC  := $(wildcard dpdk_io/*.c)
+EDGE_SRC    := $(wildcard edge/*.c)
 ENGINE_SRC  := $(filter-out engine/main.c,$(wildcard engine/*.c))
-LIB_SRC     := $(CODECS_SRC) $(TRACKER_SRC) $(BRIDGE_SRC) $(DPDKIO_SRC) $(ENGINE_SRC)
+LIB_SRC     := $(CODECS_SRC) $(TRACKER_SRC) $(BRIDGE_SRC) $(DPDKIO_SRC) $(EDGE_SRC) $(ENGINE_SRC)
 LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
 ENGINE      := $(BUILD)/handoff-engine
 

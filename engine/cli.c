@@ -53,11 +53,42 @@ void cli_help(const struct cli_cmd *cmd)
 	       "engine picks lcores with hwloc and adds --no-huge when no hugepages are mounted.\n");
 }
 
+static int cli_argc;
+static const char *const *cli_argv;
+
+const char *const *cli_operands(int *n)
+{
+	*n = cli_argc;
+	return cli_argv;
+}
+
+int cli_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	double v = strtod(s, &end), mul = 1;
+
+	switch (*end) {
+	case 'K': case 'k': mul = 0x1p10; end++; break;
+	case 'M': case 'm': mul = 0x1p20; end++; break;
+	case 'G': case 'g': mul = 0x1p30; end++; break;
+	case 'T': case 't': mul = 0x1p40; end++; break;
+	}
+	if (end == s || *end || !(v >= 0) || v * mul > 0x1p60)
+		return -1;
+	*out = (uint64_t)(v * mul);
+	return 0;
+}
+
 int cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **val)
 {
 	struct option lopts[CLI_MAX_OPTS + 2];
-	char sopts[3 * CLI_MAX_OPTS + 4] = "+h";
+	/* with operands, GNU getopt's permutation lets options and operands mix */
+	char sopts[3 * CLI_MAX_OPTS + 4];
 	int n = 0, c;
+
+	strcpy(sopts, cmd->args ? "h" : "+h");
+	cli_argc = 0;
+	cli_argv = NULL;
 
 	for (const struct cli_opt *o = cmd->opts; o->name; o++, n++) {
 		lopts[n] = (struct option){ o->name, o->arg ? required_argument : no_argument, NULL,
@@ -90,11 +121,13 @@ int cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **val
 				idx = i;
 		val[idx] = cmd->opts[idx].arg ? optarg : "1";
 	}
-	if (optind < argc) {
+	if (optind < argc && !cmd->args) {
 		cli_error("%s: unexpected argument '%s' (see %s --help)", cmd->name, argv[optind],
 			  cmd->name);
 		return -1;
 	}
+	cli_argc = argc - optind;
+	cli_argv = (const char *const *)argv + optind;
 	for (int i = 0; cmd->opts[i].name; i++)
 		if (cmd->opts[i].required && !val[i]) {
 			cli_error("%s: --%s is required (see %s --help)", cmd->name, cmd->opts[i].name,

@@ -32,11 +32,16 @@ struct cli_cmd {
 	const struct cli_opt *opts; /* NULL-terminated by name */
 	int (*run)(const struct cli_cmd *cmd, const char *const *val);
 	bool needs_eal;
+	const char *args; /* operands after the options, e.g. "IMAGE...": NULL if none */
 };
 
 /* Parse argv against cmd's table into val[] (by table index). 1 = --help shown. */
 int cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **val);
 void cli_help(const struct cli_cmd *cmd);
+/* The operands cli_parse left (commands with args): n of them. */
+const char *const *cli_operands(int *n);
+/* "512", "64K", "1.5G", "2T" (binary units) into bytes. 0, or -1 if malformed. */
+int cli_parse_size(const char *s, uint64_t *out);
 
 /* One-line error to stderr, prefixed with the program name. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -69,6 +74,7 @@ json_object *cli_stage_json(const struct eng_diff_report *rep);
 void cli_print_json(json_object *o);
 
 extern const struct cli_cmd cli_cmd_diff, cli_cmd_patch, cli_cmd_keygen, cli_cmd_track, cli_cmd_send,
-	cli_cmd_receive, cli_cmd_probe;
+	cli_cmd_receive, cli_cmd_probe, cli_cmd_cache_add, cli_cmd_cache_stat, cli_cmd_cache_verify,
+	cli_cmd_cache_gc;
 
 #endif

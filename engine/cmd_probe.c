@@ -71,20 +71,12 @@ static void prng_free(struct prng *r)
 	free(r->zero);
 }
 
+/* A byte count for the probe's buffers: whole 8-byte words. */
 static int parse_size(const char *s, uint64_t *out)
 {
-	char *end;
-	double v = strtod(s, &end);
-	double mul = 1;
-	if (*end == 'K' || *end == 'k')
-		mul = 1 << 10, end++;
-	else if (*end == 'M' || *end == 'm')
-		mul = 1 << 20, end++;
-	else if (*end == 'G' || *end == 'g')
-		mul = 1 << 30, end++;
-	if (*end || !(v > 0) || v * mul > 1e13)
+	if (cli_parse_size(s, out) || *out > 10000000000000ull)
 		return -1;
-	*out = (uint64_t)(v * mul) & ~7ull;
+	*out &= ~7ull;
 	return *out ? 0 : -1;
 }
 

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -55,26 +56,69 @@ const struct cli_cmd cli_cmd_keygen = {
 	.run = keygen_run,
 };
 
-static const struct cli_cmd *const commands[] = { &cli_cmd_diff,  &cli_cmd_patch, &cli_cmd_send,
-						  &cli_cmd_receive, &cli_cmd_track, &cli_cmd_probe,
-						  &cli_cmd_keygen };
+static const struct cli_cmd *const commands[] = {
+	&cli_cmd_diff,	    &cli_cmd_patch,	 &cli_cmd_send,	       &cli_cmd_receive,
+	&cli_cmd_track,	    &cli_cmd_probe,	 &cli_cmd_keygen,      &cli_cmd_cache_add,
+	&cli_cmd_cache_stat, &cli_cmd_cache_verify, &cli_cmd_cache_gc,
+};
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: handoff-engine [EAL args --] COMMAND [options]\n\ncommands:\n");
-	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		fprintf(f, "  %-8s %s %s\n", commands[i]->name, commands[i]->name, commands[i]->usage);
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		fprintf(f, "  %-12s %s %s\n", commands[i]->name, commands[i]->name, commands[i]->usage);
 	fprintf(f, "\n'handoff-engine COMMAND --help' describes a command. EAL args are DPDK's\n"
 		   "(e.g. -l 0-1 --no-huge -m 512 --file-prefix x); without them the engine picks\n"
 		   "lcores with hwloc and adds --no-huge when no hugepages are mounted.\n");
 }
 
+/* A command is one word ("send") or two ("cache add"); *words: how many it took. */
+static const struct cli_cmd *find_command2(int argc, char **argv, int *words)
+{
+	for (size_t i = 0; i < N_COMMANDS; i++) {
+		const char *n = commands[i]->name, *sp = strchr(n, ' ');
+		if (!sp && !strcmp(n, argv[0])) {
+			*words = 1;
+			return commands[i];
+		}
+		if (sp && argc > 1 && !strncmp(n, argv[0], (size_t)(sp - n)) && !argv[0][sp - n] &&
+		    !strcmp(sp + 1, argv[1])) {
+			*words = 2;
+			return commands[i];
+		}
+	}
+	return NULL;
+}
+
 static const struct cli_cmd *find_command(const char *name)
 {
-	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		if (!strcmp(commands[i]->name, name))
-			return commands[i];
-	return NULL;
+	int words;
+	char *argv[1] = { (char *)name };
+
+	return find_command2(1, argv, &words);
+}
+
+/* "cache" alone, or a second word it does not know: which words may follow. */
+static bool command_group(const char *name)
+{
+	size_t l = strlen(name);
+
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		if (!strncmp(commands[i]->name, name, l) && commands[i]->name[l] == ' ')
+			return true;
+	return false;
+}
+
+/* The names of every command, or of those in group (e.g. "cache"). */
+static void command_names(char *buf, size_t len, const char *group)
+{
+	size_t at = 0, l = group ? strlen(group) : 0;
+
+	buf[0] = 0;
+	for (size_t i = 0; i < N_COMMANDS && at < len; i++)
+		if (!group || (!strncmp(commands[i]->name, group, l) && commands[i]->name[l] == ' '))
+			at += (size_t)snprintf(buf + at, len - at, "%s%s", at ? ", " : "", commands[i]->name);
 }
 
 int main(int argc, char **argv)
@@ -110,12 +154,22 @@ int main(int argc, char **argv)
 		printf("handoff-engine %s (stream format v2)\n", HANDOFF_VERSION);
 		return 0;
 	}
-	const struct cli_cmd *cmd = find_command(name);
+	int words = 1;
+	const struct cli_cmd *cmd = find_command2(argc - first, argv + first, &words);
 	if (!cmd) {
-		cli_error("unknown command '%s' (commands: diff, patch, send, receive, track, probe, keygen; see --help)", name);
+		char names[512];
+		bool group = command_group(name);
+		command_names(names, sizeof(names), group ? name : NULL);
+		if (group && first + 1 < argc)
+			cli_error("%s: unknown subcommand '%s' (%s)", name, argv[first + 1], names);
+		else if (group)
+			cli_error("%s needs a subcommand: %s", name, names);
+		else
+			cli_error("unknown command '%s' (commands: %s; see --help)", name, names);
 		return 2;
 	}
-	int r = cli_parse(cmd, argc - first, argv + first, val);
+	/* the options start after the command's words; getopt skips argv[0] */
+	int r = cli_parse(cmd, argc - first - words + 1, argv + first + words - 1, val);
 	if (r)
 		return r > 0 ? 0 : 2;
 	int ret = cmd->run(cmd, val);

@@ -5,6 +5,7 @@
  */
 #include "stream.h"
 #include "codecs/varint.h"
+#include "engine/errbuf.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -14,15 +15,6 @@
 #include <sys/mman.h>
 
 static const char magic[8] = { 'H', 'O', 'F', 'F', 'S', 'T', 'R', 'M' };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 void eng_hex(const uint8_t *bytes, size_t n, char *out)
 {
@@ -114,17 +106,17 @@ ssize_t eng_stream_header_len(const uint8_t fixed[ENG_HEADER_LEN], char *err, si
 	unsigned version;
 
 	if (memcmp(fixed, magic, 8)) {
-		set_err(err, errlen, "not a handoff stream (bad magic)");
+		eng_set_err(err, errlen, "not a handoff stream (bad magic)");
 		return -EBADMSG;
 	}
 	version = (unsigned)cdc_get_le(fixed + 8, 2);
 	if (version != ENG_STREAM_VERSION) {
-		set_err(err, errlen, "unsupported stream version %u (this engine reads version %d)",
+		eng_set_err(err, errlen, "unsupported stream version %u (this engine reads version %d)",
 			version, ENG_STREAM_VERSION);
 		return -EPROTO;
 	}
 	if (fixed[14] == 0 || fixed[14] > ENG_MAX_OBJECTS) {
-		set_err(err, errlen, "corrupt stream header");
+		eng_set_err(err, errlen, "corrupt stream header");
 		return -EBADMSG;
 	}
 	return ENG_HEADER_LEN + (ssize_t)fixed[14] * ENG_OBJECT_DESC_LEN;
@@ -139,10 +131,10 @@ int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, co
 
 	memset(s, 0, sizeof(*s));
 	if (len < ENG_HEADER_LEN || (want = eng_stream_header_len(header, err, errlen)) < 0)
-		return len < ENG_HEADER_LEN ? (set_err(err, errlen, "truncated stream header"), -EBADMSG)
+		return len < ENG_HEADER_LEN ? (eng_set_err(err, errlen, "truncated stream header"), -EBADMSG)
 					    : (int)want;
 	if ((size_t)want != len) {
-		set_err(err, errlen, "truncated stream header");
+		eng_set_err(err, errlen, "truncated stream header");
 		return -EBADMSG;
 	}
 	s->flags = (uint16_t)cdc_get_le(header + 10, 2);
@@ -153,16 +145,16 @@ int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, co
 	    (s->aead != CDC_AEAD_AES256GCM && s->aead != CDC_AEAD_CHACHA20POLY1305) ||
 	    (s->kind != ENG_KIND_IMAGE && s->kind != ENG_KIND_VM) ||
 	    memcmp(header + 16, zeros, 8) || memcmp(header + 104, zeros, sizeof(zeros))) {
-		set_err(err, errlen, "corrupt stream header");
+		eng_set_err(err, errlen, "corrupt stream header");
 		return -EBADMSG;
 	}
 	if ((s->flags & ENG_STREAM_KEYED) && !key) {
-		set_err(err, errlen, "stream is encrypted: pass the key with --key FILE");
+		eng_set_err(err, errlen, "stream is encrypted: pass the key with --key FILE");
 		return -EACCES;
 	}
 	/* Refusing unkeyed streams when a key is expected stops a downgrade. */
 	if (!(s->flags & ENG_STREAM_KEYED) && key) {
-		set_err(err, errlen, "stream is not encrypted but --key was given; refusing it");
+		eng_set_err(err, errlen, "stream is not encrypted but --key was given; refusing it");
 		return -EACCES;
 	}
 	for (unsigned i = 0; i < s->nobj; i++) {
@@ -171,7 +163,7 @@ int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, co
 		s->obj[i].capacity = cdc_get_le(q + 8, 8);
 		memcpy(s->obj[i].base_id, q + 16, CDC_DIGEST_LEN);
 		if (s->obj[i].capacity > ENG_MAX_BLOCK * CDC_BLOCK_SIZE) {
-			set_err(err, errlen, "corrupt stream header");
+			eng_set_err(err, errlen, "corrupt stream header");
 			return -EBADMSG;
 		}
 	}
@@ -180,13 +172,13 @@ int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, co
 	memcpy(check, header + 88, 16);
 	combined_base_id(s, id);
 	if (memcmp(id, s->base_id, CDC_DIGEST_LEN)) {
-		set_err(err, errlen, "corrupt stream header");
+		eng_set_err(err, errlen, "corrupt stream header");
 		return -EBADMSG;
 	}
 	if (derive(s, key))
 		return -EIO;
 	if (memcmp(check, s->key_check, sizeof(check))) {
-		set_err(err, errlen, key ? "wrong key: the stream was sealed with another key"
+		eng_set_err(err, errlen, key ? "wrong key: the stream was sealed with another key"
 					 : "corrupt stream header (key check failed)");
 		return -EACCES;
 	}
@@ -270,7 +262,7 @@ static int read_exact(struct reader *r, void *buf, size_t len)
 	while (done < len) {
 		ssize_t n = r->a->src->read(r->a->src->ctx, (uint8_t *)buf + done, len - done);
 		if (n < 0) {
-			set_err(r->err, r->errlen, "read error: %s", strerror((int)-n));
+			eng_set_err(r->err, r->errlen, "read error: %s", strerror((int)-n));
 			return (int)n;
 		}
 		if (n == 0)
@@ -404,12 +396,12 @@ static int apply_segment(struct reader *r, const uint8_t *raw, size_t len, uint6
 	while (p < end) {
 		int ret = apply_record(r, &p, end, &cur, &prev);
 		if (ret == -EBADMSG) {
-			set_err(r->err, r->errlen, "segment %llu: malformed record",
+			eng_set_err(r->err, r->errlen, "segment %llu: malformed record",
 				(unsigned long long)seq);
 			return ret;
 		}
 		if (ret) {
-			set_err(r->err, r->errlen, "segment %llu: cannot apply record: %s",
+			eng_set_err(r->err, r->errlen, "segment %llu: cannot apply record: %s",
 				(unsigned long long)seq, strerror(-ret));
 			return ret;
 		}
@@ -422,7 +414,7 @@ static int verify_result(struct reader *r, const uint8_t *trailer)
 	uint64_t segments = cdc_get_le(trailer, 8);
 
 	if (segments != r->st->segments) {
-		set_err(r->err, r->errlen, "stream lost segments: trailer counts %llu, read %llu",
+		eng_set_err(r->err, r->errlen, "stream lost segments: trailer counts %llu, read %llu",
 			(unsigned long long)segments, (unsigned long long)r->st->segments);
 		return -EBADMSG;
 	}
@@ -431,19 +423,19 @@ static int verify_result(struct reader *r, const uint8_t *trailer)
 		struct obj_state *o = &r->obj[i];
 		uint64_t size = cdc_get_le(t, 8), nblocks = (size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
 		if (nblocks > o->capacity_blocks || o->written_end > nblocks) {
-			set_err(r->err, r->errlen, "corrupt trailer: %s size does not match the records",
+			eng_set_err(r->err, r->errlen, "corrupt trailer: %s size does not match the records",
 				o->o->name);
 			return -EBADMSG;
 		}
 		int ret = o->o->out->resize(o->o->out->ctx, size);
 		if (ret) {
-			set_err(r->err, r->errlen, "cannot size %s to %llu bytes: %s", o->o->name,
+			eng_set_err(r->err, r->errlen, "cannot size %s to %llu bytes: %s", o->o->name,
 				(unsigned long long)size, strerror(-ret));
 			return ret;
 		}
 		struct cdc_image_digest *d = cdc_image_digest_new();
 		if (!d) {
-			set_err(r->err, r->errlen, "out of memory");
+			eng_set_err(r->err, r->errlen, "out of memory");
 			return -ENOMEM;
 		}
 		/* A base block cut by a smaller result no longer has the base's digest. */
@@ -453,7 +445,7 @@ static int verify_result(struct reader *r, const uint8_t *trailer)
 			    size < o->o->base_size) {
 				if ((ret = o->o->out->read(o->o->out->ctx, b, r->block))) {
 					cdc_image_digest_free(d);
-					set_err(r->err, r->errlen, "cannot read back %s: %s", o->o->name,
+					eng_set_err(r->err, r->errlen, "cannot read back %s: %s", o->o->name,
 						strerror(-ret));
 					return ret;
 				}
@@ -465,7 +457,7 @@ static int verify_result(struct reader *r, const uint8_t *trailer)
 		cdc_image_digest_free(d);
 		r->st->size[i] = size;
 		if (memcmp(r->st->digest[i], t + 8, CDC_DIGEST_LEN)) {
-			set_err(r->err, r->errlen,
+			eng_set_err(r->err, r->errlen,
 				"%s digest does not match the stream's: base or result corrupted",
 				o->o->name);
 			return -EBADMSG;
@@ -499,7 +491,7 @@ static int read_frames(struct reader *r)
 		int got = read_exact(r, r->frame, ENG_FRAME_HDR);
 		if (got <= 0) {
 			if (got == 0 || got == -EPIPE)
-				set_err(r->err, r->errlen, "truncated stream: no end-of-stream trailer after %llu segments",
+				eng_set_err(r->err, r->errlen, "truncated stream: no end-of-stream trailer after %llu segments",
 					(unsigned long long)seq);
 			return got ? got : -EPIPE;
 		}
@@ -507,20 +499,20 @@ static int read_frames(struct reader *r)
 		uint32_t raw_len = (uint32_t)cdc_get_le(r->frame + 4, 4);
 		uint8_t type = r->frame[8], comp = r->frame[9];
 		if (len > ENG_FRAME_MAX - ENG_FRAME_HDR - CDC_TAG_LEN || raw_len > ENG_SEG_RAW_MAX) {
-			set_err(r->err, r->errlen, "segment %llu: corrupt frame header", (unsigned long long)seq);
+			eng_set_err(r->err, r->errlen, "segment %llu: corrupt frame header", (unsigned long long)seq);
 			return -EBADMSG;
 		}
 		got = read_exact(r, r->frame + ENG_FRAME_HDR, (size_t)len + CDC_TAG_LEN);
 		if (got <= 0) {
 			if (got == 0 || got == -EPIPE)
-				set_err(r->err, r->errlen, "truncated stream: ended inside segment %llu",
+				eng_set_err(r->err, r->errlen, "truncated stream: ended inside segment %llu",
 					(unsigned long long)seq);
 			return got ? got : -EPIPE;
 		}
 		frame_aad(&r->s, seq, r->frame, aad);
 		if (cdc_open(r->sealer, seq, aad, sizeof(aad), r->frame + ENG_FRAME_HDR, len,
 			     r->frame + ENG_FRAME_HDR + len)) {
-			set_err(r->err, r->errlen, "segment %llu failed authentication: stream corrupted or tampered with",
+			eng_set_err(r->err, r->errlen, "segment %llu failed authentication: stream corrupted or tampered with",
 				(unsigned long long)seq);
 			return -EBADMSG;
 		}
@@ -530,23 +522,23 @@ static int read_frames(struct reader *r)
 			? cdc_history_at(r->history, r->history_end - back) + back
 			: r->raw;
 		if (decompress_frame(r, comp, r->frame[11], raw, len, raw_len)) {
-			set_err(r->err, r->errlen, "segment %llu: corrupt compressed data", (unsigned long long)seq);
+			eng_set_err(r->err, r->errlen, "segment %llu: corrupt compressed data", (unsigned long long)seq);
 			return -EBADMSG;
 		}
 		if (type == ENG_FRAME_TRAILER) {
 			if (raw_len != ENG_TRAILER_LEN(r->s.nobj)) {
-				set_err(r->err, r->errlen, "corrupt trailer");
+				eng_set_err(r->err, r->errlen, "corrupt trailer");
 				return -EBADMSG;
 			}
 			uint8_t extra;
 			if (!r->a->control_follows && r->a->src->read(r->a->src->ctx, &extra, 1) != 0) {
-				set_err(r->err, r->errlen, "unexpected data after the end of the stream");
+				eng_set_err(r->err, r->errlen, "unexpected data after the end of the stream");
 				return -EBADMSG;
 			}
 			return verify_result(r, r->raw);
 		}
 		if (type != ENG_FRAME_DATA) {
-			set_err(r->err, r->errlen, "segment %llu: unknown frame type %u", (unsigned long long)seq, type);
+			eng_set_err(r->err, r->errlen, "segment %llu: unknown frame type %u", (unsigned long long)seq, type);
 			return -EBADMSG;
 		}
 		r->history_end += raw_len;
@@ -565,7 +557,7 @@ static int setup_objects(struct reader *r)
 	char want[17], have[17];
 
 	if (r->s.kind != r->a->kind || r->s.nobj != r->a->nobj) {
-		set_err(r->err, r->errlen, "stream carries %s, expected %s",
+		eng_set_err(r->err, r->errlen, "stream carries %s, expected %s",
 			r->s.kind == ENG_KIND_VM ? "a VM" : "an image",
 			r->a->kind == ENG_KIND_VM ? "a VM" : "an image");
 		return -EINVAL;
@@ -577,7 +569,7 @@ static int setup_objects(struct reader *r)
 		    r->s.obj[i].base_size != po->base_size) {
 			eng_hex(r->s.obj[i].base_id, 8, want);
 			eng_hex(po->base_id, 8, have);
-			set_err(r->err, r->errlen,
+			eng_set_err(r->err, r->errlen,
 				"wrong base: the stream's %s was made against base %s…, this base is %s…",
 				po->name, want, have);
 			return -EINVAL;
@@ -591,7 +583,7 @@ static int setup_objects(struct reader *r)
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 		if (o->digest == MAP_FAILED) {
 			o->digest = NULL;
-			set_err(r->err, r->errlen, "cannot map the %s digest table: %s", po->name,
+			eng_set_err(r->err, r->errlen, "cannot map the %s digest table: %s", po->name,
 				strerror(errno));
 			return -ENOMEM;
 		}
@@ -612,7 +604,7 @@ static int read_header(struct reader *r, uint8_t header[ENG_HEADER_MAX])
 	}
 	if (got <= 0) {
 		if (got == 0 || got == -EPIPE)
-			set_err(r->err, r->errlen, "truncated stream: header incomplete");
+			eng_set_err(r->err, r->errlen, "truncated stream: header incomplete");
 		return got ? got : -EPIPE;
 	}
 	return eng_stream_parse(&r->s, header, (size_t)len, r->a->key, r->err, r->errlen);
@@ -627,7 +619,7 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 
 	memset(st, 0, sizeof(*st));
 	if (!r) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	memset(r, 0, sizeof(*r));
@@ -642,7 +634,7 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 	r->delta = cdc_delta_new();
 	r->hasher = cdc_hasher_new();
 	if (!r->frame || !r->raw || !r->history || !r->comp || !r->delta || !r->hasher) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		goto out;
 	}
 	ret = read_header(r, header);
@@ -654,7 +646,7 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 		goto out;
 	r->sealer = cdc_sealer_new((enum cdc_aead)r->s.aead, r->s.subkey);
 	if (!r->sealer) {
-		set_err(err, errlen, "cannot set up decryption");
+		eng_set_err(err, errlen, "cannot set up decryption");
 		ret = -EIO;
 		goto out;
 	}

@@ -8,6 +8,7 @@
  */
 #define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 14)
 #include "dirtyfs.h"
+#include "engine/errbuf.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -52,20 +53,6 @@ struct dirty_snap {
 	size_t len;
 	uint8_t data[];
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 static uint64_t map_bytes(uint64_t nblocks)
 {
@@ -657,20 +644,20 @@ static int check_mountpoint(const char *dir, char *err, size_t errlen)
 	if (stat(dir, &st)) {
 		int e0 = errno;
 		if (e0 == ENOTCONN)
-			set_err(err, errlen, "mountpoint %s is a dead FUSE mount; run fusermount3 -u %s",
+			eng_set_err(err, errlen, "mountpoint %s is a dead FUSE mount; run fusermount3 -u %s",
 				dir, dir);
 		else
-			set_err(err, errlen, "mountpoint %s: %s", dir, strerror(e0));
+			eng_set_err(err, errlen, "mountpoint %s: %s", dir, strerror(e0));
 		return -e0;
 	}
 	if (!S_ISDIR(st.st_mode)) {
-		set_err(err, errlen, "mountpoint %s is not a directory", dir);
+		eng_set_err(err, errlen, "mountpoint %s is not a directory", dir);
 		return -ENOTDIR;
 	}
 	DIR *d = opendir(dir);
 	if (!d) {
 		int e0 = errno;
-		set_err(err, errlen, "cannot read mountpoint %s: %s", dir, strerror(e0));
+		eng_set_err(err, errlen, "cannot read mountpoint %s: %s", dir, strerror(e0));
 		return -e0;
 	}
 	while ((e = readdir(d)))
@@ -678,7 +665,7 @@ static int check_mountpoint(const char *dir, char *err, size_t errlen)
 			break;
 	closedir(d);
 	if (e) {
-		set_err(err, errlen, "mountpoint %s is not empty", dir);
+		eng_set_err(err, errlen, "mountpoint %s is not empty", dir);
 		return -ENOTEMPTY;
 	}
 	return 0;
@@ -694,15 +681,15 @@ static int check_dev_fuse(char *err, size_t errlen)
 			  minor(st.st_rdev) == 229;
 		close(fd);
 		if (!ok)
-			set_err(err, errlen, "/dev/fuse is not the FUSE device (char 10:229)");
+			eng_set_err(err, errlen, "/dev/fuse is not the FUSE device (char 10:229)");
 		return ok ? 0 : -ENODEV;
 	}
 	int e0 = errno;
 	if (e0 == ENOENT || e0 == ENODEV || e0 == ENXIO)
-		set_err(err, errlen, "/dev/fuse is not available (%s); load the fuse module (modprobe fuse)",
+		eng_set_err(err, errlen, "/dev/fuse is not available (%s); load the fuse module (modprobe fuse)",
 			strerror(e0));
 	else
-		set_err(err, errlen, "cannot open /dev/fuse: %s", strerror(e0));
+		eng_set_err(err, errlen, "cannot open /dev/fuse: %s", strerror(e0));
 	return -e0;
 }
 
@@ -714,20 +701,20 @@ static int open_image(struct trk_dirtyfs *fs, const char *image, char *err, size
 	fs->fd = open(image, O_RDWR | O_CLOEXEC);
 	if (fs->fd < 0) {
 		int e0 = errno;
-		set_err(err, errlen, "cannot open image %s read-write: %s", image, strerror(e0));
+		eng_set_err(err, errlen, "cannot open image %s read-write: %s", image, strerror(e0));
 		return -e0;
 	}
 	if (fstat(fs->fd, &st)) {
 		int e0 = errno;
-		set_err(err, errlen, "cannot stat image %s: %s", image, strerror(e0));
+		eng_set_err(err, errlen, "cannot stat image %s: %s", image, strerror(e0));
 		return -e0;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		set_err(err, errlen, "image %s is not a regular file", image);
+		eng_set_err(err, errlen, "image %s is not a regular file", image);
 		return -EINVAL;
 	}
 	if (st.st_size == 0) {
-		set_err(err, errlen, "image %s is empty", image);
+		eng_set_err(err, errlen, "image %s is empty", image);
 		return -EINVAL;
 	}
 	fs->size = (uint64_t)st.st_size;
@@ -816,7 +803,7 @@ struct trk_dirtyfs *trk_dirtyfs_mount(const struct trk_dirtyfs_opts *o, char *er
 	pthread_rwlockattr_t ra;
 
 	if (!fs) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		return NULL;
 	}
 	fs->fd = fs->dfd = -1;
@@ -829,21 +816,21 @@ struct trk_dirtyfs *trk_dirtyfs_mount(const struct trk_dirtyfs_opts *o, char *er
 
 	const char *base = strrchr(o->image, '/') ? strrchr(o->image, '/') + 1 : o->image;
 	if (!*base || !strcmp(base, ".") || !strcmp(base, "..") || !strcmp(base, TRK_DIRTY_CTL)) {
-		set_err(err, errlen, "image %s: its file name cannot be served (give a file path)",
+		eng_set_err(err, errlen, "image %s: its file name cannot be served (give a file path)",
 			o->image);
 		goto err;
 	}
 	fs->name = strdup(base);
 	fs->mountpoint = strdup(o->mountpoint);
 	if (!fs->name || !fs->mountpoint) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		goto err;
 	}
 	for (size_t n = strlen(fs->mountpoint); n > 1 && fs->mountpoint[n - 1] == '/'; n--)
 		fs->mountpoint[n - 1] = 0;
 	fs->disk_path = join_path(fs->mountpoint, fs->name);
 	if (!fs->disk_path) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		goto err;
 	}
 	if (open_image(fs, o->image, err, errlen) || check_mountpoint(fs->mountpoint, err, errlen) ||
@@ -851,7 +838,7 @@ struct trk_dirtyfs *trk_dirtyfs_mount(const struct trk_dirtyfs_opts *o, char *er
 		goto err;
 	fs->live = calloc(fs->nwords, sizeof(uint64_t));
 	if (!fs->live) {
-		set_err(err, errlen, "out of memory for a %llu-block map",
+		eng_set_err(err, errlen, "out of memory for a %llu-block map",
 			(unsigned long long)fs->nblocks);
 		goto err;
 	}
@@ -860,17 +847,17 @@ struct trk_dirtyfs *trk_dirtyfs_mount(const struct trk_dirtyfs_opts *o, char *er
 	fuse_set_log_func(capture_log);
 	fs->se = new_session(fs, o->allow_other);
 	if (!fs->se) {
-		set_err(err, errlen, "cannot start a FUSE session: %s",
+		eng_set_err(err, errlen, "cannot start a FUSE session: %s",
 			fuse_last_msg[0] ? fuse_last_msg : "unknown reason");
 		goto err_log;
 	}
 	if (fuse_set_signal_handlers(fs->se)) {
-		set_err(err, errlen, "cannot install signal handlers");
+		eng_set_err(err, errlen, "cannot install signal handlers");
 		goto err_log;
 	}
 	fs->handlers = true;
 	if (mount_quietly(fs->se, fs->mountpoint)) {
-		set_err(err, errlen, "cannot mount FUSE on %s: %s", fs->mountpoint,
+		eng_set_err(err, errlen, "cannot mount FUSE on %s: %s", fs->mountpoint,
 			fuse_last_msg[0] ? fuse_last_msg : "unknown reason");
 		goto err_log;
 	}
@@ -900,7 +887,7 @@ int trk_dirtyfs_run(struct trk_dirtyfs *fs, char *err, size_t errlen)
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
 
 	if (!cfg) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	fuse_loop_cfg_set_max_threads(cfg, fs->max_threads);
@@ -910,7 +897,7 @@ int trk_dirtyfs_run(struct trk_dirtyfs *fs, char *err, size_t errlen)
 	int r = fuse_session_loop_mt(fs->se, cfg);
 	fuse_loop_cfg_destroy(cfg);
 	if (r < 0) {
-		set_err(err, errlen, "FUSE loop on %s failed: %s", fs->mountpoint, strerror(-r));
+		eng_set_err(err, errlen, "FUSE loop on %s failed: %s", fs->mountpoint, strerror(-r));
 		return r;
 	}
 	return 0;
@@ -954,13 +941,13 @@ int trk_dirty_parse(const uint8_t *buf, size_t len, struct trk_dirty_map *m, cha
 {
 	memset(m, 0, sizeof(*m));
 	if (len < TRK_DIRTY_HDR_LEN || memcmp(buf, TRK_DIRTY_MAGIC, 8)) {
-		set_err(err, errlen, "not a dirty map (no %s header)", TRK_DIRTY_MAGIC);
+		eng_set_err(err, errlen, "not a dirty map (no %s header)", TRK_DIRTY_MAGIC);
 		return -EBADMSG;
 	}
 	uint64_t nblocks = get_le64(buf + 8), ndirty = get_le64(buf + 16);
 	uint64_t nbytes = map_bytes(nblocks), count = 0;
 	if (nbytes != len - TRK_DIRTY_HDR_LEN) {
-		set_err(err, errlen, "dirty map of %llu blocks has %zu bitmap bytes, expected %llu",
+		eng_set_err(err, errlen, "dirty map of %llu blocks has %zu bitmap bytes, expected %llu",
 			(unsigned long long)nblocks, len - TRK_DIRTY_HDR_LEN,
 			(unsigned long long)nbytes);
 		return -EBADMSG;
@@ -969,18 +956,18 @@ int trk_dirty_parse(const uint8_t *buf, size_t len, struct trk_dirty_map *m, cha
 	for (uint64_t i = 0; i < nbytes; i++)
 		count += (uint64_t)__builtin_popcount(bits[i]);
 	if (nblocks % 8 && (bits[nbytes - 1] >> (nblocks % 8))) {
-		set_err(err, errlen, "dirty map marks blocks past its end (%llu blocks)",
+		eng_set_err(err, errlen, "dirty map marks blocks past its end (%llu blocks)",
 			(unsigned long long)nblocks);
 		return -EBADMSG;
 	}
 	if (count != ndirty) {
-		set_err(err, errlen, "dirty map says %llu blocks are dirty but marks %llu",
+		eng_set_err(err, errlen, "dirty map says %llu blocks are dirty but marks %llu",
 			(unsigned long long)ndirty, (unsigned long long)count);
 		return -EBADMSG;
 	}
 	m->bits = malloc(nbytes ? nbytes : 1);
 	if (!m->bits) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	memcpy(m->bits, bits, nbytes);
@@ -1014,28 +1001,28 @@ static int read_ctl(int fd, const char *ctl, uint64_t want_blocks, uint8_t **out
 	ssize_t n = read_full(fd, hdr, sizeof(hdr));
 
 	if (n < 0) {
-		set_err(err, errlen, "cannot read %s: %s", ctl, strerror((int)-n));
+		eng_set_err(err, errlen, "cannot read %s: %s", ctl, strerror((int)-n));
 		return (int)n;
 	}
 	if ((size_t)n < sizeof(hdr) || memcmp(hdr, TRK_DIRTY_MAGIC, 8)) {
-		set_err(err, errlen, "%s is not a dirty map", ctl);
+		eng_set_err(err, errlen, "%s is not a dirty map", ctl);
 		return -EBADMSG;
 	}
 	if (get_le64(hdr + 8) != want_blocks) {
-		set_err(err, errlen, "%s maps %llu blocks but the disk has %llu", ctl,
+		eng_set_err(err, errlen, "%s maps %llu blocks but the disk has %llu", ctl,
 			(unsigned long long)get_le64(hdr + 8), (unsigned long long)want_blocks);
 		return -EBADMSG;
 	}
 	size_t len = TRK_DIRTY_HDR_LEN + (size_t)map_bytes(want_blocks);
 	uint8_t *buf = malloc(len + 1);
 	if (!buf) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	memcpy(buf, hdr, sizeof(hdr));
 	n = read_full(fd, buf + sizeof(hdr), len + 1 - sizeof(hdr));
 	if (n < 0 || (size_t)n != len - sizeof(hdr)) {
-		set_err(err, errlen, "%s: %s", ctl,
+		eng_set_err(err, errlen, "%s: %s", ctl,
 			n < 0 ? strerror((int)-n) : "bitmap length does not match its header");
 		free(buf);
 		return n < 0 ? (int)n : -EBADMSG;
@@ -1055,24 +1042,24 @@ int trk_dirty_fetch(const char *tracked_disk, struct trk_dirty_map *m, char *err
 	memset(m, 0, sizeof(*m));
 	if (stat(tracked_disk, &st)) {
 		r = -errno;
-		set_err(err, errlen, "cannot stat tracked disk %s: %s", tracked_disk, strerror(-r));
+		eng_set_err(err, errlen, "cannot stat tracked disk %s: %s", tracked_disk, strerror(-r));
 		return r;
 	}
 	char *copy = strdup(tracked_disk);
 	char *ctl = copy ? join_path(dirname(copy), TRK_DIRTY_CTL) : NULL;
 	free(copy);
 	if (!ctl) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	int fd = open(ctl, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
 		if (r == -ENOENT)
-			set_err(err, errlen, "%s is not a disk inside a track mount (no %s)", tracked_disk,
+			eng_set_err(err, errlen, "%s is not a disk inside a track mount (no %s)", tracked_disk,
 				ctl);
 		else
-			set_err(err, errlen, "cannot open %s: %s", ctl, strerror(-r));
+			eng_set_err(err, errlen, "cannot open %s: %s", ctl, strerror(-r));
 		free(ctl);
 		return r;
 	}

@@ -3,6 +3,7 @@
  * main thread before the pipeline starts; the result is read-only after.
  */
 #include "tracker.h"
+#include "engine/errbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,15 +35,6 @@ struct trk_index {
 	uint8_t id[CDC_DIGEST_LEN];
 	bool cached;
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 static void stamp_of(const struct stat *st, struct index_stamp *s)
 {
@@ -238,16 +230,16 @@ struct trk_index *trk_index_open(const char *image, char *err, size_t errlen)
 	int fd = -1, ret;
 
 	if (!idx) {
-		set_err(err, errlen, "out of memory");
+		eng_set_err(err, errlen, "out of memory");
 		return NULL;
 	}
 	fd = open(image, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, &st)) {
-		set_err(err, errlen, "cannot open base %s: %s", image, strerror(errno));
+		eng_set_err(err, errlen, "cannot open base %s: %s", image, strerror(errno));
 		goto err;
 	}
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-		set_err(err, errlen, "base %s is not a file or block device", image);
+		eng_set_err(err, errlen, "base %s is not a file or block device", image);
 		goto err;
 	}
 	stamp_of(&st, &stamp);
@@ -260,7 +252,7 @@ struct trk_index *trk_index_open(const char *image, char *err, size_t errlen)
 	posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	ret = build(idx, fd, stamp.size);
 	if (ret) {
-		set_err(err, errlen, "cannot index base %s: %s", image, strerror(-ret));
+		eng_set_err(err, errlen, "cannot index base %s: %s", image, strerror(-ret));
 		goto err;
 	}
 	/* Re-stat: an image modified while we read it must not be cached. */
