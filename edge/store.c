@@ -879,11 +879,16 @@ static int candidate_cmp(const void *a, const void *b)
 	return x->last_use_s < y->last_use_s ? -1 : x->last_use_s > y->last_use_s;
 }
 
-int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, struct edg_gc_report *rep,
-		 char *err, size_t errlen)
+/* Ask the filter about candidates in order, a batch at a time, until enough may go. */
+#define FILTER_BATCH 4096
+
+int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, edg_gc_filter_fn filter,
+		 void *filter_ctx, struct edg_gc_report *rep, char *err, size_t errlen)
 {
 	struct candidate *cand = NULL;
 	uint64_t ncand = 0, cap = 0, now = now_s(), used = 0;
+	uint8_t *ask = NULL;
+	bool *ok = NULL;
 	MDB_txn *txn;
 	MDB_cursor *c;
 	MDB_val k, v;
@@ -927,10 +932,31 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, str
 	rc = 0;
 	rep->before_bytes = used;
 	qsort(cand, ncand, sizeof(*cand), candidate_cmp);
+	if (filter) {
+		ok = malloc(FILTER_BATCH * sizeof(*ok));
+		ask = malloc(FILTER_BATCH * EDG_DIGEST_LEN);
+	}
+	uint64_t asked_from = 0, asked_n = 0; /* the window of candidates ok[] answers */
+	if (filter && (!ok || !ask))
+		rep->filter_failed = true; /* nothing unapproved goes */
 	for (uint64_t i = 0; i < ncand; i++) {
 		/* placeholders of dropped bytes go whatever the quota: nothing refers to them */
 		if (used <= keep_bytes && cand[i].size)
 			continue;
+		if (filter && cand[i].size) {
+			if (i >= asked_from + asked_n && !rep->filter_failed) {
+				asked_from = i;
+				asked_n = ncand - i < FILTER_BATCH ? ncand - i : FILTER_BATCH;
+				for (uint64_t x = 0; x < asked_n; x++)
+					memcpy(ask + x * EDG_DIGEST_LEN, cand[i + x].digest, EDG_DIGEST_LEN);
+				if (filter(filter_ctx, ask, asked_n, ok))
+					rep->filter_failed = true;
+			}
+			if (rep->filter_failed || !ok[i - asked_from]) {
+				rep->kept_by_filter_bytes += cand[i].size;
+				continue;
+			}
+		}
 		MDB_val key = val_of(cand[i].digest, EDG_DIGEST_LEN);
 		if ((rc = mdb_del(txn, s->meta, &key, NULL)) ||
 		    ((rc = mdb_del(txn, s->chunk, &key, NULL)) && rc != MDB_NOTFOUND))
@@ -942,22 +968,26 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, str
 			rep->deleted_bytes += cand[i].size;
 		}
 	}
-	if ((rc = mdb_txn_commit(txn))) {
-		free(cand);
-		return lmdb_fail(rc, err, errlen, "cannot collect");
-	}
 	free(cand);
+	free(ok);
+	free(ask);
+	if ((rc = mdb_txn_commit(txn)))
+		return lmdb_fail(rc, err, errlen, "cannot collect");
 	rep->after_bytes = used;
 	if (used > keep_bytes) {
 		eng_set_err(err, errlen,
-			"cannot reach %llu bytes: %llu referenced, %llu pinned, %llu younger than the grace period",
-			(unsigned long long)keep_bytes, (unsigned long long)rep->kept_referenced_bytes,
-			(unsigned long long)rep->kept_pinned_bytes, (unsigned long long)rep->kept_young_bytes);
+			    "cannot reach %llu bytes: %llu referenced, %llu pinned, %llu younger than the grace period, "
+			    "%llu kept by the coordinator",
+			    (unsigned long long)keep_bytes, (unsigned long long)rep->kept_referenced_bytes,
+			    (unsigned long long)rep->kept_pinned_bytes, (unsigned long long)rep->kept_young_bytes,
+			    (unsigned long long)rep->kept_by_filter_bytes);
 		return -ENOSPC;
 	}
 	return 0;
 fail:
 	free(cand);
+	free(ok);
+	free(ask);
 	mdb_txn_abort(txn);
 	return lmdb_fail(rc, err, errlen, "cannot collect");
 }

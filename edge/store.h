@@ -57,7 +57,16 @@ struct edg_add_report {
 struct edg_gc_report {
 	uint64_t before_bytes, after_bytes, deleted_chunks, deleted_bytes;
 	uint64_t kept_referenced_bytes, kept_pinned_bytes, kept_young_bytes;
+	uint64_t kept_by_filter_bytes; /* candidates the filter (the coordinator) kept */
+	bool filter_failed;            /* the filter stopped answering: the rest was kept */
 };
+
+/*
+ * A second opinion on candidates for deletion (the coordinator: an image
+ * registered or a handoff leased elsewhere). ok[i] for each; non-zero when
+ * it cannot answer, and then nothing more is deleted.
+ */
+typedef int (*edg_gc_filter_fn)(void *ctx, const uint8_t *digests, uint64_t n, bool *ok);
 
 /*
  * Open (create when asked) the store in dir. chunk_size 0 takes the store's
@@ -125,11 +134,12 @@ int edg_store_verify(struct edg_store *s, uint64_t *checked, uint64_t *bad,
  * Delete chunks no image references and no live pin holds, least recently
  * used first, until the payload is at most keep_bytes. Chunks added or used
  * within grace_s are kept (a handoff may be about to reference them); expired
- * pins are dropped first. Returns 0 when the quota was reached, -ENOSPC when
- * what is referenced, pinned or young alone exceeds it (rep says how much).
+ * pins are dropped first. With a filter, only candidates it agrees to go.
+ * Returns 0 when the quota was reached, -ENOSPC when what is referenced,
+ * pinned, young or kept by the filter exceeds it (rep says how much).
  */
-int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, struct edg_gc_report *rep,
-		 char *err, size_t errlen);
+int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, edg_gc_filter_fn filter,
+		 void *filter_ctx, struct edg_gc_report *rep, char *err, size_t errlen);
 
 /* Digest as 64 hex digits (out: 65 bytes). */
 void edg_digest_hex(const uint8_t digest[EDG_DIGEST_LEN], char *out);

@@ -4,6 +4,7 @@
  * LMDB database and the work is reading and hashing files.
  */
 #include "cli.h"
+#include "edge/coord.h"
 #include "edge/store.h"
 
 #include <errno.h>
@@ -12,8 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
-enum { A_CACHE, A_CHUNK, A_NAME, A_JSON };
+#define COORD_OPTS(url, auth, edge)                                                                       \
+	[url] = { "coordinator", 0, "URL", false, "redis://[USER@]HOST:PORT of the cache coordinator" },      \
+	[auth] = { "coordinator-auth", 0, "FILE", false, "its password (one line, mode 0600)" },            \
+	[edge] = { "edge", 0, "NAME", false, "this edge's name at the coordinator (default: the host name)" }
+
+enum { A_CACHE, A_CHUNK, A_NAME, A_JSON, A_COORD, A_AUTH, A_EDGE };
 
 static const struct cli_opt add_opts[] = {
 	[A_CACHE] = { "cache", 0, "DIR", true, "the cache directory (created if absent)" },
@@ -21,6 +28,7 @@ static const struct cli_opt add_opts[] = {
 		      "chunk size of a new cache (4K..4M, a multiple of 4K; default 64K)" },
 	[A_NAME] = { "name", 0, "NAME", false, "register the (single) IMAGE under NAME, not its file name" },
 	[A_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
+	COORD_OPTS(A_COORD, A_AUTH, A_EDGE),
 	{ 0 },
 };
 
@@ -54,6 +62,66 @@ static struct edg_store *open_store(const char *cmd, const char *dir, bool creat
 	return s;
 }
 
+#define COORD_TIMEOUT_S 5.0
+/* Exit status when the cache changed but the coordinator could not be told. */
+#define EXIT_COORD_MISSED 4
+
+/*
+ * The coordinator, when --coordinator names one; NULL if not asked for or
+ * unreachable (then *missed, after one line saying so: the cache works on
+ * alone, and the caller says what that costs).
+ */
+static struct edg_coord *coord_open(const char *cmd, const char *url, const char *auth, const char *edge,
+				    bool *missed)
+{
+	char host[65] = "", err[512];
+
+	*missed = false;
+	if (!url)
+		return NULL;
+	if (!auth) {
+		cli_error("%s: --coordinator needs --coordinator-auth FILE", cmd);
+		*missed = true;
+		return NULL;
+	}
+	if (!edge) {
+		gethostname(host, sizeof(host) - 1);
+		edge = host;
+	}
+	struct edg_coord *c = edg_coord_connect(url, auth, edge, COORD_TIMEOUT_S, err, sizeof(err));
+	if (!c) {
+		cli_error("%s: %s", cmd, err);
+		*missed = true;
+	}
+	return c;
+}
+
+/*
+ * Tell the coordinator this edge holds the image's chunks and the image
+ * contains them; what an earlier image of that name contained (old, n_old)
+ * first stops counting for it (both steps are idempotent, so a retry after a
+ * failure repairs the counts).
+ */
+static int coord_add(struct edg_coord *c, struct edg_store *s, const char *name, const uint8_t *old,
+		     uint64_t n_old, char *err, size_t errlen)
+{
+	uint8_t *d;
+	uint64_t size, n;
+	int r = edg_store_recipe(s, name, &size, &d, &n);
+
+	if (r) {
+		snprintf(err, errlen, "cannot read back the recipe of %s", name);
+		return r;
+	}
+	r = old ? edg_coord_unregister(c, name, old, n_old, err, errlen) : 0;
+	if (!r)
+		r = edg_coord_report(c, d, n, err, errlen);
+	if (!r)
+		r = edg_coord_register(c, name, d, n, err, errlen);
+	free(d);
+	return r;
+}
+
 static int add_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	uint64_t chunk = 0;
@@ -77,6 +145,8 @@ static int add_run(const struct cli_cmd *cmd, const char *const *val)
 	struct edg_store *s = open_store(cmd->name, val[A_CACHE], true, (uint32_t)chunk);
 	if (!s)
 		return 1;
+	bool missed;
+	struct edg_coord *c = coord_open(cmd->name, val[A_COORD], val[A_AUTH], val[A_EDGE], &missed);
 	json_object *list = json_object_new_array();
 	for (int i = 0; i < n && !ret; i++) {
 		char copy[4096];
@@ -84,13 +154,26 @@ static int add_run(const struct cli_cmd *cmd, const char *const *val)
 		const char *name = val[A_NAME] ? val[A_NAME] : basename(copy);
 		struct progress p = { name, mono_s() };
 		struct edg_add_report rep;
+		uint8_t *old = NULL;
+		uint64_t old_size, n_old = 0;
+		if (c && edg_store_recipe(s, name, &old_size, &old, &n_old))
+			old = NULL;
 		if (edg_store_add_file(s, name, images[i], &rep, on_progress, &p, err, sizeof(err))) {
 			cli_progress_end();
 			cli_error("%s: %s", cmd->name, err); /* err names the file where it matters */
+			free(old);
 			ret = 1;
 			break;
 		}
 		cli_progress_end();
+		int cr = c ? coord_add(c, s, name, old, n_old, err, sizeof(err)) : 0;
+		free(old);
+		if (cr) {
+			cli_error("%s: %s", cmd->name, err);
+			edg_coord_close(c);
+			c = NULL;
+			missed = true;
+		}
 		fprintf(stderr, "cache add: %s: %llu chunks, %llu new (%.1f MB), %.1f s\n", name,
 			(unsigned long long)rep.chunks, (unsigned long long)rep.new_chunks, rep.new_bytes / 1e6,
 			rep.seconds);
@@ -113,6 +196,12 @@ static int add_run(const struct cli_cmd *cmd, const char *const *val)
 	}
 	json_object_put(list);
 	edg_store_close(s);
+	edg_coord_close(c);
+	if (!ret && missed) {
+		fprintf(stderr, "cache add: the images are in the cache, but the coordinator does not know: "
+				"add them again once it answers\n");
+		return EXIT_COORD_MISSED;
+	}
 	return ret;
 }
 
@@ -121,8 +210,10 @@ const struct cli_cmd cli_cmd_cache_add = {
 	.summary = "Cut each IMAGE (a disk image, a memory snapshot, a kernel: any file) into\n"
 		   "fixed-size chunks named by their SHA-256, store the ones the cache lacks and\n"
 		   "register the image (its recipe: the list of its chunks). Adding an image again\n"
-		   "replaces its recipe; chunks are stored once however many images hold them.",
-	.usage = "--cache DIR [--chunk-size BYTES] [--name NAME] [--json] IMAGE...",
+		   "replaces its recipe; chunks are stored once however many images hold them.\n"
+		   "With --coordinator, the coordinator learns that this edge holds the chunks and\n"
+		   "that the image contains them; if it cannot be told, the exit status is 4.",
+	.usage = "--cache DIR [--chunk-size BYTES] [--name NAME] [--json] [--coordinator URL ...] IMAGE...",
 	.opts = add_opts,
 	.run = add_run,
 	.args = "IMAGE...",
@@ -190,6 +281,58 @@ const struct cli_cmd cli_cmd_cache_stat = {
 	.run = stat_run,
 };
 
+enum { R_CACHE, R_NAME, R_COORD, R_AUTH, R_EDGE };
+
+static const struct cli_opt remove_opts[] = {
+	[R_CACHE] = { "cache", 0, "DIR", true, "the cache directory" },
+	[R_NAME] = { "name", 0, "NAME", true, "the image to unregister" },
+	COORD_OPTS(R_COORD, R_AUTH, R_EDGE),
+	{ 0 },
+};
+
+static int remove_run(const struct cli_cmd *cmd, const char *const *val)
+{
+	struct edg_store *s = open_store(cmd->name, val[R_CACHE], false, 0);
+	uint8_t *d = NULL;
+	uint64_t size, n = 0;
+	char err[512];
+	bool missed;
+
+	if (!s)
+		return 1;
+	if (edg_store_recipe(s, val[R_NAME], &size, &d, &n)) {
+		cli_error("%s: no image '%s' in %s", cmd->name, val[R_NAME], val[R_CACHE]);
+		edg_store_close(s);
+		return 1;
+	}
+	struct edg_coord *c = coord_open(cmd->name, val[R_COORD], val[R_AUTH], val[R_EDGE], &missed);
+	int r = edg_store_remove_image(s, val[R_NAME], err, sizeof(err));
+	if (!r && c && edg_coord_unregister(c, val[R_NAME], d, n, err, sizeof(err))) {
+		cli_error("%s: %s", cmd->name, err);
+		missed = true;
+	} else if (r) {
+		cli_error("%s: %s", cmd->name, err);
+	}
+	free(d);
+	edg_coord_close(c);
+	edg_store_close(s);
+	if (r)
+		return 1;
+	fprintf(stderr, "cache remove: %s unregistered (%llu chunks lost a reference)%s\n", val[R_NAME],
+		(unsigned long long)n, missed ? "; the coordinator does not know: remove it again once it answers" : "");
+	return missed ? EXIT_COORD_MISSED : 0;
+}
+
+const struct cli_cmd cli_cmd_cache_remove = {
+	.name = "cache remove",
+	.summary = "Unregister image NAME: its chunks lose one reference each and gc may take the\n"
+		   "ones no other image holds. With --coordinator, the coordinator learns it too\n"
+		   "(exit status 4 if it cannot be told).",
+	.usage = "--cache DIR --name NAME [--coordinator URL ...]",
+	.opts = remove_opts,
+	.run = remove_run,
+};
+
 static void print_bad(void *ctx, const uint8_t d[EDG_DIGEST_LEN])
 {
 	char hex[2 * EDG_DIGEST_LEN + 1];
@@ -241,7 +384,7 @@ const struct cli_cmd cli_cmd_cache_verify = {
 	.run = verify_run,
 };
 
-enum { G_CACHE, G_KEEP, G_GRACE, G_JSON };
+enum { G_CACHE, G_KEEP, G_GRACE, G_JSON, G_COORD, G_AUTH, G_EDGE };
 
 static const struct cli_opt gc_opts[] = {
 	[G_CACHE] = { "cache", 0, "DIR", true, "the cache directory" },
@@ -249,8 +392,23 @@ static const struct cli_opt gc_opts[] = {
 	[G_GRACE] = { "grace", 0, "SECONDS", false,
 		      "keep unreferenced chunks added or used this recently (default 600)" },
 	[G_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
+	COORD_OPTS(G_COORD, G_AUTH, G_EDGE),
 	{ 0 },
 };
+
+struct gc_ctx {
+	struct edg_coord *c;
+	uint64_t grace;
+	char err[512];
+};
+
+/* The coordinator's word on each candidate: no image anywhere contains it, no handoff leases it. */
+static int ask_coordinator(void *ctx, const uint8_t *digests, uint64_t n, bool *ok)
+{
+	struct gc_ctx *g = ctx;
+
+	return edg_coord_may_delete(g->c, digests, n, g->grace, ok, g->err, sizeof(g->err));
+}
 
 static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 {
@@ -273,8 +431,16 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 	struct edg_store *s = open_store(cmd->name, val[G_CACHE], false, 0);
 	if (!s)
 		return 1;
-	int r = edg_store_gc(s, keep, grace, &rep, err, sizeof(err));
+	bool missed;
+	struct gc_ctx g = { .c = coord_open(cmd->name, val[G_COORD], val[G_AUTH], val[G_EDGE], &missed),
+			    .grace = grace };
+	if (missed)
+		fprintf(stderr, "cache gc: collecting on this edge's knowledge alone\n");
+	int r = edg_store_gc(s, keep, grace, g.c ? ask_coordinator : NULL, &g, &rep, err, sizeof(err));
 	edg_store_close(s);
+	edg_coord_close(g.c);
+	if (rep.filter_failed)
+		cli_error("%s: %s: what it had not approved was kept", cmd->name, g.err);
 	if (r && r != -ENOSPC) {
 		cli_error("%s: %s", cmd->name, err);
 		return 1;
@@ -292,6 +458,10 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 		json_object_object_add(o, "referenced_bytes", json_object_new_int64((int64_t)rep.kept_referenced_bytes));
 		json_object_object_add(o, "pinned_bytes", json_object_new_int64((int64_t)rep.kept_pinned_bytes));
 		json_object_object_add(o, "young_bytes", json_object_new_int64((int64_t)rep.kept_young_bytes));
+		json_object_object_add(o, "coordinator_kept_bytes",
+				       json_object_new_int64((int64_t)rep.kept_by_filter_bytes));
+		json_object_object_add(o, "coordinator", json_object_new_string(
+			!val[G_COORD] ? "none" : g.c && !rep.filter_failed ? "asked" : "unreachable"));
 		json_object_object_add(o, "quota_reached", json_object_new_boolean(r == 0));
 		cli_print_json(o);
 	}
@@ -306,9 +476,11 @@ const struct cli_cmd cli_cmd_cache_gc = {
 	.name = "cache gc",
 	.summary = "Delete chunks that no registered image references and no handoff in flight\n"
 		   "pins, least recently used first, until the cache holds at most --keep bytes of\n"
-		   "chunks. Expired pins are dropped first. Fails (after collecting what it may)\n"
-		   "when what must be kept alone exceeds --keep.",
-	.usage = "--cache DIR --keep BYTES [--grace SECONDS] [--json]",
+		   "chunks. Expired pins are dropped first. With --coordinator, a chunk goes only\n"
+		   "if no image anywhere contains it and no handoff leases it (and this edge then\n"
+		   "stops counting as its holder); unreachable, the edge decides alone. Fails\n"
+		   "(after collecting what it may) when what must be kept exceeds --keep.",
+	.usage = "--cache DIR --keep BYTES [--grace SECONDS] [--json] [--coordinator URL ...]",
 	.opts = gc_opts,
 	.run = gc_run,
 };

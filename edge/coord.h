@@ -1,0 +1,55 @@
+/*
+ * Client of the cache coordinator: a Redis 7 server (scripts/coordinator
+ * starts one with AOF and an ACL user) holding, per chunk, which edges hold
+ * it, which registered images and running VMs contain it, and the leases of
+ * handoffs in flight (edge/coordinator.lua describes the keys). Every update
+ * is per chunk, idempotent and pipelined in batches; a chunk's decisions are
+ * Redis functions, atomic on its one key.
+ */
+#ifndef HANDOFF_EDGE_COORD_H
+#define HANDOFF_EDGE_COORD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct edg_coord;
+
+/*
+ * Connect to redis://[USER@]HOST:PORT (USER default "handoff") with the
+ * password in password_file (one line; refused when others may read it) and
+ * act as edge `edge` (1-64 of [A-Za-z0-9._-]). Checks that the handoff
+ * functions are loaded. NULL after a one-line message in err.
+ */
+struct edg_coord *edg_coord_connect(const char *url, const char *password_file, const char *edge,
+				    double timeout_s, char *err, size_t errlen);
+void edg_coord_close(struct edg_coord *c);
+
+/* This edge holds these chunks (a chunk reported twice counts once). */
+int edg_coord_report(struct edg_coord *c, const uint8_t *digests, uint64_t n, char *err, size_t errlen);
+/*
+ * Image (or running VM) `name`, registered by this edge, contains these
+ * chunks / no longer does. Registrations are per edge: a chunk is referenced
+ * while any edge's registration contains it.
+ */
+int edg_coord_register(struct edg_coord *c, const char *name, const uint8_t *digests, uint64_t n, char *err,
+		       size_t errlen);
+int edg_coord_unregister(struct edg_coord *c, const char *name, const uint8_t *digests, uint64_t n, char *err,
+			 size_t errlen);
+/* A handoff in flight needs these chunks for ttl_s / is done with them. */
+int edg_coord_lease(struct edg_coord *c, const char *id, const uint8_t *digests, uint64_t n, double ttl_s,
+		    char *err, size_t errlen);
+int edg_coord_release(struct edg_coord *c, const char *id, const uint8_t *digests, uint64_t n, char *err,
+		      size_t errlen);
+/*
+ * For each chunk: may this edge drop its copy (ok[i])? Yes only if no image
+ * contains it, no live lease needs it and it has been unreferenced for
+ * grace_s; a yes also stops counting this edge as a holder.
+ */
+int edg_coord_may_delete(struct edg_coord *c, const uint8_t *digests, uint64_t n, uint64_t grace_s, bool *ok,
+			 char *err, size_t errlen);
+/* For each chunk: how many images contain it and how many edges hold it. */
+int edg_coord_holders(struct edg_coord *c, const uint8_t *digests, uint64_t n, uint32_t *refs, uint32_t *holders,
+		      char *err, size_t errlen);
+
+#endif

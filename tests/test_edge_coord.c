@@ -1,0 +1,246 @@
+/*
+ * edge/coord against a real redis-server started by scripts/coordinator (AOF,
+ * ACL user, the handoff functions): registrations count once per image, a
+ * chunk may go only when no image contains it, no live lease needs it and its
+ * grace period passed, only the asking edge stops being its holder, the ACL
+ * keeps a client to its own keys and commands, and a restart keeps it all.
+ */
+#include "edge/coord.h"
+#include "edge/store.h"
+#include "testlib.h"
+
+#include <hiredis/hiredis.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[300], pwfile[320], url[64], badpw[320];
+static int port;
+
+static int run(const char *fmt, const char *arg)
+{
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), fmt, arg);
+	return system(cmd);
+}
+
+static int coordinator_up(void)
+{
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "scripts/coordinator up --dir %s/redis --password-file %s --port %d >/dev/null",
+		 dir, pwfile, port);
+	return system(cmd);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	char *d = test_tmpdir();
+	snprintf(dir, sizeof(dir), "%s", d);
+	free(d);
+	snprintf(pwfile, sizeof(pwfile), "%s/pw", dir);
+	snprintf(badpw, sizeof(badpw), "%s/badpw", dir);
+	test_write_file(pwfile, "correct horse\n", 14);
+	test_write_file(badpw, "wrong\n", 6);
+	chmod(pwfile, 0600);
+	chmod(badpw, 0600);
+	port = 21000 + (int)(getpid() % 20000);
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+	if (coordinator_up()) {
+		fprintf(stderr, "test_edge_coord: scripts/coordinator up failed (redis-server installed? scripts/setup)\n");
+		return -1;
+	}
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	char arg[320];
+	snprintf(arg, sizeof(arg), "%s/redis", dir);
+	run("scripts/coordinator down --dir %s >/dev/null 2>&1", arg);
+	run("rm -rf %s", dir);
+	return 0;
+}
+
+static struct edg_coord *edge(const char *name)
+{
+	char err[256];
+	struct edg_coord *c = edg_coord_connect(url, pwfile, name, 5, err, sizeof(err));
+	if (!c)
+		fprintf(stderr, "connect: %s\n", err);
+	assert_non_null(c);
+	return c;
+}
+
+/* n digests, distinct per seed. */
+static uint8_t *digests(unsigned n, unsigned seed)
+{
+	uint8_t *d = calloc(n, EDG_DIGEST_LEN);
+	for (unsigned i = 0; i < n; i++) {
+		d[i * EDG_DIGEST_LEN] = (uint8_t)seed;
+		d[i * EDG_DIGEST_LEN + 1] = (uint8_t)i;
+		d[i * EDG_DIGEST_LEN + 2] = (uint8_t)(i >> 8);
+		d[i * EDG_DIGEST_LEN + 31] = 0x5a;
+	}
+	return d;
+}
+
+static void test_connect_errors(void **state)
+{
+	(void)state;
+	char err[256], other[80], world[320];
+
+	assert_null(edg_coord_connect("http://x:1", pwfile, "a", 1, err, sizeof(err)));
+	assert_non_null(strstr(err, "redis://"));
+	assert_null(edg_coord_connect(url, badpw, "a", 1, err, sizeof(err)));
+	assert_non_null(strstr(err, "WRONGPASS"));
+	snprintf(world, sizeof(world), "%s/worldpw", dir);
+	test_write_file(world, "correct horse\n", 14);
+	chmod(world, 0644);
+	assert_null(edg_coord_connect(url, world, "a", 1, err, sizeof(err)));
+	assert_non_null(strstr(err, "readable by others"));
+	snprintf(other, sizeof(other), "redis://127.0.0.1:%d", port == 65535 ? 1 : port + 1);
+	assert_null(edg_coord_connect(other, pwfile, "a", 1, err, sizeof(err)));
+	assert_non_null(strstr(err, "unreachable"));
+	assert_null(edg_coord_connect(url, pwfile, "bad name", 1, err, sizeof(err)));
+}
+
+static void test_references_and_may_delete(void **state)
+{
+	(void)state;
+	struct edg_coord *a = edge("edge-a");
+	uint8_t *d = digests(10, 1);
+	uint32_t refs[10], holders[10];
+	bool ok[10];
+	char err[256];
+
+	assert_int_equal(edg_coord_report(a, d, 10, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_report(a, d, 10, err, sizeof(err)), 0); /* twice = once */
+	assert_int_equal(edg_coord_register(a, "img", d, 5, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register(a, "img", d, 5, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_holders(a, d, 10, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < 10; i++) {
+		assert_int_equal(refs[i], i < 5 ? 1 : 0);
+		assert_int_equal(holders[i], 1);
+	}
+	/* referenced chunks stay; the others may go, and edge-a stops holding them */
+	assert_int_equal(edg_coord_may_delete(a, d, 10, 0, ok, err, sizeof(err)), 0);
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(ok[i], i >= 5);
+	assert_int_equal(edg_coord_holders(a, d, 10, refs, holders, err, sizeof(err)), 0);
+	assert_int_equal(holders[0], 1);
+	assert_int_equal(holders[7], 0);
+	/* unregistered: not before the grace period, then yes */
+	assert_int_equal(edg_coord_unregister(a, "img", d, 5, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(a, d, 5, 3600, ok, err, sizeof(err)), 0);
+	for (int i = 0; i < 5; i++)
+		assert_false(ok[i]);
+	assert_int_equal(edg_coord_may_delete(a, d, 5, 0, ok, err, sizeof(err)), 0);
+	for (int i = 0; i < 5; i++)
+		assert_true(ok[i]);
+	/* a second image keeps a chunk the first one dropped */
+	assert_int_equal(edg_coord_register(a, "img2", d, 1, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register(a, "img3", d, 1, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_unregister(a, "img2", d, 1, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_holders(a, d, 1, refs, holders, err, sizeof(err)), 0);
+	assert_int_equal(refs[0], 1);
+	assert_int_equal(edg_coord_may_delete(a, d, 1, 0, ok, err, sizeof(err)), 0);
+	assert_false(ok[0]);
+	free(d);
+	edg_coord_close(a);
+}
+
+static void test_leases_and_two_edges(void **state)
+{
+	(void)state;
+	struct edg_coord *a = edge("edge-a"), *b = edge("edge-b");
+	uint8_t *d = digests(4, 2);
+	uint32_t refs[4], holders[4];
+	bool ok[4];
+	char err[256];
+
+	assert_int_equal(edg_coord_report(a, d, 4, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_report(b, d, 4, err, sizeof(err)), 0);
+	/* a handoff in flight needs chunks 0-1 for a minute, 2 for 0.2 s */
+	assert_int_equal(edg_coord_lease(b, "handoff-7", d, 2, 60, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_lease(b, "handoff-8", d + 2 * EDG_DIGEST_LEN, 1, 0.2, err, sizeof(err)), 0);
+	usleep(400000);
+	assert_int_equal(edg_coord_may_delete(a, d, 4, 0, ok, err, sizeof(err)), 0);
+	assert_false(ok[0]);
+	assert_false(ok[1]);
+	assert_true(ok[2]); /* its lease expired */
+	assert_true(ok[3]);
+	/* only edge-a stopped holding 2 and 3 */
+	assert_int_equal(edg_coord_holders(b, d, 4, refs, holders, err, sizeof(err)), 0);
+	assert_int_equal(holders[0], 2);
+	assert_int_equal(holders[3], 1);
+	assert_int_equal(edg_coord_release(b, "handoff-7", d, 2, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(a, d, 2, 0, ok, err, sizeof(err)), 0);
+	assert_true(ok[0] && ok[1]);
+	free(d);
+	edg_coord_close(a);
+	edg_coord_close(b);
+}
+
+static void test_acl_limits(void **state)
+{
+	(void)state;
+	redisContext *r = redisConnect("127.0.0.1", port);
+	assert_non_null(r);
+	assert_int_equal(r->err, 0);
+	redisReply *rep = redisCommand(r, "HSET ho:c:x f 1");
+	assert_int_equal(rep->type, REDIS_REPLY_ERROR); /* no password: nothing */
+	assert_non_null(strstr(rep->str, "NOAUTH"));
+	freeReplyObject(rep);
+	rep = redisCommand(r, "AUTH handoff %s", "correct horse");
+	assert_int_equal(rep->type, REDIS_REPLY_STATUS);
+	freeReplyObject(rep);
+	const char *denied[] = { "FLUSHALL", "SET other 1", "CONFIG SET appendonly no", "FUNCTION FLUSH",
+				 "KEYS *" };
+	for (size_t i = 0; i < sizeof(denied) / sizeof(denied[0]); i++) {
+		rep = redisCommand(r, denied[i]);
+		assert_int_equal(rep->type, REDIS_REPLY_ERROR);
+		assert_non_null(strstr(rep->str, "NOPERM"));
+		freeReplyObject(rep);
+	}
+	redisFree(r);
+}
+
+/* Last, as it restarts the server: what was registered survives (AOF). */
+static void test_restart_keeps_state(void **state)
+{
+	(void)state;
+	struct edg_coord *a = edge("edge-a");
+	uint8_t *d = digests(300, 3);
+	uint32_t refs[300], holders[300];
+	char err[256], arg[320];
+
+	assert_int_equal(edg_coord_report(a, d, 300, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register(a, "vm:42", d, 300, err, sizeof(err)), 0);
+	edg_coord_close(a);
+	snprintf(arg, sizeof(arg), "%s/redis", dir);
+	assert_int_equal(run("scripts/coordinator down --dir %s >/dev/null 2>&1", arg), 0);
+	assert_null(edg_coord_connect(url, pwfile, "edge-a", 1, err, sizeof(err)));
+	assert_int_equal(coordinator_up(), 0);
+	a = edge("edge-a");
+	assert_int_equal(edg_coord_holders(a, d, 300, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < 300; i++) {
+		assert_int_equal(refs[i], 1);
+		assert_int_equal(holders[i], 1);
+	}
+	free(d);
+	edg_coord_close(a);
+}
+
+int main(void)
+{
+	test_seed();
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_connect_errors),
+		cmocka_unit_test(test_references_and_may_delete),
+		cmocka_unit_test(test_leases_and_two_edges),
+		cmocka_unit_test(test_acl_limits),
+		cmocka_unit_test(test_restart_keeps_state),
+	};
+	return cmocka_run_group_tests_name("coordinator", tests, setup, teardown);
+}
