@@ -562,6 +562,132 @@ out:
 	return ret;
 }
 
+int edg_store_put_many(struct edg_store *s, uint64_t n, const uint8_t *digests, const uint8_t *const *data,
+		       const uint32_t *lens, uint64_t *added, char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	uint64_t k = 0;
+	int rc;
+
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+		return lmdb_fail(rc, err, errlen, "cannot store chunks");
+	for (uint64_t i = 0; i < n; i++) {
+		bool a;
+		if ((rc = put_in(txn, s, digests + i * EDG_DIGEST_LEN, data[i], lens[i], &a))) {
+			mdb_txn_abort(txn);
+			return lmdb_fail(rc, err, errlen, "cannot store chunks");
+		}
+		k += a;
+	}
+	if ((rc = mdb_txn_commit(txn)))
+		return lmdb_fail(rc, err, errlen, "cannot store chunks");
+	if (added)
+		*added = k;
+	return 0;
+}
+
+int edg_store_missing(struct edg_store *s, const uint8_t *digests, uint64_t n, bool *missing, uint64_t *n_missing)
+{
+	MDB_txn *txn;
+	int rc;
+
+	*n_missing = 0;
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+		return rc > 0 ? -rc : -EIO;
+	for (uint64_t i = 0; i < n; i++) {
+		struct meta_rec m;
+		rc = meta_read(txn, s, digests + i * EDG_DIGEST_LEN, &m);
+		if (rc && rc != MDB_NOTFOUND) {
+			mdb_txn_abort(txn);
+			return -EIO;
+		}
+		missing[i] = rc == MDB_NOTFOUND || (m.flags & F_MISSING);
+		*n_missing += missing[i];
+	}
+	mdb_txn_abort(txn);
+	return 0;
+}
+
+int edg_store_register(struct edg_store *s, const char *name, uint64_t size, const uint8_t *digests, uint64_t n,
+		       char *err, size_t errlen)
+{
+	if (!name_ok(name, err, errlen))
+		return -EINVAL;
+	if (n != (size + s->chunk_size - 1) / s->chunk_size) {
+		eng_set_err(err, errlen, "recipe of %s: %llu chunks for %llu bytes of %u-byte chunks", name,
+			    (unsigned long long)n, (unsigned long long)size, s->chunk_size);
+		return -EINVAL;
+	}
+	return register_image(s, name, size, digests, n, err, errlen);
+}
+
+int edg_store_export(struct edg_store *s, const char *name, const char *path, char *err, size_t errlen)
+{
+	uint8_t *d = NULL, *buf = malloc(s->chunk_size);
+	uint64_t size, n;
+	char tmp[4200];
+	int fd = -1, r;
+
+	if (!buf)
+		return -ENOMEM;
+	if ((r = edg_store_recipe(s, name, &size, &d, &n))) {
+		eng_set_err(err, errlen, "no image '%s' in the cache", name);
+		free(buf);
+		return r;
+	}
+	snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", path);
+	if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0) { /* O_EXCL, a fresh name: no symlink is followed */
+		r = -errno;
+		eng_set_err(err, errlen, "cannot create a file beside %s: %s", path, strerror(errno));
+		tmp[0] = 0;
+		goto out;
+	}
+	for (uint64_t i = 0; i < n; i++) {
+		uint32_t len;
+		if ((r = edg_store_get(s, d + i * EDG_DIGEST_LEN, buf, s->chunk_size, &len))) {
+			char hex[2 * EDG_DIGEST_LEN + 1];
+			edg_digest_hex(d + i * EDG_DIGEST_LEN, hex);
+			eng_set_err(err, errlen, "%s: chunk %llu (%.16s...) is %s", name, (unsigned long long)i, hex,
+				    r == -EBADMSG ? "corrupt (dropped: fetch it again)" : "missing");
+			goto out;
+		}
+		uint64_t want = i + 1 < n ? s->chunk_size : size - i * s->chunk_size;
+		if (len != want) {
+			eng_set_err(err, errlen, "%s: chunk %llu has %u bytes, the recipe says %llu", name,
+				    (unsigned long long)i, len, (unsigned long long)want);
+			r = -EBADMSG;
+			goto out;
+		}
+		if (pwrite(fd, buf, len, (off_t)(i * s->chunk_size)) != (ssize_t)len) {
+			r = -errno;
+			eng_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+			goto out;
+		}
+	}
+	if (ftruncate(fd, (off_t)size) || fchmod(fd, 0644) || fsync(fd) || close(fd)) {
+		r = -errno;
+		fd = -1;
+		eng_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	fd = -1;
+	if (rename(tmp, path)) {
+		r = -errno;
+		eng_set_err(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+		goto out;
+	}
+	tmp[0] = 0;
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (r && tmp[0])
+		unlink(tmp);
+	free(buf);
+	free(d);
+	return r;
+}
+
 int edg_store_remove_image(struct edg_store *s, const char *name, char *err, size_t errlen)
 {
 	MDB_val k = val_of(name, strlen(name));

@@ -107,6 +107,25 @@ int edg_store_meta(struct edg_store *s, const uint8_t digest[EDG_DIGEST_LEN], st
 int edg_store_get(struct edg_store *s, const uint8_t digest[EDG_DIGEST_LEN], void *buf, uint32_t cap,
 		  uint32_t *len);
 
+/* Store many chunks in one transaction (one fsync); *added (may be NULL): how many were new. */
+int edg_store_put_many(struct edg_store *s, uint64_t n, const uint8_t *digests, const uint8_t *const *data,
+		       const uint32_t *lens, uint64_t *added, char *err, size_t errlen);
+/* missing[i]: the cache lacks chunk i (one read transaction for the whole list). */
+int edg_store_missing(struct edg_store *s, const uint8_t *digests, uint64_t n, bool *missing, uint64_t *n_missing);
+/*
+ * Register image name from its recipe (size, digests) when the cache holds
+ * every chunk of it; -EAGAIN (err names how many) when some are missing.
+ */
+int edg_store_register(struct edg_store *s, const char *name, uint64_t size, const uint8_t *digests, uint64_t n,
+		       char *err, size_t errlen);
+/*
+ * Write image name to path: each chunk read back and checked, into a new
+ * file beside path (created exclusively, never through a symlink) renamed
+ * over path only when complete. -EBADMSG / -ENOENT when a chunk is corrupt or
+ * missing (err says which), nothing written.
+ */
+int edg_store_export(struct edg_store *s, const char *name, const char *path, char *err, size_t errlen);
+
 /* An image's recipe: size and digests (malloc'd, n * EDG_DIGEST_LEN bytes). -ENOENT if unknown. */
 int edg_store_recipe(struct edg_store *s, const char *name, uint64_t *size, uint8_t **digests, uint64_t *n);
 

@@ -4,8 +4,11 @@
  * LMDB database and the work is reading and hashing files.
  */
 #include "cli.h"
+#include "conn.h"
+#include "edge/chan.h"
 #include "edge/coord.h"
 #include "edge/store.h"
+#include "edge/xfer.h"
 
 #include <errno.h>
 #include <libgen.h>
@@ -483,4 +486,120 @@ const struct cli_cmd cli_cmd_cache_gc = {
 	.usage = "--cache DIR --keep BYTES [--grace SECONDS] [--json] [--coordinator URL ...]",
 	.opts = gc_opts,
 	.run = gc_run,
+};
+
+enum { F_CACHE, F_FROM, F_KEY, F_NAME, F_AS, F_JSON };
+
+static const struct cli_opt fetch_opts[] = {
+	[F_CACHE] = { "cache", 0, "DIR", true, "the cache to fill (created if absent, with the service's chunk size)" },
+	[F_FROM] = { "from", 0, "tcp:HOST:PORT", true, "the chunk service (handoff-engine serve)" },
+	[F_KEY] = { "key", 0, "FILE", true, "the key the service holds" },
+	[F_NAME] = { "name", 0, "NAME", true, "the image to fetch" },
+	[F_AS] = { "as", 0, "NAME", false, "register it here under NAME (default: the same)" },
+	[F_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
+	{ 0 },
+};
+
+#define FETCH_CONNECT_S 10.0
+
+static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
+{
+	uint8_t key[CDC_KEY_LEN];
+	char err[512];
+	struct edg_fetch_report rep;
+	struct progress p = { val[F_NAME], mono_s() };
+
+	if (!eng_conn_is_remote(val[F_FROM])) {
+		cli_error("%s: --from wants tcp:HOST:PORT", cmd->name);
+		return 2;
+	}
+	if (cli_read_key(val[F_KEY], key))
+		return 1;
+	struct eng_conn *c = eng_conn_connect(val[F_FROM], NULL, FETCH_CONNECT_S, err, sizeof(err));
+	struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, err, sizeof(err)) : NULL;
+	explicit_bzero(key, sizeof(key));
+	struct edg_recipe rc = { 0 };
+	struct edg_store *s = NULL;
+	int r = -1;
+	memset(&rep, 0, sizeof(rep));
+	if (ch && !edg_fetch_recipe(ch, val[F_NAME], &rc, &rep.fetched_wire_bytes, err, sizeof(err))) {
+		/* a new cache takes the service's chunk size */
+		s = edg_store_open(val[F_CACHE], true, rc.chunk_size, 0, err, sizeof(err));
+		if (s)
+			r = edg_fetch_chunks(s, ch, &rc, val[F_AS] ? val[F_AS] : val[F_NAME], &rep, on_progress, &p, err,
+					     sizeof(err));
+	}
+	cli_progress_end();
+	free(rc.digests);
+	edg_chan_free(ch);
+	if (c)
+		eng_conn_close(c);
+	edg_store_close(s);
+	if (r) {
+		cli_error("%s: %s", cmd->name, err);
+		return 1;
+	}
+	fprintf(stderr, "cache fetch: %s: %llu chunks, %llu missing here, %llu fetched (%.1f MB, %.1f MB on the wire), "
+			"%.1f s\n",
+		val[F_NAME], (unsigned long long)rep.chunks, (unsigned long long)rep.missing,
+		(unsigned long long)rep.fetched_chunks, rep.fetched_raw_bytes / 1e6, rep.fetched_wire_bytes / 1e6,
+		rep.seconds);
+	if (val[F_JSON]) {
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "command", json_object_new_string("cache fetch"));
+		json_object_object_add(o, "name", json_object_new_string(val[F_NAME]));
+		json_object_object_add(o, "size", json_object_new_int64((int64_t)rep.size));
+		json_object_object_add(o, "chunks", json_object_new_int64((int64_t)rep.chunks));
+		json_object_object_add(o, "missing", json_object_new_int64((int64_t)rep.missing));
+		json_object_object_add(o, "fetched_chunks", json_object_new_int64((int64_t)rep.fetched_chunks));
+		json_object_object_add(o, "fetched_raw_bytes", json_object_new_int64((int64_t)rep.fetched_raw_bytes));
+		json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)rep.fetched_wire_bytes));
+		json_object_object_add(o, "seconds", json_object_new_double(rep.seconds));
+		cli_print_json(o);
+	}
+	return 0;
+}
+
+const struct cli_cmd cli_cmd_cache_fetch = {
+	.name = "cache fetch",
+	.summary = "Fetch image NAME from a chunk service (handoff-engine serve): its recipe, then\n"
+		   "only the chunks this cache lacks, each checked against its digest; then register\n"
+		   "it. A fetch that fails registers nothing; the chunks that arrived stay.",
+	.usage = "--cache DIR --from tcp:HOST:PORT --key FILE --name NAME [--as NAME] [--json]",
+	.opts = fetch_opts,
+	.run = fetch_run,
+};
+
+enum { E_CACHE, E_NAME, E_OUT };
+
+static const struct cli_opt export_opts[] = {
+	[E_CACHE] = { "cache", 0, "DIR", true, "the cache" },
+	[E_NAME] = { "name", 0, "NAME", true, "the image to write" },
+	[E_OUT] = { "output", 'o', "FILE", true, "where (written beside, renamed into place when complete)" },
+	{ 0 },
+};
+
+static int export_run(const struct cli_cmd *cmd, const char *const *val)
+{
+	char err[512];
+	struct edg_store *s = open_store(cmd->name, val[E_CACHE], false, 0);
+
+	if (!s)
+		return 1;
+	int r = edg_store_export(s, val[E_NAME], val[E_OUT], err, sizeof(err));
+	edg_store_close(s);
+	if (r) {
+		cli_error("%s: %s", cmd->name, err);
+		return 1;
+	}
+	return 0;
+}
+
+const struct cli_cmd cli_cmd_cache_export = {
+	.name = "cache export",
+	.summary = "Write image NAME out of the cache into FILE, every chunk checked against its\n"
+		   "digest; FILE appears only when complete.",
+	.usage = "--cache DIR --name NAME -o FILE",
+	.opts = export_opts,
+	.run = export_run,
 };

@@ -135,6 +135,72 @@ struct eng_conn *eng_conn_accept(const char *loc, const struct eng_conn_bind *b,
 	return open_conn(loc, b, true, timeout_s, err, errlen);
 }
 
+struct eng_conn_listener {
+	struct eng_tcp_listener *tcp;
+};
+
+struct eng_conn_listener *eng_conn_listen(const char *loc, char *err, size_t errlen)
+{
+	char host[256], port[32];
+	struct eng_conn_listener *l;
+
+	if (strncmp(loc, "tcp:", 4)) {
+		snprintf(err, errlen, "'%s': a service listens on tcp:ADDR:PORT (dpdk: not yet)", loc);
+		return NULL;
+	}
+	/* port 0 (any free one) is for listeners only, which eng_tcp_parse does not know */
+	size_t ll = strlen(loc);
+	bool any = ll > 6 && !strcmp(loc + ll - 2, ":0");
+	char fixed[300];
+	snprintf(fixed, sizeof(fixed), "%.*s%s", (int)(any ? ll - 1 : ll), loc, any ? "1" : "");
+	if (eng_tcp_parse(fixed, host, sizeof(host), port, sizeof(port), err, errlen))
+		return NULL;
+	if (any)
+		strcpy(port, "0");
+	if (!(l = calloc(1, sizeof(*l)))) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (!(l->tcp = eng_tcp_listen(host, port, err, errlen))) {
+		free(l);
+		return NULL;
+	}
+	return l;
+}
+
+struct eng_conn *eng_conn_listener_accept(struct eng_conn_listener *l, double timeout_s, bool *timed_out,
+					  char *err, size_t errlen)
+{
+	struct eng_conn *c = calloc(1, sizeof(*c));
+
+	*timed_out = false;
+	if (!c) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	c->ops = &tcp_ops;
+	err[0] = 0;
+	if (!(c->t = eng_tcp_listener_accept(l->tcp, timeout_s, err, errlen))) {
+		*timed_out = !strncmp(err, "no connection", 13);
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+int eng_conn_listener_port(const struct eng_conn_listener *l)
+{
+	return eng_tcp_listener_port(l->tcp);
+}
+
+void eng_conn_listener_close(struct eng_conn_listener *l)
+{
+	if (!l)
+		return;
+	eng_tcp_listener_close(l->tcp);
+	free(l);
+}
+
 int eng_conn_send(struct eng_conn *c, const void *buf, size_t len)
 {
 	return c->ops->send(c->t, buf, len);

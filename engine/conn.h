@@ -43,6 +43,18 @@ struct eng_conn *eng_conn_connect(const char *loc, const struct eng_conn_bind *b
 struct eng_conn *eng_conn_accept(const char *loc, const struct eng_conn_bind *b, double timeout_s,
 				 char *err, size_t errlen);
 
+/*
+ * A service's side: listen once on tcp:ADDR:PORT (PORT 0 picks one) and take
+ * connections one after another. accept returns NULL with *timed_out set when
+ * no client came within timeout_s (then the listener stays usable).
+ */
+struct eng_conn_listener;
+struct eng_conn_listener *eng_conn_listen(const char *loc, char *err, size_t errlen);
+struct eng_conn *eng_conn_listener_accept(struct eng_conn_listener *l, double timeout_s, bool *timed_out,
+					  char *err, size_t errlen);
+int eng_conn_listener_port(const struct eng_conn_listener *l);
+void eng_conn_listener_close(struct eng_conn_listener *l);
+
 int eng_conn_send(struct eng_conn *c, const void *buf, size_t len);
 /* bytes, 0 at the end of the peer's stream, -ETIMEDOUT (timeout_s >= 0 only; still usable), -errno */
 ssize_t eng_conn_recv(struct eng_conn *c, void *buf, size_t len, double timeout_s);

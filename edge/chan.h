@@ -1,0 +1,41 @@
+/*
+ * A sealed message channel over an engine connection (tcp: or dpdk:), for
+ * the chunk service. Fresh per session: each end contributes 32 random bytes
+ * to a handshake, the server proves it holds the key with an HMAC over both,
+ * and the two directions are sealed (AES-256-GCM, the frame counter as nonce)
+ * with keys derived from the shared key and both values (HKDF-SHA256, a
+ * separate key per use). A recorded session replayed against a server meets
+ * a different server value and fails at its first frame; a peer without the
+ * key can neither read nor inject a frame.
+ *
+ * Frame: length (4 bytes, little-endian, authenticated), then the sealed
+ * body (1 type byte + payload) and its 16-byte tag.
+ */
+#ifndef HANDOFF_EDGE_CHAN_H
+#define HANDOFF_EDGE_CHAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/conn.h"
+
+#define EDG_CHAN_MAX_PAYLOAD (8u << 20)
+
+struct edg_chan;
+
+/* Handshake as the client / the server; NULL after a one-line message (a wrong key says so). */
+struct edg_chan *edg_chan_client(struct eng_conn *c, const uint8_t key[32], double timeout_s, char *err,
+				 size_t errlen);
+struct edg_chan *edg_chan_server(struct eng_conn *c, const uint8_t key[32], double timeout_s, char *err,
+				 size_t errlen);
+int edg_chan_send(struct edg_chan *ch, uint8_t type, const void *payload, uint32_t len);
+/*
+ * The next message into buf (cap bytes): 0, -EBADMSG (forged, replayed or
+ * corrupt: the channel is dead), -EMSGSIZE, -EPIPE (the peer closed),
+ * -ETIMEDOUT or another -errno. *len: the payload's length.
+ */
+int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, uint32_t *len, double timeout_s);
+/* Wipes the keys; the connection stays the caller's. */
+void edg_chan_free(struct edg_chan *ch);
+
+#endif

@@ -1,0 +1,440 @@
+/*
+ * Chunk exchange (see xfer.h). Messages, little-endian:
+ *   RECIPE_REQ   name
+ *   RECIPE_HDR   u64 size, u32 chunk size, u64 chunks     (or ERROR)
+ *   RECIPE_PART  u32 count, count digests                  (until all came)
+ *   CHUNKS_REQ   u32 count (<= REQ_MAX), count digests
+ *   CHUNK        digest, u32 raw length, u8 compression, bytes   (one per
+ *   NOCHUNK      digest                                           request)
+ *   ERROR        text
+ *   BYE
+ */
+#include "xfer.h"
+#include "codecs/codecs.h"
+#include "engine/errbuf.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum {
+	MSG_RECIPE_REQ = 1,
+	MSG_RECIPE_HDR,
+	MSG_RECIPE_PART,
+	MSG_CHUNKS_REQ,
+	MSG_CHUNK,
+	MSG_NOCHUNK,
+	MSG_ERROR,
+	MSG_BYE,
+};
+
+#define REQ_MAX 64          /* chunks per request */
+#define WINDOW 8            /* requests in flight */
+#define PART_MAX 65536      /* digests per recipe part (2 MiB) */
+#define ZSTD_LEVEL 3
+#define IDLE_S 300.0        /* a client silent this long is gone */
+#define CHUNK_HDR (EDG_DIGEST_LEN + 5)
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+static double mono(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static int send_error(struct edg_chan *ch, const char *text)
+{
+	return edg_chan_send(ch, MSG_ERROR, text, (uint32_t)strlen(text));
+}
+
+static const char *recv_error(int r)
+{
+	return r == -EBADMSG ? "a frame failed authentication (forged, replayed or corrupt)"
+	       : r == -EPIPE ? "the peer closed the connection"
+	       : r == -ETIMEDOUT ? "the peer went silent"
+	       : r == -EMSGSIZE ? "a message too large"
+			 : strerror(-r);
+}
+
+/* ---- server --------------------------------------------------------------------- */
+
+static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t *name, uint32_t len,
+			struct edg_serve_stats *st, uint8_t *out)
+{
+	char nm[EDG_NAME_MAX + 1];
+	uint8_t *d;
+	uint64_t size, n;
+	int r;
+
+	if (len == 0 || len > EDG_NAME_MAX)
+		return send_error(ch, "bad image name");
+	memcpy(nm, name, len);
+	nm[len] = 0;
+	if (edg_store_recipe(s, nm, &size, &d, &n)) {
+		char msg[EDG_NAME_MAX + 40];
+		snprintf(msg, sizeof(msg), "no image '%s' here", nm);
+		return send_error(ch, msg);
+	}
+	put64(out, size);
+	put32(out + 8, edg_store_chunk_size(s));
+	put64(out + 12, n);
+	r = edg_chan_send(ch, MSG_RECIPE_HDR, out, 20);
+	for (uint64_t at = 0; !r && at < n; at += PART_MAX) {
+		uint32_t k = (uint32_t)(n - at < PART_MAX ? n - at : PART_MAX);
+		put32(out, k);
+		memcpy(out + 4, d + at * EDG_DIGEST_LEN, (size_t)k * EDG_DIGEST_LEN);
+		r = edg_chan_send(ch, MSG_RECIPE_PART, out, 4 + k * EDG_DIGEST_LEN);
+	}
+	free(d);
+	st->recipes++;
+	return r;
+}
+
+int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve_stats *st, char *err,
+		      size_t errlen)
+{
+	uint32_t cs = edg_store_chunk_size(s), len;
+	size_t cap = cdc_comp_bound(CDC_COMP_ZSTD, cs);
+	uint8_t *in = malloc(EDG_CHAN_MAX_PAYLOAD), *out = malloc(EDG_CHAN_MAX_PAYLOAD), *raw = malloc(cs);
+	struct cdc_comp_ctx *cz = cdc_comp_new();
+	uint8_t type;
+	int r = 0;
+
+	memset(st, 0, sizeof(*st));
+	if (!in || !out || !raw || !cz || CHUNK_HDR + cap > EDG_CHAN_MAX_PAYLOAD) {
+		eng_set_err(err, errlen, "out of memory");
+		r = -ENOMEM;
+		goto out;
+	}
+	for (;;) {
+		if ((r = edg_chan_recv(ch, &type, in, EDG_CHAN_MAX_PAYLOAD, &len, IDLE_S))) {
+			if (r == -EPIPE) /* the client left without a goodbye: its loss, not ours */
+				r = 0;
+			else
+				eng_set_err(err, errlen, "client: %s", recv_error(r));
+			break;
+		}
+		if (type == MSG_BYE)
+			break;
+		if (type == MSG_RECIPE_REQ) {
+			r = serve_recipe(s, ch, in, len, st, out);
+		} else if (type == MSG_CHUNKS_REQ && len >= 4 && get32(in) <= REQ_MAX &&
+			   len == 4 + get32(in) * EDG_DIGEST_LEN) {
+			uint32_t k = get32(in);
+			for (uint32_t i = 0; i < k && !r; i++) {
+				const uint8_t *d = in + 4 + i * EDG_DIGEST_LEN;
+				uint32_t got;
+				if (edg_store_get(s, d, raw, cs, &got)) {
+					st->chunks_missing++;
+					r = edg_chan_send(ch, MSG_NOCHUNK, d, EDG_DIGEST_LEN);
+					continue;
+				}
+				ssize_t z = cdc_compress(cz, CDC_COMP_ZSTD, ZSTD_LEVEL, raw, got, out + CHUNK_HDR, cap);
+				bool packed = z > 0 && (size_t)z < got;
+				memcpy(out, d, EDG_DIGEST_LEN);
+				put32(out + EDG_DIGEST_LEN, got);
+				out[EDG_DIGEST_LEN + 4] = packed ? CDC_COMP_ZSTD : CDC_COMP_NONE;
+				if (!packed)
+					memcpy(out + CHUNK_HDR, raw, got);
+				uint32_t body = packed ? (uint32_t)z : got;
+				r = edg_chan_send(ch, MSG_CHUNK, out, CHUNK_HDR + body);
+				st->chunks_sent++;
+				st->bytes_raw += got;
+				st->bytes_sent += CHUNK_HDR + body;
+			}
+		} else {
+			send_error(ch, "malformed request");
+			eng_set_err(err, errlen, "client sent a malformed request (type %u, %u bytes)", type, len);
+			r = -EPROTO;
+			break;
+		}
+		if (r) {
+			eng_set_err(err, errlen, "client: %s", recv_error(r));
+			break;
+		}
+	}
+out:
+	cdc_comp_free(cz);
+	free(in);
+	free(out);
+	free(raw);
+	return r;
+}
+
+/* ---- client --------------------------------------------------------------------- */
+
+struct fetch {
+	struct edg_store *s;
+	struct edg_chan *ch;
+	struct edg_fetch_report *rep;
+	uint8_t *msg;           /* one received message */
+	uint8_t *batch;         /* arrived chunks, REQ_MAX of chunk size, stored together */
+	const uint8_t *batch_ptr[REQ_MAX];
+	uint32_t batch_len[REQ_MAX];
+	uint8_t batch_digest[REQ_MAX * EDG_DIGEST_LEN];
+	unsigned nbatch;
+	struct cdc_comp_ctx *cz;
+	uint64_t lacking;
+	char *err;
+	size_t errlen;
+};
+
+/* The service's error text, or a protocol complaint. */
+static int unexpected(struct fetch *f, uint8_t type, uint32_t len, const char *wanted)
+{
+	if (type == MSG_ERROR) {
+		eng_set_err(f->err, f->errlen, "service: %.*s", (int)(len < 300 ? len : 300), (const char *)f->msg);
+		return -ENOENT;
+	}
+	eng_set_err(f->err, f->errlen, "service sent message %u where %s was due", type, wanted);
+	return -EPROTO;
+}
+
+static int recv_msg(struct fetch *f, uint8_t *type, uint32_t *len)
+{
+	int r = edg_chan_recv(f->ch, type, f->msg, EDG_CHAN_MAX_PAYLOAD, len, IDLE_S);
+	if (r)
+		eng_set_err(f->err, f->errlen, "service: %s", recv_error(r));
+	else
+		f->rep->fetched_wire_bytes += 4 + 1 + *len + CDC_TAG_LEN;
+	return r;
+}
+
+static int flush_batch(struct fetch *f)
+{
+	uint64_t added;
+	int r = f->nbatch ? edg_store_put_many(f->s, f->nbatch, f->batch_digest, f->batch_ptr, f->batch_len, &added,
+					      f->err, f->errlen)
+			  : 0;
+	f->nbatch = 0;
+	return r;
+}
+
+/* One reply: the chunk asked for as `want`, checked and queued for the store. */
+static int take_chunk(struct fetch *f, const uint8_t *want)
+{
+	uint32_t cs = edg_store_chunk_size(f->s), len;
+	uint8_t type, got[EDG_DIGEST_LEN];
+	int r;
+
+	if ((r = recv_msg(f, &type, &len)))
+		return r;
+	if (type == MSG_NOCHUNK && len == EDG_DIGEST_LEN && !memcmp(f->msg, want, EDG_DIGEST_LEN)) {
+		f->lacking++;
+		return 0;
+	}
+	if (type != MSG_CHUNK || len < CHUNK_HDR || memcmp(f->msg, want, EDG_DIGEST_LEN))
+		return unexpected(f, type, len, "the chunk asked for");
+	uint32_t raw = get32(f->msg + EDG_DIGEST_LEN);
+	uint8_t comp = f->msg[EDG_DIGEST_LEN + 4];
+	uint8_t *dst = f->batch + (size_t)f->nbatch * cs;
+	if (raw > cs || (comp == CDC_COMP_NONE && len - CHUNK_HDR != raw) ||
+	    (comp == CDC_COMP_ZSTD && cdc_decompress(f->cz, CDC_COMP_ZSTD, f->msg + CHUNK_HDR, len - CHUNK_HDR, dst, raw)) ||
+	    (comp != CDC_COMP_NONE && comp != CDC_COMP_ZSTD)) {
+		eng_set_err(f->err, f->errlen, "service sent a malformed chunk");
+		return -EPROTO;
+	}
+	if (comp == CDC_COMP_NONE)
+		memcpy(dst, f->msg + CHUNK_HDR, raw);
+	cdc_sha256(dst, raw, got);
+	if (memcmp(got, want, EDG_DIGEST_LEN)) {
+		eng_set_err(f->err, f->errlen, "service sent a chunk whose bytes do not match its name");
+		return -EBADMSG;
+	}
+	memcpy(f->batch_digest + f->nbatch * EDG_DIGEST_LEN, want, EDG_DIGEST_LEN);
+	f->batch_ptr[f->nbatch] = dst;
+	f->batch_len[f->nbatch++] = raw;
+	f->rep->fetched_chunks++;
+	f->rep->fetched_raw_bytes += raw;
+	return f->nbatch == REQ_MAX ? flush_batch(f) : 0;
+}
+
+static int send_request(struct fetch *f, const uint8_t *digests, uint32_t k)
+{
+	uint8_t req[4 + REQ_MAX * EDG_DIGEST_LEN];
+
+	put32(req, k);
+	memcpy(req + 4, digests, (size_t)k * EDG_DIGEST_LEN);
+	int r = edg_chan_send(f->ch, MSG_CHUNKS_REQ, req, 4 + k * EDG_DIGEST_LEN);
+	if (r)
+		eng_set_err(f->err, f->errlen, "cannot reach the service: %s", strerror(-r));
+	return r;
+}
+
+static int digest_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, EDG_DIGEST_LEN);
+}
+
+/* Each missing chunk once (an image repeats some, zeros above all), sorted. */
+static uint8_t *wanted(const uint8_t *d, const bool *missing, uint64_t n, uint64_t *nw)
+{
+	uint8_t *w = malloc(n ? n * EDG_DIGEST_LEN : 1);
+	uint64_t k = 0, out = 0;
+
+	if (!w)
+		return NULL;
+	for (uint64_t i = 0; i < n; i++)
+		if (missing[i])
+			memcpy(w + k++ * EDG_DIGEST_LEN, d + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+	qsort(w, k, EDG_DIGEST_LEN, digest_cmp);
+	for (uint64_t i = 0; i < k; i++)
+		if (!out || memcmp(w + (out - 1) * EDG_DIGEST_LEN, w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN))
+			memmove(w + out++ * EDG_DIGEST_LEN, w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+	*nw = out;
+	return w;
+}
+
+int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *rc, uint64_t *wire_bytes, char *err,
+		     size_t errlen)
+{
+	struct edg_fetch_report rep = { 0 };
+	struct fetch f = { .ch = ch, .rep = &rep, .err = err, .errlen = errlen };
+	uint32_t len;
+	uint8_t type;
+	int r;
+
+	memset(rc, 0, sizeof(*rc));
+	if (!(f.msg = malloc(EDG_CHAN_MAX_PAYLOAD))) {
+		eng_set_err(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	if ((r = edg_chan_send(ch, MSG_RECIPE_REQ, name, (uint32_t)strlen(name)))) {
+		eng_set_err(err, errlen, "cannot reach the service: %s", strerror(-r));
+		goto out;
+	}
+	if ((r = recv_msg(&f, &type, &len)))
+		goto out;
+	if (type != MSG_RECIPE_HDR || len != 20) {
+		r = unexpected(&f, type, len, "a recipe");
+		goto out;
+	}
+	rc->size = get64(f.msg);
+	rc->chunk_size = get32(f.msg + 8);
+	rc->n = get64(f.msg + 12);
+	if (rc->chunk_size < EDG_CHUNK_MIN || rc->chunk_size > EDG_CHUNK_MAX ||
+	    rc->n != (rc->size + rc->chunk_size - 1) / rc->chunk_size) {
+		eng_set_err(err, errlen, "service sent an inconsistent recipe");
+		r = -EPROTO;
+		goto out;
+	}
+	if (!(rc->digests = malloc(rc->n ? rc->n * EDG_DIGEST_LEN : 1))) {
+		eng_set_err(err, errlen, "out of memory");
+		r = -ENOMEM;
+		goto out;
+	}
+	for (uint64_t at = 0; at < rc->n;) {
+		if ((r = recv_msg(&f, &type, &len)))
+			goto out;
+		uint32_t k = len >= 4 ? get32(f.msg) : 0;
+		if (type != MSG_RECIPE_PART || !k || at + k > rc->n || len != 4 + k * EDG_DIGEST_LEN) {
+			r = unexpected(&f, type, len, "a recipe part");
+			goto out;
+		}
+		memcpy(rc->digests + at * EDG_DIGEST_LEN, f.msg + 4, (size_t)k * EDG_DIGEST_LEN);
+		at += k;
+	}
+out:
+	if (r) {
+		free(rc->digests);
+		rc->digests = NULL;
+	}
+	if (wire_bytes)
+		*wire_bytes = rep.fetched_wire_bytes;
+	free(f.msg);
+	return r;
+}
+
+int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_recipe *rc, const char *as,
+		     struct edg_fetch_report *rep, edg_progress_fn progress, void *ctx, char *err, size_t errlen)
+{
+	uint32_t cs = edg_store_chunk_size(s);
+	struct fetch f = { .s = s, .ch = ch, .rep = rep, .err = err, .errlen = errlen };
+	uint8_t *w = NULL;
+	bool *missing = NULL;
+	double t0 = mono();
+	uint64_t nw = 0, wire = rep->fetched_wire_bytes;
+	int r;
+
+	memset(rep, 0, sizeof(*rep));
+	rep->fetched_wire_bytes = wire; /* the recipe's, when the caller counted it there */
+	rep->size = rc->size;
+	rep->chunks = rc->n;
+	f.msg = malloc(EDG_CHAN_MAX_PAYLOAD);
+	f.batch = malloc((size_t)REQ_MAX * cs);
+	f.cz = cdc_comp_new();
+	missing = malloc(rc->n ? rc->n : 1);
+	if (!f.msg || !f.batch || !f.cz || !missing) {
+		eng_set_err(err, errlen, "out of memory");
+		r = -ENOMEM;
+		goto out;
+	}
+	if (rc->chunk_size != cs) {
+		eng_set_err(err, errlen, "the service cuts %u-byte chunks, this cache %u-byte ones", rc->chunk_size, cs);
+		r = -EINVAL;
+		goto out;
+	}
+	if ((r = edg_store_missing(s, rc->digests, rc->n, missing, &rep->missing))) {
+		eng_set_err(err, errlen, "cannot read the cache");
+		goto out;
+	}
+	if (!(w = wanted(rc->digests, missing, rc->n, &nw))) {
+		eng_set_err(err, errlen, "out of memory");
+		r = -ENOMEM;
+		goto out;
+	}
+	/* WINDOW requests in flight: the link stays busy while replies are checked */
+	uint64_t sent = 0, done = 0;
+	while (done < nw) {
+		while (sent < nw && sent - done < (uint64_t)WINDOW * REQ_MAX) {
+			uint32_t k = (uint32_t)(nw - sent < REQ_MAX ? nw - sent : REQ_MAX);
+			if ((r = send_request(&f, w + sent * EDG_DIGEST_LEN, k)))
+				goto out;
+			sent += k;
+		}
+		if ((r = take_chunk(&f, w + done * EDG_DIGEST_LEN)))
+			goto out;
+		if (++done % 256 == 0 && progress)
+			progress(ctx, done * cs, nw * cs);
+	}
+	if ((r = flush_batch(&f)))
+		goto out;
+	if (f.lacking) {
+		eng_set_err(err, errlen, "the service lacks %llu chunks of the image", (unsigned long long)f.lacking);
+		r = -ENOENT;
+		goto out;
+	}
+	r = edg_store_register(s, as, rc->size, rc->digests, rc->n, err, errlen);
+	edg_chan_send(ch, MSG_BYE, NULL, 0);
+out:
+	rep->seconds = mono() - t0;
+	cdc_comp_free(f.cz);
+	free(f.msg);
+	free(f.batch);
+	free(w);
+	free(missing);
+	return r;
+}

@@ -1,0 +1,49 @@
+/*
+ * The chunk service's exchange, over a sealed channel (chan.h): a client asks
+ * for an image's recipe, works out which chunks its own cache lacks, and
+ * fetches only those, several requests in flight; each chunk travels
+ * zstd-compressed when that is smaller and is checked against its digest on
+ * arrival. The server reads every chunk back through the store, which
+ * re-hashes it, so a corrupt copy is never served (the client hears it is
+ * missing).
+ */
+#ifndef HANDOFF_EDGE_XFER_H
+#define HANDOFF_EDGE_XFER_H
+
+#include "chan.h"
+#include "store.h"
+
+struct edg_serve_stats {
+	uint64_t recipes, chunks_sent, chunks_missing, bytes_raw, bytes_sent;
+};
+
+/* Serve one client until it says goodbye or the connection ends. 0, or -errno with err. */
+int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve_stats *st, char *err,
+		      size_t errlen);
+
+/* An image's recipe as the service sent it. */
+struct edg_recipe {
+	uint64_t size, n;
+	uint32_t chunk_size;
+	uint8_t *digests; /* n of them, malloc'd */
+};
+
+struct edg_fetch_report {
+	uint64_t size, chunks, missing;  /* the image, and the chunks the cache lacked */
+	uint64_t fetched_chunks, fetched_raw_bytes, fetched_wire_bytes;
+	double seconds;
+};
+
+/* Ask the service for image name's recipe (r->digests to free). 0, or -errno with err. */
+int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r, uint64_t *wire_bytes, char *err,
+		     size_t errlen);
+
+/*
+ * Fetch what s lacks of recipe r (s must cut chunks of r's size) and
+ * register it as `as`, then say goodbye. 0, or -errno with err (nothing is
+ * registered; chunks that arrived stay, complete and unreferenced).
+ */
+int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_recipe *r, const char *as,
+		     struct edg_fetch_report *rep, edg_progress_fn progress, void *ctx, char *err, size_t errlen);
+
+#endif
