@@ -428,7 +428,6 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 		goto out;
 	}
 	r = edg_store_register(s, as, rc->size, rc->digests, rc->n, err, errlen);
-	edg_chan_send(ch, MSG_BYE, NULL, 0);
 out:
 	rep->seconds = mono() - t0;
 	cdc_comp_free(f.cz);
@@ -437,4 +436,9 @@ out:
 	free(w);
 	free(missing);
 	return r;
+}
+
+void edg_fetch_done(struct edg_chan *ch)
+{
+	edg_chan_send(ch, MSG_BYE, NULL, 0);
 }

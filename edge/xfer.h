@@ -40,10 +40,12 @@ int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r
 
 /*
  * Fetch what s lacks of recipe r (s must cut chunks of r's size) and
- * register it as `as`, then say goodbye. 0, or -errno with err (nothing is
- * registered; chunks that arrived stay, complete and unreferenced).
+ * register it as `as`. 0, or -errno with err (nothing is registered; chunks
+ * that arrived stay, complete and unreferenced). One session may fetch
+ * several images; edg_fetch_done says goodbye.
  */
 int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_recipe *r, const char *as,
 		     struct edg_fetch_report *rep, edg_progress_fn progress, void *ctx, char *err, size_t errlen);
+void edg_fetch_done(struct edg_chan *ch);
 
 #endif

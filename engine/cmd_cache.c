@@ -10,7 +10,10 @@
 #include "edge/store.h"
 #include "edge/xfer.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -528,6 +531,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		if (s)
 			r = edg_fetch_chunks(s, ch, &rc, val[F_AS] ? val[F_AS] : val[F_NAME], &rep, on_progress, &p, err,
 					     sizeof(err));
+		edg_fetch_done(ch);
 	}
 	cli_progress_end();
 	free(rc.digests);
@@ -602,4 +606,292 @@ const struct cli_cmd cli_cmd_cache_export = {
 	.usage = "--cache DIR --name NAME -o FILE",
 	.opts = export_opts,
 	.run = export_run,
+};
+
+/* ---- a base VM in a cache ----------------------------------------------------------- */
+
+/*
+ * A base VM directory is vm.json and the files it names: the kernel, the
+ * initramfs, the disk and the saved state (the engine derives the rest).
+ * In a cache they are images NAME/<file>.
+ */
+#define BASE_FILES_MAX 5
+
+struct base_files {
+	const char *file[BASE_FILES_MAX]; /* vm.json, kernel, [initrd,] disk, state */
+	unsigned n;
+	const char *disk_sha, *state_sha;
+	json_object *json;
+};
+
+static const char *json_str(json_object *o, const char *k1, const char *k2)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(o, k1, &v))
+		return NULL;
+	if (k2 && !json_object_object_get_ex(v, k2, &v))
+		return NULL;
+	return json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+}
+
+/* The files vm.json names (plain names in the base directory). 0, or -1 with err. */
+static int base_files(const char *vm_json, struct base_files *b, char *err, size_t errlen)
+{
+	memset(b, 0, sizeof(*b));
+	if (!(b->json = json_object_from_file(vm_json))) {
+		snprintf(err, errlen, "%s: cannot read it as JSON", vm_json);
+		return -1;
+	}
+	b->file[b->n++] = "vm.json";
+	const char *f[] = { json_str(b->json, "kernel", NULL), json_str(b->json, "initrd", NULL),
+			    json_str(b->json, "disk", "file"), json_str(b->json, "state", "file") };
+	for (unsigned i = 0; i < 4; i++) {
+		if (!f[i] && i == 1)
+			continue; /* no initramfs */
+		if (!f[i] || !f[i][0] || strchr(f[i], '/') || !strcmp(f[i], "..") || !strcmp(f[i], ".")) {
+			snprintf(err, errlen, "%s: %s names no plain file in the base directory", vm_json,
+				 (const char *[]){ "kernel", "initrd", "disk.file", "state.file" }[i]);
+			json_object_put(b->json);
+			return -1;
+		}
+		b->file[b->n++] = f[i];
+	}
+	b->disk_sha = json_str(b->json, "disk", "sha256");
+	b->state_sha = json_str(b->json, "state", "sha256");
+	return 0;
+}
+
+static bool base_name_ok(const char *cmd, const char *name)
+{
+	if (!name[0] || strchr(name, '/') || strlen(name) > 200) {
+		cli_error("%s: base name '%s': 1-200 bytes, no '/'", cmd, name);
+		return false;
+	}
+	return true;
+}
+
+enum { AB_CACHE, AB_NAME, AB_CHUNK };
+
+static const struct cli_opt add_base_opts[] = {
+	[AB_CACHE] = { "cache", 0, "DIR", true, "the cache directory (created if absent)" },
+	[AB_NAME] = { "name", 0, "NAME", true, "the base's name in the cache (its files become NAME/<file>)" },
+	[AB_CHUNK] = { "chunk-size", 0, "BYTES", false, "chunk size of a new cache (default 64K)" },
+	{ 0 },
+};
+
+static int add_base_run(const struct cli_cmd *cmd, const char *const *val)
+{
+	int n;
+	const char *const *dirs = cli_operands(&n);
+	char err[512], path[4200], name[300];
+	uint64_t chunk = 0;
+	struct base_files b;
+
+	if (n != 1) {
+		cli_error("%s: name one BASEDIR (see %s --help)", cmd->name, cmd->name);
+		return 2;
+	}
+	if (!base_name_ok(cmd->name, val[AB_NAME]))
+		return 2;
+	if (val[AB_CHUNK] && (cli_parse_size(val[AB_CHUNK], &chunk) || chunk > EDG_CHUNK_MAX)) {
+		cli_error("%s: bad --chunk-size '%s'", cmd->name, val[AB_CHUNK]);
+		return 2;
+	}
+	snprintf(path, sizeof(path), "%s/vm.json", dirs[0]);
+	if (base_files(path, &b, err, sizeof(err))) {
+		cli_error("%s: %s", cmd->name, err);
+		return 1;
+	}
+	struct edg_store *s = open_store(cmd->name, val[AB_CACHE], true, (uint32_t)chunk);
+	int ret = s ? 0 : 1;
+	for (unsigned i = 0; i < b.n && !ret; i++) {
+		struct edg_add_report rep;
+		struct progress p = { b.file[i], mono_s() };
+		snprintf(path, sizeof(path), "%s/%s", dirs[0], b.file[i]);
+		snprintf(name, sizeof(name), "%s/%s", val[AB_NAME], b.file[i]);
+		if (edg_store_add_file(s, name, path, &rep, on_progress, &p, err, sizeof(err))) {
+			cli_progress_end();
+			cli_error("%s: %s", cmd->name, err);
+			ret = 1;
+			break;
+		}
+		cli_progress_end();
+		fprintf(stderr, "cache add-base: %s: %llu chunks, %llu new (%.1f MB)\n", name,
+			(unsigned long long)rep.chunks, (unsigned long long)rep.new_chunks, rep.new_bytes / 1e6);
+	}
+	json_object_put(b.json);
+	edg_store_close(s);
+	return ret;
+}
+
+const struct cli_cmd cli_cmd_cache_add_base = {
+	.name = "cache add-base",
+	.summary = "Add a base VM directory (scripts/make-base) to the cache: vm.json and the\n"
+		   "files it names (kernel, initramfs, disk, saved state) become images NAME/<file>.",
+	.usage = "--cache DIR --name NAME [--chunk-size BYTES] BASEDIR",
+	.opts = add_base_opts,
+	.run = add_base_run,
+	.args = "BASEDIR",
+};
+
+/* SHA-256 of a whole file, as hex (65 bytes). */
+static int file_sha256(const char *path, char *hex)
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	uint8_t buf[1 << 16], md[32];
+	FILE *f = fopen(path, "rb");
+	size_t n;
+	int ok = f && ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+
+	while (ok && (n = fread(buf, 1, sizeof(buf), f)) > 0)
+		ok = EVP_DigestUpdate(ctx, buf, n);
+	ok = ok && !ferror(f) && EVP_DigestFinal_ex(ctx, md, NULL);
+	if (f)
+		fclose(f);
+	EVP_MD_CTX_free(ctx);
+	if (ok)
+		edg_digest_hex(md, hex);
+	return ok ? 0 : -1;
+}
+
+enum { FB_CACHE, FB_FROM, FB_KEY, FB_NAME, FB_OUT, FB_JSON };
+
+static const struct cli_opt fetch_base_opts[] = {
+	[FB_CACHE] = { "cache", 0, "DIR", true, "the cache to fill (created if absent)" },
+	[FB_FROM] = { "from", 0, "tcp:HOST:PORT", true, "the chunk service that holds the base" },
+	[FB_KEY] = { "key", 0, "FILE", true, "the key the service holds" },
+	[FB_NAME] = { "name", 0, "NAME", true, "the base's name (cache add-base --name)" },
+	[FB_OUT] = { "output", 'o', "BASEDIR", true, "where to write the base VM (absent or empty)" },
+	[FB_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
+	{ 0 },
+};
+
+/* Fetch NAME/file into s and write it to BASEDIR/file; adds to the totals. */
+static int fetch_one(struct edg_store **s, const char *cache, struct edg_chan *ch, const char *base,
+		     const char *file, const char *out, struct edg_fetch_report *tot, char *err, size_t errlen)
+{
+	char name[300], path[4200];
+	struct edg_recipe rc;
+	struct edg_fetch_report rep = { 0 };
+	struct progress p = { file, mono_s() };
+	int r;
+
+	snprintf(name, sizeof(name), "%s/%s", base, file);
+	if ((r = edg_fetch_recipe(ch, name, &rc, &rep.fetched_wire_bytes, err, errlen)))
+		return r;
+	if (!*s && !(*s = edg_store_open(cache, true, rc.chunk_size, 0, err, errlen))) {
+		free(rc.digests);
+		return -EIO;
+	}
+	r = edg_fetch_chunks(*s, ch, &rc, name, &rep, on_progress, &p, err, errlen);
+	cli_progress_end();
+	free(rc.digests);
+	if (r)
+		return r;
+	snprintf(path, sizeof(path), "%s/%s", out, file);
+	if ((r = edg_store_export(*s, name, path, err, errlen)))
+		return r;
+	tot->size += rep.size;
+	tot->chunks += rep.chunks;
+	tot->missing += rep.missing;
+	tot->fetched_chunks += rep.fetched_chunks;
+	tot->fetched_raw_bytes += rep.fetched_raw_bytes;
+	tot->fetched_wire_bytes += rep.fetched_wire_bytes;
+	fprintf(stderr, "cache fetch-base: %s: %llu chunks, %llu fetched (%.1f MB on the wire)\n", file,
+		(unsigned long long)rep.chunks, (unsigned long long)rep.fetched_chunks, rep.fetched_wire_bytes / 1e6);
+	return 0;
+}
+
+static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
+{
+	uint8_t key[CDC_KEY_LEN];
+	char err[512] = "", path[4200];
+	struct edg_fetch_report tot = { 0 };
+	struct base_files b = { 0 };
+	struct edg_store *s = NULL;
+	double t0 = mono_s();
+	int r = -1;
+
+	if (!base_name_ok(cmd->name, val[FB_NAME]))
+		return 2;
+	if (mkdir(val[FB_OUT], 0755) && errno != EEXIST) {
+		cli_error("%s: cannot create %s: %s", cmd->name, val[FB_OUT], strerror(errno));
+		return 1;
+	}
+	DIR *d = opendir(val[FB_OUT]);
+	struct dirent *e;
+	bool empty = d != NULL;
+	while (d && (e = readdir(d)))
+		empty &= !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+	if (d)
+		closedir(d);
+	if (!empty) {
+		cli_error("%s: %s is not an empty directory (a base in use is never overwritten)", cmd->name,
+			  val[FB_OUT]);
+		return 1;
+	}
+	if (cli_read_key(val[FB_KEY], key))
+		return 1;
+	struct eng_conn *c = eng_conn_connect(val[FB_FROM], NULL, FETCH_CONNECT_S, err, sizeof(err));
+	struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, err, sizeof(err)) : NULL;
+	explicit_bzero(key, sizeof(key));
+	/* vm.json first: it names the rest */
+	if (ch && !fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], "vm.json", val[FB_OUT], &tot, err, sizeof(err))) {
+		snprintf(path, sizeof(path), "%s/vm.json", val[FB_OUT]);
+		r = base_files(path, &b, err, sizeof(err));
+		for (unsigned i = 1; !r && i < b.n; i++)
+			r = fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], b.file[i], val[FB_OUT], &tot, err,
+				      sizeof(err));
+		/* end to end: the disk and the state are the ones vm.json describes */
+		for (unsigned i = b.n - 2; !r && i < b.n; i++) { /* the disk, then the state */
+			const char *want = i == b.n - 2 ? b.disk_sha : b.state_sha;
+			char hex[65];
+			snprintf(path, sizeof(path), "%s/%s", val[FB_OUT], b.file[i]);
+			if (want && (file_sha256(path, hex) || strcmp(hex, want))) {
+				snprintf(err, sizeof(err), "%s does not match the SHA-256 vm.json gives it", b.file[i]);
+				r = -EBADMSG;
+			}
+		}
+		edg_fetch_done(ch);
+	}
+	edg_chan_free(ch);
+	if (c)
+		eng_conn_close(c);
+	edg_store_close(s);
+	if (b.json)
+		json_object_put(b.json);
+	if (r) {
+		cli_error("%s: %s", cmd->name, err);
+		return 1;
+	}
+	tot.seconds = mono_s() - t0;
+	fprintf(stderr, "cache fetch-base: %s in %s: %llu of %llu chunks fetched, %.1f MB on the wire, %.1f s\n",
+		val[FB_NAME], val[FB_OUT], (unsigned long long)tot.fetched_chunks, (unsigned long long)tot.chunks,
+		tot.fetched_wire_bytes / 1e6, tot.seconds);
+	if (val[FB_JSON]) {
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "command", json_object_new_string("cache fetch-base"));
+		json_object_object_add(o, "name", json_object_new_string(val[FB_NAME]));
+		json_object_object_add(o, "bytes", json_object_new_int64((int64_t)tot.size));
+		json_object_object_add(o, "chunks", json_object_new_int64((int64_t)tot.chunks));
+		json_object_object_add(o, "missing", json_object_new_int64((int64_t)tot.missing));
+		json_object_object_add(o, "fetched_chunks", json_object_new_int64((int64_t)tot.fetched_chunks));
+		json_object_object_add(o, "fetched_raw_bytes", json_object_new_int64((int64_t)tot.fetched_raw_bytes));
+		json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)tot.fetched_wire_bytes));
+		json_object_object_add(o, "seconds", json_object_new_double(tot.seconds));
+		cli_print_json(o);
+	}
+	return 0;
+}
+
+const struct cli_cmd cli_cmd_cache_fetch_base = {
+	.name = "cache fetch-base",
+	.summary = "Fetch base VM NAME from a chunk service into the cache (only the chunks it\n"
+		   "lacks) and write it out as BASEDIR: vm.json and the files it names, each\n"
+		   "checked chunk by chunk, the disk and saved state also against vm.json's SHA-256.\n"
+		   "BASEDIR must be absent or empty. Then BASEDIR serves as --base for receive.",
+	.usage = "--cache DIR --from tcp:HOST:PORT --key FILE --name NAME -o BASEDIR [--json]",
+	.opts = fetch_base_opts,
+	.run = fetch_base_run,
 };
