@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 enum {
 	MSG_RECIPE_REQ = 1,
@@ -35,6 +36,7 @@ enum {
 #define ZSTD_LEVEL 3
 #define IDLE_S 300.0        /* a client silent this long is gone */
 #define CHUNK_HDR (EDG_DIGEST_LEN + 5)
+#define PIN_S 3600          /* a fetch that dies without unpinning frees its pin after this */
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -377,6 +379,8 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 	bool *missing = NULL;
 	double t0 = mono();
 	uint64_t nw = 0, wire = rep->fetched_wire_bytes;
+	char pin[EDG_NAME_MAX + 1];
+	bool pinned = false;
 	int r;
 
 	memset(rep, 0, sizeof(*rep));
@@ -397,6 +401,11 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 		r = -EINVAL;
 		goto out;
 	}
+	/* pinned while it arrives: a collection meanwhile must not take what is not registered yet */
+	snprintf(pin, sizeof(pin), "fetch:%d:%.200s", (int)getpid(), as);
+	if ((r = edg_store_pin(s, pin, rc->digests, rc->n, (uint64_t)time(NULL) + PIN_S, err, errlen)))
+		goto out;
+	pinned = true;
 	if ((r = edg_store_missing(s, rc->digests, rc->n, missing, &rep->missing))) {
 		eng_set_err(err, errlen, "cannot read the cache");
 		goto out;
@@ -429,6 +438,8 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 	}
 	r = edg_store_register(s, as, rc->size, rc->digests, rc->n, err, errlen);
 out:
+	if (pinned)
+		edg_store_unpin(s, pin, NULL, 0);
 	rep->seconds = mono() - t0;
 	cdc_comp_free(f.cz);
 	free(f.msg);

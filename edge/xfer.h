@@ -40,7 +40,8 @@ int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r
 
 /*
  * Fetch what s lacks of recipe r (s must cut chunks of r's size) and
- * register it as `as`. 0, or -errno with err (nothing is registered; chunks
+ * register it as `as`. The recipe's chunks are pinned meanwhile, so a
+ * collection cannot take what arrived before it is registered. 0, or -errno with err (nothing is registered; chunks
  * that arrived stay, complete and unreferenced). One session may fetch
  * several images; edg_fetch_done says goodbye.
  */
