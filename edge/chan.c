@@ -160,7 +160,8 @@ int edg_chan_send(struct edg_chan *ch, uint8_t type, const void *payload, uint32
 	f[2] = (uint8_t)(body >> 16);
 	f[3] = (uint8_t)(body >> 24);
 	f[4] = type;
-	memcpy(f + 5, payload, len);
+	if (len)
+		memcpy(f + 5, payload, len);
 	if (cdc_seal(ch->tx, ch->tx_seq++, f, 4, f + 4, body, f + 4 + body))
 		return -EIO;
 	return eng_conn_send(ch->c, f, 4 + body + CDC_TAG_LEN);
@@ -185,7 +186,8 @@ int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, u
 		return -EBADMSG;
 	*type = b[0];
 	*len = body - 1;
-	memcpy(buf, b + 1, body - 1);
+	if (body > 1)
+		memcpy(buf, b + 1, body - 1);
 	return 0;
 }
 

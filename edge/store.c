@@ -85,8 +85,10 @@ static uint8_t *unique_digests(const uint8_t *d, uint64_t n, uint64_t *out_n)
 
 	if (!u)
 		return NULL;
-	memcpy(u, d, n * EDG_DIGEST_LEN);
-	qsort(u, n, EDG_DIGEST_LEN, digest_cmp);
+	if (n) {
+		memcpy(u, d, n * EDG_DIGEST_LEN);
+		qsort(u, n, EDG_DIGEST_LEN, digest_cmp);
+	}
 	for (uint64_t i = 0; i < n; i++)
 		if (!k || memcmp(u + (k - 1) * EDG_DIGEST_LEN, u + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN))
 			memmove(u + k++ * EDG_DIGEST_LEN, u + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
@@ -1057,7 +1059,8 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, edg
 		goto fail;
 	rc = 0;
 	rep->before_bytes = used;
-	qsort(cand, ncand, sizeof(*cand), candidate_cmp);
+	if (ncand)
+		qsort(cand, ncand, sizeof(*cand), candidate_cmp);
 	if (filter) {
 		ok = malloc(FILTER_BATCH * sizeof(*ok));
 		ask = malloc(FILTER_BATCH * EDG_DIGEST_LEN);
