@@ -52,7 +52,7 @@ TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c)) \
 
 export ASAN_OPTIONS UBSAN_OPTIONS
 
-.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench bench-handoff bench-transport bench-adapt clean
+.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench bench-handoff bench-transport bench-adapt bench-edge clean
 all: $(ENGINE) $(TOOLS)
 
 setup:
@@ -131,6 +131,11 @@ bench-transport: setup
 bench-adapt: setup
 	@$(MAKE) --no-print-directory all
 	@HANDOFF_BUILD=$(abspath $(BUILD)) perf/bench-adapt
+
+# A VM handed to an edge that never held its base (needs root): perf/bench-edge.
+bench-edge: setup
+	@$(MAKE) --no-print-directory all
+	@HANDOFF_BUILD=$(abspath $(BUILD)) perf/bench-edge
 
 clean:
 	rm -rf $(BUILD) build-asan

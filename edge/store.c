@@ -898,8 +898,10 @@ int edg_store_stat(struct edg_store *s, struct edg_stat *st, char *err, size_t e
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		struct meta_rec m;
 		memcpy(&m, v.mv_data, sizeof(m));
-		if (m.flags & F_MISSING)
+		if (m.flags & F_MISSING) {
+			st->referenced_missing += m.refs > 0;
 			continue;
+		}
 		st->chunks++;
 		st->bytes += m.size;
 		if (m.refs) {

@@ -44,6 +44,7 @@ struct edg_stat {
 	uint64_t pinned_chunks, pinned_bytes;
 	uint64_t images, image_bytes;      /* registered images and their logical size */
 	uint64_t pins;                     /* pin records, live or expired */
+	uint64_t referenced_missing;       /* chunks an image references whose bytes are gone */
 	uint64_t file_bytes;               /* data.mdb on disk (freed pages are reused, not returned) */
 };
 

@@ -261,6 +261,7 @@ static int stat_run(const struct cli_cmd *cmd, const char *const *val)
 		ADD(images);
 		ADD(image_bytes);
 		ADD(pins);
+		ADD(referenced_missing);
 		ADD(file_bytes);
 #undef ADD
 		cli_print_json(o);
@@ -270,11 +271,12 @@ static int stat_run(const struct cli_cmd *cmd, const char *const *val)
 	       "  chunks      %llu (%.1f MB)\n"
 	       "  referenced  %llu (%.1f MB) by %llu images of %.1f MB in all\n"
 	       "  pinned      %llu (%.1f MB) by %llu pins\n"
+	       "  lost        %llu referenced chunks whose bytes are gone (fetched again when needed)\n"
 	       "  file        %.1f MB\n",
 	       val[S_CACHE], st.chunk_size, (unsigned long long)st.chunks, st.bytes / 1e6,
 	       (unsigned long long)st.referenced_chunks, st.referenced_bytes / 1e6, (unsigned long long)st.images,
 	       st.image_bytes / 1e6, (unsigned long long)st.pinned_chunks, st.pinned_bytes / 1e6,
-	       (unsigned long long)st.pins, st.file_bytes / 1e6);
+	       (unsigned long long)st.pins, (unsigned long long)st.referenced_missing, st.file_bytes / 1e6);
 	return 0;
 }
 
