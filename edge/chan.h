@@ -31,8 +31,9 @@ struct edg_chan *edg_chan_server(struct eng_conn *c, const uint8_t key[32], doub
 int edg_chan_send(struct edg_chan *ch, uint8_t type, const void *payload, uint32_t len);
 /*
  * The next message into buf (cap bytes): 0, -EBADMSG (forged, replayed or
- * corrupt: the channel is dead), -EMSGSIZE, -EPIPE (the peer closed),
- * -ETIMEDOUT or another -errno. *len: the payload's length.
+ * corrupt), -EMSGSIZE (larger than cap), -EPIPE (the peer closed),
+ * -ETIMEDOUT or another -errno. *len: the payload's length. After any
+ * error but -ETIMEDOUT the channel is out of step: close it.
  */
 int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, uint32_t *len, double timeout_s);
 /* Wipes the keys; the connection stays the caller's. */

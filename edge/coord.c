@@ -296,6 +296,12 @@ static void b_may_delete(struct edg_coord *c, const uint8_t *d, const void *ctx,
 	build_fcall(d, "ho_may_delete", c->edge, ((const struct named *)ctx)->value, m);
 }
 
+static void b_forget(struct edg_coord *c, const uint8_t *d, const void *ctx, struct cmd *m)
+{
+	(void)ctx;
+	build_fcall(d, "ho_forget", c->edge, NULL, m);
+}
+
 static void b_holders(struct edg_coord *c, const uint8_t *d, const void *ctx, struct cmd *m)
 {
 	(void)c;
@@ -383,6 +389,11 @@ int edg_coord_may_delete(struct edg_coord *c, const uint8_t *digests, uint64_t n
 	snprintf(g, sizeof(g), "%llu", (unsigned long long)grace_s);
 	struct named nm = { NULL, g };
 	return run_batches(c, digests, n, 6, b_may_delete, &nm, r_flag, ok, "may-delete", err, errlen);
+}
+
+int edg_coord_forget(struct edg_coord *c, const uint8_t *digests, uint64_t n, char *err, size_t errlen)
+{
+	return run_batches(c, digests, n, 5, b_forget, NULL, NULL, NULL, "forget", err, errlen);
 }
 
 struct holders_out {

@@ -44,10 +44,12 @@ int edg_coord_release(struct edg_coord *c, const char *id, const uint8_t *digest
 /*
  * For each chunk: may this edge drop its copy (ok[i])? Yes only if no image
  * contains it, no live lease needs it and it has been unreferenced for
- * grace_s; a yes also stops counting this edge as a holder.
+ * grace_s. The edge stays a holder until edg_coord_forget.
  */
 int edg_coord_may_delete(struct edg_coord *c, const uint8_t *digests, uint64_t n, uint64_t grace_s, bool *ok,
 			 char *err, size_t errlen);
+/* This edge dropped these chunks. */
+int edg_coord_forget(struct edg_coord *c, const uint8_t *digests, uint64_t n, char *err, size_t errlen);
 /* For each chunk: how many images contain it and how many edges hold it. */
 int edg_coord_holders(struct edg_coord *c, const uint8_t *digests, uint64_t n, uint32_t *refs, uint32_t *holders,
 		      char *err, size_t errlen);

@@ -45,11 +45,11 @@ end)
 
 -- FCALL ho_may_delete 1 KEY EDGE GRACE_S: 1 when EDGE may drop its copy:
 -- no image contains the chunk, no live lease needs it, and it has been
--- unreferenced for GRACE_S. The edge stops counting as a holder in the same
--- step, so a lease taken afterwards never relies on the copy being dropped.
--- Expired leases are removed on the way.
+-- unreferenced for GRACE_S. Expired leases are removed on the way. The edge
+-- stays a holder until it says it dropped the copy (ho_forget): an edge
+-- asks about more candidates than it ends up deleting.
 redis.register_function('ho_may_delete', function(keys, args)
-  local k, edge, grace_ms = keys[1], args[1], tonumber(args[2]) * 1000
+  local k, grace_ms = keys[1], tonumber(args[2]) * 1000
   local f = redis.call('HGETALL', k)
   local now, ok = now_ms(), 1
   for i = 1, #f, 2 do
@@ -63,11 +63,14 @@ redis.register_function('ho_may_delete', function(keys, args)
       ok = 0
     end
   end
-  if ok == 1 then
-    redis.call('HDEL', k, 'e:' .. edge)
-    drop_if_empty(k)
-  end
   return ok
+end)
+
+-- FCALL ho_forget 1 KEY EDGE: EDGE dropped its copy.
+redis.register_function('ho_forget', function(keys, args)
+  redis.call('HDEL', keys[1], 'e:' .. args[1])
+  drop_if_empty(keys[1])
+  return 1
 end)
 
 -- FCALL ho_release 1 KEY LEASE: the handoff is done with the chunk.

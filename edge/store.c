@@ -101,6 +101,24 @@ static bool sorted_has(const uint8_t *u, uint64_t n, const uint8_t *d)
 	return n && bsearch(d, u, n, EDG_DIGEST_LEN, digest_cmp) != NULL;
 }
 
+uint8_t *edg_digests_minus(const uint8_t *a, uint64_t na, const uint8_t *b, uint64_t nb, uint64_t *n)
+{
+	uint64_t ua, ub, k = 0;
+	uint8_t *sa = unique_digests(a, na, &ua), *sb = unique_digests(b, nb, &ub);
+
+	if (!sa || !sb) {
+		free(sa);
+		free(sb);
+		return NULL;
+	}
+	for (uint64_t i = 0; i < ua; i++)
+		if (!sorted_has(sb, ub, sa + i * EDG_DIGEST_LEN))
+			memmove(sa + k++ * EDG_DIGEST_LEN, sa + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+	free(sb);
+	*n = k;
+	return sa;
+}
+
 /* ---- open and close ----------------------------------------------------------- */
 
 struct edg_store *edg_store_open(const char *dir, bool create, uint32_t chunk_size, uint64_t map_bytes,
@@ -386,6 +404,23 @@ static int adjust_refs(MDB_txn *txn, struct edg_store *s, const uint8_t *u, uint
 	return 0;
 }
 
+/* A recipe record: its header, then exactly the digests it counts (a damaged file is not trusted). */
+static bool record_ok(const MDB_val *v, size_t hdr_len, struct recipe_hdr *h)
+{
+	if (v->mv_size < hdr_len)
+		return false;
+	memcpy(h, v->mv_data, hdr_len);
+	return h->n <= (v->mv_size - hdr_len) / EDG_DIGEST_LEN && v->mv_size == hdr_len + h->n * EDG_DIGEST_LEN;
+}
+
+static bool pin_ok(const MDB_val *v, struct pin_hdr *h)
+{
+	if (v->mv_size < sizeof(*h))
+		return false;
+	memcpy(h, v->mv_data, sizeof(*h));
+	return h->n <= (v->mv_size - sizeof(*h)) / EDG_DIGEST_LEN && v->mv_size == sizeof(*h) + h->n * EDG_DIGEST_LEN;
+}
+
 /* The unique digest list of the recipe stored under name, or NULL/0 if none. */
 static int recipe_unique(MDB_txn *txn, struct edg_store *s, const char *name, uint8_t **u, uint64_t *n)
 {
@@ -399,7 +434,8 @@ static int recipe_unique(MDB_txn *txn, struct edg_store *s, const char *name, ui
 		return 0;
 	if (rc)
 		return rc;
-	memcpy(&h, v.mv_data, sizeof(h));
+	if (!record_ok(&v, sizeof(h), &h))
+		return MDB_CORRUPTED;
 	*u = unique_digests((const uint8_t *)v.mv_data + sizeof(h), h.n, n);
 	return *u ? 0 : ENOMEM;
 }
@@ -514,7 +550,14 @@ int edg_store_add_file(struct edg_store *s, const char *name, const char *path, 
 		ret = -EINVAL;
 		goto out;
 	}
-	rep->size = (uint64_t)st.st_size;
+	/* a block device's stat size is 0: its end is its size */
+	off_t end = S_ISBLK(st.st_mode) ? lseek(fd, 0, SEEK_END) : st.st_size;
+	if (end < 0) {
+		ret = -errno;
+		eng_set_err(err, errlen, "cannot size %s: %s", path, strerror(errno));
+		goto out;
+	}
+	rep->size = (uint64_t)end;
 	n = (rep->size + s->chunk_size - 1) / s->chunk_size;
 	buf = malloc((size_t)per_read * s->chunk_size);
 	lens = malloc(per_read * sizeof(*lens));
@@ -630,8 +673,10 @@ int edg_store_export(struct edg_store *s, const char *name, const char *path, ch
 	char tmp[4200];
 	int fd = -1, r;
 
-	if (!buf)
+	if (!buf) {
+		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
+	}
 	if ((r = edg_store_recipe(s, name, &size, &d, &n))) {
 		eng_set_err(err, errlen, "no image '%s' in the cache", name);
 		free(buf);
@@ -660,19 +705,24 @@ int edg_store_export(struct edg_store *s, const char *name, const char *path, ch
 			r = -EBADMSG;
 			goto out;
 		}
-		if (pwrite(fd, buf, len, (off_t)(i * s->chunk_size)) != (ssize_t)len) {
-			r = -errno;
-			eng_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+		ssize_t w = pwrite(fd, buf, len, (off_t)(i * s->chunk_size));
+		if (w != (ssize_t)len) {
+			r = w < 0 ? -errno : -ENOSPC; /* a short write: the disk is full */
+			eng_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(-r));
 			goto out;
 		}
 	}
-	if (ftruncate(fd, (off_t)size) || fchmod(fd, 0644) || fsync(fd) || close(fd)) {
+	if (ftruncate(fd, (off_t)size) || fchmod(fd, 0644) || fsync(fd)) {
 		r = -errno;
-		fd = -1;
 		eng_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+		goto out; /* out closes fd */
+	}
+	r = close(fd) ? -errno : 0;
+	fd = -1;
+	if (r) {
+		eng_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(-r));
 		goto out;
 	}
-	fd = -1;
 	if (rename(tmp, path)) {
 		r = -errno;
 		eng_set_err(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
@@ -728,11 +778,10 @@ int edg_store_recipe(struct edg_store *s, const char *name, uint64_t *size, uint
 
 	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
 		return rc > 0 ? -rc : -EIO;
-	if ((rc = mdb_get(txn, s->recipe, &k, &v))) {
+	if ((rc = mdb_get(txn, s->recipe, &k, &v)) || !record_ok(&v, sizeof(h), &h)) {
 		mdb_txn_abort(txn);
 		return rc == MDB_NOTFOUND ? -ENOENT : -EIO;
 	}
-	memcpy(&h, v.mv_data, sizeof(h));
 	*digests = malloc(h.n ? h.n * EDG_DIGEST_LEN : 1);
 	if (*digests)
 		memcpy(*digests, (uint8_t *)v.mv_data + sizeof(h), h.n * EDG_DIGEST_LEN);
@@ -781,7 +830,8 @@ static int unpin_in(MDB_txn *txn, struct edg_store *s, const char *id, bool *fou
 		return 0;
 	if (rc)
 		return rc;
-	memcpy(&h, v.mv_data, sizeof(h));
+	if (!pin_ok(&v, &h))
+		return MDB_CORRUPTED;
 	uint8_t *u = unique_digests((const uint8_t *)v.mv_data + sizeof(h), h.n, &nu);
 	if (!u)
 		return ENOMEM;
@@ -860,8 +910,8 @@ static int expire_pins(MDB_txn *txn, struct edg_store *s, uint64_t now)
 			return rc;
 		for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 			struct pin_hdr h;
-			memcpy(&h, v.mv_data, sizeof(h));
-			if (h.expires_s <= now && k.mv_size <= EDG_NAME_MAX) {
+			/* a damaged record counts as expired: unpin_in then reports it */
+			if ((!pin_ok(&v, &h) || h.expires_s <= now) && k.mv_size <= EDG_NAME_MAX) {
 				memcpy(id, k.mv_data, k.mv_size);
 				id[k.mv_size] = 0;
 				break;
@@ -897,6 +947,8 @@ int edg_store_stat(struct edg_store *s, struct edg_stat *st, char *err, size_t e
 		goto fail;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		struct meta_rec m;
+		if (v.mv_size != sizeof(m) || k.mv_size != EDG_DIGEST_LEN)
+			continue; /* damaged: never trusted, never collected */
 		memcpy(&m, v.mv_data, sizeof(m));
 		if (m.flags & F_MISSING) {
 			st->referenced_missing += m.refs > 0;
@@ -918,7 +970,8 @@ int edg_store_stat(struct edg_store *s, struct edg_stat *st, char *err, size_t e
 		goto fail;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		struct recipe_hdr h;
-		memcpy(&h, v.mv_data, sizeof(h));
+		if (!record_ok(&v, sizeof(h), &h))
+			continue;
 		st->images++;
 		st->image_bytes += h.size;
 	}
@@ -955,8 +1008,10 @@ int edg_store_verify(struct edg_store *s, uint64_t *checked, uint64_t *bad,
 	}
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		(*checked)++;
+		if (k.mv_size != EDG_DIGEST_LEN)
+			continue; /* not a chunk key (no writer makes one) */
 		cdc_sha256(v.mv_data, v.mv_size, got);
-		if (k.mv_size == EDG_DIGEST_LEN && !memcmp(got, k.mv_data, EDG_DIGEST_LEN))
+		if (!memcmp(got, k.mv_data, EDG_DIGEST_LEN))
 			continue;
 		if (nbad == cap) {
 			uint8_t *nb = realloc(bads, (cap = cap ? 2 * cap : 64) * EDG_DIGEST_LEN);
@@ -1012,9 +1067,13 @@ static int candidate_cmp(const void *a, const void *b)
 /* Ask the filter about candidates in order, a batch at a time, until enough may go. */
 #define FILTER_BATCH 4096
 
-int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, edg_gc_filter_fn filter,
-		 void *filter_ctx, struct edg_gc_report *rep, char *err, size_t errlen)
+int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, const struct edg_gc_hooks *hooks,
+		 struct edg_gc_report *rep, char *err, size_t errlen)
 {
+	int (*filter)(void *, const uint8_t *, uint64_t, bool *) = hooks ? hooks->filter : NULL;
+	void *filter_ctx = hooks ? hooks->ctx : NULL;
+	uint8_t *gone = NULL; /* the deleted chunks' digests, for hooks->deleted */
+	uint64_t ngone = 0;
 	struct candidate *cand = NULL;
 	uint64_t ncand = 0, cap = 0, now = now_s(), used = 0;
 	uint8_t *ask = NULL;
@@ -1032,6 +1091,8 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, edg
 		goto fail;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		struct meta_rec m;
+		if (v.mv_size != sizeof(m) || k.mv_size != EDG_DIGEST_LEN)
+			continue; /* damaged: never trusted, never collected */
 		memcpy(&m, v.mv_data, sizeof(m));
 		uint32_t size = (m.flags & F_MISSING) ? 0 : m.size;
 		uint64_t last = m.last_use_s > m.added_s ? m.last_use_s : m.added_s;
@@ -1040,7 +1101,7 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, edg
 			rep->kept_referenced_bytes += size;
 		else if (m.pins)
 			rep->kept_pinned_bytes += size;
-		else if (last + grace_s > now)
+		else if (last > now || now - last < grace_s) /* no overflow with a huge grace */
 			rep->kept_young_bytes += size;
 		else {
 			if (ncand == cap) {
@@ -1097,13 +1158,25 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, edg
 			used -= cand[i].size;
 			rep->deleted_chunks++;
 			rep->deleted_bytes += cand[i].size;
+			if (hooks && hooks->deleted) {
+				if (!gone && !(gone = malloc(ncand * EDG_DIGEST_LEN))) {
+					rc = ENOMEM;
+					goto fail;
+				}
+				memcpy(gone + ngone++ * EDG_DIGEST_LEN, cand[i].digest, EDG_DIGEST_LEN);
+			}
 		}
 	}
 	free(cand);
 	free(ok);
 	free(ask);
-	if ((rc = mdb_txn_commit(txn)))
+	if ((rc = mdb_txn_commit(txn))) {
+		free(gone);
 		return lmdb_fail(rc, err, errlen, "cannot collect");
+	}
+	if (ngone)
+		hooks->deleted(hooks->ctx, gone, ngone);
+	free(gone);
 	rep->after_bytes = used;
 	if (used > keep_bytes) {
 		eng_set_err(err, errlen,
@@ -1119,6 +1192,7 @@ fail:
 	free(cand);
 	free(ok);
 	free(ask);
+	free(gone);
 	mdb_txn_abort(txn);
 	return lmdb_fail(rc, err, errlen, "cannot collect");
 }

@@ -63,11 +63,17 @@ struct edg_gc_report {
 };
 
 /*
- * A second opinion on candidates for deletion (the coordinator: an image
- * registered or a handoff leased elsewhere). ok[i] for each; non-zero when
- * it cannot answer, and then nothing more is deleted.
+ * What gc asks and tells beyond the store (the coordinator). filter: a
+ * second opinion on candidates for deletion (an image registered or a
+ * handoff leased elsewhere), ok[i] for each, non-zero when it cannot answer
+ * (then nothing more is deleted). deleted: the chunks that went, once the
+ * deletion is committed.
  */
-typedef int (*edg_gc_filter_fn)(void *ctx, const uint8_t *digests, uint64_t n, bool *ok);
+struct edg_gc_hooks {
+	int (*filter)(void *ctx, const uint8_t *digests, uint64_t n, bool *ok);
+	void (*deleted)(void *ctx, const uint8_t *digests, uint64_t n);
+	void *ctx;
+};
 
 /*
  * Open (create when asked) the store in dir. chunk_size 0 takes the store's
@@ -158,8 +164,11 @@ int edg_store_verify(struct edg_store *s, uint64_t *checked, uint64_t *bad,
  * Returns 0 when the quota was reached, -ENOSPC when what is referenced,
  * pinned, young or kept by the filter exceeds it (rep says how much).
  */
-int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, edg_gc_filter_fn filter,
-		 void *filter_ctx, struct edg_gc_report *rep, char *err, size_t errlen);
+int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, const struct edg_gc_hooks *hooks,
+		 struct edg_gc_report *rep, char *err, size_t errlen);
+
+/* The digests of a that b lacks, each once (malloc'd; *n of them). NULL when out of memory. */
+uint8_t *edg_digests_minus(const uint8_t *a, uint64_t na, const uint8_t *b, uint64_t nb, uint64_t *n);
 
 /* Digest as 64 hex digits (out: 65 bytes). */
 void edg_digest_hex(const uint8_t digest[EDG_DIGEST_LEN], char *out);

@@ -35,6 +35,7 @@ enum {
 #define PART_MAX 65536      /* digests per recipe part (2 MiB) */
 #define ZSTD_LEVEL 3
 #define IDLE_S 300.0        /* a client silent this long is gone */
+#define FIRST_S 10.0        /* the wait for a session's first (key-proving) frame */
 #define CHUNK_HDR (EDG_DIGEST_LEN + 5)
 #define PIN_S 3600          /* a fetch that dies without unpinning frees its pin after this */
 
@@ -125,6 +126,10 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 	uint8_t type;
 	int r = 0;
 
+	/* the first frame proves the client holds the key: until then it gets a short wait, so a
+	 * client without the key cannot hold the service for long */
+	double wait = FIRST_S;
+
 	memset(st, 0, sizeof(*st));
 	if (!in || !out || !raw || !cz || CHUNK_HDR + cap > EDG_CHAN_MAX_PAYLOAD) {
 		eng_set_err(err, errlen, "out of memory");
@@ -132,13 +137,14 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 		goto out;
 	}
 	for (;;) {
-		if ((r = edg_chan_recv(ch, &type, in, EDG_CHAN_MAX_PAYLOAD, &len, IDLE_S))) {
+		if ((r = edg_chan_recv(ch, &type, in, EDG_CHAN_MAX_PAYLOAD, &len, wait))) {
 			if (r == -EPIPE) /* the client left without a goodbye: its loss, not ours */
 				r = 0;
 			else
 				eng_set_err(err, errlen, "client: %s", recv_error(r));
 			break;
 		}
+		wait = IDLE_S;
 		if (type == MSG_BYE)
 			break;
 		if (type == MSG_RECIPE_REQ) {
@@ -337,8 +343,8 @@ int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r
 	rc->size = get64(f.msg);
 	rc->chunk_size = get32(f.msg + 8);
 	rc->n = get64(f.msg + 12);
-	if (rc->chunk_size < EDG_CHUNK_MIN || rc->chunk_size > EDG_CHUNK_MAX ||
-	    rc->n != (rc->size + rc->chunk_size - 1) / rc->chunk_size) {
+	if (rc->chunk_size < EDG_CHUNK_MIN || rc->chunk_size > EDG_CHUNK_MAX || rc->size > INT64_MAX ||
+	    rc->n != rc->size / rc->chunk_size + (rc->size % rc->chunk_size != 0)) {
 		eng_set_err(err, errlen, "service sent an inconsistent recipe");
 		r = -EPROTO;
 		goto out;
@@ -352,7 +358,8 @@ int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r
 		if ((r = recv_msg(&f, &type, &len)))
 			goto out;
 		uint32_t k = len >= 4 ? get32(f.msg) : 0;
-		if (type != MSG_RECIPE_PART || !k || at + k > rc->n || len != 4 + k * EDG_DIGEST_LEN) {
+		/* 64-bit arithmetic: a 32-bit k * 32 wraps and would pass a short message */
+		if (type != MSG_RECIPE_PART || !k || at + k > rc->n || (uint64_t)len != 4 + (uint64_t)k * EDG_DIGEST_LEN) {
 			r = unexpected(&f, type, len, "a recipe part");
 			goto out;
 		}
@@ -381,6 +388,7 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 	uint64_t nw = 0, wire = rep->fetched_wire_bytes;
 	char pin[EDG_NAME_MAX + 1];
 	bool pinned = false;
+	double pinned_at = 0;
 	int r;
 
 	memset(rep, 0, sizeof(*rep));
@@ -406,6 +414,7 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 	if ((r = edg_store_pin(s, pin, rc->digests, rc->n, (uint64_t)time(NULL) + PIN_S, err, errlen)))
 		goto out;
 	pinned = true;
+	pinned_at = mono();
 	if ((r = edg_store_missing(s, rc->digests, rc->n, missing, &rep->missing))) {
 		eng_set_err(err, errlen, "cannot read the cache");
 		goto out;
@@ -428,6 +437,12 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 			goto out;
 		if (++done % 256 == 0 && progress)
 			progress(ctx, done * cs, nw * cs);
+		/* a fetch slower than the pin's life renews it */
+		if (mono() - pinned_at > PIN_S / 2) {
+			if ((r = edg_store_pin(s, pin, rc->digests, rc->n, (uint64_t)time(NULL) + PIN_S, err, errlen)))
+				goto out;
+			pinned_at = mono();
+		}
 	}
 	if ((r = flush_batch(&f)))
 		goto out;
@@ -438,6 +453,11 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 	}
 	r = edg_store_register(s, as, rc->size, rc->digests, rc->n, err, errlen);
 out:
+	if (r && f.nbatch) { /* what arrived and checked out stays, as the header promises */
+		char keep_err[8];
+		f.err = keep_err, f.errlen = sizeof(keep_err);
+		flush_batch(&f);
+	}
 	if (pinned)
 		edg_store_unpin(s, pin, NULL, 0);
 	rep->seconds = mono() - t0;

@@ -119,11 +119,16 @@ static int coord_add(struct edg_coord *c, struct edg_store *s, const char *name,
 		snprintf(err, errlen, "cannot read back the recipe of %s", name);
 		return r;
 	}
-	r = old ? edg_coord_unregister(c, name, old, n_old, err, errlen) : 0;
-	if (!r)
-		r = edg_coord_report(c, d, n, err, errlen);
+	/* the new registration first: chunks both contain never look unreferenced meanwhile */
+	r = edg_coord_report(c, d, n, err, errlen);
 	if (!r)
 		r = edg_coord_register(c, name, d, n, err, errlen);
+	if (!r && old) {
+		uint64_t k = 0;
+		uint8_t *gone = edg_digests_minus(old, n_old, d, n, &k);
+		r = gone ? edg_coord_unregister(c, name, gone, k, err, errlen) : -ENOMEM;
+		free(gone);
+	}
 	free(d);
 	return r;
 }
@@ -418,6 +423,17 @@ static int ask_coordinator(void *ctx, const uint8_t *digests, uint64_t n, bool *
 	return edg_coord_may_delete(g->c, digests, n, g->grace, ok, g->err, sizeof(g->err));
 }
 
+/* Deleted for good: this edge no longer holds them (a failure only leaves it listed as a holder). */
+static void tell_coordinator(void *ctx, const uint8_t *digests, uint64_t n)
+{
+	struct gc_ctx *g = ctx;
+	char err[256];
+
+	if (edg_coord_forget(g->c, digests, n, err, sizeof(err)))
+		fprintf(stderr, "cache gc: warning: the coordinator still lists this edge as holding %llu of the "
+				"deleted chunks: %s\n", (unsigned long long)n, err);
+}
+
 static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	uint64_t keep, grace = 600;
@@ -444,12 +460,15 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 			    .grace = grace };
 	if (missed)
 		fprintf(stderr, "cache gc: collecting on this edge's knowledge alone\n");
-	int r = edg_store_gc(s, keep, grace, g.c ? ask_coordinator : NULL, &g, &rep, err, sizeof(err));
+	struct edg_gc_hooks hooks = { ask_coordinator, tell_coordinator, &g };
+	int r = edg_store_gc(s, keep, grace, g.c ? &hooks : NULL, &rep, err, sizeof(err));
 	edg_store_close(s);
 	edg_coord_close(g.c);
-	if (rep.filter_failed)
-		cli_error("%s: %s: what it had not approved was kept", cmd->name, g.err);
-	if (r && r != -ENOSPC) {
+	/* one error line: the coordinator's failure explains a missed quota */
+	if (rep.filter_failed) {
+		cli_error("%s: the coordinator stopped answering (%s): what it had not approved was kept", cmd->name,
+			  g.err);
+	} else if (r && r != -ENOSPC) {
 		cli_error("%s: %s", cmd->name, err);
 		return 1;
 	}
@@ -473,11 +492,9 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 		json_object_object_add(o, "quota_reached", json_object_new_boolean(r == 0));
 		cli_print_json(o);
 	}
-	if (r) {
+	if (r && !rep.filter_failed)
 		cli_error("%s: %s", cmd->name, err);
-		return 1;
-	}
-	return 0;
+	return r || rep.filter_failed ? 1 : 0;
 }
 
 const struct cli_cmd cli_cmd_cache_gc = {
@@ -587,7 +604,7 @@ static const struct cli_opt export_opts[] = {
 
 static int export_run(const struct cli_cmd *cmd, const char *const *val)
 {
-	char err[512];
+	char err[512] = "out of memory";
 	struct edg_store *s = open_store(cmd->name, val[E_CACHE], false, 0);
 
 	if (!s)
@@ -655,6 +672,7 @@ static int base_files(const char *vm_json, struct base_files *b, char *err, size
 			snprintf(err, errlen, "%s: %s names no plain file in the base directory", vm_json,
 				 (const char *[]){ "kernel", "initrd", "disk.file", "state.file" }[i]);
 			json_object_put(b->json);
+			b->json = NULL;
 			return -1;
 		}
 		b->file[b->n++] = f[i];
@@ -805,53 +823,85 @@ static int fetch_one(struct edg_store **s, const char *cache, struct edg_chan *c
 	return 0;
 }
 
+/* Remove a directory this command filled (plain files only), after a failure. */
+static void remove_flat_dir(const char dir[static 1])
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	char p[4400];
+
+	while (d && (e = readdir(d))) {
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+			snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+			unlink(p);
+		}
+	}
+	if (d)
+		closedir(d);
+	rmdir(dir);
+}
+
+/* BASEDIR absent, or an empty directory: a base in use is never overwritten. */
+static bool out_dir_free(const char *cmd, const char *dir, bool *exists)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	bool empty = true;
+
+	*exists = d != NULL;
+	if (!d) {
+		if (errno == ENOENT)
+			return true;
+		cli_error("%s: %s: %s", cmd, dir, strerror(errno));
+		return false;
+	}
+	while ((e = readdir(d)))
+		empty &= !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+	closedir(d);
+	if (!empty)
+		cli_error("%s: %s is not an empty directory (a base in use is never overwritten)", cmd, dir);
+	return empty;
+}
+
 static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	uint8_t key[CDC_KEY_LEN];
-	char err[512] = "", path[4200];
+	char err[512] = "", path[4400], tmp[4096];
 	struct edg_fetch_report tot = { 0 };
 	struct base_files b = { 0 };
 	struct edg_store *s = NULL;
 	double t0 = mono_s();
+	bool exists;
 	int r = -1;
 
-	if (!base_name_ok(cmd->name, val[FB_NAME]))
+	if (!base_name_ok(cmd->name, val[FB_NAME]) || !out_dir_free(cmd->name, val[FB_OUT], &exists))
 		return 2;
-	if (mkdir(val[FB_OUT], 0755) && errno != EEXIST) {
-		cli_error("%s: cannot create %s: %s", cmd->name, val[FB_OUT], strerror(errno));
+	/* everything goes into a directory beside BASEDIR, renamed into place when complete */
+	snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", val[FB_OUT]);
+	if (!mkdtemp(tmp)) {
+		cli_error("%s: cannot create a directory beside %s: %s", cmd->name, val[FB_OUT], strerror(errno));
 		return 1;
 	}
-	DIR *d = opendir(val[FB_OUT]);
-	struct dirent *e;
-	bool empty = d != NULL;
-	while (d && (e = readdir(d)))
-		empty &= !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-	if (d)
-		closedir(d);
-	if (!empty) {
-		cli_error("%s: %s is not an empty directory (a base in use is never overwritten)", cmd->name,
-			  val[FB_OUT]);
+	if (cli_read_key(val[FB_KEY], key)) {
+		rmdir(tmp);
 		return 1;
 	}
-	if (cli_read_key(val[FB_KEY], key))
-		return 1;
 	struct eng_conn *c = eng_conn_connect(val[FB_FROM], NULL, FETCH_CONNECT_S, err, sizeof(err));
 	struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, err, sizeof(err)) : NULL;
 	explicit_bzero(key, sizeof(key));
 	/* vm.json first: it names the rest */
-	if (ch && !fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], "vm.json", val[FB_OUT], &tot, err, sizeof(err))) {
-		snprintf(path, sizeof(path), "%s/vm.json", val[FB_OUT]);
+	if (ch && !fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], "vm.json", tmp, &tot, err, sizeof(err))) {
+		snprintf(path, sizeof(path), "%s/vm.json", tmp);
 		r = base_files(path, &b, err, sizeof(err));
 		for (unsigned i = 1; !r && i < b.n; i++)
-			r = fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], b.file[i], val[FB_OUT], &tot, err,
-				      sizeof(err));
+			r = fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], b.file[i], tmp, &tot, err, sizeof(err));
 		/* end to end: the disk and the state are the ones vm.json describes */
 		for (unsigned i = b.n - 2; !r && i < b.n; i++) { /* the disk, then the state */
 			const char *want = i == b.n - 2 ? b.disk_sha : b.state_sha;
 			char hex[65];
-			snprintf(path, sizeof(path), "%s/%s", val[FB_OUT], b.file[i]);
+			snprintf(path, sizeof(path), "%s/%s", tmp, b.file[i]);
 			if (want && (file_sha256(path, hex) || strcmp(hex, want))) {
-				snprintf(err, sizeof(err), "%s does not match the SHA-256 vm.json gives it", b.file[i]);
+				snprintf(err, sizeof(err), "%.200s does not match the SHA-256 vm.json gives it", b.file[i]);
 				r = -EBADMSG;
 			}
 		}
@@ -863,7 +913,12 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 	edg_store_close(s);
 	if (b.json)
 		json_object_put(b.json);
+	if (!r && ((exists && rmdir(val[FB_OUT])) || rename(tmp, val[FB_OUT]))) {
+		snprintf(err, sizeof(err), "cannot move %.200s to %.200s: %s", tmp, val[FB_OUT], strerror(errno));
+		r = -errno;
+	}
 	if (r) {
+		remove_flat_dir(tmp);
 		cli_error("%s: %s", cmd->name, err);
 		return 1;
 	}

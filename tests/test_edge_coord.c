@@ -123,10 +123,13 @@ static void test_references_and_may_delete(void **state)
 		assert_int_equal(refs[i], i < 5 ? 1 : 0);
 		assert_int_equal(holders[i], 1);
 	}
-	/* referenced chunks stay; the others may go, and edge-a stops holding them */
+	/* referenced chunks stay; the others may go; asking changes nothing, forgetting does */
 	assert_int_equal(edg_coord_may_delete(a, d, 10, 0, ok, err, sizeof(err)), 0);
 	for (int i = 0; i < 10; i++)
 		assert_int_equal(ok[i], i >= 5);
+	assert_int_equal(edg_coord_holders(a, d, 10, refs, holders, err, sizeof(err)), 0);
+	assert_int_equal(holders[7], 1);
+	assert_int_equal(edg_coord_forget(a, d + 5 * EDG_DIGEST_LEN, 5, err, sizeof(err)), 0);
 	assert_int_equal(edg_coord_holders(a, d, 10, refs, holders, err, sizeof(err)), 0);
 	assert_int_equal(holders[0], 1);
 	assert_int_equal(holders[7], 0);
@@ -170,7 +173,8 @@ static void test_leases_and_two_edges(void **state)
 	assert_false(ok[1]);
 	assert_true(ok[2]); /* its lease expired */
 	assert_true(ok[3]);
-	/* only edge-a stopped holding 2 and 3 */
+	/* edge-a drops 2 and 3: only it stops holding them */
+	assert_int_equal(edg_coord_forget(a, d + 2 * EDG_DIGEST_LEN, 2, err, sizeof(err)), 0);
 	assert_int_equal(edg_coord_holders(b, d, 4, refs, holders, err, sizeof(err)), 0);
 	assert_int_equal(holders[0], 2);
 	assert_int_equal(holders[3], 1);

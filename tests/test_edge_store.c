@@ -196,7 +196,7 @@ static void test_gc_quota_pins_grace(void **state)
 	assert_int_equal(edg_store_recipe(s, "a", &size, &d, &n), 0);
 
 	/* referenced: nothing to collect, and the quota cannot be met */
-	assert_int_equal(edg_store_gc(s, 5 * CS, 0, NULL, NULL, &g, err, sizeof(err)), -ENOSPC);
+	assert_int_equal(edg_store_gc(s, 5 * CS, 0, NULL, &g, err, sizeof(err)), -ENOSPC);
 	assert_int_equal(g.deleted_chunks, 0);
 	assert_int_equal(g.kept_referenced_bytes, 20 * CS);
 	assert_non_null(strstr(err, "referenced"));
@@ -206,10 +206,10 @@ static void test_gc_quota_pins_grace(void **state)
 	assert_int_equal(edg_store_pin(s, "handoff-0", d + 5 * EDG_DIGEST_LEN, 5, 1, err, sizeof(err)), 0);
 	assert_int_equal(edg_store_remove_image(s, "a", err, sizeof(err)), 0);
 	/* within the grace period nothing unreferenced goes */
-	assert_int_equal(edg_store_gc(s, 0, 3600, NULL, NULL, &g, err, sizeof(err)), -ENOSPC);
+	assert_int_equal(edg_store_gc(s, 0, 3600, NULL, &g, err, sizeof(err)), -ENOSPC);
 	assert_int_equal(g.deleted_chunks, 0);
 	/* no grace: down to the quota, never a pinned chunk; the expired pin is gone */
-	assert_int_equal(edg_store_gc(s, 8 * CS, 0, NULL, NULL, &g, err, sizeof(err)), 0);
+	assert_int_equal(edg_store_gc(s, 8 * CS, 0, NULL, &g, err, sizeof(err)), 0);
 	assert_int_equal(g.deleted_chunks, 12);
 	assert_int_equal(g.after_bytes, 8 * CS);
 	for (int i = 0; i < 5; i++)
@@ -221,7 +221,7 @@ static void test_gc_quota_pins_grace(void **state)
 	/* unpinned: all may go */
 	assert_int_equal(edg_store_unpin(s, "handoff-1", err, sizeof(err)), 0);
 	assert_int_equal(edg_store_unpin(s, "handoff-1", err, sizeof(err)), -ENOENT);
-	assert_int_equal(edg_store_gc(s, 0, 0, NULL, NULL, &g, err, sizeof(err)), 0);
+	assert_int_equal(edg_store_gc(s, 0, 0, NULL, &g, err, sizeof(err)), 0);
 	assert_int_equal(edg_store_stat(s, &st, err, sizeof(err)), 0);
 	assert_int_equal(st.chunks, 0);
 	assert_int_equal(st.bytes, 0);
@@ -284,7 +284,7 @@ static void test_random_interleavings(void **state)
 					/* often the image is unregistered meanwhile: then the pin alone holds them */
 					if (rand() % 2)
 						edg_store_remove_image(ws, name, err, sizeof(err));
-					edg_store_gc(ws, 0, 0, NULL, NULL, &g, err, sizeof(err));
+					edg_store_gc(ws, 0, 0, NULL, &g, err, sizeof(err));
 					uint8_t buf[CS];
 					uint32_t got;
 					for (uint64_t i = 0; i < n; i++)
@@ -295,7 +295,7 @@ static void test_random_interleavings(void **state)
 					failures += edg_store_unpin(ws, pin_id, err, sizeof(err)) != 0;
 					free(d);
 				} else {
-					edg_store_gc(ws, (uint64_t)(rand() % 10) * CS, 0, NULL, NULL, &g, err, sizeof(err));
+					edg_store_gc(ws, (uint64_t)(rand() % 10) * CS, 0, NULL, &g, err, sizeof(err));
 				}
 			}
 			edg_store_close(ws);
@@ -312,7 +312,7 @@ static void test_random_interleavings(void **state)
 	s = edg_store_open(dir, false, 0, 0, err, sizeof(err));
 	assert_non_null(s);
 	struct edg_gc_report g;
-	edg_store_gc(s, 0, 0, NULL, NULL, &g, err, sizeof(err));
+	edg_store_gc(s, 0, 0, NULL, &g, err, sizeof(err));
 	for (int i = 0; i < IMAGES; i++) {
 		char name[16];
 		uint8_t *d, buf[CS];
