@@ -231,6 +231,15 @@ uint32_t edg_store_chunk_size(const struct edg_store *s)
 
 /* ---- chunks --------------------------------------------------------------------- */
 
+/* A meta record as stored: a digest key and a record of exactly its size, or not trusted. */
+static bool meta_of(const MDB_val *k, const MDB_val *v, struct meta_rec *m)
+{
+	if (k->mv_size != EDG_DIGEST_LEN || v->mv_size != sizeof(*m))
+		return false;
+	memcpy(m, v->mv_data, sizeof(*m));
+	return true;
+}
+
 static int meta_read(MDB_txn *txn, struct edg_store *s, const uint8_t *d, struct meta_rec *m)
 {
 	MDB_val k = val_of(d, EDG_DIGEST_LEN), v;
@@ -238,10 +247,7 @@ static int meta_read(MDB_txn *txn, struct edg_store *s, const uint8_t *d, struct
 
 	if (rc)
 		return rc;
-	if (v.mv_size != sizeof(*m))
-		return MDB_CORRUPTED;
-	memcpy(m, v.mv_data, sizeof(*m));
-	return 0;
+	return meta_of(&k, &v, m) ? 0 : MDB_CORRUPTED;
 }
 
 static int meta_write(MDB_txn *txn, struct edg_store *s, const uint8_t *d, const struct meta_rec *m)
@@ -947,9 +953,8 @@ int edg_store_stat(struct edg_store *s, struct edg_stat *st, char *err, size_t e
 		goto fail;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		struct meta_rec m;
-		if (v.mv_size != sizeof(m) || k.mv_size != EDG_DIGEST_LEN)
+		if (!meta_of(&k, &v, &m))
 			continue; /* damaged: never trusted, never collected */
-		memcpy(&m, v.mv_data, sizeof(m));
 		if (m.flags & F_MISSING) {
 			st->referenced_missing += m.refs > 0;
 			continue;
@@ -1091,9 +1096,8 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 		goto fail;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		struct meta_rec m;
-		if (v.mv_size != sizeof(m) || k.mv_size != EDG_DIGEST_LEN)
+		if (!meta_of(&k, &v, &m))
 			continue; /* damaged: never trusted, never collected */
-		memcpy(&m, v.mv_data, sizeof(m));
 		uint32_t size = (m.flags & F_MISSING) ? 0 : m.size;
 		uint64_t last = m.last_use_s > m.added_s ? m.last_use_s : m.added_s;
 		used += size;

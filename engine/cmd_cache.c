@@ -510,6 +510,24 @@ const struct cli_cmd cli_cmd_cache_gc = {
 	.run = gc_run,
 };
 
+/* A fetch's summary on stdout; size_key names the fetched bytes' total as each command always has. */
+static void print_fetch_json(const char *command, const char *name, const char *size_key,
+			     const struct edg_fetch_report *r)
+{
+	json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "command", json_object_new_string(command));
+	json_object_object_add(o, "name", json_object_new_string(name));
+	json_object_object_add(o, size_key, json_object_new_int64((int64_t)r->size));
+	json_object_object_add(o, "chunks", json_object_new_int64((int64_t)r->chunks));
+	json_object_object_add(o, "missing", json_object_new_int64((int64_t)r->missing));
+	json_object_object_add(o, "fetched_chunks", json_object_new_int64((int64_t)r->fetched_chunks));
+	json_object_object_add(o, "fetched_raw_bytes", json_object_new_int64((int64_t)r->fetched_raw_bytes));
+	json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)r->fetched_wire_bytes));
+	json_object_object_add(o, "seconds", json_object_new_double(r->seconds));
+	cli_print_json(o);
+}
+
 enum { F_CACHE, F_FROM, F_KEY, F_NAME, F_AS, F_JSON };
 
 static const struct cli_opt fetch_opts[] = {
@@ -567,19 +585,8 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		val[F_NAME], (unsigned long long)rep.chunks, (unsigned long long)rep.missing,
 		(unsigned long long)rep.fetched_chunks, rep.fetched_raw_bytes / 1e6, rep.fetched_wire_bytes / 1e6,
 		rep.seconds);
-	if (val[F_JSON]) {
-		json_object *o = json_object_new_object();
-		json_object_object_add(o, "command", json_object_new_string("cache fetch"));
-		json_object_object_add(o, "name", json_object_new_string(val[F_NAME]));
-		json_object_object_add(o, "size", json_object_new_int64((int64_t)rep.size));
-		json_object_object_add(o, "chunks", json_object_new_int64((int64_t)rep.chunks));
-		json_object_object_add(o, "missing", json_object_new_int64((int64_t)rep.missing));
-		json_object_object_add(o, "fetched_chunks", json_object_new_int64((int64_t)rep.fetched_chunks));
-		json_object_object_add(o, "fetched_raw_bytes", json_object_new_int64((int64_t)rep.fetched_raw_bytes));
-		json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)rep.fetched_wire_bytes));
-		json_object_object_add(o, "seconds", json_object_new_double(rep.seconds));
-		cli_print_json(o);
-	}
+	if (val[F_JSON])
+		print_fetch_json("cache fetch", val[F_NAME], "size", &rep);
 	return 0;
 }
 
@@ -926,19 +933,8 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 	fprintf(stderr, "cache fetch-base: %s in %s: %llu of %llu chunks fetched, %.1f MB on the wire, %.1f s\n",
 		val[FB_NAME], val[FB_OUT], (unsigned long long)tot.fetched_chunks, (unsigned long long)tot.chunks,
 		tot.fetched_wire_bytes / 1e6, tot.seconds);
-	if (val[FB_JSON]) {
-		json_object *o = json_object_new_object();
-		json_object_object_add(o, "command", json_object_new_string("cache fetch-base"));
-		json_object_object_add(o, "name", json_object_new_string(val[FB_NAME]));
-		json_object_object_add(o, "bytes", json_object_new_int64((int64_t)tot.size));
-		json_object_object_add(o, "chunks", json_object_new_int64((int64_t)tot.chunks));
-		json_object_object_add(o, "missing", json_object_new_int64((int64_t)tot.missing));
-		json_object_object_add(o, "fetched_chunks", json_object_new_int64((int64_t)tot.fetched_chunks));
-		json_object_object_add(o, "fetched_raw_bytes", json_object_new_int64((int64_t)tot.fetched_raw_bytes));
-		json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)tot.fetched_wire_bytes));
-		json_object_object_add(o, "seconds", json_object_new_double(tot.seconds));
-		cli_print_json(o);
-	}
+	if (val[FB_JSON])
+		print_fetch_json("cache fetch-base", val[FB_NAME], "bytes", &tot);
 	return 0;
 }
 
