@@ -56,14 +56,23 @@ static const struct eng_mode cycle[] = {
 };
 
 /*
- * A random mode at every tick: stepping through the cycle in order could
- * alias with the main lcore's loop, so that every segment opened under the
- * same one or two modes.
+ * The next mode of the cycle each time a segment opened, so every segment
+ * opens under another mode than the one before, however often the main
+ * lcore loops (a random mode per tick saw only one or two modes when the
+ * loop ran rarely, as under ASan on two shared cores).
  */
+static uint64_t seen_segments, next_mode;
+
 static void switch_modes(void *ctx, struct eng_pipeline *p)
 {
+	struct eng_diff_report rep;
+
 	(void)ctx;
-	eng_pipeline_set_mode(p, &cycle[test_rand() % 4]);
+	eng_pipeline_report(p, &rep);
+	if (rep.segments == seen_segments)
+		return;
+	seen_segments = rep.segments;
+	eng_pipeline_set_mode(p, &cycle[next_mode++ % 4]);
 }
 
 static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const uint8_t *key,
@@ -72,6 +81,8 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 	char err[256];
 	int fd = open(fx.target_path, O_RDONLY);
 	struct eng_sink sink = eng_mem_sink(stream);
+
+	seen_segments = next_mode = 0;
 	struct eng_file_feed target = { .fd = fd, .size = fx.target_len };
 	struct eng_feed feed = eng_file_feed(&target);
 	struct eng_diff_object obj = {
