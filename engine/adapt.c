@@ -291,7 +291,9 @@ static bool decide(struct eng_adapt *a, const struct eng_adapt_sample *s, char *
 	}
 	if (!measured(a))
 		return false;
-	bool held = a->chosen && s->t - a->since < ENG_ADAPT_HOLD_S;
+	/* the hold stops flapping on noise; a win this large is no noise (the link fell) */
+	bool urgent = a->pred[a->best] > a->pred[a->cur] * (1 + ENG_ADAPT_URGENT);
+	bool held = a->chosen && s->t - a->since < ENG_ADAPT_HOLD_S && !urgent;
 	if (!held && a->best != a->cur && a->pred[a->best] > a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN)) {
 		a->chosen = true;
 		note(event, "switch");

@@ -29,8 +29,10 @@
  * before the next one.
  *
  * A new mode must win by ENG_ADAPT_MARGIN and the running one must have held
- * ENG_ADAPT_HOLD_S (the starting mode is not a choice: the first decision
- * comes with the first measured window). Every decision needs a measured
+ * ENG_ADAPT_HOLD_S, unless the new one wins by ENG_ADAPT_URGENT (the link
+ * fell: waiting out the hold sends seconds the wrong way). The starting
+ * mode is not a choice: the first decision comes with the first measured
+ * window. Every decision needs a measured
  * window of the running mode, opened once the blocks fed before the switch
  * were compressed (the pipeline holds several MB encoded the old way).
  *
@@ -52,6 +54,7 @@
 
 #define ENG_ADAPT_HOLD_S 5.0
 #define ENG_ADAPT_MARGIN 0.05
+#define ENG_ADAPT_URGENT 0.25       /* a win this large switches before the hold is over */
 #define ENG_ADAPT_WINDOW_S 1.0      /* decisions, and live P and R, over about this long */
 #define ENG_ADAPT_BUSY 0.5          /* lcores busy this share of the window: CPU-bound */
 #define ENG_ADAPT_PROBE_S 1.5       /* a probe runs at least this long */

@@ -37,6 +37,11 @@
  * dirtied since the last scan, QEMU's device state, the commit round trip).
  * Measured at 10 Mbit/s with 1.5: the final pass took 2.2 s. */
 #define ENG_STOP_SECONDS 1.0
+/* On a fast link a second is tens of MB: if the link slows during the stop,
+ * the pause grows with them (300 -> 5 Mbit/s turned 1 s into 17). Passes are
+ * cheap there, so the VM stops once the rest is under this many bytes, or
+ * the rest no longer shrinks. */
+#define ENG_STOP_BYTES (4ull << 20)
 #define ENG_DEVICES_CAPACITY (64ull << 20)
 
 struct eng_send_args {

@@ -112,6 +112,7 @@ struct src {
 	struct eng_fd out_fd;
 	struct eng_link link;
 	double rate_Bps;
+	int unsent_limit;       /* the socket's TCP_NOTSENT_LOWAT now (0: not set) */
 	uint64_t wire_bytes;
 	char fail[256];
 };
@@ -455,6 +456,39 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 	return true;
 }
 
+/*
+ * How much encoded state may wait for the link, in link time: enough to ride
+ * out the pipeline's bursts, little enough that a link that drops to a
+ * fraction of its rate is not left carrying seconds of it (at 300 -> 5 Mbit/s
+ * one second committed costs a minute). Floors keep slow links busy.
+ */
+#define COMMIT_S 0.1         /* pipeline, send queue and socket together */
+#define COMMIT_MIN 1e6
+#define SENDQ_S 0.05         /* our send queue */
+#define SENDQ_MIN (256u << 10)
+#define SOCKET_UNSENT_S 0.02 /* not yet on the wire in the socket */
+#define SOCKET_UNSENT_MIN (128 << 10)
+
+static double commit_bytes(const struct src *s)
+{
+	return s->rate_Bps * COMMIT_S > COMMIT_MIN ? s->rate_Bps * COMMIT_S : COMMIT_MIN;
+}
+
+static void limit_queues(struct src *s)
+{
+	if (s->sq) {
+		double cap = s->rate_Bps * SENDQ_S;
+		eng_sendq_set_cap(s->sq, cap > SENDQ_MIN ? (size_t)cap : SENDQ_MIN);
+	}
+	double unsent = s->rate_Bps * SOCKET_UNSENT_S;
+	int lim = unsent > SOCKET_UNSENT_MIN ? (int)(unsent < (1 << 30) ? unsent : (1 << 30)) : SOCKET_UNSENT_MIN;
+	/* only on a real change: one setsockopt per step of ~25% */
+	if (!s->unsent_limit || lim > s->unsent_limit * 5 / 4 || lim < s->unsent_limit * 3 / 4) {
+		eng_conn_set_unsent_limit(s->conn, lim);
+		s->unsent_limit = lim;
+	}
+}
+
 /* Bytes that will reach the wire before anything the feed hands over now. */
 static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, double ratio)
 {
@@ -534,12 +568,14 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		ratio = s->pass_ratio;
 	uint64_t pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
 	double backlog = backlog_bytes(s, &rep, ratio);
-	/* keep at most ~1 s of link time committed: the rest stays pending,
-	 * where a page dirtied again replaces its older version for free */
-	if (s->conn && s->rate_Bps > 0)
-		s->hold = s->phase == PH_PRECOPY && backlog > (s->rate_Bps > 1e6 ? s->rate_Bps : 1e6);
-	if (s->sq && s->rate_Bps > 0)
-		eng_sendq_set_cap(s->sq, (size_t)(s->rate_Bps * 0.25 > (1 << 18) ? s->rate_Bps * 0.25 : (1 << 18)));
+	/* keep little link time committed: the rest stays pending, where a page
+	 * dirtied again replaces its older version for free, and what is
+	 * committed when the link slows down must cross at the new rate */
+	double commit = commit_bytes(s);
+	if (s->conn && s->rate_Bps > 0) {
+		s->hold = s->phase == PH_PRECOPY && backlog > commit;
+		limit_queues(s);
+	}
 	/* the destination only speaks before the trailer to say it failed */
 	if (s->conn && !s->fail[0]) {
 		enum eng_msg_type type;
@@ -606,7 +642,8 @@ static void tick(void *ctx, struct eng_pipeline *p)
 				stuck = false;
 			}
 		}
-		bool fits = s->conn && rate > 0 && est <= s->a->stop_budget_s;
+		bool fits = s->conn && rate > 0 && est <= s->a->stop_budget_s &&
+			    (est * rate <= ENG_STOP_BYTES || s->stalled >= 1);
 		if (s->passes >= 1 && (!s->conn || fits || stuck)) {
 			s->over_budget = s->conn && !fits;
 			if (s->over_budget)
@@ -629,7 +666,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES || fits ||
 			   /* the link would idle: send what changed rather than wait for 10 MB that a
 			    * quiet (or slowed) guest may never write */
-			   (pending && backlog < 0.5 * rate)) {
+			   (pending && backlog < commit)) {
 			start_pass(s);
 		}
 		break;
