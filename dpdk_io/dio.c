@@ -1324,7 +1324,7 @@ void dio_sample(struct dio_conn *c, struct eng_link *out)
 	uint64_t data = atomic_load(&c->st_data_bytes) - atomic_load(&c->st_retx_bytes);
 	out->unsent = out->sent > data ? out->sent - data : 0;
 	out->delivery_bps = get_dbl(&c->st_bw);
-	out->rtt_ms = get_dbl(&c->st_rtt) / 1000;
+	out->rtt_ms = out->min_rtt_ms = get_dbl(&c->st_rtt) / 1000;
 	out->app_limited = out->unsent == 0;
 	pthread_mutex_lock(&c->slock);
 	if (c->prev_t > 0 && t > c->prev_t) {

@@ -24,7 +24,7 @@ static const struct cli_opt send_opts[] = {
 	[S_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[S_TIMEOUT] = { "connect-timeout", 0, "SECONDS", false, "how long to retry connecting (default 30)" },
 	[S_TRACE] = { "trace", 0, "FILE", false, "write one JSON line per controller tick (time, mode, P, R, link, queue) and per guest throttle step" },
-	[S_BUDGET] = { "stop-budget", 0, "SECONDS", false, "stop the VM once the rest fits in this much link time, like QEMU's downtime-limit (default 1; the pause adds about 1 s)" },
+	[S_BUDGET] = { "stop-budget", 0, "SECONDS", false, "stop the VM once the rest fits in this much link time, like QEMU's downtime-limit, and is at most 4 MiB or stopped shrinking (default 1; the pause adds about 1 s)" },
 	[S_THROTTLE] = { "throttle", 0, "on|off", false, "when the guest dirties faster than the link drains, slow its vCPUs (cgroup CPU quota) until the rest fits the budget (default on)" },
 	{ 0 },
 };

@@ -460,9 +460,12 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
  * How much encoded state may wait for the link, in link time: enough to ride
  * out the pipeline's bursts, little enough that a link that drops to a
  * fraction of its rate is not left carrying seconds of it (at 300 -> 5 Mbit/s
- * one second committed costs a minute). Floors keep slow links busy.
+ * one second committed costs a minute). Floors keep slow links busy. The
+ * commit also counts bytes in flight, so it grows by the path's round trip
+ * (its minimum: the smoothed one grows with the queue we fill), or a long
+ * path would cap the rate at commit / RTT, and the lower rate the commit.
  */
-#define COMMIT_S 0.1         /* pipeline, send queue and socket together */
+#define COMMIT_S 0.1         /* pipeline, send queue and socket, beyond one round trip */
 #define COMMIT_MIN 1e6
 #define SENDQ_S 0.05         /* our send queue */
 #define SENDQ_MIN (256u << 10)
@@ -471,7 +474,9 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 
 static double commit_bytes(const struct src *s)
 {
-	return s->rate_Bps * COMMIT_S > COMMIT_MIN ? s->rate_Bps * COMMIT_S : COMMIT_MIN;
+	double c = s->rate_Bps * (COMMIT_S + s->link.min_rtt_ms / 1e3);
+
+	return c > COMMIT_MIN ? c : COMMIT_MIN;
 }
 
 static void limit_queues(struct src *s)
@@ -483,7 +488,7 @@ static void limit_queues(struct src *s)
 	double unsent = s->rate_Bps * SOCKET_UNSENT_S;
 	int lim = unsent > SOCKET_UNSENT_MIN ? (int)(unsent < (1 << 30) ? unsent : (1 << 30)) : SOCKET_UNSENT_MIN;
 	/* only on a real change: one setsockopt per step of ~25% */
-	if (!s->unsent_limit || lim > s->unsent_limit * 5 / 4 || lim < s->unsent_limit * 3 / 4) {
+	if (!s->unsent_limit || lim > s->unsent_limit * 1.25 || lim < s->unsent_limit * 0.75) {
 		eng_conn_set_unsent_limit(s->conn, lim);
 		s->unsent_limit = lim;
 	}
@@ -642,8 +647,10 @@ static void tick(void *ctx, struct eng_pipeline *p)
 				stuck = false;
 			}
 		}
+		/* bytes already on the wire arrive whatever the link does next */
+		double on_wire = s->link.queued > s->link.unsent ? (double)(s->link.queued - s->link.unsent) : 0;
 		bool fits = s->conn && rate > 0 && est <= s->a->stop_budget_s &&
-			    (est * rate <= ENG_STOP_BYTES || s->stalled >= 1);
+			    (est * rate - on_wire <= ENG_STOP_BYTES || s->stalled >= 1);
 		if (s->passes >= 1 && (!s->conn || fits || stuck)) {
 			s->over_budget = s->conn && !fits;
 			if (s->over_budget)

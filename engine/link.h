@@ -19,11 +19,12 @@
  * delivery_bps the transport's delivery-rate estimate of the link (tcp: the
  * kernel's; dpdk: the pacer's bottleneck estimate), app_limited set when the
  * sender, not the link, was the bottleneck (then rates understate the link);
- * rtt_ms smoothed (tcp:) or base (dpdk:) round-trip time.
+ * rtt_ms smoothed (tcp:) or base (dpdk:) round-trip time, min_rtt_ms the
+ * smallest seen (the path's own delay, without the queues we fill).
  */
 struct eng_link {
 	uint64_t sent, acked, queued, unsent;
-	double rate_bps, rate_smooth_bps, delivery_bps, rtt_ms;
+	double rate_bps, rate_smooth_bps, delivery_bps, rtt_ms, min_rtt_ms;
 	bool app_limited;
 };
 

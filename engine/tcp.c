@@ -905,6 +905,7 @@ void eng_tcp_sample(struct eng_tcp *t, struct eng_link *out)
 	out->delivery_bps = (double)ti.tcpi_delivery_rate * 8;
 	out->app_limited = ti.tcpi_delivery_rate_app_limited;
 	out->rtt_ms = ti.tcpi_rtt / 1000.0;
+	out->min_rtt_ms = ti.tcpi_min_rtt / 1000.0;
 }
 
 static int wmem_max(void)
