@@ -6,6 +6,7 @@
 #include "store.h"
 #include "codecs/codecs.h"
 #include "engine/errbuf.h"
+#include "engine/safefile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -675,9 +676,9 @@ int edg_store_register(struct edg_store *s, const char *name, uint64_t size, con
 int edg_store_export(struct edg_store *s, const char *name, const char *path, char *err, size_t errlen)
 {
 	uint8_t *d = NULL, *buf = malloc(s->chunk_size);
+	struct eng_outfile out = { .fd = -1 };
 	uint64_t size, n;
-	char tmp[4200];
-	int fd = -1, r;
+	int r;
 
 	if (!buf) {
 		eng_set_err(err, errlen, "out of memory");
@@ -688,13 +689,8 @@ int edg_store_export(struct edg_store *s, const char *name, const char *path, ch
 		free(buf);
 		return r;
 	}
-	snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", path);
-	if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0) { /* O_EXCL, a fresh name: no symlink is followed */
-		r = -errno;
-		eng_set_err(err, errlen, "cannot create a file beside %s: %s", path, strerror(errno));
-		tmp[0] = 0;
+	if ((r = eng_outfile_create(&out, path, 0644, err, errlen)))
 		goto out;
-	}
 	for (uint64_t i = 0; i < n; i++) {
 		uint32_t len;
 		if ((r = edg_store_get(s, d + i * EDG_DIGEST_LEN, buf, s->chunk_size, &len))) {
@@ -711,36 +707,22 @@ int edg_store_export(struct edg_store *s, const char *name, const char *path, ch
 			r = -EBADMSG;
 			goto out;
 		}
-		ssize_t w = pwrite(fd, buf, len, (off_t)(i * s->chunk_size));
+		ssize_t w = pwrite(out.fd, buf, len, (off_t)(i * s->chunk_size));
 		if (w != (ssize_t)len) {
 			r = w < 0 ? -errno : -ENOSPC; /* a short write: the disk is full */
-			eng_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(-r));
+			eng_set_err(err, errlen, "cannot write %s: %s", out.tmp, strerror(-r));
 			goto out;
 		}
 	}
-	if (ftruncate(fd, (off_t)size) || fchmod(fd, 0644) || fsync(fd)) {
+	if (ftruncate(out.fd, (off_t)size)) {
 		r = -errno;
-		eng_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
-		goto out; /* out closes fd */
-	}
-	r = close(fd) ? -errno : 0;
-	fd = -1;
-	if (r) {
-		eng_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(-r));
+		eng_set_err(err, errlen, "cannot write %s: %s", out.tmp, strerror(errno));
 		goto out;
 	}
-	if (rename(tmp, path)) {
-		r = -errno;
-		eng_set_err(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-		goto out;
-	}
-	tmp[0] = 0;
-	r = 0;
+	r = eng_outfile_commit(&out, err, errlen);
 out:
-	if (fd >= 0)
-		close(fd);
-	if (r && tmp[0])
-		unlink(tmp);
+	if (out.fd >= 0)
+		eng_outfile_abort(&out);
 	free(buf);
 	free(d);
 	return r;

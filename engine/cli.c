@@ -367,22 +367,8 @@ static int hexval(int c)
 	return -1;
 }
 
-int cli_read_key(const char *path, uint8_t key[CDC_KEY_LEN])
+static int parse_key(const uint8_t *buf, ssize_t n, uint8_t key[CDC_KEY_LEN])
 {
-	uint8_t buf[130];
-	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0) {
-		cli_error("cannot open key file %s: %s", path, strerror(errno));
-		return -1;
-	}
-	n = read(fd, buf, sizeof(buf));
-	if (!fstat(fd, &st) && (st.st_mode & 077))
-		fprintf(stderr, "handoff-engine: warning: key file %s is readable by others (chmod 600)\n",
-			path);
-	close(fd);
 	if (n == CDC_KEY_LEN) {
 		memcpy(key, buf, CDC_KEY_LEN);
 		return 0;
@@ -399,9 +385,35 @@ int cli_read_key(const char *path, uint8_t key[CDC_KEY_LEN])
 		return 0;
 	}
 bad:
-	cli_error("key file %s must hold 32 raw bytes or 64 hex digits (make one with: handoff-engine keygen -o FILE)",
-		  path);
+	explicit_bzero(key, CDC_KEY_LEN);
 	return -1;
+}
+
+int cli_read_key(const char *path, uint8_t key[CDC_KEY_LEN])
+{
+	uint8_t buf[130];
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), r;
+	ssize_t n;
+
+	if (fd < 0) {
+		cli_error("cannot open key file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	/* as ssh does with its keys: a key others could read is no secret */
+	if (fstat(fd, &st) || (st.st_mode & 077)) {
+		cli_error("key file %s is open to others (mode %03o; chmod 600 %s)", path, (unsigned)(st.st_mode & 0777), path);
+		close(fd);
+		return -1;
+	}
+	n = read(fd, buf, sizeof(buf));
+	close(fd);
+	r = parse_key(buf, n, key);
+	explicit_bzero(buf, sizeof(buf));
+	if (r)
+		cli_error("key file %s must hold 32 raw bytes or 64 hex digits (make one with: handoff-engine keygen -o FILE)",
+			  path);
+	return r;
 }
 
 int cli_parse_aead(const char *name, enum cdc_aead *aead)

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <json-c/json.h>
 
@@ -61,8 +62,17 @@ void cli_eal_stop(void);
 /* The EAL lcores as a list, e.g. "0-1" or "0,2". */
 void cli_lcore_list(char *buf, size_t len);
 
-/* Read a 32-byte key: raw, or 64 hex digits. 0, or -1 after a one-line error. */
+/* Read a 32-byte key: raw, or 64 hex digits, from a file only its owner may
+ * open (group or world permissions are refused, as ssh does). 0, or -1 after
+ * a one-line error. */
 int cli_read_key(const char *path, uint8_t key[CDC_KEY_LEN]);
+
+/* A key on the stack, wiped when its scope ends, on every return path. */
+static inline void cli_key_wipe(uint8_t (*key)[CDC_KEY_LEN])
+{
+	explicit_bzero(*key, sizeof(*key));
+}
+#define CLI_KEY(name) uint8_t name[CDC_KEY_LEN] __attribute__((cleanup(cli_key_wipe)))
 int cli_parse_aead(const char *name, enum cdc_aead *aead);
 
 /* Progress line on a terminal (no-op otherwise); cli_progress_end clears it. */

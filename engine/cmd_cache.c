@@ -544,7 +544,7 @@ static const struct cli_opt fetch_opts[] = {
 
 static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 {
-	uint8_t key[CDC_KEY_LEN];
+	CLI_KEY(key);
 	char err[512];
 	struct edg_fetch_report rep;
 	struct progress p = { val[F_NAME], mono_s() };
@@ -872,7 +872,7 @@ static bool out_dir_free(const char *cmd, const char *dir, bool *exists)
 
 static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 {
-	uint8_t key[CDC_KEY_LEN];
+	CLI_KEY(key);
 	char err[512] = "", path[4400], tmp[4096];
 	struct edg_fetch_report tot = { 0 };
 	struct base_files b = { 0 };

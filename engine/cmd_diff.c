@@ -79,7 +79,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 	char err[256], lcores[128];
 	struct eng_mode mode = auto_mode;
 	bool is_auto = !val[O_MODE] || !strcmp(val[O_MODE], "auto");
-	uint8_t key[CDC_KEY_LEN];
+	CLI_KEY(key);
 	enum cdc_aead aead;
 	const char *out_path;
 	struct eng_outfile out = { .fd = -1 };
@@ -143,7 +143,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 			cli_error("%s", err);
 			goto out;
 		}
-	} else if (eng_outfile_create(&out, out_path, err, sizeof(err))) {
+	} else if (eng_outfile_create(&out, out_path, 0644, err, sizeof(err))) {
 		cli_error("%s", err);
 		goto out;
 	}

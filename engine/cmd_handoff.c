@@ -62,7 +62,7 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 		.stop_budget_s = ENG_STOP_SECONDS, .throttle = true,
 	};
 	char *end;
-	uint8_t key[CDC_KEY_LEN];
+	CLI_KEY(key);
 	char err[512];
 	json_object *summary = NULL;
 
@@ -138,7 +138,7 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 		.from = val[R_FROM], .qmp_path = val[R_QMP], .base_dir = val[R_BASE],
 		.disk_out = val[R_DISK_OUT], .progress = isatty(2), .accept_timeout_s = 600,
 	};
-	uint8_t key[CDC_KEY_LEN];
+	CLI_KEY(key);
 	char err[512];
 	json_object *summary = NULL;
 

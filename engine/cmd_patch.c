@@ -68,7 +68,7 @@ static int copy_base(int from, int to, uint64_t size)
 static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	char err[256];
-	uint8_t key[CDC_KEY_LEN];
+	CLI_KEY(key);
 	const char *in_path, *out_path;
 	struct eng_outfile out = { .fd = -1 };
 	struct trk_index *base = NULL;
@@ -115,7 +115,7 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 			goto out;
 		}
 	}
-	if (eng_outfile_create(&out, out_path, err, sizeof(err))) {
+	if (eng_outfile_create(&out, out_path, 0644, err, sizeof(err))) {
 		cli_error("%s", err);
 		goto out;
 	}

@@ -240,7 +240,7 @@ out:
 
 static int probe_run(const struct cli_cmd *cmd, const char *const *val)
 {
-	uint8_t key[CDC_KEY_LEN];
+	CLI_KEY(key);
 	uint64_t bytes = 256u << 20;
 	double timeout = 30;
 	struct eng_conn_bind b = { 0 };

@@ -80,7 +80,7 @@ static void serve_one(struct server *sv, struct edg_store *s, struct eng_conn *c
 
 static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 {
-	uint8_t key[CDC_KEY_LEN];
+	CLI_KEY(key);
 	char err[512];
 	struct server sv = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	pthread_t sig_thread;

@@ -50,6 +50,7 @@ struct src {
 	struct eng_adapt adapt;
 	struct eng_cpu_meter cpu;
 	FILE *trace;
+	struct eng_outfile trace_out; /* the trace is renamed into place at the end */
 	struct eng_mode mode_now;
 	struct eng_mode modes_used[32]; /* the start mode and every mode switched to, once each */
 	unsigned nmodes_used;
@@ -714,7 +715,7 @@ static int open_transport(struct src *s, char *err, size_t errlen)
 	}
 	if (eng_parse_location(s->a->to, &path, err, errlen))
 		return -EINVAL;
-	if (eng_outfile_create(&s->out, path, err, errlen))
+	if (eng_outfile_create(&s->out, path, 0644, err, errlen))
 		return -EIO;
 	s->out_fd.fd = s->out.fd;
 	return 0;
@@ -824,9 +825,18 @@ static int setup(struct src *s, char *err, size_t errlen)
 		return -EIO;
 	s->mode_now = s->a->mode;
 	note_mode_used(s);
-	if (s->a->trace_path && !(s->trace = fopen(s->a->trace_path, "w"))) {
-		snprintf(err, errlen, "cannot create trace %s: %s", s->a->trace_path, strerror(errno));
-		return -errno;
+	if (s->a->trace_path) {
+		if (eng_outfile_create(&s->trace_out, s->a->trace_path, 0644, err, errlen))
+			return -EIO;
+		/* the FILE writes through a descriptor of its own: the end closes it, then commits */
+		int fd = dup(s->trace_out.fd);
+		if (fd < 0 || !(s->trace = fdopen(fd, "w"))) {
+			snprintf(err, errlen, "cannot create trace %s: %s", s->a->trace_path, strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			eng_outfile_abort(&s->trace_out);
+			return -EIO;
+		}
 	}
 	if (s->a->adapt)
 		eng_adapt_init(&s->adapt, eng_mode_table, eng_mode_table_len, &s->a->mode, s->trace);
@@ -1008,7 +1018,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	}
 	s->a = a;
 	s->disk_fd = s->mig_fd = -1;
-	s->out.fd = -1;
+	s->out.fd = s->trace_out.fd = -1;
 	s->t0 = rte_rdtsc();
 	if ((ret = setup(s, err, errlen)) || (ret = open_transport(s, err, errlen)))
 		goto out;
@@ -1096,8 +1106,16 @@ out:
 	free(s->dev);
 	free(s->pending);
 	eng_vmbase_close(&s->base);
-	if (s->trace)
-		fclose(s->trace);
+	if (s->trace) { /* kept whether or not the handoff worked: it says what happened */
+		char terr[256];
+		if (fclose(s->trace))
+			fprintf(stderr, "send: warning: trace %s may be incomplete: %s\n", s->a->trace_path,
+				strerror(errno));
+		if (eng_outfile_commit(&s->trace_out, terr, sizeof(terr)))
+			fprintf(stderr, "send: warning: trace not kept: %s\n", terr);
+	}
+	if (s->trace_out.fd >= 0)
+		eng_outfile_abort(&s->trace_out);
 	free(s);
 	return ret;
 }

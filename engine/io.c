@@ -29,58 +29,6 @@ int eng_parse_location(const char *loc, const char **path, char *err, size_t err
 	return 0;
 }
 
-int eng_outfile_create(struct eng_outfile *f, const char *path, char *err, size_t errlen)
-{
-	f->fd = -1;
-	f->path = strdup(path);
-	f->tmp = malloc(strlen(path) + 32);
-	if (!f->path || !f->tmp) {
-		snprintf(err, errlen, "out of memory");
-		goto err;
-	}
-	sprintf(f->tmp, "%s.tmp-%d", path, (int)getpid());
-	f->fd = open(f->tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (f->fd < 0) {
-		snprintf(err, errlen, "cannot create %s: %s", f->tmp, strerror(errno));
-		goto err;
-	}
-	return 0;
-err:
-	free(f->path);
-	free(f->tmp);
-	f->path = f->tmp = NULL;
-	return -EIO;
-}
-
-int eng_outfile_commit(struct eng_outfile *f, char *err, size_t errlen)
-{
-	int ret = 0;
-
-	if (fchmod(f->fd, 0644) || fsync(f->fd) || rename(f->tmp, f->path)) {
-		snprintf(err, errlen, "cannot finish %s: %s", f->path, strerror(errno));
-		ret = -EIO;
-		unlink(f->tmp);
-	}
-	close(f->fd);
-	free(f->path);
-	free(f->tmp);
-	f->fd = -1;
-	f->path = f->tmp = NULL;
-	return ret;
-}
-
-void eng_outfile_abort(struct eng_outfile *f)
-{
-	if (f->fd >= 0) {
-		close(f->fd);
-		unlink(f->tmp);
-	}
-	free(f->path);
-	free(f->tmp);
-	f->fd = -1;
-	f->path = f->tmp = NULL;
-}
-
 /* ---- fd --------------------------------------------------------------------- */
 
 static int fd_write(void *ctx, const void *buf, size_t len)

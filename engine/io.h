@@ -3,8 +3,7 @@
  * stream.h and pipeline.h (Redis rio style): files, and memory for tests and
  * fuzzers. The network transports (tcp:, dpdk:) are in conn.h.
  *
- * Output files are written aside (PATH.tmp-PID) and renamed into place only
- * on commit, so a failed patch or diff never leaves a partial result.
+ * Output files: safefile.h.
  */
 #ifndef HANDOFF_IO_H
 #define HANDOFF_IO_H
@@ -13,20 +12,11 @@
 #include <stdint.h>
 
 #include "pipeline.h"
+#include "safefile.h"
 #include "stream.h"
 
 /* Strip a "file:" prefix; reject transports this build cannot open. */
 int eng_parse_location(const char *loc, const char **path, char *err, size_t errlen);
-
-struct eng_outfile {
-	int fd;
-	char *path, *tmp;
-};
-
-int eng_outfile_create(struct eng_outfile *f, const char *path, char *err, size_t errlen);
-/* fsync, then rename over PATH. */
-int eng_outfile_commit(struct eng_outfile *f, char *err, size_t errlen);
-void eng_outfile_abort(struct eng_outfile *f);
 
 /* fd-backed tables; ctx is a struct eng_fd (the struct outlives the tables). */
 struct eng_fd {

@@ -24,7 +24,7 @@ static const struct cli_opt keygen_opts[] = {
 
 static int keygen_run(const struct cli_cmd *cmd, const char *const *val)
 {
-	uint8_t key[CDC_KEY_LEN];
+	CLI_KEY(key);
 	char hex[2 * CDC_KEY_LEN + 2];
 
 	(void)cmd;
@@ -35,17 +35,18 @@ static int keygen_run(const struct cli_cmd *cmd, const char *const *val)
 	for (int i = 0; i < CDC_KEY_LEN; i++)
 		sprintf(hex + 2 * i, "%02x", key[i]);
 	strcat(hex, "\n");
-	int fd = open(val[K_OUT], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	/* O_EXCL: never over an existing key, never through a symlink */
+	int fd = open(val[K_OUT], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600), ret = 0;
 	if (fd < 0) {
 		cli_error("keygen: cannot create %s: %s", val[K_OUT], strerror(errno));
-		return 1;
-	}
-	if (write(fd, hex, strlen(hex)) != (ssize_t)strlen(hex) || close(fd)) {
+		ret = 1;
+	} else if (write(fd, hex, strlen(hex)) != (ssize_t)strlen(hex) || close(fd)) {
 		cli_error("keygen: cannot write %s", val[K_OUT]);
 		unlink(val[K_OUT]);
-		return 1;
+		ret = 1;
 	}
-	return 0;
+	explicit_bzero(hex, sizeof(hex));
+	return ret;
 }
 
 const struct cli_cmd cli_cmd_keygen = {

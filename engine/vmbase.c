@@ -4,6 +4,8 @@
  */
 #include "vmbase.h"
 
+#include "safefile.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -37,32 +39,6 @@ static int mig_stamp(const char *mig, char *buf, size_t len)
 		 (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
 	snprintf(buf + strlen(buf), len - strlen(buf), "size %lld\n", (long long)st.st_size);
 	return 0;
-}
-
-static int write_file(const char *path, const void *buf, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	size_t done = 0;
-
-	if (fd < 0)
-		return -errno;
-	while (done < len) {
-		ssize_t n = write(fd, (const char *)buf + done, len - done);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			int e = n < 0 ? -errno : -EIO;
-			close(fd);
-			return e;
-		}
-		done += (size_t)n;
-	}
-	if (fsync(fd)) {
-		int e = -errno;
-		close(fd);
-		return e;
-	}
-	return close(fd) ? -errno : 0;
 }
 
 struct derive_ctx {
@@ -103,33 +79,27 @@ static int on_page(void *ctx, uint64_t off, const uint8_t *data)
 	return 0;
 }
 
-/* vm.mig -> mem.img + devices.bin + derived.stamp */
+/* vm.mig -> mem.img + devices.bin + derived.stamp (the stamp last: it says the others are whole) */
 static int derive(struct eng_vmbase *b, const char *mig, const char *stamp_path,
 		  const char *stamp, char *err, size_t errlen)
 {
-	char *tmp_mem = NULL, *tmp_dev = NULL, *tmp_stamp = NULL;
+	struct eng_outfile mem = { .fd = -1 };
 	struct derive_ctx d = { .fd = -1 };
 	struct qb_devstate dev = { 0 };
 	uint8_t *enc = NULL;
-	int ret = -ENOMEM, in;
+	char ferr[200];
+	int ret, in;
 
 	in = open(mig, O_RDONLY | O_CLOEXEC);
 	if (in < 0) {
 		snprintf(err, errlen, "cannot open %s: %s", mig, strerror(errno));
 		return -errno;
 	}
-	if (asprintf(&tmp_mem, "%s.tmp-%d", b->path[ENG_VM_MEMORY], getpid()) < 0 ||
-	    asprintf(&tmp_dev, "%s.tmp-%d", b->path[ENG_VM_DEVICES], getpid()) < 0 ||
-	    asprintf(&tmp_stamp, "%s.tmp-%d", stamp_path, getpid()) < 0) {
-		snprintf(err, errlen, "out of memory");
+	if ((ret = eng_outfile_create(&mem, b->path[ENG_VM_MEMORY], 0644, ferr, sizeof(ferr)))) {
+		snprintf(err, errlen, "cannot write in base directory %s: %s", b->dir, ferr);
 		goto out;
 	}
-	d.fd = open(tmp_mem, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (d.fd < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "cannot write in base directory %s: %s", b->dir, strerror(errno));
-		goto out;
-	}
+	d.fd = mem.fd;
 	struct qb_parse_cb cb = { .layout = on_layout, .page = on_page, .ctx = &d };
 	char perr[200];
 	ret = qb_parse_stream(in, &cb, &b->layout, &dev, perr, sizeof(perr));
@@ -143,37 +113,25 @@ static int derive(struct eng_vmbase *b, const char *mig, const char *stamp_path,
 		snprintf(err, errlen, "out of memory");
 		goto out;
 	}
-	if ((ret = msync(d.image, d.size, MS_SYNC) ? -errno : 0) ||
-	    (ret = write_file(tmp_dev, enc, enc_len)) || (ret = write_file(tmp_stamp, stamp, strlen(stamp)))) {
-		snprintf(err, errlen, "cannot write derived base files in %s: %s", b->dir, strerror(-ret));
-		goto out;
-	}
-	if (rename(tmp_mem, b->path[ENG_VM_MEMORY]) || rename(tmp_dev, b->path[ENG_VM_DEVICES]) ||
-	    rename(tmp_stamp, stamp_path)) {
+	if (msync(d.image, d.size, MS_SYNC)) {
 		ret = -errno;
-		snprintf(err, errlen, "cannot rename derived base files in %s: %s", b->dir, strerror(errno));
+		snprintf(err, errlen, "cannot write derived base files in %s: %s", b->dir, strerror(errno));
 		goto out;
 	}
-	ret = 0;
+	if ((ret = eng_outfile_commit(&mem, ferr, sizeof(ferr))) ||
+	    (ret = eng_outfile_write(b->path[ENG_VM_DEVICES], enc, enc_len, 0644, ferr, sizeof(ferr))) ||
+	    (ret = eng_outfile_write(stamp_path, stamp, strlen(stamp), 0644, ferr, sizeof(ferr)))) {
+		snprintf(err, errlen, "cannot write derived base files in %s: %s", b->dir, ferr);
+		goto out;
+	}
 out:
 	if (d.image)
 		munmap(d.image, d.size);
-	if (d.fd >= 0)
-		close(d.fd);
+	if (mem.fd >= 0)
+		eng_outfile_abort(&mem);
 	close(in);
-	if (ret) {
-		if (tmp_mem)
-			unlink(tmp_mem);
-		if (tmp_dev)
-			unlink(tmp_dev);
-		if (tmp_stamp)
-			unlink(tmp_stamp);
-	}
 	qb_devstate_free(&dev);
 	free(enc);
-	free(tmp_mem);
-	free(tmp_dev);
-	free(tmp_stamp);
 	return ret;
 }
 

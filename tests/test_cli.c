@@ -138,6 +138,14 @@ static void test_round_trip_with_key(void **state)
 	assert_int_equal(run("patch --base %s -i %s -o %s --key %s", base, out, result, keyf), 0);
 	assert_true(same_files(result, target));
 	unlink(result);
+	/* a key file others may read is refused, as ssh does */
+	char open_key[600], cmd[2000];
+	snprintf(open_key, sizeof(open_key), "%s/open.key", dir);
+	snprintf(cmd, sizeof(cmd), "cp %s %s && chmod 640 %s", keyf, open_key, open_key);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(run("patch --base %s -i %s -o %s --key %s", base, out, result, open_key), 2);
+	assert_one_line_error("open to others (mode 640");
+	assert_false(exists(result));
 	/* the base and a reversed diff work too (target smaller than base) */
 	assert_int_equal(run("-l 0-1 --no-huge -m 256 --no-pci --file-prefix cli%d -- diff --base %s --target %s -o %s --mode wdiff:igzip:1",
 			     (int)getpid(), target, base, out), 0);

@@ -4,6 +4,7 @@
  */
 #include "tracker.h"
 #include "engine/errbuf.h"
+#include "engine/safefile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -135,16 +136,14 @@ out:
 static void save_cache(const struct trk_index *idx, const char *image,
 		       const struct index_stamp *stamp)
 {
-	char *path = trk_index_cache_path(image);
-	char *tmp = path ? malloc(strlen(path) + 32) : NULL;
+	char *path = trk_index_cache_path(image), ferr[200];
 	struct index_header h = { .stamp = *stamp, .nblocks = idx->nblocks };
 	size_t dlen = idx->nblocks * CDC_DIGEST_LEN;
 	uint8_t *buf = NULL, sum[CDC_DIGEST_LEN];
-	int fd = -1;
+	struct eng_outfile out = { .fd = -1 };
 
-	if (!tmp)
+	if (!path)
 		goto out;
-	sprintf(tmp, "%s.tmp.%d", path, (int)getpid());
 	memcpy(h.magic, INDEX_MAGIC, 8);
 	memcpy(h.id, idx->id, sizeof(h.id));
 	buf = malloc(sizeof(h) + dlen);
@@ -153,17 +152,15 @@ static void save_cache(const struct trk_index *idx, const char *image,
 	memcpy(buf, &h, sizeof(h));
 	memcpy(buf + sizeof(h), idx->digest, dlen);
 	cdc_sha256(buf, sizeof(h) + dlen, sum);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
+	/* a cache: when it cannot be written, the next open builds the index again */
+	if (eng_outfile_create(&out, path, 0644, ferr, sizeof(ferr)))
 		goto out;
-	if (write_full(fd, buf, sizeof(h) + dlen) || write_full(fd, sum, sizeof(sum)) ||
-	    rename(tmp, path))
-		unlink(tmp);
+	if (write_full(out.fd, buf, sizeof(h) + dlen) || write_full(out.fd, sum, sizeof(sum)))
+		eng_outfile_abort(&out);
+	else
+		eng_outfile_commit(&out, ferr, sizeof(ferr));
 out:
-	if (fd >= 0)
-		close(fd);
 	free(buf);
-	free(tmp);
 	free(path);
 }
 
