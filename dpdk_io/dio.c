@@ -35,6 +35,7 @@
 #include <rte_mbuf.h>
 #include <rte_telemetry.h>
 
+#include "codecs/codecs.h"
 #include "pace.h"
 #include "port.h"
 #include "wire.h"
@@ -71,7 +72,7 @@ struct dio_conn {
 	struct dio_port port;
 	struct dio_loc loc;
 	struct dio_bind bind;
-	uint8_t key[32];
+	uint8_t hello_key[32]; /* HKDF of the operator key for the handshake alone */
 	bool listener;
 	bool trace; /* HANDOFF_DIO_TRACE: a state line a second, each RTO, on stderr */
 	uint64_t session;
@@ -314,9 +315,9 @@ static void send_reset(struct dio_conn *c, const char *why)
 /* ---- handshake ----------------------------------------------------------------- */
 
 static void hello_tag(const struct dio_conn *c, const char *label, const uint8_t *nc, const uint8_t *ns,
-		      uint8_t out[DIO_TAG_LEN])
+		      uint32_t mtu, uint8_t out[DIO_TAG_LEN])
 {
-	uint8_t msg[16 + 8 + 2 * DIO_NONCE_LEN + DIO_ID_LEN];
+	uint8_t msg[16 + 8 + 2 * DIO_NONCE_LEN + DIO_ID_LEN + 4];
 	unsigned len = DIO_TAG_LEN;
 	size_t n = 0;
 
@@ -327,7 +328,8 @@ static void hello_tag(const struct dio_conn *c, const char *label, const uint8_t
 	memcpy(msg + n, nc, DIO_NONCE_LEN), n += DIO_NONCE_LEN;
 	memcpy(msg + n, ns, DIO_NONCE_LEN), n += DIO_NONCE_LEN;
 	memcpy(msg + n, c->bind.base_id, DIO_ID_LEN), n += DIO_ID_LEN;
-	HMAC(EVP_sha256(), c->key, 32, msg, n, out, &len);
+	memcpy(msg + n, &mtu, 4), n += 4; /* the sender's MTU: no one can shrink it on the way */
+	HMAC(EVP_sha256(), c->hello_key, 32, msg, n, out, &len);
 }
 
 static void send_hello(struct dio_conn *c, bool ack)
@@ -340,14 +342,14 @@ static void send_hello(struct dio_conn *c, bool ack)
 		return;
 	memset(h, 0, len);
 	memcpy(h->nonce, c->my_nonce, DIO_NONCE_LEN);
+	h->mtu = c->port.mtu - sizeof(struct dio_hdr);
 	if (ack) {
 		memcpy(h->peer_nonce, c->peer_nonce, DIO_NONCE_LEN);
-		hello_tag(c, "handoff-ack", c->peer_nonce, c->my_nonce, h->tag);
+		hello_tag(c, "handoff-ack", c->peer_nonce, c->my_nonce, h->mtu, h->tag);
 	} else {
-		hello_tag(c, "handoff-hello", c->my_nonce, h->peer_nonce, h->tag);
+		hello_tag(c, "handoff-hello", c->my_nonce, h->peer_nonce, h->mtu, h->tag);
 	}
 	memcpy(h->base_id, c->bind.base_id, DIO_ID_LEN);
-	h->mtu = c->port.mtu - sizeof(struct dio_hdr);
 	tx_queue(c, m);
 	tx_flush(c);
 }
@@ -385,7 +387,7 @@ static bool on_hello(struct dio_conn *c, const struct rte_ether_hdr *eh, const s
 		fail(c, -EPERM, "the sender's base differs from ours (handshake refused)");
 		return false;
 	}
-	hello_tag(c, "handoff-hello", p->nonce, zero, tag);
+	hello_tag(c, "handoff-hello", p->nonce, zero, p->mtu, tag);
 	if (CRYPTO_memcmp(tag, p->tag, DIO_TAG_LEN)) {
 		send_reset(c, "the receiver has a different key");
 		fail(c, -EPERM, "the sender's key differs from ours (handshake refused)");
@@ -407,7 +409,7 @@ static void on_hello_ack(struct dio_conn *c, const struct rte_ether_hdr *eh, con
 		fail(c, -EPERM, "the receiver holds a different base (handshake refused)");
 		return;
 	}
-	hello_tag(c, "handoff-ack", c->my_nonce, p->nonce, tag);
+	hello_tag(c, "handoff-ack", c->my_nonce, p->nonce, p->mtu, tag);
 	if (CRYPTO_memcmp(tag, p->tag, DIO_TAG_LEN)) {
 		fail(c, -EPERM, "the receiver's key differs from ours (handshake refused)");
 		return;
@@ -1070,6 +1072,7 @@ static void conn_free(struct dio_conn *c)
 	pthread_mutex_destroy(&c->slock);
 	pthread_cond_destroy(&c->cv_send);
 	pthread_cond_destroy(&c->cv_recv);
+	explicit_bzero(c->hello_key, sizeof(c->hello_key));
 	free(c);
 }
 
@@ -1083,8 +1086,13 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	}
 	c->loc = *loc;
 	c->bind = *b;
-	if (b->key)
-		memcpy(c->key, b->key, 32);
+	static const uint8_t unkeyed[32];
+	if (cdc_derive_key(b->key ? b->key : unkeyed, "handoff-dio", 11, "handoff dpdk hello", c->hello_key,
+			   sizeof(c->hello_key))) {
+		snprintf(err, errlen, "cannot derive the handshake key");
+		free(c);
+		return NULL;
+	}
 	c->bind.key = NULL;
 	c->listener = listener;
 	c->trace = getenv("HANDOFF_DIO_TRACE") != NULL;

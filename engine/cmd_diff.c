@@ -5,6 +5,7 @@
 #include "cli.h"
 #include "conn.h"
 #include "io.h"
+#include "session.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -97,6 +98,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 		return 2;
 	bool remote = eng_conn_is_remote(val[O_OUT]);
 	struct eng_conn *conn = NULL;
+	uint8_t session[ENG_SESSION_LEN];
 	if (remote && !val[O_KEY]) {
 		cli_error("a key is required for streams that cross a link (--key FILE)");
 		return 2;
@@ -139,7 +141,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 		struct eng_conn_bind b = { .key = key };
 		memcpy(b.base_id, trk_index_id(base), sizeof(b.base_id));
 		conn = eng_conn_connect(out_path, &b, 30, err, sizeof(err));
-		if (!conn) {
+		if (!conn || eng_session_take(conn, session, ENG_SESSION_WAIT_S, err, sizeof(err))) {
 			cli_error("%s", err);
 			goto out;
 		}
@@ -178,6 +180,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 		.feed = &feed,
 		.sink = &sink,
 		.key = val[O_KEY] ? key : NULL,
+		.session = conn ? session : NULL,
 		.aead = aead,
 		.mode = mode,
 		.socket = socket,

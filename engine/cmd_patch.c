@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "conn.h"
 #include "io.h"
+#include "session.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -73,6 +74,7 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 	struct eng_outfile out = { .fd = -1 };
 	struct trk_index *base = NULL;
 	struct eng_conn *conn = NULL;
+	uint8_t session[ENG_SESSION_LEN];
 	bool remote = eng_conn_is_remote(val[O_IN]);
 	int in_fd = -1, base_fd = -1, ret = 1, socket;
 
@@ -110,7 +112,7 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 		struct eng_conn_bind b = { .key = key };
 		memcpy(b.base_id, trk_index_id(base), sizeof(b.base_id));
 		conn = eng_conn_accept(in_path, &b, 600, err, sizeof(err));
-		if (!conn) {
+		if (!conn || eng_session_offer(conn, session, err, sizeof(err))) {
 			cli_error("%s", err);
 			goto out;
 		}
@@ -146,6 +148,7 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 		.nobj = 1,
 		.obj = &obj,
 		.key = val[O_KEY] ? key : NULL,
+		.session = conn ? session : NULL,
 		.progress = patch_progress,
 		.progress_ctx = &pp,
 	};

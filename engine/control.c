@@ -7,8 +7,6 @@
 #include <errno.h>
 #include <string.h>
 
-static const uint8_t unkeyed[CDC_KEY_LEN];
-
 int eng_control_init(struct eng_control *c, struct eng_conn *t, const struct eng_stream *s,
 		     const uint8_t *key, int sender)
 {
@@ -18,10 +16,10 @@ int eng_control_init(struct eng_control *c, struct eng_conn *t, const struct eng
 	c->conn = t;
 	c->my_dir = sender ? 1 : 2;
 	memcpy(c->aad, s->header_hash, CDC_DIGEST_LEN);
-	if (cdc_derive_key(key ? key : unkeyed, s->salt, sizeof(s->salt), "handoff v2 control", k,
-			   sizeof(k)))
+	if (eng_stream_derive(s, key, "handoff v4 control", k, sizeof(k)))
 		return -EIO;
 	c->sealer = cdc_sealer_new((enum cdc_aead)s->aead, k);
+	explicit_bzero(k, sizeof(k));
 	return c->sealer ? 0 : -ENOMEM;
 }
 

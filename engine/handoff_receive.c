@@ -11,6 +11,7 @@
 #include "control.h"
 #include "io.h"
 #include "conn.h"
+#include "session.h"
 #include "uring_store.h"
 #include "qemu_bridge/qmp.h"
 
@@ -31,6 +32,7 @@ struct dst {
 	struct qb_qmp *qmp;
 	int disk_fd, in_fd, mig_fd;
 	struct eng_conn *conn;
+	uint8_t session[ENG_SESSION_LEN]; /* offered on conn: the stream's keys depend on it */
 	struct eng_uring_file *disk;
 	uint8_t *ram;
 	size_t ram_len;
@@ -115,7 +117,9 @@ static int open_source(struct dst *d, char *err, size_t errlen)
 		if (d->a->progress)
 			fprintf(stderr, "receive: waiting for the source on %s\n", d->a->from);
 		d->conn = eng_conn_accept(d->a->from, &b, d->a->accept_timeout_s, err, errlen);
-		return d->conn ? 0 : -ECONNREFUSED;
+		if (!d->conn)
+			return -ECONNREFUSED;
+		return eng_session_offer(d->conn, d->session, err, errlen);
 	}
 	if (eng_parse_location(d->a->from, &path, err, errlen))
 		return -EINVAL;
@@ -392,7 +396,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	struct eng_stream stream = { 0 };
 	struct eng_patch_args pa = {
 		.src = &src, .kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .key = a->key,
-		.progress = progress, .progress_ctx = d, .stream_out = &stream,
+		.session = d->conn ? d->session : NULL, .progress = progress, .progress_ctx = d, .stream_out = &stream,
 		.control_follows = d->conn != NULL,
 	};
 	ret = eng_patch_stream(&pa, &st, err, errlen);

@@ -14,6 +14,7 @@
 #include "control.h"
 #include "io.h"
 #include "sendq.h"
+#include "session.h"
 #include "throttle.h"
 #include "adapt.h"
 #include "conn.h"
@@ -51,6 +52,7 @@ struct src {
 	struct eng_cpu_meter cpu;
 	FILE *trace;
 	struct eng_outfile trace_out; /* the trace is renamed into place at the end */
+	uint8_t session[ENG_SESSION_LEN]; /* the destination's value for this connection */
 	struct eng_mode mode_now;
 	struct eng_mode modes_used[32]; /* the start mode and every mode switched to, once each */
 	unsigned nmodes_used;
@@ -710,6 +712,9 @@ static int open_transport(struct src *s, char *err, size_t errlen)
 		s->conn = eng_conn_connect(s->a->to, &b, s->a->connect_timeout_s, err, errlen);
 		if (!s->conn)
 			return -ECONNREFUSED;
+		int r = eng_session_take(s->conn, s->session, ENG_SESSION_WAIT_S, err, errlen);
+		if (r)
+			return r;
 		s->sq = eng_sendq_new(1 << 20, conn_send_cb, s->conn);
 		return s->sq ? 0 : -ENOMEM;
 	}
@@ -1048,7 +1053,8 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	struct eng_sink sink = s->sq ? eng_sendq_sink(s->sq) : eng_fd_sink(&s->out_fd);
 	struct eng_diff_args da = {
 		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed, .sink = &sink,
-		.key = a->key, .aead = a->aead, .mode = a->mode, .socket = a->socket,
+		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
+		.socket = a->socket,
 		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
 	};
 	ret = eng_diff_run(&da, &rep, err, errlen);

@@ -956,6 +956,7 @@ static void pipeline_free(struct eng_pipeline *p)
 	}
 	for (unsigned o = 0; o < ENG_MAX_OBJECTS; o++)
 		free(p->held[o]);
+	explicit_bzero(p->stream.subkey, sizeof(p->stream.subkey));
 	free(p);
 }
 
@@ -1044,7 +1045,7 @@ static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
 		capacity_total += (a->obj[o].capacity + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
 	}
 	eng_pipeline_set_mode(p, &a->mode);
-	if (eng_stream_init(&p->stream, a->key, a->aead, a->kind, a->nobj, desc)) {
+	if (eng_stream_init(&p->stream, a->key, a->session, a->aead, a->kind, a->nobj, desc)) {
 		snprintf(err, errlen, "cannot initialise the stream keys");
 		return -EIO;
 	}
@@ -1137,8 +1138,10 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 	if (ret)
 		goto out;
 	p->start_tsc = rte_rdtsc();
-	if (a->stream_out)
+	if (a->stream_out) { /* control messages derive their own key: the segments' stays here */
 		*a->stream_out = p->stream;
+		explicit_bzero(a->stream_out->subkey, sizeof(a->stream_out->subkey));
+	}
 	while ((ret = a->sink->write(a->sink->ctx, p->stream.header, p->stream.header_len)) == -EAGAIN)
 		usleep(1000);
 	if (ret) {

@@ -118,6 +118,7 @@ struct eng_diff_args {
 	const struct eng_feed *feed;
 	const struct eng_sink *sink;
 	const uint8_t *key; /* NULL: unkeyed, integrity only */
+	const uint8_t *session; /* the reader's value for this connection (session.h); NULL: a file */
 	enum cdc_aead aead;
 	struct eng_mode mode;
 	int socket; /* NUMA node for pools and tables */
@@ -126,7 +127,7 @@ struct eng_diff_args {
 	unsigned tick_ms;
 	bool tick_every_loop; /* tests: tick on every main-lcore loop, between any two batches */
 	void *tick_ctx;
-	struct eng_stream *stream_out; /* if set: the stream's keys and header, for control messages */
+	struct eng_stream *stream_out; /* if set: the header, salt and session, for control messages (segment key wiped) */
 	/*
 	 * The caller stops EAL and exits right after: the dedup tables are left
 	 * to rte_eal_cleanup. DPDK zeroes every byte of an element it frees,

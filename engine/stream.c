@@ -27,15 +27,22 @@ void eng_hex(const uint8_t *bytes, size_t n, char *out)
 	out[2 * n] = 0;
 }
 
-static int derive(struct eng_stream *s, const uint8_t *key)
+int eng_stream_derive(const struct eng_stream *s, const uint8_t *key, const char *label, uint8_t *out,
+		      size_t outlen)
 {
 	static const uint8_t unkeyed[CDC_KEY_LEN];
-	const uint8_t *k = key ? key : unkeyed;
+	uint8_t salt[sizeof(s->salt) + sizeof(s->session)];
 
-	if (cdc_derive_key(k, s->salt, sizeof(s->salt), "handoff v2 key check", s->key_check,
-			   sizeof(s->key_check)) ||
-	    cdc_derive_key(k, s->salt, sizeof(s->salt), "handoff v2 segments", s->subkey,
-			   sizeof(s->subkey)))
+	/* the writer's salt and the reader's session value: both ends make every key fresh */
+	memcpy(salt, s->salt, sizeof(s->salt));
+	memcpy(salt + sizeof(s->salt), s->session, sizeof(s->session));
+	return cdc_derive_key(key ? key : unkeyed, salt, sizeof(salt), label, out, outlen) ? -EIO : 0;
+}
+
+static int derive(struct eng_stream *s, const uint8_t *key)
+{
+	if (eng_stream_derive(s, key, "handoff v4 key check", s->key_check, sizeof(s->key_check)) ||
+	    eng_stream_derive(s, key, "handoff v4 segments", s->subkey, sizeof(s->subkey)))
 		return -EIO;
 	return 0;
 }
@@ -83,12 +90,14 @@ static void encode_header(struct eng_stream *s)
 	cdc_sha256(h, s->header_len, s->header_hash);
 }
 
-int eng_stream_init(struct eng_stream *s, const uint8_t *key, enum cdc_aead aead,
+int eng_stream_init(struct eng_stream *s, const uint8_t *key, const uint8_t *session, enum cdc_aead aead,
 		    enum eng_stream_kind kind, unsigned nobj, const struct eng_object_desc *obj)
 {
 	memset(s, 0, sizeof(*s));
 	if (nobj == 0 || nobj > ENG_MAX_OBJECTS)
 		return -EINVAL;
+	if (session)
+		memcpy(s->session, session, sizeof(s->session));
 	s->flags = key ? ENG_STREAM_KEYED : 0;
 	s->aead = (uint8_t)aead;
 	s->kind = (uint8_t)kind;
@@ -123,13 +132,15 @@ ssize_t eng_stream_header_len(const uint8_t fixed[ENG_HEADER_LEN], char *err, si
 }
 
 int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, const uint8_t *key,
-		     char *err, size_t errlen)
+		     const uint8_t *session, char *err, size_t errlen)
 {
 	static const uint8_t zeros[24];
 	uint8_t check[16], id[CDC_DIGEST_LEN];
 	ssize_t want;
 
 	memset(s, 0, sizeof(*s));
+	if (session)
+		memcpy(s->session, session, sizeof(s->session));
 	if (len < ENG_HEADER_LEN || (want = eng_stream_header_len(header, err, errlen)) < 0)
 		return len < ENG_HEADER_LEN ? (eng_set_err(err, errlen, "truncated stream header"), -EBADMSG)
 					    : (int)want;
@@ -178,8 +189,13 @@ int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, co
 	if (derive(s, key))
 		return -EIO;
 	if (memcmp(check, s->key_check, sizeof(check))) {
-		eng_set_err(err, errlen, key ? "wrong key: the stream was sealed with another key"
-					 : "corrupt stream header (key check failed)");
+		if (session) /* the live case: a recorded stream was sealed for another session */
+			eng_set_err(err, errlen, key ? "key check failed: the sender has another key, or replays a "
+						       "stream recorded from another session"
+						     : "corrupt or replayed stream (key check failed)");
+		else
+			eng_set_err(err, errlen, key ? "wrong key: the stream was sealed with another key"
+						     : "corrupt stream header (key check failed)");
 		return -EACCES;
 	}
 	memcpy(s->header, header, len);
@@ -607,7 +623,7 @@ static int read_header(struct reader *r, uint8_t header[ENG_HEADER_MAX])
 			eng_set_err(r->err, r->errlen, "truncated stream: header incomplete");
 		return got ? got : -EPIPE;
 	}
-	return eng_stream_parse(&r->s, header, (size_t)len, r->a->key, r->err, r->errlen);
+	return eng_stream_parse(&r->s, header, (size_t)len, r->a->key, r->a->session, r->err, r->errlen);
 }
 
 int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st, char *err,
@@ -640,8 +656,10 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 	ret = read_header(r, header);
 	if (ret)
 		goto out;
-	if (a->stream_out)
+	if (a->stream_out) { /* control messages derive their own key: the segments' stays here */
 		*a->stream_out = r->s;
+		explicit_bzero(a->stream_out->subkey, sizeof(a->stream_out->subkey));
+	}
 	if ((ret = setup_objects(r)))
 		goto out;
 	r->sealer = cdc_sealer_new((enum cdc_aead)r->s.aead, r->s.subkey);
@@ -662,6 +680,7 @@ out:
 	free(r->raw);
 	cdc_history_free(r->history);
 	free(r->frame);
+	explicit_bzero(r->s.subkey, sizeof(r->s.subkey));
 	free(r);
 	return ret;
 }

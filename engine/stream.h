@@ -22,8 +22,9 @@
 
 #include "codecs/codecs.h"
 
-#define ENG_STREAM_VERSION 3
+#define ENG_STREAM_VERSION 4
 #define ENG_HEADER_LEN 128 /* fixed part; an object table follows */
+#define ENG_SESSION_LEN 32 /* the reader's value per connection (session.h) */
 #define ENG_OBJECT_DESC_LEN 48
 #define ENG_MAX_OBJECTS 4
 #define ENG_HEADER_MAX (ENG_HEADER_LEN + ENG_MAX_OBJECTS * ENG_OBJECT_DESC_LEN)
@@ -72,7 +73,8 @@ struct eng_stream {
 	uint8_t aead, kind;
 	unsigned nobj;
 	struct eng_object_desc obj[ENG_MAX_OBJECTS];
-	uint8_t salt[32];
+	uint8_t salt[32];     /* the writer's, random per stream */
+	uint8_t session[ENG_SESSION_LEN]; /* the reader's, random per connection (zero: a file) */
 	uint8_t base_id[CDC_DIGEST_LEN]; /* over every object's base */
 	uint8_t key_check[16];
 	uint8_t header[ENG_HEADER_MAX];
@@ -83,14 +85,24 @@ struct eng_stream {
 
 #define ENG_STREAM_KEYED 0x1
 
-/* Writer side: fresh salt, derived keys, encoded header. key NULL = unkeyed. */
-int eng_stream_init(struct eng_stream *s, const uint8_t *key, enum cdc_aead aead,
+/*
+ * Writer side: fresh salt, derived keys, encoded header. key NULL = unkeyed.
+ * session: the value the reader offered for this connection (session.h), or
+ * NULL for a file. Every key of the stream comes from the key, the salt and
+ * the session value, so a stream recorded from one connection fails the key
+ * check on any other.
+ */
+int eng_stream_init(struct eng_stream *s, const uint8_t *key, const uint8_t *session, enum cdc_aead aead,
 		    enum eng_stream_kind kind, unsigned nobj, const struct eng_object_desc *obj);
 /* Reader side, step 1: check the fixed header part; returns the whole header's length. */
 ssize_t eng_stream_header_len(const uint8_t fixed[ENG_HEADER_LEN], char *err, size_t errlen);
-/* Step 2: parse and check the whole header; one-line reason in err on failure. */
+/* Step 2: parse and check the whole header; one-line reason in err on failure.
+ * session: the value this reader offered (NULL for a file). */
 int eng_stream_parse(struct eng_stream *s, const uint8_t *header, size_t len, const uint8_t *key,
-		     char *err, size_t errlen);
+		     const uint8_t *session, char *err, size_t errlen);
+/* A key for one use (label) from the stream's key, salt and session value. */
+int eng_stream_derive(const struct eng_stream *s, const uint8_t *key, const char *label, uint8_t *out,
+		      size_t outlen);
 
 /*
  * Seal the frame whose payload (payload_len bytes) already sits at
@@ -138,9 +150,10 @@ struct eng_patch_args {
 	unsigned nobj;
 	const struct eng_patch_object *obj;
 	const uint8_t *key; /* NULL: the stream must be unkeyed */
+	const uint8_t *session; /* the value offered on this connection (session.h); NULL: a file */
 	void (*progress)(void *ctx, const struct eng_patch_stats *st);
 	void *progress_ctx;
-	struct eng_stream *stream_out; /* if set: the parsed header, keys (for control messages) */
+	struct eng_stream *stream_out; /* if set: the parsed header, salt and session, for control messages (segment key wiped) */
 	bool control_follows; /* the connection carries control messages after the trailer */
 };
 

@@ -154,6 +154,32 @@ static void test_round_trip_with_key(void **state)
 	unlink(result);
 }
 
+/*
+ * diff -o tcp: into patch -i tcp: on loopback: the receiver offers its
+ * session, the sender binds the stream's keys to it (engine/session.h).
+ */
+static void test_round_trip_over_tcp(void **state)
+{
+	char cmd[4096], perr[400];
+	int port = 20000 + (int)(getpid() % 20000);
+
+	(void)state;
+	if (!exists(keyf))
+		assert_int_equal(run("keygen -o %s", keyf), 0);
+	snprintf(perr, sizeof(perr), "%s/patch.err", dir);
+	snprintf(cmd, sizeof(cmd), "%s patch --base %s -i tcp:127.0.0.1:%d -o %s --key %s 2>%s & p=$!; "
+		 "%s diff --base %s --target %s -o tcp:127.0.0.1:%d --key %s 2>%s; d=$?; wait $p; "
+		 "test $d -eq 0 -a $? -eq 0",
+		 engine, base, port, result, keyf, perr, engine, base, target, port, keyf, errf);
+	int st = system(cmd);
+	if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+		char *e = stderr_text();
+		fail_msg("diff -o tcp: | patch -i tcp: failed: %s", e);
+	}
+	assert_true(same_files(result, target));
+	unlink(result);
+}
+
 static void test_patch_failures_leave_nothing(void **state)
 {
 	(void)state;
@@ -266,6 +292,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_help_and_usage_errors),
 		cmocka_unit_test(test_round_trip_with_key),
+		cmocka_unit_test(test_round_trip_over_tcp),
 		cmocka_unit_test(test_patch_failures_leave_nothing),
 		cmocka_unit_test(test_bad_eal_args),
 		cmocka_unit_test(test_full_disk),

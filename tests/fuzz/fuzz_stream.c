@@ -104,7 +104,7 @@ static void run_sealed_segment(uint8_t comp, const uint8_t *payload, size_t len)
 		desc[i] = (struct eng_object_desc){ .base_size = BASE_LEN, .capacity = 1u << 20 };
 		memcpy(desc[i].base_id, base_id, CDC_DIGEST_LEN);
 	}
-	if (eng_stream_init(&s, NULL, CDC_AEAD_AES256GCM, ENG_KIND_VM, NOBJ, desc))
+	if (eng_stream_init(&s, NULL, NULL, CDC_AEAD_AES256GCM, ENG_KIND_VM, NOBJ, desc))
 		return;
 	sealer = cdc_sealer_new(CDC_AEAD_AES256GCM, s.subkey);
 	size_t total = s.header_len + 2 * (ENG_FRAME_HDR + CDC_TAG_LEN) + len + ENG_TRAILER_LEN(NOBJ);
