@@ -163,13 +163,12 @@ static bool hugepages_available(void)
 	return free_pages > 0;
 }
 
-/* One lcore per physical core this process may run on; NUMA node of the first. */
-static void hwloc_defaults(char *list, size_t len, int *numa)
+/* One lcore per physical core this process may run on. */
+static void hwloc_defaults(char *list, size_t len)
 {
 	hwloc_topology_t topo;
 	size_t n = 0;
 
-	*numa = 0;
 	snprintf(list, len, "0");
 	if (hwloc_topology_init(&topo) || hwloc_topology_load(topo))
 		return;
@@ -186,12 +185,8 @@ static void hwloc_defaults(char *list, size_t len, int *numa)
 		hwloc_bitmap_free(cs);
 		if (pu < 0)
 			continue;
-		if (first) {
-			hwloc_obj_t obj = hwloc_get_pu_obj_by_os_index(topo, (unsigned)pu);
-			int node = obj ? hwloc_bitmap_first(obj->nodeset) : 0;
-			*numa = node < 0 ? 0 : node;
+		if (first)
 			n = 0;
-		}
 		n += (size_t)snprintf(list + n, len - n, "%s%d", first ? "" : ",", pu);
 		first = false;
 	}
@@ -237,9 +232,9 @@ int cli_eal_start(unsigned mem_mb, int *socket)
 	char lcores[256], mem[32], prefix[64], *argv[64];
 	char *logbuf = NULL;
 	size_t loglen = 0;
-	int argc = 0, numa;
+	int argc = 0;
 
-	hwloc_defaults(lcores, sizeof(lcores), &numa);
+	hwloc_defaults(lcores, sizeof(lcores));
 	argv[argc++] = "handoff-engine";
 	if (eal_argc == 0) {
 		argv[argc++] = "-l";
@@ -311,8 +306,14 @@ int cli_eal_start(unsigned mem_mb, int *socket)
 	eal_defaults = eal_argc == 0;
 	if (!user_gave(eal_argc, eal_argv, "--log-level"))
 		rte_log_set_global_level(RTE_LOG_WARNING);
-	/* hwloc's node when it is one DPDK knows, else DPDK's own view */
-	*socket = (unsigned)numa < rte_socket_count() ? numa : (int)rte_socket_id();
+	/*
+	 * Rings, tables and pools go on the node of the main lcore, whoever chose
+	 * the lcores (hwloc's default or the operator's -l): the pipeline's
+	 * stages run there. A DPDK port's own mbuf pool is on the port's node
+	 * (dpdk_io/port.c).
+	 */
+	unsigned node = rte_lcore_to_socket_id(rte_get_main_lcore());
+	*socket = node < rte_socket_count() ? (int)node : (int)rte_socket_id();
 	return 0;
 }
 

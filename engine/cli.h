@@ -51,7 +51,8 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * Start DPDK's EAL. With no user EAL arguments, pick defaults for this host:
  * lcores from hwloc (one per physical core), --no-huge when no hugepages are
  * mounted (with -m sized from mem_mb), --no-pci, a unique file prefix.
- * *socket gets the NUMA node for pools. 0, or -1 after a one-line error.
+ * *socket gets the NUMA node for pools: the main lcore's, whoever chose the
+ * lcores. 0, or -1 after a one-line error.
  */
 int cli_eal_start(unsigned mem_mb, int *socket);
 /* EAL memory (MiB) a diff of these sizes needs: pools and dedup tables. */
