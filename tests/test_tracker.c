@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 static void test_index_cache_lifecycle(void **state)
 {
@@ -111,11 +112,67 @@ static void test_digest_table(void **state)
 	trk_table_free(t);
 }
 
-int main(void)
+/*
+ * A guest picks the content, so it can search for digests that agree in
+ * their first bytes: those must still spread over the buckets, and the
+ * bucket of a digest must differ from one process to the next.
+ */
+static void probe_digest(uint8_t d[CDC_DIGEST_LEN])
 {
+	memset(d, 0x5c, CDC_DIGEST_LEN);
+}
+
+static void test_digest_hash_is_keyed(void **state)
+{
+	uint8_t d[CDC_DIGEST_LEN];
+	static uint8_t seen[1 << 12];
+	unsigned distinct = 0;
+
+	(void)state;
+	for (unsigned i = 0; i < 4096; i++) {
+		memset(d, 0xab, sizeof(d));
+		/* the first 4 bytes (all the old hash looked at) equal; the next ones vary */
+		d[4] = (uint8_t)i;
+		d[5] = (uint8_t)(i >> 8);
+		unsigned b = trk_digest_hash(d) & 0xfff;
+		distinct += !seen[b];
+		seen[b] = 1;
+	}
+	assert_true(distinct > 2400); /* 4096 balls in 4096 bins: ~2589 on average */
+	int fds[2];
+	probe_digest(d);
+	uint32_t mine = trk_digest_hash(d), theirs = 0;
+	assert_int_equal(pipe(fds), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* a fresh process: a fresh key (exec, so the seed is not inherited) */
+		char fd[16];
+		snprintf(fd, sizeof(fd), "%d", fds[1]);
+		execl("/proc/self/exe", "test_tracker", "--hash-child", fd, (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	assert_int_equal(read(fds[0], &theirs, sizeof(theirs)), (ssize_t)sizeof(theirs));
+	close(fds[0]);
+	int st;
+	waitpid(pid, &st, 0);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_int_not_equal(mine, theirs);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && !strcmp(argv[1], "--hash-child")) { /* test_digest_hash_is_keyed's other process */
+		uint8_t d[CDC_DIGEST_LEN];
+		probe_digest(d);
+		uint32_t h = trk_digest_hash(d);
+		return write(atoi(argv[2]), &h, sizeof(h)) == (ssize_t)sizeof(h) ? 0 : 1;
+	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_index_cache_lifecycle),
 		cmocka_unit_test(test_digest_table),
+		cmocka_unit_test(test_digest_hash_is_keyed),
 	};
 	test_seed();
 	return cmocka_run_group_tests_name("tracker", tests, test_eal_setup, test_eal_teardown);

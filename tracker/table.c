@@ -1,13 +1,19 @@
 /*
- * Digest tables on rte_hash. Keys are SHA-256 digests, already uniformly
- * distributed, so the table's hash function just takes their first bytes
- * instead of hashing 32 bytes again. Owned by one thread (the dedup stage or
- * the main thread while preparing it): no locking.
+ * Digest tables on rte_hash. Keys are SHA-256 digests: uniform, but a guest
+ * chooses the content behind them and can search for digests whose first
+ * bits agree (for a 20-bit bucket index a million tries), piling its blocks
+ * into one bucket. So the bucket comes from the digest's first 8 bytes by a
+ * multiply-add-shift with a random multiplier and addend per process (a
+ * strongly universal family): without them, no content can be aimed at a
+ * bucket. Owned by one thread (the dedup stage or the main thread while
+ * preparing it): no locking.
  */
 #include "tracker.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <rte_hash.h>
+#include <rte_random.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -15,13 +21,33 @@ struct trk_table {
 	struct rte_hash *h;
 };
 
+static uint64_t seed_mul, seed_add;
+static pthread_once_t seeded = PTHREAD_ONCE_INIT;
+
+static void seed(void)
+{
+	uint64_t s[2];
+
+	if (cdc_random(s, sizeof(s))) /* no OpenSSL randomness: DPDK's, seeded from the TSC */
+		s[0] = rte_rand(), s[1] = rte_rand();
+	seed_mul = s[0] | 1;
+	seed_add = s[1];
+}
+
+uint32_t trk_digest_hash(const uint8_t digest[CDC_DIGEST_LEN])
+{
+	uint64_t v;
+
+	pthread_once(&seeded, seed);
+	memcpy(&v, digest, sizeof(v));
+	return (uint32_t)((v * seed_mul + seed_add) >> 32);
+}
+
 static uint32_t digest_hash(const void *key, uint32_t len, uint32_t init)
 {
-	uint32_t v;
-
 	(void)len;
-	memcpy(&v, key, sizeof(v));
-	return v ^ init;
+	(void)init;
+	return trk_digest_hash(key);
 }
 
 struct trk_table *trk_table_new(const char *name, uint32_t entries, int socket)

@@ -41,6 +41,8 @@ struct trk_table;
 
 /* A digest -> value table for up to `entries` digests on NUMA `socket`. */
 struct trk_table *trk_table_new(const char *name, uint32_t entries, int socket);
+/* The tables' hash of a digest: keyed per process (table.c says why). */
+uint32_t trk_digest_hash(const uint8_t digest[CDC_DIGEST_LEN]);
 void trk_table_free(struct trk_table *t);
 /* Adds digest unless present; -ENOSPC when full (the caller may ignore it). */
 int trk_table_add(struct trk_table *t, const uint8_t digest[CDC_DIGEST_LEN], uint64_t value);
