@@ -52,7 +52,7 @@ TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c)) \
 
 export ASAN_OPTIONS UBSAN_OPTIONS
 
-.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run demo bench bench-handoff bench-transport bench-adapt bench-edge clean
+.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run fuzz-long demo bench bench-handoff bench-transport bench-adapt bench-edge clean
 all: $(ENGINE) $(TOOLS)
 
 setup:
@@ -80,12 +80,20 @@ $(BUILD)/tests/%: tests/%.c tests/testlib.h $(BUILD)/libhandoff.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/libhandoff.a -o $@ $(LDLIBS) -lcmocka
 
-# The stream reader under libFuzzer with ASan and UBSan (clang, own objects).
-FUZZ_SRC := $(CODECS_SRC) engine/stream.c engine/io.c tests/fuzz/fuzz_stream.c
-$(BUILD)/fuzz_stream: $(FUZZ_SRC) $(wildcard */*.h)
+# Every parser of outside input under libFuzzer with ASan and UBSan (clang,
+# own objects): the stream, QEMU's migration stream and device state, QMP
+# replies, the base index cache. Corpus seeds in tests/fuzz/corpus/TARGET.
+FUZZ_TARGETS := stream migstream qmp index
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
+FUZZ_SRC_stream := $(CODECS_SRC) engine/stream.c engine/io.c
+FUZZ_SRC_migstream := $(CODECS_SRC) qemu_bridge/migstream.c
+FUZZ_SRC_qmp := qemu_bridge/qmp.c
+FUZZ_SRC_index := $(CODECS_SRC) tracker/index.c engine/safefile.c
+.SECONDEXPANSION:
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*) $(wildcard */*.h)
 	@mkdir -p $(dir $@)
 	clang -O1 -g -std=gnu11 -D_GNU_SOURCE -I. $(DPDK_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=undefined $(FUZZ_SRC) -o $@ -lisal -lzstd -llzma -lcrypto -luring
+	    -fno-sanitize-recover=undefined $< $(FUZZ_SRC_$*) -o $@ -lisal -lzstd -llzma -lcrypto -luring -ljson-c
 
 unit: $(ENGINE) $(TOOLS) $(TESTS)
 	@HANDOFF_ENGINE=$(ENGINE) scripts/run-tests $(TESTS)
@@ -99,10 +107,13 @@ unit-sanitized:
 	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=address,undefined unit \
 	    ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1
 
-fuzz: $(BUILD)/fuzz_stream
-# Bounded: a minute of fuzzing plus replay of the saved corpus.
-fuzz-run: $(BUILD)/fuzz_stream
-	@scripts/run-fuzz $(BUILD)/fuzz_stream 60
+fuzz: $(FUZZ_BINS)
+# Bounded (make test): each target replays its saved corpus, then fuzzes 20 s.
+fuzz-run: $(FUZZ_BINS)
+	@scripts/run-fuzz --seconds 20 $(FUZZ_BINS)
+# Long (not in make test): 10^6 inputs per target; perf/results/fuzz-latest.json.
+fuzz-long: $(FUZZ_BINS)
+	@scripts/run-fuzz --runs 1000000 --json perf/results/fuzz-latest.json $(FUZZ_BINS)
 
 test: setup
 	@$(MAKE) --no-print-directory unit

@@ -297,19 +297,34 @@ static int connect_retry(const char *path, double deadline, char *err, size_t er
 struct qb_qmp *qb_qmp_connect(const char *path, double timeout_s, char *err, size_t errlen)
 {
 	double deadline = eng_mono_s() + timeout_s;
+	int fd = connect_retry(path, deadline, err, errlen);
+	struct qb_qmp *q;
+
+	if (fd < 0)
+		return NULL;
+	q = qb_qmp_open_fd(fd, deadline - eng_mono_s() > 1 ? deadline - eng_mono_s() : 1, err, errlen);
+	if (!q && !strcmp(err, "not a QMP greeting")) /* name the socket in that one */
+		snprintf(err, errlen, "%s: not a QMP greeting", path);
+	return q;
+}
+
+struct qb_qmp *qb_qmp_open_fd(int fd, double timeout_s, char *err, size_t errlen)
+{
+	double deadline = eng_mono_s() + timeout_s;
 	struct qb_qmp *q = calloc(1, sizeof(*q));
 	json_object *greet = NULL;
 
-	if (q)
-		q->fd = -1;
-	if (!q || !(q->tok = json_tokener_new()) || !(q->in = malloc(q->in_cap = 65536)) ||
+	if (!q) {
+		close(fd);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	q->fd = fd;
+	if (!(q->tok = json_tokener_new()) || !(q->in = malloc(q->in_cap = 65536)) ||
 	    !(q->ev = calloc(QMP_EVENTS_MAX, sizeof(*q->ev)))) {
 		snprintf(err, errlen, "out of memory");
 		goto err;
 	}
-	q->fd = connect_retry(path, deadline, err, errlen);
-	if (q->fd < 0)
-		goto err;
 	if (fcntl(q->fd, F_SETFL, O_NONBLOCK)) {
 		snprintf(err, errlen, "fcntl: %s", strerror(errno));
 		goto err;
@@ -317,7 +332,7 @@ struct qb_qmp *qb_qmp_connect(const char *path, double timeout_s, char *err, siz
 	if (read_msg(q, deadline, &greet, err, errlen))
 		goto err;
 	if (!json_object_object_get_ex(greet, "QMP", NULL)) {
-		snprintf(err, errlen, "%s: not a QMP greeting", path);
+		snprintf(err, errlen, "not a QMP greeting");
 		goto err;
 	}
 	json_object_put(greet);

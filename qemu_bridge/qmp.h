@@ -23,6 +23,8 @@ struct qb_qmp;
 /* Connect to a QMP unix socket (retrying while QEMU has not created it yet,
  * up to timeout_s), read the greeting, send qmp_capabilities. NULL + err. */
 struct qb_qmp *qb_qmp_connect(const char *path, double timeout_s, char *err, size_t errlen);
+/* The same on a connected socket (owned from here on, closed on failure): tests and fuzzing. */
+struct qb_qmp *qb_qmp_open_fd(int fd, double timeout_s, char *err, size_t errlen);
 void qb_qmp_close(struct qb_qmp *q);
 
 /* Run a command; args (may be NULL) is consumed. Returns the "return" value

@@ -1111,8 +1111,37 @@ static void test_qemu_migration(void **state)
 	fprintf(stderr, "[ INFO     ] real-QEMU test took %.1f s\n", mono() - t_start);
 }
 
-int main(void)
+/* tests/fuzz/make-corpus: the well-formed stream and its device state, as fuzz seeds. */
+static int write_seeds(const char *dir)
 {
+	uint8_t img[S_IMAGE];
+	size_t pre, tail;
+	struct buf b = make_stream(OK, img, &pre, &tail);
+	struct qb_devstate d = { 0 };
+	char path[512], err[256];
+	uint8_t *enc = NULL;
+	size_t n = 0;
+
+	if (!qb_parse_mem(b.p, b.len, NULL, NULL, &d, err, sizeof(err)))
+		n = qb_devstate_encode(&d, &enc);
+	snprintf(path, sizeof(path), "%s/stream-ok", dir);
+	FILE *f = fopen(path, "wb");
+	int ok = f && fputc(0, f) == 0 && fwrite(b.p, 1, b.len, f) == b.len;
+	ok = f && !fclose(f) && ok;
+	snprintf(path, sizeof(path), "%s/devstate-ok", dir);
+	f = n ? fopen(path, "wb") : NULL;
+	ok = ok && f && fputc(1, f) == 1 && fwrite(enc, 1, n, f) == n;
+	ok = f && !fclose(f) && ok;
+	free(enc);
+	free(b.p);
+	qb_devstate_free(&d);
+	return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && !strcmp(argv[1], "--write-fuzz-seeds"))
+		return write_seeds(argv[2]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_synthetic),
 		cmocka_unit_test(test_parse_rejects),
