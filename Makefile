@@ -52,7 +52,7 @@ TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c)) \
 
 export ASAN_OPTIONS UBSAN_OPTIONS
 
-.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run fuzz-long demo bench bench-handoff bench-transport bench-adapt bench-edge clean
+.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run fuzz-long soak demo bench bench-handoff bench-transport bench-adapt bench-edge clean
 all: $(ENGINE) $(TOOLS)
 
 setup:
@@ -142,6 +142,11 @@ bench-transport: setup
 bench-adapt: setup
 	@$(MAKE) --no-print-directory all
 	@HANDOFF_BUILD=$(abspath $(BUILD)) perf/bench-adapt
+
+# Many live handoffs back and forth between two sites, trackers kept up (not in make test): perf/soak.
+soak: setup
+	@$(MAKE) --no-print-directory all
+	@perf/soak --engine $(abspath $(ENGINE))
 
 # A VM handed to an edge that never held its base (needs root): perf/bench-edge.
 bench-edge: setup
