@@ -390,6 +390,19 @@ static void test_dirty_blocks(void **state)
 	}
 	check_fetch();
 
+	/* the image behind the disk, where the engine reads what changed: the same bytes */
+	char ierr[256];
+	int ifd = trk_image_open(disk, ierr, sizeof(ierr));
+	if (ifd < 0)
+		fail_msg("trk_image_open: %s", ierr);
+	uint8_t *seen = malloc(IMG_SIZE);
+	assert_int_equal(pread(ifd, seen, IMG_SIZE, 0), IMG_SIZE);
+	assert_memory_equal(seen, ref, IMG_SIZE);
+	free(seen);
+	close(ifd);
+	assert_true(trk_image_open(img, ierr, sizeof(ierr)) < 0); /* a plain file names none */
+	assert_non_null(strstr(ierr, "names no image"));
+
 	/* the control file's raw format */
 	write_through(fd, 7 * BLK + 1, 2);
 	uint8_t raw[TRK_DIRTY_HDR_LEN + NBLOCKS / 8 + 2];

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <linux/falloc.h>
 #include <linux/stat.h>
 #include <pthread.h>
@@ -25,6 +26,7 @@
 #include <sys/mman.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <fuse_lowlevel.h>
@@ -44,6 +46,7 @@ struct trk_dirtyfs {
 	uint64_t *live;      /* the bitmap writes mark; replaced by each fetch */
 	pthread_rwlock_t swap; /* read: marking; write: replacing live */
 	char *name, *mountpoint, *disk_path;
+	char *image_path;    /* absolute: TRK_IMAGE_XATTR of the disk */
 	unsigned max_threads;
 	bool handlers, mounted;
 };
@@ -605,6 +608,26 @@ static void dfs_statfs(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_statfs(req, &sv);
 }
 
+/*
+ * The disk's TRK_IMAGE_XATTR names the image behind it, so that a reader of
+ * what the map says changed (the engine) can read it straight from the
+ * image, past FUSE: a write is marked only once it reached the image.
+ */
+static void dfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct trk_dirtyfs *fs = fuse_req_userdata(req);
+	size_t len = strlen(fs->image_path);
+
+	if (ino != INO_DISK || strcmp(name, TRK_IMAGE_XATTR))
+		fuse_reply_err(req, ENODATA);
+	else if (!size)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, fs->image_path, len);
+}
+
 static const struct fuse_lowlevel_ops dfs_ops = {
 	.init = dfs_init,
 	.lookup = dfs_lookup,
@@ -620,6 +643,7 @@ static const struct fuse_lowlevel_ops dfs_ops = {
 	.lseek = dfs_lseek,
 	.readdir = dfs_readdir,
 	.statfs = dfs_statfs,
+	.getxattr = dfs_getxattr,
 };
 
 /* ---- mount, run, unmount ----------------------------------------------------------- */
@@ -836,6 +860,10 @@ struct trk_dirtyfs *trk_dirtyfs_mount(const struct trk_dirtyfs_opts *o, char *er
 	if (open_image(fs, o->image, err, errlen) || check_mountpoint(fs->mountpoint, err, errlen) ||
 	    check_dev_fuse(err, errlen))
 		goto err;
+	if (!(fs->image_path = realpath(o->image, NULL))) {
+		eng_set_err(err, errlen, "image %s: %s", o->image, strerror(errno));
+		goto err;
+	}
 	fs->live = calloc(fs->nwords, sizeof(uint64_t));
 	if (!fs->live) {
 		eng_set_err(err, errlen, "out of memory for a %llu-block map",
@@ -923,6 +951,7 @@ void trk_dirtyfs_unmount(struct trk_dirtyfs *fs)
 	free(fs->name);
 	free(fs->mountpoint);
 	free(fs->disk_path);
+	free(fs->image_path);
 	free(fs);
 }
 
@@ -1030,6 +1059,35 @@ static int read_ctl(int fd, const char *ctl, uint64_t want_blocks, uint8_t **out
 	*out = buf;
 	*outlen = len;
 	return 0;
+}
+
+int trk_image_open(const char *tracked_disk, char *err, size_t errlen)
+{
+	char path[PATH_MAX + 1];
+	struct stat disk, img;
+	ssize_t n = getxattr(tracked_disk, TRK_IMAGE_XATTR, path, sizeof(path) - 1);
+	int fd, r;
+
+	if (n <= 0) {
+		r = n < 0 ? -errno : -ENODATA;
+		eng_set_err(err, errlen, "%s names no image behind it (%s)", tracked_disk, strerror(-r));
+		return r;
+	}
+	path[n] = 0;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &img) || stat(tracked_disk, &disk)) {
+		r = -errno;
+		eng_set_err(err, errlen, "cannot open the image %s behind %s: %s", path, tracked_disk, strerror(-r));
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	if (!S_ISREG(img.st_mode) || img.st_size != disk.st_size) {
+		eng_set_err(err, errlen, "the image %s is not the one behind %s (size differs)", path, tracked_disk);
+		close(fd);
+		return -EINVAL;
+	}
+	return fd;
 }
 
 int trk_dirty_fetch(const char *tracked_disk, struct trk_dirty_map *m, char *err, size_t errlen)

@@ -61,6 +61,15 @@ int trk_dirty_parse(const uint8_t *buf, size_t len, struct trk_dirty_map *m, cha
 		    size_t errlen);
 void trk_dirty_map_free(struct trk_dirty_map *m);
 
+/*
+ * The image behind a tracked disk, opened read-only (path = the file inside
+ * a track mount; its TRK_IMAGE_XATTR names it), for reading changed blocks
+ * without a trip through FUSE for each. The size must match the disk's.
+ * An fd, or -errno with a one-line message (then read through the mount).
+ */
+#define TRK_IMAGE_XATTR "user.handoff.image"
+int trk_image_open(const char *tracked_disk, char *err, size_t errlen);
+
 static inline bool trk_dirty_test(const struct trk_dirty_map *m, uint64_t b)
 {
 	return b < m->nblocks && ((m->bits[b >> 3] >> (b & 7)) & 1);
