@@ -24,7 +24,7 @@ DPDK_LIBS   := -Wl,--whole-archive $(DPDK_DRIVERS:%=-l:librte_%.a) -Wl,--no-whol
 FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
 
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -Werror=incompatible-pointer-types -I. $(DPDK_CFLAGS) $(FUSE_CFLAGS) -mavx2
+CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -Werror=incompatible-pointer-types -I. $(DPDK_CFLAGS) $(FUSE_CFLAGS)
 LDLIBS  += $(DPDK_LIBS) -lisal -lzstd -llzma -lcrypto -lhwloc -ljson-c -luring -lfuse3 -llmdb -lhiredis -lpthread
 ifneq ($(SANITIZE),)
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer

@@ -20,6 +20,18 @@
 #define WDIFF_GOOD_ENOUGH (CDC_BLOCK_SIZE / 8)
 #define ZREF_LEVEL 3
 
+/*
+ * The build targets the baseline ISA DPDK needs (SSE4.2), so the binary runs
+ * on any x86-64 host DPDK runs on; the hot loops also get an AVX2 clone that
+ * the loader picks (ifunc) where the CPU has it, as ISA-L and zstd dispatch
+ * their own. (clang builds, the fuzzers, keep one version.)
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HOT_LOOP __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT_LOOP
+#endif
+
 struct cdc_delta_ctx {
 	ZSTD_CCtx *cctx;
 	ZSTD_DCtx *dctx;
@@ -51,7 +63,13 @@ void cdc_delta_free(struct cdc_delta_ctx *c)
 	free(c);
 }
 
-static size_t wdiff_encode(const uint8_t *block, const uint8_t *base, uint8_t *out, size_t cap)
+HOT_LOOP static void xor_block(const uint8_t *a, const uint8_t *b, uint8_t *out)
+{
+	for (size_t i = 0; i < CDC_BLOCK_SIZE; i++)
+		out[i] = a[i] ^ b[i];
+}
+
+HOT_LOOP static size_t wdiff_encode(const uint8_t *block, const uint8_t *base, uint8_t *out, size_t cap)
 {
 	const uint64_t *a = (const uint64_t *)block;
 	const uint64_t *b = (const uint64_t *)base;
@@ -144,8 +162,7 @@ ssize_t cdc_delta_encode(struct cdc_delta_ctx *c, enum cdc_delta *kind, const ui
 	case CDC_DELTA_XOR:
 		if (cap < CDC_BLOCK_SIZE)
 			return -ENOSPC;
-		for (size_t i = 0; i < CDC_BLOCK_SIZE; i++)
-			out[i] = block[i] ^ base[i];
+		xor_block(block, base, out);
 		return CDC_BLOCK_SIZE;
 	case CDC_DELTA_WDIFF:
 		return (ssize_t)wdiff_encode(block, base, out, limit);
@@ -187,8 +204,7 @@ int cdc_delta_decode(struct cdc_delta_ctx *c, enum cdc_delta kind, const uint8_t
 	case CDC_DELTA_XOR:
 		if (len != CDC_BLOCK_SIZE)
 			return -EBADMSG;
-		for (size_t i = 0; i < CDC_BLOCK_SIZE; i++)
-			block[i] = in[i] ^ base[i];
+		xor_block(in, base, block);
 		return 0;
 	case CDC_DELTA_WDIFF:
 		return wdiff_decode(in, len, base, block);
