@@ -1054,6 +1054,25 @@ static int candidate_cmp(const void *a, const void *b)
 /* Ask the filter about candidates in order, a batch at a time, until enough may go. */
 #define FILTER_BATCH 4096
 
+/* Still collectable under the write lock: nothing referenced, pinned or used it since the scan. */
+static bool still_candidate(MDB_txn *txn, struct edg_store *s, const struct candidate *cd)
+{
+	MDB_val k = val_of(cd->digest, EDG_DIGEST_LEN), v;
+	struct meta_rec m;
+
+	if (mdb_get(txn, s->meta, &k, &v) || !meta_of(&k, &v, &m))
+		return false;
+	uint64_t last = m.last_use_s > m.added_s ? m.last_use_s : m.added_s;
+	return !m.refs && !m.pins && last == cd->last_use_s;
+}
+
+/*
+ * Three steps, so that no write lock is held while the coordinator is asked
+ * (a slow or unreachable Redis would stall every add, fetch and handoff on
+ * this edge): (1) expire pins and list what could go, (2) choose, asking the
+ * filter with no transaction open, (3) delete what was chosen and is still
+ * unreferenced, unpinned and unused since (1), in one write transaction.
+ */
 int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, const struct edg_gc_hooks *hooks,
 		 struct edg_gc_report *rep, char *err, size_t errlen)
 {
@@ -1062,16 +1081,16 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 	uint8_t *gone = NULL; /* the deleted chunks' digests, for hooks->deleted */
 	uint64_t ngone = 0;
 	struct candidate *cand = NULL;
-	uint64_t ncand = 0, cap = 0, now = now_s(), used = 0;
+	uint64_t ncand = 0, cap = 0, now = now_s(), used = 0, goal;
 	uint8_t *ask = NULL;
-	bool *ok = NULL;
-	MDB_txn *txn;
+	bool *ok = NULL, *chosen = NULL;
+	MDB_txn *txn = NULL;
 	MDB_cursor *c;
 	MDB_val k, v;
 	int rc;
 
 	memset(rep, 0, sizeof(*rep));
-	/* one transaction: a handoff that pins or references a chunk waits for gc, or gc for it */
+	/* (1) */
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
 		return lmdb_fail(rc, err, errlen, "cannot collect");
 	if ((rc = expire_pins(txn, s, now)) || (rc = mdb_cursor_open(txn, s->meta, &c)))
@@ -1106,10 +1125,19 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 	mdb_cursor_close(c);
 	if (rc != MDB_NOTFOUND)
 		goto fail;
-	rc = 0;
+	if ((rc = mdb_txn_commit(txn))) {
+		txn = NULL;
+		goto fail;
+	}
+	txn = NULL;
 	rep->before_bytes = used;
+	/* (2) */
 	if (ncand)
 		qsort(cand, ncand, sizeof(*cand), candidate_cmp);
+	if (!(chosen = calloc(ncand ? ncand : 1, sizeof(*chosen)))) {
+		rc = ENOMEM;
+		goto fail;
+	}
 	if (filter) {
 		ok = malloc(FILTER_BATCH * sizeof(*ok));
 		ask = malloc(FILTER_BATCH * EDG_DIGEST_LEN);
@@ -1117,9 +1145,10 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 	uint64_t asked_from = 0, asked_n = 0; /* the window of candidates ok[] answers */
 	if (filter && (!ok || !ask))
 		rep->filter_failed = true; /* nothing unapproved goes */
+	goal = used;
 	for (uint64_t i = 0; i < ncand; i++) {
 		/* placeholders of dropped bytes go whatever the quota: nothing refers to them */
-		if (used <= keep_bytes && cand[i].size)
+		if (goal <= keep_bytes && cand[i].size)
 			continue;
 		if (filter && cand[i].size) {
 			if (i >= asked_from + asked_n && !rep->filter_failed) {
@@ -1134,6 +1163,19 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 				rep->kept_by_filter_bytes += cand[i].size;
 				continue;
 			}
+		}
+		chosen[i] = true;
+		goal -= cand[i].size;
+	}
+	/* (3) */
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+		goto fail;
+	for (uint64_t i = 0; i < ncand; i++) {
+		if (!chosen[i])
+			continue;
+		if (!still_candidate(txn, s, &cand[i])) {
+			rep->kept_in_use_bytes += cand[i].size; /* a handoff or an add took it meanwhile */
+			continue;
 		}
 		MDB_val key = val_of(cand[i].digest, EDG_DIGEST_LEN);
 		if ((rc = mdb_del(txn, s->meta, &key, NULL)) ||
@@ -1156,6 +1198,7 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 	free(cand);
 	free(ok);
 	free(ask);
+	free(chosen);
 	if ((rc = mdb_txn_commit(txn))) {
 		free(gone);
 		return lmdb_fail(rc, err, errlen, "cannot collect");
@@ -1167,10 +1210,10 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 	if (used > keep_bytes) {
 		eng_set_err(err, errlen,
 			    "cannot reach %llu bytes: %llu referenced, %llu pinned, %llu younger than the grace period, "
-			    "%llu kept by the coordinator",
+			    "%llu kept by the coordinator, %llu taken while collecting",
 			    (unsigned long long)keep_bytes, (unsigned long long)rep->kept_referenced_bytes,
 			    (unsigned long long)rep->kept_pinned_bytes, (unsigned long long)rep->kept_young_bytes,
-			    (unsigned long long)rep->kept_by_filter_bytes);
+			    (unsigned long long)rep->kept_by_filter_bytes, (unsigned long long)rep->kept_in_use_bytes);
 		return -ENOSPC;
 	}
 	return 0;
@@ -1178,7 +1221,9 @@ fail:
 	free(cand);
 	free(ok);
 	free(ask);
+	free(chosen);
 	free(gone);
-	mdb_txn_abort(txn);
+	if (txn)
+		mdb_txn_abort(txn);
 	return lmdb_fail(rc, err, errlen, "cannot collect");
 }

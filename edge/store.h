@@ -59,6 +59,7 @@ struct edg_gc_report {
 	uint64_t before_bytes, after_bytes, deleted_chunks, deleted_bytes;
 	uint64_t kept_referenced_bytes, kept_pinned_bytes, kept_young_bytes;
 	uint64_t kept_by_filter_bytes; /* candidates the filter (the coordinator) kept */
+	uint64_t kept_in_use_bytes;    /* chosen, but referenced, pinned or used while the filter was asked */
 	bool filter_failed;            /* the filter stopped answering: the rest was kept */
 };
 

@@ -487,6 +487,7 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 		json_object_object_add(o, "young_bytes", json_object_new_int64((int64_t)rep.kept_young_bytes));
 		json_object_object_add(o, "coordinator_kept_bytes",
 				       json_object_new_int64((int64_t)rep.kept_by_filter_bytes));
+		json_object_object_add(o, "in_use_bytes", json_object_new_int64((int64_t)rep.kept_in_use_bytes));
 		json_object_object_add(o, "coordinator", json_object_new_string(
 			!val[G_COORD] ? "none" : g.c && !rep.filter_failed ? "asked" : "unreachable"));
 		json_object_object_add(o, "quota_reached", json_object_new_boolean(r == 0));

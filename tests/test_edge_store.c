@@ -230,6 +230,59 @@ static void test_gc_quota_pins_grace(void **state)
 }
 
 /*
+ * The coordinator is asked with no write lock held (a slow Redis would
+ * stall every add and handoff on the edge): here the filter itself pins a
+ * chunk, as a handoff starting meanwhile would, which would deadlock on
+ * LMDB's writer lock if gc still held it; the chunk pinned meanwhile stays.
+ */
+struct pin_while_asked {
+	struct edg_store *s;
+	const uint8_t *digest;
+	int calls;
+};
+
+static int pin_while_asked(void *ctx, const uint8_t *digests, uint64_t n, bool *ok)
+{
+	struct pin_while_asked *p = ctx;
+	char err[256];
+
+	(void)digests;
+	if (p->calls++ == 0 && edg_store_pin(p->s, "late-handoff", p->digest, 1, (uint64_t)time(NULL) + 3600, err,
+					   sizeof(err)))
+		return -1;
+	for (uint64_t i = 0; i < n; i++)
+		ok[i] = true;
+	return 0;
+}
+
+static void test_gc_asks_without_the_lock(void **state)
+{
+	(void)state;
+	char *dir, a[300], err[256];
+	struct edg_store *s = open_new(&dir);
+	struct edg_add_report rep;
+	struct edg_gc_report g;
+	uint8_t *d;
+	uint64_t size, n;
+
+	snprintf(a, sizeof(a), "%s/a.img", dir);
+	write_image(a, 10, 2000000, 0);
+	assert_int_equal(edg_store_add_file(s, "a", a, &rep, NULL, NULL, err, sizeof(err)), 0);
+	assert_int_equal(edg_store_recipe(s, "a", &size, &d, &n), 0);
+	assert_int_equal(edg_store_remove_image(s, "a", err, sizeof(err)), 0);
+	struct pin_while_asked p = { .s = s, .digest = d + 3 * EDG_DIGEST_LEN };
+	struct edg_gc_hooks h = { .filter = pin_while_asked, .ctx = &p };
+	assert_int_equal(edg_store_gc(s, 0, 0, &h, &g, err, sizeof(err)), -ENOSPC);
+	assert_int_equal(p.calls, 1);
+	assert_int_equal(g.deleted_chunks, 9);
+	assert_int_equal(g.kept_in_use_bytes, CS);
+	assert_true(edg_store_has(s, d + 3 * EDG_DIGEST_LEN));
+	assert_non_null(strstr(err, "taken while collecting"));
+	free(d);
+	edg_store_close(s);
+}
+
+/*
  * Several processes at once, each a random sequence of registrations,
  * removals, pins (a handoff in flight: its chunks must stay readable until it
  * unpins) and collections with no grace and a tight quota. Each pinned or
@@ -373,6 +426,7 @@ int main(void)
 		cmocka_unit_test(test_add_dedup_and_refs),
 		cmocka_unit_test(test_corrupt_chunk_caught),
 		cmocka_unit_test(test_gc_quota_pins_grace),
+		cmocka_unit_test(test_gc_asks_without_the_lock),
 		cmocka_unit_test(test_random_interleavings),
 		cmocka_unit_test(test_full_map_and_bad_input),
 	};
