@@ -9,6 +9,7 @@
 #include "edge/coord.h"
 #include "edge/store.h"
 #include "edge/xfer.h"
+#include "vmbase.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -639,15 +640,19 @@ const struct cli_cmd cli_cmd_cache_export = {
 
 /*
  * A base VM directory is vm.json and the files it names: the kernel, the
- * initramfs, the disk and the saved state (the engine derives the rest).
- * In a cache they are images NAME/<file>.
+ * initramfs, the disk and the saved state vm.mig. In a cache they are
+ * images NAME/<file>, except that the saved state is kept as what the
+ * engine derives from it, the RAM image mem.img and the device state
+ * devices.bin: the RAM image is page-aligned, so related bases share its
+ * chunks (vm.mig's pages sit at odd offsets between records: few chunks
+ * matched), and fetch-base writes vm.mig again from the two.
  */
-#define BASE_FILES_MAX 5
+#define BASE_FILES_MAX 6
 
 struct base_files {
-	const char *file[BASE_FILES_MAX]; /* vm.json, kernel, [initrd,] disk, state */
+	const char *file[BASE_FILES_MAX]; /* vm.json, kernel, [initrd,] disk, mem.img, devices.bin */
 	unsigned n;
-	const char *disk_sha, *state_sha;
+	const char *disk_sha;
 	json_object *json;
 };
 
@@ -683,10 +688,18 @@ static int base_files(const char *vm_json, struct base_files *b, char *err, size
 			b->json = NULL;
 			return -1;
 		}
-		b->file[b->n++] = f[i];
+		if (i == 3 && strcmp(f[i], "vm.mig")) {
+			snprintf(err, errlen, "%s: state.file is %s; the engine reads vm.mig", vm_json, f[i]);
+			json_object_put(b->json);
+			b->json = NULL;
+			return -1;
+		}
+		if (i < 3)
+			b->file[b->n++] = f[i];
 	}
+	b->file[b->n++] = "mem.img";
+	b->file[b->n++] = "devices.bin";
 	b->disk_sha = json_str(b->json, "disk", "sha256");
-	b->state_sha = json_str(b->json, "state", "sha256");
 	return 0;
 }
 
@@ -731,6 +744,14 @@ static int add_base_run(const struct cli_cmd *cmd, const char *const *val)
 		cli_error("%s: %s", cmd->name, err);
 		return 1;
 	}
+	/* mem.img and devices.bin derived from vm.mig, if they are not yet */
+	struct eng_vmbase vb;
+	if (eng_vmbase_open(&vb, dirs[0], err, sizeof(err))) {
+		cli_error("%s: %s", cmd->name, err);
+		json_object_put(b.json);
+		return 1;
+	}
+	eng_vmbase_close(&vb);
 	struct edg_store *s = open_store(cmd->name, val[AB_CACHE], true, (uint32_t)chunk);
 	int ret = s ? 0 : 1;
 	for (unsigned i = 0; i < b.n && !ret; i++) {
@@ -756,7 +777,8 @@ static int add_base_run(const struct cli_cmd *cmd, const char *const *val)
 const struct cli_cmd cli_cmd_cache_add_base = {
 	.name = "cache add-base",
 	.summary = "Add a base VM directory (scripts/make-base) to the cache: vm.json and the\n"
-		   "files it names (kernel, initramfs, disk, saved state) become images NAME/<file>.",
+		   "files it names (kernel, initramfs, disk) become images NAME/<file>, and the\n"
+		   "saved state its page-aligned parts NAME/mem.img and NAME/devices.bin.",
 	.usage = "--cache DIR --name NAME [--chunk-size BYTES] BASEDIR",
 	.opts = add_base_opts,
 	.run = add_base_run,
@@ -903,17 +925,17 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 		r = base_files(path, &b, err, sizeof(err));
 		for (unsigned i = 1; !r && i < b.n; i++)
 			r = fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], b.file[i], tmp, &tot, err, sizeof(err));
-		/* end to end: the disk and the state are the ones vm.json describes */
-		for (unsigned i = b.n - 2; !r && i < b.n; i++) { /* the disk, then the state */
-			const char *want = i == b.n - 2 ? b.disk_sha : b.state_sha;
-			char hex[65];
-			snprintf(path, sizeof(path), "%s/%s", tmp, b.file[i]);
-			if (want && (file_sha256(path, hex) || strcmp(hex, want))) {
-				snprintf(err, sizeof(err), "%.200s does not match the SHA-256 vm.json gives it", b.file[i]);
-				r = -EBADMSG;
-			}
+		/* end to end: the disk is the one vm.json describes */
+		char hex[65];
+		snprintf(path, sizeof(path), "%s/%s", tmp, b.file[b.n - 3]);
+		if (!r && b.disk_sha && (file_sha256(path, hex) || strcmp(hex, b.disk_sha))) {
+			snprintf(err, sizeof(err), "%.200s does not match the SHA-256 vm.json gives it", b.file[b.n - 3]);
+			r = -EBADMSG;
 		}
 		edg_fetch_done(ch);
+		/* and the saved state QEMU starts from, written again from mem.img and devices.bin */
+		if (!r)
+			r = eng_vmbase_rebuild_state(tmp, err, sizeof(err));
 	}
 	edg_chan_free(ch);
 	if (c)
@@ -943,7 +965,8 @@ const struct cli_cmd cli_cmd_cache_fetch_base = {
 	.name = "cache fetch-base",
 	.summary = "Fetch base VM NAME from a chunk service into the cache (only the chunks it\n"
 		   "lacks) and write it out as BASEDIR: vm.json and the files it names, each\n"
-		   "checked chunk by chunk, the disk and saved state also against vm.json's SHA-256.\n"
+		   "checked chunk by chunk, the disk also against vm.json's SHA-256, and vm.mig\n"
+		   "written again from mem.img and devices.bin (checked to give them back).\n"
 		   "BASEDIR must be absent or empty. Then BASEDIR serves as --base for receive.",
 	.usage = "--cache DIR --from tcp:HOST:PORT --key FILE --name NAME -o BASEDIR [--json]",
 	.opts = fetch_base_opts,

@@ -282,3 +282,109 @@ int eng_vmbase_check_layout(const struct eng_vmbase *b, const struct qb_layout *
 	}
 	return 0;
 }
+
+/* A whole small file into memory (devices.bin: a few MB at most). */
+static int read_whole(const char *path, uint8_t **buf, size_t *len, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	size_t done = 0;
+
+	*buf = NULL;
+	if (fd < 0 || fstat(fd, &st) || !(*buf = malloc((size_t)st.st_size + 1))) {
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno ? errno : ENOMEM));
+		if (fd >= 0)
+			close(fd);
+		return -EIO;
+	}
+	while (done < (size_t)st.st_size) {
+		ssize_t n = read(fd, *buf + done, (size_t)st.st_size - done);
+		if (n <= 0) {
+			snprintf(err, errlen, "cannot read %s: %s", path, n ? strerror(errno) : "it shrank");
+			close(fd);
+			free(*buf);
+			*buf = NULL;
+			return -EIO;
+		}
+		done += (size_t)n;
+	}
+	close(fd);
+	*len = done;
+	return 0;
+}
+
+int eng_vmbase_rebuild_state(const char *dir, char *err, size_t errlen)
+{
+	char *mem = join(dir, file_names[ENG_VM_MEMORY]), *devp = join(dir, file_names[ENG_VM_DEVICES]);
+	char *mig = join(dir, "vm.mig"), *stamp = join(dir, "derived.stamp"), ferr[200];
+	uint8_t *enc = NULL, want_mem[CDC_DIGEST_LEN], want_dev[CDC_DIGEST_LEN], got[CDC_DIGEST_LEN];
+	struct qb_devstate dev = { 0 };
+	struct qb_layout layout;
+	struct eng_outfile out = { .fd = -1 };
+	void *image = MAP_FAILED;
+	size_t enc_len = 0, image_len = 0;
+	struct stat st;
+	int ret = -ENOMEM, fd = -1;
+
+	if (!mem || !devp || !mig || !stamp) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	if ((ret = read_whole(devp, &enc, &enc_len, err, errlen)))
+		goto out;
+	if (qb_devstate_decode(enc, enc_len, &dev, ferr, sizeof(ferr)) ||
+	    qb_devstate_layout(&dev, &layout, ferr, sizeof(ferr))) {
+		snprintf(err, errlen, "%s: %s", devp, ferr);
+		ret = -EBADMSG;
+		goto out;
+	}
+	fd = open(mem, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) || (uint64_t)st.st_size != layout.image_size) {
+		snprintf(err, errlen, "%s: %s", mem, fd < 0 ? strerror(errno) : "its size is not the RAM layout's");
+		ret = -EBADMSG;
+		goto out;
+	}
+	image_len = (size_t)st.st_size;
+	if (image_len && (image = mmap(NULL, image_len, PROT_READ, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+		snprintf(err, errlen, "cannot map %s: %s", mem, strerror(errno));
+		ret = -EIO;
+		goto out;
+	}
+	cdc_sha256(image_len ? image : "", image_len, want_mem);
+	cdc_sha256(enc, enc_len, want_dev);
+	if ((ret = eng_outfile_create(&out, mig, 0644, err, errlen)))
+		goto out;
+	if ((ret = qb_write_stream(out.fd, &layout, image_len ? image : NULL, &dev, ferr, sizeof(ferr))) ||
+	    (ret = eng_outfile_commit(&out, ferr, sizeof(ferr)))) {
+		snprintf(err, errlen, "cannot write %s: %s", mig, ferr);
+		goto out;
+	}
+	/* derive again from what was written: it must give back the same two files */
+	unlink(stamp);
+	struct eng_vmbase b;
+	if ((ret = eng_vmbase_open(&b, dir, err, errlen)))
+		goto out;
+	cdc_sha256(b.map[ENG_VM_MEMORY], trk_index_size(b.index[ENG_VM_MEMORY]), got);
+	bool same = !memcmp(got, want_mem, sizeof(got));
+	cdc_sha256(b.map[ENG_VM_DEVICES], trk_index_size(b.index[ENG_VM_DEVICES]), got);
+	same = same && !memcmp(got, want_dev, sizeof(got));
+	eng_vmbase_close(&b);
+	if (!same) {
+		snprintf(err, errlen, "%s rebuilt from mem.img and devices.bin does not give them back", mig);
+		ret = -EBADMSG;
+	}
+out:
+	if (out.fd >= 0)
+		eng_outfile_abort(&out);
+	if (image != MAP_FAILED)
+		munmap(image, image_len);
+	if (fd >= 0)
+		close(fd);
+	qb_devstate_free(&dev);
+	free(enc);
+	free(mem);
+	free(devp);
+	free(mig);
+	free(stamp);
+	return ret;
+}

@@ -35,6 +35,15 @@ extern const char *const eng_vm_object_names[ENG_VM_OBJECTS];
 /* Open BASEDIR, deriving and indexing what is missing or stale. 0 or -errno + one line. */
 int eng_vmbase_open(struct eng_vmbase *b, const char *dir, char *err, size_t errlen);
 void eng_vmbase_close(struct eng_vmbase *b);
+/*
+ * A base directory holding mem.img and devices.bin but no vm.mig (fetched
+ * from an edge cache, which keeps the page-aligned RAM image because it
+ * shares chunks with related bases): write vm.mig from them and check that
+ * deriving again from it gives back the same two files. The state is then
+ * the same, though vm.mig's bytes may differ from the original's (page
+ * records ordered and encoded anew). 0, or -errno and one line.
+ */
+int eng_vmbase_rebuild_state(const char *dir, char *err, size_t errlen);
 /* Identity of the whole base (a digest of its three indexes' ids), for transport handshakes. */
 void eng_vmbase_id(const struct eng_vmbase *b, uint8_t out[CDC_DIGEST_LEN]);
 /* Same RAM blocks (names and sizes) as the base? 0, or -EINVAL with the first difference. */
