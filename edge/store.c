@@ -1040,8 +1040,8 @@ fail:
 
 struct candidate {
 	uint8_t digest[EDG_DIGEST_LEN];
-	uint64_t last_use_s;
-	uint32_t size;
+	uint64_t last_use_s, uses; /* as listed: a use since shows in either */
+	uint32_t size;             /* 0: a placeholder of dropped bytes */
 };
 
 static int candidate_cmp(const void *a, const void *b)
@@ -1063,7 +1063,9 @@ static bool still_candidate(MDB_txn *txn, struct edg_store *s, const struct cand
 	if (mdb_get(txn, s->meta, &k, &v) || !meta_of(&k, &v, &m))
 		return false;
 	uint64_t last = m.last_use_s > m.added_s ? m.last_use_s : m.added_s;
-	return !m.refs && !m.pins && last == cd->last_use_s;
+	uint32_t size = (m.flags & F_MISSING) ? 0 : m.size;
+	/* times have whole seconds: the count of uses and a refilled placeholder tell the rest */
+	return !m.refs && !m.pins && last == cd->last_use_s && m.uses == cd->uses && size == cd->size;
 }
 
 /*
@@ -1119,6 +1121,7 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 			}
 			memcpy(cand[ncand].digest, k.mv_data, EDG_DIGEST_LEN);
 			cand[ncand].last_use_s = last;
+			cand[ncand].uses = m.uses;
 			cand[ncand++].size = size;
 		}
 	}

@@ -927,10 +927,13 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 			r = fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], b.file[i], tmp, &tot, err, sizeof(err));
 		/* end to end: the disk is the one vm.json describes */
 		char hex[65];
-		snprintf(path, sizeof(path), "%s/%s", tmp, b.file[b.n - 3]);
-		if (!r && b.disk_sha && (file_sha256(path, hex) || strcmp(hex, b.disk_sha))) {
-			snprintf(err, sizeof(err), "%.200s does not match the SHA-256 vm.json gives it", b.file[b.n - 3]);
-			r = -EBADMSG;
+		if (!r && b.disk_sha) {
+			snprintf(path, sizeof(path), "%s/%s", tmp, b.file[b.n - 3]);
+			if (file_sha256(path, hex) || strcmp(hex, b.disk_sha)) {
+				snprintf(err, sizeof(err), "%.200s does not match the SHA-256 vm.json gives it",
+					 b.file[b.n - 3]);
+				r = -EBADMSG;
+			}
 		}
 		edg_fetch_done(ch);
 		/* and the saved state QEMU starts from, written again from mem.img and devices.bin */

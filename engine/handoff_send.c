@@ -856,6 +856,8 @@ static int setup(struct src *s, char *err, size_t errlen)
 	char ierr[256];
 	int ifd = trk_image_open(s->a->disk_path, ierr, sizeof(ierr));
 	s->read_fd = ifd >= 0 ? ifd : s->disk_fd;
+	if (ifd < 0)
+		fprintf(stderr, "send: note: reading the disk through the tracker mount (%s)\n", ierr);
 	if (s->disk_size != trk_index_size(s->base.index[ENG_VM_DISK])) {
 		snprintf(err, errlen, "disk %s is %llu bytes, its base %s is %llu: not a disk of this base",
 			 s->a->disk_path, (unsigned long long)s->disk_size, s->base.path[ENG_VM_DISK],

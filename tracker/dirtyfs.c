@@ -1,7 +1,8 @@
 /*
  * Dirty-block tracking FUSE filesystem (see dirtyfs.h). The low-level
- * libfuse API keeps it small: three fixed inodes (the root, the disk, the
- * .dirty control file), no path lookups beyond two names, and file handles
+ * libfuse API keeps it small: four fixed inodes (the root, the disk, the
+ * .dirty control file, the .image link to the image behind the disk), no
+ * path lookups beyond three names, and file handles
  * that are either a flag (disk: O_DIRECT or not) or a map snapshot (.dirty).
  * Requests run on libfuse's worker threads; the main thread only mounts,
  * waits in the loop and unmounts.
@@ -14,7 +15,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
-#include <limits.h>
 #include <linux/falloc.h>
 #include <linux/stat.h>
 #include <pthread.h>
@@ -26,12 +26,11 @@
 #include <sys/mman.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
-#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <fuse_lowlevel.h>
 
-enum { INO_ROOT = FUSE_ROOT_ID, INO_DISK, INO_CTL };
+enum { INO_ROOT = FUSE_ROOT_ID, INO_DISK, INO_CTL, INO_IMAGE };
 
 #define MAX_IO (1u << 20)       /* max_write / max_read asked of the kernel */
 #define DEFAULT_THREADS 8
@@ -46,7 +45,7 @@ struct trk_dirtyfs {
 	uint64_t *live;      /* the bitmap writes mark; replaced by each fetch */
 	pthread_rwlock_t swap; /* read: marking; write: replacing live */
 	char *name, *mountpoint, *disk_path;
-	char *image_path;    /* absolute: TRK_IMAGE_XATTR of the disk */
+	char *image_path;    /* absolute: where TRK_IMAGE_LINK points */
 	unsigned max_threads;
 	bool handlers, mounted;
 };
@@ -266,6 +265,12 @@ static int fill_attr(struct trk_dirtyfs *fs, fuse_ino_t ino, struct stat *st)
 		st->st_size = (off_t)(TRK_DIRTY_HDR_LEN + map_bytes(fs->nblocks));
 		st->st_blocks = 0;
 		break;
+	case INO_IMAGE:
+		st->st_mode = S_IFLNK | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)strlen(fs->image_path);
+		st->st_blocks = 0;
+		break;
 	default:
 		return -ENOENT;
 	}
@@ -312,6 +317,8 @@ static void dfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		ino = INO_DISK;
 	else if (!strcmp(name, TRK_DIRTY_CTL))
 		ino = INO_CTL;
+	else if (!strcmp(name, TRK_IMAGE_LINK))
+		ino = INO_IMAGE;
 	else {
 		fuse_reply_err(req, ENOENT);
 		return;
@@ -609,23 +616,20 @@ static void dfs_statfs(fuse_req_t req, fuse_ino_t ino)
 }
 
 /*
- * The disk's TRK_IMAGE_XATTR names the image behind it, so that a reader of
+ * TRK_IMAGE_LINK points at the image behind the disk, so that a reader of
  * what the map says changed (the engine) can read it straight from the
- * image, past FUSE: a write is marked only once it reached the image.
+ * image, past FUSE: a write is marked only once it reached the image. (A
+ * symlink, not an xattr: a filesystem that answers getxattr is asked for
+ * security.capability on every write.)
  */
-static void dfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+static void dfs_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct trk_dirtyfs *fs = fuse_req_userdata(req);
-	size_t len = strlen(fs->image_path);
 
-	if (ino != INO_DISK || strcmp(name, TRK_IMAGE_XATTR))
-		fuse_reply_err(req, ENODATA);
-	else if (!size)
-		fuse_reply_xattr(req, len);
-	else if (size < len)
-		fuse_reply_err(req, ERANGE);
+	if (ino != INO_IMAGE)
+		fuse_reply_err(req, EINVAL);
 	else
-		fuse_reply_buf(req, fs->image_path, len);
+		fuse_reply_readlink(req, fs->image_path);
 }
 
 static const struct fuse_lowlevel_ops dfs_ops = {
@@ -643,7 +647,7 @@ static const struct fuse_lowlevel_ops dfs_ops = {
 	.lseek = dfs_lseek,
 	.readdir = dfs_readdir,
 	.statfs = dfs_statfs,
-	.getxattr = dfs_getxattr,
+	.readlink = dfs_readlink,
 };
 
 /* ---- mount, run, unmount ----------------------------------------------------------- */
@@ -839,7 +843,8 @@ struct trk_dirtyfs *trk_dirtyfs_mount(const struct trk_dirtyfs_opts *o, char *er
 	fs->max_threads = o->max_threads ? o->max_threads : DEFAULT_THREADS;
 
 	const char *base = strrchr(o->image, '/') ? strrchr(o->image, '/') + 1 : o->image;
-	if (!*base || !strcmp(base, ".") || !strcmp(base, "..") || !strcmp(base, TRK_DIRTY_CTL)) {
+	if (!*base || !strcmp(base, ".") || !strcmp(base, "..") || !strcmp(base, TRK_DIRTY_CTL) ||
+	    !strcmp(base, TRK_IMAGE_LINK)) {
 		eng_set_err(err, errlen, "image %s: its file name cannot be served (give a file path)",
 			o->image);
 		goto err;
@@ -1063,27 +1068,31 @@ static int read_ctl(int fd, const char *ctl, uint64_t want_blocks, uint8_t **out
 
 int trk_image_open(const char *tracked_disk, char *err, size_t errlen)
 {
-	char path[PATH_MAX + 1];
 	struct stat disk, img;
-	ssize_t n = getxattr(tracked_disk, TRK_IMAGE_XATTR, path, sizeof(path) - 1);
-	int fd, r;
+	char *copy = strdup(tracked_disk);
+	char *link = copy ? join_path(dirname(copy), TRK_IMAGE_LINK) : NULL;
+	int fd = -1, r;
 
-	if (n <= 0) {
-		r = n < 0 ? -errno : -ENODATA;
-		eng_set_err(err, errlen, "%s names no image behind it (%s)", tracked_disk, strerror(-r));
-		return r;
+	free(copy);
+	if (!link) {
+		eng_set_err(err, errlen, "out of memory");
+		return -ENOMEM;
 	}
-	path[n] = 0;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	fd = open(link, O_RDONLY | O_CLOEXEC); /* follows the link to the image */
 	if (fd < 0 || fstat(fd, &img) || stat(tracked_disk, &disk)) {
 		r = -errno;
-		eng_set_err(err, errlen, "cannot open the image %s behind %s: %s", path, tracked_disk, strerror(-r));
+		if (r == -ENOENT)
+			eng_set_err(err, errlen, "%s names no image behind it (no %s)", tracked_disk, link);
+		else
+			eng_set_err(err, errlen, "cannot open the image behind %s: %s", tracked_disk, strerror(-r));
 		if (fd >= 0)
 			close(fd);
+		free(link);
 		return r;
 	}
+	free(link);
 	if (!S_ISREG(img.st_mode) || img.st_size != disk.st_size) {
-		eng_set_err(err, errlen, "the image %s is not the one behind %s (size differs)", path, tracked_disk);
+		eng_set_err(err, errlen, "the image behind %s is not its disk (size differs)", tracked_disk);
 		close(fd);
 		return -EINVAL;
 	}

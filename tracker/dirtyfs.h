@@ -63,11 +63,12 @@ void trk_dirty_map_free(struct trk_dirty_map *m);
 
 /*
  * The image behind a tracked disk, opened read-only (path = the file inside
- * a track mount; its TRK_IMAGE_XATTR names it), for reading changed blocks
- * without a trip through FUSE for each. The size must match the disk's.
- * An fd, or -errno with a one-line message (then read through the mount).
+ * a track mount; the mount's TRK_IMAGE_LINK points at it), for reading
+ * changed blocks without a trip through FUSE for each. The size must match
+ * the disk's. An fd, or -errno with a one-line message (then read through the
+ * mount).
  */
-#define TRK_IMAGE_XATTR "user.handoff.image"
+#define TRK_IMAGE_LINK ".image"
 int trk_image_open(const char *tracked_disk, char *err, size_t errlen);
 
 static inline bool trk_dirty_test(const struct trk_dirty_map *m, uint64_t b)
