@@ -34,20 +34,26 @@ static void seed(void)
 	seed_add = s[1];
 }
 
-uint32_t trk_digest_hash(const uint8_t digest[CDC_DIGEST_LEN])
+static inline uint32_t keyed_hash(const uint8_t *digest)
 {
 	uint64_t v;
 
-	pthread_once(&seeded, seed);
 	memcpy(&v, digest, sizeof(v));
 	return (uint32_t)((v * seed_mul + seed_add) >> 32);
 }
 
+uint32_t trk_digest_hash(const uint8_t digest[CDC_DIGEST_LEN])
+{
+	pthread_once(&seeded, seed);
+	return keyed_hash(digest);
+}
+
+/* rte_hash's callback, once per lookup: the key was seeded when the table was made */
 static uint32_t digest_hash(const void *key, uint32_t len, uint32_t init)
 {
 	(void)len;
 	(void)init;
-	return trk_digest_hash(key);
+	return keyed_hash(key);
 }
 
 struct trk_table *trk_table_new(const char *name, uint32_t entries, int socket)
@@ -65,6 +71,7 @@ struct trk_table *trk_table_new(const char *name, uint32_t entries, int socket)
 
 	if (!t)
 		return NULL;
+	pthread_once(&seeded, seed);
 	t->h = rte_hash_create(&p);
 	if (!t->h) {
 		free(t);
