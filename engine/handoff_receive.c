@@ -41,6 +41,14 @@ struct dst {
 	struct timespec t0, last_progress;
 	/* seconds since t0: stream verified, QEMU loaded (all but devices), commit, resumed */
 	double t_verified, t_loaded, t_committed, t_resumed;
+	bool loaded;
+	/* link cuts (receive --retry-for) */
+	enum eng_resume_state state;
+	uint8_t handoff_id[32]; /* the first stream's salt: a resuming source names it */
+	enum cdc_aead aead;
+	bool have_id;
+	unsigned resumes;
+	double cut_s;
 };
 
 static double since(const struct timespec *t0)
@@ -287,6 +295,86 @@ static int resume_qemu(struct dst *d, const struct qb_devstate *dev, double *res
 	return -ETIMEDOUT;
 }
 
+/*
+ * Verified and loaded: READY, then COMMIT, then the VM runs here. *cut: the
+ * connection failed on the way (the source may come back and ask).
+ */
+static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struct qb_devstate *dev,
+			     double *resume_ts, bool *cut, char *err, size_t errlen)
+{
+	enum eng_msg_type type;
+	char text[ENG_MSG_TEXT_MAX + 1];
+	uint8_t byte;
+	int ret;
+
+	if ((ret = eng_control_send(ctl, ENG_MSG_READY, NULL)) ||
+	    (ret = eng_control_recv(ctl, 60, &type, text, sizeof(text)))) {
+		snprintf(err, errlen, "source did not commit: %s",
+			 ret == -EBADMSG ? "forged or corrupt message" : strerror(-ret));
+		*cut = ret != -EBADMSG && ret != -ETIMEDOUT;
+		return ret;
+	}
+	if (type != ENG_MSG_COMMIT) {
+		snprintf(err, errlen, "source aborted: %s", text);
+		return -ECANCELED;
+	}
+	d->t_committed = since(&d->t0);
+	if ((ret = resume_qemu(d, dev, resume_ts, err, errlen)))
+		return ret;
+	d->t_resumed = since(&d->t0);
+	d->state = ENG_RESUME_RESUMED;
+	snprintf(text, sizeof(text), "%.6f", *resume_ts);
+	eng_control_send(ctl, ENG_MSG_RESUMED, text);
+	/* the source closes once it heard; a cut instead may have lost the message */
+	ssize_t n = eng_conn_recv(d->conn, &byte, 1, 10);
+	if (n < 0 && n != -ETIMEDOUT) {
+		snprintf(err, errlen, "the VM runs here; the connection was lost before the source heard: %s",
+			 strerror((int)-n));
+		*cut = true;
+		return (int)n;
+	}
+	return 0;
+}
+
+/* The link was cut: wait for the source to reconnect and tell it where we stand. */
+static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t errlen)
+{
+	char why[256], aerr[256] = "nobody came";
+	struct timespec t_cut;
+	static const char *const state_name[] = { "receiving", "verified", "resumed" };
+
+	clock_gettime(CLOCK_MONOTONIC, &t_cut);
+	snprintf(why, sizeof(why), "%s", err);
+	fprintf(stderr, "%sreceive: %s; waiting up to %.0f s for the source to resume\n",
+		d->a->progress ? "\r\033[K" : "", why, d->a->retry_for_s);
+	eng_conn_close(d->conn);
+	d->conn = NULL;
+	while (since(&t_cut) < d->a->retry_for_s) {
+		struct eng_conn_bind b = { .key = d->a->key };
+		eng_vmbase_id(&d->base, b.base_id);
+		if (!(d->conn = eng_conn_accept(d->a->from, &b, d->a->retry_for_s - since(&t_cut), aerr, sizeof(aerr))))
+			break;
+		if (!eng_session_offer(d->conn, d->session, aerr, sizeof(aerr)) &&
+		    !eng_session_resume_take(d->conn, d->session, d->a->key, d->aead, d->handoff_id,
+					     ENG_SESSION_WAIT_S, aerr, sizeof(aerr)) &&
+		    !eng_session_resume_reply(d->conn, d->session, d->a->key, d->aead, d->handoff_id, d->state,
+					      applied)) {
+			d->resumes++;
+			d->cut_s += since(&t_cut);
+			fprintf(stderr, "receive: the source resumed after %.1f s (%s, %llu segments applied)\n",
+				since(&t_cut), state_name[d->state], (unsigned long long)applied);
+			return 0;
+		}
+		fprintf(stderr, "receive: turned a connection away: %s\n", aerr);
+		eng_conn_close(d->conn);
+		d->conn = NULL;
+	}
+	d->cut_s += since(&t_cut);
+	snprintf(err, errlen, "%s, and the source did not resume within %.0f s%s", why, d->a->retry_for_s,
+		 d->state == ENG_RESUME_RESUMED ? " (the VM runs here)" : "");
+	return d->state == ENG_RESUME_RESUMED ? 0 : -ETIMEDOUT;
+}
+
 static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st, double secs,
 				 bool ok, const char *why)
 {
@@ -307,6 +395,11 @@ static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st
 	json_object_object_add(t, "committed_s", json_object_new_double(d->t_committed));
 	json_object_object_add(t, "resumed_s", json_object_new_double(d->t_resumed));
 	json_object_object_add(o, "timeline", t);
+	json_object *cut = json_object_new_object();
+	json_object_object_add(cut, "retry_for_s", json_object_new_double(d->a->retry_for_s));
+	json_object_object_add(cut, "resumes", json_object_new_int((int)d->resumes));
+	json_object_object_add(cut, "down_s", json_object_new_double(d->cut_s));
+	json_object_object_add(o, "link_cuts", cut);
 	json_object *objs = json_object_new_object();
 	for (int i = 0; i < ENG_VM_OBJECTS; i++) {
 		char hex[2 * CDC_DIGEST_LEN + 1];
@@ -327,6 +420,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	struct eng_patch_stats st = { 0 };
 	struct qb_devstate dev = { 0 };
 	struct eng_control ctl = { 0 };
+	struct eng_patcher *pt = NULL;
 	bool have_ctl = false;
 	double resume_ts = 0;
 	int ret = -EIO;
@@ -391,51 +485,66 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 						    trk_index_digest(d->base.index[o], 0),
 						    trk_index_size(d->base.index[o]),
 						    trk_index_id(d->base.index[o]) };
-	struct eng_fd in = { .fd = d->in_fd };
-	struct eng_source src = d->conn ? eng_conn_source(d->conn) : eng_fd_source(&in);
-	struct eng_stream stream = { 0 };
 	struct eng_patch_args pa = {
-		.src = &src, .kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .key = a->key,
-		.session = d->conn ? d->session : NULL, .progress = progress, .progress_ctx = d, .stream_out = &stream,
-		.control_follows = d->conn != NULL,
+		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .key = a->key,
+		.progress = progress, .progress_ctx = d, .control_follows = d->conn != NULL,
 	};
-	ret = eng_patch_stream(&pa, &st, err, errlen);
-	if (a->progress)
-		fputs("\r\033[K", stderr);
-	if (!ret && (ret = eng_uring_file_sync(d->disk)))
-		snprintf(err, errlen, "cannot write --disk-out %s: %s", a->disk_out, strerror(-ret));
-	if (d->conn && (stream.header_len || !ret)) {
-		have_ctl = eng_control_init(&ctl, d->conn, &stream, a->key, 0) == 0;
-	}
-	d->t_verified = since(&d->t0);
-	if (!ret)
-		ret = load_qemu(d, &st, &dev, err, errlen);
-	if (ret)
+	if ((ret = eng_patcher_new(&pt, &pa, &st, err, errlen)))
 		goto out;
-	d->t_loaded = since(&d->t0);
-	if (have_ctl) {
-		enum eng_msg_type type;
-		char text[ENG_MSG_TEXT_MAX + 1];
-		if ((ret = eng_control_send(&ctl, ENG_MSG_READY, NULL)) ||
-		    (ret = eng_control_recv(&ctl, 60, &type, text, sizeof(text)))) {
-			snprintf(err, errlen, "source did not commit: %s",
-				 ret == -EBADMSG ? "forged or corrupt message" : strerror(-ret));
-			goto out;
+	/* one stream per connection: more than one only after a cut (--retry-for) */
+	for (;;) {
+		struct eng_fd in = { .fd = d->in_fd };
+		struct eng_source src = d->conn ? eng_conn_source(d->conn) : eng_fd_source(&in);
+		struct eng_stream stream = { 0 };
+		bool cut = false;
+		ret = eng_patcher_read(pt, &src, d->conn ? d->session : NULL, &stream, &cut, err, errlen);
+		if (a->progress)
+			fputs("\r\033[K", stderr);
+		if (stream.header_len && !d->have_id) {
+			memcpy(d->handoff_id, stream.salt, sizeof(d->handoff_id));
+			d->aead = (enum cdc_aead)stream.aead;
+			d->have_id = true;
 		}
-		if (type != ENG_MSG_COMMIT) {
-			snprintf(err, errlen, "source aborted: %s", text);
-			ret = -ECANCELED;
-			goto out;
+		if (!ret && (ret = eng_uring_file_sync(d->disk)))
+			snprintf(err, errlen, "cannot write --disk-out %s: %s", a->disk_out, strerror(-ret));
+		if (have_ctl)
+			eng_control_free(&ctl);
+		have_ctl = d->conn && (stream.header_len || !ret) &&
+			   eng_control_init(&ctl, d->conn, &stream, a->key, 0) == 0;
+		if (!ret && !d->loaded) {
+			d->t_verified = since(&d->t0);
+			if (!(ret = load_qemu(d, &st, &dev, err, errlen))) {
+				d->loaded = true;
+				d->t_loaded = since(&d->t0);
+			}
 		}
-	}
-	d->t_committed = since(&d->t0);
-	if ((ret = resume_qemu(d, &dev, &resume_ts, err, errlen)))
-		goto out;
-	d->t_resumed = since(&d->t0);
-	if (have_ctl) {
-		char ts[64];
-		snprintf(ts, sizeof(ts), "%.6f", resume_ts);
-		eng_control_send(&ctl, ENG_MSG_RESUMED, ts);
+		if (!ret && !d->conn) { /* an overlay: nobody to commit */
+			d->t_committed = since(&d->t0);
+			if (!(ret = resume_qemu(d, &dev, &resume_ts, err, errlen)))
+				d->t_resumed = since(&d->t0);
+			break;
+		}
+		if (!ret && have_ctl) {
+			d->state = ENG_RESUME_VERIFIED;
+			ret = commit_and_resume(d, &ctl, &dev, &resume_ts, &cut, err, errlen);
+			if (!ret)
+				break;
+		}
+		if (!ret)
+			ret = -EIO;
+		if (cut && a->retry_for_s > 0 && d->have_id && d->conn) {
+			if (have_ctl) /* its connection goes */
+				eng_control_free(&ctl);
+			have_ctl = false;
+			ret = wait_for_resume(d, eng_patcher_applied(pt), err, errlen);
+		} else if (d->state == ENG_RESUME_RESUMED) {
+			fprintf(stderr, "receive: warning: %s\n", err); /* the VM runs here all the same */
+			ret = 0;
+		}
+		if (ret)
+			goto out;
+		if (d->state == ENG_RESUME_RESUMED)
+			break; /* the source heard, or could not be told in time */
 	}
 out:
 	if (ret && have_ctl)
@@ -452,6 +561,7 @@ out:
 		*summary = summary_json(d, &st, since(&d->t0), ret == 0, err);
 	if (have_ctl)
 		eng_control_free(&ctl);
+	eng_patcher_free(pt);
 	/* a failed load: QEMU sees the stream end early and gives up without resuming */
 	if (d->mig_fd >= 0)
 		close(d->mig_fd);

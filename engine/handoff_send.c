@@ -118,6 +118,17 @@ struct src {
 	double rate_Bps;
 	int unsent_limit;       /* the socket's TCP_NOTSENT_LOWAT now (0: not set) */
 	uint64_t wire_bytes;
+	/* link cuts (send --retry-for): each connection carries a stream of its
+	 * own; the ledger says what the destination may still lack after one */
+	struct eng_ledger ledger;
+	bool link_lost;         /* the failure in fail[] is the connection's: resumable */
+	bool resumed_remote;    /* a reconnect found the VM already running there */
+	uint8_t handoff_id[32]; /* the first stream's salt: names the handoff on a resume */
+	bool have_id;
+	unsigned resumes;
+	uint64_t owed_blocks;   /* sent again after cuts */
+	double cut_s;           /* link down, summed over cuts */
+	uint64_t wire_prev, raw_prev, sealed_prev; /* earlier streams' counters */
 	char fail[256];
 };
 
@@ -543,7 +554,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	char err[200];
 
 	eng_pipeline_report(p, &rep);
-	s->wire_bytes = rep.wire_bytes;
+	s->wire_bytes = s->wire_prev + rep.wire_bytes;
 	if (s->conn) {
 		eng_conn_sample(s->conn, &s->link);
 		double r = s->link.rate_smooth_bps > s->link.delivery_bps ? s->link.rate_smooth_bps
@@ -568,10 +579,10 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		}
 	}
 	/* what the wire carries per byte fed: dedup and compression together */
-	s->cur_raw = rep.stages[ENG_STAGE_INGEST].bytes_in;
-	s->cur_wire = rep.stages[ENG_STAGE_SEAL].bytes_out;
+	s->cur_raw = s->raw_prev + rep.stages[ENG_STAGE_INGEST].bytes_in;
+	s->cur_wire = s->sealed_prev + rep.stages[ENG_STAGE_SEAL].bytes_out;
 	double ratio = s->fed_blocks > 1000
-			       ? (double)rep.wire_bytes / ((double)s->fed_blocks * CDC_BLOCK_SIZE)
+			       ? (double)s->wire_bytes / ((double)s->fed_blocks * CDC_BLOCK_SIZE)
 			       : 0.5;
 	if (s->pass_ratio > ratio)
 		ratio = s->pass_ratio;
@@ -595,15 +606,18 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		if (r == 0)
 			src_fail(s, "destination %s: %s", type == ENG_MSG_FAILED ? "failed" : "spoke out of turn",
 				 type == ENG_MSG_FAILED ? text : eng_msg_name(type));
-		else if (r != -ETIMEDOUT)
+		else if (r != -ETIMEDOUT) {
 			src_fail(s, "connection to the destination lost: %s",
 				 r == -EPIPE ? "closed by the destination (wrong key?)" : strerror(-r));
+			s->link_lost = r != -EBADMSG;
+		}
 		if (s->fail[0])
 			s->ended = true;
 	}
 	int qerr = s->sq ? eng_sendq_error(s->sq) : 0;
 	if (qerr) {
 		src_fail(s, "connection to the destination lost: %s", strerror(-qerr));
+		s->link_lost = true;
 		s->ended = true;
 	}
 	int bridge = __atomic_load_n(&s->bridge_done, __ATOMIC_ACQUIRE);
@@ -914,7 +928,7 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 		json_object_object_add(o, "error", json_object_new_string(s->fail));
 	json_object_object_add(o, "total_s", json_object_new_double(total_s));
 	json_object_object_add(o, "downtime_s", json_object_new_double(downtime_s));
-	json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)rep->wire_bytes));
+	json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)s->wire_bytes));
 	json_object_object_add(o, "state_bytes", json_object_new_int64((int64_t)rep->target_size));
 	json_object_object_add(o, "disk_reads", json_object_new_string(s->read_fd != s->disk_fd ? "image" : "mount"));
 	json_object_object_add(o, "blocks_fed", json_object_new_int64((int64_t)s->fed_blocks));
@@ -960,6 +974,12 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 		json_object_array_add(its, it);
 	}
 	json_object_object_add(o, "iterations", its);
+	json_object *cut = json_object_new_object();
+	json_object_object_add(cut, "retry_for_s", json_object_new_double(s->a->retry_for_s));
+	json_object_object_add(cut, "resumes", json_object_new_int((int)s->resumes));
+	json_object_object_add(cut, "down_s", json_object_new_double(s->cut_s));
+	json_object_object_add(cut, "owed_blocks", json_object_new_int64((int64_t)s->owed_blocks));
+	json_object_object_add(o, "link_cuts", cut);
 	json_object *t = json_object_new_object();
 	json_object_object_add(t, "stop_s", json_object_new_double(s->stop_requested_s));
 	json_object_object_add(t, "stop_qmp_time", json_object_new_double(s->stop_ts));
@@ -986,6 +1006,7 @@ static int finish_remote(struct src *s, double *resume_ts, char *err, size_t err
 
 	if (ret) {
 		snprintf(err, errlen, "connection to the destination lost: %s", strerror(-ret));
+		s->link_lost = true;
 		return ret;
 	}
 	if (!s->have_ctl && !(s->have_ctl = eng_control_init(c, s->conn, &s->stream, s->a->key, 1) == 0)) {
@@ -994,6 +1015,7 @@ static int finish_remote(struct src *s, double *resume_ts, char *err, size_t err
 	}
 	ret = eng_control_recv(c, 300, &type, text, sizeof(text));
 	if (ret || type != ENG_MSG_READY) {
+		s->link_lost = ret && ret != -EBADMSG && ret != -ETIMEDOUT;
 		if (ret)
 			snprintf(err, errlen, "destination did not confirm: %s",
 				 ret == -EBADMSG ? "forged or corrupt reply" : strerror(-ret));
@@ -1007,12 +1029,99 @@ static int finish_remote(struct src *s, double *resume_ts, char *err, size_t err
 	if (!ret)
 		ret = eng_control_recv(c, 120, &type, text, sizeof(text));
 	if (ret || type != ENG_MSG_RESUMED) {
+		s->link_lost = ret && ret != -EBADMSG && ret != -ETIMEDOUT;
 		snprintf(err, errlen,
 			 "committed, but the destination did not confirm the resume (%s); the source VM stays paused",
 			 ret ? strerror(-ret) : text);
 		return ret ? ret : -EIO;
 	}
 	*resume_ts = strtod(text, NULL);
+	return 0;
+}
+
+static void owe_block(void *ctx, unsigned obj, uint64_t block)
+{
+	struct src *s = ctx;
+
+	mark(s, s->first[obj] + block);
+}
+
+static void close_transport(struct src *s)
+{
+	if (s->conn)
+		eng_conn_shutdown(s->conn, SHUT_RDWR); /* wakes a writer stuck on a dead peer */
+	eng_sendq_free(s->sq);
+	s->sq = NULL;
+	if (s->have_ctl)
+		eng_control_free(&s->ctl);
+	s->have_ctl = false;
+	eng_conn_close(s->conn);
+	s->conn = NULL;
+}
+
+/*
+ * The link was cut (send --retry-for): connect again, ask the destination
+ * where it stands and go on from there. Everything the destination did not
+ * apply is owed again (ledger.h); a final pass restarts so that it takes
+ * those too. The VM keeps running meanwhile (or stays stopped, after the stop).
+ */
+static int resume_link(struct src *s, char *err, size_t errlen)
+{
+	char why[256], rerr[256] = "no answer";
+	double t_cut = now_s(s), deadline = t_cut + s->a->retry_for_s;
+	enum eng_resume_state state = ENG_RESUME_RECEIVING;
+	uint64_t applied = 0;
+
+	snprintf(why, sizeof(why), "%s", s->fail);
+	fprintf(stderr, "%ssend: %s; reconnecting for up to %.0f s\n", s->a->progress ? "\r\033[K" : "", why,
+		s->a->retry_for_s);
+	close_transport(s);
+	while (now_s(s) < deadline) {
+		struct eng_conn_bind b = { .key = s->a->key };
+		eng_vmbase_id(&s->base, b.base_id);
+		/* connect retries by itself while nobody listens */
+		if (!(s->conn = eng_conn_connect(s->a->to, &b, deadline - now_s(s), rerr, sizeof(rerr))))
+			break;
+		if (!eng_session_take(s->conn, s->session, ENG_SESSION_WAIT_S, rerr, sizeof(rerr)) &&
+		    !eng_session_resume_ask(s->conn, s->session, s->a->key, s->a->aead, s->handoff_id,
+					    ENG_SESSION_WAIT_S, &state, &applied, rerr, sizeof(rerr)))
+			break;
+		eng_conn_close(s->conn);
+		s->conn = NULL;
+		usleep(200000);
+	}
+	double down = now_s(s) - t_cut;
+	s->cut_s += down;
+	if (!s->conn) {
+		snprintf(err, errlen, "%s, and the handoff could not be taken up again within %.0f s (%s)", why,
+			 s->a->retry_for_s, rerr);
+		return -ETIMEDOUT;
+	}
+	s->resumes++;
+	s->fail[0] = 0;
+	s->link_lost = false;
+	if (state == ENG_RESUME_RESUMED) { /* COMMIT arrived; only its answer was lost */
+		s->resumed_remote = true;
+		fprintf(stderr, "send: reconnected after %.1f s: the VM already runs at the destination\n", down);
+		return 0;
+	}
+	if (!(s->sq = eng_sendq_new(1 << 20, conn_send_cb, s->conn))) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	s->unsent_limit = 0;
+	memset(&s->stream, 0, sizeof(s->stream));
+	uint64_t owed = eng_ledger_rewind(&s->ledger, applied, owe_block, s);
+	s->owed_blocks += owed;
+	s->ended = false;
+	if (s->phase == PH_FINAL) /* the owed blocks lie behind its cursor */
+		start_pass(s);
+	fprintf(stderr, "send: resumed after %.1f s: the destination holds %llu segments, %llu blocks go again\n",
+		down, (unsigned long long)applied, (unsigned long long)owed);
+	if (s->trace)
+		fprintf(s->trace, "{\"t\":%.3f,\"event\":\"resume\",\"down_s\":%.3f,\"applied_segments\":%llu,"
+			"\"owed_blocks\":%llu,\"state\":\"%s\"}\n", now_s(s), down, (unsigned long long)applied,
+			(unsigned long long)owed, state == ENG_RESUME_VERIFIED ? "verified" : "receiving");
 	return 0;
 }
 
@@ -1053,40 +1162,75 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		goto out;
 
 	struct eng_diff_object obj[ENG_VM_OBJECTS];
-	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+	const struct trk_index *bases[ENG_VM_OBJECTS];
+	uint64_t capacity[ENG_VM_OBJECTS];
+	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
 		obj[o] = (struct eng_diff_object){ eng_vm_object_names[o], s->base.index[o], s->base.map[o],
 						   trk_index_size(s->base.index[o]) };
-	obj[ENG_VM_DEVICES].capacity = ENG_DEVICES_CAPACITY;
-	struct eng_feed feed = { feed_next, feed_size, s };
-	struct eng_sink sink = s->sq ? eng_sendq_sink(s->sq) : eng_fd_sink(&s->out_fd);
-	struct eng_diff_args da = {
-		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed, .sink = &sink,
-		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
-		.socket = a->socket,
-		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
-	};
-	ret = eng_diff_run(&da, &rep, err, errlen);
-	s->trailer_s = now_s(s);
-	if (a->progress)
-		fputs("\r\033[K", stderr);
-	if (ret || s->fail[0]) {
-		if (s->fail[0])
-			snprintf(err, errlen, "%s", s->fail);
-		ret = ret ? ret : -EIO;
+		bases[o] = s->base.index[o];
+		capacity[o] = obj[o].capacity;
+	}
+	obj[ENG_VM_DEVICES].capacity = capacity[ENG_VM_DEVICES] = ENG_DEVICES_CAPACITY;
+	if (s->conn && eng_ledger_init(&s->ledger, ENG_VM_OBJECTS, bases, capacity)) {
+		snprintf(err, errlen, "out of memory for the block ledger");
+		ret = -ENOMEM;
 		goto out;
 	}
-	if (qb_qmp_wait_event(s->qmp, "STOP", 0.5, NULL, &stop_ts, err, errlen))
-		stop_ts = 0;
-	if (s->conn)
-		ret = finish_remote(s, &resume_ts, err, errlen);
-	else
-		ret = eng_outfile_commit(&s->out, err, errlen) ? -EIO : 0;
+	struct eng_feed feed = { feed_next, feed_size, s };
+	struct eng_diff_args da = {
+		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed,
+		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
+		.socket = a->socket, .ledger = s->conn ? &s->ledger : NULL,
+		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
+	};
+	/* one stream per connection: more than one only after a cut (--retry-for) */
+	for (;;) {
+		struct eng_sink sink = s->sq ? eng_sendq_sink(s->sq) : eng_fd_sink(&s->out_fd);
+		da.sink = &sink;
+		da.mode = s->mode_now;
+		memset(&rep, 0, sizeof(rep));
+		ret = eng_diff_run(&da, &rep, err, errlen);
+		if (ret && s->sq && eng_sendq_error(s->sq)) /* the sink failed on the connection */
+			s->link_lost = true;
+		s->wire_prev += rep.wire_bytes;
+		s->raw_prev += rep.stages[ENG_STAGE_INGEST].bytes_in;
+		s->sealed_prev += rep.stages[ENG_STAGE_SEAL].bytes_out;
+		s->wire_bytes = s->wire_prev;
+		if (!s->have_id && s->stream.header_len) {
+			memcpy(s->handoff_id, s->stream.salt, sizeof(s->handoff_id));
+			s->have_id = true;
+		}
+		s->trailer_s = now_s(s);
+		if (a->progress)
+			fputs("\r\033[K", stderr);
+		if (!ret && !s->fail[0]) {
+			if (!stop_ts && qb_qmp_wait_event(s->qmp, "STOP", 0.5, NULL, &stop_ts, err, errlen))
+				stop_ts = 0;
+			if (!s->conn) {
+				ret = eng_outfile_commit(&s->out, err, errlen) ? -EIO : 0;
+				break;
+			}
+			if (!(ret = finish_remote(s, &resume_ts, err, errlen)))
+				break;
+			snprintf(s->fail, sizeof(s->fail), "%s", err);
+		}
+		if (s->fail[0])
+			snprintf(err, errlen, "%s", s->fail);
+		else
+			snprintf(s->fail, sizeof(s->fail), "%s", err);
+		ret = ret ? ret : -EIO;
+		if (!s->link_lost || a->retry_for_s <= 0 || !s->have_id || (ret = resume_link(s, err, errlen)))
+			goto out;
+		if (s->resumed_remote)
+			break;
+	}
 out:
 	if (ret && !s->fail[0])
 		snprintf(s->fail, sizeof(s->fail), "%s", err);
 	if (s->sq && ret)
 		eng_conn_shutdown(s->conn, SHUT_RDWR); /* wakes a writer stuck on a dead peer */
 	eng_sendq_free(s->sq);
+	s->sq = NULL;
 	if (ret && s->out.fd >= 0)
 		eng_outfile_abort(&s->out);
 	if (s->mig_fd >= 0)
@@ -1119,6 +1263,7 @@ out:
 		free(p);
 	}
 	qb_devstate_free(&s->devstate);
+	eng_ledger_free(&s->ledger);
 	free(s->dev);
 	free(s->pending);
 	eng_vmbase_close(&s->base);

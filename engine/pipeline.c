@@ -330,6 +330,9 @@ static int poll_ingest(struct stage *s)
 			return 0;
 		}
 	}
+	if (p->a->ledger)
+		for (int i = 0; i < n; i++)
+			eng_ledger_fed(p->a->ledger, b->block[i]);
 	p->ingest_seq++;
 	p->ingest_idle = false;
 	b->nblocks = (uint32_t)n;
@@ -489,6 +492,8 @@ static int poll_dedup(struct stage *s)
 		if (!memcmp(d, held, CDC_DIGEST_LEN)) {
 			b->verdict[i] = ENG_SAME;
 			p->verdicts[ENG_SAME]++;
+			if (p->a->ledger)
+				eng_ledger_same(p->a->ledger, b->block[i]);
 			continue;
 		}
 		if (trk_table_lookup(p->sent_table, held, &holder) == 0 && holder == b->block[i])
@@ -676,6 +681,10 @@ static int poll_segment(struct stage *s)
 		memcpy(p->open_seg->raw + p->open_seg->raw_len, b->enc, b->enc_len);
 		p->open_seg->raw_len += b->enc_len;
 		p->open_seg->blocks += b->nblocks;
+		if (p->a->ledger)
+			for (uint32_t i = 0; i < b->nblocks; i++)
+				if (b->verdict[i] != ENG_SAME)
+					eng_ledger_carried(p->a->ledger, b->block[i], p->open_seg->seq);
 	}
 	p->batch_packed = true;
 	if ((b->flags & BATCH_FLUSH) && p->open_seg)
@@ -954,7 +963,7 @@ static void pipeline_free(struct eng_pipeline *p)
 		trk_table_free(p->base_table);
 		trk_table_free(p->sent_table);
 	}
-	for (unsigned o = 0; o < ENG_MAX_OBJECTS; o++)
+	for (unsigned o = 0; o < ENG_MAX_OBJECTS && !p->a->ledger; o++)
 		free(p->held[o]);
 	explicit_bzero(p->stream.subkey, sizeof(p->stream.subkey));
 	free(p);
@@ -1008,13 +1017,20 @@ static struct rte_mempool *buffer_pool_create(const char *name, unsigned n, size
 	return mp;
 }
 
-/* Before anything is sent the receiver holds the base, and zeros past it. */
+/* Before anything is sent the receiver holds the base, and zeros past it
+ * (or, resuming, what the ledger says). */
 static int held_init(struct eng_pipeline *p)
 {
 	for (unsigned o = 0; o < p->a->nobj; o++) {
 		const struct trk_index *base = p->a->obj[o].base;
 		p->base_blocks[o] = trk_index_blocks(base);
 		p->capacity_blocks[o] = (p->a->obj[o].capacity + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+		if (p->a->ledger) { /* what earlier streams of this handoff left */
+			if (p->a->ledger->nobj != p->a->nobj || p->a->ledger->blocks[o] != p->capacity_blocks[o])
+				return -EINVAL;
+			p->held[o] = p->a->ledger->held[o];
+			continue;
+		}
 		p->held[o] = malloc((p->capacity_blocks[o] ? p->capacity_blocks[o] : 1) * CDC_DIGEST_LEN);
 		if (!p->held[o])
 			return -ENOMEM;
@@ -1049,9 +1065,11 @@ static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot initialise the stream keys");
 		return -EIO;
 	}
-	if (held_init(p)) {
-		snprintf(err, errlen, "out of memory for the block digest tables");
-		return -ENOMEM;
+	int hr = held_init(p);
+	if (hr) {
+		snprintf(err, errlen, hr == -EINVAL ? "internal error: the ledger does not fit these objects"
+						    : "out of memory for the block digest tables");
+		return hr;
 	}
 	unique_name(name, sizeof(name), "batch");
 	p->batches = buffer_pool_create(name, NBATCHES, sizeof(struct batch), a->socket);
@@ -1153,13 +1171,12 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 	run_plan(p, &p->plan[0], true);
 	for (unsigned i = 1; i < p->nlcores; i++)
 		rte_eal_wait_lcore(p->lcore_ids[i]);
+	if (rep) /* a failed run too: what it sent counts */
+		eng_pipeline_report(p, rep);
 	if (p->failed) {
 		snprintf(err, errlen, "%s", p->err);
 		ret = -EIO;
-		goto out;
 	}
-	if (rep)
-		eng_pipeline_report(p, rep);
 out:
 	pipeline_free(p);
 	return ret;

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "codecs/codecs.h"
+#include "ledger.h"
 #include "stream.h"
 #include "tracker/tracker.h"
 
@@ -128,6 +129,12 @@ struct eng_diff_args {
 	bool tick_every_loop; /* tests: tick on every main-lcore loop, between any two batches */
 	void *tick_ctx;
 	struct eng_stream *stream_out; /* if set: the header, salt and session, for control messages (segment key wiped) */
+	/*
+	 * A stream that may be cut and resumed (ledger.h): the run takes the
+	 * block digests from it, leaves them there and notes which data segment
+	 * carried each block. NULL: the run keeps its own.
+	 */
+	struct eng_ledger *ledger;
 	/*
 	 * The caller stops EAL and exits right after: the dedup tables are left
 	 * to rte_eal_cleanup. DPDK zeroes every byte of an element it frees,
