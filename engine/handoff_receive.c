@@ -325,6 +325,8 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 	d->state = ENG_RESUME_RESUMED;
 	snprintf(text, sizeof(text), "%.6f", *resume_ts);
 	eng_control_send(ctl, ENG_MSG_RESUMED, text);
+	if (d->a->retry_for_s <= 0)
+		return 0;
 	/* the source closes once it heard; a cut instead may have lost the message */
 	ssize_t n = eng_conn_recv(d->conn, &byte, 1, 10);
 	if (n < 0 && n != -ETIMEDOUT) {
@@ -339,7 +341,8 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 /* The link was cut: wait for the source to reconnect and tell it where we stand. */
 static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t errlen)
 {
-	char why[256], aerr[256] = "nobody came";
+	char why[512], aerr[256] = "nobody came";
+	uint8_t nonce[ENG_RESUME_NONCE_LEN];
 	struct timespec t_cut;
 	static const char *const state_name[] = { "receiving", "verified", "resumed" };
 
@@ -355,10 +358,10 @@ static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t er
 		if (!(d->conn = eng_conn_accept(d->a->from, &b, d->a->retry_for_s - since(&t_cut), aerr, sizeof(aerr))))
 			break;
 		if (!eng_session_offer(d->conn, d->session, aerr, sizeof(aerr)) &&
-		    !eng_session_resume_take(d->conn, d->session, d->a->key, d->aead, d->handoff_id,
-					     ENG_SESSION_WAIT_S, aerr, sizeof(aerr)) &&
-		    !eng_session_resume_reply(d->conn, d->session, d->a->key, d->aead, d->handoff_id, d->state,
-					      applied)) {
+		    !eng_session_resume_take(d->conn, d->session, d->a->key, d->aead, d->handoff_id, 2, nonce,
+					     aerr, sizeof(aerr)) &&
+		    !eng_session_resume_reply(d->conn, d->session, d->a->key, d->aead, d->handoff_id, nonce,
+					      d->state, applied)) {
 			d->resumes++;
 			d->cut_s += since(&t_cut);
 			fprintf(stderr, "receive: the source resumed after %.1f s (%s, %llu segments applied)\n",
@@ -497,7 +500,13 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		struct eng_source src = d->conn ? eng_conn_source(d->conn) : eng_fd_source(&in);
 		struct eng_stream stream = { 0 };
 		bool cut = false;
+		uint64_t applied_before = eng_patcher_applied(pt);
 		ret = eng_patcher_read(pt, &src, d->conn ? d->session : NULL, &stream, &cut, err, errlen);
+		if (!ret && d->loaded && eng_patcher_applied(pt) != applied_before) {
+			/* QEMU holds what was verified before: it must not change now */
+			snprintf(err, errlen, "the source sent more state after this end had verified and loaded the VM");
+			ret = -EPROTO;
+		}
 		if (a->progress)
 			fputs("\r\033[K", stderr);
 		if (stream.header_len && !d->have_id) {

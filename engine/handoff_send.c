@@ -12,6 +12,7 @@
 #include "handoff.h"
 #include "cli.h"
 #include "control.h"
+#include "guard.h"
 #include "io.h"
 #include "sendq.h"
 #include "session.h"
@@ -77,6 +78,7 @@ struct src {
 	/* passes: a permutation of the block space, walked by the feed */
 	uint64_t perm_mul, perm_add, cursor;
 	bool pass_active, final_pass, ended, hold;
+	bool final_fed;         /* the final pass went through the whole block space */
 	unsigned passes;
 	struct pass_report *reports, *cur_report;
 	uint64_t fed_blocks;
@@ -103,6 +105,7 @@ struct src {
 	bool over_budget;     /* stopped although the rest did not fit the budget */
 	/* guest throttle (throttle.h): opened on first need */
 	struct eng_throttle thr;
+	struct eng_guard guard; /* puts the VM back if this process dies before the commit */
 	bool thr_tried;
 	char thr_note[300];   /* why it is unavailable */
 	unsigned thr_steps;
@@ -129,7 +132,7 @@ struct src {
 	uint64_t owed_blocks;   /* sent again after cuts */
 	double cut_s;           /* link down, summed over cuts */
 	uint64_t wire_prev, raw_prev, sealed_prev; /* earlier streams' counters */
-	char fail[256];
+	char fail[512];
 };
 
 static int qemu_migrate(struct src *s, uint64_t downtime_ms, char *err, size_t errlen);
@@ -312,7 +315,7 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 			s->cur_report->end_s = now_s(s);
 		__atomic_store_n(&s->pass_active, false, __ATOMIC_RELEASE);
 		if (s->final_pass)
-			s->ended = true;
+			s->ended = s->final_fed = true;
 	}
 	return (int)n;
 }
@@ -414,6 +417,7 @@ static void throttle_release(struct src *s)
 	if (s->thr.active && s->thr.fraction > 0)
 		s->thr_seconds += now_s(s) - s->thr_since;
 	eng_throttle_close(&s->thr);
+	eng_guard_throttle(&s->guard, &s->thr);
 }
 
 /*
@@ -436,6 +440,7 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 		s->thr_tried = true;
 		if (qb_vcpu_threads(s->qmp, &pid, tids, ENG_THROTTLE_MAX_THREADS, &n, err, sizeof(err)) ||
 		    eng_throttle_open(&s->thr, pid, tids, n, err, sizeof(err))) {
+			eng_guard_throttle(&s->guard, &s->thr);
 			snprintf(s->thr_note, sizeof(s->thr_note), "%s", err);
 			fprintf(stderr, "%ssend: warning: the guest dirties faster than the link drains and cannot be slowed (%s)\n",
 				s->a->progress ? "\r\033[K" : "", err);
@@ -457,6 +462,7 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 		throttle_release(s);
 		return false;
 	}
+	eng_guard_throttle(&s->guard, &s->thr);
 	if (s->thr_steps++ == 0)
 		s->thr_since = now_s(s);
 	if (next > s->thr_max)
@@ -616,10 +622,14 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	}
 	int qerr = s->sq ? eng_sendq_error(s->sq) : 0;
 	if (qerr) {
+		if (!s->fail[0]) /* not a FAILED from the destination, which stays fatal */
+			s->link_lost = true;
 		src_fail(s, "connection to the destination lost: %s", strerror(-qerr));
-		s->link_lost = true;
 		s->ended = true;
 	}
+	/* no trailer after a cut: the destination must not verify a stream cut short */
+	if (s->link_lost)
+		eng_pipeline_abort(p, s->fail);
 	int bridge = __atomic_load_n(&s->bridge_done, __ATOMIC_ACQUIRE);
 	if (bridge < 0) {
 		src_fail(s, "%s", s->bridge_err);
@@ -1024,6 +1034,7 @@ static int finish_remote(struct src *s, double *resume_ts, char *err, size_t err
 		return ret ? ret : -EIO;
 	}
 	/* from here on the source VM never runs again */
+	eng_guard_committed(&s->guard, true);
 	s->committed = true;
 	ret = eng_control_send(c, ENG_MSG_COMMIT, NULL);
 	if (!ret)
@@ -1067,12 +1078,21 @@ static void close_transport(struct src *s)
  */
 static int resume_link(struct src *s, char *err, size_t errlen)
 {
-	char why[256], rerr[256] = "no answer";
+	char why[512], rerr[256] = "no answer";
 	double t_cut = now_s(s), deadline = t_cut + s->a->retry_for_s;
 	enum eng_resume_state state = ENG_RESUME_RECEIVING;
 	uint64_t applied = 0;
 
-	snprintf(why, sizeof(why), "%s", s->fail);
+	snprintf(why, sizeof(why), "%s", err);
+	/* a destination that failed says so before it closes: that is no cut */
+	if (s->have_ctl) {
+		enum eng_msg_type type;
+		char text[ENG_MSG_TEXT_MAX + 1];
+		if (eng_control_recv(&s->ctl, 0.2, &type, text, sizeof(text)) == 0 && type == ENG_MSG_FAILED) {
+			snprintf(err, errlen, "destination failed: %s", text);
+			return -EIO;
+		}
+	}
 	fprintf(stderr, "%ssend: %s; reconnecting for up to %.0f s\n", s->a->progress ? "\r\033[K" : "", why,
 		s->a->retry_for_s);
 	close_transport(s);
@@ -1105,6 +1125,10 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 		fprintf(stderr, "send: reconnected after %.1f s: the VM already runs at the destination\n", down);
 		return 0;
 	}
+	/* a COMMIT sent on the old connection never arrived (the receiver stopped
+	 * reading it before it answered): the VM is still the source's */
+	s->committed = false;
+	eng_guard_committed(&s->guard, false);
 	if (!(s->sq = eng_sendq_new(1 << 20, conn_send_cb, s->conn))) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
@@ -1113,9 +1137,16 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 	memset(&s->stream, 0, sizeof(s->stream));
 	uint64_t owed = eng_ledger_rewind(&s->ledger, applied, owe_block, s);
 	s->owed_blocks += owed;
+	if (state == ENG_RESUME_VERIFIED && (!s->final_fed || owed)) {
+		snprintf(err, errlen, "%s; on reconnecting the destination says it verified a stream this source "
+			 "did not finish", why);
+		return -EPROTO;
+	}
 	s->ended = false;
-	if (s->phase == PH_FINAL) /* the owed blocks lie behind its cursor */
+	if (s->phase == PH_FINAL) { /* the owed blocks lie behind its cursor */
+		s->final_fed = false;
 		start_pass(s);
+	}
 	fprintf(stderr, "send: resumed after %.1f s: the destination holds %llu segments, %llu blocks go again\n",
 		down, (unsigned long long)applied, (unsigned long long)owed);
 	if (s->trace)
@@ -1142,8 +1173,13 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	s->disk_fd = s->read_fd = s->mig_fd = -1;
 	s->out.fd = s->trace_out.fd = -1;
 	s->t0 = rte_rdtsc();
+	s->guard.fd = -1;
 	if ((ret = setup(s, err, errlen)) || (ret = open_transport(s, err, errlen)))
 		goto out;
+	if (s->conn && eng_guard_start(&s->guard, a->qmp_path, s->was_running, err, errlen)) {
+		ret = -EIO;
+		goto out;
+	}
 	/*
 	 * An overlay is the VM suspended by QEMU's own migration: one pass,
 	 * then QEMU stops it (its run state stays "running", so the VM starts
@@ -1171,7 +1207,8 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		capacity[o] = obj[o].capacity;
 	}
 	obj[ENG_VM_DEVICES].capacity = capacity[ENG_VM_DEVICES] = ENG_DEVICES_CAPACITY;
-	if (s->conn && eng_ledger_init(&s->ledger, ENG_VM_OBJECTS, bases, capacity)) {
+	bool resumable = s->conn && a->retry_for_s > 0;
+	if (resumable && eng_ledger_init(&s->ledger, ENG_VM_OBJECTS, bases, capacity)) {
 		snprintf(err, errlen, "out of memory for the block ledger");
 		ret = -ENOMEM;
 		goto out;
@@ -1180,7 +1217,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	struct eng_diff_args da = {
 		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed,
 		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
-		.socket = a->socket, .ledger = s->conn ? &s->ledger : NULL,
+		.socket = a->socket, .ledger = resumable ? &s->ledger : NULL,
 		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
 	};
 	/* one stream per connection: more than one only after a cut (--retry-for) */
@@ -1190,7 +1227,8 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		da.mode = s->mode_now;
 		memset(&rep, 0, sizeof(rep));
 		ret = eng_diff_run(&da, &rep, err, errlen);
-		if (ret && s->sq && eng_sendq_error(s->sq)) /* the sink failed on the connection */
+		/* the sink failed on the connection (not after a failure of its own) */
+		if (ret && !s->fail[0] && s->sq && eng_sendq_error(s->sq))
 			s->link_lost = true;
 		s->wire_prev += rep.wire_bytes;
 		s->raw_prev += rep.stages[ENG_STAGE_INGEST].bytes_in;
@@ -1212,12 +1250,9 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 			}
 			if (!(ret = finish_remote(s, &resume_ts, err, errlen)))
 				break;
-			snprintf(s->fail, sizeof(s->fail), "%s", err);
-		}
-		if (s->fail[0])
+		} else if (s->fail[0]) {
 			snprintf(err, errlen, "%s", s->fail);
-		else
-			snprintf(s->fail, sizeof(s->fail), "%s", err);
+		}
 		ret = ret ? ret : -EIO;
 		if (!s->link_lost || a->retry_for_s <= 0 || !s->have_id || (ret = resume_link(s, err, errlen)))
 			goto out;
@@ -1225,7 +1260,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 			break;
 	}
 out:
-	if (ret && !s->fail[0])
+	if (ret) /* the summary's error: the last word */
 		snprintf(s->fail, sizeof(s->fail), "%s", err);
 	if (s->sq && ret)
 		eng_conn_shutdown(s->conn, SHUT_RDWR); /* wakes a writer stuck on a dead peer */
@@ -1238,6 +1273,7 @@ out:
 	throttle_release(s);
 	if (ret && !s->committed)
 		restore_source(s);
+	eng_guard_release(&s->guard); /* the VM is where it should be */
 	if (s->bridge_started)
 		pthread_join(s->bridge, NULL);
 	double total = now_s(s);

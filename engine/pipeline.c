@@ -217,6 +217,11 @@ static void fail(struct eng_pipeline *p, const char *fmt, ...)
 	va_end(ap);
 }
 
+void eng_pipeline_abort(struct eng_pipeline *p, const char *why)
+{
+	fail(p, "%s", why);
+}
+
 /* Enqueue cannot fail: every ring holds all objects of its pool. */
 static void hand_on(struct eng_pipeline *p, enum eng_stage_id next, void *obj)
 {

@@ -157,6 +157,8 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 
 /* From the tick: takes effect at the next batch / segment boundary. */
 void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m);
+/* From the tick: end the run now, as failed (no trailer goes out). */
+void eng_pipeline_abort(struct eng_pipeline *p, const char *why);
 /* From the tick: live figures so far. */
 void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *rep);
 

@@ -77,9 +77,10 @@ static struct cdc_sealer *resume_sealer(const uint8_t value[ENG_SESSION_LEN], co
 	return s;
 }
 
-/* The tag over msg[0, len) (no plaintext); open: check it instead. */
+/* The tag over aad (no plaintext) into tag; open: check tag instead. */
 static int resume_tag(const uint8_t value[ENG_SESSION_LEN], const uint8_t *key, enum cdc_aead aead,
-		      const uint8_t handoff[32], uint64_t nonce, uint8_t *msg, size_t len, bool open)
+		      const uint8_t handoff[32], uint64_t nonce, const uint8_t *aad, size_t len, uint8_t *tag,
+		      bool open)
 {
 	struct cdc_sealer *s = resume_sealer(value, key, aead, handoff);
 	uint8_t none[1];
@@ -87,9 +88,20 @@ static int resume_tag(const uint8_t value[ENG_SESSION_LEN], const uint8_t *key, 
 
 	if (!s)
 		return -ENOMEM;
-	r = open ? cdc_open(s, nonce, msg, len, none, 0, msg + len) : cdc_seal(s, nonce, msg, len, none, 0, msg + len);
+	r = open ? cdc_open(s, nonce, aad, len, none, 0, tag) : cdc_seal(s, nonce, aad, len, none, 0, tag);
 	cdc_sealer_free(s);
 	return r;
+}
+
+#define ASK_SIGNED (12 + 32 + ENG_RESUME_NONCE_LEN)
+#define REPLY_SIGNED 20
+
+/* What the reply's tag covers: the reply and the ask's nonce. */
+static void reply_aad(const uint8_t *reply, const uint8_t nonce[ENG_RESUME_NONCE_LEN],
+		      uint8_t out[REPLY_SIGNED + ENG_RESUME_NONCE_LEN])
+{
+	memcpy(out, reply, REPLY_SIGNED);
+	memcpy(out + REPLY_SIGNED, nonce, ENG_RESUME_NONCE_LEN);
 }
 
 int eng_session_resume_ask(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
@@ -97,12 +109,17 @@ int eng_session_resume_ask(struct eng_conn *c, const uint8_t value[ENG_SESSION_L
 			   enum eng_resume_state *state, uint64_t *applied, char *err, size_t errlen)
 {
 	uint8_t ask[ENG_RESUME_ASK_LEN] = { 0 }, reply[ENG_RESUME_REPLY_LEN];
+	uint8_t aad[REPLY_SIGNED + ENG_RESUME_NONCE_LEN];
 	int r;
 
 	memcpy(ask, ask_magic, 8);
 	cdc_put_le(ask + 8, RESUME_VERSION, 2);
 	memcpy(ask + 12, handoff, 32);
-	if ((r = resume_tag(value, key, aead, handoff, 1, ask, 12 + 32, false)) ||
+	if (cdc_random(ask + 44, ENG_RESUME_NONCE_LEN)) {
+		eng_set_err(err, errlen, "no randomness available for the resume");
+		return -EIO;
+	}
+	if ((r = resume_tag(value, key, aead, handoff, 1, ask, ASK_SIGNED, ask + ASK_SIGNED, false)) ||
 	    (r = eng_conn_send(c, ask, sizeof(ask)))) {
 		eng_set_err(err, errlen, "cannot ask %s to resume: %s", eng_conn_peer(c),
 			    r == -ENOMEM ? "out of memory" : eng_conn_error(c));
@@ -114,8 +131,10 @@ int eng_session_resume_ask(struct eng_conn *c, const uint8_t value[ENG_SESSION_L
 			    : r == -ETIMEDOUT ? "no reply" : eng_conn_error(c));
 		return r;
 	}
+	reply_aad(reply, ask + 44, aad);
 	if (memcmp(reply, reply_magic, 8) || cdc_get_le(reply + 8, 2) != RESUME_VERSION || reply[11] ||
-	    reply[10] > ENG_RESUME_RESUMED || resume_tag(value, key, aead, handoff, 2, reply, 20, true)) {
+	    reply[10] > ENG_RESUME_RESUMED ||
+	    resume_tag(value, key, aead, handoff, 2, aad, sizeof(aad), reply + REPLY_SIGNED, true)) {
 		eng_set_err(err, errlen, "%s sent no valid resume reply (forged, or not this handoff's receiver)",
 			    eng_conn_peer(c));
 		return -EPROTO;
@@ -126,8 +145,8 @@ int eng_session_resume_ask(struct eng_conn *c, const uint8_t value[ENG_SESSION_L
 }
 
 int eng_session_resume_take(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
-			    enum cdc_aead aead, const uint8_t handoff[32], double timeout_s, char *err,
-			    size_t errlen)
+			    enum cdc_aead aead, const uint8_t handoff[32], double timeout_s,
+			    uint8_t nonce[ENG_RESUME_NONCE_LEN], char *err, size_t errlen)
 {
 	uint8_t ask[ENG_RESUME_ASK_LEN];
 	int r = eng_conn_recv_all(c, ask, sizeof(ask), timeout_s);
@@ -143,28 +162,30 @@ int eng_session_resume_take(struct eng_conn *c, const uint8_t value[ENG_SESSION_
 		return -EPROTO;
 	}
 	/* the tag is made with the handoff named inside: another handoff's ask fails it */
-	if (resume_tag(value, key, aead, handoff, 1, ask, 12 + 32, true)) {
+	if (resume_tag(value, key, aead, handoff, 1, ask, ASK_SIGNED, ask + ASK_SIGNED, true)) {
 		bool ours = !memcmp(ask + 12, handoff, 32);
 		eng_set_err(err, errlen, "%s: %s", eng_conn_peer(c),
 			    ours ? "resume request failed authentication (wrong key, or replayed)"
 				 : "resume request for another handoff");
 		return ours ? -EACCES : -ESTALE;
 	}
+	memcpy(nonce, ask + 44, ENG_RESUME_NONCE_LEN);
 	return 0;
 }
 
 int eng_session_resume_reply(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
-			     enum cdc_aead aead, const uint8_t handoff[32], enum eng_resume_state state,
-			     uint64_t applied)
+			     enum cdc_aead aead, const uint8_t handoff[32], const uint8_t nonce[ENG_RESUME_NONCE_LEN],
+			     enum eng_resume_state state, uint64_t applied)
 {
-	uint8_t reply[ENG_RESUME_REPLY_LEN] = { 0 };
+	uint8_t reply[ENG_RESUME_REPLY_LEN] = { 0 }, aad[REPLY_SIGNED + ENG_RESUME_NONCE_LEN];
 	int r;
 
 	memcpy(reply, reply_magic, 8);
 	cdc_put_le(reply + 8, RESUME_VERSION, 2);
 	reply[10] = (uint8_t)state;
 	cdc_put_le(reply + 12, applied, 8);
-	if ((r = resume_tag(value, key, aead, handoff, 2, reply, 20, false)))
+	reply_aad(reply, nonce, aad);
+	if ((r = resume_tag(value, key, aead, handoff, 2, aad, sizeof(aad), reply + REPLY_SIGNED, false)))
 		return r;
 	return eng_conn_send(c, reply, sizeof(reply));
 }
