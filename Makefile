@@ -72,6 +72,9 @@ $(BUILD)/%: scripts/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< -o $@ -lpthread
 
+# hash-bench compares the engine's SHA-256 with Intel's multi-buffer library
+$(BUILD)/hash-bench: LDLIBS += -lIPSec_MB
+
 $(BUILD)/%: perf/%.c $(BUILD)/libhandoff.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/libhandoff.a -o $@ $(LDLIBS)
