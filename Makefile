@@ -25,7 +25,7 @@ FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
 
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -Werror=incompatible-pointer-types -I. $(DPDK_CFLAGS) $(FUSE_CFLAGS)
-LDLIBS  += $(DPDK_LIBS) -lisal -lzstd -llzma -lcrypto -lhwloc -ljson-c -luring -lfuse3 -llmdb -lhiredis -lpthread
+LDLIBS  += $(DPDK_LIBS) -lisal -lIPSec_MB -lzstd -llzma -lcrypto -lhwloc -ljson-c -luring -lfuse3 -llmdb -lhiredis -lpthread
 ifneq ($(SANITIZE),)
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=$(SANITIZE)
@@ -72,9 +72,6 @@ $(BUILD)/%: scripts/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< -o $@ -lpthread
 
-# hash-bench compares the engine's SHA-256 with Intel's multi-buffer library
-$(BUILD)/hash-bench: LDLIBS += -lIPSec_MB
-
 $(BUILD)/%: perf/%.c $(BUILD)/libhandoff.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/libhandoff.a -o $@ $(LDLIBS)
@@ -96,7 +93,7 @@ FUZZ_SRC_index := $(CODECS_SRC) tracker/index.c engine/safefile.c
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*) $(wildcard */*.h)
 	@mkdir -p $(dir $@)
 	clang -O1 -g -std=gnu11 -D_GNU_SOURCE -I. $(DPDK_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=undefined $< $(FUZZ_SRC_$*) -o $@ -lisal -lzstd -llzma -lcrypto -luring -ljson-c
+	    -fno-sanitize-recover=undefined $< $(FUZZ_SRC_$*) -o $@ -lisal -lIPSec_MB -lzstd -llzma -lcrypto -luring -ljson-c
 
 unit: $(ENGINE) $(TOOLS) $(TESTS)
 	@HANDOFF_ENGINE=$(ENGINE) scripts/run-tests $(TESTS)
