@@ -3,6 +3,7 @@
  * and after the pipeline; the progress line is drawn from the pipeline's tick.
  */
 #include "cli.h"
+#include "clock.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -227,6 +228,8 @@ unsigned cli_diff_mem_mb(uint64_t base_size, uint64_t target_size)
 	return (unsigned)(128 + (blocks * 128 >> 20));
 }
 
+double cli_main_s, cli_eal_up_s;
+
 int cli_eal_start(unsigned mem_mb, int *socket)
 {
 	char lcores[256], mem[32], prefix[64], *argv[64];
@@ -303,6 +306,7 @@ int cli_eal_start(unsigned mem_mb, int *socket)
 	}
 	free(logbuf);
 	eal_started = true;
+	cli_eal_up_s = eng_mono_s();
 	eal_defaults = eal_argc == 0;
 	if (!user_gave(eal_argc, eal_argv, "--log-level"))
 		rte_log_set_global_level(RTE_LOG_WARNING);

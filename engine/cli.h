@@ -44,6 +44,10 @@ const char *const *cli_operands(int *n);
 /* "512", "64K", "1.5G", "2T" (binary units) into bytes. 0, or -1 if malformed. */
 int cli_parse_size(const char *s, uint64_t *out);
 
+/* When the process reached main() and when EAL was up (eng_mono_s; 0: not yet):
+ * a command's start-up time is measured from the first. */
+extern double cli_main_s, cli_eal_up_s;
+
 /* One-line error to stderr, prefixed with the program name. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

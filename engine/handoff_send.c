@@ -11,6 +11,7 @@
  */
 #include "handoff.h"
 #include "cli.h"
+#include "clock.h"
 #include "control.h"
 #include "guard.h"
 #include "io.h"
@@ -132,6 +133,8 @@ struct src {
 	uint64_t owed_blocks;   /* sent again after cuts */
 	double cut_s;           /* link down, summed over cuts */
 	uint64_t wire_prev, raw_prev, sealed_prev; /* earlier streams' counters */
+	/* start-up, eng_mono_s(): from main() (or the call) to the first state on the wire */
+	double t_begin, t_setup, t_connected, t_first_state;
 	char fail[512];
 };
 
@@ -561,6 +564,8 @@ static void tick(void *ctx, struct eng_pipeline *p)
 
 	eng_pipeline_report(p, &rep);
 	s->wire_bytes = s->wire_prev + rep.wire_bytes;
+	if (!s->t_first_state)
+		s->t_first_state = rep.first_data_s;
 	if (s->conn) {
 		eng_conn_sample(s->conn, &s->link);
 		double r = s->link.rate_smooth_bps > s->link.delivery_bps ? s->link.rate_smooth_bps
@@ -997,6 +1002,14 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(t, "qemu_done_s", json_object_new_double(s->qemu_done_s));
 	json_object_object_add(t, "trailer_queued_s", json_object_new_double(s->trailer_s));
 	json_object_object_add(o, "timeline", t);
+	/* seconds from the start of the process: EAL up, base, mirror and QMP ready,
+	 * connected (session taken), first data segment handed to the link */
+	json_object *su = json_object_new_object();
+	json_object_object_add(su, "eal_s", json_object_new_double(cli_eal_up_s && cli_main_s ? cli_eal_up_s - cli_main_s : 0));
+	json_object_object_add(su, "setup_s", json_object_new_double(s->t_setup ? s->t_setup - s->t_begin : 0));
+	json_object_object_add(su, "connected_s", json_object_new_double(s->t_connected ? s->t_connected - s->t_begin : 0));
+	json_object_object_add(su, "first_state_s", json_object_new_double(s->t_first_state ? s->t_first_state - s->t_begin : 0));
+	json_object_object_add(o, "startup", su);
 	json_object *v = json_object_new_object();
 	for (int i = 0; i < ENG_VERDICT_COUNT; i++)
 		json_object_object_add(v, eng_verdict_name(i), json_object_new_int64((int64_t)rep->verdicts[i]));
@@ -1174,8 +1187,13 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	s->out.fd = s->trace_out.fd = -1;
 	s->t0 = rte_rdtsc();
 	s->guard.fd = -1;
-	if ((ret = setup(s, err, errlen)) || (ret = open_transport(s, err, errlen)))
+	s->t_begin = cli_main_s ? cli_main_s : eng_mono_s();
+	if ((ret = setup(s, err, errlen)))
 		goto out;
+	s->t_setup = eng_mono_s();
+	if ((ret = open_transport(s, err, errlen)))
+		goto out;
+	s->t_connected = eng_mono_s();
 	if (s->conn && eng_guard_start(&s->guard, a->qmp_path, s->was_running, err, errlen)) {
 		ret = -EIO;
 		goto out;
@@ -1227,6 +1245,8 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		da.mode = s->mode_now;
 		memset(&rep, 0, sizeof(rep));
 		ret = eng_diff_run(&da, &rep, err, errlen);
+		if (!s->t_first_state)
+			s->t_first_state = rep.first_data_s;
 		/* the sink failed on the connection (not after a failure of its own) */
 		if (ret && !s->fail[0] && s->sq && eng_sendq_error(s->sq))
 			s->link_lost = true;

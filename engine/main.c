@@ -4,6 +4,7 @@
  * once it knows how much memory its inputs need.
  */
 #include "cli.h"
+#include "clock.h"
 #include "codecs/codecs.h"
 
 #include <errno.h>
@@ -128,6 +129,8 @@ int main(int argc, char **argv)
 {
 	const char *val[CLI_MAX_OPTS];
 	int first = 1;
+
+	cli_main_s = eng_mono_s();
 
 	/* EAL args come first and end at "--"; a command name means there are none. */
 	if (argc > 1 && !find_command(argv[1]) && argv[1][0] == '-' && strcmp(argv[1], "--help") &&

@@ -11,6 +11,7 @@
  * lcore and read racily by the tick (figures for humans and the controller).
  */
 #include "pipeline.h"
+#include "clock.h"
 #include "codecs/varint.h"
 #include "stream.h"
 
@@ -130,6 +131,7 @@ struct eng_pipeline {
 	uint64_t verdicts[ENG_VERDICT_COUNT];
 	/* sink */
 	uint64_t wire_bytes;
+	double first_data_s;
 	volatile int done;
 	volatile int failed;
 	char err[256];
@@ -797,6 +799,8 @@ static int poll_sink(struct stage *s)
 	consume_in_order(s);
 	if (ret)
 		fail(p, "cannot write output: %s", strerror(-ret));
+	if (!p->first_data_s && g->type == ENG_FRAME_DATA)
+		p->first_data_s = eng_mono_s();
 	p->wire_bytes += g->frame_len;
 	s->st.items++;
 	s->st.blocks += g->blocks;
@@ -1144,6 +1148,7 @@ void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *r
 		}
 	}
 	rep->blocks_in_flight = rep->blocks - rep->stages[ENG_STAGE_SINK].blocks;
+	rep->first_data_s = p->first_data_s;
 }
 
 int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, char *err,
