@@ -1371,6 +1371,7 @@ void dio_stats(struct dio_conn *c, struct dio_stats *s)
 	s->bw_bps = get_dbl(&c->st_bw);
 	s->min_rtt_us = get_dbl(&c->st_rtt);
 	snprintf(s->port, sizeof(s->port), "%s", c->port.name);
+	s->port_node = c->port.socket == SOCKET_ID_ANY ? -1 : c->port.socket;
 	if (!rte_eth_stats_get(c->port.id, &es)) {
 		s->port_ipackets = es.ipackets;
 		s->port_opackets = es.opackets;

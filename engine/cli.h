@@ -86,6 +86,10 @@ void cli_progress(const char *what, uint64_t done, uint64_t total, uint64_t out_
 void cli_progress_end(void);
 
 json_object *cli_stage_json(const struct eng_diff_report *rep);
+/* Where cli_eal_start placed the pipeline (numa.h): node, nodes, the lcores' CPUs. NULL before EAL. */
+json_object *cli_placement_json(void);
+/* The pipeline's node (a dpdk: port without a node of its own goes there too); -1 before EAL. */
+int cli_pipeline_node(void);
 void cli_print_json(json_object *o);
 
 extern const struct cli_cmd cli_cmd_diff, cli_cmd_patch, cli_cmd_keygen, cli_cmd_track, cli_cmd_send,

@@ -1016,6 +1016,7 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(o, "blocks", v);
 	if (rep->lcores) /* the pipeline ran */
 		json_object_object_add(o, "stages", cli_stage_json(rep));
+	json_object_object_add(o, "placement", cli_placement_json());
 	return o;
 }
 
