@@ -82,13 +82,15 @@ $(BUILD)/tests/%: tests/%.c tests/testlib.h $(BUILD)/libhandoff.a
 
 # Every parser of outside input under libFuzzer with ASan and UBSan (clang,
 # own objects): the stream, QEMU's migration stream and device state, QMP
-# replies, the base index cache. Corpus seeds in tests/fuzz/corpus/TARGET.
-FUZZ_TARGETS := stream migstream qmp index
+# replies, the base index cache, control messages and the session and resume
+# messages. Corpus seeds in tests/fuzz/corpus/TARGET.
+FUZZ_TARGETS := stream migstream qmp index control
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 FUZZ_SRC_stream := $(CODECS_SRC) engine/stream.c engine/io.c
 FUZZ_SRC_migstream := $(CODECS_SRC) qemu_bridge/migstream.c
 FUZZ_SRC_qmp := qemu_bridge/qmp.c
 FUZZ_SRC_index := $(CODECS_SRC) tracker/index.c engine/safefile.c
+FUZZ_SRC_control := $(CODECS_SRC) engine/control.c engine/session.c engine/stream.c engine/io.c
 .SECONDEXPANSION:
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*) $(wildcard */*.h)
 	@mkdir -p $(dir $@)
