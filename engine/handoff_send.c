@@ -922,7 +922,16 @@ static int setup(struct src *s, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot allocate the RAM mirror: %s", strerror(errno));
 		return -ENOMEM;
 	}
-	memcpy(s->mirror, s->base.map[ENG_VM_MEMORY], trk_index_size(s->base.index[ENG_VM_MEMORY]));
+	/* the base RAM copy-on-write from mem.img: copying 256 MiB (and faulting
+	 * in every page) was most of the set-up; only pages that change get copied */
+	uint64_t mem_size = trk_index_size(s->base.index[ENG_VM_MEMORY]);
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), span = ((size_t)mem_size + page - 1) / page * page;
+	int mfd = open(s->base.path[ENG_VM_MEMORY], O_RDONLY | O_CLOEXEC);
+	if (mfd < 0 || span > s->mirror_len ||
+	    mmap(s->mirror, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, mfd, 0) == MAP_FAILED)
+		memcpy(s->mirror, s->base.map[ENG_VM_MEMORY], mem_size);
+	if (mfd >= 0)
+		close(mfd);
 	s->qmp = qb_qmp_connect(s->a->qmp_path, 10, err, errlen);
 	if (!s->qmp || check_source(s, err, errlen))
 		return -EIO;
