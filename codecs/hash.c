@@ -20,6 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Below this many blocks a flush with lanes half empty costs more than the four-lane code. */
+#define MB_MIN_RUN 16
+
 struct cdc_hasher {
 	EVP_MD *md;
 	EVP_MD_CTX *ctx;
@@ -37,10 +40,17 @@ struct cdc_hasher *cdc_hasher_new(void)
 	h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
 	h->ctx = EVP_MD_CTX_new();
 	if (!pick || !strcmp(pick, "ipsec-mb")) {
+		IMB_ARCH arch = IMB_ARCH_NONE;
 		if ((h->mb = alloc_mb_mgr(0)))
-			init_mb_mgr_auto(h->mb, NULL);
+			init_mb_mgr_auto(h->mb, &arch);
+		/* a CPU the library cannot drive leaves its calls unset */
+		if (h->mb && (arch == IMB_ARCH_NONE || imb_get_errno(h->mb))) {
+			free_mb_mgr(h->mb);
+			h->mb = NULL;
+		}
 	}
-	h->x4 = !h->mb && cdc_sha256_x4_available() && (!pick || !strcmp(pick, "sha-ni"));
+	/* runs too short to fill the lanes go four at a time */
+	h->x4 = cdc_sha256_x4_available() && (!pick || !strcmp(pick, "sha-ni") || !strcmp(pick, "ipsec-mb"));
 	if (!h->md || !h->ctx) {
 		cdc_hasher_free(h);
 		return NULL;
@@ -57,6 +67,11 @@ void cdc_hasher_free(struct cdc_hasher *h)
 	if (h->mb)
 		free_mb_mgr(h->mb);
 	free(h);
+}
+
+const char *cdc_hasher_runs(const struct cdc_hasher *h)
+{
+	return h->mb ? "ipsec-mb" : h->x4 ? "sha-ni" : "openssl";
 }
 
 void cdc_hash_block(struct cdc_hasher *h, const void *block, uint8_t out[CDC_DIGEST_LEN])
@@ -99,7 +114,7 @@ void cdc_hash_blocks(struct cdc_hasher *h, const uint8_t *const *blocks, unsigne
 {
 	unsigned i = 0;
 
-	if (h->mb && n > 1 && hash_blocks_mb(h->mb, blocks, n, out))
+	if (h->mb && n >= MB_MIN_RUN && hash_blocks_mb(h->mb, blocks, n, out))
 		return;
 	if (h->x4)
 		for (; i + 4 <= n; i += 4)

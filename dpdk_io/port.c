@@ -79,7 +79,7 @@ static int port_node(uint16_t id, const struct rte_eth_dev_info *info)
 	int node = eng_numa_port_node(topo, pci ? rte_dev_name(info->device) : NULL, rte_eth_dev_socket_id(id),
 				      cli_pipeline_node());
 	eng_numa_close(topo);
-	return node >= 0 ? node : SOCKET_ID_ANY;
+	return node >= 0 && cli_dpdk_has_node(node) ? node : SOCKET_ID_ANY;
 }
 
 int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double link_timeout_s,

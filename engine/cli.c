@@ -248,7 +248,7 @@ static bool dpdk_has_socket(int node)
 /* The node of most of the lcores' CPUs (the main lcore's first: it wins a tie). */
 static int place_pipeline(void)
 {
-	unsigned cpus[RTE_MAX_LCORE], n = 0, lcore, main_lcore = rte_get_main_lcore();
+	unsigned cpus[CPU_SETSIZE], n = 0, lcore, main_lcore = rte_get_main_lcore();
 	size_t len = 0;
 	char err[256];
 
@@ -256,14 +256,13 @@ static int place_pipeline(void)
 		RTE_LCORE_FOREACH(lcore) {
 			if ((lcore == main_lcore) != (pass == 0))
 				continue;
-			rte_cpuset_t cs = rte_lcore_cpuset(lcore);
-			for (unsigned cpu = 0; cpu < CPU_SETSIZE; cpu++)
+			rte_cpuset_t cs = rte_lcore_cpuset(lcore); /* --lcores may give one several */
+			for (unsigned cpu = 0; cpu < CPU_SETSIZE && n < RTE_DIM(cpus); cpu++)
 				if (CPU_ISSET(cpu, &cs)) {
 					cpus[n++] = cpu;
 					if (len + 12 < sizeof(placement.cpus))
 						len += (size_t)snprintf(placement.cpus + len, sizeof(placement.cpus) - len,
 									"%s%u", len ? "," : "", cpu);
-					break;
 				}
 		}
 	struct eng_numa *topo = eng_numa_open(NULL, false, err, sizeof(err));
@@ -294,6 +293,11 @@ json_object *cli_placement_json(void)
 int cli_pipeline_node(void)
 {
 	return placement.node;
+}
+
+bool cli_dpdk_has_node(int node)
+{
+	return dpdk_has_socket(node);
 }
 
 int cli_eal_start(unsigned mem_mb, int *socket)

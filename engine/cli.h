@@ -90,6 +90,8 @@ json_object *cli_stage_json(const struct eng_diff_report *rep);
 json_object *cli_placement_json(void);
 /* The pipeline's node (a dpdk: port without a node of its own goes there too); -1 before EAL. */
 int cli_pipeline_node(void);
+/* DPDK has memory on this node (a socket id it knows). */
+bool cli_dpdk_has_node(int node);
 void cli_print_json(json_object *o);
 
 extern const struct cli_cmd cli_cmd_diff, cli_cmd_patch, cli_cmd_keygen, cli_cmd_track, cli_cmd_send,

@@ -9,32 +9,37 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 extern char **environ;
 
 /* Messages on the pipe: a type byte, then (T) the throttle as it is. */
-enum { MSG_RUNNING = 'W', MSG_THROTTLE = 'T', MSG_COMMIT = 'C', MSG_RELEASE = 'X' };
+enum { MSG_READY = 'R', MSG_RUNNING = 'W', MSG_THROTTLE = 'T', MSG_COMMIT = 'C', MSG_RELEASE = 'X' };
 
-static void put(struct eng_guard *g, char type, const void *body, size_t len)
+/* 0, or -EPIPE when the guard is gone (never a SIGPIPE: MSG_NOSIGNAL). */
+static int put(struct eng_guard *g, char type, const void *body, size_t len)
 {
 	char buf[1 + sizeof(struct eng_throttle)];
 
-	if (g->fd < 0 || len > sizeof(buf) - 1)
-		return;
+	if (g->fd < 0)
+		return 0;
+	if (len > sizeof(buf) - 1)
+		return -EINVAL;
 	buf[0] = type;
 	if (len)
 		memcpy(buf + 1, body, len);
 	size_t done = 0;
 	while (done < len + 1) {
-		ssize_t n = write(g->fd, buf + done, len + 1 - done);
+		ssize_t n = send(g->fd, buf + done, len + 1 - done, MSG_NOSIGNAL);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
-			return; /* the guard is gone: nothing to tell */
+			return -EPIPE;
 		done += (size_t)n;
 	}
+	return 0;
 }
 
 int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running, char *err, size_t errlen)
@@ -42,23 +47,21 @@ int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running,
 	int p[2];
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t at;
-	char exe[4096];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	/* this very binary (its inode), whatever now lies at its path */
+	char *argv[] = { "handoff-engine", "guard", "--qmp", (char *)qmp_path, NULL };
 
 	g->fd = -1;
 	g->pid = 0;
-	if (n <= 0 || pipe2(p, O_CLOEXEC)) {
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p)) {
 		snprintf(err, errlen, "cannot start the source VM's guard: %s", strerror(errno));
 		return -errno;
 	}
-	exe[n] = 0;
-	char *argv[] = { exe, "guard", "--qmp", (char *)qmp_path, NULL };
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, p[0], 3);
 	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 	posix_spawnattr_init(&at);
 	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID);
-	int r = posix_spawn(&g->pid, exe, &fa, &at, argv, environ);
+	int r = posix_spawn(&g->pid, "/proc/self/exe", &fa, &at, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
 	close(p[0]);
@@ -68,14 +71,23 @@ int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running,
 		return -r;
 	}
 	g->fd = p[1];
-	char running = was_running;
-	put(g, MSG_RUNNING, &running, 1);
+	/* the guard says it is up and reading before the engine relies on it */
+	struct timeval tv = { .tv_sec = 5 };
+	char ready = 0, running = was_running;
+	setsockopt(g->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (recv(g->fd, &ready, 1, 0) != 1 || ready != MSG_READY || put(g, MSG_RUNNING, &running, 1)) {
+		snprintf(err, errlen, "the source VM's guard did not start (handoff-engine guard)");
+		close(g->fd);
+		g->fd = -1;
+		waitpid(g->pid, NULL, WNOHANG);
+		return -EIO;
+	}
 	return 0;
 }
 
 void eng_guard_throttle(struct eng_guard *g, const struct eng_throttle *t)
 {
-	put(g, MSG_THROTTLE, t, sizeof(*t));
+	put(g, MSG_THROTTLE, t, sizeof(*t)); /* a guard gone is caught at the commit */
 }
 
 static void finish(struct eng_guard *g, char type)
@@ -90,11 +102,11 @@ static void finish(struct eng_guard *g, char type)
 		usleep(10000);
 }
 
-void eng_guard_committed(struct eng_guard *g, bool committed)
+int eng_guard_committed(struct eng_guard *g, bool committed)
 {
 	char c = committed;
 
-	put(g, MSG_COMMIT, &c, 1);
+	return put(g, MSG_COMMIT, &c, 1);
 }
 
 void eng_guard_release(struct eng_guard *g)
@@ -161,6 +173,9 @@ int eng_guard_main(int fd, const char *qmp_path)
 	signal(SIGPIPE, SIG_IGN);
 	/* nothing of the engine's but the pipe: a connection kept open here would hide a death */
 	close_range(4, ~0u, 0);
+	char ready = MSG_READY;
+	if (send(fd, &ready, 1, MSG_NOSIGNAL) != 1)
+		return 1;
 	for (;;) {
 		/* the engine is gone: after the commit the VM is the destination's */
 		if (read_all(fd, &type, 1))

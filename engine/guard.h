@@ -8,9 +8,10 @@
  * cancelled and the VM continued if it was running. Once COMMIT went out the
  * VM is the destination's and the guard does nothing.
  *
- * It is the engine binary itself (`handoff-engine guard`, run by send; not
- * for operators), started in a session of its own so that a ^C meant for the
- * engine does not reach it.
+ * It is the engine binary itself (`handoff-engine guard`, run by send from
+ * /proc/self/exe, so the same build even if the file was replaced; not for
+ * operators), started in a session of its own so that a ^C meant for the
+ * engine does not reach it, and it says it is up before send goes on.
  */
 #ifndef HANDOFF_GUARD_H
 #define HANDOFF_GUARD_H
@@ -31,8 +32,9 @@ int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running,
 /* The throttle as it is now (after each change): the guard closes it if the engine dies. */
 void eng_guard_throttle(struct eng_guard *g, const struct eng_throttle *t);
 /* COMMIT is about to go out: from here on the VM is the destination's
- * (false again: a reconnect found that the COMMIT never arrived). */
-void eng_guard_committed(struct eng_guard *g, bool committed);
+ * (false again: a reconnect found that the COMMIT never arrived). -EPIPE
+ * when the guard is gone: then COMMIT must not go out unguarded. */
+int eng_guard_committed(struct eng_guard *g, bool committed);
 /* The engine ended and left the VM as it should be: the guard just exits. */
 void eng_guard_release(struct eng_guard *g);
 

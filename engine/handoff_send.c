@@ -441,9 +441,10 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 		pid_t pid, tids[ENG_THROTTLE_MAX_THREADS];
 		unsigned n;
 		s->thr_tried = true;
-		if (qb_vcpu_threads(s->qmp, &pid, tids, ENG_THROTTLE_MAX_THREADS, &n, err, sizeof(err)) ||
-		    eng_throttle_open(&s->thr, pid, tids, n, err, sizeof(err))) {
-			eng_guard_throttle(&s->guard, &s->thr);
+		int opened = qb_vcpu_threads(s->qmp, &pid, tids, ENG_THROTTLE_MAX_THREADS, &n, err, sizeof(err)) ? -1
+			     : eng_throttle_open(&s->thr, pid, tids, n, err, sizeof(err));
+		eng_guard_throttle(&s->guard, &s->thr); /* the threads may have moved already */
+		if (opened) {
 			snprintf(s->thr_note, sizeof(s->thr_note), "%s", err);
 			fprintf(stderr, "%ssend: warning: the guest dirties faster than the link drains and cannot be slowed (%s)\n",
 				s->a->progress ? "\r\033[K" : "", err);
@@ -927,9 +928,18 @@ static int setup(struct src *s, char *err, size_t errlen)
 	uint64_t mem_size = trk_index_size(s->base.index[ENG_VM_MEMORY]);
 	size_t page = (size_t)sysconf(_SC_PAGESIZE), span = ((size_t)mem_size + page - 1) / page * page;
 	int mfd = open(s->base.path[ENG_VM_MEMORY], O_RDONLY | O_CLOEXEC);
-	if (mfd < 0 || span > s->mirror_len ||
-	    mmap(s->mirror, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, mfd, 0) == MAP_FAILED)
+	bool cow = mfd >= 0 && span <= s->mirror_len;
+	if (!cow || mmap(s->mirror, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, mfd, 0) == MAP_FAILED) {
+		/* a failed MAP_FIXED may have unmapped the range already: fresh pages, then the copy */
+		if (cow && mmap(s->mirror, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+				0) == MAP_FAILED) {
+			snprintf(err, errlen, "cannot allocate the RAM mirror: %s", strerror(errno));
+			if (mfd >= 0)
+				close(mfd);
+			return -ENOMEM;
+		}
 		memcpy(s->mirror, s->base.map[ENG_VM_MEMORY], mem_size);
+	}
 	if (mfd >= 0)
 		close(mfd);
 	s->qmp = qb_qmp_connect(s->a->qmp_path, 10, err, errlen);
@@ -1056,8 +1066,11 @@ static int finish_remote(struct src *s, double *resume_ts, char *err, size_t err
 			snprintf(err, errlen, "destination failed: %s", text);
 		return ret ? ret : -EIO;
 	}
-	/* from here on the source VM never runs again */
-	eng_guard_committed(&s->guard, true);
+	/* from here on the source VM never runs again: not without a guard */
+	if (eng_guard_committed(&s->guard, true)) {
+		snprintf(err, errlen, "the source VM's guard is gone: not committing (the source VM runs on)");
+		return -EIO;
+	}
 	s->committed = true;
 	ret = eng_control_send(c, ENG_MSG_COMMIT, NULL);
 	if (!ret)

@@ -46,10 +46,11 @@ int eng_numa_nodes(const struct eng_numa *n)
 	return c > 0 ? c : 1;
 }
 
-/* An object's node: nodesets hold the OS indexes of nodes (the first, if it spans more). */
+/* An object's node (nodesets hold the OS indexes of nodes); -1 unless exactly one:
+ * a NIC local to a whole package of several nodes, or to the machine, names none. */
 static int node_of(hwloc_obj_t o)
 {
-	return o ? hwloc_bitmap_first(o->nodeset) : -1;
+	return o && hwloc_bitmap_weight(o->nodeset) == 1 ? hwloc_bitmap_first(o->nodeset) : -1;
 }
 
 int eng_numa_node_of_cpu(const struct eng_numa *n, unsigned cpu)
