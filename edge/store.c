@@ -892,6 +892,7 @@ static int expire_pins(MDB_txn *txn, struct edg_store *s, uint64_t now)
 		MDB_cursor *c;
 		MDB_val k, v;
 		char id[EDG_NAME_MAX + 1] = "";
+		size_t id_len = 0;
 		int rc;
 
 		if ((rc = mdb_cursor_open(txn, s->pin, &c)))
@@ -899,19 +900,25 @@ static int expire_pins(MDB_txn *txn, struct edg_store *s, uint64_t now)
 		for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 			struct pin_hdr h;
 			/* a damaged record counts as expired: unpin_in then reports it */
-			if ((!pin_ok(&v, &h) || h.expires_s <= now) && k.mv_size <= EDG_NAME_MAX) {
+			if ((!pin_ok(&v, &h) || h.expires_s <= now) && k.mv_size && k.mv_size <= EDG_NAME_MAX) {
 				memcpy(id, k.mv_data, k.mv_size);
 				id[k.mv_size] = 0;
+				id_len = k.mv_size;
 				break;
 			}
 		}
 		mdb_cursor_close(c);
 		if (rc && rc != MDB_NOTFOUND)
 			return rc;
-		if (!id[0])
+		if (!id_len)
 			return 0;
-		bool found;
-		if ((rc = unpin_in(txn, s, id, &found)))
+		bool found = false;
+		if (strlen(id) == id_len && (rc = unpin_in(txn, s, id, &found)))
+			return rc;
+		/* a key no pin id can name (a NUL inside, from a damaged store): drop it as it is,
+		 * or this loop would find it again forever */
+		MDB_val raw = val_of(id, id_len);
+		if (!found && (rc = mdb_del(txn, s->pin, &raw, NULL)))
 			return rc;
 	}
 }

@@ -22,6 +22,20 @@
 #include <unistd.h>
 
 static char dir[64], out_path[96];
+static uint8_t info_val[64]; /* the store's own info record: every input starts from it */
+static size_t info_len;
+
+static void remove_cache(void)
+{
+	char path[96];
+
+	snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/lock.mdb", dir);
+	unlink(path);
+	rmdir(dir);
+	unlink(out_path);
+}
 
 static void write_seed(const char *file);
 
@@ -39,6 +53,22 @@ static void init(void)
 		abort();
 	}
 	edg_store_close(s);
+	atexit(remove_cache);
+	/* keep the info record a fresh store writes */
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = { 4, "info" }, v;
+	char path[96];
+	snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 8) || mdb_env_open(env, path, MDB_NOSUBDIR | MDB_RDONLY, 0600) ||
+	    mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) || mdb_dbi_open(txn, "info", 0, &dbi) ||
+	    mdb_get(txn, dbi, &k, &v) || v.mv_size > sizeof(info_val))
+		abort();
+	memcpy(info_val, v.mv_data, v.mv_size);
+	info_len = v.mv_size;
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
 	if (getenv("FUZZ_CACHE_SEED")) {
 		write_seed(getenv("FUZZ_CACHE_SEED"));
 		exit(0);
@@ -117,9 +147,13 @@ static void write_records(const uint8_t *data, size_t size)
 		mdb_env_close(env);
 		return;
 	}
+	/* each input on its own: every sub-database emptied, the store's info record back */
+	MDB_val ik = { 4, "info" }, iv = { info_len, info_val };
 	for (int i = 0; i < 5; i++)
-		if (mdb_dbi_open(txn, dbs[i], MDB_CREATE, &dbi[i]) || (i < 4 && mdb_drop(txn, dbi[i], 0)))
+		if (mdb_dbi_open(txn, dbs[i], MDB_CREATE, &dbi[i]) || mdb_drop(txn, dbi[i], 0))
 			goto abort;
+	if (mdb_put(txn, dbi[4], &ik, &iv, 0))
+		goto abort;
 	for (size_t p = 0; p + 4 <= size;) {
 		unsigned db = data[p] % 5, klen = data[p + 1], vlen = data[p + 2] | data[p + 3] << 8;
 		p += 4;
@@ -146,7 +180,7 @@ static void on_bad(void *ctx, const uint8_t digest[EDG_DIGEST_LEN])
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char err[256], name[256];
+	char err[256], name[256] = "";
 	struct edg_stat st;
 	struct edg_gc_report gr;
 	uint64_t checked, bad, isize, n;
@@ -185,8 +219,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		p += klen + vlen;
 	}
 	edg_store_unpin(s, "fuzz", err, sizeof(err));
+	if (name[0]) /* the last recipe named */
+		edg_store_remove_image(s, name, err, sizeof(err));
 	edg_store_gc(s, 0, 0, NULL, &gr, err, sizeof(err));
-	edg_store_remove_image(s, "fuzz", err, sizeof(err));
 	edg_store_close(s);
 	return 0;
 }
