@@ -1249,7 +1249,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	}
 	obj[ENG_VM_DEVICES].capacity = capacity[ENG_VM_DEVICES] = ENG_DEVICES_CAPACITY;
 	bool resumable = s->conn && a->retry_for_s > 0;
-	if (resumable && eng_ledger_init(&s->ledger, ENG_VM_OBJECTS, bases, capacity)) {
+	if (resumable && eng_ledger_init(&s->ledger, ENG_VM_OBJECTS, bases, capacity, NULL)) {
 		snprintf(err, errlen, "out of memory for the block ledger");
 		ret = -ENOMEM;
 		goto out;

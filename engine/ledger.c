@@ -1,17 +1,17 @@
 #include "ledger.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* No content hashes to this: the dedup stage never finds an owed block "same". */
-static const uint8_t unknown_digest[CDC_DIGEST_LEN] = {
+const uint8_t eng_unknown_digest[CDC_DIGEST_LEN] = {
 	0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
 	0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
 };
 
 int eng_ledger_init(struct eng_ledger *l, unsigned nobj, const struct trk_index *const *base,
-		    const uint64_t *capacity)
+		    const uint64_t *capacity, const uint8_t *const *have)
 {
 	memset(l, 0, sizeof(*l));
 	if (nobj > ENG_MAX_OBJECTS)
@@ -27,9 +27,12 @@ int eng_ledger_init(struct eng_ledger *l, unsigned nobj, const struct trk_index 
 			eng_ledger_free(l);
 			return -ENOMEM;
 		}
-		for (uint64_t b = 0; b < n; b++)
-			memcpy(l->held[o][b], b < nb ? trk_index_digest(base[o], b) : cdc_zero_digest(),
+		for (uint64_t b = 0; b < n; b++) {
+			bool has = b < nb && (!have || !have[o] || (have[o][b >> 3] >> (b & 7) & 1));
+			memcpy(l->held[o][b],
+			       b >= nb ? cdc_zero_digest() : has ? trk_index_digest(base[o], b) : eng_unknown_digest,
 			       CDC_DIGEST_LEN);
+		}
 	}
 	return 0;
 }
@@ -57,7 +60,7 @@ uint64_t eng_ledger_rewind(struct eng_ledger *l, uint64_t applied,
 				continue;
 			l->carried[o][b] = 0;
 			l->in_flight[o][b] = 0;
-			memcpy(l->held[o][b], unknown_digest, CDC_DIGEST_LEN);
+			memcpy(l->held[o][b], eng_unknown_digest, CDC_DIGEST_LEN);
 			owe(ctx, o, b);
 			owed++;
 		}

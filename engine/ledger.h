@@ -30,9 +30,13 @@ struct eng_ledger {
 	uint64_t first_segment;             /* the current stream's segment 0 */
 };
 
-/* Every block as the base has it (zeros past the base), up to capacity[o] bytes. */
+/* No content hashes to this: a block the receiver may not hold is never "the same". */
+extern const uint8_t eng_unknown_digest[CDC_DIGEST_LEN];
+
+/* Every block as the base has it (zeros past the base), up to capacity[o]
+ * bytes; unknown where have[o] (NULL: all held) says the receiver lacks it. */
 int eng_ledger_init(struct eng_ledger *l, unsigned nobj, const struct trk_index *const *base,
-		    const uint64_t *capacity);
+		    const uint64_t *capacity, const uint8_t *const *have);
 void eng_ledger_free(struct eng_ledger *l);
 
 /* Ingest: the feed handed this block over. */

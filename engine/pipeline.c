@@ -438,6 +438,14 @@ static void consume_in_order(struct stage *s)
 static uint64_t batch_seq(void *o) { return ((struct batch *)o)->seq; }
 static uint64_t segment_seq(void *o) { return ((struct segment *)o)->seq; }
 
+/* The receiver holds base block b of object o (eng_diff_object's have). */
+static bool has_base(const struct eng_pipeline *p, unsigned o, uint64_t b)
+{
+	const uint8_t *have = p->a->obj[o].have;
+
+	return b < p->base_blocks[o] && (!have || (have[b >> 3] >> (b & 7) & 1));
+}
+
 static uint8_t *held_digest(struct eng_pipeline *p, uint64_t ref)
 {
 	return p->held[ENG_REF_OBJ(ref)][ENG_REF_BLK(ref)];
@@ -589,7 +597,7 @@ static int poll_delta(struct stage *s)
 		/* new block: delta against the same-offset base block if there is
 		 * one with content (against zeros a delta is the block itself) */
 		const struct trk_index *base = p->a->obj[obj].base;
-		enum cdc_delta kind = blk < p->base_blocks[obj] &&
+		enum cdc_delta kind = has_base(p, obj, blk) &&
 					      memcmp(trk_index_digest(base, blk), cdc_zero_digest(),
 						     CDC_DIGEST_LEN)
 					      ? b->delta
@@ -1034,7 +1042,7 @@ static int held_init(struct eng_pipeline *p)
 		const struct trk_index *base = p->a->obj[o].base;
 		p->base_blocks[o] = trk_index_blocks(base);
 		p->capacity_blocks[o] = (p->a->obj[o].capacity + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
-		if (p->a->ledger) { /* what earlier streams of this handoff left */
+		if (p->a->ledger) { /* what earlier streams of this handoff left (and what the receiver lacks) */
 			if (p->a->ledger->nobj != p->a->nobj || p->a->ledger->blocks[o] != p->capacity_blocks[o])
 				return -EINVAL;
 			p->held[o] = p->a->ledger->held[o];
@@ -1045,7 +1053,9 @@ static int held_init(struct eng_pipeline *p)
 			return -ENOMEM;
 		for (uint64_t b = 0; b < p->capacity_blocks[o]; b++)
 			memcpy(p->held[o][b],
-			       b < p->base_blocks[o] ? trk_index_digest(base, b) : cdc_zero_digest(),
+			       b >= p->base_blocks[o]	     ? cdc_zero_digest()
+			       : has_base(p, o, b) ? trk_index_digest(base, b)
+						   : eng_unknown_digest,
 			       CDC_DIGEST_LEN);
 	}
 	return 0;
@@ -1114,8 +1124,8 @@ static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot allocate dedup tables from DPDK memory: raise EAL -m");
 		return -ENOMEM;
 	}
-	for (unsigned o = 0; o < a->nobj; o++)
-		trk_table_add_index(p->base_table, a->obj[o].base, ENG_REF(o, 0));
+	for (unsigned o = 0; o < a->nobj; o++) /* only what the receiver can copy from */
+		trk_table_add_index_masked(p->base_table, a->obj[o].base, ENG_REF(o, 0), a->obj[o].have);
 	return plan_lcores(p) ? (snprintf(err, errlen, "out of memory"), -ENOMEM) : 0;
 }
 

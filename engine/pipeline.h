@@ -91,6 +91,10 @@ struct eng_diff_object {
 	const struct trk_index *base; /* digests of the base both ends hold */
 	const uint8_t *base_map;      /* the base mapped read-only (deltas read it) */
 	uint64_t capacity;            /* the result never grows past this many bytes */
+	/* The base blocks the receiver holds, bit b of byte b / 8 (NULL: all): the
+	 * others start unknown (sent whatever they hold), are never copied from
+	 * and never delta-encoded against. The feed must hand each of them over. */
+	const uint8_t *have;
 };
 
 #define ENG_FEED_END (-1000000)

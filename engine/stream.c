@@ -270,11 +270,19 @@ struct eng_patcher {
 
 static const uint8_t unset_digest[CDC_DIGEST_LEN];
 
+static bool has_base(const struct obj_state *o, uint64_t blk)
+{
+	return blk < o->base_blocks && (!o->o->have || (o->o->have[blk >> 3] >> (blk & 7) & 1));
+}
+
+/* A result block's digest; NULL for a base block this end lacks that no record wrote. */
 static const uint8_t *block_digest(const struct obj_state *o, uint64_t blk)
 {
 	if (memcmp(o->digest[blk], unset_digest, CDC_DIGEST_LEN))
 		return o->digest[blk];
-	return blk < o->base_blocks ? o->o->base_digests + blk * CDC_DIGEST_LEN : cdc_zero_digest();
+	if (blk >= o->base_blocks)
+		return cdc_zero_digest();
+	return has_base(o, blk) ? o->o->base_digests + blk * CDC_DIGEST_LEN : NULL;
 }
 
 /* 1: got len bytes, 0: clean end before any byte, <0: error / truncation. */
@@ -322,6 +330,8 @@ static int decode_record(struct eng_patcher *r, uint8_t op, const uint8_t **pp, 
 		struct obj_state *src = &r->obj[*p++];
 		if (cdc_get_varint(&p, end, &ref) || ref >= src->base_blocks)
 			return -EBADMSG;
+		if (!has_base(src, ref))
+			return -ENODATA;
 		if ((ret = src->o->base->read(src->o->base->ctx, ref, r->block)))
 			return ret;
 		*digest = src->o->base_digests + ref * CDC_DIGEST_LEN;
@@ -334,9 +344,10 @@ static int decode_record(struct eng_patcher *r, uint8_t op, const uint8_t **pp, 
 		if (cdc_get_varint(&p, end, &ref) || ref >= src->capacity_blocks ||
 		    (src == o && ref == block))
 			return -EBADMSG;
+		if (!(*digest = block_digest(src, ref)))
+			return -ENODATA;
 		if ((ret = src->o->out->read(src->o->out->ctx, ref, r->block)))
 			return ret;
-		*digest = block_digest(src, ref);
 		break;
 	}
 	case ENG_OP_RAW:
@@ -354,6 +365,8 @@ static int decode_record(struct eng_patcher *r, uint8_t op, const uint8_t **pp, 
 			return -EBADMSG;
 		if (len > (uint64_t)(end - p) || len > CDC_DELTA_MAX || block >= o->base_blocks)
 			return -EBADMSG;
+		if (!has_base(o, block))
+			return -ENODATA;
 		if ((ret = o->o->base->read(o->o->base->ctx, block, r->base_block)))
 			return ret;
 		enum cdc_delta kind = op == ENG_OP_XOR     ? CDC_DELTA_XOR
@@ -426,6 +439,11 @@ static int apply_segment(struct eng_patcher *r, const uint8_t *raw, size_t len, 
 				(unsigned long long)seq);
 			return ret;
 		}
+		if (ret == -ENODATA) {
+			eng_set_err(r->err, r->errlen, "segment %llu: a record builds on a base block this end lacks",
+				(unsigned long long)seq);
+			return -EBADMSG;
+		}
 		if (ret) {
 			eng_set_err(r->err, r->errlen, "segment %llu: cannot apply record: %s",
 				(unsigned long long)seq, strerror(-ret));
@@ -466,6 +484,12 @@ static int verify_result(struct eng_patcher *r, const uint8_t *trailer)
 		}
 		/* A base block cut by a smaller result no longer has the base's digest. */
 		for (uint64_t b = 0; b < nblocks; b++) {
+			if (!block_digest(o, b)) {
+				cdc_image_digest_free(d);
+				eng_set_err(r->err, r->errlen, "%s block %llu never came, and this end lacks its base",
+					o->o->name, (unsigned long long)b);
+				return -EBADMSG;
+			}
 			if (b + 1 == nblocks && size % CDC_BLOCK_SIZE && b < o->base_blocks &&
 			    !memcmp(o->digest[b], unset_digest, CDC_DIGEST_LEN) &&
 			    size < o->o->base_size) {

@@ -136,6 +136,9 @@ struct eng_patch_object {
 	const uint8_t *base_digests;  /* SHA-256 of each (zero-padded) base block */
 	uint64_t base_size;
 	const uint8_t *base_id;       /* image digest of the base */
+	/* The base blocks this end holds, bit b of byte b / 8 (NULL: all of them):
+	 * a stream may not build on the others, and must send each before the end. */
+	const uint8_t *have;
 };
 
 struct eng_patch_stats {

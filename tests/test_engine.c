@@ -23,6 +23,8 @@ struct fixture {
 };
 
 static struct fixture fx;
+/* The base blocks the receiving end holds (NULL: all), for diff_to and patch_from. */
+static const uint8_t *fx_have;
 
 static void load_fixture(const uint8_t *base, size_t base_len, const uint8_t *target,
 			 size_t target_len)
@@ -86,7 +88,7 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 	struct eng_file_feed target = { .fd = fd, .size = fx.target_len };
 	struct eng_feed feed = eng_file_feed(&target);
 	struct eng_diff_object obj = {
-		.name = "image", .base = fx.idx, .capacity = fx.target_len,
+		.name = "image", .base = fx.idx, .capacity = fx.target_len, .have = fx_have,
 	};
 	struct eng_diff_args a = {
 		.kind = ENG_KIND_IMAGE,
@@ -116,28 +118,38 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 static int patch_from(struct eng_mem *stream, const uint8_t *key, struct eng_mem *result,
 		      char *err, size_t errlen)
 {
-	struct eng_mem base = { .data = fx.base, .len = fx.base_len, .cap = fx.base_len };
+	/* what this end holds of the base: the blocks it lacks are garbage here */
+	uint8_t *held = malloc(fx.base_len + 1);
+	memcpy(held, fx.base, fx.base_len);
+	for (size_t b = 0; fx_have && b * CDC_BLOCK_SIZE < fx.base_len; b++)
+		if (!(fx_have[b >> 3] >> (b & 7) & 1)) {
+			size_t n = fx.base_len - b * CDC_BLOCK_SIZE;
+			memset(held + b * CDC_BLOCK_SIZE, 0xee, n < CDC_BLOCK_SIZE ? n : CDC_BLOCK_SIZE);
+		}
+	struct eng_mem base = { .data = held, .len = fx.base_len, .cap = fx.base_len };
 	struct eng_source src = eng_mem_source(stream);
 	struct eng_store bs = eng_mem_store(&base), os = eng_mem_store(result);
 	struct eng_patch_stats st;
 
 	stream->pos = 0;
-	/* the result starts as a copy of the base, as patch does it */
+	/* the result starts as a copy of (what this end holds of) the base, as patch does it */
 	memset(result, 0, sizeof(*result));
 	result->max = 1u << 30;
 	if (fx.base_len) {
 		result->data = malloc(fx.base_len);
-		memcpy(result->data, fx.base, fx.base_len);
+		memcpy(result->data, held, fx.base_len);
 		result->len = result->cap = fx.base_len;
 	}
 	struct eng_patch_object obj = {
 		.name = "image", .base = &bs, .out = &os, .base_digests = trk_index_digest(fx.idx, 0),
-		.base_size = trk_index_size(fx.idx), .base_id = trk_index_id(fx.idx),
+		.base_size = trk_index_size(fx.idx), .base_id = trk_index_id(fx.idx), .have = fx_have,
 	};
 	struct eng_patch_args a = {
 		.src = &src, .kind = ENG_KIND_IMAGE, .nobj = 1, .obj = &obj, .key = key,
 	};
-	return eng_patch_stream(&a, &st, err, errlen);
+	int ret = eng_patch_stream(&a, &st, err, errlen);
+	free(held);
+	return ret;
 }
 
 static void assert_round_trip(const struct eng_mode *mode, const uint8_t *key, bool switching)
@@ -217,6 +229,44 @@ static void test_round_trip_every_mode(void **state)
 		assert_int_equal(eng_mode_parse(modes[i], &m, err, sizeof(err)), 0);
 		assert_round_trip(&m, i % 2 ? key : NULL, false);
 	}
+}
+
+/*
+ * A receiver that holds only part of the base (an edge cache): every mode
+ * round-trips when the sender is told what it lacks, and a stream made for
+ * the whole base is refused, never applied wrongly.
+ */
+static void test_partial_base_round_trip(void **state)
+{
+	(void)state;
+	static const char *modes[] = { "none:none:0", "xor:igzip:1", "wdiff:zstd:3", "zref:zstd:-3", "best:zstd:9" };
+	char err[256];
+
+	make_vm_like(2 << 20, (2 << 20) + 777);
+	size_t nb = (fx.base_len + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+	uint8_t *have = calloc(1, nb / 8 + 1);
+	for (size_t b = 0; b < nb; b++)
+		if (test_rand() % 10 >= 3) /* 30% lacking */
+			have[b >> 3] |= (uint8_t)(1u << (b & 7));
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		struct eng_mode m;
+		assert_int_equal(eng_mode_parse(modes[i], &m, err, sizeof(err)), 0);
+		fx_have = have;
+		assert_round_trip(&m, NULL, false);
+	}
+	/* made for a receiver with the whole base: SAME, BASE and delta records build on what it lacks */
+	struct eng_mem stream = { 0 }, result;
+	struct eng_diff_report rep;
+	struct eng_mode m = { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 3 };
+	fx_have = NULL;
+	assert_int_equal(diff_to(&stream, &m, NULL, &rep, false), 0);
+	fx_have = have;
+	assert_int_not_equal(patch_from(&stream, NULL, &result, err, sizeof(err)), 0);
+	assert_true(strstr(err, "lacks") != NULL);
+	eng_mem_free(&result);
+	eng_mem_free(&stream);
+	fx_have = NULL;
+	free(have);
 }
 
 static void test_round_trip_odd_sizes(void **state)
@@ -674,7 +724,7 @@ static void test_live_stream_resumes_after_cuts(void **state)
 		pobj[o] = (struct eng_patch_object){ names[o], &base_st[o], &out_st[o], trk_index_digest(idx[o], 0),
 						     base_size[o], trk_index_id(idx[o]) };
 	}
-	assert_int_equal(eng_ledger_init(&ledger, LIVE_OBJ, bases, cap), 0);
+	assert_int_equal(eng_ledger_init(&ledger, LIVE_OBJ, bases, cap, NULL), 0);
 	struct eng_patch_args pa = { .kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = pobj };
 	assert_int_equal(eng_patcher_new(&pt, &pa, &st, err, sizeof(err)), 0);
 	const unsigned streams = 4;
@@ -746,6 +796,7 @@ int main(void)
 		cmocka_unit_test(test_mode_parse),
 		cmocka_unit_test(test_round_trip_every_mode),
 		cmocka_unit_test(test_round_trip_odd_sizes),
+		cmocka_unit_test(test_partial_base_round_trip),
 		cmocka_unit_test(test_history_window),
 		cmocka_unit_test(test_dedup_verdicts),
 		cmocka_unit_test(test_mode_switch_while_running),
