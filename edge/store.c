@@ -532,6 +532,12 @@ fail:
 	return lmdb_fail(rc, err, errlen, "cannot register the image");
 }
 
+void edg_chunk_digests(const uint8_t *data, uint64_t len, uint32_t chunk_size, uint8_t *out)
+{
+	for (uint64_t at = 0; at < len; at += chunk_size, out += EDG_DIGEST_LEN)
+		cdc_sha256(data + at, len - at < chunk_size ? (size_t)(len - at) : chunk_size, out);
+}
+
 int edg_store_add_file(struct edg_store *s, const char *name, const char *path, struct edg_add_report *rep,
 		       edg_progress_fn progress, void *ctx, char *err, size_t errlen)
 {
@@ -589,10 +595,9 @@ int edg_store_add_file(struct edg_store *s, const char *name, const char *path, 
 			got += (size_t)r;
 		}
 		unsigned k = 0;
-		for (size_t at = 0; at < got; at += s->chunk_size, k++, i++) {
+		edg_chunk_digests(buf, got, s->chunk_size, digests + i * EDG_DIGEST_LEN);
+		for (size_t at = 0; at < got; at += s->chunk_size, k++, i++)
 			lens[k] = (uint32_t)(got - at < s->chunk_size ? got - at : s->chunk_size);
-			cdc_sha256(buf + at, lens[k], digests + i * EDG_DIGEST_LEN);
-		}
 		if ((rc = put_batch(s, buf, lens, digests + (i - k) * EDG_DIGEST_LEN, k, rep))) {
 			ret = lmdb_fail(rc, err, errlen, "cannot store chunks");
 			goto out;

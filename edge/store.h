@@ -171,6 +171,14 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 /* The digests of a that b lacks, each once (malloc'd; *n of them). NULL when out of memory. */
 uint8_t *edg_digests_minus(const uint8_t *a, uint64_t na, const uint8_t *b, uint64_t nb, uint64_t *n);
 
+/*
+ * An image's chunk digests as add would store them: len bytes cut into
+ * chunk_size pieces (the last may be shorter), each named by its SHA-256;
+ * (len + chunk_size - 1) / chunk_size of them into out. A sender names a base
+ * this way without a cache of its own (the chunk recipe it offers).
+ */
+void edg_chunk_digests(const uint8_t *data, uint64_t len, uint32_t chunk_size, uint8_t *out);
+
 /* Digest as 64 hex digits (out: 65 bytes). */
 void edg_digest_hex(const uint8_t digest[EDG_DIGEST_LEN], char *out);
 

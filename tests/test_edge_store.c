@@ -107,6 +107,11 @@ static void test_add_dedup_and_refs(void **state)
 		assert_int_equal(got, i < 64 ? CS : 1000);
 		assert_memory_equal(buf, img + i * CS, got);
 	}
+	/* a sender names the image the same way without a cache (its chunk recipe) */
+	uint8_t *mine = malloc(n * EDG_DIGEST_LEN);
+	edg_chunk_digests(img, len, CS, mine);
+	assert_memory_equal(mine, d, n * EDG_DIGEST_LEN);
+	free(mine);
 	free(img);
 
 	/* a second image sharing contents: refs 2 on shared chunks, 1 on the rest */
