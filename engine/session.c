@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "codecs/varint.h"
@@ -188,4 +189,246 @@ int eng_session_resume_reply(struct eng_conn *c, const uint8_t value[ENG_SESSION
 	if ((r = resume_tag(value, key, aead, handoff, 2, aad, sizeof(aad), reply + REPLY_SIGNED, false)))
 		return r;
 	return eng_conn_send(c, reply, sizeof(reply));
+}
+
+/* ---- a base the destination holds in part -------------------------------------- */
+
+static const char plan_magic[8] = "HOFFPLAN", have_magic[8] = "HOFFHAVE";
+#define BASE_VERSION 1
+#define BASE_HDR 24
+
+static struct cdc_sealer *base_sealer(const uint8_t value[ENG_SESSION_LEN], const uint8_t *key, enum cdc_aead aead)
+{
+	static const uint8_t unkeyed[CDC_KEY_LEN];
+	uint8_t k[CDC_KEY_LEN];
+	struct cdc_sealer *s = NULL;
+
+	if (!cdc_derive_key(key ? key : unkeyed, value, ENG_SESSION_LEN, "handoff v4 base", k, sizeof(k)))
+		s = cdc_sealer_new(aead, k);
+	explicit_bzero(k, sizeof(k));
+	return s;
+}
+
+/* hdr[24] | body sealed in place | tag: one message, one send. aad_extra: the plan's hash for a have. */
+static int send_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, uint8_t *msg, size_t body_len, uint64_t nonce, const uint8_t *aad_extra,
+		       uint8_t *hash_out)
+{
+	struct cdc_sealer *s = base_sealer(value, key, aead);
+	uint8_t aad[BASE_HDR + CDC_DIGEST_LEN];
+	int r;
+
+	if (!s)
+		return -ENOMEM;
+	memcpy(aad, msg, BASE_HDR);
+	if (aad_extra)
+		memcpy(aad + BASE_HDR, aad_extra, CDC_DIGEST_LEN);
+	r = cdc_seal(s, nonce, aad, BASE_HDR + (aad_extra ? CDC_DIGEST_LEN : 0), msg + BASE_HDR, body_len,
+		     msg + BASE_HDR + body_len);
+	cdc_sealer_free(s);
+	if (r)
+		return -EIO;
+	if (hash_out)
+		cdc_sha256(msg, BASE_HDR + body_len + CDC_TAG_LEN, hash_out);
+	return eng_conn_send(c, msg, BASE_HDR + body_len + CDC_TAG_LEN);
+}
+
+/* Reads one message of this magic; *msg (malloc'd) holds it opened, body at BASE_HDR. */
+static int recv_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, double timeout_s, const char magic[8], uint64_t max_body, uint64_t nonce,
+		       const uint8_t *aad_extra, uint8_t **msg, uint64_t *body_len, uint8_t *hash_out, char *err,
+		       size_t errlen)
+{
+	uint8_t hdr[BASE_HDR], aad[BASE_HDR + CDC_DIGEST_LEN];
+	int r = eng_conn_recv_all(c, hdr, sizeof(hdr), timeout_s);
+
+	*msg = NULL;
+	if (r) {
+		eng_set_err(err, errlen, "%s sent no %.8s: %s", eng_conn_peer(c), magic,
+			    r == -EPIPE ? "it closed the connection" : r == -ETIMEDOUT ? "timed out" : eng_conn_error(c));
+		return r;
+	}
+	uint64_t len = cdc_get_le(hdr + 16, 8);
+	if (memcmp(hdr, magic, 8) || cdc_get_le(hdr + 8, 2) != BASE_VERSION || len > max_body) {
+		eng_set_err(err, errlen, "%s sent no valid %.8s (another version, or not a handoff-engine)",
+			    eng_conn_peer(c), magic);
+		return -EPROTO;
+	}
+	uint8_t *m = malloc(BASE_HDR + len + CDC_TAG_LEN);
+	if (!m) {
+		eng_set_err(err, errlen, "out of memory for the %.8s", magic);
+		return -ENOMEM;
+	}
+	memcpy(m, hdr, BASE_HDR);
+	if ((r = eng_conn_recv_all(c, m + BASE_HDR, len + CDC_TAG_LEN, timeout_s > 5 ? timeout_s : 5))) {
+		free(m);
+		eng_set_err(err, errlen, "%s's %.8s ended early: %s", eng_conn_peer(c), magic, eng_conn_error(c));
+		return r;
+	}
+	if (hash_out)
+		cdc_sha256(m, BASE_HDR + len + CDC_TAG_LEN, hash_out);
+	struct cdc_sealer *s = base_sealer(value, key, aead);
+	memcpy(aad, hdr, BASE_HDR);
+	if (aad_extra)
+		memcpy(aad + BASE_HDR, aad_extra, CDC_DIGEST_LEN);
+	r = s ? cdc_open(s, nonce, aad, BASE_HDR + (aad_extra ? CDC_DIGEST_LEN : 0), m + BASE_HDR, len,
+			 m + BASE_HDR + len)
+	      : -ENOMEM;
+	cdc_sealer_free(s);
+	if (r) {
+		free(m);
+		eng_set_err(err, errlen, "%s's %.8s failed authentication (wrong key, or not for this plan)",
+			    eng_conn_peer(c), magic);
+		return -EACCES;
+	}
+	*msg = m;
+	*body_len = len;
+	return 0;
+}
+
+int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, struct eng_base_plan *p, char *err, size_t errlen)
+{
+	uint64_t body = 0;
+
+	for (unsigned o = 0; o < p->nobj; o++)
+		body += 8 + CDC_DIGEST_LEN + 8 + p->obj[o].chunks * CDC_DIGEST_LEN;
+	uint8_t *m = calloc(1, BASE_HDR + body + CDC_TAG_LEN), *q;
+	if (!m) {
+		eng_set_err(err, errlen, "out of memory for the base plan");
+		return -ENOMEM;
+	}
+	memcpy(m, plan_magic, 8);
+	cdc_put_le(m + 8, BASE_VERSION, 2);
+	m[10] = (uint8_t)p->nobj;
+	cdc_put_le(m + 12, p->chunk_size, 4);
+	cdc_put_le(m + 16, body, 8);
+	q = m + BASE_HDR;
+	for (unsigned o = 0; o < p->nobj; o++) {
+		cdc_put_le(q, p->obj[o].size, 8);
+		memcpy(q + 8, p->obj[o].id, CDC_DIGEST_LEN);
+		cdc_put_le(q + 8 + CDC_DIGEST_LEN, p->obj[o].chunks, 8);
+		q += 16 + CDC_DIGEST_LEN;
+		memcpy(q, p->obj[o].digests, p->obj[o].chunks * CDC_DIGEST_LEN);
+		q += p->obj[o].chunks * CDC_DIGEST_LEN;
+	}
+	int r = send_sealed(c, value, key, aead, m, body, 3, NULL, p->hash);
+	free(m);
+	if (r)
+		eng_set_err(err, errlen, "cannot send the base plan to %s: %s", eng_conn_peer(c),
+			    r == -ENOMEM ? "out of memory" : eng_conn_error(c));
+	return r;
+}
+
+void eng_base_plan_free(struct eng_base_plan *p)
+{
+	for (unsigned o = 0; o < ENG_MAX_OBJECTS; o++) {
+		free(p->obj[o].digests);
+		p->obj[o].digests = NULL;
+	}
+}
+
+int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, double timeout_s, struct eng_base_plan *p, char *err, size_t errlen)
+{
+	uint8_t *m;
+	uint64_t len;
+	int r = recv_sealed(c, value, key, aead, timeout_s, plan_magic,
+			    ENG_MAX_OBJECTS * (48 + ENG_PLAN_MAX_CHUNKS * CDC_DIGEST_LEN), 3, NULL, &m, &len, p->hash,
+			    err, errlen);
+
+	memset(p->obj, 0, sizeof(p->obj));
+	if (r)
+		return r;
+	p->nobj = m[10];
+	p->chunk_size = (uint32_t)cdc_get_le(m + 12, 4);
+	const uint8_t *q = m + BASE_HDR, *end = q + len;
+	bool ok = p->nobj >= 1 && p->nobj <= ENG_MAX_OBJECTS && p->chunk_size >= CDC_BLOCK_SIZE &&
+		  p->chunk_size % CDC_BLOCK_SIZE == 0 && p->chunk_size <= (4u << 20);
+	for (unsigned o = 0; ok && o < p->nobj; o++) {
+		struct eng_plan_object *po = &p->obj[o];
+		if ((uint64_t)(end - q) < 16 + CDC_DIGEST_LEN) {
+			ok = false;
+			break;
+		}
+		po->size = cdc_get_le(q, 8);
+		memcpy(po->id, q + 8, CDC_DIGEST_LEN);
+		po->chunks = cdc_get_le(q + 8 + CDC_DIGEST_LEN, 8);
+		q += 16 + CDC_DIGEST_LEN;
+		ok = po->chunks <= ENG_PLAN_MAX_CHUNKS && po->chunks == (po->size + p->chunk_size - 1) / p->chunk_size &&
+		     (uint64_t)(end - q) >= po->chunks * CDC_DIGEST_LEN &&
+		     (po->digests = malloc(po->chunks ? po->chunks * CDC_DIGEST_LEN : 1));
+		if (ok) {
+			memcpy(po->digests, q, po->chunks * CDC_DIGEST_LEN);
+			q += po->chunks * CDC_DIGEST_LEN;
+		}
+	}
+	free(m);
+	if (!ok || q != end) {
+		eng_base_plan_free(p);
+		eng_set_err(err, errlen, "%s sent a malformed base plan", eng_conn_peer(c));
+		return -EPROTO;
+	}
+	return 0;
+}
+
+static uint64_t have_len(const struct eng_base_plan *p)
+{
+	uint64_t n = 0;
+
+	for (unsigned o = 0; o < p->nobj; o++)
+		n += (p->obj[o].chunks + 7) / 8;
+	return n;
+}
+
+int eng_base_have_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, const struct eng_base_plan *p, uint8_t *const *have, char *err,
+		       size_t errlen)
+{
+	uint64_t body = have_len(p);
+	uint8_t *m = calloc(1, BASE_HDR + body + CDC_TAG_LEN), *q;
+
+	if (!m) {
+		eng_set_err(err, errlen, "out of memory for the chunk map");
+		return -ENOMEM;
+	}
+	memcpy(m, have_magic, 8);
+	cdc_put_le(m + 8, BASE_VERSION, 2);
+	cdc_put_le(m + 16, body, 8);
+	q = m + BASE_HDR;
+	for (unsigned o = 0; o < p->nobj; o++) {
+		memcpy(q, have[o], (p->obj[o].chunks + 7) / 8);
+		q += (p->obj[o].chunks + 7) / 8;
+	}
+	int r = send_sealed(c, value, key, aead, m, body, 4, p->hash, NULL);
+	free(m);
+	if (r)
+		eng_set_err(err, errlen, "cannot send the chunk map to %s: %s", eng_conn_peer(c),
+			    r == -ENOMEM ? "out of memory" : eng_conn_error(c));
+	return r;
+}
+
+int eng_base_have_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, double timeout_s, const struct eng_base_plan *p, uint8_t *const *have,
+		       char *err, size_t errlen)
+{
+	uint8_t *m;
+	uint64_t len;
+	int r = recv_sealed(c, value, key, aead, timeout_s, have_magic, have_len(p), 4, p->hash, &m, &len, NULL, err,
+			    errlen);
+
+	if (r)
+		return r;
+	if (len != have_len(p)) {
+		free(m);
+		eng_set_err(err, errlen, "%s sent a chunk map of another size than the plan's", eng_conn_peer(c));
+		return -EPROTO;
+	}
+	const uint8_t *q = m + BASE_HDR;
+	for (unsigned o = 0; o < p->nobj; o++) {
+		memcpy(have[o], q, (p->obj[o].chunks + 7) / 8);
+		q += (p->obj[o].chunks + 7) / 8;
+	}
+	free(m);
+	return 0;
 }

@@ -66,4 +66,47 @@ int eng_session_resume_reply(struct eng_conn *c, const uint8_t value[ENG_SESSION
 			     enum cdc_aead aead, const uint8_t handoff[32], const uint8_t nonce[ENG_RESUME_NONCE_LEN],
 			     enum eng_resume_state state, uint64_t applied);
 
+/*
+ * A destination that holds only part of the base (its edge cache) learns
+ * the base's chunk recipe from the source and says which chunks it holds,
+ * before the stream:
+ *
+ *   plan = magic "HOFFPLAN" | version:u16 = 1 | nobj:u8 | zero:u8 | chunk_size:u32 |
+ *          body_len:u64 | sealed body | tag[16]
+ *     body = per object: base size:u64 | base image digest[32] | chunks:u64 | digest[32] * chunks
+ *   have = magic "HOFFHAVE" | version:u16 = 1 | zero:u16 | zero:u32 | body_len:u64 | sealed body | tag[16]
+ *     body = per object, one bit per chunk of the plan (bit c of byte c / 8), rounded up to bytes
+ *
+ * Both are sealed (the stream's AEAD) under HKDF(key, value, "handoff v4
+ * base"): AEAD nonce 3 for the plan, 4 for the have, whose AAD also holds
+ * the plan's SHA-256, so an answer fits only the plan it answers, in this
+ * connection only (the value is fresh).
+ */
+#define ENG_PLAN_MAX_CHUNKS (1ull << 24) /* per object: 1 TiB in 64 KiB chunks, 512 MiB of digests */
+
+struct eng_base_plan {
+	unsigned nobj;
+	uint32_t chunk_size;
+	struct eng_plan_object {
+		uint64_t size, chunks;
+		uint8_t id[CDC_DIGEST_LEN];
+		uint8_t *digests; /* chunks * CDC_DIGEST_LEN */
+	} obj[ENG_MAX_OBJECTS];
+	uint8_t hash[CDC_DIGEST_LEN]; /* of the plan as sent: the have answers it */
+};
+
+int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, struct eng_base_plan *p, char *err, size_t errlen);
+/* Fills p (digests malloc'd: eng_base_plan_free). -EPROTO / -EACCES / -errno with a reason. */
+int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, double timeout_s, struct eng_base_plan *p, char *err, size_t errlen);
+void eng_base_plan_free(struct eng_base_plan *p);
+/* have[o]: the chunk bitmap of object o, (chunks + 7) / 8 bytes. */
+int eng_base_have_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, const struct eng_base_plan *p, uint8_t *const *have, char *err,
+		       size_t errlen);
+int eng_base_have_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
+		       enum cdc_aead aead, double timeout_s, const struct eng_base_plan *p, uint8_t *const *have,
+		       char *err, size_t errlen);
+
 #endif

@@ -1,8 +1,10 @@
 /*
  * Sessions over real loopback connections (engine/session.h): the resume ask
- * and reply that take a cut handoff up again. The right key and handoff get
+ * and reply that take a cut handoff up again (the right key and handoff get
  * the receiver's state and count across; a wrong key, an ask for another
- * handoff, or a reply meant for another ask are refused.
+ * handoff, or a reply meant for another ask are refused), and the base plan
+ * and chunk map of a destination that holds part of the base (whole across;
+ * a plan under another key, or a map answering another plan, refused).
  */
 #include "engine/conn.h"
 #include "engine/session.h"
@@ -99,10 +101,106 @@ static void test_resume_ask(void **state)
 	assert_int_equal(r.take_ret, 0);
 }
 
+/* The destination's side of a base plan: take the plan, answer which chunks it holds. */
+struct planner {
+	char loc[64];
+	uint8_t key[CDC_KEY_LEN];
+	struct eng_base_plan plan;
+	int plan_ret;
+	bool answer_other_plan;
+};
+
+static void *plan_receiver(void *arg)
+{
+	struct planner *r = arg;
+	struct eng_conn_bind b = { .key = r->key };
+	uint8_t value[ENG_SESSION_LEN], *have[ENG_MAX_OBJECTS] = { 0 };
+	char err[256];
+	struct eng_conn *c = eng_conn_accept(r->loc, &b, 20, err, sizeof(err));
+
+	r->plan_ret = -ENOTCONN;
+	if (!c)
+		return NULL;
+	if (eng_session_offer(c, value, err, sizeof(err)) == 0 &&
+	    (r->plan_ret = eng_base_plan_recv(c, value, r->key, CDC_AEAD_AES256GCM, 10, &r->plan, err, sizeof(err))) == 0) {
+		for (unsigned o = 0; o < r->plan.nobj; o++) { /* holds the chunks at even places */
+			have[o] = calloc(1, r->plan.obj[o].chunks / 8 + 1);
+			for (uint64_t k = 0; k < r->plan.obj[o].chunks; k += 2)
+				have[o][k / 8] |= (uint8_t)(1u << (k % 8));
+		}
+		if (r->answer_other_plan)
+			r->plan.hash[0] ^= 1;
+		eng_base_have_send(c, value, r->key, CDC_AEAD_AES256GCM, &r->plan, have, err, sizeof(err));
+		for (unsigned o = 0; o < r->plan.nobj; o++)
+			free(have[o]);
+	}
+	eng_conn_close(c);
+	return NULL;
+}
+
+static void test_base_plan(void **state)
+{
+	(void)state;
+	uint8_t digests[3][5 * CDC_DIGEST_LEN], other[CDC_KEY_LEN];
+	struct eng_base_plan plan = { .nobj = 3, .chunk_size = 65536 };
+	uint64_t sizes[3] = { 5 * 65536, 3 * 65536 - 100, 4096 };
+
+	test_fill_random(other, sizeof(other));
+	if (!next_port)
+		next_port = 20000 + (unsigned)(test_rand() % 20000);
+	for (unsigned o = 0; o < 3; o++) {
+		test_fill_random(digests[o], sizeof(digests[o]));
+		plan.obj[o] = (struct eng_plan_object){ .size = sizes[o], .chunks = (sizes[o] + 65535) / 65536,
+							.digests = digests[o] };
+		test_fill_random(plan.obj[o].id, CDC_DIGEST_LEN);
+	}
+	for (int run = 0; run < 3; run++) {
+		struct planner r = { .answer_other_plan = run == 2 };
+		struct eng_conn_bind b = { .key = run == 1 ? other : r.key }; /* run 1: the source has another key */
+		uint8_t value[ENG_SESSION_LEN], *have[3];
+		char err[256];
+		pthread_t t;
+
+		test_fill_random(r.key, sizeof(r.key));
+		snprintf(r.loc, sizeof(r.loc), "tcp:127.0.0.1:%u", next_port++);
+		assert_int_equal(pthread_create(&t, NULL, plan_receiver, &r), 0);
+		struct eng_conn *c = eng_conn_connect(r.loc, &b, 20, err, sizeof(err));
+		assert_non_null(c);
+		assert_int_equal(eng_session_take(c, value, 10, err, sizeof(err)), 0);
+		assert_int_equal(eng_base_plan_send(c, value, b.key, CDC_AEAD_AES256GCM, &plan, err, sizeof(err)), 0);
+		for (unsigned o = 0; o < 3; o++)
+			have[o] = calloc(1, 8);
+		int hr = eng_base_have_recv(c, value, b.key, CDC_AEAD_AES256GCM, 10, &plan, have, err, sizeof(err));
+		eng_conn_close(c);
+		pthread_join(t, NULL);
+		if (run == 0) { /* the plan arrives whole, the answer fits it */
+			assert_int_equal(r.plan_ret, 0);
+			assert_int_equal(hr, 0);
+			for (unsigned o = 0; o < 3; o++) {
+				assert_int_equal(r.plan.obj[o].chunks, plan.obj[o].chunks);
+				assert_int_equal(r.plan.obj[o].size, sizes[o]);
+				assert_memory_equal(r.plan.obj[o].id, plan.obj[o].id, CDC_DIGEST_LEN);
+				assert_memory_equal(r.plan.obj[o].digests, digests[o], plan.obj[o].chunks * CDC_DIGEST_LEN);
+				assert_int_equal(have[o][0], 0x55 & ((1u << plan.obj[o].chunks) - 1));
+			}
+		} else if (run == 1) { /* a source without the key: the plan is refused */
+			assert_int_equal(r.plan_ret, -EACCES);
+			assert_int_not_equal(hr, 0);
+		} else { /* an answer to another plan is refused */
+			assert_int_equal(r.plan_ret, 0);
+			assert_int_equal(hr, -EACCES);
+		}
+		eng_base_plan_free(&r.plan);
+		for (unsigned o = 0; o < 3; o++)
+			free(have[o]);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_resume_ask),
+		cmocka_unit_test(test_base_plan),
 	};
 	test_seed();
 	return cmocka_run_group_tests_name("session", tests, NULL, NULL);
