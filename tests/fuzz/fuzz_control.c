@@ -13,7 +13,9 @@
  *      sending end (so the fuzzer reaches what comes after the AEAD);
  *   2: the rest is a session offer;
  *   3: the rest is a resume ask, then (when accepted) the rest of it a reply
- *      to an ask of ours.
+ *      to an ask of ours;
+ *   4: the rest is a base plan;
+ *   5: the rest is a chunk map answering a fixed plan.
  */
 #include "engine/control.h"
 #include "engine/session.h"
@@ -80,7 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	conn.in = data + 1;
 	conn.len = size - 1;
-	switch (data[0] % 4) {
+	switch (data[0] % 6) {
 	case 0:
 		if (eng_control_init(&rx, &conn, &s, key, 0))
 			return 0;
@@ -114,6 +116,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		eng_session_resume_ask(&conn, value, key, CDC_AEAD_AES256GCM, handoff, 0, &state, &applied, err,
 				       sizeof(err));
 		break;
+	case 4: {
+		struct eng_base_plan plan;
+		if (eng_base_plan_recv(&conn, value, key, CDC_AEAD_AES256GCM, 0, &plan, err, sizeof(err)) == 0)
+			eng_base_plan_free(&plan);
+		break;
+	}
+	case 5: {
+		static uint8_t digests[3 * CDC_DIGEST_LEN], map0[1], map1[2];
+		struct eng_base_plan plan = { .nobj = 2, .chunk_size = 65536 };
+		uint8_t *have[2] = { map0, map1 };
+		plan.obj[0] = (struct eng_plan_object){ .size = 65536, .chunks = 1, .digests = digests };
+		plan.obj[1] = (struct eng_plan_object){ .size = 9 * 65536, .chunks = 9, .digests = digests };
+		eng_base_have_recv(&conn, value, key, CDC_AEAD_AES256GCM, 0, &plan, have, err, sizeof(err));
+		break;
+	}
 	}
 	return 0;
 }
