@@ -382,6 +382,10 @@ static bool on_hello(struct dio_conn *c, const struct rte_ether_hdr *eh, const s
 	c->session = h->session;
 	memcpy(c->peer_nonce, p->nonce, DIO_NONCE_LEN);
 	set_peer(c, eh, p->mtu);
+	/* a listener bound to no base (an edge cache: the source's plan names it) takes the sender's */
+	static const uint8_t no_base[DIO_ID_LEN];
+	if (!memcmp(c->bind.base_id, no_base, DIO_ID_LEN))
+		memcpy(c->bind.base_id, p->base_id, DIO_ID_LEN);
 	if (memcmp(p->base_id, c->bind.base_id, DIO_ID_LEN)) {
 		send_reset(c, "the receiver holds a different base");
 		fail(c, -EPERM, "the sender's base differs from ours (handshake refused)");

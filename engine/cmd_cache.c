@@ -13,6 +13,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <libgen.h>
@@ -805,7 +806,7 @@ static int file_sha256(const char *path, char *hex)
 	return ok ? 0 : -1;
 }
 
-enum { FB_CACHE, FB_FROM, FB_KEY, FB_NAME, FB_OUT, FB_JSON };
+enum { FB_CACHE, FB_FROM, FB_KEY, FB_NAME, FB_OUT, FB_BOOT, FB_JSON };
 
 static const struct cli_opt fetch_base_opts[] = {
 	[FB_CACHE] = { "cache", 0, "DIR", true, "the cache to fill (created if absent)" },
@@ -813,6 +814,7 @@ static const struct cli_opt fetch_base_opts[] = {
 	[FB_KEY] = { "key", 0, "FILE", true, "the key the service holds" },
 	[FB_NAME] = { "name", 0, "NAME", true, "the base's name (cache add-base --name)" },
 	[FB_OUT] = { "output", 'o', "BASEDIR", true, "where to write the base VM (absent or empty)" },
+	[FB_BOOT] = { "boot-only", 0, NULL, false, "only what a destination QEMU needs to start and wait for a handoff into an edge cache (receive --cache): vm.json, kernel, initramfs, and an empty disk of the base's size" },
 	[FB_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
 	{ 0 },
 };
@@ -851,6 +853,33 @@ static int fetch_one(struct edg_store **s, const char *cache, struct edg_chan *c
 	fprintf(stderr, "cache fetch-base: %s: %llu chunks, %llu fetched (%.1f MB on the wire)\n", file,
 		(unsigned long long)rep.chunks, (unsigned long long)rep.fetched_chunks, rep.fetched_wire_bytes / 1e6);
 	return 0;
+}
+
+/* BASEDIR/file: a new sparse file of NAME/file's size (what receive --cache writes into). */
+static int empty_image(struct edg_chan *ch, const char *base, const char *file, const char *out,
+		       struct edg_fetch_report *tot, char *err, size_t errlen)
+{
+	char name[300], path[4200];
+	struct edg_recipe rc;
+	uint64_t wire = 0;
+	int r;
+
+	snprintf(name, sizeof(name), "%s/%s", base, file);
+	if ((r = edg_fetch_recipe(ch, name, &rc, &wire, err, errlen)))
+		return r;
+	free(rc.digests);
+	tot->fetched_wire_bytes += wire;
+	snprintf(path, sizeof(path), "%s/%s", out, file);
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0 || ftruncate(fd, (off_t)rc.size)) {
+		snprintf(err, errlen, "cannot create %.200s: %s", path, strerror(errno));
+		r = -errno;
+	}
+	if (fd >= 0)
+		close(fd);
+	fprintf(stderr, "cache fetch-base: %s: empty, %llu bytes (the handoff fills it)\n", file,
+		(unsigned long long)rc.size);
+	return r;
 }
 
 /* Remove a directory this command filled (plain files only), after a failure. */
@@ -901,7 +930,7 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 	struct base_files b = { 0 };
 	struct edg_store *s = NULL;
 	double t0 = mono_s();
-	bool exists;
+	bool exists, boot = val[FB_BOOT] != NULL;
 	int r = -1;
 
 	if (!base_name_ok(cmd->name, val[FB_NAME]) || !out_dir_free(cmd->name, val[FB_OUT], &exists))
@@ -923,11 +952,15 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 	if (ch && !fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], "vm.json", tmp, &tot, err, sizeof(err))) {
 		snprintf(path, sizeof(path), "%s/vm.json", tmp);
 		r = base_files(path, &b, err, sizeof(err));
+		/* the last three: disk, mem.img, devices.bin (--boot-only: an empty disk, no state) */
 		for (unsigned i = 1; !r && i < b.n; i++)
-			r = fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], b.file[i], tmp, &tot, err, sizeof(err));
+			if (!boot || i < b.n - 3)
+				r = fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], b.file[i], tmp, &tot, err, sizeof(err));
+			else if (i == b.n - 3)
+				r = empty_image(ch, val[FB_NAME], b.file[i], tmp, &tot, err, sizeof(err));
 		/* end to end: the disk is the one vm.json describes */
 		char hex[65];
-		if (!r && b.disk_sha) {
+		if (!r && !boot && b.disk_sha) {
 			snprintf(path, sizeof(path), "%s/%s", tmp, b.file[b.n - 3]);
 			if (file_sha256(path, hex) || strcmp(hex, b.disk_sha)) {
 				snprintf(err, sizeof(err), "%.200s does not match the SHA-256 vm.json gives it",
@@ -937,7 +970,7 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 		}
 		edg_fetch_done(ch);
 		/* and the saved state QEMU starts from, written again from mem.img and devices.bin */
-		if (!r)
+		if (!r && !boot)
 			r = eng_vmbase_rebuild_state(tmp, err, sizeof(err));
 	}
 	edg_chan_free(ch);
@@ -970,8 +1003,11 @@ const struct cli_cmd cli_cmd_cache_fetch_base = {
 		   "lacks) and write it out as BASEDIR: vm.json and the files it names, each\n"
 		   "checked chunk by chunk, the disk also against vm.json's SHA-256, and vm.mig\n"
 		   "written again from mem.img and devices.bin (checked to give them back).\n"
-		   "BASEDIR must be absent or empty. Then BASEDIR serves as --base for receive.",
-	.usage = "--cache DIR --from tcp:HOST:PORT --key FILE --name NAME -o BASEDIR [--json]",
+		   "BASEDIR must be absent or empty. Then BASEDIR serves as --base for receive.\n"
+		   "With --boot-only, only what the destination QEMU needs to start (vm.json, the\n"
+		   "kernel, the initramfs) and an empty disk of the base's size: receive --cache then\n"
+		   "takes the rest from the cache, or over the link.",
+	.usage = "--cache DIR --from tcp:HOST:PORT --key FILE --name NAME -o BASEDIR [--boot-only] [--json]",
 	.opts = fetch_base_opts,
 	.run = fetch_base_run,
 };

@@ -141,7 +141,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 		struct eng_conn_bind b = { .key = key };
 		memcpy(b.base_id, trk_index_id(base), sizeof(b.base_id));
 		conn = eng_conn_connect(out_path, &b, 30, err, sizeof(err));
-		if (!conn || eng_session_take(conn, session, ENG_SESSION_WAIT_S, err, sizeof(err))) {
+		if (!conn || eng_session_take(conn, session, NULL, ENG_SESSION_WAIT_S, err, sizeof(err))) {
 			cli_error("%s", err);
 			goto out;
 		}

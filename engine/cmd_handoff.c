@@ -135,13 +135,14 @@ const struct cli_cmd cli_cmd_send = {
 	.needs_eal = true,
 };
 
-enum { R_FROM, R_QMP, R_BASE, R_DISK_OUT, R_KEY, R_JSON, R_TIMEOUT, R_RETRY };
+enum { R_FROM, R_QMP, R_BASE, R_CACHE, R_DISK_OUT, R_KEY, R_JSON, R_TIMEOUT, R_RETRY };
 
 static const struct cli_opt receive_opts[] = {
 	[R_FROM] = { "from", 0, "SOURCE", true, "tcp:ADDR:PORT to listen on, dpdk:PORT to wait on, or file:PATH of a VM overlay" },
 	[R_QMP] = { "qmp", 0, "DST.sock", true, "QMP socket of the destination QEMU, started with -incoming defer" },
-	[R_BASE] = { "base", 0, "BASEDIR", true, "the same base VM directory as the source's" },
-	[R_DISK_OUT] = { "disk-out", 0, "PATH", true, "a copy of the base disk, opened by the destination QEMU; written in place" },
+	[R_BASE] = { "base", 0, "BASEDIR", false, "the same base VM directory as the source's (or --cache)" },
+	[R_CACHE] = { "cache", 0, "DIR", false, "no base here: this edge chunk cache supplies every chunk of the source's base it holds; the rest crosses the link (tcp:, dpdk:)" },
+	[R_DISK_OUT] = { "disk-out", 0, "PATH", true, "opened by the destination QEMU, written in place: a copy of the base disk (--base), or a file of the base disk's size (--cache)" },
 	[R_KEY] = { "key", 'k', "FILE", false, "the sender's key; required for tcp: and dpdk:" },
 	[R_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[R_TIMEOUT] = { "accept-timeout", 0, "SECONDS", false, "how long to wait for the source (default 600)" },
@@ -152,7 +153,7 @@ static const struct cli_opt receive_opts[] = {
 static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	struct eng_receive_args a = {
-		.from = val[R_FROM], .qmp_path = val[R_QMP], .base_dir = val[R_BASE],
+		.from = val[R_FROM], .qmp_path = val[R_QMP], .base_dir = val[R_BASE], .cache_dir = val[R_CACHE],
 		.disk_out = val[R_DISK_OUT], .progress = isatty(2), .accept_timeout_s = 600,
 	};
 	CLI_KEY(key);
@@ -166,6 +167,14 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 	}
 	if (val[R_RETRY] && parse_retry(val[R_RETRY], &a.retry_for_s))
 		return 2;
+	if (!a.base_dir == !a.cache_dir) {
+		cli_error("give the base VM (--base BASEDIR) or an edge cache (--cache DIR), one of them");
+		return 2;
+	}
+	if (a.cache_dir && !eng_conn_is_remote(a.from)) {
+		cli_error("--cache needs a live source (tcp:, dpdk:): an overlay file is made against a whole base");
+		return 2;
+	}
 	if (need_key(a.from, val[R_KEY], "receive") || (val[R_KEY] && cli_read_key(val[R_KEY], key)))
 		return 2;
 	a.key = val[R_KEY] ? key : NULL;
@@ -183,8 +192,8 @@ const struct cli_cmd cli_cmd_receive = {
 	.summary = "Receive a VM handed off by 'send' (tcp:, dpdk:) or apply a VM overlay (file:), verify\n"
 		   "every object against the stream's digests, and resume the VM in the destination QEMU.\n"
 		   "The VM never resumes on partial or unverified state.",
-	.usage = "--from tcp:ADDR:PORT|dpdk:PORT|file:PATH --qmp DST.sock --base BASEDIR --disk-out PATH [--key FILE] [--json]\n"
-		 "[--accept-timeout SECONDS] [--retry-for SECONDS]",
+	.usage = "--from tcp:ADDR:PORT|dpdk:PORT|file:PATH --qmp DST.sock --base BASEDIR|--cache DIR --disk-out PATH\n"
+		 "[--key FILE] [--json] [--accept-timeout SECONDS] [--retry-for SECONDS]",
 	.opts = receive_opts,
 	.run = receive_run,
 	.needs_eal = true,

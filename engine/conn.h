@@ -27,7 +27,9 @@ bool eng_conn_is_remote(const char *loc);
 /*
  * What both ends must share (dpdk: checks it in its handshake; over tcp:
  * the stream header and the sealed frames check the same later): the key
- * (NULL = unkeyed) and the identity of the base (zero = none).
+ * (NULL = unkeyed) and the identity of the base (zero = none; a receiver
+ * bound to none, an edge cache, takes the sender's and learns the base from
+ * its plan, session.h).
  */
 struct eng_conn_bind {
 	const uint8_t *key;

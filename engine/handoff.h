@@ -60,7 +60,9 @@ struct eng_send_args {
 };
 
 struct eng_receive_args {
-	const char *from, *qmp_path, *base_dir, *disk_out;
+	const char *from, *qmp_path, *disk_out;
+	const char *base_dir;    /* the base VM, or NULL and: */
+	const char *cache_dir;   /* an edge chunk cache that holds some of it (cache_base.h) */
 	const uint8_t *key;
 	bool progress;
 	double accept_timeout_s;

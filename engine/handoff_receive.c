@@ -7,6 +7,7 @@
  * last, after the commit.
  */
 #include "handoff.h"
+#include "cache_base.h"
 #include "cli.h"
 #include "control.h"
 #include "io.h"
@@ -28,7 +29,17 @@
 
 struct dst {
 	const struct eng_receive_args *a;
+	/* the base: a base VM directory (a->base_dir), or what an edge cache holds of the source's */
 	struct eng_vmbase base;
+	struct edg_store *cache;
+	struct eng_base_plan plan;
+	struct eng_cache_base cb;
+	bool have_plan, have_cb;
+	double fill_s;
+	uint8_t bind_id[32];  /* the base's identity; zero for a cache: the plan names it */
+	uint32_t cache_chunk; /* what this end offers: 0 (whole base) or the cache's chunk size */
+	uint64_t base_size[ENG_VM_OBJECTS];
+	const uint8_t *base_digests[ENG_VM_OBJECTS], *base_ids[ENG_VM_OBJECTS], *base_have[ENG_VM_OBJECTS];
 	struct qb_qmp *qmp;
 	int disk_fd, in_fd, mig_fd;
 	struct eng_conn *conn;
@@ -115,19 +126,86 @@ out:
 	return ret;
 }
 
+/* --cache: the store, and disk-out as it is (its size is checked against the source's plan). */
+static int open_cache(struct dst *d, char *err, size_t errlen)
+{
+	if (!(d->cache = edg_store_open(d->a->cache_dir, false, 0, 0, err, errlen)))
+		return -EIO;
+	d->cache_chunk = edg_store_chunk_size(d->cache);
+	d->disk_fd = open(d->a->disk_out, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (d->disk_fd < 0) {
+		snprintf(err, errlen, "cannot open --disk-out %s: %s (create it with the base disk's size first)",
+			 d->a->disk_out, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+/* The source's plan of its base, and what the cache holds of it (pinned from here on). */
+static int take_cache_plan(struct dst *d, char *err, size_t errlen)
+{
+	struct stat st;
+	int ret = eng_base_plan_recv(d->conn, d->session, d->a->key, 60, &d->plan, err, errlen);
+
+	if (ret)
+		return ret;
+	d->have_plan = true;
+	const struct eng_plan_object *po = d->plan.obj;
+	if (d->plan.nobj != ENG_VM_OBJECTS || po[ENG_VM_DEVICES].size > ENG_DEVICES_CAPACITY ||
+	    po[ENG_VM_MEMORY].size > SIZE_MAX / 2) {
+		snprintf(err, errlen, "the source's base plan is not a VM's (%u objects)", d->plan.nobj);
+		return -EPROTO;
+	}
+	if (fstat(d->disk_fd, &st) || (uint64_t)st.st_size != po[ENG_VM_DISK].size) {
+		snprintf(err, errlen, "--disk-out %s is %lld bytes, the VM's base disk %llu (make it that size first)",
+			 d->a->disk_out, (long long)st.st_size, (unsigned long long)po[ENG_VM_DISK].size);
+		return -EINVAL;
+	}
+	if ((ret = eng_cache_base_open(&d->cb, d->cache, &d->plan, 6 * 3600, err, errlen)))
+		return ret;
+	d->have_cb = true;
+	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
+		d->base_size[o] = po[o].size;
+		d->base_ids[o] = po[o].id;
+		d->base_digests[o] = d->cb.digests[o];
+		d->base_have[o] = d->cb.block_have[o];
+	}
+	return 0;
+}
+
+/* What the cache holds goes into the results; then the source hears which chunks that was. */
+static int fill_from_cache(struct dst *d, char *err, size_t errlen)
+{
+	struct eng_cache_target t[ENG_VM_OBJECTS] = {
+		[ENG_VM_DISK] = { .fd = d->disk_fd },
+		[ENG_VM_MEMORY] = { .mem = d->ram },
+		[ENG_VM_DEVICES] = { .mem = d->dev_out.data },
+	};
+	double t0 = since(&d->t0);
+	int ret = eng_cache_base_fill(&d->cb, t, err, errlen);
+
+	if (!ret)
+		ret = eng_base_have_send(d->conn, d->session, d->a->key, &d->plan, d->cb.chunk_have, err, errlen);
+	d->fill_s = since(&d->t0) - t0;
+	if (!ret && d->a->progress)
+		fprintf(stderr, "receive: the edge cache holds %.1f of %.1f MB of the source's base (filled in %.1f s)\n",
+			(double)d->cb.held_bytes / 1e6, (double)(d->cb.held_bytes + d->cb.lacking_bytes) / 1e6, d->fill_s);
+	return ret;
+}
+
 static int open_source(struct dst *d, char *err, size_t errlen)
 {
 	const char *path;
 
 	if (eng_conn_is_remote(d->a->from)) {
 		struct eng_conn_bind b = { .key = d->a->key };
-		eng_vmbase_id(&d->base, b.base_id);
+		memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
 		if (d->a->progress)
 			fprintf(stderr, "receive: waiting for the source on %s\n", d->a->from);
 		d->conn = eng_conn_accept(d->a->from, &b, d->a->accept_timeout_s, err, errlen);
 		if (!d->conn)
 			return -ECONNREFUSED;
-		return eng_session_offer(d->conn, d->session, err, errlen);
+		return eng_session_offer(d->conn, d->session, d->cache_chunk, err, errlen);
 	}
 	if (eng_parse_location(d->a->from, &path, err, errlen))
 		return -EINVAL;
@@ -204,6 +282,38 @@ static int map_shared_ram(struct dst *d, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * A cache receiver learns the RAM layout only from the stream's device state,
+ * so the RAM it left out (x-ignore-shared) goes into our QEMU's shared backend
+ * now, in one write, rather than in place as it arrived (map_shared_ram).
+ */
+static int copy_shared_ram(struct dst *d, const struct qb_layout *layout, char *err, size_t errlen)
+{
+	char id[256], path[4096];
+	int ret = qb_find_shared_ram(d->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
+
+	if (ret)
+		return ret == -ENOENT ? 0 : ret; /* place_shared_ram says what is wrong */
+	for (unsigned b = 0; b < layout->nblocks; b++) {
+		const struct qb_ram_block *blk = &layout->blocks[b];
+		if (strcmp(blk->id, id))
+			continue;
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		ssize_t n = fd < 0 || blk->image_off + blk->length > d->ram_len ? -1
+			    : pwrite(fd, d->ram + blk->image_off, blk->length, 0);
+		if (fd >= 0)
+			close(fd);
+		if (n != (ssize_t)blk->length) {
+			snprintf(err, errlen, "cannot write the destination VM's RAM %s: %s", path,
+				 n < 0 ? strerror(errno) : "short write");
+			return -EIO;
+		}
+		snprintf(d->shared_id, sizeof(d->shared_id), "%s", id);
+		return 0;
+	}
+	return 0;
+}
+
 /* Stream applied and verified: rebuild QEMU's stream, all but the device state. */
 static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_devstate *dev,
 		     char *err, size_t errlen)
@@ -217,7 +327,7 @@ static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_
 		snprintf(err, errlen, "device state in the stream: %s", perr);
 		return -EBADMSG;
 	}
-	if (eng_vmbase_check_layout(&d->base, &layout, err, errlen) ||
+	if ((!d->cache && eng_vmbase_check_layout(&d->base, &layout, err, errlen)) ||
 	    st->size[ENG_VM_MEMORY] != layout.image_size)
 		return -EINVAL;
 	if (qb_qmp_running(d->qmp, status, sizeof(status), err, errlen) < 0)
@@ -227,7 +337,8 @@ static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_
 			 status);
 		return -EINVAL;
 	}
-	if (layout.ignore_shared && place_shared_ram(d, &layout, err, errlen))
+	if (layout.ignore_shared && ((d->cache && copy_shared_ram(d, &layout, err, errlen)) ||
+				     place_shared_ram(d, &layout, err, errlen)))
 		return -EINVAL;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
 		snprintf(err, errlen, "socketpair: %s", strerror(errno));
@@ -354,10 +465,10 @@ static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t er
 	d->conn = NULL;
 	while (since(&t_cut) < d->a->retry_for_s) {
 		struct eng_conn_bind b = { .key = d->a->key };
-		eng_vmbase_id(&d->base, b.base_id);
+		memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
 		if (!(d->conn = eng_conn_accept(d->a->from, &b, d->a->retry_for_s - since(&t_cut), aerr, sizeof(aerr))))
 			break;
-		if (!eng_session_offer(d->conn, d->session, aerr, sizeof(aerr)) &&
+		if (!eng_session_offer(d->conn, d->session, d->cache_chunk, aerr, sizeof(aerr)) &&
 		    !eng_session_resume_take(d->conn, d->session, d->a->key, d->aead, d->handoff_id, 2, nonce,
 					     aerr, sizeof(aerr)) &&
 		    !eng_session_resume_reply(d->conn, d->session, d->a->key, d->aead, d->handoff_id, nonce,
@@ -403,6 +514,18 @@ static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st
 	json_object_object_add(cut, "resumes", json_object_new_int((int)d->resumes));
 	json_object_object_add(cut, "down_s", json_object_new_double(d->cut_s));
 	json_object_object_add(o, "link_cuts", cut);
+	if (d->have_cb) {
+		json_object *c = json_object_new_object();
+		json_object_object_add(c, "dir", json_object_new_string(d->a->cache_dir));
+		json_object_object_add(c, "chunk_size", json_object_new_int64(d->plan.chunk_size));
+		json_object_object_add(c, "held_bytes", json_object_new_int64((int64_t)d->cb.held_bytes));
+		json_object_object_add(c, "lacking_bytes", json_object_new_int64((int64_t)d->cb.lacking_bytes));
+		json_object_object_add(c, "held_chunks", json_object_new_int64((int64_t)d->cb.held_chunks));
+		json_object_object_add(c, "lacking_chunks", json_object_new_int64((int64_t)d->cb.lacking_chunks));
+		json_object_object_add(c, "dropped_chunks", json_object_new_int64((int64_t)d->cb.dropped_chunks));
+		json_object_object_add(c, "fill_s", json_object_new_double(d->fill_s));
+		json_object_object_add(o, "cache", c);
+	}
 	json_object *objs = json_object_new_object();
 	for (int i = 0; i < ENG_VM_OBJECTS; i++) {
 		char hex[2 * CDC_DIGEST_LEN + 1];
@@ -439,9 +562,20 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	d->a = a;
 	d->disk_fd = d->in_fd = d->mig_fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &d->t0);
-	if ((ret = eng_vmbase_open(&d->base, a->base_dir, err, errlen)) ||
-	    (ret = check_disk_out(d, err, errlen)))
-		goto out;
+	if (a->cache_dir) {
+		if ((ret = open_cache(d, err, errlen)))
+			goto out;
+	} else {
+		if ((ret = eng_vmbase_open(&d->base, a->base_dir, err, errlen)) ||
+		    (ret = check_disk_out(d, err, errlen)))
+			goto out;
+		eng_vmbase_id(&d->base, d->bind_id);
+		for (int o = 0; o < ENG_VM_OBJECTS; o++) {
+			d->base_size[o] = trk_index_size(d->base.index[o]);
+			d->base_ids[o] = trk_index_id(d->base.index[o]);
+			d->base_digests[o] = trk_index_digest(d->base.index[o], 0);
+		}
+	}
 	if (!(d->qmp = qb_qmp_connect(a->qmp_path, 10, err, errlen))) {
 		ret = -EIO;
 		goto out;
@@ -449,16 +583,19 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	if ((ret = open_source(d, err, errlen)))
 		goto out;
 	clock_gettime(CLOCK_MONOTONIC, &d->t0);
+	if (d->cache && (ret = take_cache_plan(d, err, errlen)))
+		goto out;
 
-	/* results: disk-out, a private copy of the base RAM, a buffer for devices */
-	if (!(d->disk = eng_uring_file_new(d->disk_fd, trk_index_size(d->base.index[ENG_VM_DISK]), err, errlen))) {
+	/* results: disk-out, a private RAM image, a buffer for devices; each starts as the base */
+	if (!(d->disk = eng_uring_file_new(d->disk_fd, d->base_size[ENG_VM_DISK], err, errlen))) {
 		ret = -EIO;
 		goto out;
 	}
-	d->ram_len = d->base.map_len[ENG_VM_MEMORY];
-	d->ram = mmap(NULL, d->ram_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	size_t dev_size = (size_t)trk_index_size(d->base.index[ENG_VM_DEVICES]);
-	d->dev_out = (struct eng_mem){ .data = malloc(dev_size ? dev_size : 1), .len = dev_size,
+	d->ram_len = d->cache ? (size_t)(d->base_size[ENG_VM_MEMORY] + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE * CDC_BLOCK_SIZE
+			      : d->base.map_len[ENG_VM_MEMORY];
+	d->ram = mmap(NULL, d->ram_len ? d->ram_len : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	size_t dev_size = (size_t)d->base_size[ENG_VM_DEVICES];
+	d->dev_out = (struct eng_mem){ .data = calloc(1, dev_size ? dev_size : 1), .len = dev_size,
 				       .cap = dev_size, .max = ENG_DEVICES_CAPACITY };
 	if (d->ram == MAP_FAILED || !d->dev_out.data) {
 		d->ram = d->ram == MAP_FAILED ? NULL : d->ram;
@@ -466,28 +603,30 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		ret = -ENOMEM;
 		goto out;
 	}
-	if ((ret = map_shared_ram(d, err, errlen)))
-		goto out;
-	memcpy(d->ram, d->base.map[ENG_VM_MEMORY], trk_index_size(d->base.index[ENG_VM_MEMORY]));
-	memcpy(d->dev_out.data, d->base.map[ENG_VM_DEVICES], dev_size);
-	struct eng_mem base_mem[ENG_VM_OBJECTS], ram_mem = { .data = d->ram,
-							      .len = trk_index_size(d->base.index[ENG_VM_MEMORY]),
+	if (d->cache) {
+		if ((ret = fill_from_cache(d, err, errlen)))
+			goto out;
+	} else {
+		if ((ret = map_shared_ram(d, err, errlen)))
+			goto out;
+		memcpy(d->ram, d->base.map[ENG_VM_MEMORY], d->base_size[ENG_VM_MEMORY]);
+		memcpy(d->dev_out.data, d->base.map[ENG_VM_DEVICES], dev_size);
+	}
+	struct eng_mem base_mem[ENG_VM_OBJECTS], ram_mem = { .data = d->ram, .len = d->base_size[ENG_VM_MEMORY],
 							      .cap = d->ram_len, .max = d->ram_len };
 	struct eng_store base_st[ENG_VM_OBJECTS], out_st[ENG_VM_OBJECTS];
 	struct eng_patch_object obj[ENG_VM_OBJECTS];
 	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
-		uint64_t size = trk_index_size(d->base.index[o]);
-		base_mem[o] = (struct eng_mem){ .data = (uint8_t *)d->base.map[o], .len = size, .cap = size };
-		base_st[o] = eng_mem_store(&base_mem[o]);
+		base_mem[o] = (struct eng_mem){ .data = (uint8_t *)d->base.map[o], .len = d->base_size[o],
+						.cap = d->base_size[o] };
+		base_st[o] = d->cache ? d->cb.base[o] : eng_mem_store(&base_mem[o]);
 	}
 	out_st[ENG_VM_DISK] = eng_uring_store(d->disk);
 	out_st[ENG_VM_MEMORY] = eng_mem_store(&ram_mem);
 	out_st[ENG_VM_DEVICES] = eng_mem_store(&d->dev_out);
 	for (int o = 0; o < ENG_VM_OBJECTS; o++)
-		obj[o] = (struct eng_patch_object){ eng_vm_object_names[o], &base_st[o], &out_st[o],
-						    trk_index_digest(d->base.index[o], 0),
-						    trk_index_size(d->base.index[o]),
-						    trk_index_id(d->base.index[o]) };
+		obj[o] = (struct eng_patch_object){ eng_vm_object_names[o], &base_st[o], &out_st[o], d->base_digests[o],
+						    d->base_size[o], d->base_ids[o], d->base_have[o] };
 	struct eng_patch_args pa = {
 		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .key = a->key,
 		.progress = progress, .progress_ctx = d, .control_follows = d->conn != NULL,
@@ -559,7 +698,7 @@ out:
 	if (ret && have_ctl)
 		eng_control_send(&ctl, ENG_MSG_FAILED, err);
 	/* a retry would refuse it anyway (check_disk_out): say so now, and what to do */
-	if (ret && d->disk && eng_uring_file_writes(d->disk)) {
+	if (ret && d->disk && !d->cache && eng_uring_file_writes(d->disk)) {
 		size_t n = strnlen(err, errlen);
 		if (n + 1 < errlen)
 			snprintf(err + n, errlen - n,
@@ -587,6 +726,11 @@ out:
 	if (d->in_fd >= 0)
 		close(d->in_fd);
 	eng_vmbase_close(&d->base);
+	if (d->have_cb)
+		eng_cache_base_close(&d->cb);
+	if (d->have_plan)
+		eng_base_plan_free(&d->plan);
+	edg_store_close(d->cache);
 	free(d);
 	return ret;
 }

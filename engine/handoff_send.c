@@ -20,6 +20,7 @@
 #include "throttle.h"
 #include "adapt.h"
 #include "conn.h"
+#include "edge/store.h"
 #include "qemu_bridge/qmp.h"
 #include "tracker/dirtyfs.h"
 
@@ -133,6 +134,11 @@ struct src {
 	uint64_t owed_blocks;   /* sent again after cuts */
 	double cut_s;           /* link down, summed over cuts */
 	uint64_t wire_prev, raw_prev, sealed_prev; /* earlier streams' counters */
+	/* a destination that holds an edge cache, not the base: the blocks of the
+	 * base it has (bit per block; NULL: a whole base); the rest is sent */
+	uint8_t *base_have[ENG_VM_OBJECTS];
+	uint64_t lacking_blocks;
+	double plan_s;
 	/* start-up, eng_mono_s(): from main() (or the call) to the first state on the wire */
 	double t_begin, t_setup, t_connected, t_first_state;
 	char fail[512];
@@ -733,6 +739,62 @@ static int conn_send_cb(void *ctx, const void *buf, size_t len)
 	return eng_conn_send(ctx, buf, len);
 }
 
+/*
+ * The destination holds an edge cache of cache_chunk-byte chunks: tell it the
+ * base's chunk recipe and learn which chunks it holds (session.h). Every
+ * block it lacks is sent, whether or not the VM changed it.
+ */
+static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t errlen)
+{
+	struct eng_base_plan plan = { .aead = s->a->aead, .nobj = ENG_VM_OBJECTS, .chunk_size = cache_chunk };
+	uint8_t *chunk_have[ENG_VM_OBJECTS] = { 0 };
+	double t0 = eng_mono_s();
+	int ret = -ENOMEM;
+
+	if (cache_chunk < EDG_CHUNK_MIN || cache_chunk > EDG_CHUNK_MAX || cache_chunk % CDC_BLOCK_SIZE) {
+		snprintf(err, errlen, "the destination's cache has %u-byte chunks: not a size this engine cuts",
+			 cache_chunk);
+		return -EPROTO;
+	}
+	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
+		struct eng_plan_object *po = &plan.obj[o];
+		po->size = trk_index_size(s->base.index[o]);
+		po->chunks = (po->size + cache_chunk - 1) / cache_chunk;
+		memcpy(po->id, trk_index_id(s->base.index[o]), CDC_DIGEST_LEN);
+		if (!(po->digests = malloc(po->chunks ? po->chunks * CDC_DIGEST_LEN : 1)) ||
+		    !(chunk_have[o] = calloc(1, po->chunks / 8 + 1)) ||
+		    !(s->base_have[o] = calloc(1, s->count[o] / 8 + 1)))
+			goto nomem;
+		edg_chunk_digests(s->base.map[o], po->size, cache_chunk, po->digests);
+	}
+	if ((ret = eng_base_plan_send(s->conn, s->session, s->a->key, &plan, err, errlen)) ||
+	    (ret = eng_base_have_recv(s->conn, s->session, s->a->key, 300, &plan, chunk_have, err, errlen)))
+		goto out;
+	/* the blocks it lacks go in the first pass (device state: in the final one, with the rest of it) */
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		for (uint64_t b = 0; b < s->count[o]; b++) {
+			uint64_t c = b * CDC_BLOCK_SIZE / cache_chunk;
+			if (c < plan.obj[o].chunks && chunk_have[o][c / 8] >> (c % 8) & 1) {
+				s->base_have[o][b / 8] |= (uint8_t)(1u << (b % 8));
+				continue;
+			}
+			if (b * CDC_BLOCK_SIZE < plan.obj[o].size)
+				s->lacking_blocks++;
+			if (o != ENG_VM_DEVICES)
+				mark(s, s->first[o] + b);
+		}
+	s->plan_s = eng_mono_s() - t0;
+	ret = 0;
+	goto out;
+nomem:
+	snprintf(err, errlen, "out of memory for the base plan");
+out:
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		free(chunk_have[o]);
+	eng_base_plan_free(&plan);
+	return ret;
+}
+
 static int open_transport(struct src *s, char *err, size_t errlen)
 {
 	const char *path;
@@ -743,7 +805,10 @@ static int open_transport(struct src *s, char *err, size_t errlen)
 		s->conn = eng_conn_connect(s->a->to, &b, s->a->connect_timeout_s, err, errlen);
 		if (!s->conn)
 			return -ECONNREFUSED;
-		int r = eng_session_take(s->conn, s->session, ENG_SESSION_WAIT_S, err, errlen);
+		uint32_t cache_chunk = 0;
+		int r = eng_session_take(s->conn, s->session, &cache_chunk, ENG_SESSION_WAIT_S, err, errlen);
+		if (!r && cache_chunk)
+			r = plan_for_cache(s, cache_chunk, err, errlen);
 		if (r)
 			return r;
 		s->sq = eng_sendq_new(1 << 20, conn_send_cb, s->conn);
@@ -1014,6 +1079,12 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(cut, "down_s", json_object_new_double(s->cut_s));
 	json_object_object_add(cut, "owed_blocks", json_object_new_int64((int64_t)s->owed_blocks));
 	json_object_object_add(o, "link_cuts", cut);
+	if (s->base_have[0]) { /* the destination held an edge cache */
+		json_object *c = json_object_new_object();
+		json_object_object_add(c, "lacking_blocks", json_object_new_int64((int64_t)s->lacking_blocks));
+		json_object_object_add(c, "plan_s", json_object_new_double(s->plan_s));
+		json_object_object_add(o, "destination_cache", c);
+	}
 	json_object *t = json_object_new_object();
 	json_object_object_add(t, "stop_s", json_object_new_double(s->stop_requested_s));
 	json_object_object_add(t, "stop_qmp_time", json_object_new_double(s->stop_ts));
@@ -1138,7 +1209,8 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 		/* connect retries by itself while nobody listens */
 		if (!(s->conn = eng_conn_connect(s->a->to, &b, deadline - now_s(s), rerr, sizeof(rerr))))
 			break;
-		if (!eng_session_take(s->conn, s->session, ENG_SESSION_WAIT_S, rerr, sizeof(rerr)) &&
+		uint32_t cache_chunk; /* the plan was settled on the first connection */
+		if (!eng_session_take(s->conn, s->session, &cache_chunk, ENG_SESSION_WAIT_S, rerr, sizeof(rerr)) &&
 		    !eng_session_resume_ask(s->conn, s->session, s->a->key, s->a->aead, s->handoff_id,
 					    ENG_SESSION_WAIT_S, &state, &applied, rerr, sizeof(rerr)))
 			break;
@@ -1243,13 +1315,14 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	uint64_t capacity[ENG_VM_OBJECTS];
 	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
 		obj[o] = (struct eng_diff_object){ eng_vm_object_names[o], s->base.index[o], s->base.map[o],
-						   trk_index_size(s->base.index[o]) };
+						   trk_index_size(s->base.index[o]), s->base_have[o] };
 		bases[o] = s->base.index[o];
 		capacity[o] = obj[o].capacity;
 	}
 	obj[ENG_VM_DEVICES].capacity = capacity[ENG_VM_DEVICES] = ENG_DEVICES_CAPACITY;
 	bool resumable = s->conn && a->retry_for_s > 0;
-	if (resumable && eng_ledger_init(&s->ledger, ENG_VM_OBJECTS, bases, capacity, NULL)) {
+	if (resumable && eng_ledger_init(&s->ledger, ENG_VM_OBJECTS, bases, capacity,
+					 s->base_have[0] ? (const uint8_t *const *)s->base_have : NULL)) {
 		snprintf(err, errlen, "out of memory for the block ledger");
 		ret = -ENOMEM;
 		goto out;
@@ -1345,6 +1418,8 @@ out:
 	eng_ledger_free(&s->ledger);
 	free(s->dev);
 	free(s->pending);
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		free(s->base_have[o]);
 	eng_vmbase_close(&s->base);
 	if (s->trace) { /* kept whether or not the handoff worked: it says what happened */
 		char terr[256];

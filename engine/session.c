@@ -11,7 +11,8 @@
 static const char magic[8] = "HOFFSESS";
 #define SESSION_VERSION 1
 
-int eng_session_offer(struct eng_conn *c, uint8_t value[ENG_SESSION_LEN], char *err, size_t errlen)
+int eng_session_offer(struct eng_conn *c, uint8_t value[ENG_SESSION_LEN], uint32_t cache_chunk, char *err,
+		      size_t errlen)
 {
 	uint8_t offer[ENG_SESSION_OFFER_LEN] = { 0 };
 	int r;
@@ -22,6 +23,7 @@ int eng_session_offer(struct eng_conn *c, uint8_t value[ENG_SESSION_LEN], char *
 	}
 	memcpy(offer, magic, sizeof(magic));
 	cdc_put_le(offer + 8, SESSION_VERSION, 2);
+	cdc_put_le(offer + 10, cache_chunk / CDC_BLOCK_SIZE, 2);
 	memcpy(offer + 12, value, ENG_SESSION_LEN);
 	if ((r = eng_conn_send(c, offer, sizeof(offer)))) {
 		eng_set_err(err, errlen, "cannot offer a session to %s: %s", eng_conn_peer(c), eng_conn_error(c));
@@ -30,10 +32,9 @@ int eng_session_offer(struct eng_conn *c, uint8_t value[ENG_SESSION_LEN], char *
 	return 0;
 }
 
-int eng_session_take(struct eng_conn *c, uint8_t value[ENG_SESSION_LEN], double timeout_s, char *err,
-		     size_t errlen)
+int eng_session_take(struct eng_conn *c, uint8_t value[ENG_SESSION_LEN], uint32_t *cache_chunk,
+		     double timeout_s, char *err, size_t errlen)
 {
-	static const uint8_t zero[2];
 	uint8_t offer[ENG_SESSION_OFFER_LEN];
 	int r = eng_conn_recv_all(c, offer, sizeof(offer), timeout_s);
 
@@ -48,12 +49,19 @@ int eng_session_take(struct eng_conn *c, uint8_t value[ENG_SESSION_LEN], double 
 			    r == -EPIPE ? "it closed the connection" : why && *why ? why : strerror(-r));
 		return r;
 	}
-	if (memcmp(offer, magic, sizeof(magic)) || cdc_get_le(offer + 8, 2) != SESSION_VERSION ||
-	    memcmp(offer + 10, zero, sizeof(zero))) {
+	if (memcmp(offer, magic, sizeof(magic)) || cdc_get_le(offer + 8, 2) != SESSION_VERSION) {
 		eng_set_err(err, errlen, "%s sent no valid session offer (not a handoff-engine of stream version %d)",
 			    eng_conn_peer(c), ENG_STREAM_VERSION);
 		return -EPROTO;
 	}
+	uint32_t chunk = (uint32_t)cdc_get_le(offer + 10, 2) * CDC_BLOCK_SIZE;
+	if (chunk && !cache_chunk) {
+		eng_set_err(err, errlen, "%s holds an edge cache, not the base: only a live handoff (send) can fill it",
+			    eng_conn_peer(c));
+		return -EPROTO;
+	}
+	if (cache_chunk)
+		*cache_chunk = chunk;
 	memcpy(value, offer + 12, ENG_SESSION_LEN);
 	return 0;
 }
@@ -233,7 +241,8 @@ static int send_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 	return eng_conn_send(c, msg, BASE_HDR + body_len + CDC_TAG_LEN);
 }
 
-/* Reads one message of this magic; *msg (malloc'd) holds it opened, body at BASE_HDR. */
+/* Reads one message of this magic; *msg (malloc'd) holds it opened, body at
+ * BASE_HDR. aead 0: the one the header names (the plan's byte 11). */
 static int recv_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
 		       enum cdc_aead aead, double timeout_s, const char magic[8], uint64_t max_body, uint64_t nonce,
 		       const uint8_t *aad_extra, uint8_t **msg, uint64_t *body_len, uint8_t *hash_out, char *err,
@@ -249,7 +258,10 @@ static int recv_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 		return r;
 	}
 	uint64_t len = cdc_get_le(hdr + 16, 8);
-	if (memcmp(hdr, magic, 8) || cdc_get_le(hdr + 8, 2) != BASE_VERSION || len > max_body) {
+	if (!aead)
+		aead = (enum cdc_aead)hdr[11];
+	if (memcmp(hdr, magic, 8) || cdc_get_le(hdr + 8, 2) != BASE_VERSION || len > max_body ||
+	    (aead != CDC_AEAD_AES256GCM && aead != CDC_AEAD_CHACHA20POLY1305)) {
 		eng_set_err(err, errlen, "%s sent no valid %.8s (another version, or not a handoff-engine)",
 			    eng_conn_peer(c), magic);
 		return -EPROTO;
@@ -287,7 +299,7 @@ static int recv_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 }
 
 int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
-		       enum cdc_aead aead, struct eng_base_plan *p, char *err, size_t errlen)
+		       struct eng_base_plan *p, char *err, size_t errlen)
 {
 	uint64_t body = 0;
 
@@ -301,6 +313,7 @@ int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 	memcpy(m, plan_magic, 8);
 	cdc_put_le(m + 8, BASE_VERSION, 2);
 	m[10] = (uint8_t)p->nobj;
+	m[11] = (uint8_t)p->aead;
 	cdc_put_le(m + 12, p->chunk_size, 4);
 	cdc_put_le(m + 16, body, 8);
 	q = m + BASE_HDR;
@@ -312,7 +325,7 @@ int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 		memcpy(q, p->obj[o].digests, p->obj[o].chunks * CDC_DIGEST_LEN);
 		q += p->obj[o].chunks * CDC_DIGEST_LEN;
 	}
-	int r = send_sealed(c, value, key, aead, m, body, 3, NULL, p->hash);
+	int r = send_sealed(c, value, key, p->aead, m, body, 3, NULL, p->hash);
 	free(m);
 	if (r)
 		eng_set_err(err, errlen, "cannot send the base plan to %s: %s", eng_conn_peer(c),
@@ -329,11 +342,11 @@ void eng_base_plan_free(struct eng_base_plan *p)
 }
 
 int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
-		       enum cdc_aead aead, double timeout_s, struct eng_base_plan *p, char *err, size_t errlen)
+		       double timeout_s, struct eng_base_plan *p, char *err, size_t errlen)
 {
 	uint8_t *m;
 	uint64_t len;
-	int r = recv_sealed(c, value, key, aead, timeout_s, plan_magic,
+	int r = recv_sealed(c, value, key, 0, timeout_s, plan_magic,
 			    ENG_MAX_OBJECTS * (48 + ENG_PLAN_MAX_CHUNKS * CDC_DIGEST_LEN), 3, NULL, &m, &len, p->hash,
 			    err, errlen);
 
@@ -341,6 +354,7 @@ int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 	if (r)
 		return r;
 	p->nobj = m[10];
+	p->aead = (enum cdc_aead)m[11];
 	p->chunk_size = (uint32_t)cdc_get_le(m + 12, 4);
 	const uint8_t *q = m + BASE_HDR, *end = q + len;
 	bool ok = p->nobj >= 1 && p->nobj <= ENG_MAX_OBJECTS && p->chunk_size >= CDC_BLOCK_SIZE &&
@@ -382,8 +396,7 @@ static uint64_t have_len(const struct eng_base_plan *p)
 }
 
 int eng_base_have_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
-		       enum cdc_aead aead, const struct eng_base_plan *p, uint8_t *const *have, char *err,
-		       size_t errlen)
+		       const struct eng_base_plan *p, uint8_t *const *have, char *err, size_t errlen)
 {
 	uint64_t body = have_len(p);
 	uint8_t *m = calloc(1, BASE_HDR + body + CDC_TAG_LEN), *q;
@@ -400,7 +413,7 @@ int eng_base_have_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 		memcpy(q, have[o], (p->obj[o].chunks + 7) / 8);
 		q += (p->obj[o].chunks + 7) / 8;
 	}
-	int r = send_sealed(c, value, key, aead, m, body, 4, p->hash, NULL);
+	int r = send_sealed(c, value, key, p->aead, m, body, 4, p->hash, NULL);
 	free(m);
 	if (r)
 		eng_set_err(err, errlen, "cannot send the chunk map to %s: %s", eng_conn_peer(c),
@@ -409,12 +422,12 @@ int eng_base_have_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 }
 
 int eng_base_have_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
-		       enum cdc_aead aead, double timeout_s, const struct eng_base_plan *p, uint8_t *const *have,
-		       char *err, size_t errlen)
+		       double timeout_s, const struct eng_base_plan *p, uint8_t *const *have, char *err,
+		       size_t errlen)
 {
 	uint8_t *m;
 	uint64_t len;
-	int r = recv_sealed(c, value, key, aead, timeout_s, have_magic, have_len(p), 4, p->hash, &m, &len, NULL, err,
+	int r = recv_sealed(c, value, key, p->aead, timeout_s, have_magic, have_len(p), 4, p->hash, &m, &len, NULL, err,
 			    errlen);
 
 	if (r)

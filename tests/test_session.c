@@ -32,7 +32,7 @@ static void *receive_one(void *arg)
 	r->take_ret = -ENOTCONN;
 	if (!c)
 		return NULL;
-	if (eng_session_offer(c, value, err, sizeof(err)) == 0) {
+	if (eng_session_offer(c, value, 0, err, sizeof(err)) == 0) {
 		r->take_ret = eng_session_resume_take(c, value, r->key, CDC_AEAD_AES256GCM, r->handoff, 10, r->nonce,
 						      err, sizeof(err));
 		if (r->take_ret == 0) {
@@ -62,7 +62,7 @@ static int ask(struct receiver *r, const uint8_t *key, const uint8_t *handoff, e
 	assert_int_equal(pthread_create(&t, NULL, receive_one, r), 0);
 	struct eng_conn *c = eng_conn_connect(r->loc, &b, 20, err, sizeof(err));
 	assert_non_null(c);
-	ret = eng_session_take(c, value, 10, err, sizeof(err));
+	ret = eng_session_take(c, value, NULL, 10, err, sizeof(err));
 	if (!ret)
 		ret = eng_session_resume_ask(c, value, key, CDC_AEAD_AES256GCM, handoff, 10, state, applied, err,
 					     sizeof(err));
@@ -121,8 +121,8 @@ static void *plan_receiver(void *arg)
 	r->plan_ret = -ENOTCONN;
 	if (!c)
 		return NULL;
-	if (eng_session_offer(c, value, err, sizeof(err)) == 0 &&
-	    (r->plan_ret = eng_base_plan_recv(c, value, r->key, CDC_AEAD_AES256GCM, 10, &r->plan, err, sizeof(err))) == 0) {
+	if (eng_session_offer(c, value, 65536, err, sizeof(err)) == 0 &&
+	    (r->plan_ret = eng_base_plan_recv(c, value, r->key, 10, &r->plan, err, sizeof(err))) == 0) {
 		for (unsigned o = 0; o < r->plan.nobj; o++) { /* holds the chunks at even places */
 			have[o] = calloc(1, r->plan.obj[o].chunks / 8 + 1);
 			for (uint64_t k = 0; k < r->plan.obj[o].chunks; k += 2)
@@ -130,7 +130,7 @@ static void *plan_receiver(void *arg)
 		}
 		if (r->answer_other_plan)
 			r->plan.hash[0] ^= 1;
-		eng_base_have_send(c, value, r->key, CDC_AEAD_AES256GCM, &r->plan, have, err, sizeof(err));
+		eng_base_have_send(c, value, r->key, &r->plan, have, err, sizeof(err));
 		for (unsigned o = 0; o < r->plan.nobj; o++)
 			free(have[o]);
 	}
@@ -142,7 +142,7 @@ static void test_base_plan(void **state)
 {
 	(void)state;
 	uint8_t digests[3][5 * CDC_DIGEST_LEN], other[CDC_KEY_LEN];
-	struct eng_base_plan plan = { .nobj = 3, .chunk_size = 65536 };
+	struct eng_base_plan plan = { .aead = CDC_AEAD_CHACHA20POLY1305, .nobj = 3, .chunk_size = 65536 };
 	uint64_t sizes[3] = { 5 * 65536, 3 * 65536 - 100, 4096 };
 
 	test_fill_random(other, sizeof(other));
@@ -154,7 +154,7 @@ static void test_base_plan(void **state)
 							.digests = digests[o] };
 		test_fill_random(plan.obj[o].id, CDC_DIGEST_LEN);
 	}
-	for (int run = 0; run < 3; run++) {
+	for (int run = 0; run < 4; run++) {
 		struct planner r = { .answer_other_plan = run == 2 };
 		struct eng_conn_bind b = { .key = run == 1 ? other : r.key }; /* run 1: the source has another key */
 		uint8_t value[ENG_SESSION_LEN], *have[3];
@@ -166,16 +166,27 @@ static void test_base_plan(void **state)
 		assert_int_equal(pthread_create(&t, NULL, plan_receiver, &r), 0);
 		struct eng_conn *c = eng_conn_connect(r.loc, &b, 20, err, sizeof(err));
 		assert_non_null(c);
-		assert_int_equal(eng_session_take(c, value, 10, err, sizeof(err)), 0);
-		assert_int_equal(eng_base_plan_send(c, value, b.key, CDC_AEAD_AES256GCM, &plan, err, sizeof(err)), 0);
+		uint32_t chunk = 0;
+		if (run == 3) { /* a sender that can only send to a whole base (diff) refuses a cache */
+			assert_int_equal(eng_session_take(c, value, NULL, 10, err, sizeof(err)), -EPROTO);
+			assert_non_null(strstr(err, "edge cache"));
+			eng_conn_close(c);
+			pthread_join(t, NULL);
+			assert_int_not_equal(r.plan_ret, 0);
+			continue;
+		}
+		assert_int_equal(eng_session_take(c, value, &chunk, 10, err, sizeof(err)), 0);
+		assert_int_equal(chunk, 65536); /* the receiver said it holds a cache of 64 KiB chunks */
+		assert_int_equal(eng_base_plan_send(c, value, b.key, &plan, err, sizeof(err)), 0);
 		for (unsigned o = 0; o < 3; o++)
 			have[o] = calloc(1, 8);
-		int hr = eng_base_have_recv(c, value, b.key, CDC_AEAD_AES256GCM, 10, &plan, have, err, sizeof(err));
+		int hr = eng_base_have_recv(c, value, b.key, 10, &plan, have, err, sizeof(err));
 		eng_conn_close(c);
 		pthread_join(t, NULL);
 		if (run == 0) { /* the plan arrives whole, the answer fits it */
 			assert_int_equal(r.plan_ret, 0);
 			assert_int_equal(hr, 0);
+			assert_int_equal(r.plan.aead, CDC_AEAD_CHACHA20POLY1305); /* the sender's choice, carried */
 			for (unsigned o = 0; o < 3; o++) {
 				assert_int_equal(r.plan.obj[o].chunks, plan.obj[o].chunks);
 				assert_int_equal(r.plan.obj[o].size, sizes[o]);

@@ -105,9 +105,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		eng_control_free(&rx);
 		break;
 	}
-	case 2:
-		eng_session_take(&conn, got, 0, err, sizeof(err));
+	case 2: {
+		uint32_t chunk;
+		eng_session_take(&conn, got, &chunk, 0, err, sizeof(err));
 		break;
+	}
 	case 3:
 		if (eng_session_resume_take(&conn, value, key, CDC_AEAD_AES256GCM, handoff, 0, nonce, err,
 					    sizeof(err)) == 0)
@@ -118,17 +120,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		break;
 	case 4: {
 		struct eng_base_plan plan;
-		if (eng_base_plan_recv(&conn, value, key, CDC_AEAD_AES256GCM, 0, &plan, err, sizeof(err)) == 0)
+		if (eng_base_plan_recv(&conn, value, key, 0, &plan, err, sizeof(err)) == 0)
 			eng_base_plan_free(&plan);
 		break;
 	}
 	case 5: {
 		static uint8_t digests[3 * CDC_DIGEST_LEN], map0[1], map1[2];
-		struct eng_base_plan plan = { .nobj = 2, .chunk_size = 65536 };
+		struct eng_base_plan plan = { .aead = CDC_AEAD_AES256GCM, .nobj = 2, .chunk_size = 65536 };
 		uint8_t *have[2] = { map0, map1 };
 		plan.obj[0] = (struct eng_plan_object){ .size = 65536, .chunks = 1, .digests = digests };
 		plan.obj[1] = (struct eng_plan_object){ .size = 9 * 65536, .chunks = 9, .digests = digests };
-		eng_base_have_recv(&conn, value, key, CDC_AEAD_AES256GCM, 0, &plan, have, err, sizeof(err));
+		eng_base_have_recv(&conn, value, key, 0, &plan, have, err, sizeof(err));
 		break;
 	}
 	}
