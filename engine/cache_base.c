@@ -101,9 +101,11 @@ int eng_cache_base_open(struct eng_cache_base *cb, struct edg_store *store, cons
 		q += p->obj[o].chunks * CDC_DIGEST_LEN;
 	}
 	snprintf(cb->pin_id, sizeof(cb->pin_id), "receive-%ld-%lld", (long)getpid(), (long long)time(NULL));
-	if ((ret = edg_store_pin(store, cb->pin_id, all, total, (uint64_t)time(NULL) + (uint64_t)pin_s, err, errlen)))
+	cb->pinned = true; /* pinned before it is looked at: gc cannot take what the map will promise */
+	if ((ret = eng_cache_base_renew(cb, pin_s, err, errlen))) {
+		cb->pinned = false;
 		goto out;
-	cb->pinned = true;
+	}
 	uint64_t n_missing;
 	if ((ret = edg_store_missing(store, all, total, missing, &n_missing))) {
 		eng_set_err(err, errlen, "cannot read the edge cache: %s", strerror(-ret));
@@ -132,10 +134,48 @@ nomem:
 	eng_set_err(err, errlen, "out of memory for the base plan's %llu chunks", (unsigned long long)total);
 	ret = -ENOMEM;
 out:
+	if (ret)
+		eng_cache_base_close(cb); /* unpins: a failed handoff holds nothing for hours */
 	free(all);
 	free(zeros);
 	free(missing);
 	return ret;
+}
+
+int eng_cache_base_renew(struct eng_cache_base *cb, double pin_s, char *err, size_t errlen)
+{
+	const struct eng_base_plan *p = cb->plan;
+	uint64_t total = 0;
+
+	if (!cb->pinned)
+		return 0;
+	for (unsigned o = 0; o < p->nobj; o++)
+		total += p->obj[o].chunks;
+	uint8_t *all = malloc(total ? total * CDC_DIGEST_LEN : 1), *q = all;
+	if (!all) {
+		eng_set_err(err, errlen, "out of memory renewing the pin");
+		return -ENOMEM;
+	}
+	for (unsigned o = 0; o < p->nobj; o++) {
+		memcpy(q, p->obj[o].digests, p->obj[o].chunks * CDC_DIGEST_LEN);
+		q += p->obj[o].chunks * CDC_DIGEST_LEN;
+	}
+	int ret = edg_store_pin(cb->store, cb->pin_id, all, total, (uint64_t)time(NULL) + (uint64_t)pin_s, err, errlen);
+	free(all);
+	return ret;
+}
+
+static int pwrite_all(int fd, const uint8_t *data, uint32_t len, uint64_t off)
+{
+	for (uint32_t done = 0; done < len;) {
+		ssize_t n = pwrite(fd, data + done, len - done, (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (uint32_t)n;
+	}
+	return 0;
 }
 
 /* Chunk c of object o to its target: bytes, or a hole for a zero chunk in a file. */
@@ -150,23 +190,15 @@ static int put_chunk(const struct eng_cache_target *t, uint64_t off, const uint8
 		if (!fallocate(t->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, len))
 			return 0;
 		static const uint8_t zero[1 << 16];
-		for (uint32_t done = 0; done < len;) {
+		for (uint32_t done = 0; done < len; done += sizeof(zero)) {
 			uint32_t n = len - done < sizeof(zero) ? len - done : (uint32_t)sizeof(zero);
-			if (pwrite(t->fd, zero, n, (off_t)(off + done)) != (ssize_t)n)
-				return errno ? -errno : -EIO;
-			done += n;
+			int r = pwrite_all(t->fd, zero, n, off + done);
+			if (r)
+				return r;
 		}
 		return 0;
 	}
-	for (uint32_t done = 0; done < len;) {
-		ssize_t n = pwrite(t->fd, data + done, len - done, (off_t)(off + done));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		done += (uint32_t)n;
-	}
-	return 0;
+	return pwrite_all(t->fd, data, len, off);
 }
 
 int eng_cache_base_fill(struct eng_cache_base *cb, const struct eng_cache_target *targets, char *err,

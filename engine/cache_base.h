@@ -19,6 +19,7 @@
 #include "stream.h"
 
 #define ENG_CACHE_SLOTS 16 /* chunks kept for base reads: deltas come in runs */
+#define ENG_CACHE_PIN_S (6 * 3600.0) /* a receiver's pin lives this long; it renews it hourly */
 
 struct eng_cache_base;
 
@@ -55,7 +56,8 @@ struct eng_cache_target {
 
 /*
  * Pin every chunk of the plan in the store (until pin_s from now, or
- * eng_cache_base_close) and see which it holds. 0, or -errno and one line.
+ * eng_cache_base_close) and see which it holds. 0, or -errno and one line
+ * (then nothing stays pinned).
  */
 int eng_cache_base_open(struct eng_cache_base *cb, struct edg_store *store, const struct eng_base_plan *plan,
 			double pin_s, char *err, size_t errlen);
@@ -67,6 +69,8 @@ int eng_cache_base_open(struct eng_cache_base *cb, struct edg_store *store, cons
  */
 int eng_cache_base_fill(struct eng_cache_base *cb, const struct eng_cache_target *targets, char *err,
 			size_t errlen);
+/* The pin again, until pin_s from now (a handoff that outlives it: link cuts). */
+int eng_cache_base_renew(struct eng_cache_base *cb, double pin_s, char *err, size_t errlen);
 void eng_cache_base_close(struct eng_cache_base *cb);
 
 #endif

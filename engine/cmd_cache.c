@@ -872,13 +872,14 @@ static int empty_image(struct edg_chan *ch, const char *base, const char *file, 
 	snprintf(path, sizeof(path), "%s/%s", out, file);
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (fd < 0 || ftruncate(fd, (off_t)rc.size)) {
-		snprintf(err, errlen, "cannot create %.200s: %s", path, strerror(errno));
 		r = -errno;
+		snprintf(err, errlen, "cannot create %.200s: %s", path, strerror(-r));
 	}
 	if (fd >= 0)
 		close(fd);
-	fprintf(stderr, "cache fetch-base: %s: empty, %llu bytes (the handoff fills it)\n", file,
-		(unsigned long long)rc.size);
+	if (!r)
+		fprintf(stderr, "cache fetch-base: %s: empty, %llu bytes (the handoff fills it)\n", file,
+			(unsigned long long)rc.size);
 	return r;
 }
 

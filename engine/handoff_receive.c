@@ -35,7 +35,7 @@ struct dst {
 	struct eng_base_plan plan;
 	struct eng_cache_base cb;
 	bool have_plan, have_cb;
-	double fill_s;
+	double fill_s, pinned_s; /* since t0: the cache's pin was last renewed */
 	uint8_t bind_id[32];  /* the base's identity; zero for a cache: the plan names it */
 	uint32_t cache_chunk; /* what this end offers: 0 (whole base) or the cache's chunk size */
 	uint64_t base_size[ENG_VM_OBJECTS];
@@ -145,7 +145,8 @@ static int open_cache(struct dst *d, char *err, size_t errlen)
 static int take_cache_plan(struct dst *d, char *err, size_t errlen)
 {
 	struct stat st;
-	int ret = eng_base_plan_recv(d->conn, d->session, d->a->key, 60, &d->plan, err, errlen);
+	/* the source cuts its whole base into chunks first: as long as the wait for it */
+	int ret = eng_base_plan_recv(d->conn, d->session, d->a->key, d->a->accept_timeout_s, &d->plan, err, errlen);
 
 	if (ret)
 		return ret;
@@ -161,7 +162,7 @@ static int take_cache_plan(struct dst *d, char *err, size_t errlen)
 			 d->a->disk_out, (long long)st.st_size, (unsigned long long)po[ENG_VM_DISK].size);
 		return -EINVAL;
 	}
-	if ((ret = eng_cache_base_open(&d->cb, d->cache, &d->plan, 6 * 3600, err, errlen)))
+	if ((ret = eng_cache_base_open(&d->cb, d->cache, &d->plan, ENG_CACHE_PIN_S, err, errlen)))
 		return ret;
 	d->have_cb = true;
 	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
@@ -217,9 +218,24 @@ static int open_source(struct dst *d, char *err, size_t errlen)
 	return 0;
 }
 
+/* A handoff that outlives its pin (link cuts) keeps its chunks all the same. */
+static void renew_pin(struct dst *d)
+{
+	char err[256];
+
+	if (!d->have_cb || since(&d->t0) - d->pinned_s < 3600)
+		return;
+	d->pinned_s = since(&d->t0);
+	if (eng_cache_base_renew(&d->cb, ENG_CACHE_PIN_S, err, sizeof(err)))
+		fprintf(stderr, "%sreceive: warning: cannot renew the edge cache's pin: %s\n",
+			d->a->progress ? "\r\033[K" : "", err);
+}
+
 static void progress(void *ctx, const struct eng_patch_stats *st)
 {
 	struct dst *d = ctx;
+
+	renew_pin(d);
 
 	if (!d->a->progress || since(&d->last_progress) < 0.2)
 		return;
@@ -298,16 +314,22 @@ static int copy_shared_ram(struct dst *d, const struct qb_layout *layout, char *
 		const struct qb_ram_block *blk = &layout->blocks[b];
 		if (strcmp(blk->id, id))
 			continue;
-		int fd = open(path, O_WRONLY | O_CLOEXEC);
-		ssize_t n = fd < 0 || blk->image_off + blk->length > d->ram_len ? -1
-			    : pwrite(fd, d->ram + blk->image_off, blk->length, 0);
+		if (blk->image_off + blk->length > d->ram_len) {
+			snprintf(err, errlen, "the destination VM's RAM block %s lies outside the RAM image", id);
+			return -EINVAL;
+		}
+		/* mapped, not written: one pwrite stops at 2 GiB, and hugetlbfs takes no writes */
+		int fd = open(path, O_RDWR | O_CLOEXEC);
+		void *m = fd < 0 ? MAP_FAILED : mmap(NULL, blk->length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		int e = errno;
 		if (fd >= 0)
 			close(fd);
-		if (n != (ssize_t)blk->length) {
-			snprintf(err, errlen, "cannot write the destination VM's RAM %s: %s", path,
-				 n < 0 ? strerror(errno) : "short write");
+		if (m == MAP_FAILED) {
+			snprintf(err, errlen, "cannot map the destination VM's RAM %s: %s", path, strerror(e));
 			return -EIO;
 		}
+		memcpy(m, d->ram + blk->image_off, blk->length);
+		munmap(m, blk->length);
 		snprintf(d->shared_id, sizeof(d->shared_id), "%s", id);
 		return 0;
 	}
@@ -685,6 +707,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 				eng_control_free(&ctl);
 			have_ctl = false;
 			ret = wait_for_resume(d, eng_patcher_applied(pt), err, errlen);
+			renew_pin(d);
 		} else if (d->state == ENG_RESUME_RESUMED) {
 			fprintf(stderr, "receive: warning: %s\n", err); /* the VM runs here all the same */
 			ret = 0;

@@ -139,6 +139,7 @@ struct src {
 	uint8_t *base_have[ENG_VM_OBJECTS];
 	uint64_t lacking_blocks;
 	double plan_s;
+	bool planned;           /* the plan and map went through */
 	/* start-up, eng_mono_s(): from main() (or the call) to the first state on the wire */
 	double t_begin, t_setup, t_connected, t_first_state;
 	char fail[512];
@@ -760,6 +761,13 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 		struct eng_plan_object *po = &plan.obj[o];
 		po->size = trk_index_size(s->base.index[o]);
 		po->chunks = (po->size + cache_chunk - 1) / cache_chunk;
+		if (po->chunks > ENG_PLAN_MAX_CHUNKS) {
+			snprintf(err, errlen, "the base's %s has %llu chunks of %u bytes, more than a plan carries (%llu): "
+				 "give the destination's cache larger chunks", eng_vm_object_names[o],
+				 (unsigned long long)po->chunks, cache_chunk, (unsigned long long)ENG_PLAN_MAX_CHUNKS);
+			ret = -EFBIG;
+			goto out;
+		}
 		memcpy(po->id, trk_index_id(s->base.index[o]), CDC_DIGEST_LEN);
 		if (!(po->digests = malloc(po->chunks ? po->chunks * CDC_DIGEST_LEN : 1)) ||
 		    !(chunk_have[o] = calloc(1, po->chunks / 8 + 1)) ||
@@ -767,8 +775,10 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 			goto nomem;
 		edg_chunk_digests(s->base.map[o], po->size, cache_chunk, po->digests);
 	}
+	/* the destination fills what it holds before it answers: give it time in proportion */
+	double wait_s = 300 + (double)(plan.obj[0].size + plan.obj[1].size + plan.obj[2].size) / 20e6;
 	if ((ret = eng_base_plan_send(s->conn, s->session, s->a->key, &plan, err, errlen)) ||
-	    (ret = eng_base_have_recv(s->conn, s->session, s->a->key, 300, &plan, chunk_have, err, errlen)))
+	    (ret = eng_base_have_recv(s->conn, s->session, s->a->key, wait_s, &plan, chunk_have, err, errlen)))
 		goto out;
 	/* the blocks it lacks go in the first pass (device state: in the final one, with the rest of it) */
 	for (int o = 0; o < ENG_VM_OBJECTS; o++)
@@ -784,6 +794,7 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 				mark(s, s->first[o] + b);
 		}
 	s->plan_s = eng_mono_s() - t0;
+	s->planned = true;
 	ret = 0;
 	goto out;
 nomem:
@@ -1079,7 +1090,7 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(cut, "down_s", json_object_new_double(s->cut_s));
 	json_object_object_add(cut, "owed_blocks", json_object_new_int64((int64_t)s->owed_blocks));
 	json_object_object_add(o, "link_cuts", cut);
-	if (s->base_have[0]) { /* the destination held an edge cache */
+	if (s->planned) { /* the destination held an edge cache */
 		json_object *c = json_object_new_object();
 		json_object_object_add(c, "lacking_blocks", json_object_new_int64((int64_t)s->lacking_blocks));
 		json_object_object_add(c, "plan_s", json_object_new_double(s->plan_s));

@@ -266,16 +266,33 @@ static int recv_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 			    eng_conn_peer(c), magic);
 		return -EPROTO;
 	}
-	uint8_t *m = malloc(BASE_HDR + len + CDC_TAG_LEN);
+	/* the length is not authenticated yet: memory grows only as the bytes arrive */
+	size_t total = BASE_HDR + len + CDC_TAG_LEN, cap = total < (1u << 20) ? total : (1u << 20), got = BASE_HDR;
+	uint8_t *m = malloc(cap);
+	if (m)
+		memcpy(m, hdr, BASE_HDR);
+	while (m && got < total) {
+		if (got == cap) {
+			size_t ncap = cap * 2 < total ? cap * 2 : total;
+			uint8_t *n = realloc(m, ncap);
+			if (!n) {
+				free(m);
+				m = NULL;
+				break;
+			}
+			m = n;
+			cap = ncap;
+		}
+		if ((r = eng_conn_recv_all(c, m + got, cap - got, timeout_s > 5 ? timeout_s : 5))) {
+			free(m);
+			eng_set_err(err, errlen, "%s's %.8s ended early: %s", eng_conn_peer(c), magic, eng_conn_error(c));
+			return r;
+		}
+		got = cap;
+	}
 	if (!m) {
 		eng_set_err(err, errlen, "out of memory for the %.8s", magic);
 		return -ENOMEM;
-	}
-	memcpy(m, hdr, BASE_HDR);
-	if ((r = eng_conn_recv_all(c, m + BASE_HDR, len + CDC_TAG_LEN, timeout_s > 5 ? timeout_s : 5))) {
-		free(m);
-		eng_set_err(err, errlen, "%s's %.8s ended early: %s", eng_conn_peer(c), magic, eng_conn_error(c));
-		return r;
 	}
 	if (hash_out)
 		cdc_sha256(m, BASE_HDR + len + CDC_TAG_LEN, hash_out);
