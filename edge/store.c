@@ -1054,13 +1054,38 @@ struct candidate {
 	uint8_t digest[EDG_DIGEST_LEN];
 	uint64_t last_use_s, uses; /* as listed: a use since shows in either */
 	uint32_t size;             /* 0: a placeholder of dropped bytes */
+	double worth;              /* the keep policy's (hooks->rank); 0 without one */
 };
 
+/* The least worth first; among equals, the least recently used. */
 static int candidate_cmp(const void *a, const void *b)
 {
 	const struct candidate *x = a, *y = b;
 
+	if (x->worth != y->worth)
+		return x->worth < y->worth ? -1 : 1;
 	return x->last_use_s < y->last_use_s ? -1 : x->last_use_s > y->last_use_s;
+}
+
+/* The keep policy's worth of each candidate; false when it could not answer (then LRU). */
+static bool rank_candidates(const struct edg_gc_hooks *hooks, struct candidate *cand, uint64_t n, uint64_t now)
+{
+	uint8_t *d = malloc(n * EDG_DIGEST_LEN);
+	uint64_t *age = malloc(n * sizeof(*age));
+	double *worth = malloc(n * sizeof(*worth));
+	bool ok = d && age && worth;
+
+	for (uint64_t i = 0; ok && i < n; i++) {
+		memcpy(d + i * EDG_DIGEST_LEN, cand[i].digest, EDG_DIGEST_LEN);
+		age[i] = now > cand[i].last_use_s ? now - cand[i].last_use_s : 0;
+	}
+	ok = ok && !hooks->rank(hooks->ctx, d, n, age, worth);
+	for (uint64_t i = 0; ok && i < n; i++)
+		cand[i].worth = worth[i];
+	free(d);
+	free(age);
+	free(worth);
+	return ok;
 }
 
 /* Ask the filter about candidates in order, a batch at a time, until enough may go. */
@@ -1147,6 +1172,10 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 	txn = NULL;
 	rep->before_bytes = used;
 	/* (2) */
+	if (ncand && hooks && hooks->rank) {
+		rep->ranked = rank_candidates(hooks, cand, ncand, now);
+		rep->rank_failed = !rep->ranked;
+	}
 	if (ncand)
 		qsort(cand, ncand, sizeof(*cand), candidate_cmp);
 	if (!(chosen = calloc(ncand ? ncand : 1, sizeof(*chosen)))) {

@@ -399,13 +399,17 @@ const struct cli_cmd cli_cmd_cache_verify = {
 	.run = verify_run,
 };
 
-enum { G_CACHE, G_KEEP, G_GRACE, G_JSON, G_COORD, G_AUTH, G_EDGE };
+enum { G_CACHE, G_KEEP, G_GRACE, G_COPIES, G_HALF, G_JSON, G_COORD, G_AUTH, G_EDGE };
 
 static const struct cli_opt gc_opts[] = {
 	[G_CACHE] = { "cache", 0, "DIR", true, "the cache directory" },
 	[G_KEEP] = { "keep", 0, "BYTES", true, "collect until the chunks take at most this much (e.g. 20G)" },
 	[G_GRACE] = { "grace", 0, "SECONDS", false,
 		      "keep unreferenced chunks added or used this recently (default 600)" },
+	[G_COPIES] = { "copies", 0, "N", false,
+		       "with --coordinator: also drop this edge's copy of a chunk other edges' images contain, if N other edges hold it and one of them registered it (default 0: never)" },
+	[G_HALF] = { "half-life", 0, "SECONDS", false,
+		     "with --coordinator: the keep policy halves a chunk's worth every this long unused here (default 86400)" },
 	[G_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
 	COORD_OPTS(G_COORD, G_AUTH, G_EDGE),
 	{ 0 },
@@ -414,15 +418,25 @@ static const struct cli_opt gc_opts[] = {
 struct gc_ctx {
 	struct edg_coord *c;
 	uint64_t grace;
-	char err[512];
+	unsigned copies;
+	double half_life_s;
+	char err[512], rank_err[512];
 };
 
-/* The coordinator's word on each candidate: no image anywhere contains it, no handoff leases it. */
+/* The keep policy's worth of each candidate (popular, recent, scarce: edg_coord_keep). */
+static int rank_by_coordinator(void *ctx, const uint8_t *digests, uint64_t n, const uint64_t *age_s, double *worth)
+{
+	struct gc_ctx *g = ctx;
+
+	return edg_coord_keep(g->c, digests, n, age_s, g->half_life_s, worth, g->rank_err, sizeof(g->rank_err));
+}
+
+/* The coordinator's word on each candidate: no image anywhere needs this copy, no handoff leases it. */
 static int ask_coordinator(void *ctx, const uint8_t *digests, uint64_t n, bool *ok)
 {
 	struct gc_ctx *g = ctx;
 
-	return edg_coord_may_delete(g->c, digests, n, g->grace, ok, g->err, sizeof(g->err));
+	return edg_coord_may_delete(g->c, digests, n, g->grace, g->copies, ok, g->err, sizeof(g->err));
 }
 
 /* Deleted for good: this edge no longer holds them (a failure only leaves it listed as a holder). */
@@ -454,18 +468,31 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 			return 2;
 		}
 	}
+	unsigned long copies = 0;
+	double half = 86400;
+	if (val[G_COPIES] && (errno = 0, copies = strtoul(val[G_COPIES], &end, 10), errno || *end || copies > 1000)) {
+		cli_error("%s: bad --copies '%s' (0 to 1000)", cmd->name, val[G_COPIES]);
+		return 2;
+	}
+	if (val[G_HALF] && ((half = strtod(val[G_HALF], &end)) < 1 || *end)) {
+		cli_error("%s: bad --half-life '%s' (seconds, at least 1)", cmd->name, val[G_HALF]);
+		return 2;
+	}
 	struct edg_store *s = open_store(cmd->name, val[G_CACHE], false, 0);
 	if (!s)
 		return 1;
 	bool missed;
 	struct gc_ctx g = { .c = coord_open(cmd->name, val[G_COORD], val[G_AUTH], val[G_EDGE], &missed),
-			    .grace = grace };
+			    .grace = grace, .copies = (unsigned)copies, .half_life_s = half };
 	if (missed)
 		fprintf(stderr, "cache gc: collecting on this edge's knowledge alone\n");
-	struct edg_gc_hooks hooks = { ask_coordinator, tell_coordinator, &g };
+	struct edg_gc_hooks hooks = { rank_by_coordinator, ask_coordinator, tell_coordinator, &g };
 	int r = edg_store_gc(s, keep, grace, g.c ? &hooks : NULL, &rep, err, sizeof(err));
 	edg_store_close(s);
 	edg_coord_close(g.c);
+	if (rep.rank_failed)
+		fprintf(stderr, "cache gc: warning: no keep policy from the coordinator (%s): least recently used first\n",
+			g.rank_err);
 	/* one error line: the coordinator's failure explains a missed quota */
 	if (rep.filter_failed) {
 		cli_error("%s: the coordinator stopped answering (%s): what it had not approved was kept", cmd->name,
@@ -492,6 +519,7 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 		json_object_object_add(o, "in_use_bytes", json_object_new_int64((int64_t)rep.kept_in_use_bytes));
 		json_object_object_add(o, "coordinator", json_object_new_string(
 			!val[G_COORD] ? "none" : g.c && !rep.filter_failed ? "asked" : "unreachable"));
+		json_object_object_add(o, "order", json_object_new_string(rep.ranked ? "keep policy" : "least recently used"));
 		json_object_object_add(o, "quota_reached", json_object_new_boolean(r == 0));
 		cli_print_json(o);
 	}
@@ -504,11 +532,14 @@ const struct cli_cmd cli_cmd_cache_gc = {
 	.name = "cache gc",
 	.summary = "Delete chunks that no registered image references and no handoff in flight\n"
 		   "pins, least recently used first, until the cache holds at most --keep bytes of\n"
-		   "chunks. Expired pins are dropped first. With --coordinator, a chunk goes only\n"
-		   "if no image anywhere contains it and no handoff leases it (and this edge then\n"
-		   "stops counting as its holder); unreachable, the edge decides alone. Fails\n"
-		   "(after collecting what it may) when what must be kept exceeds --keep.",
-	.usage = "--cache DIR --keep BYTES [--grace SECONDS] [--json] [--coordinator URL ...]",
+		   "chunks. Expired pins are dropped first. With --coordinator, the keep policy\n"
+		   "orders them (least worth first: unpopular across every edge's images and VMs,\n"
+		   "long unused here, held by many other edges), and a chunk goes only if no\n"
+		   "image anywhere contains it (or, with --copies N, none of this edge's and N\n"
+		   "other edges hold it) and no handoff leases it; this edge then stops counting\n"
+		   "as its holder. Unreachable, the edge decides alone. Fails (after collecting\n"
+		   "what it may) when what must be kept exceeds --keep.",
+	.usage = "--cache DIR --keep BYTES [--grace SECONDS] [--json] [--coordinator URL ... [--copies N] [--half-life SECONDS]]",
 	.opts = gc_opts,
 	.run = gc_run,
 };
