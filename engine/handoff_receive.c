@@ -452,7 +452,11 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 		return -ECANCELED;
 	}
 	d->t_committed = since(&d->t0);
-	if ((ret = resume_qemu(d, dev, resume_ts, err, errlen)))
+	struct eng_control_alive alive;
+	eng_control_alive_start(&alive, ctl);
+	ret = resume_qemu(d, dev, resume_ts, err, errlen);
+	eng_control_alive_stop(&alive);
+	if (ret)
 		return ret;
 	d->t_resumed = since(&d->t0);
 	d->state = ENG_RESUME_RESUMED;
@@ -675,12 +679,16 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 			d->aead = (enum cdc_aead)stream.aead;
 			d->have_id = true;
 		}
-		if (!ret && (ret = eng_uring_file_sync(d->disk)))
-			snprintf(err, errlen, "cannot write --disk-out %s: %s", a->disk_out, strerror(-ret));
 		if (have_ctl)
 			eng_control_free(&ctl);
 		have_ctl = d->conn && (stream.header_len || !ret) &&
 			   eng_control_init(&ctl, d->conn, &stream, a->key, 0) == 0;
+		/* the disk's sync and QEMU's load take a while: the source hears ALIVE meanwhile */
+		struct eng_control_alive alive = { 0 };
+		if (!ret && have_ctl)
+			eng_control_alive_start(&alive, &ctl);
+		if (!ret && (ret = eng_uring_file_sync(d->disk)))
+			snprintf(err, errlen, "cannot write --disk-out %s: %s", a->disk_out, strerror(-ret));
 		if (!ret && !d->loaded) {
 			d->t_verified = since(&d->t0);
 			if (!(ret = load_qemu(d, &st, &dev, err, errlen))) {
@@ -688,6 +696,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 				d->t_loaded = since(&d->t0);
 			}
 		}
+		eng_control_alive_stop(&alive);
 		if (!ret && !d->conn) { /* an overlay: nobody to commit */
 			d->t_committed = since(&d->t0);
 			if (!(ret = resume_qemu(d, &dev, &resume_ts, err, errlen)))

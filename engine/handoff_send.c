@@ -538,9 +538,17 @@ static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, do
 	return b;
 }
 
+/* The VM is stopped: a destination that stops reading costs downtime, so it gets less patience. */
+static void impatient(struct src *s)
+{
+	if (s->conn && eng_conn_set_idle_limit(s->conn, ENG_CONTROL_SILENCE_S))
+		fprintf(stderr, "send: warning: cannot shorten the link's idle limit\n");
+}
+
 static void begin_final(struct src *s)
 {
 	s->qemu_done_s = now_s(s);
+	impatient(s);
 	throttle_release(s); /* the VM is stopped: nothing left to slow */
 	/* QEMU stopped the VM: RAM is frozen (QEMU sent none of the shared block) */
 	if (s->shared && s->conn)
@@ -622,7 +630,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		if (!s->have_ctl && s->stream.header_len)
 			s->have_ctl = eng_control_init(&s->ctl, s->conn, &s->stream, s->a->key, 1) == 0;
 		int r = s->have_ctl ? eng_control_recv(&s->ctl, 0.001, &type, text, sizeof(text)) : -ETIMEDOUT;
-		if (r == 0)
+		if (r == 0 && type != ENG_MSG_ALIVE) /* ALIVE: it read the trailer and is loading */
 			src_fail(s, "destination %s: %s", type == ENG_MSG_FAILED ? "failed" : "spoke out of turn",
 				 type == ENG_MSG_FAILED ? text : eng_msg_name(type));
 		else if (r != -ETIMEDOUT) {
@@ -1138,12 +1146,14 @@ static int finish_remote(struct src *s, double *resume_ts, char *err, size_t err
 		snprintf(err, errlen, "cannot set up control messages");
 		return -EIO;
 	}
-	ret = eng_control_recv(c, 300, &type, text, sizeof(text));
+	/* the destination syncs its disk and loads its QEMU, saying ALIVE meanwhile */
+	ret = eng_control_wait(c, ENG_CONTROL_SILENCE_S, 1800, &type, text, sizeof(text));
 	if (ret || type != ENG_MSG_READY) {
 		s->link_lost = ret && ret != -EBADMSG && ret != -ETIMEDOUT;
 		if (ret)
 			snprintf(err, errlen, "destination did not confirm: %s",
-				 ret == -EBADMSG ? "forged or corrupt reply" : strerror(-ret));
+				 ret == -EBADMSG ? "forged or corrupt reply"
+				 : ret == -ENOTCONN ? "it went silent" : strerror(-ret));
 		else
 			snprintf(err, errlen, "destination failed: %s", text);
 		return ret ? ret : -EIO;
@@ -1156,12 +1166,12 @@ static int finish_remote(struct src *s, double *resume_ts, char *err, size_t err
 	s->committed = true;
 	ret = eng_control_send(c, ENG_MSG_COMMIT, NULL);
 	if (!ret)
-		ret = eng_control_recv(c, 120, &type, text, sizeof(text));
+		ret = eng_control_wait(c, ENG_CONTROL_SILENCE_S, 300, &type, text, sizeof(text));
 	if (ret || type != ENG_MSG_RESUMED) {
 		s->link_lost = ret && ret != -EBADMSG && ret != -ETIMEDOUT;
 		snprintf(err, errlen,
 			 "committed, but the destination did not confirm the resume (%s); the source VM stays paused",
-			 ret ? strerror(-ret) : text);
+			 ret == -ENOTCONN ? "it went silent" : ret ? strerror(-ret) : text);
 		return ret ? ret : -EIO;
 	}
 	*resume_ts = strtod(text, NULL);
@@ -1206,7 +1216,7 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 	if (s->have_ctl) {
 		enum eng_msg_type type;
 		char text[ENG_MSG_TEXT_MAX + 1];
-		if (eng_control_recv(&s->ctl, 0.2, &type, text, sizeof(text)) == 0 && type == ENG_MSG_FAILED) {
+		if (eng_control_wait(&s->ctl, 0.2, 0.5, &type, text, sizeof(text)) == 0 && type == ENG_MSG_FAILED) {
 			snprintf(err, errlen, "destination failed: %s", text);
 			return -EIO;
 		}
@@ -1263,6 +1273,7 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 	}
 	s->ended = false;
 	if (s->phase == PH_FINAL) { /* the owed blocks lie behind its cursor */
+		impatient(s);
 		s->final_fed = false;
 		start_pass(s);
 	}
