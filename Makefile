@@ -25,7 +25,7 @@ FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
 
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-missing-field-initializers -Werror=incompatible-pointer-types -I. $(DPDK_CFLAGS) $(FUSE_CFLAGS)
-LDLIBS  += $(DPDK_LIBS) -lisal -lzstd -llzma -lcrypto -lhwloc -ljson-c -luring -lfuse3 -llmdb -lhiredis -lpthread
+LDLIBS  += $(DPDK_LIBS) -lisal -lIPSec_MB -lzstd -llzma -lcrypto -lhwloc -ljson-c -luring -lfuse3 -llmdb -lhiredis -lpthread
 ifneq ($(SANITIZE),)
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=$(SANITIZE)
@@ -82,18 +82,25 @@ $(BUILD)/tests/%: tests/%.c tests/testlib.h $(BUILD)/libhandoff.a
 
 # Every parser of outside input under libFuzzer with ASan and UBSan (clang,
 # own objects): the stream, QEMU's migration stream and device state, QMP
-# replies, the base index cache. Corpus seeds in tests/fuzz/corpus/TARGET.
-FUZZ_TARGETS := stream migstream qmp index
+# replies, the base index cache, control messages, the session and resume
+# messages, the edge cache's LMDB records and the dpdk: transport's frames.
+# Corpus seeds in tests/fuzz/corpus/TARGET.
+FUZZ_TARGETS := stream migstream qmp index control cache dio
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 FUZZ_SRC_stream := $(CODECS_SRC) engine/stream.c engine/io.c
 FUZZ_SRC_migstream := $(CODECS_SRC) qemu_bridge/migstream.c
 FUZZ_SRC_qmp := qemu_bridge/qmp.c
 FUZZ_SRC_index := $(CODECS_SRC) tracker/index.c engine/safefile.c
+FUZZ_SRC_control := $(CODECS_SRC) engine/control.c engine/session.c engine/stream.c engine/io.c
+FUZZ_SRC_cache := $(CODECS_SRC) edge/store.c engine/safefile.c
+# dio: DPDK frames on a real EAL (fuzz_dio.c includes dpdk_io/dio.c)
+FUZZ_SRC_dio := $(CODECS_SRC) dpdk_io/port.c dpdk_io/pace.c engine/numa.c
+FUZZ_LIBS_dio := $(DPDK_LIBS) -lhwloc
 .SECONDEXPANSION:
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*) $(wildcard */*.h)
 	@mkdir -p $(dir $@)
 	clang -O1 -g -std=gnu11 -D_GNU_SOURCE -I. $(DPDK_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=undefined $< $(FUZZ_SRC_$*) -o $@ -lisal -lzstd -llzma -lcrypto -luring -ljson-c
+	    -fno-sanitize-recover=undefined $< $(FUZZ_SRC_$*) -o $@ $(FUZZ_LIBS_$*) -lisal -lIPSec_MB -lzstd -llzma -lcrypto -luring -ljson-c -llmdb
 
 unit: $(ENGINE) $(TOOLS) $(TESTS)
 	@HANDOFF_ENGINE=$(ENGINE) scripts/run-tests $(TESTS)

@@ -29,6 +29,8 @@ struct cdc_hasher;
 
 struct cdc_hasher *cdc_hasher_new(void);
 void cdc_hasher_free(struct cdc_hasher *h);
+/* What hashes runs of blocks here: "ipsec-mb", "sha-ni" or "openssl". */
+const char *cdc_hasher_runs(const struct cdc_hasher *h);
 /* SHA-256 of one CDC_BLOCK_SIZE block. */
 void cdc_hash_block(struct cdc_hasher *h, const void *block, uint8_t out[CDC_DIGEST_LEN]);
 /*

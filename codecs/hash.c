@@ -1,24 +1,33 @@
 /*
- * Block hashing and zero detection. SHA-256 goes through OpenSSL's EVP,
- * which uses the SHA-NI instructions when the CPU has them; the digest
- * context is fetched once per hasher so a 4 KiB block costs one
- * init/update/final and no lookups. Runs of blocks go four at a time through
- * codecs/sha_ni.c where the CPU has SHA-NI (HANDOFF_NO_SHA_X4 turns that
- * off). Zero detection is ISA-L's vectorized scan, run before hashing so zero
+ * Block hashing and zero detection. One block's SHA-256 goes through
+ * OpenSSL's EVP, which uses the SHA-NI instructions when the CPU has them;
+ * the digest context is fetched once per hasher so a 4 KiB block costs one
+ * init/update/final and no lookups. Runs of blocks (the pipeline's hash
+ * stage) go through Intel's multi-buffer library (libipsec-mb's job API,
+ * which hashes many independent messages at once in SIMD lanes: AVX-512,
+ * AVX2 or SSE, whichever the CPU has), else four at a time through
+ * codecs/sha_ni.c where the CPU has SHA-NI, else one by one. HANDOFF_HASH
+ * (ipsec-mb, sha-ni or openssl) picks one, for comparisons (perf/hash-bench).
+ * Zero detection is ISA-L's vectorized scan, run before hashing so zero
  * blocks (common in VM images) skip SHA-256.
  */
 #include "codecs.h"
 
+#include <intel-ipsec-mb.h>
 #include <isa-l/mem_routines.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Below this many blocks a flush with lanes half empty costs more than the four-lane code. */
+#define MB_MIN_RUN 16
+
 struct cdc_hasher {
 	EVP_MD *md;
 	EVP_MD_CTX *ctx;
-	bool x4; /* four blocks at a time on SHA-NI (codecs/sha_ni.c) */
+	IMB_MGR *mb; /* runs of blocks through libipsec-mb, if set */
+	bool x4;     /* else four blocks at a time on SHA-NI (codecs/sha_ni.c) */
 };
 
 struct cdc_hasher *cdc_hasher_new(void)
@@ -27,9 +36,21 @@ struct cdc_hasher *cdc_hasher_new(void)
 
 	if (!h)
 		return NULL;
+	const char *pick = getenv("HANDOFF_HASH");
 	h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
 	h->ctx = EVP_MD_CTX_new();
-	h->x4 = cdc_sha256_x4_available() && !getenv("HANDOFF_NO_SHA_X4");
+	if (!pick || !strcmp(pick, "ipsec-mb")) {
+		IMB_ARCH arch = IMB_ARCH_NONE;
+		if ((h->mb = alloc_mb_mgr(0)))
+			init_mb_mgr_auto(h->mb, &arch);
+		/* a CPU the library cannot drive leaves its calls unset */
+		if (h->mb && (arch == IMB_ARCH_NONE || imb_get_errno(h->mb))) {
+			free_mb_mgr(h->mb);
+			h->mb = NULL;
+		}
+	}
+	/* runs too short to fill the lanes go four at a time */
+	h->x4 = cdc_sha256_x4_available() && (!pick || !strcmp(pick, "sha-ni") || !strcmp(pick, "ipsec-mb"));
 	if (!h->md || !h->ctx) {
 		cdc_hasher_free(h);
 		return NULL;
@@ -43,7 +64,14 @@ void cdc_hasher_free(struct cdc_hasher *h)
 		return;
 	EVP_MD_CTX_free(h->ctx);
 	EVP_MD_free(h->md);
+	if (h->mb)
+		free_mb_mgr(h->mb);
 	free(h);
+}
+
+const char *cdc_hasher_runs(const struct cdc_hasher *h)
+{
+	return h->mb ? "ipsec-mb" : h->x4 ? "sha-ni" : "openssl";
 }
 
 void cdc_hash_block(struct cdc_hasher *h, const void *block, uint8_t out[CDC_DIGEST_LEN])
@@ -55,11 +83,39 @@ void cdc_hash_block(struct cdc_hasher *h, const void *block, uint8_t out[CDC_DIG
 	EVP_DigestFinal_ex(h->ctx, out, &len);
 }
 
+/* Every block a job; the manager hands jobs back once their lanes ran. */
+static bool hash_blocks_mb(IMB_MGR *mb, const uint8_t *const *blocks, unsigned n, uint8_t *const *out)
+{
+	IMB_JOB *j;
+	unsigned done = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		j = IMB_GET_NEXT_JOB(mb);
+		memset(j, 0, sizeof(*j));
+		j->src = blocks[i];
+		j->dst = (uint8_t *)blocks[i]; /* the null cipher wants one, and writes nothing */
+		j->msg_len_to_hash_in_bytes = CDC_BLOCK_SIZE;
+		j->auth_tag_output = out[i];
+		j->auth_tag_output_len_in_bytes = CDC_DIGEST_LEN;
+		j->hash_alg = IMB_AUTH_SHA_256;
+		j->cipher_mode = IMB_CIPHER_NULL;
+		j->cipher_direction = IMB_DIR_ENCRYPT;
+		j->chain_order = IMB_ORDER_CIPHER_HASH;
+		for (j = IMB_SUBMIT_JOB(mb); j; j = IMB_GET_COMPLETED_JOB(mb))
+			done += j->status == IMB_STATUS_COMPLETED;
+	}
+	while ((j = IMB_FLUSH_JOB(mb)) != NULL)
+		done += j->status == IMB_STATUS_COMPLETED;
+	return done == n;
+}
+
 void cdc_hash_blocks(struct cdc_hasher *h, const uint8_t *const *blocks, unsigned n,
 		     uint8_t *const *out)
 {
 	unsigned i = 0;
 
+	if (h->mb && n >= MB_MIN_RUN && hash_blocks_mb(h->mb, blocks, n, out))
+		return;
 	if (h->x4)
 		for (; i + 4 <= n; i += 4)
 			cdc_sha256_block_x4(blocks + i, out + i);

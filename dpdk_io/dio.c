@@ -382,6 +382,10 @@ static bool on_hello(struct dio_conn *c, const struct rte_ether_hdr *eh, const s
 	c->session = h->session;
 	memcpy(c->peer_nonce, p->nonce, DIO_NONCE_LEN);
 	set_peer(c, eh, p->mtu);
+	/* a listener bound to no base (an edge cache: the source's plan names it) takes the sender's */
+	static const uint8_t no_base[DIO_ID_LEN];
+	if (!memcmp(c->bind.base_id, no_base, DIO_ID_LEN))
+		memcpy(c->bind.base_id, p->base_id, DIO_ID_LEN);
 	if (memcmp(p->base_id, c->bind.base_id, DIO_ID_LEN)) {
 		send_reset(c, "the receiver holds a different base");
 		fail(c, -EPERM, "the sender's base differs from ours (handshake refused)");
@@ -921,6 +925,25 @@ static void wake_waiters(struct dio_conn *c)
 	pthread_mutex_unlock(&c->lock);
 }
 
+/* After a burst of n received frames: acknowledge, send what is due, run the timers. */
+static int after_rx(struct dio_conn *c, uint64_t now, uint16_t n)
+{
+	int work = 0;
+
+	if (atomic_load(&c->established)) {
+		if (c->ack_due && n)
+			send_ack(c); /* one ACK per burst of data */
+		work += send_some(c, now);
+		check_timers(c, now);
+		if (c->ack_due)
+			send_ack(c);
+	} else if (c->listener) {
+		c->last_rx_us = now; /* the accept timeout governs the wait */
+	}
+	tx_flush(c);
+	return work;
+}
+
 static void *io_main(void *arg)
 {
 	struct dio_conn *c = arg;
@@ -952,17 +975,7 @@ static void *io_main(void *arg)
 			tx_flush(c);
 			break;
 		}
-		if (atomic_load(&c->established)) {
-			if (c->ack_due && n)
-				send_ack(c); /* one ACK per burst of data */
-			work += send_some(c, now);
-			check_timers(c, now);
-			if (c->ack_due)
-				send_ack(c);
-		} else if (c->listener) {
-			c->last_rx_us = now; /* the accept timeout governs the wait */
-		}
-		tx_flush(c);
+		work += after_rx(c, now, n);
 		if (c->trace && since_us(now, last_trace) >= 1000000) {
 			last_trace = now;
 			fprintf(stderr,
@@ -1055,6 +1068,16 @@ static void tele_set(struct dio_conn *c, struct dio_conn *expect)
 
 /* ---- set-up and teardown ------------------------------------------------------- */
 
+/* What conn_init set up (not the buffers, the port or the I/O thread). */
+static void conn_fini(struct dio_conn *c)
+{
+	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->slock);
+	pthread_cond_destroy(&c->cv_send);
+	pthread_cond_destroy(&c->cv_recv);
+	explicit_bzero(c->hello_key, sizeof(c->hello_key));
+}
+
 static void conn_free(struct dio_conn *c)
 {
 	if (!c)
@@ -1068,30 +1091,21 @@ static void conn_free(struct dio_conn *c)
 	free(c->snd_buf);
 	free(c->rcv_buf);
 	free(c->sb);
-	pthread_mutex_destroy(&c->lock);
-	pthread_mutex_destroy(&c->slock);
-	pthread_cond_destroy(&c->cv_send);
-	pthread_cond_destroy(&c->cv_recv);
-	explicit_bzero(c->hello_key, sizeof(c->hello_key));
+	conn_fini(c);
 	free(c);
 }
 
-static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bind *b, bool listener,
-				  double timeout_s, char *err, size_t errlen)
+/* A zeroed connection's settings, keys and locks. 0, or -1 with err. */
+static int conn_init(struct dio_conn *c, const struct dio_loc *loc, const struct dio_bind *b, bool listener,
+		     char *err, size_t errlen)
 {
-	struct dio_conn *c = calloc(1, sizeof(*c));
-	if (!c) {
-		snprintf(err, errlen, "out of memory");
-		return NULL;
-	}
 	c->loc = *loc;
 	c->bind = *b;
 	static const uint8_t unkeyed[32];
 	if (cdc_derive_key(b->key ? b->key : unkeyed, "handoff-dio", 11, "handoff dpdk hello", c->hello_key,
 			   sizeof(c->hello_key))) {
 		snprintf(err, errlen, "cannot derive the handshake key");
-		free(c);
-		return NULL;
+		return -1;
 	}
 	c->bind.key = NULL;
 	c->listener = listener;
@@ -1106,29 +1120,26 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	pthread_cond_init(&c->cv_send, &ca);
 	pthread_cond_init(&c->cv_recv, &ca);
 	pthread_condattr_destroy(&ca);
-	c->snd_buf = malloc(DIO_SNDBUF);
-	c->rcv_buf = malloc(DIO_RCVBUF);
-	c->sb = calloc(SEGS, sizeof(*c->sb));
-	if (!c->snd_buf || !c->rcv_buf || !c->sb) {
-		snprintf(err, errlen, "out of memory for the dpdk: buffers");
-		goto err;
-	}
-	if (dio_port_open(&c->port, loc->port, loc->mtu, timeout_s > 0 ? timeout_s : 1, err, errlen))
-		goto err;
+	return 0;
+}
+
+/* The protocol's starting state, once the port is open. 0, or -1 with err. */
+static int conn_start_state(struct dio_conn *c, char *err, size_t errlen)
+{
 	if (c->port.mtu < sizeof(struct dio_hdr) + 256) {
 		snprintf(err, errlen, "DPDK port %s: MTU %u is too small", c->port.name, c->port.mtu);
-		goto err;
+		return -1;
 	}
 	c->payload = c->port.mtu - sizeof(struct dio_hdr);
 	snprintf(c->peer_name, sizeof(c->peer_name), "the peer via %s", c->port.name);
-	if (loc->have_peer) {
-		memcpy(c->peer_mac.addr_bytes, loc->peer, 6);
-		c->have_peer = !listener;
+	if (c->loc.have_peer) {
+		memcpy(c->peer_mac.addr_bytes, c->loc.peer, 6);
+		c->have_peer = !c->listener;
 	}
 	RAND_bytes((unsigned char *)&c->rng, sizeof(c->rng));
 	c->rng |= 1;
 	RAND_bytes(c->my_nonce, DIO_NONCE_LEN);
-	if (!listener)
+	if (!c->listener)
 		RAND_bytes((unsigned char *)&c->session, sizeof(c->session));
 	c->peer_wnd_end = DIO_RCVBUF;
 	c->last_adv_wnd = DIO_RCVBUF;
@@ -1136,6 +1147,31 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	dio_pace_init(&c->pace, INIT_RATE_BPS, c->payload);
 	c->pace.trace = c->trace;
 	c->t0_us = now_us();
+	return 0;
+}
+
+static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bind *b, bool listener,
+				  double timeout_s, char *err, size_t errlen)
+{
+	struct dio_conn *c = calloc(1, sizeof(*c));
+	if (!c) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (conn_init(c, loc, b, listener, err, errlen)) {
+		free(c);
+		return NULL;
+	}
+	c->snd_buf = malloc(DIO_SNDBUF);
+	c->rcv_buf = malloc(DIO_RCVBUF);
+	c->sb = calloc(SEGS, sizeof(*c->sb));
+	if (!c->snd_buf || !c->rcv_buf || !c->sb) {
+		snprintf(err, errlen, "out of memory for the dpdk: buffers");
+		goto err;
+	}
+	if (dio_port_open(&c->port, loc->port, loc->mtu, timeout_s > 0 ? timeout_s : 1, err, errlen) ||
+	    conn_start_state(c, err, errlen))
+		goto err;
 	if (pthread_create(&c->io, NULL, io_main, c)) {
 		snprintf(err, errlen, "cannot start the dpdk: I/O thread");
 		goto err;
@@ -1371,6 +1407,7 @@ void dio_stats(struct dio_conn *c, struct dio_stats *s)
 	s->bw_bps = get_dbl(&c->st_bw);
 	s->min_rtt_us = get_dbl(&c->st_rtt);
 	snprintf(s->port, sizeof(s->port), "%s", c->port.name);
+	s->port_node = c->port.socket == SOCKET_ID_ANY ? -1 : c->port.socket;
 	if (!rte_eth_stats_get(c->port.id, &es)) {
 		s->port_ipackets = es.ipackets;
 		s->port_opackets = es.opackets;

@@ -81,6 +81,7 @@ struct dio_stats {
 	uint64_t port_ipackets, port_opackets, port_ibytes, port_obytes, port_imissed, port_ierrors,
 		port_oerrors;
 	uint32_t mtu;
+	int port_node; /* where the port's queues and mbufs went (-1: anywhere) */
 	double seconds, pacing_bps, bw_bps, min_rtt_us;
 	char port[64];
 };

@@ -1,4 +1,6 @@
+#include "engine/cli.h"
 #include "engine/clock.h"
+#include "engine/numa.h"
 #include "port.h"
 
 #include <errno.h>
@@ -8,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <rte_bus.h>
+#include <rte_dev.h>
 #include <rte_errno.h>
 #include <rte_ethdev.h>
 #include <rte_log.h>
@@ -58,6 +62,26 @@ static uint32_t ethdev_mtu(const struct rte_eth_dev_info *info)
 	return hw ? hw : RTE_ETHER_MTU;
 }
 
+/*
+ * The port's queues and mbufs go on its device's node (numa.h): a PCI NIC's
+ * as hwloc places it, else DPDK's word, else (a virtual port) the node the
+ * pipeline runs on, which is where its frames come from and go to.
+ */
+static int port_node(uint16_t id, const struct rte_eth_dev_info *info)
+{
+	const struct rte_bus *bus = info->device ? rte_dev_bus(info->device) : NULL;
+	bool pci = bus && !strcmp(rte_bus_name(bus), "pci");
+	struct eng_numa *topo = NULL;
+	char err[256];
+
+	if (pci)
+		topo = eng_numa_open(NULL, true, err, sizeof(err));
+	int node = eng_numa_port_node(topo, pci ? rte_dev_name(info->device) : NULL, rte_eth_dev_socket_id(id),
+				      cli_pipeline_node());
+	eng_numa_close(topo);
+	return node >= 0 && cli_dpdk_has_node(node) ? node : SOCKET_ID_ANY;
+}
+
 int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double link_timeout_s,
 		  char *err, size_t errlen)
 {
@@ -75,9 +99,7 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 		snprintf(err, errlen, "DPDK port %s: cannot read device info: %s", p->name, rte_strerror(-ret));
 		return ret;
 	}
-	p->socket = rte_eth_dev_socket_id(p->id);
-	if (p->socket < 0)
-		p->socket = SOCKET_ID_ANY;
+	p->socket = port_node(p->id, &info);
 	/*
 	 * Virtual PMDs report 1518-byte frames whatever the path carries
 	 * (af_packet sends up to its framesz, memif chains buffers): an mtu=

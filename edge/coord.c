@@ -24,11 +24,11 @@ struct edg_coord {
 	char where[300]; /* host:port, for messages */
 };
 
-/* One command per chunk: up to 6 arguments, built into the slot's own buffers. */
+/* One command per chunk: up to 7 arguments, built into the slot's own buffers. */
 struct cmd {
-	const char *argv[6];
-	size_t len[6];
-	char key[KEY_LEN + 1], field[FIELD_MAX + 1], num[32];
+	const char *argv[7];
+	size_t len[7];
+	char key[KEY_LEN + 1], field[FIELD_MAX + 1], num[32], num2[32];
 };
 
 typedef void (*build_fn)(struct edg_coord *c, const uint8_t *digest, const void *ctx, struct cmd *m);
@@ -291,9 +291,38 @@ static void b_release(struct edg_coord *c, const uint8_t *d, const void *ctx, st
 	build_fcall(d, "ho_release", ((const struct named *)ctx)->name, NULL, m);
 }
 
+struct may_delete {
+	uint64_t grace_s;
+	unsigned copies;
+};
+
 static void b_may_delete(struct edg_coord *c, const uint8_t *d, const void *ctx, struct cmd *m)
 {
-	build_fcall(d, "ho_may_delete", c->edge, ((const struct named *)ctx)->value, m);
+	const struct may_delete *md = ctx;
+	char g[32];
+
+	snprintf(g, sizeof(g), "%llu", (unsigned long long)md->grace_s);
+	build_fcall(d, "ho_may_delete", c->edge, g, m);
+	snprintf(m->num2, sizeof(m->num2), "%u", md->copies);
+	set_arg(m, 6, m->num2);
+}
+
+/* Per chunk, this edge's age of it: the i-th digest's is age_s[i]. */
+struct keep {
+	const uint8_t *digests;
+	const uint64_t *age_s;
+	char half_life[32];
+};
+
+static void b_keep(struct edg_coord *c, const uint8_t *d, const void *ctx, struct cmd *m)
+{
+	const struct keep *k = ctx;
+	char age[32];
+
+	snprintf(age, sizeof(age), "%llu", (unsigned long long)k->age_s[(size_t)(d - k->digests) / EDG_DIGEST_LEN]);
+	build_fcall(d, "ho_keep", c->edge, age, m);
+	snprintf(m->num2, sizeof(m->num2), "%s", k->half_life);
+	set_arg(m, 6, m->num2);
 }
 
 static void b_forget(struct edg_coord *c, const uint8_t *d, const void *ctx, struct cmd *m)
@@ -382,13 +411,29 @@ static int r_flag(uint64_t i, const redisReply *rep, void *out, char *err, size_
 	return 0;
 }
 
-int edg_coord_may_delete(struct edg_coord *c, const uint8_t *digests, uint64_t n, uint64_t grace_s, bool *ok,
-			 char *err, size_t errlen)
+int edg_coord_may_delete(struct edg_coord *c, const uint8_t *digests, uint64_t n, uint64_t grace_s, unsigned copies,
+			 bool *ok, char *err, size_t errlen)
 {
-	char g[32];
-	snprintf(g, sizeof(g), "%llu", (unsigned long long)grace_s);
-	struct named nm = { NULL, g };
-	return run_batches(c, digests, n, 6, b_may_delete, &nm, r_flag, ok, "may-delete", err, errlen);
+	struct may_delete md = { grace_s, copies };
+	return run_batches(c, digests, n, 7, b_may_delete, &md, r_flag, ok, "may-delete", err, errlen);
+}
+
+static int r_keep(uint64_t i, const redisReply *rep, void *out, char *err, size_t errlen)
+{
+	if (rep->type != REDIS_REPLY_INTEGER) {
+		eng_set_err(err, errlen, "coordinator: unexpected reply to ho_keep");
+		return -1;
+	}
+	((double *)out)[i] = (double)rep->integer / 1e6;
+	return 0;
+}
+
+int edg_coord_keep(struct edg_coord *c, const uint8_t *digests, uint64_t n, const uint64_t *age_s,
+		   double half_life_s, double *worth, char *err, size_t errlen)
+{
+	struct keep k = { digests, age_s, "" };
+	snprintf(k.half_life, sizeof(k.half_life), "%.0f", half_life_s > 1 ? half_life_s : 1);
+	return run_batches(c, digests, n, 7, b_keep, &k, r_keep, worth, "keep", err, errlen);
 }
 
 int edg_coord_forget(struct edg_coord *c, const uint8_t *digests, uint64_t n, char *err, size_t errlen)

@@ -42,12 +42,24 @@ int edg_coord_lease(struct edg_coord *c, const char *id, const uint8_t *digests,
 int edg_coord_release(struct edg_coord *c, const char *id, const uint8_t *digests, uint64_t n, char *err,
 		      size_t errlen);
 /*
- * For each chunk: may this edge drop its copy (ok[i])? Yes only if no image
- * contains it, no live lease needs it and it has been unreferenced for
- * grace_s. The edge stays a holder until edg_coord_forget.
+ * For each chunk: may this edge drop its copy (ok[i])? Never while a live
+ * lease needs it. Yes if no image contains it and it has been unreferenced
+ * for grace_s; with copies > 0 also if images contain it but none of this
+ * edge's, and at least `copies` other edges hold it, one of them an edge
+ * that registered it (this copy is an extra). The edge stays a holder until
+ * edg_coord_forget.
  */
-int edg_coord_may_delete(struct edg_coord *c, const uint8_t *digests, uint64_t n, uint64_t grace_s, bool *ok,
-			 char *err, size_t errlen);
+int edg_coord_may_delete(struct edg_coord *c, const uint8_t *digests, uint64_t n, uint64_t grace_s, unsigned copies,
+			 bool *ok, char *err, size_t errlen);
+/*
+ * The keep policy: what this edge's copy of each chunk is worth (higher:
+ * keep longer). Popular (each image or running VM on any edge that contains
+ * it counts), recent (halved every half_life_s of age_s[i], the time since
+ * this edge last used it) and scarce (divided by one plus the number of other
+ * edges that hold it). An edge over its quota collects the least worth first.
+ */
+int edg_coord_keep(struct edg_coord *c, const uint8_t *digests, uint64_t n, const uint64_t *age_s,
+		   double half_life_s, double *worth, char *err, size_t errlen);
 /* This edge dropped these chunks. */
 int edg_coord_forget(struct edg_coord *c, const uint8_t *digests, uint64_t n, char *err, size_t errlen);
 /* For each chunk: how many images contain it and how many edges hold it. */

@@ -43,28 +43,63 @@ redis.register_function('ho_unref', function(keys, args)
   return 1
 end)
 
--- FCALL ho_may_delete 1 KEY EDGE GRACE_S: 1 when EDGE may drop its copy:
--- no image contains the chunk, no live lease needs it, and it has been
--- unreferenced for GRACE_S. Expired leases are removed on the way. The edge
--- stays a holder until it says it dropped the copy (ho_forget): an edge
--- asks about more candidates than it ends up deleting.
+-- FCALL ho_may_delete 1 KEY EDGE GRACE_S [COPIES]: 1 when EDGE may drop
+-- its copy. No live lease may need it (expired leases are removed on the
+-- way). Then either no image contains the chunk and it has been unreferenced
+-- for GRACE_S, or (COPIES > 0) images contain it but none of EDGE's, at least
+-- COPIES other edges hold it and one of them registered it: the chunk lives
+-- on where it is referenced, and this copy was an extra. The edge stays a
+-- holder until it says it dropped the copy (ho_forget): an edge asks about
+-- more candidates than it ends up deleting.
 redis.register_function('ho_may_delete', function(keys, args)
-  local k, grace_ms = keys[1], tonumber(args[2]) * 1000
+  local k, edge, grace_ms = keys[1], args[1], tonumber(args[2]) * 1000
+  local copies = tonumber(args[3] or '0')
   local f = redis.call('HGETALL', k)
-  local now, ok = now_ms(), 1
+  local now, leased, young, regs, mine = now_ms(), false, false, 0, false
+  local registrants, holders, others = {}, {}, 0
   for i = 1, #f, 2 do
     local name, v = f[i], f[i + 1]
     local p = string.sub(name, 1, 2)
     if p == 'i:' then
-      ok = 0
+      local owner = string.match(name, '^i:([^:]+):')
+      regs = regs + 1
+      if owner == edge then mine = true elseif owner then registrants[owner] = true end
+    elseif p == 'e:' then
+      local holder = string.sub(name, 3)
+      holders[holder] = true
+      if holder ~= edge then others = others + 1 end
     elseif p == 'l:' then
-      if tonumber(v) > now then ok = 0 else redis.call('HDEL', k, name) end
+      if tonumber(v) > now then leased = true else redis.call('HDEL', k, name) end
     elseif name == 'u' and tonumber(v) * 1000 + grace_ms > now then
-      ok = 0
+      young = true
     end
   end
-  return ok
+  if leased then return 0 end
+  if regs == 0 then return young and 0 or 1 end
+  if mine or copies <= 0 or others < copies then return 0 end
+  for owner in pairs(registrants) do
+    if holders[owner] then return 1 end
+  end
+  return 0
 end)
+
+-- FCALL ho_keep 1 KEY EDGE AGE_S HALF_LIFE_S: what EDGE's copy is worth
+-- keeping, in millionths: popular (every image or running VM that contains
+-- it, on any edge, counts), recent (halved every HALF_LIFE_S since EDGE last
+-- used it) and scarce (divided by one plus the other edges that hold it).
+-- Edges collect the lowest first.
+redis.register_function{function_name = 'ho_keep', flags = {'no-writes'}, callback = function(keys, args)
+  local edge, age, half = args[1], tonumber(args[2]), tonumber(args[3])
+  local f = redis.call('HGETALL', keys[1])
+  local regs, others = 0, 0
+  for i = 1, #f, 2 do
+    local p = string.sub(f[i], 1, 2)
+    if p == 'i:' then regs = regs + 1
+    elseif p == 'e:' and string.sub(f[i], 3) ~= edge then others = others + 1 end
+  end
+  local worth = (1 + regs) * 0.5 ^ (age / half) / (1 + others)
+  return math.floor(worth * 1e6)
+end}
 
 -- FCALL ho_forget 1 KEY EDGE: EDGE dropped its copy.
 redis.register_function('ho_forget', function(keys, args)

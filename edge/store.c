@@ -532,6 +532,12 @@ fail:
 	return lmdb_fail(rc, err, errlen, "cannot register the image");
 }
 
+void edg_chunk_digests(const uint8_t *data, uint64_t len, uint32_t chunk_size, uint8_t *out)
+{
+	for (uint64_t at = 0; at < len; at += chunk_size, out += EDG_DIGEST_LEN)
+		cdc_sha256(data + at, len - at < chunk_size ? (size_t)(len - at) : chunk_size, out);
+}
+
 int edg_store_add_file(struct edg_store *s, const char *name, const char *path, struct edg_add_report *rep,
 		       edg_progress_fn progress, void *ctx, char *err, size_t errlen)
 {
@@ -589,10 +595,9 @@ int edg_store_add_file(struct edg_store *s, const char *name, const char *path, 
 			got += (size_t)r;
 		}
 		unsigned k = 0;
-		for (size_t at = 0; at < got; at += s->chunk_size, k++, i++) {
+		edg_chunk_digests(buf, got, s->chunk_size, digests + i * EDG_DIGEST_LEN);
+		for (size_t at = 0; at < got; at += s->chunk_size, k++, i++)
 			lens[k] = (uint32_t)(got - at < s->chunk_size ? got - at : s->chunk_size);
-			cdc_sha256(buf + at, lens[k], digests + i * EDG_DIGEST_LEN);
-		}
 		if ((rc = put_batch(s, buf, lens, digests + (i - k) * EDG_DIGEST_LEN, k, rep))) {
 			ret = lmdb_fail(rc, err, errlen, "cannot store chunks");
 			goto out;
@@ -892,6 +897,7 @@ static int expire_pins(MDB_txn *txn, struct edg_store *s, uint64_t now)
 		MDB_cursor *c;
 		MDB_val k, v;
 		char id[EDG_NAME_MAX + 1] = "";
+		size_t id_len = 0;
 		int rc;
 
 		if ((rc = mdb_cursor_open(txn, s->pin, &c)))
@@ -899,19 +905,25 @@ static int expire_pins(MDB_txn *txn, struct edg_store *s, uint64_t now)
 		for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 			struct pin_hdr h;
 			/* a damaged record counts as expired: unpin_in then reports it */
-			if ((!pin_ok(&v, &h) || h.expires_s <= now) && k.mv_size <= EDG_NAME_MAX) {
+			if ((!pin_ok(&v, &h) || h.expires_s <= now) && k.mv_size && k.mv_size <= EDG_NAME_MAX) {
 				memcpy(id, k.mv_data, k.mv_size);
 				id[k.mv_size] = 0;
+				id_len = k.mv_size;
 				break;
 			}
 		}
 		mdb_cursor_close(c);
 		if (rc && rc != MDB_NOTFOUND)
 			return rc;
-		if (!id[0])
+		if (!id_len)
 			return 0;
-		bool found;
-		if ((rc = unpin_in(txn, s, id, &found)))
+		bool found = false;
+		if (strlen(id) == id_len && (rc = unpin_in(txn, s, id, &found)))
+			return rc;
+		/* a key no pin id can name (a NUL inside, from a damaged store): drop it as it is,
+		 * or this loop would find it again forever */
+		MDB_val raw = val_of(id, id_len);
+		if (!found && (rc = mdb_del(txn, s->pin, &raw, NULL)))
 			return rc;
 	}
 }
@@ -1042,13 +1054,38 @@ struct candidate {
 	uint8_t digest[EDG_DIGEST_LEN];
 	uint64_t last_use_s, uses; /* as listed: a use since shows in either */
 	uint32_t size;             /* 0: a placeholder of dropped bytes */
+	double worth;              /* the keep policy's (hooks->rank); 0 without one */
 };
 
+/* The least worth first; among equals, the least recently used. */
 static int candidate_cmp(const void *a, const void *b)
 {
 	const struct candidate *x = a, *y = b;
 
+	if (x->worth != y->worth)
+		return x->worth < y->worth ? -1 : 1;
 	return x->last_use_s < y->last_use_s ? -1 : x->last_use_s > y->last_use_s;
+}
+
+/* The keep policy's worth of each candidate; false when it could not answer (then LRU). */
+static bool rank_candidates(const struct edg_gc_hooks *hooks, struct candidate *cand, uint64_t n, uint64_t now)
+{
+	uint8_t *d = malloc(n * EDG_DIGEST_LEN);
+	uint64_t *age = malloc(n * sizeof(*age));
+	double *worth = malloc(n * sizeof(*worth));
+	bool ok = d && age && worth;
+
+	for (uint64_t i = 0; ok && i < n; i++) {
+		memcpy(d + i * EDG_DIGEST_LEN, cand[i].digest, EDG_DIGEST_LEN);
+		age[i] = now > cand[i].last_use_s ? now - cand[i].last_use_s : 0;
+	}
+	ok = ok && !hooks->rank(hooks->ctx, d, n, age, worth);
+	for (uint64_t i = 0; ok && i < n; i++)
+		cand[i].worth = worth[i];
+	free(d);
+	free(age);
+	free(worth);
+	return ok;
 }
 
 /* Ask the filter about candidates in order, a batch at a time, until enough may go. */
@@ -1135,6 +1172,10 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 	txn = NULL;
 	rep->before_bytes = used;
 	/* (2) */
+	if (ncand && hooks && hooks->rank) {
+		rep->ranked = rank_candidates(hooks, cand, ncand, now);
+		rep->rank_failed = !rep->ranked;
+	}
 	if (ncand)
 		qsort(cand, ncand, sizeof(*cand), candidate_cmp);
 	if (!(chosen = calloc(ncand ? ncand : 1, sizeof(*chosen)))) {

@@ -61,16 +61,21 @@ struct edg_gc_report {
 	uint64_t kept_by_filter_bytes; /* candidates the filter (the coordinator) kept */
 	uint64_t kept_in_use_bytes;    /* chosen, but referenced, pinned or used while the filter was asked */
 	bool filter_failed;            /* the filter stopped answering: the rest was kept */
+	bool ranked, rank_failed;      /* the keep policy ordered the candidates / could not */
 };
 
 /*
- * What gc asks and tells beyond the store (the coordinator). filter: a
+ * What gc asks and tells beyond the store (the coordinator). rank: the keep
+ * policy, what each candidate is worth keeping (worth[i], from age_s[i], the
+ * seconds since this edge last used it): the least worth goes first; non-zero
+ * when it cannot answer (then the least recently used goes first). filter: a
  * second opinion on candidates for deletion (an image registered or a
  * handoff leased elsewhere), ok[i] for each, non-zero when it cannot answer
  * (then nothing more is deleted). deleted: the chunks that went, once the
  * deletion is committed.
  */
 struct edg_gc_hooks {
+	int (*rank)(void *ctx, const uint8_t *digests, uint64_t n, const uint64_t *age_s, double *worth);
 	int (*filter)(void *ctx, const uint8_t *digests, uint64_t n, bool *ok);
 	void (*deleted)(void *ctx, const uint8_t *digests, uint64_t n);
 	void *ctx;
@@ -159,7 +164,7 @@ int edg_store_verify(struct edg_store *s, uint64_t *checked, uint64_t *bad,
 
 /*
  * Delete chunks no image references and no live pin holds, least recently
- * used first, until the payload is at most keep_bytes. Chunks added or used
+ * used first (or least worth, hooks->rank), until the payload is at most keep_bytes. Chunks added or used
  * within grace_s are kept (a handoff may be about to reference them); expired
  * pins are dropped first. With a filter, only candidates it agrees to go.
  * Returns 0 when the quota was reached, -ENOSPC when what is referenced,
@@ -170,6 +175,14 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 
 /* The digests of a that b lacks, each once (malloc'd; *n of them). NULL when out of memory. */
 uint8_t *edg_digests_minus(const uint8_t *a, uint64_t na, const uint8_t *b, uint64_t nb, uint64_t *n);
+
+/*
+ * An image's chunk digests as add would store them: len bytes cut into
+ * chunk_size pieces (the last may be shorter), each named by its SHA-256;
+ * (len + chunk_size - 1) / chunk_size of them into out. A sender names a base
+ * this way without a cache of its own (the chunk recipe it offers).
+ */
+void edg_chunk_digests(const uint8_t *data, uint64_t len, uint32_t chunk_size, uint8_t *out);
 
 /* Digest as 64 hex digits (out: 65 bytes). */
 void edg_digest_hex(const uint8_t digest[EDG_DIGEST_LEN], char *out);

@@ -3,6 +3,8 @@
  * and after the pipeline; the progress line is drawn from the pipeline's tick.
  */
 #include "cli.h"
+#include "clock.h"
+#include "numa.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -227,6 +229,77 @@ unsigned cli_diff_mem_mb(uint64_t base_size, uint64_t target_size)
 	return (unsigned)(128 + (blocks * 128 >> 20));
 }
 
+double cli_main_s, cli_eal_up_s;
+
+static struct {
+	int node, nodes;
+	char cpus[256];
+	const char *from; /* "hwloc", or "dpdk" when hwloc could not say */
+} placement = { .node = -1 };
+
+static bool dpdk_has_socket(int node)
+{
+	for (unsigned i = 0; i < rte_socket_count(); i++)
+		if (rte_socket_id_by_idx(i) == node)
+			return true;
+	return false;
+}
+
+/* The node of most of the lcores' CPUs (the main lcore's first: it wins a tie). */
+static int place_pipeline(void)
+{
+	unsigned cpus[CPU_SETSIZE], n = 0, lcore, main_lcore = rte_get_main_lcore();
+	size_t len = 0;
+	char err[256];
+
+	for (int pass = 0; pass < 2; pass++)
+		RTE_LCORE_FOREACH(lcore) {
+			if ((lcore == main_lcore) != (pass == 0))
+				continue;
+			rte_cpuset_t cs = rte_lcore_cpuset(lcore); /* --lcores may give one several */
+			for (unsigned cpu = 0; cpu < CPU_SETSIZE && n < RTE_DIM(cpus); cpu++)
+				if (CPU_ISSET(cpu, &cs)) {
+					cpus[n++] = cpu;
+					if (len + 12 < sizeof(placement.cpus))
+						len += (size_t)snprintf(placement.cpus + len, sizeof(placement.cpus) - len,
+									"%s%u", len ? "," : "", cpu);
+				}
+		}
+	struct eng_numa *topo = eng_numa_open(NULL, false, err, sizeof(err));
+	int node = topo ? eng_numa_node_of_cpus(topo, cpus, n) : -1;
+	placement.nodes = topo ? eng_numa_nodes(topo) : (int)rte_socket_count();
+	eng_numa_close(topo);
+	placement.from = "hwloc";
+	if (node < 0 || !dpdk_has_socket(node)) {
+		unsigned s = rte_lcore_to_socket_id(main_lcore);
+		node = dpdk_has_socket((int)s) ? (int)s : (int)rte_socket_id();
+		placement.from = "dpdk";
+	}
+	return placement.node = node;
+}
+
+json_object *cli_placement_json(void)
+{
+	if (placement.node < 0)
+		return NULL;
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "node", json_object_new_int(placement.node));
+	json_object_object_add(o, "nodes", json_object_new_int(placement.nodes));
+	json_object_object_add(o, "lcore_cpus", json_object_new_string(placement.cpus));
+	json_object_object_add(o, "from", json_object_new_string(placement.from));
+	return o;
+}
+
+int cli_pipeline_node(void)
+{
+	return placement.node;
+}
+
+bool cli_dpdk_has_node(int node)
+{
+	return dpdk_has_socket(node);
+}
+
 int cli_eal_start(unsigned mem_mb, int *socket)
 {
 	char lcores[256], mem[32], prefix[64], *argv[64];
@@ -303,6 +376,7 @@ int cli_eal_start(unsigned mem_mb, int *socket)
 	}
 	free(logbuf);
 	eal_started = true;
+	cli_eal_up_s = eng_mono_s();
 	eal_defaults = eal_argc == 0;
 	if (!user_gave(eal_argc, eal_argv, "--log-level"))
 		rte_log_set_global_level(RTE_LOG_WARNING);
@@ -312,8 +386,7 @@ int cli_eal_start(unsigned mem_mb, int *socket)
 	 * stages run there. A DPDK port's own mbuf pool is on the port's node
 	 * (dpdk_io/port.c).
 	 */
-	unsigned node = rte_lcore_to_socket_id(rte_get_main_lcore());
-	*socket = node < rte_socket_count() ? (int)node : (int)rte_socket_id();
+	*socket = place_pipeline();
 	return 0;
 }
 

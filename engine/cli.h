@@ -44,6 +44,10 @@ const char *const *cli_operands(int *n);
 /* "512", "64K", "1.5G", "2T" (binary units) into bytes. 0, or -1 if malformed. */
 int cli_parse_size(const char *s, uint64_t *out);
 
+/* When the process reached main() and when EAL was up (eng_mono_s; 0: not yet):
+ * a command's start-up time is measured from the first. */
+extern double cli_main_s, cli_eal_up_s;
+
 /* One-line error to stderr, prefixed with the program name. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -82,11 +86,17 @@ void cli_progress(const char *what, uint64_t done, uint64_t total, uint64_t out_
 void cli_progress_end(void);
 
 json_object *cli_stage_json(const struct eng_diff_report *rep);
+/* Where cli_eal_start placed the pipeline (numa.h): node, nodes, the lcores' CPUs. NULL before EAL. */
+json_object *cli_placement_json(void);
+/* The pipeline's node (a dpdk: port without a node of its own goes there too); -1 before EAL. */
+int cli_pipeline_node(void);
+/* DPDK has memory on this node (a socket id it knows). */
+bool cli_dpdk_has_node(int node);
 void cli_print_json(json_object *o);
 
 extern const struct cli_cmd cli_cmd_diff, cli_cmd_patch, cli_cmd_keygen, cli_cmd_track, cli_cmd_send,
 	cli_cmd_receive, cli_cmd_probe, cli_cmd_cache_add, cli_cmd_cache_stat, cli_cmd_cache_verify,
 	cli_cmd_cache_gc, cli_cmd_cache_remove, cli_cmd_cache_fetch, cli_cmd_cache_export, cli_cmd_serve,
-	cli_cmd_cache_add_base, cli_cmd_cache_fetch_base;
+	cli_cmd_cache_add_base, cli_cmd_cache_fetch_base, cli_cmd_guard;
 
 #endif

@@ -13,6 +13,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <libgen.h>
@@ -398,13 +399,17 @@ const struct cli_cmd cli_cmd_cache_verify = {
 	.run = verify_run,
 };
 
-enum { G_CACHE, G_KEEP, G_GRACE, G_JSON, G_COORD, G_AUTH, G_EDGE };
+enum { G_CACHE, G_KEEP, G_GRACE, G_COPIES, G_HALF, G_JSON, G_COORD, G_AUTH, G_EDGE };
 
 static const struct cli_opt gc_opts[] = {
 	[G_CACHE] = { "cache", 0, "DIR", true, "the cache directory" },
 	[G_KEEP] = { "keep", 0, "BYTES", true, "collect until the chunks take at most this much (e.g. 20G)" },
 	[G_GRACE] = { "grace", 0, "SECONDS", false,
 		      "keep unreferenced chunks added or used this recently (default 600)" },
+	[G_COPIES] = { "copies", 0, "N", false,
+		       "with --coordinator: also drop this edge's copy of a chunk other edges' images contain, if N other edges hold it and one of them registered it (default 0: never)" },
+	[G_HALF] = { "half-life", 0, "SECONDS", false,
+		     "with --coordinator: the keep policy halves a chunk's worth every this long unused here (default 86400)" },
 	[G_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
 	COORD_OPTS(G_COORD, G_AUTH, G_EDGE),
 	{ 0 },
@@ -413,15 +418,25 @@ static const struct cli_opt gc_opts[] = {
 struct gc_ctx {
 	struct edg_coord *c;
 	uint64_t grace;
-	char err[512];
+	unsigned copies;
+	double half_life_s;
+	char err[512], rank_err[512];
 };
 
-/* The coordinator's word on each candidate: no image anywhere contains it, no handoff leases it. */
+/* The keep policy's worth of each candidate (popular, recent, scarce: edg_coord_keep). */
+static int rank_by_coordinator(void *ctx, const uint8_t *digests, uint64_t n, const uint64_t *age_s, double *worth)
+{
+	struct gc_ctx *g = ctx;
+
+	return edg_coord_keep(g->c, digests, n, age_s, g->half_life_s, worth, g->rank_err, sizeof(g->rank_err));
+}
+
+/* The coordinator's word on each candidate: no image anywhere needs this copy, no handoff leases it. */
 static int ask_coordinator(void *ctx, const uint8_t *digests, uint64_t n, bool *ok)
 {
 	struct gc_ctx *g = ctx;
 
-	return edg_coord_may_delete(g->c, digests, n, g->grace, ok, g->err, sizeof(g->err));
+	return edg_coord_may_delete(g->c, digests, n, g->grace, g->copies, ok, g->err, sizeof(g->err));
 }
 
 /* Deleted for good: this edge no longer holds them (a failure only leaves it listed as a holder). */
@@ -453,18 +468,31 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 			return 2;
 		}
 	}
+	unsigned long copies = 0;
+	double half = 86400;
+	if (val[G_COPIES] && (errno = 0, copies = strtoul(val[G_COPIES], &end, 10), errno || *end || copies > 1000)) {
+		cli_error("%s: bad --copies '%s' (0 to 1000)", cmd->name, val[G_COPIES]);
+		return 2;
+	}
+	if (val[G_HALF] && ((half = strtod(val[G_HALF], &end)) < 1 || *end)) {
+		cli_error("%s: bad --half-life '%s' (seconds, at least 1)", cmd->name, val[G_HALF]);
+		return 2;
+	}
 	struct edg_store *s = open_store(cmd->name, val[G_CACHE], false, 0);
 	if (!s)
 		return 1;
 	bool missed;
 	struct gc_ctx g = { .c = coord_open(cmd->name, val[G_COORD], val[G_AUTH], val[G_EDGE], &missed),
-			    .grace = grace };
+			    .grace = grace, .copies = (unsigned)copies, .half_life_s = half };
 	if (missed)
 		fprintf(stderr, "cache gc: collecting on this edge's knowledge alone\n");
-	struct edg_gc_hooks hooks = { ask_coordinator, tell_coordinator, &g };
+	struct edg_gc_hooks hooks = { rank_by_coordinator, ask_coordinator, tell_coordinator, &g };
 	int r = edg_store_gc(s, keep, grace, g.c ? &hooks : NULL, &rep, err, sizeof(err));
 	edg_store_close(s);
 	edg_coord_close(g.c);
+	if (rep.rank_failed)
+		fprintf(stderr, "cache gc: warning: no keep policy from the coordinator (%s): least recently used first\n",
+			g.rank_err);
 	/* one error line: the coordinator's failure explains a missed quota */
 	if (rep.filter_failed) {
 		cli_error("%s: the coordinator stopped answering (%s): what it had not approved was kept", cmd->name,
@@ -491,6 +519,7 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 		json_object_object_add(o, "in_use_bytes", json_object_new_int64((int64_t)rep.kept_in_use_bytes));
 		json_object_object_add(o, "coordinator", json_object_new_string(
 			!val[G_COORD] ? "none" : g.c && !rep.filter_failed ? "asked" : "unreachable"));
+		json_object_object_add(o, "order", json_object_new_string(rep.ranked ? "keep policy" : "least recently used"));
 		json_object_object_add(o, "quota_reached", json_object_new_boolean(r == 0));
 		cli_print_json(o);
 	}
@@ -503,11 +532,14 @@ const struct cli_cmd cli_cmd_cache_gc = {
 	.name = "cache gc",
 	.summary = "Delete chunks that no registered image references and no handoff in flight\n"
 		   "pins, least recently used first, until the cache holds at most --keep bytes of\n"
-		   "chunks. Expired pins are dropped first. With --coordinator, a chunk goes only\n"
-		   "if no image anywhere contains it and no handoff leases it (and this edge then\n"
-		   "stops counting as its holder); unreachable, the edge decides alone. Fails\n"
-		   "(after collecting what it may) when what must be kept exceeds --keep.",
-	.usage = "--cache DIR --keep BYTES [--grace SECONDS] [--json] [--coordinator URL ...]",
+		   "chunks. Expired pins are dropped first. With --coordinator, the keep policy\n"
+		   "orders them (least worth first: unpopular across every edge's images and VMs,\n"
+		   "long unused here, held by many other edges), and a chunk goes only if no\n"
+		   "image anywhere contains it (or, with --copies N, none of this edge's and N\n"
+		   "other edges hold it) and no handoff leases it; this edge then stops counting\n"
+		   "as its holder. Unreachable, the edge decides alone. Fails (after collecting\n"
+		   "what it may) when what must be kept exceeds --keep.",
+	.usage = "--cache DIR --keep BYTES [--grace SECONDS] [--json] [--coordinator URL ... [--copies N] [--half-life SECONDS]]",
 	.opts = gc_opts,
 	.run = gc_run,
 };
@@ -805,7 +837,7 @@ static int file_sha256(const char *path, char *hex)
 	return ok ? 0 : -1;
 }
 
-enum { FB_CACHE, FB_FROM, FB_KEY, FB_NAME, FB_OUT, FB_JSON };
+enum { FB_CACHE, FB_FROM, FB_KEY, FB_NAME, FB_OUT, FB_BOOT, FB_JSON };
 
 static const struct cli_opt fetch_base_opts[] = {
 	[FB_CACHE] = { "cache", 0, "DIR", true, "the cache to fill (created if absent)" },
@@ -813,6 +845,7 @@ static const struct cli_opt fetch_base_opts[] = {
 	[FB_KEY] = { "key", 0, "FILE", true, "the key the service holds" },
 	[FB_NAME] = { "name", 0, "NAME", true, "the base's name (cache add-base --name)" },
 	[FB_OUT] = { "output", 'o', "BASEDIR", true, "where to write the base VM (absent or empty)" },
+	[FB_BOOT] = { "boot-only", 0, NULL, false, "only what a destination QEMU needs to start and wait for a handoff into an edge cache (receive --cache): vm.json, kernel, initramfs, and an empty disk of the base's size" },
 	[FB_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
 	{ 0 },
 };
@@ -851,6 +884,34 @@ static int fetch_one(struct edg_store **s, const char *cache, struct edg_chan *c
 	fprintf(stderr, "cache fetch-base: %s: %llu chunks, %llu fetched (%.1f MB on the wire)\n", file,
 		(unsigned long long)rep.chunks, (unsigned long long)rep.fetched_chunks, rep.fetched_wire_bytes / 1e6);
 	return 0;
+}
+
+/* BASEDIR/file: a new sparse file of NAME/file's size (what receive --cache writes into). */
+static int empty_image(struct edg_chan *ch, const char *base, const char *file, const char *out,
+		       struct edg_fetch_report *tot, char *err, size_t errlen)
+{
+	char name[300], path[4200];
+	struct edg_recipe rc;
+	uint64_t wire = 0;
+	int r;
+
+	snprintf(name, sizeof(name), "%s/%s", base, file);
+	if ((r = edg_fetch_recipe(ch, name, &rc, &wire, err, errlen)))
+		return r;
+	free(rc.digests);
+	tot->fetched_wire_bytes += wire;
+	snprintf(path, sizeof(path), "%s/%s", out, file);
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0 || ftruncate(fd, (off_t)rc.size)) {
+		r = -errno;
+		snprintf(err, errlen, "cannot create %.200s: %s", path, strerror(-r));
+	}
+	if (fd >= 0)
+		close(fd);
+	if (!r)
+		fprintf(stderr, "cache fetch-base: %s: empty, %llu bytes (the handoff fills it)\n", file,
+			(unsigned long long)rc.size);
+	return r;
 }
 
 /* Remove a directory this command filled (plain files only), after a failure. */
@@ -901,7 +962,7 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 	struct base_files b = { 0 };
 	struct edg_store *s = NULL;
 	double t0 = mono_s();
-	bool exists;
+	bool exists, boot = val[FB_BOOT] != NULL;
 	int r = -1;
 
 	if (!base_name_ok(cmd->name, val[FB_NAME]) || !out_dir_free(cmd->name, val[FB_OUT], &exists))
@@ -923,11 +984,15 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 	if (ch && !fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], "vm.json", tmp, &tot, err, sizeof(err))) {
 		snprintf(path, sizeof(path), "%s/vm.json", tmp);
 		r = base_files(path, &b, err, sizeof(err));
+		/* the last three: disk, mem.img, devices.bin (--boot-only: an empty disk, no state) */
 		for (unsigned i = 1; !r && i < b.n; i++)
-			r = fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], b.file[i], tmp, &tot, err, sizeof(err));
+			if (!boot || i < b.n - 3)
+				r = fetch_one(&s, val[FB_CACHE], ch, val[FB_NAME], b.file[i], tmp, &tot, err, sizeof(err));
+			else if (i == b.n - 3)
+				r = empty_image(ch, val[FB_NAME], b.file[i], tmp, &tot, err, sizeof(err));
 		/* end to end: the disk is the one vm.json describes */
 		char hex[65];
-		if (!r && b.disk_sha) {
+		if (!r && !boot && b.disk_sha) {
 			snprintf(path, sizeof(path), "%s/%s", tmp, b.file[b.n - 3]);
 			if (file_sha256(path, hex) || strcmp(hex, b.disk_sha)) {
 				snprintf(err, sizeof(err), "%.200s does not match the SHA-256 vm.json gives it",
@@ -937,7 +1002,7 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 		}
 		edg_fetch_done(ch);
 		/* and the saved state QEMU starts from, written again from mem.img and devices.bin */
-		if (!r)
+		if (!r && !boot)
 			r = eng_vmbase_rebuild_state(tmp, err, sizeof(err));
 	}
 	edg_chan_free(ch);
@@ -970,8 +1035,11 @@ const struct cli_cmd cli_cmd_cache_fetch_base = {
 		   "lacks) and write it out as BASEDIR: vm.json and the files it names, each\n"
 		   "checked chunk by chunk, the disk also against vm.json's SHA-256, and vm.mig\n"
 		   "written again from mem.img and devices.bin (checked to give them back).\n"
-		   "BASEDIR must be absent or empty. Then BASEDIR serves as --base for receive.",
-	.usage = "--cache DIR --from tcp:HOST:PORT --key FILE --name NAME -o BASEDIR [--json]",
+		   "BASEDIR must be absent or empty. Then BASEDIR serves as --base for receive.\n"
+		   "With --boot-only, only what the destination QEMU needs to start (vm.json, the\n"
+		   "kernel, the initramfs) and an empty disk of the base's size: receive --cache then\n"
+		   "takes the rest from the cache, or over the link.",
+	.usage = "--cache DIR --from tcp:HOST:PORT --key FILE --name NAME -o BASEDIR [--boot-only] [--json]",
 	.opts = fetch_base_opts,
 	.run = fetch_base_run,
 };

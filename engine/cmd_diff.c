@@ -141,7 +141,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 		struct eng_conn_bind b = { .key = key };
 		memcpy(b.base_id, trk_index_id(base), sizeof(b.base_id));
 		conn = eng_conn_connect(out_path, &b, 30, err, sizeof(err));
-		if (!conn || eng_session_take(conn, session, ENG_SESSION_WAIT_S, err, sizeof(err))) {
+		if (!conn || eng_session_take(conn, session, NULL, ENG_SESSION_WAIT_S, err, sizeof(err))) {
 			cli_error("%s", err);
 			goto out;
 		}
@@ -237,6 +237,7 @@ static int diff_run(const struct cli_cmd *cmd, const char *const *val)
 						       json_object_new_int64((int64_t)rep.deltas[i]));
 		json_object_object_add(o, "new_blocks", d);
 		json_object_object_add(o, "stages", cli_stage_json(&rep));
+		json_object_object_add(o, "placement", cli_placement_json());
 		cli_print_json(o);
 	} else {
 		fprintf(stderr, "diff: %.1f MiB -> %.2f MiB (%.2f%%) in %.2f s, %.0f MB/s on %u lcores (%s), mode %s\n",

@@ -11,7 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { S_QMP, S_DISK, S_BASE, S_TO, S_KEY, S_MODE, S_CIPHER, S_JSON, S_TIMEOUT, S_TRACE, S_BUDGET, S_THROTTLE };
+enum { S_QMP, S_DISK, S_BASE, S_TO, S_KEY, S_MODE, S_CIPHER, S_JSON, S_TIMEOUT, S_TRACE, S_BUDGET, S_THROTTLE,
+       S_RETRY };
 
 static const struct cli_opt send_opts[] = {
 	[S_QMP] = { "qmp", 0, "SRC.sock", true, "QMP socket of the running source QEMU" },
@@ -26,6 +27,7 @@ static const struct cli_opt send_opts[] = {
 	[S_TRACE] = { "trace", 0, "FILE", false, "write one JSON line per controller tick (time, mode, P, R, link, queue) and per guest throttle step" },
 	[S_BUDGET] = { "stop-budget", 0, "SECONDS", false, "stop the VM once the rest fits in this much link time, like QEMU's downtime-limit, and is at most 4 MiB or stopped shrinking (default 1; the pause adds about 1 s)" },
 	[S_THROTTLE] = { "throttle", 0, "on|off", false, "when the guest dirties faster than the link drains, slow its vCPUs (cgroup CPU quota) until the rest fits the budget (default on)" },
+	[S_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, reconnect for up to this long and go on from what the destination verified (default 0: fail at once; the receiver needs --retry-for too)" },
 	{ 0 },
 };
 
@@ -36,6 +38,18 @@ static int need_key(const char *loc, const char *key_path, const char *what)
 	if (eng_conn_is_remote(loc) && !key_path) {
 		cli_error("%s: a key is required for transfers that leave the host (--key FILE; make one with 'handoff-engine keygen')",
 			  what);
+		return -1;
+	}
+	return 0;
+}
+
+static int parse_retry(const char *text, double *out)
+{
+	char *end;
+
+	*out = strtod(text, &end);
+	if (*end || end == text || *out < 0 || *out > 86400) {
+		cli_error("bad --retry-for '%s' (seconds, 0..86400)", text);
 		return -1;
 	}
 	return 0;
@@ -86,6 +100,8 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 		return 2;
 	}
 	a.throttle = !val[S_THROTTLE] || !strcmp(val[S_THROTTLE], "on");
+	if (val[S_RETRY] && parse_retry(val[S_RETRY], &a.retry_for_s))
+		return 2;
 	if (need_key(a.to, val[S_KEY], "send") || cli_parse_aead(val[S_CIPHER], &a.aead) ||
 	    (val[S_KEY] && cli_read_key(val[S_KEY], key)))
 		return 2;
@@ -112,30 +128,32 @@ const struct cli_cmd cli_cmd_send = {
 		   "deduplicated and delta-encoded against the base, compressed and sealed. If anything\n"
 		   "fails before the destination is committed, the source VM keeps running.",
 	.usage = "--qmp SRC.sock --disk TRACKED_DISK --base BASEDIR --to tcp:HOST:PORT|dpdk:PORT|file:PATH [--key FILE] [--json]\n"
-		 "[--mode auto|DELTA:COMP:LEVEL] [--stop-budget SECONDS] [--throttle on|off] [--trace FILE]\n"
+		 "[--mode auto|DELTA:COMP:LEVEL] [--stop-budget SECONDS] [--throttle on|off] [--trace FILE] [--retry-for SECONDS]\n"
 		 "(dpdk: needs the port in the EAL arguments, e.g. --vdev net_af_packet0,iface=eth1 -- send ... --to dpdk:0)",
 	.opts = send_opts,
 	.run = send_run,
 	.needs_eal = true,
 };
 
-enum { R_FROM, R_QMP, R_BASE, R_DISK_OUT, R_KEY, R_JSON, R_TIMEOUT };
+enum { R_FROM, R_QMP, R_BASE, R_CACHE, R_DISK_OUT, R_KEY, R_JSON, R_TIMEOUT, R_RETRY };
 
 static const struct cli_opt receive_opts[] = {
 	[R_FROM] = { "from", 0, "SOURCE", true, "tcp:ADDR:PORT to listen on, dpdk:PORT to wait on, or file:PATH of a VM overlay" },
 	[R_QMP] = { "qmp", 0, "DST.sock", true, "QMP socket of the destination QEMU, started with -incoming defer" },
-	[R_BASE] = { "base", 0, "BASEDIR", true, "the same base VM directory as the source's" },
-	[R_DISK_OUT] = { "disk-out", 0, "PATH", true, "a copy of the base disk, opened by the destination QEMU; written in place" },
+	[R_BASE] = { "base", 0, "BASEDIR", false, "the same base VM directory as the source's (or --cache)" },
+	[R_CACHE] = { "cache", 0, "DIR", false, "no base here: this edge chunk cache supplies every chunk of the source's base it holds; the rest crosses the link (tcp:, dpdk:)" },
+	[R_DISK_OUT] = { "disk-out", 0, "PATH", true, "opened by the destination QEMU, written in place: a copy of the base disk (--base), or a file of the base disk's size (--cache)" },
 	[R_KEY] = { "key", 'k', "FILE", false, "the sender's key; required for tcp: and dpdk:" },
 	[R_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[R_TIMEOUT] = { "accept-timeout", 0, "SECONDS", false, "how long to wait for the source (default 600)" },
+	[R_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, wait this long for the source to reconnect and resume (default 0: fail at once)" },
 	{ 0 },
 };
 
 static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	struct eng_receive_args a = {
-		.from = val[R_FROM], .qmp_path = val[R_QMP], .base_dir = val[R_BASE],
+		.from = val[R_FROM], .qmp_path = val[R_QMP], .base_dir = val[R_BASE], .cache_dir = val[R_CACHE],
 		.disk_out = val[R_DISK_OUT], .progress = isatty(2), .accept_timeout_s = 600,
 	};
 	CLI_KEY(key);
@@ -145,6 +163,16 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 	(void)cmd;
 	if (val[R_TIMEOUT] && (a.accept_timeout_s = strtod(val[R_TIMEOUT], NULL)) <= 0) {
 		cli_error("bad --accept-timeout '%s'", val[R_TIMEOUT]);
+		return 2;
+	}
+	if (val[R_RETRY] && parse_retry(val[R_RETRY], &a.retry_for_s))
+		return 2;
+	if (!a.base_dir == !a.cache_dir) {
+		cli_error("give the base VM (--base BASEDIR) or an edge cache (--cache DIR), one of them");
+		return 2;
+	}
+	if (a.cache_dir && !eng_conn_is_remote(a.from)) {
+		cli_error("--cache needs a live source (tcp:, dpdk:): an overlay file is made against a whole base");
 		return 2;
 	}
 	if (need_key(a.from, val[R_KEY], "receive") || (val[R_KEY] && cli_read_key(val[R_KEY], key)))
@@ -164,7 +192,8 @@ const struct cli_cmd cli_cmd_receive = {
 	.summary = "Receive a VM handed off by 'send' (tcp:, dpdk:) or apply a VM overlay (file:), verify\n"
 		   "every object against the stream's digests, and resume the VM in the destination QEMU.\n"
 		   "The VM never resumes on partial or unverified state.",
-	.usage = "--from tcp:ADDR:PORT|dpdk:PORT|file:PATH --qmp DST.sock --base BASEDIR --disk-out PATH [--key FILE] [--json]",
+	.usage = "--from tcp:ADDR:PORT|dpdk:PORT|file:PATH --qmp DST.sock --base BASEDIR|--cache DIR --disk-out PATH\n"
+		 "[--key FILE] [--json] [--accept-timeout SECONDS] [--retry-for SECONDS]",
 	.opts = receive_opts,
 	.run = receive_run,
 	.needs_eal = true,

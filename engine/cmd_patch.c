@@ -112,7 +112,7 @@ static int patch_run(const struct cli_cmd *cmd, const char *const *val)
 		struct eng_conn_bind b = { .key = key };
 		memcpy(b.base_id, trk_index_id(base), sizeof(b.base_id));
 		conn = eng_conn_accept(in_path, &b, 600, err, sizeof(err));
-		if (!conn || eng_session_offer(conn, session, err, sizeof(err))) {
+		if (!conn || eng_session_offer(conn, session, 0, err, sizeof(err))) {
 			cli_error("%s", err);
 			goto out;
 		}

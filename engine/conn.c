@@ -25,6 +25,7 @@ struct conn_ops {
 	void (*sample)(void *t, struct eng_link *out);
 	json_object *(*stats)(void *t);
 	int (*unsent_limit)(void *t, int bytes);
+	int (*idle_limit)(void *t, double idle_s);
 	void (*close)(void *t);
 };
 
@@ -42,10 +43,11 @@ static const char *tcp_error(const void *t) { return eng_tcp_error(t); }
 static const char *tcp_peer(const void *t) { return eng_tcp_peer(t); }
 static void tcp_sample(void *t, struct eng_link *o) { eng_tcp_sample(t, o); }
 static int tcp_unsent(void *t, int bytes) { return eng_tcp_set_unsent_limit(t, bytes); }
+static int tcp_idle(void *t, double s) { return eng_tcp_set_timeouts(t, ENG_TCP_DEAD_S, s); }
 static void tcp_close(void *t) { eng_tcp_close(t); }
 
 static const struct conn_ops tcp_ops = {
-	"tcp", tcp_send, tcp_recv, tcp_shutdown, tcp_error, tcp_peer, tcp_sample, NULL, tcp_unsent, tcp_close,
+	"tcp", tcp_send, tcp_recv, tcp_shutdown, tcp_error, tcp_peer, tcp_sample, NULL, tcp_unsent, tcp_idle, tcp_close,
 };
 
 /* ---- dpdk: ------------------------------------------------------------------ */
@@ -57,6 +59,7 @@ static const char *dpdk_error(const void *t) { return dio_error(t); }
 static const char *dpdk_peer(const void *t) { return dio_peer(t); }
 static void dpdk_sample(void *t, struct eng_link *o) { dio_sample(t, o); }
 static int dpdk_unsent(void *t, int bytes) { (void)t, (void)bytes; return 0; }
+static int dpdk_idle(void *t, double s) { return dio_set_timeouts(t, DIO_DEAD_S, s); }
 static void dpdk_close(void *t) { dio_close(t); }
 
 static json_object *dpdk_stats(void *t)
@@ -68,6 +71,7 @@ static json_object *dpdk_stats(void *t)
 #define U(f) json_object_object_add(o, #f, json_object_new_int64((int64_t)s.f))
 #define D(f) json_object_object_add(o, #f, json_object_new_double(s.f))
 	json_object_object_add(o, "port", json_object_new_string(s.port));
+	json_object_object_add(o, "port_node", json_object_new_int(s.port_node));
 	U(mtu); U(frames_tx); U(frames_rx); U(data_frames_tx); U(data_bytes_tx); U(retx_frames);
 	U(retx_bytes); U(rto_events); U(loss_probes); U(loss_rounds); U(dropped_injected); U(acked_bytes);
 	U(received_bytes); U(port_ipackets); U(port_opackets); U(port_ibytes); U(port_obytes);
@@ -80,7 +84,7 @@ static json_object *dpdk_stats(void *t)
 
 static const struct conn_ops dpdk_ops = {
 	"dpdk", dpdk_send, dpdk_recv, dpdk_shutdown, dpdk_error, dpdk_peer, dpdk_sample, dpdk_stats, dpdk_unsent,
-	dpdk_close,
+	dpdk_idle, dpdk_close,
 };
 
 /* ---- the table -------------------------------------------------------------- */
@@ -261,6 +265,11 @@ json_object *eng_conn_stats_json(struct eng_conn *c)
 int eng_conn_set_unsent_limit(struct eng_conn *c, int bytes)
 {
 	return c->ops->unsent_limit(c->t, bytes);
+}
+
+int eng_conn_set_idle_limit(struct eng_conn *c, double idle_s)
+{
+	return c->ops->idle_limit(c->t, idle_s);
 }
 
 void eng_conn_close(struct eng_conn *c)

@@ -27,7 +27,9 @@ bool eng_conn_is_remote(const char *loc);
 /*
  * What both ends must share (dpdk: checks it in its handshake; over tcp:
  * the stream header and the sealed frames check the same later): the key
- * (NULL = unkeyed) and the identity of the base (zero = none).
+ * (NULL = unkeyed) and the identity of the base (zero = none; a receiver
+ * bound to none, an edge cache, takes the sender's and learns the base from
+ * its plan, session.h).
  */
 struct eng_conn_bind {
 	const uint8_t *key;
@@ -69,6 +71,8 @@ void eng_conn_sample(struct eng_conn *c, struct eng_link *out);
 json_object *eng_conn_stats_json(struct eng_conn *c);
 /* Keep at most ~bytes waiting inside the transport (tcp: TCP_NOTSENT_LOWAT); 0 = no limit. */
 int eng_conn_set_unsent_limit(struct eng_conn *c, int bytes);
+/* At most idle_s for one send or recv that moves no byte (a peer that stopped reading); default 60 s. */
+int eng_conn_set_idle_limit(struct eng_conn *c, double idle_s);
 void eng_conn_close(struct eng_conn *c);
 
 struct eng_sink eng_conn_sink(struct eng_conn *c);

@@ -6,6 +6,9 @@
 
 #include <errno.h>
 #include <string.h>
+#include <time.h>
+
+#include "clock.h"
 
 int eng_control_init(struct eng_control *c, struct eng_conn *t, const struct eng_stream *s,
 		     const uint8_t *key, int sender)
@@ -70,7 +73,7 @@ int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type 
 	if (cdc_open(c->sealer, nonce(peer, c->recv_seq++), c->aad, sizeof(c->aad), buf + 2, len,
 		     buf + 2 + len))
 		return -EBADMSG;
-	if (buf[2] < ENG_MSG_READY || buf[2] > ENG_MSG_FAILED)
+	if (buf[2] < ENG_MSG_READY || buf[2] > ENG_MSG_ALIVE)
 		return -EBADMSG;
 	*type = (enum eng_msg_type)buf[2];
 	size_t tl = len - 1 < textlen - 1 ? len - 1 : textlen - 1;
@@ -79,9 +82,79 @@ int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type 
 	return 0;
 }
 
+int eng_control_wait(struct eng_control *c, double silence_s, double total_s, enum eng_msg_type *type,
+		     char *text, size_t textlen)
+{
+	double end = eng_mono_s() + total_s;
+
+	for (;;) {
+		double left = end - eng_mono_s();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		int ret = eng_control_recv(c, left < silence_s ? left : silence_s, type, text, textlen);
+		if (ret == -ETIMEDOUT)
+			return eng_mono_s() >= end ? -ETIMEDOUT : -ENOTCONN;
+		if (ret || *type != ENG_MSG_ALIVE)
+			return ret;
+	}
+}
+
 const char *eng_msg_name(enum eng_msg_type t)
 {
-	static const char *const names[] = { "?", "READY", "COMMIT", "RESUMED", "FAILED" };
+	static const char *const names[] = { "?", "READY", "COMMIT", "RESUMED", "FAILED", "ALIVE" };
 
-	return (unsigned)t <= ENG_MSG_FAILED ? names[t] : "?";
+	return (unsigned)t <= ENG_MSG_ALIVE ? names[t] : "?";
+}
+
+static void *alive_main(void *arg)
+{
+	struct eng_control_alive *a = arg;
+	struct timespec until;
+
+	pthread_mutex_lock(&a->lock);
+	while (!a->stop) {
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_sec += (time_t)ENG_CONTROL_ALIVE_S;
+		until.tv_nsec += (long)((ENG_CONTROL_ALIVE_S - (double)(time_t)ENG_CONTROL_ALIVE_S) * 1e9);
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		while (!a->stop && pthread_cond_timedwait(&a->cv, &a->lock, &until) != ETIMEDOUT)
+			;
+		if (!a->stop && eng_control_send(a->c, ENG_MSG_ALIVE, NULL))
+			break; /* the connection failed: whoever sends next hears so */
+	}
+	pthread_mutex_unlock(&a->lock);
+	return NULL;
+}
+
+void eng_control_alive_start(struct eng_control_alive *a, struct eng_control *c)
+{
+	pthread_condattr_t ca;
+
+	memset(a, 0, sizeof(*a));
+	a->c = c;
+	pthread_mutex_init(&a->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&a->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	/* without the thread the peer waits on its silence limit: the handoff still works */
+	a->running = pthread_create(&a->thread, NULL, alive_main, a) == 0;
+}
+
+void eng_control_alive_stop(struct eng_control_alive *a)
+{
+	if (!a->c)
+		return;
+	pthread_mutex_lock(&a->lock);
+	a->stop = true;
+	pthread_cond_signal(&a->cv);
+	pthread_mutex_unlock(&a->lock);
+	if (a->running)
+		pthread_join(a->thread, NULL);
+	pthread_cond_destroy(&a->cv);
+	pthread_mutex_destroy(&a->lock);
+	a->c = NULL;
 }

@@ -56,13 +56,17 @@ struct eng_send_args {
 	double connect_timeout_s;
 	double stop_budget_s;    /* ENG_STOP_SECONDS unless --stop-budget */
 	bool throttle;           /* slow the guest when it dirties faster than the link drains */
+	double retry_for_s;      /* after a link cut, reconnect and resume for this long (0: fail) */
 };
 
 struct eng_receive_args {
-	const char *from, *qmp_path, *base_dir, *disk_out;
+	const char *from, *qmp_path, *disk_out;
+	const char *base_dir;    /* the base VM, or NULL and: */
+	const char *cache_dir;   /* an edge chunk cache that holds some of it (cache_base.h) */
 	const uint8_t *key;
 	bool progress;
 	double accept_timeout_s;
+	double retry_for_s;      /* after a link cut, wait this long for the source to resume (0: fail) */
 };
 
 /* 0 on success; otherwise a one-line reason in err. *summary (caller puts) either way when set. */

@@ -7,6 +7,7 @@
  * last, after the commit.
  */
 #include "handoff.h"
+#include "cache_base.h"
 #include "cli.h"
 #include "control.h"
 #include "io.h"
@@ -28,7 +29,17 @@
 
 struct dst {
 	const struct eng_receive_args *a;
+	/* the base: a base VM directory (a->base_dir), or what an edge cache holds of the source's */
 	struct eng_vmbase base;
+	struct edg_store *cache;
+	struct eng_base_plan plan;
+	struct eng_cache_base cb;
+	bool have_plan, have_cb;
+	double fill_s, pinned_s; /* since t0: the cache's pin was last renewed */
+	uint8_t bind_id[32];  /* the base's identity; zero for a cache: the plan names it */
+	uint32_t cache_chunk; /* what this end offers: 0 (whole base) or the cache's chunk size */
+	uint64_t base_size[ENG_VM_OBJECTS];
+	const uint8_t *base_digests[ENG_VM_OBJECTS], *base_ids[ENG_VM_OBJECTS], *base_have[ENG_VM_OBJECTS];
 	struct qb_qmp *qmp;
 	int disk_fd, in_fd, mig_fd;
 	struct eng_conn *conn;
@@ -41,6 +52,14 @@ struct dst {
 	struct timespec t0, last_progress;
 	/* seconds since t0: stream verified, QEMU loaded (all but devices), commit, resumed */
 	double t_verified, t_loaded, t_committed, t_resumed;
+	bool loaded;
+	/* link cuts (receive --retry-for) */
+	enum eng_resume_state state;
+	uint8_t handoff_id[32]; /* the first stream's salt: a resuming source names it */
+	enum cdc_aead aead;
+	bool have_id;
+	unsigned resumes;
+	double cut_s;
 };
 
 static double since(const struct timespec *t0)
@@ -107,19 +126,87 @@ out:
 	return ret;
 }
 
+/* --cache: the store, and disk-out as it is (its size is checked against the source's plan). */
+static int open_cache(struct dst *d, char *err, size_t errlen)
+{
+	if (!(d->cache = edg_store_open(d->a->cache_dir, false, 0, 0, err, errlen)))
+		return -EIO;
+	d->cache_chunk = edg_store_chunk_size(d->cache);
+	d->disk_fd = open(d->a->disk_out, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (d->disk_fd < 0) {
+		snprintf(err, errlen, "cannot open --disk-out %s: %s (create it with the base disk's size first)",
+			 d->a->disk_out, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+/* The source's plan of its base, and what the cache holds of it (pinned from here on). */
+static int take_cache_plan(struct dst *d, char *err, size_t errlen)
+{
+	struct stat st;
+	/* the source cuts its whole base into chunks first: as long as the wait for it */
+	int ret = eng_base_plan_recv(d->conn, d->session, d->a->key, d->a->accept_timeout_s, &d->plan, err, errlen);
+
+	if (ret)
+		return ret;
+	d->have_plan = true;
+	const struct eng_plan_object *po = d->plan.obj;
+	if (d->plan.nobj != ENG_VM_OBJECTS || po[ENG_VM_DEVICES].size > ENG_DEVICES_CAPACITY ||
+	    po[ENG_VM_MEMORY].size > SIZE_MAX / 2) {
+		snprintf(err, errlen, "the source's base plan is not a VM's (%u objects)", d->plan.nobj);
+		return -EPROTO;
+	}
+	if (fstat(d->disk_fd, &st) || (uint64_t)st.st_size != po[ENG_VM_DISK].size) {
+		snprintf(err, errlen, "--disk-out %s is %lld bytes, the VM's base disk %llu (make it that size first)",
+			 d->a->disk_out, (long long)st.st_size, (unsigned long long)po[ENG_VM_DISK].size);
+		return -EINVAL;
+	}
+	if ((ret = eng_cache_base_open(&d->cb, d->cache, &d->plan, ENG_CACHE_PIN_S, err, errlen)))
+		return ret;
+	d->have_cb = true;
+	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
+		d->base_size[o] = po[o].size;
+		d->base_ids[o] = po[o].id;
+		d->base_digests[o] = d->cb.digests[o];
+		d->base_have[o] = d->cb.block_have[o];
+	}
+	return 0;
+}
+
+/* What the cache holds goes into the results; then the source hears which chunks that was. */
+static int fill_from_cache(struct dst *d, char *err, size_t errlen)
+{
+	struct eng_cache_target t[ENG_VM_OBJECTS] = {
+		[ENG_VM_DISK] = { .fd = d->disk_fd },
+		[ENG_VM_MEMORY] = { .mem = d->ram },
+		[ENG_VM_DEVICES] = { .mem = d->dev_out.data },
+	};
+	double t0 = since(&d->t0);
+	int ret = eng_cache_base_fill(&d->cb, t, err, errlen);
+
+	if (!ret)
+		ret = eng_base_have_send(d->conn, d->session, d->a->key, &d->plan, d->cb.chunk_have, err, errlen);
+	d->fill_s = since(&d->t0) - t0;
+	if (!ret && d->a->progress)
+		fprintf(stderr, "receive: the edge cache holds %.1f of %.1f MB of the source's base (filled in %.1f s)\n",
+			(double)d->cb.held_bytes / 1e6, (double)(d->cb.held_bytes + d->cb.lacking_bytes) / 1e6, d->fill_s);
+	return ret;
+}
+
 static int open_source(struct dst *d, char *err, size_t errlen)
 {
 	const char *path;
 
 	if (eng_conn_is_remote(d->a->from)) {
 		struct eng_conn_bind b = { .key = d->a->key };
-		eng_vmbase_id(&d->base, b.base_id);
+		memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
 		if (d->a->progress)
 			fprintf(stderr, "receive: waiting for the source on %s\n", d->a->from);
 		d->conn = eng_conn_accept(d->a->from, &b, d->a->accept_timeout_s, err, errlen);
 		if (!d->conn)
 			return -ECONNREFUSED;
-		return eng_session_offer(d->conn, d->session, err, errlen);
+		return eng_session_offer(d->conn, d->session, d->cache_chunk, err, errlen);
 	}
 	if (eng_parse_location(d->a->from, &path, err, errlen))
 		return -EINVAL;
@@ -131,9 +218,24 @@ static int open_source(struct dst *d, char *err, size_t errlen)
 	return 0;
 }
 
+/* A handoff that outlives its pin (link cuts) keeps its chunks all the same. */
+static void renew_pin(struct dst *d)
+{
+	char err[256];
+
+	if (!d->have_cb || since(&d->t0) - d->pinned_s < 3600)
+		return;
+	d->pinned_s = since(&d->t0);
+	if (eng_cache_base_renew(&d->cb, ENG_CACHE_PIN_S, err, sizeof(err)))
+		fprintf(stderr, "%sreceive: warning: cannot renew the edge cache's pin: %s\n",
+			d->a->progress ? "\r\033[K" : "", err);
+}
+
 static void progress(void *ctx, const struct eng_patch_stats *st)
 {
 	struct dst *d = ctx;
+
+	renew_pin(d);
 
 	if (!d->a->progress || since(&d->last_progress) < 0.2)
 		return;
@@ -196,6 +298,44 @@ static int map_shared_ram(struct dst *d, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * A cache receiver learns the RAM layout only from the stream's device state,
+ * so the RAM it left out (x-ignore-shared) goes into our QEMU's shared backend
+ * now, in one write, rather than in place as it arrived (map_shared_ram).
+ */
+static int copy_shared_ram(struct dst *d, const struct qb_layout *layout, char *err, size_t errlen)
+{
+	char id[256], path[4096];
+	int ret = qb_find_shared_ram(d->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
+
+	if (ret)
+		return ret == -ENOENT ? 0 : ret; /* place_shared_ram says what is wrong */
+	for (unsigned b = 0; b < layout->nblocks; b++) {
+		const struct qb_ram_block *blk = &layout->blocks[b];
+		if (strcmp(blk->id, id))
+			continue;
+		if (blk->image_off + blk->length > d->ram_len) {
+			snprintf(err, errlen, "the destination VM's RAM block %s lies outside the RAM image", id);
+			return -EINVAL;
+		}
+		/* mapped, not written: one pwrite stops at 2 GiB, and hugetlbfs takes no writes */
+		int fd = open(path, O_RDWR | O_CLOEXEC);
+		void *m = fd < 0 ? MAP_FAILED : mmap(NULL, blk->length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		if (m == MAP_FAILED) {
+			snprintf(err, errlen, "cannot map the destination VM's RAM %s: %s", path, strerror(e));
+			return -EIO;
+		}
+		memcpy(m, d->ram + blk->image_off, blk->length);
+		munmap(m, blk->length);
+		snprintf(d->shared_id, sizeof(d->shared_id), "%s", id);
+		return 0;
+	}
+	return 0;
+}
+
 /* Stream applied and verified: rebuild QEMU's stream, all but the device state. */
 static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_devstate *dev,
 		     char *err, size_t errlen)
@@ -209,7 +349,7 @@ static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_
 		snprintf(err, errlen, "device state in the stream: %s", perr);
 		return -EBADMSG;
 	}
-	if (eng_vmbase_check_layout(&d->base, &layout, err, errlen) ||
+	if ((!d->cache && eng_vmbase_check_layout(&d->base, &layout, err, errlen)) ||
 	    st->size[ENG_VM_MEMORY] != layout.image_size)
 		return -EINVAL;
 	if (qb_qmp_running(d->qmp, status, sizeof(status), err, errlen) < 0)
@@ -219,7 +359,8 @@ static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_
 			 status);
 		return -EINVAL;
 	}
-	if (layout.ignore_shared && place_shared_ram(d, &layout, err, errlen))
+	if (layout.ignore_shared && ((d->cache && copy_shared_ram(d, &layout, err, errlen)) ||
+				     place_shared_ram(d, &layout, err, errlen)))
 		return -EINVAL;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
 		snprintf(err, errlen, "socketpair: %s", strerror(errno));
@@ -287,6 +428,93 @@ static int resume_qemu(struct dst *d, const struct qb_devstate *dev, double *res
 	return -ETIMEDOUT;
 }
 
+/*
+ * Verified and loaded: READY, then COMMIT, then the VM runs here. *cut: the
+ * connection failed on the way (the source may come back and ask).
+ */
+static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struct qb_devstate *dev,
+			     double *resume_ts, bool *cut, char *err, size_t errlen)
+{
+	enum eng_msg_type type;
+	char text[ENG_MSG_TEXT_MAX + 1];
+	uint8_t byte;
+	int ret;
+
+	if ((ret = eng_control_send(ctl, ENG_MSG_READY, NULL)) ||
+	    (ret = eng_control_recv(ctl, 60, &type, text, sizeof(text)))) {
+		snprintf(err, errlen, "source did not commit: %s",
+			 ret == -EBADMSG ? "forged or corrupt message" : strerror(-ret));
+		*cut = ret != -EBADMSG && ret != -ETIMEDOUT;
+		return ret;
+	}
+	if (type != ENG_MSG_COMMIT) {
+		snprintf(err, errlen, "source aborted: %s", text);
+		return -ECANCELED;
+	}
+	d->t_committed = since(&d->t0);
+	struct eng_control_alive alive;
+	eng_control_alive_start(&alive, ctl);
+	ret = resume_qemu(d, dev, resume_ts, err, errlen);
+	eng_control_alive_stop(&alive);
+	if (ret)
+		return ret;
+	d->t_resumed = since(&d->t0);
+	d->state = ENG_RESUME_RESUMED;
+	snprintf(text, sizeof(text), "%.6f", *resume_ts);
+	eng_control_send(ctl, ENG_MSG_RESUMED, text);
+	if (d->a->retry_for_s <= 0)
+		return 0;
+	/* the source closes once it heard; a cut instead may have lost the message */
+	ssize_t n = eng_conn_recv(d->conn, &byte, 1, 10);
+	if (n < 0 && n != -ETIMEDOUT) {
+		snprintf(err, errlen, "the VM runs here; the connection was lost before the source heard: %s",
+			 strerror((int)-n));
+		*cut = true;
+		return (int)n;
+	}
+	return 0;
+}
+
+/* The link was cut: wait for the source to reconnect and tell it where we stand. */
+static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t errlen)
+{
+	char why[512], aerr[256] = "nobody came";
+	uint8_t nonce[ENG_RESUME_NONCE_LEN];
+	struct timespec t_cut;
+	static const char *const state_name[] = { "receiving", "verified", "resumed" };
+
+	clock_gettime(CLOCK_MONOTONIC, &t_cut);
+	snprintf(why, sizeof(why), "%s", err);
+	fprintf(stderr, "%sreceive: %s; waiting up to %.0f s for the source to resume\n",
+		d->a->progress ? "\r\033[K" : "", why, d->a->retry_for_s);
+	eng_conn_close(d->conn);
+	d->conn = NULL;
+	while (since(&t_cut) < d->a->retry_for_s) {
+		struct eng_conn_bind b = { .key = d->a->key };
+		memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
+		if (!(d->conn = eng_conn_accept(d->a->from, &b, d->a->retry_for_s - since(&t_cut), aerr, sizeof(aerr))))
+			break;
+		if (!eng_session_offer(d->conn, d->session, d->cache_chunk, aerr, sizeof(aerr)) &&
+		    !eng_session_resume_take(d->conn, d->session, d->a->key, d->aead, d->handoff_id, 2, nonce,
+					     aerr, sizeof(aerr)) &&
+		    !eng_session_resume_reply(d->conn, d->session, d->a->key, d->aead, d->handoff_id, nonce,
+					      d->state, applied)) {
+			d->resumes++;
+			d->cut_s += since(&t_cut);
+			fprintf(stderr, "receive: the source resumed after %.1f s (%s, %llu segments applied)\n",
+				since(&t_cut), state_name[d->state], (unsigned long long)applied);
+			return 0;
+		}
+		fprintf(stderr, "receive: turned a connection away: %s\n", aerr);
+		eng_conn_close(d->conn);
+		d->conn = NULL;
+	}
+	d->cut_s += since(&t_cut);
+	snprintf(err, errlen, "%s, and the source did not resume within %.0f s%s", why, d->a->retry_for_s,
+		 d->state == ENG_RESUME_RESUMED ? " (the VM runs here)" : "");
+	return d->state == ENG_RESUME_RESUMED ? 0 : -ETIMEDOUT;
+}
+
 static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st, double secs,
 				 bool ok, const char *why)
 {
@@ -307,6 +535,23 @@ static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st
 	json_object_object_add(t, "committed_s", json_object_new_double(d->t_committed));
 	json_object_object_add(t, "resumed_s", json_object_new_double(d->t_resumed));
 	json_object_object_add(o, "timeline", t);
+	json_object *cut = json_object_new_object();
+	json_object_object_add(cut, "retry_for_s", json_object_new_double(d->a->retry_for_s));
+	json_object_object_add(cut, "resumes", json_object_new_int((int)d->resumes));
+	json_object_object_add(cut, "down_s", json_object_new_double(d->cut_s));
+	json_object_object_add(o, "link_cuts", cut);
+	if (d->have_cb) {
+		json_object *c = json_object_new_object();
+		json_object_object_add(c, "dir", json_object_new_string(d->a->cache_dir));
+		json_object_object_add(c, "chunk_size", json_object_new_int64(d->plan.chunk_size));
+		json_object_object_add(c, "held_bytes", json_object_new_int64((int64_t)d->cb.held_bytes));
+		json_object_object_add(c, "lacking_bytes", json_object_new_int64((int64_t)d->cb.lacking_bytes));
+		json_object_object_add(c, "held_chunks", json_object_new_int64((int64_t)d->cb.held_chunks));
+		json_object_object_add(c, "lacking_chunks", json_object_new_int64((int64_t)d->cb.lacking_chunks));
+		json_object_object_add(c, "dropped_chunks", json_object_new_int64((int64_t)d->cb.dropped_chunks));
+		json_object_object_add(c, "fill_s", json_object_new_double(d->fill_s));
+		json_object_object_add(o, "cache", c);
+	}
 	json_object *objs = json_object_new_object();
 	for (int i = 0; i < ENG_VM_OBJECTS; i++) {
 		char hex[2 * CDC_DIGEST_LEN + 1];
@@ -327,6 +572,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	struct eng_patch_stats st = { 0 };
 	struct qb_devstate dev = { 0 };
 	struct eng_control ctl = { 0 };
+	struct eng_patcher *pt = NULL;
 	bool have_ctl = false;
 	double resume_ts = 0;
 	int ret = -EIO;
@@ -342,9 +588,20 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	d->a = a;
 	d->disk_fd = d->in_fd = d->mig_fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &d->t0);
-	if ((ret = eng_vmbase_open(&d->base, a->base_dir, err, errlen)) ||
-	    (ret = check_disk_out(d, err, errlen)))
-		goto out;
+	if (a->cache_dir) {
+		if ((ret = open_cache(d, err, errlen)))
+			goto out;
+	} else {
+		if ((ret = eng_vmbase_open(&d->base, a->base_dir, err, errlen)) ||
+		    (ret = check_disk_out(d, err, errlen)))
+			goto out;
+		eng_vmbase_id(&d->base, d->bind_id);
+		for (int o = 0; o < ENG_VM_OBJECTS; o++) {
+			d->base_size[o] = trk_index_size(d->base.index[o]);
+			d->base_ids[o] = trk_index_id(d->base.index[o]);
+			d->base_digests[o] = trk_index_digest(d->base.index[o], 0);
+		}
+	}
 	if (!(d->qmp = qb_qmp_connect(a->qmp_path, 10, err, errlen))) {
 		ret = -EIO;
 		goto out;
@@ -352,16 +609,19 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	if ((ret = open_source(d, err, errlen)))
 		goto out;
 	clock_gettime(CLOCK_MONOTONIC, &d->t0);
+	if (d->cache && (ret = take_cache_plan(d, err, errlen)))
+		goto out;
 
-	/* results: disk-out, a private copy of the base RAM, a buffer for devices */
-	if (!(d->disk = eng_uring_file_new(d->disk_fd, trk_index_size(d->base.index[ENG_VM_DISK]), err, errlen))) {
+	/* results: disk-out, a private RAM image, a buffer for devices; each starts as the base */
+	if (!(d->disk = eng_uring_file_new(d->disk_fd, d->base_size[ENG_VM_DISK], err, errlen))) {
 		ret = -EIO;
 		goto out;
 	}
-	d->ram_len = d->base.map_len[ENG_VM_MEMORY];
-	d->ram = mmap(NULL, d->ram_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	size_t dev_size = (size_t)trk_index_size(d->base.index[ENG_VM_DEVICES]);
-	d->dev_out = (struct eng_mem){ .data = malloc(dev_size ? dev_size : 1), .len = dev_size,
+	d->ram_len = d->cache ? (size_t)(d->base_size[ENG_VM_MEMORY] + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE * CDC_BLOCK_SIZE
+			      : d->base.map_len[ENG_VM_MEMORY];
+	d->ram = mmap(NULL, d->ram_len ? d->ram_len : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	size_t dev_size = (size_t)d->base_size[ENG_VM_DEVICES];
+	d->dev_out = (struct eng_mem){ .data = calloc(1, dev_size ? dev_size : 1), .len = dev_size,
 				       .cap = dev_size, .max = ENG_DEVICES_CAPACITY };
 	if (d->ram == MAP_FAILED || !d->dev_out.data) {
 		d->ram = d->ram == MAP_FAILED ? NULL : d->ram;
@@ -369,79 +629,108 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		ret = -ENOMEM;
 		goto out;
 	}
-	if ((ret = map_shared_ram(d, err, errlen)))
-		goto out;
-	memcpy(d->ram, d->base.map[ENG_VM_MEMORY], trk_index_size(d->base.index[ENG_VM_MEMORY]));
-	memcpy(d->dev_out.data, d->base.map[ENG_VM_DEVICES], dev_size);
-	struct eng_mem base_mem[ENG_VM_OBJECTS], ram_mem = { .data = d->ram,
-							      .len = trk_index_size(d->base.index[ENG_VM_MEMORY]),
+	if (d->cache) {
+		if ((ret = fill_from_cache(d, err, errlen)))
+			goto out;
+	} else {
+		if ((ret = map_shared_ram(d, err, errlen)))
+			goto out;
+		memcpy(d->ram, d->base.map[ENG_VM_MEMORY], d->base_size[ENG_VM_MEMORY]);
+		memcpy(d->dev_out.data, d->base.map[ENG_VM_DEVICES], dev_size);
+	}
+	struct eng_mem base_mem[ENG_VM_OBJECTS], ram_mem = { .data = d->ram, .len = d->base_size[ENG_VM_MEMORY],
 							      .cap = d->ram_len, .max = d->ram_len };
 	struct eng_store base_st[ENG_VM_OBJECTS], out_st[ENG_VM_OBJECTS];
 	struct eng_patch_object obj[ENG_VM_OBJECTS];
 	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
-		uint64_t size = trk_index_size(d->base.index[o]);
-		base_mem[o] = (struct eng_mem){ .data = (uint8_t *)d->base.map[o], .len = size, .cap = size };
-		base_st[o] = eng_mem_store(&base_mem[o]);
+		base_mem[o] = (struct eng_mem){ .data = (uint8_t *)d->base.map[o], .len = d->base_size[o],
+						.cap = d->base_size[o] };
+		base_st[o] = d->cache ? d->cb.base[o] : eng_mem_store(&base_mem[o]);
 	}
 	out_st[ENG_VM_DISK] = eng_uring_store(d->disk);
 	out_st[ENG_VM_MEMORY] = eng_mem_store(&ram_mem);
 	out_st[ENG_VM_DEVICES] = eng_mem_store(&d->dev_out);
 	for (int o = 0; o < ENG_VM_OBJECTS; o++)
-		obj[o] = (struct eng_patch_object){ eng_vm_object_names[o], &base_st[o], &out_st[o],
-						    trk_index_digest(d->base.index[o], 0),
-						    trk_index_size(d->base.index[o]),
-						    trk_index_id(d->base.index[o]) };
-	struct eng_fd in = { .fd = d->in_fd };
-	struct eng_source src = d->conn ? eng_conn_source(d->conn) : eng_fd_source(&in);
-	struct eng_stream stream = { 0 };
+		obj[o] = (struct eng_patch_object){ eng_vm_object_names[o], &base_st[o], &out_st[o], d->base_digests[o],
+						    d->base_size[o], d->base_ids[o], d->base_have[o] };
 	struct eng_patch_args pa = {
-		.src = &src, .kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .key = a->key,
-		.session = d->conn ? d->session : NULL, .progress = progress, .progress_ctx = d, .stream_out = &stream,
-		.control_follows = d->conn != NULL,
+		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .key = a->key,
+		.progress = progress, .progress_ctx = d, .control_follows = d->conn != NULL,
 	};
-	ret = eng_patch_stream(&pa, &st, err, errlen);
-	if (a->progress)
-		fputs("\r\033[K", stderr);
-	if (!ret && (ret = eng_uring_file_sync(d->disk)))
-		snprintf(err, errlen, "cannot write --disk-out %s: %s", a->disk_out, strerror(-ret));
-	if (d->conn && (stream.header_len || !ret)) {
-		have_ctl = eng_control_init(&ctl, d->conn, &stream, a->key, 0) == 0;
-	}
-	d->t_verified = since(&d->t0);
-	if (!ret)
-		ret = load_qemu(d, &st, &dev, err, errlen);
-	if (ret)
+	if ((ret = eng_patcher_new(&pt, &pa, &st, err, errlen)))
 		goto out;
-	d->t_loaded = since(&d->t0);
-	if (have_ctl) {
-		enum eng_msg_type type;
-		char text[ENG_MSG_TEXT_MAX + 1];
-		if ((ret = eng_control_send(&ctl, ENG_MSG_READY, NULL)) ||
-		    (ret = eng_control_recv(&ctl, 60, &type, text, sizeof(text)))) {
-			snprintf(err, errlen, "source did not commit: %s",
-				 ret == -EBADMSG ? "forged or corrupt message" : strerror(-ret));
-			goto out;
+	/* one stream per connection: more than one only after a cut (--retry-for) */
+	for (;;) {
+		struct eng_fd in = { .fd = d->in_fd };
+		struct eng_source src = d->conn ? eng_conn_source(d->conn) : eng_fd_source(&in);
+		struct eng_stream stream = { 0 };
+		bool cut = false;
+		uint64_t applied_before = eng_patcher_applied(pt);
+		ret = eng_patcher_read(pt, &src, d->conn ? d->session : NULL, &stream, &cut, err, errlen);
+		if (!ret && d->loaded && eng_patcher_applied(pt) != applied_before) {
+			/* QEMU holds what was verified before: it must not change now */
+			snprintf(err, errlen, "the source sent more state after this end had verified and loaded the VM");
+			ret = -EPROTO;
 		}
-		if (type != ENG_MSG_COMMIT) {
-			snprintf(err, errlen, "source aborted: %s", text);
-			ret = -ECANCELED;
-			goto out;
+		if (a->progress)
+			fputs("\r\033[K", stderr);
+		if (stream.header_len && !d->have_id) {
+			memcpy(d->handoff_id, stream.salt, sizeof(d->handoff_id));
+			d->aead = (enum cdc_aead)stream.aead;
+			d->have_id = true;
 		}
-	}
-	d->t_committed = since(&d->t0);
-	if ((ret = resume_qemu(d, &dev, &resume_ts, err, errlen)))
-		goto out;
-	d->t_resumed = since(&d->t0);
-	if (have_ctl) {
-		char ts[64];
-		snprintf(ts, sizeof(ts), "%.6f", resume_ts);
-		eng_control_send(&ctl, ENG_MSG_RESUMED, ts);
+		if (have_ctl)
+			eng_control_free(&ctl);
+		have_ctl = d->conn && (stream.header_len || !ret) &&
+			   eng_control_init(&ctl, d->conn, &stream, a->key, 0) == 0;
+		/* the disk's sync and QEMU's load take a while: the source hears ALIVE meanwhile */
+		struct eng_control_alive alive = { 0 };
+		if (!ret && have_ctl)
+			eng_control_alive_start(&alive, &ctl);
+		if (!ret && (ret = eng_uring_file_sync(d->disk)))
+			snprintf(err, errlen, "cannot write --disk-out %s: %s", a->disk_out, strerror(-ret));
+		if (!ret && !d->loaded) {
+			d->t_verified = since(&d->t0);
+			if (!(ret = load_qemu(d, &st, &dev, err, errlen))) {
+				d->loaded = true;
+				d->t_loaded = since(&d->t0);
+			}
+		}
+		eng_control_alive_stop(&alive);
+		if (!ret && !d->conn) { /* an overlay: nobody to commit */
+			d->t_committed = since(&d->t0);
+			if (!(ret = resume_qemu(d, &dev, &resume_ts, err, errlen)))
+				d->t_resumed = since(&d->t0);
+			break;
+		}
+		if (!ret && have_ctl) {
+			d->state = ENG_RESUME_VERIFIED;
+			ret = commit_and_resume(d, &ctl, &dev, &resume_ts, &cut, err, errlen);
+			if (!ret)
+				break;
+		}
+		if (!ret)
+			ret = -EIO;
+		if (cut && a->retry_for_s > 0 && d->have_id && d->conn) {
+			if (have_ctl) /* its connection goes */
+				eng_control_free(&ctl);
+			have_ctl = false;
+			ret = wait_for_resume(d, eng_patcher_applied(pt), err, errlen);
+			renew_pin(d);
+		} else if (d->state == ENG_RESUME_RESUMED) {
+			fprintf(stderr, "receive: warning: %s\n", err); /* the VM runs here all the same */
+			ret = 0;
+		}
+		if (ret)
+			goto out;
+		if (d->state == ENG_RESUME_RESUMED)
+			break; /* the source heard, or could not be told in time */
 	}
 out:
 	if (ret && have_ctl)
 		eng_control_send(&ctl, ENG_MSG_FAILED, err);
 	/* a retry would refuse it anyway (check_disk_out): say so now, and what to do */
-	if (ret && d->disk && eng_uring_file_writes(d->disk)) {
+	if (ret && d->disk && !d->cache && eng_uring_file_writes(d->disk)) {
 		size_t n = strnlen(err, errlen);
 		if (n + 1 < errlen)
 			snprintf(err + n, errlen - n,
@@ -452,6 +741,7 @@ out:
 		*summary = summary_json(d, &st, since(&d->t0), ret == 0, err);
 	if (have_ctl)
 		eng_control_free(&ctl);
+	eng_patcher_free(pt);
 	/* a failed load: QEMU sees the stream end early and gives up without resuming */
 	if (d->mig_fd >= 0)
 		close(d->mig_fd);
@@ -468,6 +758,11 @@ out:
 	if (d->in_fd >= 0)
 		close(d->in_fd);
 	eng_vmbase_close(&d->base);
+	if (d->have_cb)
+		eng_cache_base_close(&d->cb);
+	if (d->have_plan)
+		eng_base_plan_free(&d->plan);
+	edg_store_close(d->cache);
 	free(d);
 	return ret;
 }

@@ -11,13 +11,16 @@
  */
 #include "handoff.h"
 #include "cli.h"
+#include "clock.h"
 #include "control.h"
+#include "guard.h"
 #include "io.h"
 #include "sendq.h"
 #include "session.h"
 #include "throttle.h"
 #include "adapt.h"
 #include "conn.h"
+#include "edge/store.h"
 #include "qemu_bridge/qmp.h"
 #include "tracker/dirtyfs.h"
 
@@ -77,6 +80,7 @@ struct src {
 	/* passes: a permutation of the block space, walked by the feed */
 	uint64_t perm_mul, perm_add, cursor;
 	bool pass_active, final_pass, ended, hold;
+	bool final_fed;         /* the final pass went through the whole block space */
 	unsigned passes;
 	struct pass_report *reports, *cur_report;
 	uint64_t fed_blocks;
@@ -103,6 +107,7 @@ struct src {
 	bool over_budget;     /* stopped although the rest did not fit the budget */
 	/* guest throttle (throttle.h): opened on first need */
 	struct eng_throttle thr;
+	struct eng_guard guard; /* puts the VM back if this process dies before the commit */
 	bool thr_tried;
 	char thr_note[300];   /* why it is unavailable */
 	unsigned thr_steps;
@@ -118,7 +123,26 @@ struct src {
 	double rate_Bps;
 	int unsent_limit;       /* the socket's TCP_NOTSENT_LOWAT now (0: not set) */
 	uint64_t wire_bytes;
-	char fail[256];
+	/* link cuts (send --retry-for): each connection carries a stream of its
+	 * own; the ledger says what the destination may still lack after one */
+	struct eng_ledger ledger;
+	bool link_lost;         /* the failure in fail[] is the connection's: resumable */
+	bool resumed_remote;    /* a reconnect found the VM already running there */
+	uint8_t handoff_id[32]; /* the first stream's salt: names the handoff on a resume */
+	bool have_id;
+	unsigned resumes;
+	uint64_t owed_blocks;   /* sent again after cuts */
+	double cut_s;           /* link down, summed over cuts */
+	uint64_t wire_prev, raw_prev, sealed_prev; /* earlier streams' counters */
+	/* a destination that holds an edge cache, not the base: the blocks of the
+	 * base it has (bit per block; NULL: a whole base); the rest is sent */
+	uint8_t *base_have[ENG_VM_OBJECTS];
+	uint64_t lacking_blocks;
+	double plan_s;
+	bool planned;           /* the plan and map went through */
+	/* start-up, eng_mono_s(): from main() (or the call) to the first state on the wire */
+	double t_begin, t_setup, t_connected, t_first_state;
+	char fail[512];
 };
 
 static int qemu_migrate(struct src *s, uint64_t downtime_ms, char *err, size_t errlen);
@@ -301,7 +325,7 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 			s->cur_report->end_s = now_s(s);
 		__atomic_store_n(&s->pass_active, false, __ATOMIC_RELEASE);
 		if (s->final_pass)
-			s->ended = true;
+			s->ended = s->final_fed = true;
 	}
 	return (int)n;
 }
@@ -403,6 +427,7 @@ static void throttle_release(struct src *s)
 	if (s->thr.active && s->thr.fraction > 0)
 		s->thr_seconds += now_s(s) - s->thr_since;
 	eng_throttle_close(&s->thr);
+	eng_guard_throttle(&s->guard, &s->thr);
 }
 
 /*
@@ -423,8 +448,10 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 		pid_t pid, tids[ENG_THROTTLE_MAX_THREADS];
 		unsigned n;
 		s->thr_tried = true;
-		if (qb_vcpu_threads(s->qmp, &pid, tids, ENG_THROTTLE_MAX_THREADS, &n, err, sizeof(err)) ||
-		    eng_throttle_open(&s->thr, pid, tids, n, err, sizeof(err))) {
+		int opened = qb_vcpu_threads(s->qmp, &pid, tids, ENG_THROTTLE_MAX_THREADS, &n, err, sizeof(err)) ? -1
+			     : eng_throttle_open(&s->thr, pid, tids, n, err, sizeof(err));
+		eng_guard_throttle(&s->guard, &s->thr); /* the threads may have moved already */
+		if (opened) {
 			snprintf(s->thr_note, sizeof(s->thr_note), "%s", err);
 			fprintf(stderr, "%ssend: warning: the guest dirties faster than the link drains and cannot be slowed (%s)\n",
 				s->a->progress ? "\r\033[K" : "", err);
@@ -446,6 +473,7 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 		throttle_release(s);
 		return false;
 	}
+	eng_guard_throttle(&s->guard, &s->thr);
 	if (s->thr_steps++ == 0)
 		s->thr_since = now_s(s);
 	if (next > s->thr_max)
@@ -510,9 +538,17 @@ static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, do
 	return b;
 }
 
+/* The VM is stopped: a destination that stops reading costs downtime, so it gets less patience. */
+static void impatient(struct src *s)
+{
+	if (s->conn && eng_conn_set_idle_limit(s->conn, ENG_CONTROL_SILENCE_S))
+		fprintf(stderr, "send: warning: cannot shorten the link's idle limit\n");
+}
+
 static void begin_final(struct src *s)
 {
 	s->qemu_done_s = now_s(s);
+	impatient(s);
 	throttle_release(s); /* the VM is stopped: nothing left to slow */
 	/* QEMU stopped the VM: RAM is frozen (QEMU sent none of the shared block) */
 	if (s->shared && s->conn)
@@ -543,7 +579,9 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	char err[200];
 
 	eng_pipeline_report(p, &rep);
-	s->wire_bytes = rep.wire_bytes;
+	s->wire_bytes = s->wire_prev + rep.wire_bytes;
+	if (!s->t_first_state)
+		s->t_first_state = rep.first_data_s;
 	if (s->conn) {
 		eng_conn_sample(s->conn, &s->link);
 		double r = s->link.rate_smooth_bps > s->link.delivery_bps ? s->link.rate_smooth_bps
@@ -568,10 +606,10 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		}
 	}
 	/* what the wire carries per byte fed: dedup and compression together */
-	s->cur_raw = rep.stages[ENG_STAGE_INGEST].bytes_in;
-	s->cur_wire = rep.stages[ENG_STAGE_SEAL].bytes_out;
+	s->cur_raw = s->raw_prev + rep.stages[ENG_STAGE_INGEST].bytes_in;
+	s->cur_wire = s->sealed_prev + rep.stages[ENG_STAGE_SEAL].bytes_out;
 	double ratio = s->fed_blocks > 1000
-			       ? (double)rep.wire_bytes / ((double)s->fed_blocks * CDC_BLOCK_SIZE)
+			       ? (double)s->wire_bytes / ((double)s->fed_blocks * CDC_BLOCK_SIZE)
 			       : 0.5;
 	if (s->pass_ratio > ratio)
 		ratio = s->pass_ratio;
@@ -592,20 +630,27 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		if (!s->have_ctl && s->stream.header_len)
 			s->have_ctl = eng_control_init(&s->ctl, s->conn, &s->stream, s->a->key, 1) == 0;
 		int r = s->have_ctl ? eng_control_recv(&s->ctl, 0.001, &type, text, sizeof(text)) : -ETIMEDOUT;
-		if (r == 0)
+		if (r == 0 && type != ENG_MSG_ALIVE) /* ALIVE: it read the trailer and is loading */
 			src_fail(s, "destination %s: %s", type == ENG_MSG_FAILED ? "failed" : "spoke out of turn",
 				 type == ENG_MSG_FAILED ? text : eng_msg_name(type));
-		else if (r != -ETIMEDOUT)
+		else if (r != -ETIMEDOUT) {
 			src_fail(s, "connection to the destination lost: %s",
 				 r == -EPIPE ? "closed by the destination (wrong key?)" : strerror(-r));
+			s->link_lost = r != -EBADMSG;
+		}
 		if (s->fail[0])
 			s->ended = true;
 	}
 	int qerr = s->sq ? eng_sendq_error(s->sq) : 0;
 	if (qerr) {
+		if (!s->fail[0]) /* not a FAILED from the destination, which stays fatal */
+			s->link_lost = true;
 		src_fail(s, "connection to the destination lost: %s", strerror(-qerr));
 		s->ended = true;
 	}
+	/* no trailer after a cut: the destination must not verify a stream cut short */
+	if (s->link_lost)
+		eng_pipeline_abort(p, s->fail);
 	int bridge = __atomic_load_n(&s->bridge_done, __ATOMIC_ACQUIRE);
 	if (bridge < 0) {
 		src_fail(s, "%s", s->bridge_err);
@@ -703,6 +748,72 @@ static int conn_send_cb(void *ctx, const void *buf, size_t len)
 	return eng_conn_send(ctx, buf, len);
 }
 
+/*
+ * The destination holds an edge cache of cache_chunk-byte chunks: tell it the
+ * base's chunk recipe and learn which chunks it holds (session.h). Every
+ * block it lacks is sent, whether or not the VM changed it.
+ */
+static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t errlen)
+{
+	struct eng_base_plan plan = { .aead = s->a->aead, .nobj = ENG_VM_OBJECTS, .chunk_size = cache_chunk };
+	uint8_t *chunk_have[ENG_VM_OBJECTS] = { 0 };
+	double t0 = eng_mono_s();
+	int ret = -ENOMEM;
+
+	if (cache_chunk < EDG_CHUNK_MIN || cache_chunk > EDG_CHUNK_MAX || cache_chunk % CDC_BLOCK_SIZE) {
+		snprintf(err, errlen, "the destination's cache has %u-byte chunks: not a size this engine cuts",
+			 cache_chunk);
+		return -EPROTO;
+	}
+	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
+		struct eng_plan_object *po = &plan.obj[o];
+		po->size = trk_index_size(s->base.index[o]);
+		po->chunks = (po->size + cache_chunk - 1) / cache_chunk;
+		if (po->chunks > ENG_PLAN_MAX_CHUNKS) {
+			snprintf(err, errlen, "the base's %s has %llu chunks of %u bytes, more than a plan carries (%llu): "
+				 "give the destination's cache larger chunks", eng_vm_object_names[o],
+				 (unsigned long long)po->chunks, cache_chunk, (unsigned long long)ENG_PLAN_MAX_CHUNKS);
+			ret = -EFBIG;
+			goto out;
+		}
+		memcpy(po->id, trk_index_id(s->base.index[o]), CDC_DIGEST_LEN);
+		if (!(po->digests = malloc(po->chunks ? po->chunks * CDC_DIGEST_LEN : 1)) ||
+		    !(chunk_have[o] = calloc(1, po->chunks / 8 + 1)) ||
+		    !(s->base_have[o] = calloc(1, s->count[o] / 8 + 1)))
+			goto nomem;
+		edg_chunk_digests(s->base.map[o], po->size, cache_chunk, po->digests);
+	}
+	/* the destination fills what it holds before it answers: give it time in proportion */
+	double wait_s = 300 + (double)(plan.obj[0].size + plan.obj[1].size + plan.obj[2].size) / 20e6;
+	if ((ret = eng_base_plan_send(s->conn, s->session, s->a->key, &plan, err, errlen)) ||
+	    (ret = eng_base_have_recv(s->conn, s->session, s->a->key, wait_s, &plan, chunk_have, err, errlen)))
+		goto out;
+	/* the blocks it lacks go in the first pass (device state: in the final one, with the rest of it) */
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		for (uint64_t b = 0; b < s->count[o]; b++) {
+			uint64_t c = b * CDC_BLOCK_SIZE / cache_chunk;
+			if (c < plan.obj[o].chunks && chunk_have[o][c / 8] >> (c % 8) & 1) {
+				s->base_have[o][b / 8] |= (uint8_t)(1u << (b % 8));
+				continue;
+			}
+			if (b * CDC_BLOCK_SIZE < plan.obj[o].size)
+				s->lacking_blocks++;
+			if (o != ENG_VM_DEVICES)
+				mark(s, s->first[o] + b);
+		}
+	s->plan_s = eng_mono_s() - t0;
+	s->planned = true;
+	ret = 0;
+	goto out;
+nomem:
+	snprintf(err, errlen, "out of memory for the base plan");
+out:
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		free(chunk_have[o]);
+	eng_base_plan_free(&plan);
+	return ret;
+}
+
 static int open_transport(struct src *s, char *err, size_t errlen)
 {
 	const char *path;
@@ -713,7 +824,10 @@ static int open_transport(struct src *s, char *err, size_t errlen)
 		s->conn = eng_conn_connect(s->a->to, &b, s->a->connect_timeout_s, err, errlen);
 		if (!s->conn)
 			return -ECONNREFUSED;
-		int r = eng_session_take(s->conn, s->session, ENG_SESSION_WAIT_S, err, errlen);
+		uint32_t cache_chunk = 0;
+		int r = eng_session_take(s->conn, s->session, &cache_chunk, ENG_SESSION_WAIT_S, err, errlen);
+		if (!r && cache_chunk)
+			r = plan_for_cache(s, cache_chunk, err, errlen);
 		if (r)
 			return r;
 		s->sq = eng_sendq_new(1 << 20, conn_send_cb, s->conn);
@@ -893,7 +1007,25 @@ static int setup(struct src *s, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot allocate the RAM mirror: %s", strerror(errno));
 		return -ENOMEM;
 	}
-	memcpy(s->mirror, s->base.map[ENG_VM_MEMORY], trk_index_size(s->base.index[ENG_VM_MEMORY]));
+	/* the base RAM copy-on-write from mem.img: copying 256 MiB (and faulting
+	 * in every page) was most of the set-up; only pages that change get copied */
+	uint64_t mem_size = trk_index_size(s->base.index[ENG_VM_MEMORY]);
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), span = ((size_t)mem_size + page - 1) / page * page;
+	int mfd = open(s->base.path[ENG_VM_MEMORY], O_RDONLY | O_CLOEXEC);
+	bool cow = mfd >= 0 && span <= s->mirror_len;
+	if (!cow || mmap(s->mirror, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, mfd, 0) == MAP_FAILED) {
+		/* a failed MAP_FIXED may have unmapped the range already: fresh pages, then the copy */
+		if (cow && mmap(s->mirror, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+				0) == MAP_FAILED) {
+			snprintf(err, errlen, "cannot allocate the RAM mirror: %s", strerror(errno));
+			if (mfd >= 0)
+				close(mfd);
+			return -ENOMEM;
+		}
+		memcpy(s->mirror, s->base.map[ENG_VM_MEMORY], mem_size);
+	}
+	if (mfd >= 0)
+		close(mfd);
 	s->qmp = qb_qmp_connect(s->a->qmp_path, 10, err, errlen);
 	if (!s->qmp || check_source(s, err, errlen))
 		return -EIO;
@@ -914,7 +1046,7 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 		json_object_object_add(o, "error", json_object_new_string(s->fail));
 	json_object_object_add(o, "total_s", json_object_new_double(total_s));
 	json_object_object_add(o, "downtime_s", json_object_new_double(downtime_s));
-	json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)rep->wire_bytes));
+	json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)s->wire_bytes));
 	json_object_object_add(o, "state_bytes", json_object_new_int64((int64_t)rep->target_size));
 	json_object_object_add(o, "disk_reads", json_object_new_string(s->read_fd != s->disk_fd ? "image" : "mount"));
 	json_object_object_add(o, "blocks_fed", json_object_new_int64((int64_t)s->fed_blocks));
@@ -960,6 +1092,18 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 		json_object_array_add(its, it);
 	}
 	json_object_object_add(o, "iterations", its);
+	json_object *cut = json_object_new_object();
+	json_object_object_add(cut, "retry_for_s", json_object_new_double(s->a->retry_for_s));
+	json_object_object_add(cut, "resumes", json_object_new_int((int)s->resumes));
+	json_object_object_add(cut, "down_s", json_object_new_double(s->cut_s));
+	json_object_object_add(cut, "owed_blocks", json_object_new_int64((int64_t)s->owed_blocks));
+	json_object_object_add(o, "link_cuts", cut);
+	if (s->planned) { /* the destination held an edge cache */
+		json_object *c = json_object_new_object();
+		json_object_object_add(c, "lacking_blocks", json_object_new_int64((int64_t)s->lacking_blocks));
+		json_object_object_add(c, "plan_s", json_object_new_double(s->plan_s));
+		json_object_object_add(o, "destination_cache", c);
+	}
 	json_object *t = json_object_new_object();
 	json_object_object_add(t, "stop_s", json_object_new_double(s->stop_requested_s));
 	json_object_object_add(t, "stop_qmp_time", json_object_new_double(s->stop_ts));
@@ -967,12 +1111,21 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(t, "qemu_done_s", json_object_new_double(s->qemu_done_s));
 	json_object_object_add(t, "trailer_queued_s", json_object_new_double(s->trailer_s));
 	json_object_object_add(o, "timeline", t);
+	/* seconds from the start of the process: EAL up, base, mirror and QMP ready,
+	 * connected (session taken), first data segment handed to the link */
+	json_object *su = json_object_new_object();
+	json_object_object_add(su, "eal_s", json_object_new_double(cli_eal_up_s && cli_main_s ? cli_eal_up_s - cli_main_s : 0));
+	json_object_object_add(su, "setup_s", json_object_new_double(s->t_setup ? s->t_setup - s->t_begin : 0));
+	json_object_object_add(su, "connected_s", json_object_new_double(s->t_connected ? s->t_connected - s->t_begin : 0));
+	json_object_object_add(su, "first_state_s", json_object_new_double(s->t_first_state ? s->t_first_state - s->t_begin : 0));
+	json_object_object_add(o, "startup", su);
 	json_object *v = json_object_new_object();
 	for (int i = 0; i < ENG_VERDICT_COUNT; i++)
 		json_object_object_add(v, eng_verdict_name(i), json_object_new_int64((int64_t)rep->verdicts[i]));
 	json_object_object_add(o, "blocks", v);
 	if (rep->lcores) /* the pipeline ran */
 		json_object_object_add(o, "stages", cli_stage_json(rep));
+	json_object_object_add(o, "placement", cli_placement_json());
 	return o;
 }
 
@@ -986,33 +1139,150 @@ static int finish_remote(struct src *s, double *resume_ts, char *err, size_t err
 
 	if (ret) {
 		snprintf(err, errlen, "connection to the destination lost: %s", strerror(-ret));
+		s->link_lost = true;
 		return ret;
 	}
 	if (!s->have_ctl && !(s->have_ctl = eng_control_init(c, s->conn, &s->stream, s->a->key, 1) == 0)) {
 		snprintf(err, errlen, "cannot set up control messages");
 		return -EIO;
 	}
-	ret = eng_control_recv(c, 300, &type, text, sizeof(text));
+	/* the destination syncs its disk and loads its QEMU, saying ALIVE meanwhile */
+	ret = eng_control_wait(c, ENG_CONTROL_SILENCE_S, 1800, &type, text, sizeof(text));
 	if (ret || type != ENG_MSG_READY) {
+		s->link_lost = ret && ret != -EBADMSG && ret != -ETIMEDOUT;
 		if (ret)
 			snprintf(err, errlen, "destination did not confirm: %s",
-				 ret == -EBADMSG ? "forged or corrupt reply" : strerror(-ret));
+				 ret == -EBADMSG ? "forged or corrupt reply"
+				 : ret == -ENOTCONN ? "it went silent" : strerror(-ret));
 		else
 			snprintf(err, errlen, "destination failed: %s", text);
 		return ret ? ret : -EIO;
 	}
-	/* from here on the source VM never runs again */
+	/* from here on the source VM never runs again: not without a guard */
+	if (eng_guard_committed(&s->guard, true)) {
+		snprintf(err, errlen, "the source VM's guard is gone: not committing (the source VM runs on)");
+		return -EIO;
+	}
 	s->committed = true;
 	ret = eng_control_send(c, ENG_MSG_COMMIT, NULL);
 	if (!ret)
-		ret = eng_control_recv(c, 120, &type, text, sizeof(text));
+		ret = eng_control_wait(c, ENG_CONTROL_SILENCE_S, 300, &type, text, sizeof(text));
 	if (ret || type != ENG_MSG_RESUMED) {
+		s->link_lost = ret && ret != -EBADMSG && ret != -ETIMEDOUT;
 		snprintf(err, errlen,
 			 "committed, but the destination did not confirm the resume (%s); the source VM stays paused",
-			 ret ? strerror(-ret) : text);
+			 ret == -ENOTCONN ? "it went silent" : ret ? strerror(-ret) : text);
 		return ret ? ret : -EIO;
 	}
 	*resume_ts = strtod(text, NULL);
+	return 0;
+}
+
+static void owe_block(void *ctx, unsigned obj, uint64_t block)
+{
+	struct src *s = ctx;
+
+	mark(s, s->first[obj] + block);
+}
+
+static void close_transport(struct src *s)
+{
+	if (s->conn)
+		eng_conn_shutdown(s->conn, SHUT_RDWR); /* wakes a writer stuck on a dead peer */
+	eng_sendq_free(s->sq);
+	s->sq = NULL;
+	if (s->have_ctl)
+		eng_control_free(&s->ctl);
+	s->have_ctl = false;
+	eng_conn_close(s->conn);
+	s->conn = NULL;
+}
+
+/*
+ * The link was cut (send --retry-for): connect again, ask the destination
+ * where it stands and go on from there. Everything the destination did not
+ * apply is owed again (ledger.h); a final pass restarts so that it takes
+ * those too. The VM keeps running meanwhile (or stays stopped, after the stop).
+ */
+static int resume_link(struct src *s, char *err, size_t errlen)
+{
+	char why[512], rerr[256] = "no answer";
+	double t_cut = now_s(s), deadline = t_cut + s->a->retry_for_s;
+	enum eng_resume_state state = ENG_RESUME_RECEIVING;
+	uint64_t applied = 0;
+
+	snprintf(why, sizeof(why), "%s", err);
+	/* a destination that failed says so before it closes: that is no cut */
+	if (s->have_ctl) {
+		enum eng_msg_type type;
+		char text[ENG_MSG_TEXT_MAX + 1];
+		if (eng_control_wait(&s->ctl, 0.2, 0.5, &type, text, sizeof(text)) == 0 && type == ENG_MSG_FAILED) {
+			snprintf(err, errlen, "destination failed: %s", text);
+			return -EIO;
+		}
+	}
+	fprintf(stderr, "%ssend: %s; reconnecting for up to %.0f s\n", s->a->progress ? "\r\033[K" : "", why,
+		s->a->retry_for_s);
+	close_transport(s);
+	while (now_s(s) < deadline) {
+		struct eng_conn_bind b = { .key = s->a->key };
+		eng_vmbase_id(&s->base, b.base_id);
+		/* connect retries by itself while nobody listens */
+		if (!(s->conn = eng_conn_connect(s->a->to, &b, deadline - now_s(s), rerr, sizeof(rerr))))
+			break;
+		uint32_t cache_chunk; /* the plan was settled on the first connection */
+		if (!eng_session_take(s->conn, s->session, &cache_chunk, ENG_SESSION_WAIT_S, rerr, sizeof(rerr)) &&
+		    !eng_session_resume_ask(s->conn, s->session, s->a->key, s->a->aead, s->handoff_id,
+					    ENG_SESSION_WAIT_S, &state, &applied, rerr, sizeof(rerr)))
+			break;
+		eng_conn_close(s->conn);
+		s->conn = NULL;
+		usleep(200000);
+	}
+	double down = now_s(s) - t_cut;
+	s->cut_s += down;
+	if (!s->conn) {
+		snprintf(err, errlen, "%s, and the handoff could not be taken up again within %.0f s (%s)", why,
+			 s->a->retry_for_s, rerr);
+		return -ETIMEDOUT;
+	}
+	s->resumes++;
+	s->fail[0] = 0;
+	s->link_lost = false;
+	if (state == ENG_RESUME_RESUMED) { /* COMMIT arrived; only its answer was lost */
+		s->resumed_remote = true;
+		fprintf(stderr, "send: reconnected after %.1f s: the VM already runs at the destination\n", down);
+		return 0;
+	}
+	/* a COMMIT sent on the old connection never arrived (the receiver stopped
+	 * reading it before it answered): the VM is still the source's */
+	s->committed = false;
+	eng_guard_committed(&s->guard, false);
+	if (!(s->sq = eng_sendq_new(1 << 20, conn_send_cb, s->conn))) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	s->unsent_limit = 0;
+	memset(&s->stream, 0, sizeof(s->stream));
+	uint64_t owed = eng_ledger_rewind(&s->ledger, applied, owe_block, s);
+	s->owed_blocks += owed;
+	if (state == ENG_RESUME_VERIFIED && (!s->final_fed || owed)) {
+		snprintf(err, errlen, "%s; on reconnecting the destination says it verified a stream this source "
+			 "did not finish", why);
+		return -EPROTO;
+	}
+	s->ended = false;
+	if (s->phase == PH_FINAL) { /* the owed blocks lie behind its cursor */
+		impatient(s);
+		s->final_fed = false;
+		start_pass(s);
+	}
+	fprintf(stderr, "send: resumed after %.1f s: the destination holds %llu segments, %llu blocks go again\n",
+		down, (unsigned long long)applied, (unsigned long long)owed);
+	if (s->trace)
+		fprintf(s->trace, "{\"t\":%.3f,\"event\":\"resume\",\"down_s\":%.3f,\"applied_segments\":%llu,"
+			"\"owed_blocks\":%llu,\"state\":\"%s\"}\n", now_s(s), down, (unsigned long long)applied,
+			(unsigned long long)owed, state == ENG_RESUME_VERIFIED ? "verified" : "receiving");
 	return 0;
 }
 
@@ -1033,8 +1303,18 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	s->disk_fd = s->read_fd = s->mig_fd = -1;
 	s->out.fd = s->trace_out.fd = -1;
 	s->t0 = rte_rdtsc();
-	if ((ret = setup(s, err, errlen)) || (ret = open_transport(s, err, errlen)))
+	s->guard.fd = -1;
+	s->t_begin = cli_main_s ? cli_main_s : eng_mono_s();
+	if ((ret = setup(s, err, errlen)))
 		goto out;
+	s->t_setup = eng_mono_s();
+	if ((ret = open_transport(s, err, errlen)))
+		goto out;
+	s->t_connected = eng_mono_s();
+	if (s->conn && eng_guard_start(&s->guard, a->qmp_path, s->was_running, err, errlen)) {
+		ret = -EIO;
+		goto out;
+	}
 	/*
 	 * An overlay is the VM suspended by QEMU's own migration: one pass,
 	 * then QEMU stops it (its run state stays "running", so the VM starts
@@ -1053,40 +1333,77 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		goto out;
 
 	struct eng_diff_object obj[ENG_VM_OBJECTS];
-	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+	const struct trk_index *bases[ENG_VM_OBJECTS];
+	uint64_t capacity[ENG_VM_OBJECTS];
+	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
 		obj[o] = (struct eng_diff_object){ eng_vm_object_names[o], s->base.index[o], s->base.map[o],
-						   trk_index_size(s->base.index[o]) };
-	obj[ENG_VM_DEVICES].capacity = ENG_DEVICES_CAPACITY;
-	struct eng_feed feed = { feed_next, feed_size, s };
-	struct eng_sink sink = s->sq ? eng_sendq_sink(s->sq) : eng_fd_sink(&s->out_fd);
-	struct eng_diff_args da = {
-		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed, .sink = &sink,
-		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
-		.socket = a->socket,
-		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
-	};
-	ret = eng_diff_run(&da, &rep, err, errlen);
-	s->trailer_s = now_s(s);
-	if (a->progress)
-		fputs("\r\033[K", stderr);
-	if (ret || s->fail[0]) {
-		if (s->fail[0])
-			snprintf(err, errlen, "%s", s->fail);
-		ret = ret ? ret : -EIO;
+						   trk_index_size(s->base.index[o]), s->base_have[o] };
+		bases[o] = s->base.index[o];
+		capacity[o] = obj[o].capacity;
+	}
+	obj[ENG_VM_DEVICES].capacity = capacity[ENG_VM_DEVICES] = ENG_DEVICES_CAPACITY;
+	bool resumable = s->conn && a->retry_for_s > 0;
+	if (resumable && eng_ledger_init(&s->ledger, ENG_VM_OBJECTS, bases, capacity,
+					 s->base_have[0] ? (const uint8_t *const *)s->base_have : NULL)) {
+		snprintf(err, errlen, "out of memory for the block ledger");
+		ret = -ENOMEM;
 		goto out;
 	}
-	if (qb_qmp_wait_event(s->qmp, "STOP", 0.5, NULL, &stop_ts, err, errlen))
-		stop_ts = 0;
-	if (s->conn)
-		ret = finish_remote(s, &resume_ts, err, errlen);
-	else
-		ret = eng_outfile_commit(&s->out, err, errlen) ? -EIO : 0;
+	struct eng_feed feed = { feed_next, feed_size, s };
+	struct eng_diff_args da = {
+		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed,
+		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
+		.socket = a->socket, .ledger = resumable ? &s->ledger : NULL,
+		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
+	};
+	/* one stream per connection: more than one only after a cut (--retry-for) */
+	for (;;) {
+		struct eng_sink sink = s->sq ? eng_sendq_sink(s->sq) : eng_fd_sink(&s->out_fd);
+		da.sink = &sink;
+		da.mode = s->mode_now;
+		memset(&rep, 0, sizeof(rep));
+		ret = eng_diff_run(&da, &rep, err, errlen);
+		if (!s->t_first_state)
+			s->t_first_state = rep.first_data_s;
+		/* the sink failed on the connection (not after a failure of its own) */
+		if (ret && !s->fail[0] && s->sq && eng_sendq_error(s->sq))
+			s->link_lost = true;
+		s->wire_prev += rep.wire_bytes;
+		s->raw_prev += rep.stages[ENG_STAGE_INGEST].bytes_in;
+		s->sealed_prev += rep.stages[ENG_STAGE_SEAL].bytes_out;
+		s->wire_bytes = s->wire_prev;
+		if (!s->have_id && s->stream.header_len) {
+			memcpy(s->handoff_id, s->stream.salt, sizeof(s->handoff_id));
+			s->have_id = true;
+		}
+		s->trailer_s = now_s(s);
+		if (a->progress)
+			fputs("\r\033[K", stderr);
+		if (!ret && !s->fail[0]) {
+			if (!stop_ts && qb_qmp_wait_event(s->qmp, "STOP", 0.5, NULL, &stop_ts, err, errlen))
+				stop_ts = 0;
+			if (!s->conn) {
+				ret = eng_outfile_commit(&s->out, err, errlen) ? -EIO : 0;
+				break;
+			}
+			if (!(ret = finish_remote(s, &resume_ts, err, errlen)))
+				break;
+		} else if (s->fail[0]) {
+			snprintf(err, errlen, "%s", s->fail);
+		}
+		ret = ret ? ret : -EIO;
+		if (!s->link_lost || a->retry_for_s <= 0 || !s->have_id || (ret = resume_link(s, err, errlen)))
+			goto out;
+		if (s->resumed_remote)
+			break;
+	}
 out:
-	if (ret && !s->fail[0])
+	if (ret) /* the summary's error: the last word */
 		snprintf(s->fail, sizeof(s->fail), "%s", err);
 	if (s->sq && ret)
 		eng_conn_shutdown(s->conn, SHUT_RDWR); /* wakes a writer stuck on a dead peer */
 	eng_sendq_free(s->sq);
+	s->sq = NULL;
 	if (ret && s->out.fd >= 0)
 		eng_outfile_abort(&s->out);
 	if (s->mig_fd >= 0)
@@ -1094,6 +1411,7 @@ out:
 	throttle_release(s);
 	if (ret && !s->committed)
 		restore_source(s);
+	eng_guard_release(&s->guard); /* the VM is where it should be */
 	if (s->bridge_started)
 		pthread_join(s->bridge, NULL);
 	double total = now_s(s);
@@ -1119,8 +1437,11 @@ out:
 		free(p);
 	}
 	qb_devstate_free(&s->devstate);
+	eng_ledger_free(&s->ledger);
 	free(s->dev);
 	free(s->pending);
+	for (int o = 0; o < ENG_VM_OBJECTS; o++)
+		free(s->base_have[o]);
 	eng_vmbase_close(&s->base);
 	if (s->trace) { /* kept whether or not the handoff worked: it says what happened */
 		char terr[256];

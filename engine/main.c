@@ -4,6 +4,7 @@
  * once it knows how much memory its inputs need.
  */
 #include "cli.h"
+#include "clock.h"
 #include "codecs/codecs.h"
 
 #include <errno.h>
@@ -62,7 +63,7 @@ static const struct cli_cmd *const commands[] = {
 	&cli_cmd_track,	    &cli_cmd_probe,	 &cli_cmd_keygen,      &cli_cmd_cache_add,
 	&cli_cmd_cache_stat, &cli_cmd_cache_remove, &cli_cmd_cache_verify, &cli_cmd_cache_gc,
 	&cli_cmd_cache_fetch, &cli_cmd_cache_export, &cli_cmd_cache_add_base, &cli_cmd_cache_fetch_base,
-	&cli_cmd_serve,
+	&cli_cmd_serve, &cli_cmd_guard,
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -128,6 +129,8 @@ int main(int argc, char **argv)
 {
 	const char *val[CLI_MAX_OPTS];
 	int first = 1;
+
+	cli_main_s = eng_mono_s();
 
 	/* EAL args come first and end at "--"; a command name means there are none. */
 	if (argc > 1 && !find_command(argv[1]) && argv[1][0] == '-' && strcmp(argv[1], "--help") &&

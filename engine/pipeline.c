@@ -11,6 +11,7 @@
  * lcore and read racily by the tick (figures for humans and the controller).
  */
 #include "pipeline.h"
+#include "clock.h"
 #include "codecs/varint.h"
 #include "stream.h"
 
@@ -130,6 +131,7 @@ struct eng_pipeline {
 	uint64_t verdicts[ENG_VERDICT_COUNT];
 	/* sink */
 	uint64_t wire_bytes;
+	double first_data_s;
 	volatile int done;
 	volatile int failed;
 	char err[256];
@@ -215,6 +217,11 @@ static void fail(struct eng_pipeline *p, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(p->err, sizeof(p->err), fmt, ap);
 	va_end(ap);
+}
+
+void eng_pipeline_abort(struct eng_pipeline *p, const char *why)
+{
+	fail(p, "%s", why);
 }
 
 /* Enqueue cannot fail: every ring holds all objects of its pool. */
@@ -330,6 +337,9 @@ static int poll_ingest(struct stage *s)
 			return 0;
 		}
 	}
+	if (p->a->ledger)
+		for (int i = 0; i < n; i++)
+			eng_ledger_fed(p->a->ledger, b->block[i]);
 	p->ingest_seq++;
 	p->ingest_idle = false;
 	b->nblocks = (uint32_t)n;
@@ -428,6 +438,14 @@ static void consume_in_order(struct stage *s)
 static uint64_t batch_seq(void *o) { return ((struct batch *)o)->seq; }
 static uint64_t segment_seq(void *o) { return ((struct segment *)o)->seq; }
 
+/* The receiver holds base block b of object o (eng_diff_object's have). */
+static bool has_base(const struct eng_pipeline *p, unsigned o, uint64_t b)
+{
+	const uint8_t *have = p->a->obj[o].have;
+
+	return b < p->base_blocks[o] && (!have || (have[b >> 3] >> (b & 7) & 1));
+}
+
 static uint8_t *held_digest(struct eng_pipeline *p, uint64_t ref)
 {
 	return p->held[ENG_REF_OBJ(ref)][ENG_REF_BLK(ref)];
@@ -489,6 +507,8 @@ static int poll_dedup(struct stage *s)
 		if (!memcmp(d, held, CDC_DIGEST_LEN)) {
 			b->verdict[i] = ENG_SAME;
 			p->verdicts[ENG_SAME]++;
+			if (p->a->ledger)
+				eng_ledger_same(p->a->ledger, b->block[i]);
 			continue;
 		}
 		if (trk_table_lookup(p->sent_table, held, &holder) == 0 && holder == b->block[i])
@@ -577,7 +597,7 @@ static int poll_delta(struct stage *s)
 		/* new block: delta against the same-offset base block if there is
 		 * one with content (against zeros a delta is the block itself) */
 		const struct trk_index *base = p->a->obj[obj].base;
-		enum cdc_delta kind = blk < p->base_blocks[obj] &&
+		enum cdc_delta kind = has_base(p, obj, blk) &&
 					      memcmp(trk_index_digest(base, blk), cdc_zero_digest(),
 						     CDC_DIGEST_LEN)
 					      ? b->delta
@@ -676,6 +696,10 @@ static int poll_segment(struct stage *s)
 		memcpy(p->open_seg->raw + p->open_seg->raw_len, b->enc, b->enc_len);
 		p->open_seg->raw_len += b->enc_len;
 		p->open_seg->blocks += b->nblocks;
+		if (p->a->ledger)
+			for (uint32_t i = 0; i < b->nblocks; i++)
+				if (b->verdict[i] != ENG_SAME)
+					eng_ledger_carried(p->a->ledger, b->block[i], p->open_seg->seq);
 	}
 	p->batch_packed = true;
 	if ((b->flags & BATCH_FLUSH) && p->open_seg)
@@ -783,6 +807,8 @@ static int poll_sink(struct stage *s)
 	consume_in_order(s);
 	if (ret)
 		fail(p, "cannot write output: %s", strerror(-ret));
+	if (!p->first_data_s && g->type == ENG_FRAME_DATA)
+		p->first_data_s = eng_mono_s();
 	p->wire_bytes += g->frame_len;
 	s->st.items++;
 	s->st.blocks += g->blocks;
@@ -954,7 +980,7 @@ static void pipeline_free(struct eng_pipeline *p)
 		trk_table_free(p->base_table);
 		trk_table_free(p->sent_table);
 	}
-	for (unsigned o = 0; o < ENG_MAX_OBJECTS; o++)
+	for (unsigned o = 0; o < ENG_MAX_OBJECTS && !p->a->ledger; o++)
 		free(p->held[o]);
 	explicit_bzero(p->stream.subkey, sizeof(p->stream.subkey));
 	free(p);
@@ -1008,19 +1034,28 @@ static struct rte_mempool *buffer_pool_create(const char *name, unsigned n, size
 	return mp;
 }
 
-/* Before anything is sent the receiver holds the base, and zeros past it. */
+/* Before anything is sent the receiver holds the base, and zeros past it
+ * (or, resuming, what the ledger says). */
 static int held_init(struct eng_pipeline *p)
 {
 	for (unsigned o = 0; o < p->a->nobj; o++) {
 		const struct trk_index *base = p->a->obj[o].base;
 		p->base_blocks[o] = trk_index_blocks(base);
 		p->capacity_blocks[o] = (p->a->obj[o].capacity + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+		if (p->a->ledger) { /* what earlier streams of this handoff left (and what the receiver lacks) */
+			if (p->a->ledger->nobj != p->a->nobj || p->a->ledger->blocks[o] != p->capacity_blocks[o])
+				return -EINVAL;
+			p->held[o] = p->a->ledger->held[o];
+			continue;
+		}
 		p->held[o] = malloc((p->capacity_blocks[o] ? p->capacity_blocks[o] : 1) * CDC_DIGEST_LEN);
 		if (!p->held[o])
 			return -ENOMEM;
 		for (uint64_t b = 0; b < p->capacity_blocks[o]; b++)
 			memcpy(p->held[o][b],
-			       b < p->base_blocks[o] ? trk_index_digest(base, b) : cdc_zero_digest(),
+			       b >= p->base_blocks[o]	     ? cdc_zero_digest()
+			       : has_base(p, o, b) ? trk_index_digest(base, b)
+						   : eng_unknown_digest,
 			       CDC_DIGEST_LEN);
 	}
 	return 0;
@@ -1049,9 +1084,11 @@ static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot initialise the stream keys");
 		return -EIO;
 	}
-	if (held_init(p)) {
-		snprintf(err, errlen, "out of memory for the block digest tables");
-		return -ENOMEM;
+	int hr = held_init(p);
+	if (hr) {
+		snprintf(err, errlen, hr == -EINVAL ? "internal error: the ledger does not fit these objects"
+						    : "out of memory for the block digest tables");
+		return hr;
 	}
 	unique_name(name, sizeof(name), "batch");
 	p->batches = buffer_pool_create(name, NBATCHES, sizeof(struct batch), a->socket);
@@ -1087,8 +1124,8 @@ static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot allocate dedup tables from DPDK memory: raise EAL -m");
 		return -ENOMEM;
 	}
-	for (unsigned o = 0; o < a->nobj; o++)
-		trk_table_add_index(p->base_table, a->obj[o].base, ENG_REF(o, 0));
+	for (unsigned o = 0; o < a->nobj; o++) /* only what the receiver can copy from */
+		trk_table_add_index_masked(p->base_table, a->obj[o].base, ENG_REF(o, 0), a->obj[o].have);
 	return plan_lcores(p) ? (snprintf(err, errlen, "out of memory"), -ENOMEM) : 0;
 }
 
@@ -1121,6 +1158,7 @@ void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *r
 		}
 	}
 	rep->blocks_in_flight = rep->blocks - rep->stages[ENG_STAGE_SINK].blocks;
+	rep->first_data_s = p->first_data_s;
 }
 
 int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, char *err,
@@ -1153,13 +1191,12 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 	run_plan(p, &p->plan[0], true);
 	for (unsigned i = 1; i < p->nlcores; i++)
 		rte_eal_wait_lcore(p->lcore_ids[i]);
+	if (rep) /* a failed run too: what it sent counts */
+		eng_pipeline_report(p, rep);
 	if (p->failed) {
 		snprintf(err, errlen, "%s", p->err);
 		ret = -EIO;
-		goto out;
 	}
-	if (rep)
-		eng_pipeline_report(p, rep);
 out:
 	pipeline_free(p);
 	return ret;

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "codecs/codecs.h"
+#include "ledger.h"
 #include "stream.h"
 #include "tracker/tracker.h"
 
@@ -74,6 +75,7 @@ enum eng_verdict {
 struct eng_diff_report {
 	uint64_t target_size, blocks, wire_bytes, segments;
 	uint64_t blocks_in_flight; /* taken from the feed, not yet on the sink */
+	double first_data_s;       /* eng_mono_s() when the first data segment went to the sink; 0: none yet */
 	uint64_t verdicts[ENG_VERDICT_COUNT];
 	uint64_t deltas[CDC_DELTA_COUNT]; /* NEW blocks by encoding (NONE = raw) */
 	double seconds;
@@ -89,6 +91,10 @@ struct eng_diff_object {
 	const struct trk_index *base; /* digests of the base both ends hold */
 	const uint8_t *base_map;      /* the base mapped read-only (deltas read it) */
 	uint64_t capacity;            /* the result never grows past this many bytes */
+	/* The base blocks the receiver holds, bit b of byte b / 8 (NULL: all): the
+	 * others start unknown (sent whatever they hold), are never copied from
+	 * and never delta-encoded against. The feed must hand each of them over. */
+	const uint8_t *have;
 };
 
 #define ENG_FEED_END (-1000000)
@@ -129,6 +135,12 @@ struct eng_diff_args {
 	void *tick_ctx;
 	struct eng_stream *stream_out; /* if set: the header, salt and session, for control messages (segment key wiped) */
 	/*
+	 * A stream that may be cut and resumed (ledger.h): the run takes the
+	 * block digests from it, leaves them there and notes which data segment
+	 * carried each block. NULL: the run keeps its own.
+	 */
+	struct eng_ledger *ledger;
+	/*
 	 * The caller stops EAL and exits right after: the dedup tables are left
 	 * to rte_eal_cleanup. DPDK zeroes every byte of an element it frees,
 	 * faulting in the table pages a run never touched; for a 256 MiB image
@@ -150,6 +162,8 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 
 /* From the tick: takes effect at the next batch / segment boundary. */
 void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m);
+/* From the tick: end the run now, as failed (no trailer goes out). */
+void eng_pipeline_abort(struct eng_pipeline *p, const char *why);
 /* From the tick: live figures so far. */
 void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *rep);
 

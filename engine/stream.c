@@ -243,8 +243,15 @@ struct obj_state {
 	size_t map_len;
 };
 
-struct reader {
+struct eng_patcher {
 	const struct eng_patch_args *a;
+	/* the stream being read: its source, session value and keys */
+	const struct eng_source *src;
+	const uint8_t *session;
+	bool cut; /* the source failed or ended early: a link cut, not bad data */
+	uint64_t stream_segments;
+	bool objects_mapped;
+	uint64_t obj_capacity[ENG_MAX_OBJECTS];
 	struct eng_stream s;
 	struct cdc_sealer *sealer;
 	struct cdc_comp_ctx *comp;
@@ -263,26 +270,37 @@ struct reader {
 
 static const uint8_t unset_digest[CDC_DIGEST_LEN];
 
+static bool has_base(const struct obj_state *o, uint64_t blk)
+{
+	return blk < o->base_blocks && (!o->o->have || (o->o->have[blk >> 3] >> (blk & 7) & 1));
+}
+
+/* A result block's digest; NULL for a base block this end lacks that no record wrote. */
 static const uint8_t *block_digest(const struct obj_state *o, uint64_t blk)
 {
 	if (memcmp(o->digest[blk], unset_digest, CDC_DIGEST_LEN))
 		return o->digest[blk];
-	return blk < o->base_blocks ? o->o->base_digests + blk * CDC_DIGEST_LEN : cdc_zero_digest();
+	if (blk >= o->base_blocks)
+		return cdc_zero_digest();
+	return has_base(o, blk) ? o->o->base_digests + blk * CDC_DIGEST_LEN : NULL;
 }
 
 /* 1: got len bytes, 0: clean end before any byte, <0: error / truncation. */
-static int read_exact(struct reader *r, void *buf, size_t len)
+static int read_exact(struct eng_patcher *r, void *buf, size_t len)
 {
 	size_t done = 0;
 
 	while (done < len) {
-		ssize_t n = r->a->src->read(r->a->src->ctx, (uint8_t *)buf + done, len - done);
+		ssize_t n = r->src->read(r->src->ctx, (uint8_t *)buf + done, len - done);
 		if (n < 0) {
 			eng_set_err(r->err, r->errlen, "read error: %s", strerror((int)-n));
+			r->cut = true;
 			return (int)n;
 		}
-		if (n == 0)
+		if (n == 0) {
+			r->cut = true;
 			return done ? -EPIPE : 0;
+		}
 		done += (size_t)n;
 	}
 	r->st->wire_bytes += len;
@@ -293,7 +311,7 @@ static int read_exact(struct reader *r, void *buf, size_t len)
  * Decode one record into r->block; *digest gets the block's digest when it is
  * known without hashing (NULL: hash the block).
  */
-static int decode_record(struct reader *r, uint8_t op, const uint8_t **pp, const uint8_t *end,
+static int decode_record(struct eng_patcher *r, uint8_t op, const uint8_t **pp, const uint8_t *end,
 			 struct obj_state *o, uint64_t block, const uint8_t **digest)
 {
 	const uint8_t *p = *pp;
@@ -312,6 +330,8 @@ static int decode_record(struct reader *r, uint8_t op, const uint8_t **pp, const
 		struct obj_state *src = &r->obj[*p++];
 		if (cdc_get_varint(&p, end, &ref) || ref >= src->base_blocks)
 			return -EBADMSG;
+		if (!has_base(src, ref))
+			return -ENODATA;
 		if ((ret = src->o->base->read(src->o->base->ctx, ref, r->block)))
 			return ret;
 		*digest = src->o->base_digests + ref * CDC_DIGEST_LEN;
@@ -324,9 +344,10 @@ static int decode_record(struct reader *r, uint8_t op, const uint8_t **pp, const
 		if (cdc_get_varint(&p, end, &ref) || ref >= src->capacity_blocks ||
 		    (src == o && ref == block))
 			return -EBADMSG;
+		if (!(*digest = block_digest(src, ref)))
+			return -ENODATA;
 		if ((ret = src->o->out->read(src->o->out->ctx, ref, r->block)))
 			return ret;
-		*digest = block_digest(src, ref);
 		break;
 	}
 	case ENG_OP_RAW:
@@ -344,6 +365,8 @@ static int decode_record(struct reader *r, uint8_t op, const uint8_t **pp, const
 			return -EBADMSG;
 		if (len > (uint64_t)(end - p) || len > CDC_DELTA_MAX || block >= o->base_blocks)
 			return -EBADMSG;
+		if (!has_base(o, block))
+			return -ENODATA;
 		if ((ret = o->o->base->read(o->o->base->ctx, block, r->base_block)))
 			return ret;
 		enum cdc_delta kind = op == ENG_OP_XOR     ? CDC_DELTA_XOR
@@ -360,7 +383,7 @@ static int decode_record(struct reader *r, uint8_t op, const uint8_t **pp, const
 	return 0;
 }
 
-static int apply_record(struct reader *r, const uint8_t **pp, const uint8_t *end, unsigned *cur,
+static int apply_record(struct eng_patcher *r, const uint8_t **pp, const uint8_t *end, unsigned *cur,
 			int64_t *prev)
 {
 	const uint8_t *p = *pp, *digest;
@@ -403,7 +426,7 @@ static int apply_record(struct reader *r, const uint8_t **pp, const uint8_t *end
 	return 0;
 }
 
-static int apply_segment(struct reader *r, const uint8_t *raw, size_t len, uint64_t seq)
+static int apply_segment(struct eng_patcher *r, const uint8_t *raw, size_t len, uint64_t seq)
 {
 	const uint8_t *p = raw, *end = raw + len;
 	unsigned cur = 0;
@@ -416,6 +439,11 @@ static int apply_segment(struct reader *r, const uint8_t *raw, size_t len, uint6
 				(unsigned long long)seq);
 			return ret;
 		}
+		if (ret == -ENODATA) {
+			eng_set_err(r->err, r->errlen, "segment %llu: a record builds on a base block this end lacks",
+				(unsigned long long)seq);
+			return -EBADMSG;
+		}
 		if (ret) {
 			eng_set_err(r->err, r->errlen, "segment %llu: cannot apply record: %s",
 				(unsigned long long)seq, strerror(-ret));
@@ -425,13 +453,13 @@ static int apply_segment(struct reader *r, const uint8_t *raw, size_t len, uint6
 	return 0;
 }
 
-static int verify_result(struct reader *r, const uint8_t *trailer)
+static int verify_result(struct eng_patcher *r, const uint8_t *trailer)
 {
 	uint64_t segments = cdc_get_le(trailer, 8);
 
-	if (segments != r->st->segments) {
+	if (segments != r->stream_segments) {
 		eng_set_err(r->err, r->errlen, "stream lost segments: trailer counts %llu, read %llu",
-			(unsigned long long)segments, (unsigned long long)r->st->segments);
+			(unsigned long long)segments, (unsigned long long)r->stream_segments);
 		return -EBADMSG;
 	}
 	for (unsigned i = 0; i < r->s.nobj; i++) {
@@ -456,6 +484,12 @@ static int verify_result(struct reader *r, const uint8_t *trailer)
 		}
 		/* A base block cut by a smaller result no longer has the base's digest. */
 		for (uint64_t b = 0; b < nblocks; b++) {
+			if (!block_digest(o, b)) {
+				cdc_image_digest_free(d);
+				eng_set_err(r->err, r->errlen, "%s block %llu never came, and this end lacks its base",
+					o->o->name, (unsigned long long)b);
+				return -EBADMSG;
+			}
 			if (b + 1 == nblocks && size % CDC_BLOCK_SIZE && b < o->base_blocks &&
 			    !memcmp(o->digest[b], unset_digest, CDC_DIGEST_LEN) &&
 			    size < o->o->base_size) {
@@ -483,7 +517,7 @@ static int verify_result(struct reader *r, const uint8_t *trailer)
 }
 
 /* A zstd frame may refer to the window of history its header names (format.md). */
-static int decompress_frame(struct reader *r, uint8_t comp, uint8_t history_mib, uint8_t *raw,
+static int decompress_frame(struct eng_patcher *r, uint8_t comp, uint8_t history_mib, uint8_t *raw,
 			    uint32_t len, uint32_t raw_len)
 {
 	const uint8_t *payload = r->frame + ENG_FRAME_HDR;
@@ -499,7 +533,7 @@ static int decompress_frame(struct reader *r, uint8_t comp, uint8_t history_mib,
 	return cdc_decompress_prefixed(r->comp, raw - plen, plen, payload, len, raw, raw_len);
 }
 
-static int read_frames(struct reader *r)
+static int read_frames(struct eng_patcher *r)
 {
 	uint8_t aad[CDC_DIGEST_LEN + 8 + ENG_FRAME_HDR];
 
@@ -547,7 +581,7 @@ static int read_frames(struct reader *r)
 				return -EBADMSG;
 			}
 			uint8_t extra;
-			if (!r->a->control_follows && r->a->src->read(r->a->src->ctx, &extra, 1) != 0) {
+			if (!r->a->control_follows && r->src->read(r->src->ctx, &extra, 1) != 0) {
 				eng_set_err(r->err, r->errlen, "unexpected data after the end of the stream");
 				return -EBADMSG;
 			}
@@ -562,13 +596,14 @@ static int read_frames(struct reader *r)
 		if (ret)
 			return ret;
 		r->st->segments++;
+		r->stream_segments++;
 		if (r->a->progress)
 			r->a->progress(r->a->progress_ctx, r->st);
 	}
 }
 
 /* Check the header's objects against ours and map the digest tables. */
-static int setup_objects(struct reader *r)
+static int setup_objects(struct eng_patcher *r)
 {
 	char want[17], have[17];
 
@@ -590,6 +625,14 @@ static int setup_objects(struct reader *r)
 				po->name, want, have);
 			return -EINVAL;
 		}
+		if (r->objects_mapped) { /* a later stream of the same handoff */
+			if (r->s.obj[i].capacity != r->obj_capacity[i]) {
+				eng_set_err(r->err, r->errlen, "stream resumed with another %s capacity", po->name);
+				return -EINVAL;
+			}
+			continue;
+		}
+		r->obj_capacity[i] = r->s.obj[i].capacity;
 		o->o = po;
 		o->base_blocks = (po->base_size + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
 		o->capacity_blocks = (r->s.obj[i].capacity + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
@@ -604,11 +647,12 @@ static int setup_objects(struct reader *r)
 			return -ENOMEM;
 		}
 	}
+	r->objects_mapped = true;
 	return 0;
 }
 
 /* The fixed part tells how long the object table is. */
-static int read_header(struct reader *r, uint8_t header[ENG_HEADER_MAX])
+static int read_header(struct eng_patcher *r, uint8_t header[ENG_HEADER_MAX])
 {
 	ssize_t len;
 	int got = read_exact(r, header, ENG_HEADER_LEN);
@@ -623,16 +667,15 @@ static int read_header(struct reader *r, uint8_t header[ENG_HEADER_MAX])
 			eng_set_err(r->err, r->errlen, "truncated stream: header incomplete");
 		return got ? got : -EPIPE;
 	}
-	return eng_stream_parse(&r->s, header, (size_t)len, r->a->key, r->a->session, r->err, r->errlen);
+	return eng_stream_parse(&r->s, header, (size_t)len, r->a->key, r->session, r->err, r->errlen);
 }
 
-int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st, char *err,
-		     size_t errlen)
+int eng_patcher_new(struct eng_patcher **out, const struct eng_patch_args *a, struct eng_patch_stats *st,
+		    char *err, size_t errlen)
 {
-	struct reader *r = aligned_alloc(64, sizeof(*r));
-	uint8_t header[ENG_HEADER_MAX];
-	int ret = -ENOMEM;
+	struct eng_patcher *r = aligned_alloc(64, sizeof(*r));
 
+	*out = NULL;
 	memset(st, 0, sizeof(*st));
 	if (!r) {
 		eng_set_err(err, errlen, "out of memory");
@@ -641,8 +684,6 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 	memset(r, 0, sizeof(*r));
 	r->a = a;
 	r->st = st;
-	r->err = err;
-	r->errlen = errlen;
 	r->frame = malloc(ENG_FRAME_MAX);
 	r->raw = malloc(ENG_SEG_RAW_MAX);
 	r->history = cdc_history_new(CDC_HISTORY_MAX + ENG_SEG_RAW_MAX);
@@ -651,14 +692,35 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 	r->hasher = cdc_hasher_new();
 	if (!r->frame || !r->raw || !r->history || !r->comp || !r->delta || !r->hasher) {
 		eng_set_err(err, errlen, "out of memory");
-		goto out;
+		eng_patcher_free(r);
+		return -ENOMEM;
 	}
+	*out = r;
+	return 0;
+}
+
+int eng_patcher_read(struct eng_patcher *r, const struct eng_source *src, const uint8_t *session,
+		     struct eng_stream *stream_out, bool *cut, char *err, size_t errlen)
+{
+	uint8_t header[ENG_HEADER_MAX];
+	int ret;
+
+	r->src = src;
+	r->session = session;
+	r->err = err;
+	r->errlen = errlen;
+	r->cut = false;
+	/* each stream is compressed on its own: no history from an earlier one */
+	r->history_end = 0;
+	r->stream_segments = 0;
+	cdc_sealer_free(r->sealer);
+	r->sealer = NULL;
 	ret = read_header(r, header);
 	if (ret)
 		goto out;
-	if (a->stream_out) { /* control messages derive their own key: the segments' stays here */
-		*a->stream_out = r->s;
-		explicit_bzero(a->stream_out->subkey, sizeof(a->stream_out->subkey));
+	if (stream_out) { /* control messages derive their own key: the segments' stays here */
+		*stream_out = r->s;
+		explicit_bzero(stream_out->subkey, sizeof(stream_out->subkey));
 	}
 	if ((ret = setup_objects(r)))
 		goto out;
@@ -670,6 +732,21 @@ int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st,
 	}
 	ret = read_frames(r);
 out:
+	explicit_bzero(r->s.subkey, sizeof(r->s.subkey));
+	if (cut)
+		*cut = ret && r->cut;
+	return ret;
+}
+
+uint64_t eng_patcher_applied(const struct eng_patcher *r)
+{
+	return r->st->segments;
+}
+
+void eng_patcher_free(struct eng_patcher *r)
+{
+	if (!r)
+		return;
 	for (unsigned i = 0; i < ENG_MAX_OBJECTS; i++)
 		if (r->obj[i].digest)
 			munmap(r->obj[i].digest, r->obj[i].map_len);
@@ -682,5 +759,17 @@ out:
 	free(r->frame);
 	explicit_bzero(r->s.subkey, sizeof(r->s.subkey));
 	free(r);
+}
+
+int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st, char *err,
+		     size_t errlen)
+{
+	struct eng_patcher *r;
+	int ret = eng_patcher_new(&r, a, st, err, errlen);
+
+	if (ret)
+		return ret;
+	ret = eng_patcher_read(r, a->src, a->session, a->stream_out, NULL, err, errlen);
+	eng_patcher_free(r);
 	return ret;
 }

@@ -136,6 +136,9 @@ struct eng_patch_object {
 	const uint8_t *base_digests;  /* SHA-256 of each (zero-padded) base block */
 	uint64_t base_size;
 	const uint8_t *base_id;       /* image digest of the base */
+	/* The base blocks this end holds, bit b of byte b / 8 (NULL: all of them):
+	 * a stream may not build on the others, and must send each before the end. */
+	const uint8_t *have;
 };
 
 struct eng_patch_stats {
@@ -166,6 +169,25 @@ struct eng_patch_args {
  */
 int eng_patch_stream(const struct eng_patch_args *a, struct eng_patch_stats *st, char *err,
 		     size_t errlen);
+
+/*
+ * The same, for a live handoff whose link may be cut: the results and their
+ * per-block digests live in a patcher, and each connection carries a stream
+ * of its own (new keys, history and segment numbers) that goes on from what
+ * the patcher already applied. a->src, a->session and a->stream_out are
+ * given per stream instead.
+ */
+struct eng_patcher;
+int eng_patcher_new(struct eng_patcher **out, const struct eng_patch_args *a, struct eng_patch_stats *st,
+		    char *err, size_t errlen);
+/* One stream from src: 0 once its trailer verified every object. On failure
+ * *cut says whether the source failed or ended early (a cut link, after
+ * which another stream may follow) rather than sent bad data. */
+int eng_patcher_read(struct eng_patcher *p, const struct eng_source *src, const uint8_t *session,
+		     struct eng_stream *stream_out, bool *cut, char *err, size_t errlen);
+/* Data segments applied so far, over every stream. */
+uint64_t eng_patcher_applied(const struct eng_patcher *p);
+void eng_patcher_free(struct eng_patcher *p);
 
 void eng_hex(const uint8_t *bytes, size_t n, char *out);
 

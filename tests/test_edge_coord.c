@@ -3,13 +3,16 @@
  * ACL user, the handoff functions): registrations count once per image, a
  * chunk may go only when no image contains it, no live lease needs it and its
  * grace period passed, only the asking edge stops being its holder, the ACL
- * keeps a client to its own keys and commands, and a restart keeps it all.
+ * keeps a client to its own keys and commands, the keep policy ranks by
+ * popularity, scarcity and recency, an extra copy may go where the chunk
+ * lives on, and a restart keeps it all.
  */
 #include "edge/coord.h"
 #include "edge/store.h"
 #include "testlib.h"
 
 #include <hiredis/hiredis.h>
+#include <math.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -124,7 +127,7 @@ static void test_references_and_may_delete(void **state)
 		assert_int_equal(holders[i], 1);
 	}
 	/* referenced chunks stay; the others may go; asking changes nothing, forgetting does */
-	assert_int_equal(edg_coord_may_delete(a, d, 10, 0, ok, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(a, d, 10, 0, 0, ok, err, sizeof(err)), 0);
 	for (int i = 0; i < 10; i++)
 		assert_int_equal(ok[i], i >= 5);
 	assert_int_equal(edg_coord_holders(a, d, 10, refs, holders, err, sizeof(err)), 0);
@@ -135,10 +138,10 @@ static void test_references_and_may_delete(void **state)
 	assert_int_equal(holders[7], 0);
 	/* unregistered: not before the grace period, then yes */
 	assert_int_equal(edg_coord_unregister(a, "img", d, 5, err, sizeof(err)), 0);
-	assert_int_equal(edg_coord_may_delete(a, d, 5, 3600, ok, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(a, d, 5, 3600, 0, ok, err, sizeof(err)), 0);
 	for (int i = 0; i < 5; i++)
 		assert_false(ok[i]);
-	assert_int_equal(edg_coord_may_delete(a, d, 5, 0, ok, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(a, d, 5, 0, 0, ok, err, sizeof(err)), 0);
 	for (int i = 0; i < 5; i++)
 		assert_true(ok[i]);
 	/* a second image keeps a chunk the first one dropped */
@@ -147,7 +150,7 @@ static void test_references_and_may_delete(void **state)
 	assert_int_equal(edg_coord_unregister(a, "img2", d, 1, err, sizeof(err)), 0);
 	assert_int_equal(edg_coord_holders(a, d, 1, refs, holders, err, sizeof(err)), 0);
 	assert_int_equal(refs[0], 1);
-	assert_int_equal(edg_coord_may_delete(a, d, 1, 0, ok, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(a, d, 1, 0, 0, ok, err, sizeof(err)), 0);
 	assert_false(ok[0]);
 	free(d);
 	edg_coord_close(a);
@@ -168,7 +171,7 @@ static void test_leases_and_two_edges(void **state)
 	assert_int_equal(edg_coord_lease(b, "handoff-7", d, 2, 60, err, sizeof(err)), 0);
 	assert_int_equal(edg_coord_lease(b, "handoff-8", d + 2 * EDG_DIGEST_LEN, 1, 0.2, err, sizeof(err)), 0);
 	usleep(400000);
-	assert_int_equal(edg_coord_may_delete(a, d, 4, 0, ok, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(a, d, 4, 0, 0, ok, err, sizeof(err)), 0);
 	assert_false(ok[0]);
 	assert_false(ok[1]);
 	assert_true(ok[2]); /* its lease expired */
@@ -179,11 +182,73 @@ static void test_leases_and_two_edges(void **state)
 	assert_int_equal(holders[0], 2);
 	assert_int_equal(holders[3], 1);
 	assert_int_equal(edg_coord_release(b, "handoff-7", d, 2, err, sizeof(err)), 0);
-	assert_int_equal(edg_coord_may_delete(a, d, 2, 0, ok, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(a, d, 2, 0, 0, ok, err, sizeof(err)), 0);
 	assert_true(ok[0] && ok[1]);
 	free(d);
 	edg_coord_close(a);
 	edg_coord_close(b);
+}
+
+/*
+ * The keep policy asked by edge-c: more images containing a chunk raise its
+ * worth, more other holders lower it, each half-life unused halves it. And
+ * with --copies, edge-c may drop an extra copy of a chunk another edge's
+ * image contains, if enough others hold it, one of them its registrant.
+ */
+static void test_keep_policy_and_copies(void **state)
+{
+	(void)state;
+	struct edg_coord *a = edge("edge-a"), *b = edge("edge-b"), *c = edge("edge-c"), *e = edge("edge-e");
+	uint8_t *d = digests(5, 4);
+	uint64_t age[5] = { 0 };
+	double worth[5];
+	bool ok[5];
+	char err[256];
+	const size_t L = EDG_DIGEST_LEN;
+
+	/* d0: images of a and b, held by a, b, c; d1: a's image only, held by a, b, c;
+	 * d2: a's image, held by a, b, c, e; d3: nobody's image, c alone; d4: c's own image */
+	assert_int_equal(edg_coord_report(a, d, 3, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_report(b, d, 3, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_report(c, d, 5, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_report(e, d + 2 * L, 1, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register(a, "p1", d, 3, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register(b, "p2", d, 1, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register(c, "own", d + 4 * L, 1, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_keep(c, d, 4, age, 3600, worth, err, sizeof(err)), 0);
+	assert_true(fabs(worth[0] - 3.0 / 3) < 1e-5); /* two images, two other holders */
+	assert_true(fabs(worth[1] - 2.0 / 3) < 1e-5); /* one image: less */
+	assert_true(fabs(worth[2] - 2.0 / 4) < 1e-5); /* one more holder elsewhere: less again */
+	assert_true(fabs(worth[3] - 1.0) < 1e-5);     /* nobody's, but the only copy */
+	age[0] = 3600;
+	age[3] = 7200;
+	assert_int_equal(edg_coord_keep(c, d, 4, age, 3600, worth, err, sizeof(err)), 0);
+	assert_true(fabs(worth[0] - 0.5) < 1e-5); /* one half-life unused */
+	assert_true(fabs(worth[3] - 0.25) < 1e-5);
+
+	/* copies: never while referenced with 0; with 2, d0-d2 are extras here (a holds them, a registered
+	 * them; two others hold each); d3 is nobody's (grace 0): yes; d4 is c's own: never */
+	assert_int_equal(edg_coord_may_delete(c, d, 5, 0, 0, ok, err, sizeof(err)), 0);
+	assert_true(!ok[0] && !ok[1] && !ok[2] && ok[3] && !ok[4]);
+	assert_int_equal(edg_coord_may_delete(c, d, 5, 0, 2, ok, err, sizeof(err)), 0);
+	assert_true(ok[0] && ok[1] && ok[2] && ok[3] && !ok[4]);
+	assert_int_equal(edg_coord_may_delete(c, d, 5, 0, 3, ok, err, sizeof(err)), 0);
+	assert_true(!ok[0] && !ok[1] && ok[2]); /* only d2 has three other holders */
+	/* d1's registrant no longer holds it (a and b dropped their copies, e took one): not an extra */
+	assert_int_equal(edg_coord_forget(a, d + 1 * L, 1, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_forget(b, d + 1 * L, 1, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_report(e, d + 1 * L, 1, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(c, d + 1 * L, 1, 0, 1, ok, err, sizeof(err)), 0);
+	assert_false(ok[0]); /* e holds it, but the image is a's and a no longer does */
+	/* a lease beats everything */
+	assert_int_equal(edg_coord_lease(b, "handoff-9", d, 1, 60, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_may_delete(c, d, 1, 0, 2, ok, err, sizeof(err)), 0);
+	assert_false(ok[0]);
+	free(d);
+	edg_coord_close(a);
+	edg_coord_close(b);
+	edg_coord_close(c);
+	edg_coord_close(e);
 }
 
 static void test_acl_limits(void **state)
@@ -243,6 +308,7 @@ int main(void)
 		cmocka_unit_test(test_connect_errors),
 		cmocka_unit_test(test_references_and_may_delete),
 		cmocka_unit_test(test_leases_and_two_edges),
+		cmocka_unit_test(test_keep_policy_and_copies),
 		cmocka_unit_test(test_acl_limits),
 		cmocka_unit_test(test_restart_keeps_state),
 	};

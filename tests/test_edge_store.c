@@ -107,6 +107,11 @@ static void test_add_dedup_and_refs(void **state)
 		assert_int_equal(got, i < 64 ? CS : 1000);
 		assert_memory_equal(buf, img + i * CS, got);
 	}
+	/* a sender names the image the same way without a cache (its chunk recipe) */
+	uint8_t *mine = malloc(n * EDG_DIGEST_LEN);
+	edg_chunk_digests(img, len, CS, mine);
+	assert_memory_equal(mine, d, n * EDG_DIGEST_LEN);
+	free(mine);
 	free(img);
 
 	/* a second image sharing contents: refs 2 on shared chunks, 1 on the rest */
@@ -283,6 +288,74 @@ static void test_gc_asks_without_the_lock(void **state)
 }
 
 /*
+ * The keep policy orders what goes: the least worth first, whatever the
+ * recency; a policy that cannot answer leaves least recently used first.
+ */
+struct worth_of {
+	const uint8_t *digests; /* the image's chunks: chunk i is worth i */
+	bool fail;
+	uint64_t asked;
+};
+
+static int worth_by_position(void *ctx, const uint8_t *digests, uint64_t n, const uint64_t *age_s, double *worth)
+{
+	struct worth_of *w = ctx;
+
+	(void)age_s;
+	if (w->fail)
+		return -1;
+	w->asked += n;
+	for (uint64_t i = 0; i < n; i++)
+		for (unsigned k = 0; k < 10; k++)
+			if (!memcmp(digests + i * EDG_DIGEST_LEN, w->digests + k * EDG_DIGEST_LEN, EDG_DIGEST_LEN))
+				worth[i] = k;
+	return 0;
+}
+
+static void test_gc_keep_policy_order(void **state)
+{
+	(void)state;
+	char *dir, a[300], err[256];
+	struct edg_store *s = open_new(&dir);
+	struct edg_add_report rep;
+	struct edg_gc_report g;
+	uint8_t *d, buf[CS];
+	uint64_t size, n;
+	uint32_t len;
+
+	snprintf(a, sizeof(a), "%s/a.img", dir);
+	write_image(a, 10, 3000000, 0);
+	assert_int_equal(edg_store_add_file(s, "a", a, &rep, NULL, NULL, err, sizeof(err)), 0);
+	assert_int_equal(edg_store_recipe(s, "a", &size, &d, &n), 0);
+	assert_int_equal(n, 10);
+	assert_int_equal(edg_store_remove_image(s, "a", err, sizeof(err)), 0);
+	/* chunks 0-4 used a second later than 5-9: least recently used would take 5-9 first */
+	sleep(1);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(edg_store_get(s, d + i * EDG_DIGEST_LEN, buf, sizeof(buf), &len), 0);
+	struct worth_of w = { .digests = d };
+	struct edg_gc_hooks h = { .rank = worth_by_position, .ctx = &w };
+	assert_int_equal(edg_store_gc(s, 6 * CS, 0, &h, &g, err, sizeof(err)), 0);
+	assert_true(g.ranked);
+	assert_int_equal(w.asked, 10);
+	assert_int_equal(g.deleted_chunks, 4);
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(edg_store_has(s, d + i * EDG_DIGEST_LEN), i >= 4); /* the least worth went */
+	/* no answer: least recently used first (5-9 before 4) */
+	w.fail = true;
+	assert_int_equal(edg_store_gc(s, 4 * CS, 0, &h, &g, err, sizeof(err)), 0);
+	assert_true(g.rank_failed && !g.ranked);
+	assert_int_equal(g.deleted_chunks, 2);
+	assert_true(edg_store_has(s, d + 4 * EDG_DIGEST_LEN)); /* the one used later stays */
+	int left = 0;
+	for (int i = 5; i < 10; i++)
+		left += edg_store_has(s, d + i * EDG_DIGEST_LEN);
+	assert_int_equal(left, 3);
+	free(d);
+	edg_store_close(s);
+}
+
+/*
  * Several processes at once, each a random sequence of registrations,
  * removals, pins (a handoff in flight: its chunks must stay readable until it
  * unpins) and collections with no grace and a tight quota. Each pinned or
@@ -427,6 +500,7 @@ int main(void)
 		cmocka_unit_test(test_corrupt_chunk_caught),
 		cmocka_unit_test(test_gc_quota_pins_grace),
 		cmocka_unit_test(test_gc_asks_without_the_lock),
+		cmocka_unit_test(test_gc_keep_policy_order),
 		cmocka_unit_test(test_random_interleavings),
 		cmocka_unit_test(test_full_map_and_bad_input),
 	};

@@ -1,8 +1,8 @@
 /*
  * engine: the diff pipeline on real DPDK lcores (EAL without hugepages) and
  * the stream reader, end to end in memory: round trips for every mode and
- * odd sizes, dedup verdicts, mode switches while running, and rejection of
- * every kind of damaged or foreign stream.
+ * odd sizes, dedup verdicts, mode switches while running, rejection of
+ * every kind of damaged or foreign stream, and live streams cut and resumed.
  */
 #define TEST_WITH_EAL
 #include "engine/io.h"
@@ -23,6 +23,8 @@ struct fixture {
 };
 
 static struct fixture fx;
+/* The base blocks the receiving end holds (NULL: all), for diff_to and patch_from. */
+static const uint8_t *fx_have;
 
 static void load_fixture(const uint8_t *base, size_t base_len, const uint8_t *target,
 			 size_t target_len)
@@ -86,7 +88,7 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 	struct eng_file_feed target = { .fd = fd, .size = fx.target_len };
 	struct eng_feed feed = eng_file_feed(&target);
 	struct eng_diff_object obj = {
-		.name = "image", .base = fx.idx, .capacity = fx.target_len,
+		.name = "image", .base = fx.idx, .capacity = fx.target_len, .have = fx_have,
 	};
 	struct eng_diff_args a = {
 		.kind = ENG_KIND_IMAGE,
@@ -116,28 +118,38 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 static int patch_from(struct eng_mem *stream, const uint8_t *key, struct eng_mem *result,
 		      char *err, size_t errlen)
 {
-	struct eng_mem base = { .data = fx.base, .len = fx.base_len, .cap = fx.base_len };
+	/* what this end holds of the base: the blocks it lacks are garbage here */
+	uint8_t *held = malloc(fx.base_len + 1);
+	memcpy(held, fx.base, fx.base_len);
+	for (size_t b = 0; fx_have && b * CDC_BLOCK_SIZE < fx.base_len; b++)
+		if (!(fx_have[b >> 3] >> (b & 7) & 1)) {
+			size_t n = fx.base_len - b * CDC_BLOCK_SIZE;
+			memset(held + b * CDC_BLOCK_SIZE, 0xee, n < CDC_BLOCK_SIZE ? n : CDC_BLOCK_SIZE);
+		}
+	struct eng_mem base = { .data = held, .len = fx.base_len, .cap = fx.base_len };
 	struct eng_source src = eng_mem_source(stream);
 	struct eng_store bs = eng_mem_store(&base), os = eng_mem_store(result);
 	struct eng_patch_stats st;
 
 	stream->pos = 0;
-	/* the result starts as a copy of the base, as patch does it */
+	/* the result starts as a copy of (what this end holds of) the base, as patch does it */
 	memset(result, 0, sizeof(*result));
 	result->max = 1u << 30;
 	if (fx.base_len) {
 		result->data = malloc(fx.base_len);
-		memcpy(result->data, fx.base, fx.base_len);
+		memcpy(result->data, held, fx.base_len);
 		result->len = result->cap = fx.base_len;
 	}
 	struct eng_patch_object obj = {
 		.name = "image", .base = &bs, .out = &os, .base_digests = trk_index_digest(fx.idx, 0),
-		.base_size = trk_index_size(fx.idx), .base_id = trk_index_id(fx.idx),
+		.base_size = trk_index_size(fx.idx), .base_id = trk_index_id(fx.idx), .have = fx_have,
 	};
 	struct eng_patch_args a = {
 		.src = &src, .kind = ENG_KIND_IMAGE, .nobj = 1, .obj = &obj, .key = key,
 	};
-	return eng_patch_stream(&a, &st, err, errlen);
+	int ret = eng_patch_stream(&a, &st, err, errlen);
+	free(held);
+	return ret;
 }
 
 static void assert_round_trip(const struct eng_mode *mode, const uint8_t *key, bool switching)
@@ -217,6 +229,44 @@ static void test_round_trip_every_mode(void **state)
 		assert_int_equal(eng_mode_parse(modes[i], &m, err, sizeof(err)), 0);
 		assert_round_trip(&m, i % 2 ? key : NULL, false);
 	}
+}
+
+/*
+ * A receiver that holds only part of the base (an edge cache): every mode
+ * round-trips when the sender is told what it lacks, and a stream made for
+ * the whole base is refused, never applied wrongly.
+ */
+static void test_partial_base_round_trip(void **state)
+{
+	(void)state;
+	static const char *modes[] = { "none:none:0", "xor:igzip:1", "wdiff:zstd:3", "zref:zstd:-3", "best:zstd:9" };
+	char err[256];
+
+	make_vm_like(2 << 20, (2 << 20) + 777);
+	size_t nb = (fx.base_len + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+	uint8_t *have = calloc(1, nb / 8 + 1);
+	for (size_t b = 0; b < nb; b++)
+		if (test_rand() % 10 >= 3) /* 30% lacking */
+			have[b >> 3] |= (uint8_t)(1u << (b & 7));
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		struct eng_mode m;
+		assert_int_equal(eng_mode_parse(modes[i], &m, err, sizeof(err)), 0);
+		fx_have = have;
+		assert_round_trip(&m, NULL, false);
+	}
+	/* made for a receiver with the whole base: SAME, BASE and delta records build on what it lacks */
+	struct eng_mem stream = { 0 }, result;
+	struct eng_diff_report rep;
+	struct eng_mode m = { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 3 };
+	fx_have = NULL;
+	assert_int_equal(diff_to(&stream, &m, NULL, &rep, false), 0);
+	fx_have = have;
+	assert_int_not_equal(patch_from(&stream, NULL, &result, err, sizeof(err)), 0);
+	assert_true(strstr(err, "lacks") != NULL);
+	eng_mem_free(&result);
+	eng_mem_free(&stream);
+	fx_have = NULL;
+	free(have);
 }
 
 static void test_round_trip_odd_sizes(void **state)
@@ -561,6 +611,170 @@ static void test_live_feed_last_version_wins(void **state)
 	free(f);
 }
 
+/*
+ * A live stream cut and resumed: each stream but the last is cut at a random
+ * byte (the receiver applied only the segments before it; the run ends
+ * early, with blocks still in its stages, or, every other time, the cut
+ * comes after the run finished), the sender's ledger turns what the receiver
+ * lacks into blocks owed, and the next stream, with new live changes too,
+ * goes on from there into the same results. The receiver must still end with
+ * exactly the last version of every block.
+ */
+struct resume_feed {
+	struct live_feed *live;
+	uint8_t *owed[LIVE_OBJ]; /* one byte per block */
+	bool owing;
+};
+
+static void owe_live_block(void *ctx, unsigned obj, uint64_t block)
+{
+	((struct resume_feed *)ctx)->owed[obj][block] = 1;
+}
+
+static int resume_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **view, unsigned max,
+		       char *err, size_t errlen)
+{
+	struct resume_feed *r = ctx;
+	struct live_feed *f = r->live;
+	unsigned n = 0;
+
+	if (r->owing) { /* first what the cut lost, with its current content */
+		for (unsigned o = 0; o < LIVE_OBJ && n < max; o++)
+			for (uint64_t b = 0; b < f->blocks[o] && n < max; b++)
+				if (r->owed[o][b]) {
+					r->owed[o][b] = 0;
+					refs[n] = ENG_REF(o, b);
+					memcpy(data + (size_t)n++ * CDC_BLOCK_SIZE, f->want[o] + b * CDC_BLOCK_SIZE,
+					       CDC_BLOCK_SIZE);
+				}
+		if (n)
+			return (int)n;
+		r->owing = false;
+	}
+	return live_next(f, refs, data, view, max, err, errlen);
+}
+
+static uint64_t resume_size(void *ctx, unsigned obj)
+{
+	return live_size(((struct resume_feed *)ctx)->live, obj);
+}
+
+/* A link that breaks after `limit` bytes: what came before arrives. */
+struct cut_sink {
+	struct eng_mem *m;
+	struct eng_sink inner;
+	size_t limit;
+};
+
+static int cut_write(void *ctx, const void *buf, size_t len)
+{
+	struct cut_sink *c = ctx;
+
+	if (c->m->len + len <= c->limit)
+		return c->inner.write(c->inner.ctx, buf, len);
+	if (c->m->len < c->limit)
+		c->inner.write(c->inner.ctx, buf, c->limit - c->m->len);
+	return -ECONNRESET;
+}
+
+static void test_live_stream_resumes_after_cuts(void **state)
+{
+	static const char *names[LIVE_OBJ] = { "disk", "memory", "devices" };
+	struct live_feed *f = calloc(1, sizeof(*f));
+	struct resume_feed rf = { .live = f };
+	struct trk_index *idx[LIVE_OBJ];
+	struct eng_diff_object obj[LIVE_OBJ];
+	struct eng_patch_object pobj[LIVE_OBJ];
+	struct eng_mem base_mem[LIVE_OBJ], out_mem[LIVE_OBJ];
+	struct eng_store base_st[LIVE_OBJ], out_st[LIVE_OBJ];
+	const struct trk_index *bases[LIVE_OBJ];
+	uint64_t cap[LIVE_OBJ];
+	struct eng_ledger ledger;
+	struct eng_patcher *pt;
+	struct eng_patch_stats st;
+	char path[300], err[256];
+	uint64_t owed_total = 0;
+
+	(void)state;
+	if (!fx.dir)
+		fx.dir = test_tmpdir();
+	uint64_t base_size[LIVE_OBJ] = { 96 * CDC_BLOCK_SIZE, 128 * CDC_BLOCK_SIZE, 5 * CDC_BLOCK_SIZE };
+	for (int i = 0; i < LIVE_POOL; i++)
+		(i % 2 ? test_fill_text : test_fill_random)(f->pool[i], CDC_BLOCK_SIZE);
+	for (int o = 0; o < LIVE_OBJ; o++) {
+		f->size[o] = cap[o] = base_size[o];
+		f->blocks[o] = base_size[o] / CDC_BLOCK_SIZE;
+		f->base[o] = calloc(1, base_size[o]);
+		test_fill_text(f->base[o], base_size[o]);
+		f->want[o] = malloc(base_size[o]);
+		memcpy(f->want[o], f->base[o], base_size[o]);
+		rf.owed[o] = calloc(1, f->blocks[o]);
+		snprintf(path, sizeof(path), "%s/resume-base-%d", fx.dir, o);
+		test_write_file(path, f->base[o], base_size[o]);
+		idx[o] = trk_index_open(path, err, sizeof(err));
+		bases[o] = idx[o];
+		assert_non_null(idx[o]);
+		obj[o] = (struct eng_diff_object){ names[o], idx[o], f->base[o], cap[o] };
+		base_mem[o] = (struct eng_mem){ .data = f->base[o], .len = base_size[o], .cap = base_size[o] };
+		out_mem[o] = (struct eng_mem){ .data = malloc(base_size[o]), .len = base_size[o], .cap = base_size[o],
+					       .max = base_size[o] };
+		memcpy(out_mem[o].data, f->base[o], base_size[o]);
+		base_st[o] = eng_mem_store(&base_mem[o]);
+		out_st[o] = eng_mem_store(&out_mem[o]);
+		pobj[o] = (struct eng_patch_object){ names[o], &base_st[o], &out_st[o], trk_index_digest(idx[o], 0),
+						     base_size[o], trk_index_id(idx[o]) };
+	}
+	assert_int_equal(eng_ledger_init(&ledger, LIVE_OBJ, bases, cap, NULL), 0);
+	struct eng_patch_args pa = { .kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = pobj };
+	assert_int_equal(eng_patcher_new(&pt, &pa, &st, err, sizeof(err)), 0);
+	const unsigned streams = 4;
+	for (unsigned i = 0; i < streams; i++) {
+		struct eng_mem stream = { 0 };
+		struct eng_diff_report rep;
+		struct eng_feed feed = { resume_next, resume_size, &rf };
+		bool last = i + 1 == streams, in_run = i % 2 == 0;
+		struct cut_sink cs = { &stream, eng_mem_sink(&stream), in_run ? 2000 + test_rand() % 60000 : SIZE_MAX };
+		struct eng_sink sink = { cut_write, &cs };
+		struct eng_diff_args a = {
+			.kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = obj, .feed = &feed, .sink = &sink,
+			.aead = CDC_AEAD_AES256GCM, .mode = { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 3 }, .socket = 0,
+			.ledger = &ledger,
+		};
+		f->rounds = last ? 0 : 60; /* the last stream carries only what the cuts lost */
+		f->round = 0;
+		int dr = eng_diff_run(&a, &rep, err, sizeof(err));
+		if (last || !in_run)
+			assert_int_equal(dr, 0);
+		if (!last && !in_run) /* the link goes after the run, somewhere before the trailer */
+			stream.len = 200 + test_rand() % (stream.len - 200 - 300);
+		struct eng_source src = eng_mem_source(&stream);
+		bool cut = false;
+		int ret = eng_patcher_read(pt, &src, NULL, NULL, &cut, err, sizeof(err));
+		if (last) {
+			if (ret)
+				fail_msg("resumed stream %u: %s", i, err);
+		} else {
+			assert_int_not_equal(ret, 0);
+			assert_true(cut);
+			rf.owing = true;
+			owed_total += eng_ledger_rewind(&ledger, eng_patcher_applied(pt), owe_live_block, &rf);
+		}
+		eng_mem_free(&stream);
+	}
+	assert_true(owed_total > 0); /* the cuts cost something, so the test saw a rewind */
+	for (int o = 0; o < LIVE_OBJ; o++) {
+		assert_memory_equal(out_mem[o].data, f->want[o], base_size[o]);
+		eng_mem_free(&out_mem[o]);
+		trk_index_free(idx[o]);
+		free(f->base[o]);
+		free(f->want[o]);
+		free(rf.owed[o]);
+	}
+	eng_patcher_free(pt);
+	eng_ledger_free(&ledger);
+	free(f);
+}
+
 static void test_mode_parse(void **state)
 {
 	(void)state;
@@ -582,11 +796,13 @@ int main(void)
 		cmocka_unit_test(test_mode_parse),
 		cmocka_unit_test(test_round_trip_every_mode),
 		cmocka_unit_test(test_round_trip_odd_sizes),
+		cmocka_unit_test(test_partial_base_round_trip),
 		cmocka_unit_test(test_history_window),
 		cmocka_unit_test(test_dedup_verdicts),
 		cmocka_unit_test(test_mode_switch_while_running),
 		cmocka_unit_test(test_rejects_damage),
 		cmocka_unit_test(test_live_feed_last_version_wins),
+		cmocka_unit_test(test_live_stream_resumes_after_cuts),
 	};
 	test_seed();
 	return cmocka_run_group_tests_name("engine", tests, test_eal_setup, test_eal_teardown);

@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -58,10 +60,38 @@ static inline void test_fill_text(uint8_t *p, size_t n)
 	}
 }
 
+static int test_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	return (flag == FTW_DP ? rmdir(path) : unlink(path)) && 0;
+}
+
+/* Temporary directories go when the process that made them exits (not a forked child). */
+static char *test_dirs[64];
+static unsigned test_ndirs;
+static pid_t test_dirs_owner;
+
+static void test_rm_dirs(void)
+{
+	if (getpid() != test_dirs_owner)
+		return;
+	for (unsigned i = 0; i < test_ndirs; i++)
+		nftw(test_dirs[i], test_rm_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+}
+
 static inline char *test_tmpdir(void)
 {
-	char *d = strdup("/tmp/handoff-test-XXXXXX");
-	return mkdtemp(d);
+	char *d = mkdtemp(strdup("/tmp/handoff-test-XXXXXX"));
+
+	if (d && test_ndirs < sizeof(test_dirs) / sizeof(test_dirs[0])) {
+		if (!test_ndirs) {
+			test_dirs_owner = getpid();
+			atexit(test_rm_dirs);
+		}
+		test_dirs[test_ndirs++] = strdup(d); /* the caller may free d */
+	}
+	return d;
 }
 
 static inline void test_write_file(const char *path, const void *buf, size_t len)

@@ -115,13 +115,21 @@ int trk_table_del(struct trk_table *t, const uint8_t digest[CDC_DIGEST_LEN])
 	return ret < 0 ? ret : 0;
 }
 
-void trk_table_add_index(struct trk_table *t, const struct trk_index *idx, uint64_t tag)
+void trk_table_add_index_masked(struct trk_table *t, const struct trk_index *idx, uint64_t tag,
+				const uint8_t *have)
 {
 	uint64_t n = trk_index_blocks(idx);
 
 	for (uint64_t b = 0; b < n; b++) {
 		const uint8_t *d = trk_index_digest(idx, b);
+		if (have && !(have[b >> 3] >> (b & 7) & 1))
+			continue;
 		if (memcmp(d, cdc_zero_digest(), CDC_DIGEST_LEN) && trk_table_add(t, d, tag | b) == -ENOSPC)
 			break;
 	}
+}
+
+void trk_table_add_index(struct trk_table *t, const struct trk_index *idx, uint64_t tag)
+{
+	trk_table_add_index_masked(t, idx, tag, NULL);
 }

@@ -53,5 +53,8 @@ int trk_table_lookup(const struct trk_table *t, const uint8_t digest[CDC_DIGEST_
 int trk_table_del(struct trk_table *t, const uint8_t digest[CDC_DIGEST_LEN]);
 /* Add the first occurrence of every non-zero block of idx, as tag | block. */
 void trk_table_add_index(struct trk_table *t, const struct trk_index *idx, uint64_t tag);
+/* The same for the blocks whose bit is set in have (bit b of byte b / 8; NULL: all). */
+void trk_table_add_index_masked(struct trk_table *t, const struct trk_index *idx, uint64_t tag,
+				const uint8_t *have);
 
 #endif

@@ -348,7 +348,9 @@ def load_base(basedir):
         spec[k] = os.path.join(basedir, spec[k])
     spec["disk"]["file"] = os.path.join(basedir, spec["disk"]["file"])
     spec["state"]["file"] = os.path.join(basedir, spec["state"]["file"])
-    for f in (spec["kernel"], spec["initrd"], spec["disk"]["file"], spec["state"]["file"]):
+    # the saved state only where a VM resumes from it (from_base): a destination
+    # of receive --cache holds none (cache fetch-base --boot-only)
+    for f in (spec["kernel"], spec["initrd"], spec["disk"]["file"]):
         if not os.path.isfile(f):
             raise GuestError(f"base {basedir} is incomplete: missing {f}")
     spec["basedir"] = basedir
@@ -468,6 +470,8 @@ class Guest:
             raise GuestError("from_base needs disk= (a copy of the base disk, see copy_sparse)")
         if os.path.realpath(disk) == os.path.realpath(spec["disk"]["file"]) and incoming is not None:
             raise GuestError(f"refusing to run a VM on the base's own {spec['disk']['file']}")
+        if incoming == "base" and not os.path.isfile(spec["state"]["file"]):
+            raise GuestError(f"base {basedir} is incomplete: missing {spec['state']['file']}")
         return cls(spec=spec, disk=disk, incoming=incoming, netns=netns,
                    disk_cache=disk_cache, paused=paused, **kw)
 

@@ -1,0 +1,44 @@
+/*
+ * The source VM's guard: a small process that outlives the engine. A send
+ * that dies mid-handoff (killed, crashed, out of memory) cannot put the
+ * source VM back itself: after the stop QEMU holds it paused, and a throttle
+ * keeps its vCPUs slowed. The guard waits on a pipe from the engine; if the
+ * pipe closes before the engine said "committed" or "released", it undoes
+ * what the engine left: the throttle cgroup is closed, QEMU's migration is
+ * cancelled and the VM continued if it was running. Once COMMIT went out the
+ * VM is the destination's and the guard does nothing.
+ *
+ * It is the engine binary itself (`handoff-engine guard`, run by send from
+ * /proc/self/exe, so the same build even if the file was replaced; not for
+ * operators), started in a session of its own so that a ^C meant for the
+ * engine does not reach it, and it says it is up before send goes on.
+ */
+#ifndef HANDOFF_GUARD_H
+#define HANDOFF_GUARD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "throttle.h"
+
+struct eng_guard {
+	pid_t pid;
+	int fd; /* the pipe's write end; -1: no guard */
+};
+
+/* Start a guard for the VM behind qmp_path that was running (or not). */
+int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running, char *err, size_t errlen);
+/* The throttle as it is now (after each change): the guard closes it if the engine dies. */
+void eng_guard_throttle(struct eng_guard *g, const struct eng_throttle *t);
+/* COMMIT is about to go out: from here on the VM is the destination's
+ * (false again: a reconnect found that the COMMIT never arrived). -EPIPE
+ * when the guard is gone: then COMMIT must not go out unguarded. */
+int eng_guard_committed(struct eng_guard *g, bool committed);
+/* The engine ended and left the VM as it should be: the guard just exits. */
+void eng_guard_release(struct eng_guard *g);
+
+/* `handoff-engine guard`: the guard's side, reading the pipe on fd. */
+int eng_guard_main(int fd, const char *qmp_path);
+
+#endif
