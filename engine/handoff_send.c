@@ -230,7 +230,11 @@ static int begin_unscanned_pass(struct src *s)
 		return -ENOMEM;
 	s->unchecked_first = first;
 	s->unchecked_n = n;
+	const uint8_t *have = s->base_have[ENG_VM_MEMORY];
 	for (uint64_t b = 0; b < n; b++) {
+		uint64_t mb = s->shared_off / CDC_BLOCK_SIZE + b; /* in the memory object */
+		if (have && !(have[mb / 8] >> (mb % 8) & 1))
+			continue; /* the destination lacks its base: pending already, and sent whatever it holds */
 		s->unchecked[b / 64] |= 1ull << (b % 64);
 		mark(s, first + b);
 	}
