@@ -72,6 +72,8 @@ struct src {
 	const uint8_t *shared;
 	size_t shared_len;
 	uint64_t shared_off; /* where the backend's RAM block sits in the RAM image */
+	/* the first pass's pages not yet compared with the mirror (begin_unscanned_pass) */
+	uint64_t *unchecked, unchecked_first, unchecked_n, unchecked_pos;
 	int disk_fd;
 	int read_fd;            /* where disk blocks are read: the image behind the tracker, or disk_fd */
 	uint64_t disk_size;
@@ -141,7 +143,7 @@ struct src {
 	double plan_s;
 	bool planned;           /* the plan and map went through */
 	/* start-up, eng_mono_s(): from main() (or the call) to the first state on the wire */
-	double t_begin, t_setup, t_connected, t_first_state;
+	double t_begin, t_setup, t_connected, t_guarded, t_pipeline, t_first_pass, t_first_fed, t_first_state;
 	char fail[512];
 };
 
@@ -209,6 +211,55 @@ static int mark_dirty_disk(struct src *s)
  * own pre-copy cannot be held open (7.2 converges, stopping the VM, as soon
  * as one bitmap sync finds little dirty), so QEMU migrates only at the stop.
  */
+static void start_pass(struct src *s);
+
+/*
+ * The first pass does not wait for a scan of all RAM (half a second here of
+ * reading 256 MiB twice and faulting in the copy-on-write mirror, before the
+ * first byte could go): every page of the shared block starts pending and
+ * unchecked, and the feed sweeps them in address order first (in order, the
+ * kernel maps pages around each fault: about 4x cheaper than at random),
+ * comparing each with the mirror and skipping those still equal to the
+ * base, then goes on in the pass's random order. Later passes scan as usual.
+ */
+static int begin_unscanned_pass(struct src *s)
+{
+	uint64_t first = s->first[ENG_VM_MEMORY] + s->shared_off / CDC_BLOCK_SIZE, n = s->shared_len / CDC_BLOCK_SIZE;
+
+	if (!(s->unchecked = calloc((n + 63) / 64, sizeof(uint64_t))))
+		return -ENOMEM;
+	s->unchecked_first = first;
+	s->unchecked_n = n;
+	const uint8_t *have = s->base_have[ENG_VM_MEMORY];
+	for (uint64_t b = 0; b < n; b++) {
+		uint64_t mb = s->shared_off / CDC_BLOCK_SIZE + b; /* in the memory object */
+		if (have && !(have[mb / 8] >> (mb % 8) & 1))
+			continue; /* the destination lacks its base: pending already, and sent whatever it holds */
+		s->unchecked[b / 64] |= 1ull << (b % 64);
+		mark(s, first + b);
+	}
+	s->last_refresh_s = now_s(s);
+	start_pass(s);
+	return 0;
+}
+
+/* An unchecked page the feed took: false when it still equals the mirror (nothing to send). */
+static bool changed_since_mirror(struct src *s, uint64_t g)
+{
+	uint64_t b = g - s->unchecked_first;
+
+	if (!s->unchecked || g < s->unchecked_first || b >= s->unchecked_n ||
+	    !(s->unchecked[b / 64] >> (b % 64) & 1))
+		return true;
+	s->unchecked[b / 64] &= ~(1ull << (b % 64));
+	uint8_t *m = s->mirror + s->shared_off + b * CDC_BLOCK_SIZE;
+	const uint8_t *live = s->shared + b * CDC_BLOCK_SIZE;
+	if (!memcmp(m, live, CDC_BLOCK_SIZE))
+		return false;
+	memcpy(m, live, CDC_BLOCK_SIZE);
+	return true;
+}
+
 static void scan_shared_ram(struct src *s)
 {
 	uint64_t first = s->first[ENG_VM_MEMORY] + s->shared_off / CDC_BLOCK_SIZE;
@@ -251,6 +302,8 @@ static void start_pass(struct src *s)
 	s->pass_raw0 = s->cur_raw;
 	s->pass_wire0 = s->cur_wire;
 	s->passes++;
+	if (!s->t_first_pass)
+		s->t_first_pass = eng_mono_s();
 	struct pass_report *p = calloc(1, sizeof(*p));
 	if (p) {
 		p->pass = s->passes;
@@ -308,9 +361,13 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 	if (!__atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE) || s->hold)
 		return 0;
 	while (n < max && s->cursor < s->total && steps++ < 16384) {
-		uint64_t g = (uint64_t)(((unsigned __int128)s->perm_mul * s->cursor++ + s->perm_add) %
-					s->total);
-		if (!take(s, g))
+		uint64_t g;
+		if (s->unchecked && s->unchecked_pos < s->unchecked_n) {
+			g = s->unchecked_first + s->unchecked_pos++; /* the first pass's sweep */
+		} else {
+			g = (uint64_t)(((unsigned __int128)s->perm_mul * s->cursor++ + s->perm_add) % s->total);
+		}
+		if (!take(s, g) || !changed_since_mirror(s, g))
 			continue;
 		int ret = fill_block(s, g, &refs[n], data + (size_t)n * CDC_BLOCK_SIZE, err, errlen);
 		if (ret)
@@ -318,9 +375,13 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		n++;
 	}
 	s->fed_blocks += n;
+	if (n && !s->t_first_fed)
+		s->t_first_fed = eng_mono_s();
 	if (s->cur_report)
 		s->cur_report->blocks += n;
 	if (s->cursor >= s->total) {
+		free(s->unchecked); /* every page was visited: later scans take over */
+		s->unchecked = NULL;
 		if (s->cur_report)
 			s->cur_report->end_s = now_s(s);
 		__atomic_store_n(&s->pass_active, false, __ATOMIC_RELEASE);
@@ -538,17 +599,10 @@ static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, do
 	return b;
 }
 
-/* The VM is stopped: a destination that stops reading costs downtime, so it gets less patience. */
-static void impatient(struct src *s)
-{
-	if (s->conn && eng_conn_set_idle_limit(s->conn, ENG_CONTROL_SILENCE_S))
-		fprintf(stderr, "send: warning: cannot shorten the link's idle limit\n");
-}
 
 static void begin_final(struct src *s)
 {
 	s->qemu_done_s = now_s(s);
-	impatient(s);
 	throttle_release(s); /* the VM is stopped: nothing left to slow */
 	/* QEMU stopped the VM: RAM is frozen (QEMU sent none of the shared block) */
 	if (s->shared && s->conn)
@@ -582,6 +636,8 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	s->wire_bytes = s->wire_prev + rep.wire_bytes;
 	if (!s->t_first_state)
 		s->t_first_state = rep.first_data_s;
+	if (!s->t_pipeline)
+		s->t_pipeline = rep.started_s;
 	if (s->conn) {
 		eng_conn_sample(s->conn, &s->link);
 		double r = s->link.rate_smooth_bps > s->link.delivery_bps ? s->link.rate_smooth_bps
@@ -743,6 +799,18 @@ static void tick(void *ctx, struct eng_pipeline *p)
 
 /* ---- set-up and the end --------------------------------------------------------- */
 
+/*
+ * The destination reads what it gets at once (its writes are asynchronous):
+ * a send that moves no byte for 15 s (not the transport's 60) means it is
+ * gone, even behind something that keeps the connection open. Before the
+ * stop that is a cut the handoff survives; after it, downtime.
+ */
+static void impatient(struct eng_conn *c)
+{
+	if (eng_conn_set_idle_limit(c, ENG_CONTROL_SILENCE_S))
+		fprintf(stderr, "send: warning: cannot shorten the link's idle limit\n");
+}
+
 static int conn_send_cb(void *ctx, const void *buf, size_t len)
 {
 	return eng_conn_send(ctx, buf, len);
@@ -825,6 +893,7 @@ static int open_transport(struct src *s, char *err, size_t errlen)
 		if (!s->conn)
 			return -ECONNREFUSED;
 		uint32_t cache_chunk = 0;
+		impatient(s->conn);
 		int r = eng_session_take(s->conn, s->session, &cache_chunk, ENG_SESSION_WAIT_S, err, errlen);
 		if (!r && cache_chunk)
 			r = plan_for_cache(s, cache_chunk, err, errlen);
@@ -1112,12 +1181,19 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(t, "trailer_queued_s", json_object_new_double(s->trailer_s));
 	json_object_object_add(o, "timeline", t);
 	/* seconds from the start of the process: EAL up, base, mirror and QMP ready,
-	 * connected (session taken), first data segment handed to the link */
+	 * connected (session taken), the guard up, the pipeline set up, the first
+	 * pass begun, its first blocks fed, the first data segment handed to the link */
 	json_object *su = json_object_new_object();
 	json_object_object_add(su, "eal_s", json_object_new_double(cli_eal_up_s && cli_main_s ? cli_eal_up_s - cli_main_s : 0));
-	json_object_object_add(su, "setup_s", json_object_new_double(s->t_setup ? s->t_setup - s->t_begin : 0));
-	json_object_object_add(su, "connected_s", json_object_new_double(s->t_connected ? s->t_connected - s->t_begin : 0));
-	json_object_object_add(su, "first_state_s", json_object_new_double(s->t_first_state ? s->t_first_state - s->t_begin : 0));
+#define SINCE(t) json_object_new_double((t) ? (t) - s->t_begin : 0)
+	json_object_object_add(su, "setup_s", SINCE(s->t_setup));
+	json_object_object_add(su, "connected_s", SINCE(s->t_connected));
+	json_object_object_add(su, "guard_s", SINCE(s->t_guarded));
+	json_object_object_add(su, "pipeline_s", SINCE(s->t_pipeline));
+	json_object_object_add(su, "first_pass_s", SINCE(s->t_first_pass));
+	json_object_object_add(su, "first_fed_s", SINCE(s->t_first_fed));
+	json_object_object_add(su, "first_state_s", SINCE(s->t_first_state));
+#undef SINCE
 	json_object_object_add(o, "startup", su);
 	json_object *v = json_object_new_object();
 	for (int i = 0; i < ENG_VERDICT_COUNT; i++)
@@ -1230,6 +1306,7 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 		/* connect retries by itself while nobody listens */
 		if (!(s->conn = eng_conn_connect(s->a->to, &b, deadline - now_s(s), rerr, sizeof(rerr))))
 			break;
+		impatient(s->conn);
 		uint32_t cache_chunk; /* the plan was settled on the first connection */
 		if (!eng_session_take(s->conn, s->session, &cache_chunk, ENG_SESSION_WAIT_S, rerr, sizeof(rerr)) &&
 		    !eng_session_resume_ask(s->conn, s->session, s->a->key, s->a->aead, s->handoff_id,
@@ -1273,7 +1350,6 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 	}
 	s->ended = false;
 	if (s->phase == PH_FINAL) { /* the owed blocks lie behind its cursor */
-		impatient(s);
 		s->final_fed = false;
 		start_pass(s);
 	}
@@ -1315,6 +1391,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		ret = -EIO;
 		goto out;
 	}
+	s->t_guarded = eng_mono_s();
 	/*
 	 * An overlay is the VM suspended by QEMU's own migration: one pass,
 	 * then QEMU stops it (its run state stays "running", so the VM starts
@@ -1346,6 +1423,11 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	if (resumable && eng_ledger_init(&s->ledger, ENG_VM_OBJECTS, bases, capacity,
 					 s->base_have[0] ? (const uint8_t *const *)s->base_have : NULL)) {
 		snprintf(err, errlen, "out of memory for the block ledger");
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (s->conn && s->shared && begin_unscanned_pass(s)) {
+		snprintf(err, errlen, "out of memory");
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -1440,6 +1522,7 @@ out:
 	eng_ledger_free(&s->ledger);
 	free(s->dev);
 	free(s->pending);
+	free(s->unchecked);
 	for (int o = 0; o < ENG_VM_OBJECTS; o++)
 		free(s->base_have[o]);
 	eng_vmbase_close(&s->base);

@@ -131,6 +131,7 @@ struct eng_pipeline {
 	uint64_t verdicts[ENG_VERDICT_COUNT];
 	/* sink */
 	uint64_t wire_bytes;
+	double started_s; /* eng_mono_s() once set up, the header on its way */
 	double first_data_s;
 	volatile int done;
 	volatile int failed;
@@ -1159,6 +1160,7 @@ void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *r
 	}
 	rep->blocks_in_flight = rep->blocks - rep->stages[ENG_STAGE_SINK].blocks;
 	rep->first_data_s = p->first_data_s;
+	rep->started_s = p->started_s;
 }
 
 int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, char *err,
@@ -1176,6 +1178,7 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 	if (ret)
 		goto out;
 	p->start_tsc = rte_rdtsc();
+	p->started_s = eng_mono_s();
 	if (a->stream_out) { /* control messages derive their own key: the segments' stays here */
 		*a->stream_out = p->stream;
 		explicit_bzero(a->stream_out->subkey, sizeof(a->stream_out->subkey));

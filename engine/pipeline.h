@@ -75,6 +75,7 @@ enum eng_verdict {
 struct eng_diff_report {
 	uint64_t target_size, blocks, wire_bytes, segments;
 	uint64_t blocks_in_flight; /* taken from the feed, not yet on the sink */
+	double started_s;          /* eng_mono_s() when the pipeline was set up (tables, pools, keys) */
 	double first_data_s;       /* eng_mono_s() when the first data segment went to the sink; 0: none yet */
 	uint64_t verdicts[ENG_VERDICT_COUNT];
 	uint64_t deltas[CDC_DELTA_COUNT]; /* NEW blocks by encoding (NONE = raw) */
