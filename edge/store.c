@@ -1159,6 +1159,7 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 			memcpy(cand[ncand].digest, k.mv_data, EDG_DIGEST_LEN);
 			cand[ncand].last_use_s = last;
 			cand[ncand].uses = m.uses;
+			cand[ncand].worth = 0; /* least recently used first unless the keep policy answers */
 			cand[ncand++].size = size;
 		}
 	}

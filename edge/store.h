@@ -34,7 +34,7 @@ struct edg_chunk_meta {
 	uint32_t pins;      /* live pins (handoffs in flight) that hold it */
 	uint64_t added_s;   /* wall-clock seconds */
 	uint64_t last_use_s;
-	uint64_t uses;      /* times it was added or read */
+	uint64_t uses;      /* times it was stored (adding it again counts; reading does not) */
 };
 
 struct edg_stat {
