@@ -643,6 +643,35 @@ int edg_store_put_many(struct edg_store *s, uint64_t n, const uint8_t *digests, 
 	return 0;
 }
 
+int edg_store_touch(struct edg_store *s, const uint8_t *digests, uint64_t n, char *err, size_t errlen)
+{
+	uint64_t t = now_s();
+	MDB_txn *txn;
+	int rc;
+
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+		return lmdb_fail(rc, err, errlen, "cannot note chunk uses");
+	for (uint64_t i = 0; i < n; i++) {
+		struct meta_rec m;
+		const uint8_t *d = digests + i * EDG_DIGEST_LEN;
+		if ((rc = meta_read(txn, s, d, &m)) == MDB_NOTFOUND || (!rc && (m.flags & F_MISSING)))
+			continue; /* gone meanwhile: nothing to note */
+		if (rc)
+			break;
+		m.last_use_s = t;
+		m.uses++;
+		if ((rc = meta_write(txn, s, d, &m)))
+			break;
+	}
+	if (rc && rc != MDB_NOTFOUND) {
+		mdb_txn_abort(txn);
+		return lmdb_fail(rc, err, errlen, "cannot note chunk uses");
+	}
+	if ((rc = mdb_txn_commit(txn)))
+		return lmdb_fail(rc, err, errlen, "cannot note chunk uses");
+	return 0;
+}
+
 int edg_store_missing(struct edg_store *s, const uint8_t *digests, uint64_t n, bool *missing, uint64_t *n_missing)
 {
 	MDB_txn *txn;

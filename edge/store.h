@@ -34,7 +34,7 @@ struct edg_chunk_meta {
 	uint32_t pins;      /* live pins (handoffs in flight) that hold it */
 	uint64_t added_s;   /* wall-clock seconds */
 	uint64_t last_use_s;
-	uint64_t uses;      /* times it was stored (adding it again counts; reading does not) */
+	uint64_t uses;      /* times it was stored or used (edg_store_touch); a plain read does not count */
 };
 
 struct edg_stat {
@@ -123,6 +123,12 @@ int edg_store_get(struct edg_store *s, const uint8_t digest[EDG_DIGEST_LEN], voi
 /* Store many chunks in one transaction (one fsync); *added (may be NULL): how many were new. */
 int edg_store_put_many(struct edg_store *s, uint64_t n, const uint8_t *digests, const uint8_t *const *data,
 		       const uint32_t *lens, uint64_t *added, char *err, size_t errlen);
+/*
+ * These chunks were used (read for a handoff): their last use is now and their
+ * uses grow by one, in one write transaction (reads alone do not count: a
+ * write per read would cost more than the read). Absent ones are skipped.
+ */
+int edg_store_touch(struct edg_store *s, const uint8_t *digests, uint64_t n, char *err, size_t errlen);
 /* missing[i]: the cache lacks chunk i (one read transaction for the whole list). */
 int edg_store_missing(struct edg_store *s, const uint8_t *digests, uint64_t n, bool *missing, uint64_t *n_missing);
 /*

@@ -259,6 +259,7 @@ int eng_cache_base_fill(struct eng_cache_base *cb, const struct eng_cache_target
 		}
 	}
 out:
+	cb->filled = !ret;
 	cdc_hasher_free(h);
 	free(buf);
 	free(blocks);
@@ -266,9 +267,31 @@ out:
 	return ret;
 }
 
+/* The chunks the fill read count as used (the keep policy's recency), in one transaction. */
+static void touch_held(struct eng_cache_base *cb)
+{
+	const struct eng_base_plan *p = cb->plan;
+	uint8_t *d = malloc(cb->held_chunks ? cb->held_chunks * CDC_DIGEST_LEN : 1);
+	uint64_t n = 0;
+	char err[200];
+
+	for (unsigned o = 0; d && o < p->nobj; o++)
+		for (uint64_t c = 0; c < p->obj[o].chunks && n < cb->held_chunks; c++)
+			if (bit(cb->chunk_have[o], c) && !is_zero_chunk(cb, o, c))
+				memcpy(d + n++ * CDC_DIGEST_LEN, p->obj[o].digests + c * CDC_DIGEST_LEN, CDC_DIGEST_LEN);
+	if (n && edg_store_touch(cb->store, d, n, err, sizeof(err)))
+		fprintf(stderr, "receive: warning: %s (the cache's recency of %llu chunks stays as it was)\n", err,
+			(unsigned long long)n);
+	free(d);
+}
+
 void eng_cache_base_close(struct eng_cache_base *cb)
 {
 	char err[200];
+
+	if (cb->filled)
+		touch_held(cb);
+	cb->filled = false;
 
 	if (cb->pinned && edg_store_unpin(cb->store, cb->pin_id, err, sizeof(err)))
 		fprintf(stderr, "receive: warning: %s (the pin expires by itself)\n", err);

@@ -4,7 +4,8 @@
  * state; the cache holds some of them. This end pins them all (gc must not take
  * one mid-handoff), writes each chunk it holds into the result, hashes the
  * blocks it wrote (the reader's base digests), and reads the pristine base
- * back from the cache wherever a delta builds on it. The chunk map it then
+ * back from the cache wherever a delta builds on it; at the close the chunks
+ * it read count as used (the keep policy's recency). The chunk map it then
  * answers with is what it actually wrote: a chunk that turned out corrupt or
  * gone is lacking, and the source sends its blocks.
  */
@@ -39,7 +40,7 @@ struct eng_cache_base {
 	uint8_t zero_digest[ENG_MAX_OBJECTS][2][CDC_DIGEST_LEN]; /* a whole and the last chunk, all zero */
 	uint64_t held_chunks, held_bytes, lacking_chunks, lacking_bytes, dropped_chunks;
 	char pin_id[64];
-	bool pinned;
+	bool pinned, filled;
 	struct eng_cache_object ctx[ENG_MAX_OBJECTS];
 	struct eng_store base[ENG_MAX_OBJECTS]; /* the pristine base, read from the cache */
 	struct {

@@ -4,7 +4,8 @@
  * full of junk, fresh memory), zero chunks without a lookup (a hole in the
  * file); a corrupt chunk becomes lacking; the block digests and map say
  * exactly what was written; the pristine base reads back from the cache and
- * refuses lacking blocks; the plan's chunks stay pinned until the close.
+ * refuses lacking blocks; the plan's chunks stay pinned until the close,
+ * which counts the chunks read as used.
  */
 #include "engine/cache_base.h"
 #include "codecs/codecs.h"
@@ -125,7 +126,11 @@ static void test_fill_and_read_back(void **state)
 	const uint8_t *held_digest = plan.obj[1].digests + 1 * CDC_DIGEST_LEN; /* memory chunk 1: stored */
 	edg_store_gc(st, 0, 0, NULL, &rep, err, sizeof(err));
 	assert_true(edg_store_has(st, held_digest));
+	struct edg_chunk_meta before, after;
+	assert_int_equal(edg_store_meta(st, held_digest, &before), 0);
 	eng_cache_base_close(&cb);
+	assert_int_equal(edg_store_meta(st, held_digest, &after), 0);
+	assert_int_equal(after.uses, before.uses + 1); /* read for the handoff: a use, noted at the close */
 	assert_int_equal(edg_store_gc(st, 0, 0, NULL, &rep, err, sizeof(err)), 0);
 	assert_false(edg_store_has(st, held_digest));
 
