@@ -46,7 +46,7 @@ static int setup(void **state)
 	test_write_file(badpw, "wrong\n", 6);
 	chmod(pwfile, 0600);
 	chmod(badpw, 0600);
-	port = 21000 + (int)(getpid() % 20000);
+	port = 21000 + (int)(getpid() % 11000); /* below the ephemeral ports (32768-) */
 	snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
 	if (coordinator_up()) {
 		fprintf(stderr, "test_edge_coord: scripts/coordinator up failed (redis-server installed? scripts/setup)\n");
