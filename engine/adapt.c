@@ -191,20 +191,42 @@ static void update_link(struct eng_adapt *a, const struct eng_adapt_sample *s, c
 	a->link_est = l > a->ceiling ? l : a->ceiling;
 }
 
+/* A mode's processing B/s from the cost model alone. */
+static double model_proc(const struct eng_adapt *a, unsigned i, double feed_max)
+{
+	double lc = a->free_lcores > 0.1 ? a->free_lcores : 0.1;
+	double p = a->feed_ns + a->table[i].p_ns * a->scale_p * a->corr_p[i];
+	double proc = lc * CDC_BLOCK_SIZE * 1e9 / (p > 1 ? p : 1);
+
+	return proc < feed_max ? proc : feed_max;
+}
+
 /* Every mode's predicted input B/s with the current figures. */
 static void predict(struct eng_adapt *a)
 {
-	double lc = a->free_lcores > 0.1 ? a->free_lcores : 0.1;
 	/* ingest runs on one lcore: it bounds every mode alike */
 	double feed_max = a->ingest_ns > 0 ? CDC_BLOCK_SIZE * 1e9 / a->ingest_ns : INFINITY;
+	/*
+	 * The running mode was just seen moving seen_Bps: it processes at least
+	 * that. Busy ns count time the lcore was preempted (the guest shares the
+	 * cores), so the model can put it below what it did; then every mode's
+	 * processing figure is off by the same factor. Without this anchor a
+	 * link-bound fast phase read as CPU-bound, and a lighter mode with a
+	 * worse R won on paper and lost on the wire.
+	 */
+	double cur = model_proc(a, a->cur, feed_max), anchor = 1;
+	if (a->seen_Bps > cur && cur > 0) {
+		anchor = a->seen_Bps / cur;
+		feed_max *= anchor;
+	}
 
 	a->best = a->cur;
 	for (unsigned i = 0; i < a->n; i++) {
-		double p = a->feed_ns + a->table[i].p_ns * a->scale_p * a->corr_p[i];
 		double r = mode_r(a, i);
-		double proc = lc * CDC_BLOCK_SIZE * 1e9 / (p > 1 ? p : 1);
 		double net = a->link_est > 0 ? a->link_est / 8 / (r > 1e-6 ? r : 1e-6) : INFINITY;
-		a->proc[i] = proc < feed_max ? proc : feed_max;
+		a->proc[i] = model_proc(a, i, INFINITY) * anchor;
+		if (a->proc[i] > feed_max)
+			a->proc[i] = feed_max;
 		a->pred[i] = a->proc[i] < net ? a->proc[i] : net;
 		if (a->pred[i] > a->pred[a->best])
 			a->best = i;
@@ -280,6 +302,8 @@ static bool decide(struct eng_adapt *a, const struct eng_adapt_sample *s, char *
 	a->free_lcores = a->free_sum / a->ticks;
 	a->util = (double)(busy_ns(s) - busy_ns(&a->dprev)) / (dt * 1e9 * (a->free_lcores > 0.1 ? a->free_lcores : 0.1));
 	a->app_limited = a->link_ticks && a->idle_ticks * 2 > a->link_ticks;
+	a->seen_Bps = a->mopen && a->windows ? (double)(s->stage[ENG_STAGE_SEAL].blocks - a->dprev.stage[ENG_STAGE_SEAL].blocks) *
+							CDC_BLOCK_SIZE / dt : 0;
 	update_link(a, s, event);
 	a->ticks = a->link_ticks = a->idle_ticks = 0;
 	a->free_sum = a->wait_link = 0;
@@ -311,12 +335,12 @@ static void trace(const struct eng_adapt *a, const struct eng_adapt_sample *s, u
 		"\"scale_p\":%.3f,\"scale_r\":%.3f,\"corr_p\":%.3f,\"corr_r\":%.3f,"
 		"\"link_mbit\":%.3f,\"link_est_mbit\":%.3f,\"ceiling_mbit\":%.3f,\"queue\":%llu,\"unsent\":%llu,"
 		"\"app_limited\":%s,\"free_lcores\":%.2f,\"util\":%.2f,\"pred_mbit\":%.3f,\"best\":\"%s\","
-		"\"best_pred_mbit\":%.3f,\"probe\":%s,\"event\":\"%s\",\"switch\":%s,\"throttle\":%.2f}\n",
+		"\"best_pred_mbit\":%.3f,\"seen_mbit\":%.3f,\"probe\":%s,\"event\":\"%s\",\"switch\":%s,\"throttle\":%.2f}\n",
 		s->t, a->table[from].name, a->table[a->cur].name, a->live_p, a->feed_ns, a->live_r, a->scale_p,
 		a->scale_r, a->corr_p[a->cur], a->corr_r[a->cur], s->link_bps / 1e6, a->link_est / 1e6,
 		a->ceiling / 1e6, (unsigned long long)s->queued, (unsigned long long)s->unsent,
 		a->app_limited ? "true" : "false", s->free_lcores, a->util, a->pred[from] * 8 / 1e6,
-		a->table[a->best].name, a->pred[a->best] * 8 / 1e6, a->probing ? "true" : "false", event,
+		a->table[a->best].name, a->pred[a->best] * 8 / 1e6, a->seen_Bps * 8 / 1e6, a->probing ? "true" : "false", event,
 		from != a->cur ? "true" : "false", s->guest_throttle);
 	fflush(a->trace);
 }

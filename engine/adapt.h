@@ -113,6 +113,7 @@ struct eng_adapt {
 	double free_sum;
 	double wait_link;      /* the link figure at the window's last tick with data waiting */
 	double free_lcores, util; /* over the last window */
+	double seen_Bps;       /* input B/s the running mode moved through the seal stage then */
 	bool app_limited;      /* the last window: the transport's queue was mostly empty */
 	/* link */
 	double link_est;       /* what the predictions use */

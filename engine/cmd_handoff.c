@@ -31,7 +31,7 @@ static const struct cli_opt send_opts[] = {
 	{ 0 },
 };
 
-static const struct eng_mode auto_mode = { CDC_DELTA_BEST, CDC_COMP_ZSTD, 3 };
+static const struct eng_mode auto_mode = { CDC_DELTA_XOR, CDC_COMP_ZSTD, 1 };
 
 static int need_key(const char *loc, const char *key_path, const char *what)
 {

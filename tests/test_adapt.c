@@ -374,6 +374,41 @@ static void test_a_switch_is_measured_after_the_old_blocks_left(void **state)
 	assert_int_equal(a.windows, 1);
 }
 
+/*
+ * A fast link kept 96% full by whichever mode runs, drained so fast that the
+ * queue reads empty, while a guest preempts the lcores: their busy ns are
+ * wall time, so the model puts the running mode at half the rate it was seen
+ * moving. A lighter mode with a worse R then won on paper and moved less
+ * state through the link; the rate seen anchors the model. A probe may try
+ * the lighter mode (the link might have room), but it comes back.
+ */
+static void test_a_link_bound_mode_is_not_read_as_cpu_bound(void **state)
+{
+	static const struct eng_mode_profile pair[] = {
+		{ "light", { CDC_DELTA_NONE, CDC_COMP_ZSTD, -5 }, 3000, 0.115 },
+		{ "running", { CDC_DELTA_XOR, CDC_COMP_ZSTD, 1 }, 8000, 0.100 },
+	};
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next;
+
+	(void)state;
+	eng_adapt_init(&a, pair, 2, &pair[1].mode, NULL);
+	for (int i = 0; i < 80; i++) {
+		double r = pair[a.cur].r, in_Bps = 0.96 * 300e6 / 8 / r;
+		uint64_t blocks = (uint64_t)(in_Bps * 0.1 / 4096);
+		/* two lcores busy the whole tick, one of them preempted half of it */
+		feed(&s, 0.1, blocks, 0.2e9 / (double)blocks, 0, r);
+		s.link_bps = in_Bps * r * 8;
+		s.unsent = 0;
+		s.free_lcores = 1;
+		eng_adapt_tick(&a, &s, &next);
+	}
+	assert_int_equal(a.cur, 1);
+	assert_int_equal(a.switches, 2 * a.probes); /* no switch but probes that came back */
+	assert_true(a.seen_Bps > 0.9 * 0.96 * 300e6 / 8 / pair[1].r);
+}
+
 static void test_generated_table_is_sane(void **state)
 {
 	(void)state;
@@ -414,6 +449,7 @@ int main(void)
 		cmocka_unit_test(test_a_cpu_hog_arriving_and_leaving_moves_and_comes_back),
 		cmocka_unit_test(test_a_feed_bound_pipeline_does_not_probe),
 		cmocka_unit_test(test_a_switch_is_measured_after_the_old_blocks_left),
+		cmocka_unit_test(test_a_link_bound_mode_is_not_read_as_cpu_bound),
 		cmocka_unit_test(test_generated_table_is_sane),
 		cmocka_unit_test(test_cpu_meter),
 	};
