@@ -335,12 +335,13 @@ static void trace(const struct eng_adapt *a, const struct eng_adapt_sample *s, u
 		"\"scale_p\":%.3f,\"scale_r\":%.3f,\"corr_p\":%.3f,\"corr_r\":%.3f,"
 		"\"link_mbit\":%.3f,\"link_est_mbit\":%.3f,\"ceiling_mbit\":%.3f,\"queue\":%llu,\"unsent\":%llu,"
 		"\"app_limited\":%s,\"free_lcores\":%.2f,\"util\":%.2f,\"pred_mbit\":%.3f,\"best\":\"%s\","
-		"\"best_pred_mbit\":%.3f,\"seen_mbit\":%.3f,\"probe\":%s,\"event\":\"%s\",\"switch\":%s,\"throttle\":%.2f}\n",
+		"\"best_pred_mbit\":%.3f,\"seen_mbit\":%.3f,\"fed_mb\":%.3f,\"sealed_mb\":%.3f,\"probe\":%s,\"event\":\"%s\",\"switch\":%s,\"throttle\":%.2f}\n",
 		s->t, a->table[from].name, a->table[a->cur].name, a->live_p, a->feed_ns, a->live_r, a->scale_p,
 		a->scale_r, a->corr_p[a->cur], a->corr_r[a->cur], s->link_bps / 1e6, a->link_est / 1e6,
 		a->ceiling / 1e6, (unsigned long long)s->queued, (unsigned long long)s->unsent,
 		a->app_limited ? "true" : "false", s->free_lcores, a->util, a->pred[from] * 8 / 1e6,
-		a->table[a->best].name, a->pred[a->best] * 8 / 1e6, a->seen_Bps * 8 / 1e6, a->probing ? "true" : "false", event,
+		a->table[a->best].name, a->pred[a->best] * 8 / 1e6, a->seen_Bps * 8 / 1e6,
+		(double)s->stage[ENG_STAGE_INGEST].bytes_in / 1e6, (double)s->stage[ENG_STAGE_SEAL].bytes_out / 1e6, a->probing ? "true" : "false", event,
 		from != a->cur ? "true" : "false", s->guest_throttle);
 	fflush(a->trace);
 }
@@ -428,4 +429,13 @@ double eng_cpu_free(struct eng_cpu_meter *m)
 	m->self = self;
 	m->primed = true;
 	return free_cores;
+}
+
+double eng_cpu_share(double free, double ncpu, unsigned lcores)
+{
+	double others = ncpu - free > 0 ? ncpu - free : 0;
+	double fair = lcores ? ncpu * lcores / (lcores + others) : 0;
+	double f = free > fair ? free : fair;
+
+	return f < lcores ? f : lcores;
 }

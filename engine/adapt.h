@@ -143,5 +143,13 @@ struct eng_cpu_meter {
 	bool primed;
 };
 double eng_cpu_free(struct eng_cpu_meter *m);
+/*
+ * The lcores the engine can count on when `free` cores of ncpu were left by
+ * the others: at least its fair share of the host (the scheduler gives each
+ * busy thread its part, and the others' use counts as that many busy threads),
+ * at most its own lcores. A busy guest leaves almost nothing free, yet lcores
+ * that start working still get their share.
+ */
+double eng_cpu_share(double free, double ncpu, unsigned lcores);
 
 #endif

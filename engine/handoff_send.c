@@ -649,8 +649,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		struct eng_adapt_sample smp;
 		struct eng_mode next;
 		double free_lc = eng_cpu_free(&s->cpu);
-		if (free_lc > rep.lcores)
-			free_lc = rep.lcores;
+		free_lc = eng_cpu_share(free_lc, s->cpu.ncpu, rep.lcores);
 		eng_adapt_fill(&smp, now_s(s), &rep, s->conn ? &s->link : NULL, free_lc);
 		smp.guest_throttle = s->thr.active ? s->thr.fraction : 0;
 		if (s->sq) /* what waits in our send queue waits for the link too */

@@ -420,6 +420,15 @@ static void test_generated_table_is_sane(void **state)
 	assert_non_null(strstr(eng_mode_table_command, "perf/profile"));
 }
 
+static void test_cpu_share_is_at_least_the_fair_share(void **state)
+{
+	(void)state;
+	assert_float_equal(eng_cpu_share(2.0, 2, 2), 2.0, 1e-9);           /* an idle host */
+	assert_float_equal(eng_cpu_share(0.1, 2, 2), 4.0 / 3.9, 1e-9);     /* a busy guest: 2 of 3.9 busy threads */
+	assert_float_equal(eng_cpu_share(1.5, 2, 1), 1.0, 1e-9);           /* never more than its lcores */
+	assert_float_equal(eng_cpu_share(0.0, 4, 2), 8.0 / 6, 1e-9);       /* 4 cores all busy elsewhere: 2 of 6 threads */
+}
+
 static void test_cpu_meter(void **state)
 {
 	struct eng_cpu_meter m = { 0 };
@@ -451,6 +460,7 @@ int main(void)
 		cmocka_unit_test(test_a_switch_is_measured_after_the_old_blocks_left),
 		cmocka_unit_test(test_a_link_bound_mode_is_not_read_as_cpu_bound),
 		cmocka_unit_test(test_generated_table_is_sane),
+		cmocka_unit_test(test_cpu_share_is_at_least_the_fair_share),
 		cmocka_unit_test(test_cpu_meter),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
