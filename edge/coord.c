@@ -465,3 +465,96 @@ int edg_coord_holders(struct edg_coord *c, const uint8_t *digests, uint64_t n, u
 	struct holders_out o = { refs, holders };
 	return run_batches(c, digests, n, 4, b_holders, NULL, r_holders, &o, "holders", err, errlen);
 }
+
+/* ---- holders by name, and where edges serve ------------------------------------ */
+
+struct names_out {
+	struct edg_holder_names *h;
+	const char *self;
+};
+
+static int r_holder_names(uint64_t i, const redisReply *rep, void *out, char *err, size_t errlen)
+{
+	struct names_out *o = out;
+	struct edg_holder_names *h = o->h;
+
+	(void)i;
+	if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 || rep->element[1]->type != REDIS_REPLY_ARRAY) {
+		eng_set_err(err, errlen, "coordinator: unexpected reply to ho_holders");
+		return -1;
+	}
+	for (size_t k = 0; k < rep->element[1]->elements; k++) {
+		const redisReply *e = rep->element[1]->element[k];
+		unsigned j;
+		if (e->type != REDIS_REPLY_STRING || !edge_name_ok(e->str) || !strcmp(e->str, o->self))
+			continue;
+		for (j = 0; j < h->n && strcmp(h->edge[j], e->str); j++)
+			;
+		if (j == h->n) {
+			if (h->n == EDG_HOLDERS_MAX)
+				continue; /* the most an edge asks at once; the rest stay unasked */
+			snprintf(h->edge[h->n++], sizeof(h->edge[0]), "%s", e->str);
+		}
+		h->chunks[j]++;
+	}
+	return 0;
+}
+
+int edg_coord_holder_names(struct edg_coord *c, const uint8_t *digests, uint64_t n, struct edg_holder_names *h,
+			   char *err, size_t errlen)
+{
+	struct names_out o = { h, c->edge };
+
+	memset(h, 0, sizeof(*h));
+	return run_batches(c, digests, n, 4, b_holders, NULL, r_holder_names, &o, "holders", err, errlen);
+}
+
+/* "ho:edge:<name>", a hash: addr (where it serves), at (ms since the epoch) */
+static void edge_key(const char *edge, char *key, size_t len)
+{
+	snprintf(key, len, "ho:edge:%s", edge);
+}
+
+int edg_coord_advertise(struct edg_coord *c, const char *loc, char *err, size_t errlen)
+{
+	char key[80], at[32];
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(at, sizeof(at), "%llu", (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000);
+	edge_key(c->edge, key, sizeof(key));
+	const char *argv[] = { "HSET", key, "addr", loc ? loc : "", "at", at };
+	redisReply *rep = loc ? redisCommandArgv(c->r, 6, argv, NULL) : redisCommand(c->r, "HDEL %s addr at", key);
+	int r = 0;
+	if (!rep || rep->type == REDIS_REPLY_ERROR) {
+		eng_set_err(err, errlen, "coordinator %s: advertise: %s", c->where, rep ? rep->str : c->r->errstr);
+		r = rep ? -EPROTO : -EIO;
+	}
+	freeReplyObject(rep);
+	return r;
+}
+
+int edg_coord_edge_addr(struct edg_coord *c, const char *edge, char *loc, size_t len, char *err, size_t errlen)
+{
+	char key[80];
+
+	if (!edge_name_ok(edge)) {
+		eng_set_err(err, errlen, "edge name '%s': 1-64 of letters, digits, '.', '_', '-'", edge);
+		return -EINVAL;
+	}
+	edge_key(edge, key, sizeof(key));
+	redisReply *rep = redisCommand(c->r, "HGET %s addr", key);
+	int r = 0;
+	if (!rep || rep->type == REDIS_REPLY_ERROR) {
+		eng_set_err(err, errlen, "coordinator %s: edge address: %s", c->where, rep ? rep->str : c->r->errstr);
+		r = rep ? -EPROTO : -EIO;
+	} else if (rep->type != REDIS_REPLY_STRING || !rep->len || rep->len >= len) {
+		eng_set_err(err, errlen, "edge %s serves nowhere the coordinator knows", edge);
+		r = -ENOENT;
+	} else {
+		memcpy(loc, rep->str, rep->len);
+		loc[rep->len] = 0;
+	}
+	freeReplyObject(rep);
+	return r;
+}

@@ -66,4 +66,18 @@ int edg_coord_forget(struct edg_coord *c, const uint8_t *digests, uint64_t n, ch
 int edg_coord_holders(struct edg_coord *c, const uint8_t *digests, uint64_t n, uint32_t *refs, uint32_t *holders,
 		      char *err, size_t errlen);
 
+/* The other edges that hold any of these chunks, and how many of them each holds. */
+#define EDG_HOLDERS_MAX 16
+struct edg_holder_names {
+	unsigned n;
+	char edge[EDG_HOLDERS_MAX][65];
+	uint64_t chunks[EDG_HOLDERS_MAX];
+};
+int edg_coord_holder_names(struct edg_coord *c, const uint8_t *digests, uint64_t n, struct edg_holder_names *h,
+			   char *err, size_t errlen);
+/* Where this edge serves its cache (handoff-engine serve), for the others to fetch from; NULL withdraws it. */
+int edg_coord_advertise(struct edg_coord *c, const char *loc, char *err, size_t errlen);
+/* Where edge `edge` serves: -ENOENT if it never said. */
+int edg_coord_edge_addr(struct edg_coord *c, const char *edge, char *loc, size_t len, char *err, size_t errlen);
+
 #endif

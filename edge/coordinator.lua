@@ -6,7 +6,8 @@ loads them). A chunk's whole state is one hash, ho:c:<hex digest>:
   e:<edge>   unix s     an edge holds it (when it last said so)
   l:<lease>  unix ms    a handoff in flight needs it, until then
   u          unix s     when it last lost its last image
-Every call touches that one key, so it is atomic by itself, idempotent
+An edge that serves its cache says where in ho:edge:<edge> (field addr,
+tcp:HOST:PORT; plain HSET). Every call touches that one key, so it is atomic by itself, idempotent
 (setting a field twice is setting it once), and runs on whichever Redis
 Cluster node owns the key. Plain HSET registers, reports and leases; the
 functions below are the decisions that must read and write in one step.

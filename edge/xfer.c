@@ -8,6 +8,8 @@
  *   NOCHUNK      digest                                           request)
  *   ERROR        text
  *   BYE
+ *   HAVE_REQ     u32 count (<= HAVE_MAX), count digests
+ *   HAVE         u32 count, a bit per digest asked (1: held here)
  */
 #include "xfer.h"
 #include "codecs/codecs.h"
@@ -28,11 +30,14 @@ enum {
 	MSG_NOCHUNK,
 	MSG_ERROR,
 	MSG_BYE,
+	MSG_HAVE_REQ,
+	MSG_HAVE,
 };
 
-#define REQ_MAX 64          /* chunks per request */
+#define REQ_MAX EDG_REQ_MAX
 #define WINDOW 8            /* requests in flight */
 #define PART_MAX 65536      /* digests per recipe part (2 MiB) */
+#define HAVE_MAX 65536      /* digests per have query (2 MiB) */
 #define ZSTD_LEVEL 3
 #define IDLE_S 300.0        /* a client silent this long is gone */
 #define FIRST_S 10.0        /* the wait for a session's first (key-proving) frame */
@@ -116,6 +121,17 @@ static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t 
 	return r;
 }
 
+/* Which of the digests asked about are held here: a bit each, no re-hash (a corrupt copy is NOCHUNK later). */
+static int serve_have(struct edg_store *s, struct edg_chan *ch, const uint8_t *in, uint32_t k, uint8_t *out)
+{
+	put32(out, k);
+	memset(out + 4, 0, (k + 7) / 8);
+	for (uint32_t i = 0; i < k; i++)
+		if (edg_store_has(s, in + 4 + (size_t)i * EDG_DIGEST_LEN))
+			out[4 + i / 8] |= (uint8_t)(1u << (i % 8));
+	return edg_chan_send(ch, MSG_HAVE, out, 4 + (k + 7) / 8);
+}
+
 int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve_stats *st, char *err,
 		      size_t errlen)
 {
@@ -149,6 +165,9 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 			break;
 		if (type == MSG_RECIPE_REQ) {
 			r = serve_recipe(s, ch, in, len, st, out);
+		} else if (type == MSG_HAVE_REQ && len >= 4 && get32(in) <= HAVE_MAX &&
+			   len == 4 + (uint64_t)get32(in) * EDG_DIGEST_LEN) {
+			r = serve_have(s, ch, in, get32(in), out);
 		} else if (type == MSG_CHUNKS_REQ && len >= 4 && get32(in) <= REQ_MAX &&
 			   len == 4 + get32(in) * EDG_DIGEST_LEN) {
 			uint32_t k = get32(in);
@@ -241,36 +260,60 @@ static int flush_batch(struct fetch *f)
 	return r;
 }
 
-/* One reply: the chunk asked for as `want`, checked and queued for the store. */
-static int take_chunk(struct fetch *f, const uint8_t *want)
+int edg_recv_chunk(struct edg_chan *ch, const uint8_t *want, uint8_t *msg, struct cdc_comp_ctx *cz, uint8_t *dst,
+		   uint32_t cap, uint32_t *raw_len, double timeout_s, uint64_t *wire, char *err, size_t errlen)
 {
-	uint32_t cs = edg_store_chunk_size(f->s), len;
+	uint32_t len;
 	uint8_t type, got[EDG_DIGEST_LEN];
-	int r;
+	int r = edg_chan_recv(ch, &type, msg, EDG_CHAN_MAX_PAYLOAD, &len, timeout_s);
 
-	if ((r = recv_msg(f, &type, &len)))
+	if (r) {
+		eng_set_err(err, errlen, "service: %s", recv_error(r));
 		return r;
-	if (type == MSG_NOCHUNK && len == EDG_DIGEST_LEN && !memcmp(f->msg, want, EDG_DIGEST_LEN)) {
-		f->lacking++;
-		return 0;
 	}
-	if (type != MSG_CHUNK || len < CHUNK_HDR || memcmp(f->msg, want, EDG_DIGEST_LEN))
-		return unexpected(f, type, len, "the chunk asked for");
-	uint32_t raw = get32(f->msg + EDG_DIGEST_LEN);
-	uint8_t comp = f->msg[EDG_DIGEST_LEN + 4];
-	uint8_t *dst = f->batch + (size_t)f->nbatch * cs;
-	if (raw > cs || (comp == CDC_COMP_NONE && len - CHUNK_HDR != raw) ||
-	    (comp == CDC_COMP_ZSTD && cdc_decompress(f->cz, CDC_COMP_ZSTD, f->msg + CHUNK_HDR, len - CHUNK_HDR, dst, raw)) ||
+	*wire += 4 + 1 + len + CDC_TAG_LEN;
+	if (type == MSG_NOCHUNK && len == EDG_DIGEST_LEN && !memcmp(msg, want, EDG_DIGEST_LEN))
+		return 1;
+	if (type == MSG_ERROR) {
+		eng_set_err(err, errlen, "service: %.*s", (int)(len < 300 ? len : 300), (const char *)msg);
+		return -ENOENT;
+	}
+	if (type != MSG_CHUNK || len < CHUNK_HDR || memcmp(msg, want, EDG_DIGEST_LEN)) {
+		eng_set_err(err, errlen, "service sent message %u where the chunk asked for was due", type);
+		return -EPROTO;
+	}
+	uint32_t raw = get32(msg + EDG_DIGEST_LEN);
+	uint8_t comp = msg[EDG_DIGEST_LEN + 4];
+	if (raw > cap || (comp == CDC_COMP_NONE && len - CHUNK_HDR != raw) ||
+	    (comp == CDC_COMP_ZSTD && cdc_decompress(cz, CDC_COMP_ZSTD, msg + CHUNK_HDR, len - CHUNK_HDR, dst, raw)) ||
 	    (comp != CDC_COMP_NONE && comp != CDC_COMP_ZSTD)) {
-		eng_set_err(f->err, f->errlen, "service sent a malformed chunk");
+		eng_set_err(err, errlen, "service sent a malformed chunk");
 		return -EPROTO;
 	}
 	if (comp == CDC_COMP_NONE)
-		memcpy(dst, f->msg + CHUNK_HDR, raw);
+		memcpy(dst, msg + CHUNK_HDR, raw);
 	cdc_sha256(dst, raw, got);
 	if (memcmp(got, want, EDG_DIGEST_LEN)) {
-		eng_set_err(f->err, f->errlen, "service sent a chunk whose bytes do not match its name");
+		eng_set_err(err, errlen, "service sent a chunk whose bytes do not match its name");
 		return -EBADMSG;
+	}
+	*raw_len = raw;
+	return 0;
+}
+
+/* One reply: the chunk asked for as `want`, checked and queued for the store. */
+static int take_chunk(struct fetch *f, const uint8_t *want)
+{
+	uint32_t cs = edg_store_chunk_size(f->s), raw;
+	uint8_t *dst = f->batch + (size_t)f->nbatch * cs;
+	int r = edg_recv_chunk(f->ch, want, f->msg, f->cz, dst, cs, &raw, IDLE_S, &f->rep->fetched_wire_bytes, f->err,
+			       f->errlen);
+
+	if (r < 0)
+		return r;
+	if (r == 1) {
+		f->lacking++;
+		return 0;
 	}
 	memcpy(f->batch_digest + f->nbatch * EDG_DIGEST_LEN, want, EDG_DIGEST_LEN);
 	f->batch_ptr[f->nbatch] = dst;
@@ -280,15 +323,62 @@ static int take_chunk(struct fetch *f, const uint8_t *want)
 	return f->nbatch == REQ_MAX ? flush_batch(f) : 0;
 }
 
-static int send_request(struct fetch *f, const uint8_t *digests, uint32_t k)
+int edg_request_chunks(struct edg_chan *ch, const uint8_t *digests, uint32_t k)
 {
-	uint8_t req[4 + REQ_MAX * EDG_DIGEST_LEN];
+	uint8_t req[4 + EDG_REQ_MAX * EDG_DIGEST_LEN];
 
+	if (k > EDG_REQ_MAX)
+		return -EINVAL;
 	put32(req, k);
 	memcpy(req + 4, digests, (size_t)k * EDG_DIGEST_LEN);
-	int r = edg_chan_send(f->ch, MSG_CHUNKS_REQ, req, 4 + k * EDG_DIGEST_LEN);
+	return edg_chan_send(ch, MSG_CHUNKS_REQ, req, 4 + k * EDG_DIGEST_LEN);
+}
+
+static int send_request(struct fetch *f, const uint8_t *digests, uint32_t k)
+{
+	int r = edg_request_chunks(f->ch, digests, k);
 	if (r)
 		eng_set_err(f->err, f->errlen, "cannot reach the service: %s", strerror(-r));
+	return r;
+}
+
+int edg_ask_have(struct edg_chan *ch, const uint8_t *digests, uint64_t n, bool *held, double timeout_s,
+		 uint64_t *wire, char *err, size_t errlen)
+{
+	uint8_t *msg = malloc(EDG_CHAN_MAX_PAYLOAD);
+	int r = 0;
+
+	if (!msg) {
+		eng_set_err(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	for (uint64_t at = 0; !r && at < n; at += HAVE_MAX) {
+		uint32_t k = (uint32_t)(n - at < HAVE_MAX ? n - at : HAVE_MAX), len;
+		uint8_t type;
+		put32(msg, k);
+		memcpy(msg + 4, digests + at * EDG_DIGEST_LEN, (size_t)k * EDG_DIGEST_LEN);
+		if ((r = edg_chan_send(ch, MSG_HAVE_REQ, msg, 4 + k * EDG_DIGEST_LEN))) {
+			eng_set_err(err, errlen, "cannot reach the service: %s", strerror(-r));
+			break;
+		}
+		*wire += 4 + 1 + 4 + (uint64_t)k * EDG_DIGEST_LEN + CDC_TAG_LEN;
+		if ((r = edg_chan_recv(ch, &type, msg, EDG_CHAN_MAX_PAYLOAD, &len, timeout_s))) {
+			eng_set_err(err, errlen, "service: %s", recv_error(r));
+			break;
+		}
+		*wire += 4 + 1 + len + CDC_TAG_LEN;
+		if (type == MSG_ERROR) {
+			eng_set_err(err, errlen, "service: %.*s", (int)(len < 300 ? len : 300), (const char *)msg);
+			r = -ENOENT;
+		} else if (type != MSG_HAVE || len != 4 + (k + 7) / 8 || get32(msg) != k) {
+			eng_set_err(err, errlen, "service sent message %u where the answer to a have query was due", type);
+			r = -EPROTO;
+		} else {
+			for (uint32_t i = 0; i < k; i++)
+				held[at + i] = msg[4 + i / 8] >> (i % 8) & 1;
+		}
+	}
+	free(msg);
 	return r;
 }
 

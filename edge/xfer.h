@@ -49,4 +49,21 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 		     struct edg_fetch_report *rep, edg_progress_fn progress, void *ctx, char *err, size_t errlen);
 void edg_fetch_done(struct edg_chan *ch);
 
+/* The pieces a client that talks to several services at once builds on (edge/multi.h). */
+#define EDG_REQ_MAX 64 /* chunks per request */
+struct cdc_comp_ctx;
+/* Ask for k <= EDG_REQ_MAX chunks; the service answers each, in order. 0 or -errno. */
+int edg_request_chunks(struct edg_chan *ch, const uint8_t *digests, uint32_t k);
+/*
+ * The next answer, due for chunk `want`: 0 with its checked bytes in dst
+ * (*raw_len of them, at most cap), 1 if the service lacks it, or -errno with
+ * err (-ETIMEDOUT after timeout_s: the channel is still in step). msg: a
+ * buffer of EDG_CHAN_MAX_PAYLOAD; *wire grows by the frame's bytes.
+ */
+int edg_recv_chunk(struct edg_chan *ch, const uint8_t *want, uint8_t *msg, struct cdc_comp_ctx *cz, uint8_t *dst,
+		   uint32_t cap, uint32_t *raw_len, double timeout_s, uint64_t *wire, char *err, size_t errlen);
+/* Which of n digests the service holds (held[i]). 0, or -errno with err. */
+int edg_ask_have(struct edg_chan *ch, const uint8_t *digests, uint64_t n, bool *held, double timeout_s,
+		 uint64_t *wire, char *err, size_t errlen);
+
 #endif

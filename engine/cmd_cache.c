@@ -4,9 +4,11 @@
  * LMDB database and the work is reading and hashing files.
  */
 #include "cli.h"
+#include "cli_coord.h"
 #include "conn.h"
 #include "edge/chan.h"
 #include "edge/coord.h"
+#include "edge/multi.h"
 #include "edge/store.h"
 #include "edge/xfer.h"
 #include "vmbase.h"
@@ -22,11 +24,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#define COORD_OPTS(url, auth, edge)                                                                       \
-	[url] = { "coordinator", 0, "URL", false, "redis://[USER@]HOST:PORT of the cache coordinator" },      \
-	[auth] = { "coordinator-auth", 0, "FILE", false, "its password (one line, mode 0600)" },            \
-	[edge] = { "edge", 0, "NAME", false, "this edge's name at the coordinator (default: the host name)" }
 
 enum { A_CACHE, A_CHUNK, A_NAME, A_JSON, A_COORD, A_AUTH, A_EDGE };
 
@@ -68,40 +65,6 @@ static struct edg_store *open_store(const char *cmd, const char *dir, bool creat
 	if (!s)
 		cli_error("%s: %s", cmd, err);
 	return s;
-}
-
-#define COORD_TIMEOUT_S 5.0
-/* Exit status when the cache changed but the coordinator could not be told. */
-#define EXIT_COORD_MISSED 4
-
-/*
- * The coordinator, when --coordinator names one; NULL if not asked for or
- * unreachable (then *missed, after one line saying so: the cache works on
- * alone, and the caller says what that costs).
- */
-static struct edg_coord *coord_open(const char *cmd, const char *url, const char *auth, const char *edge,
-				    bool *missed)
-{
-	char host[65] = "", err[512];
-
-	*missed = false;
-	if (!url)
-		return NULL;
-	if (!auth) {
-		cli_error("%s: --coordinator needs --coordinator-auth FILE", cmd);
-		*missed = true;
-		return NULL;
-	}
-	if (!edge) {
-		gethostname(host, sizeof(host) - 1);
-		edge = host;
-	}
-	struct edg_coord *c = edg_coord_connect(url, auth, edge, COORD_TIMEOUT_S, err, sizeof(err));
-	if (!c) {
-		cli_error("%s: %s", cmd, err);
-		*missed = true;
-	}
-	return c;
 }
 
 /*
@@ -159,7 +122,7 @@ static int add_run(const struct cli_cmd *cmd, const char *const *val)
 	if (!s)
 		return 1;
 	bool missed;
-	struct edg_coord *c = coord_open(cmd->name, val[A_COORD], val[A_AUTH], val[A_EDGE], &missed);
+	struct edg_coord *c = cli_coord_open(cmd->name, val[A_COORD], val[A_AUTH], val[A_EDGE], &missed);
 	json_object *list = json_object_new_array();
 	for (int i = 0; i < n && !ret; i++) {
 		char copy[4096];
@@ -320,7 +283,7 @@ static int remove_run(const struct cli_cmd *cmd, const char *const *val)
 		edg_store_close(s);
 		return 1;
 	}
-	struct edg_coord *c = coord_open(cmd->name, val[R_COORD], val[R_AUTH], val[R_EDGE], &missed);
+	struct edg_coord *c = cli_coord_open(cmd->name, val[R_COORD], val[R_AUTH], val[R_EDGE], &missed);
 	int r = edg_store_remove_image(s, val[R_NAME], err, sizeof(err));
 	if (!r && c && edg_coord_unregister(c, val[R_NAME], d, n, err, sizeof(err))) {
 		cli_error("%s: %s", cmd->name, err);
@@ -482,7 +445,7 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 	if (!s)
 		return 1;
 	bool missed;
-	struct gc_ctx g = { .c = coord_open(cmd->name, val[G_COORD], val[G_AUTH], val[G_EDGE], &missed),
+	struct gc_ctx g = { .c = cli_coord_open(cmd->name, val[G_COORD], val[G_AUTH], val[G_EDGE], &missed),
 			    .grace = grace, .copies = (unsigned)copies, .half_life_s = half };
 	if (missed)
 		fprintf(stderr, "cache gc: collecting on this edge's knowledge alone\n");
@@ -562,74 +525,260 @@ static void print_fetch_json(const char *command, const char *name, const char *
 	cli_print_json(o);
 }
 
-enum { F_CACHE, F_FROM, F_KEY, F_NAME, F_AS, F_JSON };
+enum { F_CACHE, F_FROM, F_ORIGIN, F_KEY, F_NAME, F_AS, F_JSON, F_TIMEOUT, F_COORD, F_AUTH, F_EDGE };
 
 static const struct cli_opt fetch_opts[] = {
 	[F_CACHE] = { "cache", 0, "DIR", true, "the cache to fill (created if absent, with the service's chunk size)" },
-	[F_FROM] = { "from", 0, "tcp:HOST:PORT", true, "the chunk service (handoff-engine serve)" },
-	[F_KEY] = { "key", 0, "FILE", true, "the key the service holds" },
+	[F_FROM] = { "from", 0, "tcp:HOST:PORT,...", false,
+		     "chunk services (handoff-engine serve) to fetch from, all at once" },
+	[F_ORIGIN] = { "origin", 0, "tcp:HOST:PORT", false,
+		       "the image's own source: holds all of it, asked last for chunks others hold" },
+	[F_KEY] = { "key", 0, "FILE", true, "the key the services hold" },
 	[F_NAME] = { "name", 0, "NAME", true, "the image to fetch" },
 	[F_AS] = { "as", 0, "NAME", false, "register it here under NAME (default: the same)" },
-	[F_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout" },
+	[F_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout (with each source's share)" },
+	[F_TIMEOUT] = { "timeout", 0, "SECONDS", false,
+			"a source silent this long loses its chunks to the others (default 2)" },
+	COORD_OPTS(F_COORD, F_AUTH, F_EDGE),
 	{ 0 },
 };
 
 #define FETCH_CONNECT_S 10.0
+#define FETCH_TIMEOUT_S 2.0
+#define FETCH_LOG_S 5.0 /* progress lines when stderr is not a terminal */
+
+struct multi_progress {
+	const char *name;
+	double last;
+};
+
+static void on_multi_progress(void *ctx, const struct edg_peer *p, unsigned n, uint64_t done, uint64_t total,
+			      double secs)
+{
+	struct multi_progress *mp = ctx;
+	bool tty = isatty(2);
+	char line[1024];
+	int at;
+
+	if (!tty && secs - mp->last < FETCH_LOG_S)
+		return;
+	mp->last = secs;
+	at = snprintf(line, sizeof(line), "cache fetch: %s: %llu/%llu chunks (%.0f%%) in %.1f s", mp->name,
+		      (unsigned long long)done, (unsigned long long)total, total ? 100.0 * (double)done / (double)total : 100.0,
+		      secs);
+	for (unsigned k = 0; k < n && at < (int)sizeof(line); k++)
+		at += snprintf(line + at, sizeof(line) - (size_t)at, " | %s %.0f%% %.1f Mbit/s%s", p[k].name,
+			       done ? 100.0 * (double)p[k].chunks / (double)done : 0.0,
+			       secs > 0 ? (double)p[k].raw_bytes * 8 / 1e6 / secs : 0.0, p[k].failed ? " failed" : "");
+	fprintf(stderr, tty ? "\r%s\033[K" : "%s\n", line);
+}
+
+static json_object *peers_json(const struct edg_peer *p, unsigned n, uint64_t fetched)
+{
+	json_object *arr = json_object_new_array();
+
+	for (unsigned k = 0; k < n; k++) {
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "name", json_object_new_string(p[k].name));
+		json_object_object_add(o, "loc", json_object_new_string(p[k].loc));
+		json_object_object_add(o, "origin", json_object_new_boolean(p[k].origin));
+		json_object_object_add(o, "held_chunks", json_object_new_int64((int64_t)p[k].held));
+		json_object_object_add(o, "chunks", json_object_new_int64((int64_t)p[k].chunks));
+		json_object_object_add(o, "share", json_object_new_double(fetched ? (double)p[k].chunks / (double)fetched : 0));
+		json_object_object_add(o, "raw_bytes", json_object_new_int64((int64_t)p[k].raw_bytes));
+		json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)p[k].wire_bytes));
+		json_object_object_add(o, "rate_mbit", json_object_new_double(p[k].rate_bps / 1e6));
+		json_object_object_add(o, "window_bytes", json_object_new_int64((int64_t)p[k].window_bytes));
+		json_object_object_add(o, "min_rtt_ms", json_object_new_double(p[k].min_rtt_s * 1e3));
+		json_object_object_add(o, "duplicate_chunks", json_object_new_int64((int64_t)p[k].duplicate_chunks));
+		json_object_object_add(o, "lacked", json_object_new_int64((int64_t)p[k].lacked));
+		json_object_object_add(o, "failed", json_object_new_boolean(p[k].failed));
+		if (p[k].failed)
+			json_object_object_add(o, "error", json_object_new_string(p[k].error));
+		json_object_array_add(arr, o);
+	}
+	return arr;
+}
+
+/* The sources: --from's list, the origin, and (--coordinator) the edges that hold what the cache lacks. */
+struct sources {
+	struct edg_peer p[EDG_PEERS_MAX];
+	char loc[EDG_PEERS_MAX][300], name[EDG_PEERS_MAX][80];
+	unsigned n;
+};
+
+static int add_source(struct sources *src, const char *loc, size_t len, const char *name, bool origin)
+{
+	for (unsigned k = 0; k < src->n; k++)
+		if (strlen(src->loc[k]) == len && !strncmp(src->loc[k], loc, len)) {
+			src->p[k].origin |= origin;
+			return 0;
+		}
+	if (src->n == EDG_PEERS_MAX) {
+		cli_error("cache fetch: more than %d sources", EDG_PEERS_MAX);
+		return -1;
+	}
+	snprintf(src->loc[src->n], sizeof(src->loc[0]), "%.*s", (int)len, loc);
+	if (!eng_conn_is_remote(src->loc[src->n])) {
+		cli_error("cache fetch: a source wants tcp:HOST:PORT, not '%s'", src->loc[src->n]);
+		return -1;
+	}
+	snprintf(src->name[src->n], sizeof(src->name[0]), "%s", name ? name : src->loc[src->n] + 4);
+	src->p[src->n] = (struct edg_peer){ .loc = src->loc[src->n], .name = src->name[src->n], .origin = origin };
+	src->n++;
+	return 0;
+}
+
+/* Ask the coordinator who holds the chunks this cache lacks, and where they serve. */
+static int coordinated_sources(struct edg_coord *c, struct edg_store *s, const struct edg_recipe *rc,
+			       struct sources *src)
+{
+	struct edg_holder_names h;
+	char err[512], loc[300];
+	bool *missing = malloc(rc->n ? rc->n : 1);
+	uint8_t *lack = malloc(rc->n ? rc->n * EDG_DIGEST_LEN : 1);
+	uint64_t nl = 0, nm;
+	int r = -1;
+
+	if (!missing || !lack || edg_store_missing(s, rc->digests, rc->n, missing, &nm))
+		goto out;
+	for (uint64_t i = 0; i < rc->n; i++)
+		if (missing[i])
+			memcpy(lack + nl++ * EDG_DIGEST_LEN, rc->digests + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+	if (edg_coord_holder_names(c, lack, nl, &h, err, sizeof(err))) {
+		fprintf(stderr, "cache fetch: warning: %s (fetching from the sources named)\n", err);
+		r = 0;
+		goto out;
+	}
+	for (unsigned k = 0; k < h.n; k++) {
+		if (edg_coord_edge_addr(c, h.edge[k], loc, sizeof(loc), err, sizeof(err))) {
+			fprintf(stderr, "cache fetch: %s holds %llu of the chunks, but: %s\n", h.edge[k],
+				(unsigned long long)h.chunks[k], err);
+			continue;
+		}
+		if (add_source(src, loc, strlen(loc), h.edge[k], false))
+			goto out;
+	}
+	r = 0;
+out:
+	free(missing);
+	free(lack);
+	return r;
+}
 
 static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	CLI_KEY(key);
 	char err[512];
-	struct edg_fetch_report rep;
-	struct progress p = { val[F_NAME], mono_s() };
+	struct sources src = { .n = 0 };
+	struct edg_multi_report rep;
+	struct multi_progress mp = { val[F_NAME], 0 };
+	double timeout = FETCH_TIMEOUT_S;
+	uint64_t recipe_wire = 0;
 
-	if (!eng_conn_is_remote(val[F_FROM])) {
-		cli_error("%s: --from wants tcp:HOST:PORT", cmd->name);
+	if (!val[F_FROM] && !val[F_ORIGIN]) {
+		cli_error("%s: name the sources: --from tcp:HOST:PORT,... and/or --origin tcp:HOST:PORT", cmd->name);
 		return 2;
+	}
+	if (val[F_TIMEOUT]) {
+		char *end;
+		timeout = strtod(val[F_TIMEOUT], &end);
+		if (*end || end == val[F_TIMEOUT] || !(timeout >= 0.1 && timeout <= 3600)) {
+			cli_error("%s: bad --timeout '%s' (seconds, 0.1..3600)", cmd->name, val[F_TIMEOUT]);
+			return 2;
+		}
+	}
+	if (val[F_ORIGIN] && add_source(&src, val[F_ORIGIN], strlen(val[F_ORIGIN]), NULL, true))
+		return 2;
+	for (const char *p = val[F_FROM]; p && *p;) {
+		size_t l = strcspn(p, ",");
+		if (l && add_source(&src, p, l, NULL, false))
+			return 2;
+		p += l + (p[l] == ',');
 	}
 	if (cli_read_key(val[F_KEY], key))
 		return 1;
-	struct eng_conn *c = eng_conn_connect(val[F_FROM], NULL, FETCH_CONNECT_S, err, sizeof(err));
-	struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, err, sizeof(err)) : NULL;
-	explicit_bzero(key, sizeof(key));
+	/* the recipe from the origin, else the first source named that has it */
 	struct edg_recipe rc = { 0 };
 	struct edg_store *s = NULL;
+	struct edg_coord *coord = NULL;
+	bool missed = false, got = false;
 	int r = -1;
 	memset(&rep, 0, sizeof(rep));
-	if (ch && !edg_fetch_recipe(ch, val[F_NAME], &rc, &rep.fetched_wire_bytes, err, sizeof(err))) {
+	for (unsigned k = 0; k < src.n && !got; k++) {
+		char e[512];
+		struct eng_conn *c = eng_conn_connect(src.p[k].loc, NULL, FETCH_CONNECT_S, e, sizeof(e));
+		struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, e, sizeof(e)) : NULL;
+		got = ch && !edg_fetch_recipe(ch, val[F_NAME], &rc, &recipe_wire, e, sizeof(e));
+		if (got)
+			edg_fetch_done(ch);
+		else if (k == 0) /* the first source's reason */
+			snprintf(err, sizeof(err), "%.80s: %.400s", src.p[k].name, e);
+		edg_chan_free(ch);
+		if (c)
+			eng_conn_close(c);
+	}
+	if (got) {
 		/* a new cache takes the service's chunk size */
 		s = edg_store_open(val[F_CACHE], true, rc.chunk_size, 0, err, sizeof(err));
-		if (s)
-			r = edg_fetch_chunks(s, ch, &rc, val[F_AS] ? val[F_AS] : val[F_NAME], &rep, on_progress, &p, err,
-					     sizeof(err));
-		edg_fetch_done(ch);
+		coord = s ? cli_coord_open(cmd->name, val[F_COORD], val[F_AUTH], val[F_EDGE], &missed) : NULL;
+		if (s && (!coord || !coordinated_sources(coord, s, &rc, &src)))
+			r = edg_fetch_multi(s, src.p, src.n, key, &rc, val[F_AS] ? val[F_AS] : val[F_NAME], timeout, &rep,
+					    on_multi_progress, &mp, err, sizeof(err));
 	}
+	explicit_bzero(key, sizeof(key));
 	cli_progress_end();
+	if (isatty(2))
+		fprintf(stderr, "\r\033[K");
 	free(rc.digests);
-	edg_chan_free(ch);
-	if (c)
-		eng_conn_close(c);
 	edg_store_close(s);
+	edg_coord_close(coord);
 	if (r) {
 		cli_error("%s: %s", cmd->name, err);
 		return 1;
 	}
-	fprintf(stderr, "cache fetch: %s: %llu chunks, %llu missing here, %llu fetched (%.1f MB, %.1f MB on the wire), "
-			"%.1f s\n",
+	rep.wire_bytes += recipe_wire;
+	fprintf(stderr, "cache fetch: %s: %llu chunks, %llu missing here, %llu fetched (%.1f MB, %.1f MB on the wire) "
+			"from %u sources in %.1f s; longest stall %.2f s\n",
 		val[F_NAME], (unsigned long long)rep.chunks, (unsigned long long)rep.missing,
-		(unsigned long long)rep.fetched_chunks, rep.fetched_raw_bytes / 1e6, rep.fetched_wire_bytes / 1e6,
-		rep.seconds);
-	if (val[F_JSON])
-		print_fetch_json("cache fetch", val[F_NAME], "size", &rep);
-	return 0;
+		(unsigned long long)rep.fetched_chunks, rep.fetched_raw_bytes / 1e6, rep.wire_bytes / 1e6, src.n,
+		rep.seconds, rep.stall_s);
+	for (unsigned k = 0; k < src.n; k++)
+		fprintf(stderr, "cache fetch:   %s%s: %llu chunks (%.0f%%), %.1f Mbit/s%s%s\n", src.p[k].name,
+			src.p[k].origin ? " (origin)" : "", (unsigned long long)src.p[k].chunks,
+			rep.fetched_chunks ? 100.0 * (double)src.p[k].chunks / (double)rep.fetched_chunks : 0.0,
+			src.p[k].rate_bps / 1e6, src.p[k].failed ? ", failed: " : "", src.p[k].failed ? src.p[k].error : "");
+	if (val[F_JSON]) {
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "command", json_object_new_string("cache fetch"));
+		json_object_object_add(o, "name", json_object_new_string(val[F_NAME]));
+		json_object_object_add(o, "size", json_object_new_int64((int64_t)rep.size));
+		json_object_object_add(o, "chunks", json_object_new_int64((int64_t)rep.chunks));
+		json_object_object_add(o, "missing", json_object_new_int64((int64_t)rep.missing));
+		json_object_object_add(o, "fetched_chunks", json_object_new_int64((int64_t)rep.fetched_chunks));
+		json_object_object_add(o, "fetched_raw_bytes", json_object_new_int64((int64_t)rep.fetched_raw_bytes));
+		json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)rep.wire_bytes));
+		json_object_object_add(o, "duplicate_bytes", json_object_new_int64((int64_t)rep.duplicate_bytes));
+		json_object_object_add(o, "seconds", json_object_new_double(rep.seconds));
+		json_object_object_add(o, "stall_s", json_object_new_double(rep.stall_s));
+		json_object_object_add(o, "timeout_s", json_object_new_double(rep.timeout_s));
+		json_object_object_add(o, "sources", peers_json(src.p, src.n, rep.fetched_chunks));
+		cli_print_json(o);
+	}
+	return missed ? EXIT_COORD_MISSED : 0;
 }
 
 const struct cli_cmd cli_cmd_cache_fetch = {
 	.name = "cache fetch",
-	.summary = "Fetch image NAME from a chunk service (handoff-engine serve): its recipe, then\n"
-		   "only the chunks this cache lacks, each checked against its digest; then register\n"
-		   "it. A fetch that fails registers nothing; the chunks that arrived stay.",
-	.usage = "--cache DIR --from tcp:HOST:PORT --key FILE --name NAME [--as NAME] [--json]",
+	.summary = "Fetch image NAME from chunk services (handoff-engine serve): its recipe, then\n"
+		   "only the chunks this cache lacks, from every source at once (each path kept\n"
+		   "full by a window sized from its measured rate and round trip; scarce chunks\n"
+		   "first, the origin last for chunks others hold; a silent or failed source's\n"
+		   "chunks move to the others), each checked against its digest; then register\n"
+		   "it. With --coordinator, the edges that hold what is lacking are asked too.\n"
+		   "A fetch that fails registers nothing; the chunks that arrived stay.",
+	.usage = "--cache DIR --key FILE --name NAME {--from tcp:HOST:PORT,... | --origin tcp:HOST:PORT} [--as NAME] "
+		 "[--timeout SECONDS] [--json] [--coordinator URL --coordinator-auth FILE [--edge NAME]]",
 	.opts = fetch_opts,
 	.run = fetch_run,
 };

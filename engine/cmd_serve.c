@@ -1,10 +1,13 @@
 /*
  * handoff-engine serve: an edge's chunk cache as a service other edges fetch
  * from (edge/xfer.h over edge/chan.h). Long-running; SIGTERM or SIGINT stops
- * it cleanly: no new client is taken, the one being served is cut off (its
- * fetch fails and keeps what had arrived), the cache is closed.
+ * it cleanly: no new client is taken, the ones being served are cut off
+ * (their fetches fail and keep what had arrived), the cache is closed. Up to
+ * CLIENTS_MAX clients are served at once, a thread each: a destination
+ * fetching from several edges, and several destinations, share a service.
  */
 #include "cli.h"
+#include "cli_coord.h"
 #include "conn.h"
 #include "edge/chan.h"
 #include "edge/xfer.h"
@@ -16,20 +19,39 @@
 #include <string.h>
 #include <sys/socket.h>
 
-enum { S_CACHE, S_LISTEN, S_KEY };
+enum { S_CACHE, S_LISTEN, S_KEY, S_ADVERTISE, S_COORD, S_AUTH, S_EDGE };
 
 static const struct cli_opt serve_opts[] = {
 	[S_CACHE] = { "cache", 0, "DIR", true, "the cache to serve" },
 	[S_LISTEN] = { "listen", 0, "tcp:ADDR:PORT", true, "where to take clients (PORT 0: any free port, printed)" },
 	[S_KEY] = { "key", 0, "FILE", true, "the key clients must hold (handoff-engine keygen)" },
+	[S_ADVERTISE] = { "advertise", 0, "tcp:HOST:PORT", false,
+			  "where other edges reach this service, told to the coordinator (default: the listen "
+			  "address with the port taken)" },
+	COORD_OPTS(S_COORD, S_AUTH, S_EDGE),
 	{ 0 },
 };
 
 #define HANDSHAKE_S 10.0
+#define CLIENTS_MAX 32 /* served at once; more wait in the listen queue */
+
+struct server;
+
+struct client {
+	struct server *sv;
+	struct edg_store *s;
+	const uint8_t *key;
+	struct eng_conn *c;
+	pthread_t th;
+	atomic_bool done;  /* its thread ended: join it and reuse the slot */
+	bool used;
+};
 
 struct server {
 	pthread_mutex_t lock;
-	struct eng_conn *active; /* the client being served, to cut off on a signal */
+	pthread_cond_t freed;
+	struct client clients[CLIENTS_MAX]; /* the ones being served, to cut off on a signal */
+	unsigned busy;
 	atomic_bool stop;
 	sigset_t sigs;
 	int signo;
@@ -46,28 +68,26 @@ static void *signal_thread(void *arg)
 	sv->signo = sig;
 	atomic_store(&sv->stop, true);
 	pthread_mutex_lock(&sv->lock);
-	if (sv->active)
-		eng_conn_shutdown(sv->active, SHUT_RDWR);
+	for (unsigned i = 0; i < CLIENTS_MAX; i++)
+		if (sv->clients[i].used && !atomic_load(&sv->clients[i].done))
+			eng_conn_shutdown(sv->clients[i].c, SHUT_RDWR);
+	pthread_cond_broadcast(&sv->freed);
 	pthread_mutex_unlock(&sv->lock);
 	return NULL;
 }
 
-static void serve_one(struct server *sv, struct edg_store *s, struct eng_conn *c, const uint8_t *key)
+static void *serve_one(void *arg)
 {
+	struct client *cl = arg;
+	struct server *sv = cl->sv;
 	char err[512] = "";
 	struct edg_serve_stats st = { 0 };
-	const char *peer = eng_conn_peer(c);
+	const char *peer = eng_conn_peer(cl->c);
 	int r = -1;
 
-	pthread_mutex_lock(&sv->lock);
-	sv->active = c;
-	pthread_mutex_unlock(&sv->lock);
-	struct edg_chan *ch = atomic_load(&sv->stop) ? NULL : edg_chan_server(c, key, HANDSHAKE_S, err, sizeof(err));
+	struct edg_chan *ch = atomic_load(&sv->stop) ? NULL : edg_chan_server(cl->c, cl->key, HANDSHAKE_S, err, sizeof(err));
 	if (ch)
-		r = edg_serve_session(s, ch, &st, err, sizeof(err));
-	pthread_mutex_lock(&sv->lock);
-	sv->active = NULL;
-	pthread_mutex_unlock(&sv->lock);
+		r = edg_serve_session(cl->s, ch, &st, err, sizeof(err));
 	if (r)
 		fprintf(stderr, "serve: %s: %s\n", peer, atomic_load(&sv->stop) ? "cut off by the shutdown" : err);
 	else
@@ -75,14 +95,90 @@ static void serve_one(struct server *sv, struct edg_store *s, struct eng_conn *c
 			(unsigned long long)st.recipes, (unsigned long long)st.chunks_sent, st.bytes_raw / 1e6,
 			st.bytes_sent / 1e6, (unsigned long long)st.chunks_missing);
 	edg_chan_free(ch);
-	eng_conn_close(c);
+	pthread_mutex_lock(&sv->lock);
+	atomic_store(&cl->done, true);
+	pthread_cond_broadcast(&sv->freed);
+	pthread_mutex_unlock(&sv->lock);
+	return NULL;
+}
+
+/* Joins the clients that ended (all of them with wait_all); under sv->lock. */
+static void reap(struct server *sv, bool wait_all)
+{
+	for (;;) {
+		for (unsigned i = 0; i < CLIENTS_MAX; i++) {
+			struct client *cl = &sv->clients[i];
+			if (cl->used && atomic_load(&cl->done)) {
+				pthread_join(cl->th, NULL);
+				eng_conn_close(cl->c);
+				cl->used = false;
+				sv->busy--;
+			}
+		}
+		if (!sv->busy || (!wait_all && sv->busy < CLIENTS_MAX))
+			return;
+		pthread_cond_wait(&sv->freed, &sv->lock);
+	}
+}
+
+/* A thread for the new client; 0, or -1 when none could start (the client is dropped). */
+static int start_client(struct server *sv, struct edg_store *s, struct eng_conn *c, const uint8_t *key)
+{
+	int r = -1;
+
+	pthread_mutex_lock(&sv->lock);
+	reap(sv, false);
+	for (unsigned i = 0; i < CLIENTS_MAX; i++) {
+		struct client *cl = &sv->clients[i];
+		if (cl->used)
+			continue;
+		*cl = (struct client){ .sv = sv, .s = s, .key = key, .c = c, .used = true };
+		if (pthread_create(&cl->th, NULL, serve_one, cl)) {
+			cl->used = false;
+			break;
+		}
+		sv->busy++;
+		r = 0;
+		break;
+	}
+	pthread_mutex_unlock(&sv->lock);
+	return r;
+}
+
+/* Tell the coordinator where other edges reach this service. */
+static int advertise(struct edg_coord *coord, const char *loc, const char *listen, int port)
+{
+	char where[300], err[512];
+
+	if (!loc) {
+		/* tcp:ADDR:PORT with the port taken; a wildcard address tells others nothing */
+		const char *colon = strrchr(listen, ':');
+		int n = colon ? (int)(colon - listen) : 0;
+		if (!colon || !strncmp(listen, "tcp:0.0.0.0:", 12) || !strncmp(listen, "tcp::", 5) ||
+		    !strncmp(listen, "tcp:[::]:", 9)) {
+			cli_error("serve: listening on %s: say where other edges reach it (--advertise tcp:HOST:PORT)", listen);
+			return -1;
+		}
+		snprintf(where, sizeof(where), "%.*s:%d", n, listen, port);
+		loc = where;
+	}
+	if (!eng_conn_is_remote(loc)) {
+		cli_error("serve: --advertise wants tcp:HOST:PORT, not '%s'", loc);
+		return -1;
+	}
+	if (edg_coord_advertise(coord, loc, err, sizeof(err))) {
+		cli_error("serve: %s", err);
+		return -1;
+	}
+	fprintf(stderr, "serve: told the coordinator other edges reach this cache at %s\n", loc);
+	return 0;
 }
 
 static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	CLI_KEY(key);
 	char err[512];
-	struct server sv = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct server sv = { .lock = PTHREAD_MUTEX_INITIALIZER, .freed = PTHREAD_COND_INITIALIZER };
 	pthread_t sig_thread;
 
 	if (cli_read_key(val[S_KEY], key))
@@ -105,6 +201,14 @@ static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 	}
 	fprintf(stderr, "serve: %s on port %d (%u-byte chunks)\n", val[S_CACHE], eng_conn_listener_port(l),
 		edg_store_chunk_size(s));
+	bool missed;
+	struct edg_coord *coord = cli_coord_open(cmd->name, val[S_COORD], val[S_AUTH], val[S_EDGE], &missed);
+	if (missed || (coord && advertise(coord, val[S_ADVERTISE], val[S_LISTEN], eng_conn_listener_port(l)))) {
+		edg_coord_close(coord);
+		eng_conn_listener_close(l);
+		edg_store_close(s);
+		return 1;
+	}
 	printf("%d\n", eng_conn_listener_port(l));
 	fflush(stdout);
 	pthread_create(&sig_thread, NULL, signal_thread, &sv);
@@ -118,9 +222,18 @@ static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 			continue;
 		}
 		clients++;
-		serve_one(&sv, s, c, key);
+		if (start_client(&sv, s, c, key)) {
+			fprintf(stderr, "serve: %s: no thread to serve it\n", eng_conn_peer(c));
+			eng_conn_close(c);
+		}
 	}
+	pthread_mutex_lock(&sv.lock);
+	reap(&sv, true);
+	pthread_mutex_unlock(&sv.lock);
 	pthread_join(sig_thread, NULL);
+	if (coord && edg_coord_advertise(coord, NULL, err, sizeof(err)))
+		fprintf(stderr, "serve: warning: %s (other edges may still try here)\n", err);
+	edg_coord_close(coord);
 	explicit_bzero(key, sizeof(key));
 	eng_conn_listener_close(l);
 	edg_store_close(s);
@@ -133,9 +246,11 @@ const struct cli_cmd cli_cmd_serve = {
 	.summary = "Serve a chunk cache to other edges: they fetch an image's recipe and the\n"
 		   "chunks they lack (handoff-engine cache fetch). Sessions are sealed with keys\n"
 		   "fresh to each session, derived from --key and both ends' random values.\n"
-		   "Prints the port on stdout; one line per client on stderr; one client at a\n"
-		   "time. SIGTERM or SIGINT stops it cleanly.",
-	.usage = "--cache DIR --listen tcp:ADDR:PORT --key FILE",
+		   "Prints the port on stdout; one line per client on stderr; up to 32 clients\n"
+		   "at once. With --coordinator it says where it serves, so destinations that ask\n"
+		   "the coordinator who holds a chunk can fetch from here (cache fetch, receive).\n"
+		   "SIGTERM or SIGINT stops it cleanly (and withdraws the address).",
+	.usage = "--cache DIR --listen tcp:ADDR:PORT --key FILE [--coordinator URL --coordinator-auth FILE [--edge NAME] [--advertise tcp:HOST:PORT]]",
 	.opts = serve_opts,
 	.run = serve_run,
 };

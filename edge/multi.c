@@ -1,0 +1,604 @@
+/*
+ * Multi-source chunk fetch (see multi.h). One worker thread per service:
+ * connect, handshake, ask which wanted chunks it holds, wait for every
+ * service's answer (so scarcity is known), then keep a window of requests
+ * out and check what comes back. The chunk table is shared under one lock;
+ * the bytes are decompressed and hashed outside it.
+ */
+#include "multi.h"
+#include "codecs/codecs.h"
+#include "engine/errbuf.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CONNECT_S 2.0
+#define HAVE_S 30.0
+#define JOIN_WAIT_S 1.0      /* after the first answer, for the others' (a late one joins as it comes) */
+#define WINDOW_START 8       /* chunks in flight before the path is measured */
+#define WINDOW_MIN 2
+#define RATE_INTERVAL_S 0.25 /* goodput samples; the window uses the best of the last RATE_SAMPLES */
+#define RATE_SAMPLES 8
+#define PIN_S 3600
+
+enum chunk_state { PENDING, FLYING, DONE, LOST };
+
+struct job {
+	struct edg_store *s;
+	uint32_t cs;
+	const uint8_t *key;
+	double timeout_s;
+	const uint8_t *w;         /* wanted digests, distinct */
+	uint64_t nw;
+	uint8_t *state;           /* enum chunk_state */
+	uint8_t *flying;          /* services it is asked of now */
+	uint32_t *mask;           /* services that said they hold it */
+	uint8_t *others;          /* of those, how many are not the origin */
+	uint64_t pending, done, lost;
+	uint32_t alive;           /* services still working */
+	unsigned npeers, answered;
+	double first_answer;      /* when the first service said what it holds */
+	uint64_t requeued;        /* bumped when a chunk goes back to PENDING */
+	double t0, last_arrival, stall;
+	uint64_t dup_bytes;
+	int fatal;
+	char *err;
+	size_t errlen;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+};
+
+struct worker {
+	struct job *j;
+	struct edg_peer *p;
+	unsigned id;
+	pthread_t th;
+	uint64_t *order, norder, head, seen_requeued;
+	/* chunks asked for and not yet answered, in the order asked */
+	uint64_t *fifo;
+	double *asked_at;
+	uint64_t fh, fn, fcap;
+	/* the path */
+	double rate_sample[RATE_SAMPLES], interval_t, interval_bytes;
+	unsigned nsample;
+	double active_s, active_since;
+	/* arrived chunks, stored together */
+	uint8_t *msg, *batch, batch_digest[EDG_REQ_MAX * EDG_DIGEST_LEN];
+	const uint8_t *batch_ptr[EDG_REQ_MAX];
+	uint32_t batch_len[EDG_REQ_MAX];
+	unsigned nbatch;
+	struct cdc_comp_ctx *cz;
+	struct eng_conn *c;
+	struct edg_chan *ch;
+};
+
+static double mono(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static int digest_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, EDG_DIGEST_LEN);
+}
+
+/* Waits on the job's condition for at most ms (under j->lock). */
+static void wait_ms(struct job *j, long ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += ms * 1000 * 1000;
+	if (ts.tv_nsec >= 1000000000L)
+		ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+	pthread_cond_timedwait(&j->cond, &j->lock, &ts);
+}
+
+/* ---- the chunk table (under j->lock) ------------------------------------------- */
+
+/* Once every service answered: what no live one holds is lost (pending chunks only). */
+static void settle_unheld(struct job *j)
+{
+	if (j->answered < j->npeers)
+		return; /* one still connecting may hold it */
+	for (uint64_t i = 0; i < j->nw; i++)
+		if (j->state[i] == PENDING && !(j->mask[i] & j->alive)) {
+			j->state[i] = LOST;
+			j->pending--;
+			j->lost++;
+		}
+}
+
+/* Chunk i is nobody's now: back to the pool, or lost when no live service holds it. */
+static void release(struct job *j, uint64_t i)
+{
+	if (j->state[i] != FLYING || j->flying[i])
+		return;
+	if ((j->mask[i] & j->alive) || j->answered < j->npeers) {
+		j->state[i] = PENDING;
+		j->pending++;
+		j->requeued++;
+	} else {
+		j->state[i] = LOST;
+		j->lost++;
+	}
+}
+
+static void peer_failed(struct worker *wk, const char *why)
+{
+	struct job *j = wk->j;
+
+	wk->p->failed = true;
+	snprintf(wk->p->error, sizeof(wk->p->error), "%s", why);
+	j->alive &= ~(1u << wk->id);
+	for (uint64_t k = 0; k < wk->fn; k++) {
+		uint64_t i = wk->fifo[(wk->fh + k) % wk->fcap];
+		j->flying[i]--;
+		release(j, i);
+	}
+	wk->fn = 0;
+	settle_unheld(j); /* what only it held, and nobody is fetching, is lost now */
+	pthread_cond_broadcast(&j->cond);
+}
+
+/* The next chunk for this service: its own order first, then (endgame) one in flight elsewhere. */
+static bool take(struct worker *wk, uint64_t *out)
+{
+	struct job *j = wk->j;
+	uint32_t bit = 1u << wk->id;
+
+	if (wk->seen_requeued != j->requeued) { /* chunks came back: look again from the start */
+		wk->seen_requeued = j->requeued;
+		wk->head = 0;
+	}
+	while (wk->head < wk->norder) {
+		uint64_t i = wk->order[wk->head++];
+		if (j->state[i] == PENDING && (j->mask[i] & bit)) {
+			j->state[i] = FLYING;
+			j->flying[i] = 1;
+			j->pending--;
+			*out = i;
+			return true;
+		}
+	}
+	if (j->pending || wk->fn)
+		return false;
+	/* endgame: nothing left to hand out and this path is idle: race a copy */
+	for (uint64_t k = 0; k < wk->norder; k++) {
+		uint64_t i = wk->order[k];
+		if (j->state[i] == FLYING && j->flying[i] == 1 && (j->mask[i] & bit)) {
+			j->flying[i]++;
+			*out = i;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* ---- one service ---------------------------------------------------------------- */
+
+static double window_bytes(const struct worker *wk)
+{
+	double best = 0, cs = wk->j->cs;
+
+	for (unsigned k = 0; k < wk->nsample && k < RATE_SAMPLES; k++)
+		if (wk->rate_sample[k] > best)
+			best = wk->rate_sample[k];
+	if (best <= 0 || wk->p->min_rtt_s <= 0)
+		return WINDOW_START * cs;
+	/* twice the path's bandwidth-delay product, plus two chunks of slack: it grows
+	 * with every round trip while the window limits, and stays full when the link does */
+	double w = 2 * best * wk->p->min_rtt_s + 2 * cs;
+	return w < WINDOW_MIN * cs ? WINDOW_MIN * cs : w;
+}
+
+static void sample_rate(struct worker *wk, double now, uint32_t raw)
+{
+	wk->interval_bytes += raw;
+	if (now - wk->interval_t < RATE_INTERVAL_S)
+		return;
+	wk->rate_sample[wk->nsample++ % RATE_SAMPLES] = wk->interval_bytes / (now - wk->interval_t);
+	wk->interval_t = now;
+	wk->interval_bytes = 0;
+}
+
+static int flush_batch(struct worker *wk, char *err, size_t errlen)
+{
+	uint64_t added;
+	int r = wk->nbatch ? edg_store_put_many(wk->j->s, wk->nbatch, wk->batch_digest, wk->batch_ptr, wk->batch_len,
+					       &added, err, errlen)
+			   : 0;
+	wk->nbatch = 0;
+	return r;
+}
+
+/* Fill the window: take chunks under the lock, ask for them in requests of up to EDG_REQ_MAX. */
+static int ask_more(struct worker *wk, double now)
+{
+	struct job *j = wk->j;
+	uint8_t req[EDG_REQ_MAX * EDG_DIGEST_LEN];
+	double win = window_bytes(wk);
+	uint32_t per_req = (uint32_t)(win / j->cs / 2);
+
+	per_req = per_req < 1 ? 1 : per_req > EDG_REQ_MAX ? EDG_REQ_MAX : per_req;
+	wk->p->window_bytes = win;
+	for (;;) {
+		uint32_t k = 0;
+		pthread_mutex_lock(&j->lock);
+		while (k < per_req && (double)(wk->fn + 1) * j->cs <= win && wk->fn < wk->fcap) {
+			uint64_t i;
+			if (!take(wk, &i))
+				break;
+			wk->fifo[(wk->fh + wk->fn) % wk->fcap] = i;
+			wk->asked_at[(wk->fh + wk->fn) % wk->fcap] = now;
+			wk->fn++;
+			memcpy(req + (size_t)k++ * EDG_DIGEST_LEN, j->w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+		}
+		pthread_mutex_unlock(&j->lock);
+		if (!k)
+			return 0;
+		if (wk->fn == k) { /* the path was idle: a new busy stretch */
+			wk->active_since = now;
+			wk->interval_t = now;
+			wk->interval_bytes = 0;
+		}
+		int r = edg_request_chunks(wk->ch, req, k);
+		if (r)
+			return r;
+		wk->p->wire_bytes += 4 + 1 + 4 + (uint64_t)k * EDG_DIGEST_LEN + CDC_TAG_LEN;
+	}
+}
+
+/* The answer for the oldest chunk asked. */
+static int take_answer(struct worker *wk, char *err, size_t errlen)
+{
+	struct job *j = wk->j;
+	uint64_t i = wk->fifo[wk->fh];
+	uint8_t *dst = wk->batch + (size_t)wk->nbatch * j->cs;
+	uint32_t raw = 0;
+	int r = edg_recv_chunk(wk->ch, j->w + i * EDG_DIGEST_LEN, wk->msg, wk->cz, dst, j->cs, &raw, j->timeout_s,
+			       &wk->p->wire_bytes, err, errlen);
+	double now = mono();
+
+	if (r < 0)
+		return r;
+	/* the least ever seen: a chunk asked for when its path was idle, so no queue of
+	 * ours is in it (later ones wait behind the window, and would grow it) */
+	double rtt = now - wk->asked_at[wk->fh];
+	if (wk->p->min_rtt_s <= 0 || rtt < wk->p->min_rtt_s)
+		wk->p->min_rtt_s = rtt;
+	wk->fh = (wk->fh + 1) % wk->fcap;
+	wk->fn--;
+	if (!wk->fn)
+		wk->active_s += now - wk->active_since;
+	pthread_mutex_lock(&j->lock);
+	j->flying[i]--;
+	if (r == 1) { /* it said it held the chunk; not any more */
+		wk->p->lacked++;
+		j->mask[i] &= ~(1u << wk->id);
+		release(j, i);
+		pthread_cond_broadcast(&j->cond);
+		pthread_mutex_unlock(&j->lock);
+		return 0;
+	}
+	bool first = j->state[i] != DONE;
+	if (first) {
+		if (j->state[i] == PENDING) /* it had come back to the pool while we raced */
+			j->pending--;
+		j->state[i] = DONE;
+		j->done++;
+		/* stalls: gaps between arrivals, from the first on (connecting is not one) */
+		if (j->last_arrival > 0 && now - j->last_arrival > j->stall)
+			j->stall = now - j->last_arrival;
+		j->last_arrival = now;
+		wk->p->chunks++;
+		wk->p->raw_bytes += raw;
+	} else {
+		wk->p->duplicate_chunks++;
+		j->dup_bytes += raw;
+	}
+	pthread_cond_broadcast(&j->cond);
+	pthread_mutex_unlock(&j->lock);
+	sample_rate(wk, now, raw);
+	if (!first)
+		return 0;
+	memcpy(wk->batch_digest + wk->nbatch * EDG_DIGEST_LEN, j->w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+	wk->batch_ptr[wk->nbatch] = dst;
+	wk->batch_len[wk->nbatch++] = raw;
+	return wk->nbatch == EDG_REQ_MAX ? flush_batch(wk, err, errlen) : 0;
+}
+
+/* Order of this service's chunks: scarcest first; the origin takes its own first, then the others' last ones. */
+static int scarcity_cmp(const void *a, const void *b, void *arg)
+{
+	const struct worker *wk = arg;
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	int ox = wk->j->others[x], oy = wk->j->others[y];
+
+	if (wk->p->origin && (ox == 0) != (oy == 0))
+		return ox == 0 ? -1 : 1;
+	if (ox != oy)
+		return wk->p->origin ? oy - ox : ox - oy;
+	return x < y ? -1 : x > y;
+}
+
+static int build_order(struct worker *wk)
+{
+	struct job *j = wk->j;
+	uint32_t bit = 1u << wk->id;
+
+	wk->order = malloc((wk->p->held ? wk->p->held : 1) * sizeof(*wk->order));
+	if (!wk->order)
+		return -ENOMEM;
+	for (uint64_t i = 0; i < j->nw; i++)
+		if (j->mask[i] & bit)
+			wk->order[wk->norder++] = i;
+	qsort_r(wk->order, wk->norder, sizeof(*wk->order), scarcity_cmp, wk);
+	return 0;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *wk = arg;
+	struct job *j = wk->j;
+	char err[256] = "";
+	bool *held = NULL;
+	int r = -ENOMEM;
+
+	wk->c = eng_conn_connect(wk->p->loc, NULL, CONNECT_S, err, sizeof(err));
+	wk->ch = wk->c ? edg_chan_client(wk->c, j->key, CONNECT_S, err, sizeof(err)) : NULL;
+	if (wk->ch && (held = calloc(j->nw ? j->nw : 1, sizeof(*held))))
+		r = edg_ask_have(wk->ch, j->w, j->nw, held, HAVE_S, &wk->p->wire_bytes, err, sizeof(err));
+	else if (wk->ch)
+		snprintf(err, sizeof(err), "out of memory");
+	/* every service's answer before any request: scarcity decides the order */
+	pthread_mutex_lock(&j->lock);
+	if (!r) {
+		for (uint64_t i = 0; i < j->nw; i++)
+			if (held[i]) {
+				j->mask[i] |= 1u << wk->id;
+				j->others[i] += !wk->p->origin;
+				wk->p->held++;
+			}
+	} else {
+		wk->p->failed = true;
+		snprintf(wk->p->error, sizeof(wk->p->error), "%s", err);
+		j->alive &= ~(1u << wk->id);
+	}
+	j->answered++;
+	if (!j->first_answer)
+		j->first_answer = mono();
+	settle_unheld(j);
+	pthread_cond_broadcast(&j->cond);
+	/* every service's answer before any request, so scarcity decides the order; but a
+	 * service slow to connect does not hold the others up: it joins when it answers */
+	while (j->answered < j->npeers && mono() - j->first_answer < JOIN_WAIT_S)
+		wait_ms(j, 50);
+	pthread_mutex_unlock(&j->lock);
+	free(held);
+	if (r)
+		goto out;
+	if ((r = build_order(wk))) {
+		snprintf(err, sizeof(err), "out of memory");
+		goto fail;
+	}
+	wk->fcap = EDG_CHAN_MAX_PAYLOAD / EDG_DIGEST_LEN; /* more than any window */
+	wk->fifo = malloc(wk->fcap * sizeof(*wk->fifo));
+	wk->asked_at = malloc(wk->fcap * sizeof(*wk->asked_at));
+	wk->msg = malloc(EDG_CHAN_MAX_PAYLOAD);
+	wk->batch = malloc((size_t)EDG_REQ_MAX * j->cs);
+	wk->cz = cdc_comp_new();
+	if (!wk->fifo || !wk->asked_at || !wk->msg || !wk->batch || !wk->cz) {
+		snprintf(err, sizeof(err), "out of memory");
+		r = -ENOMEM;
+		goto fail;
+	}
+	for (;;) {
+		if ((r = ask_more(wk, mono()))) {
+			snprintf(err, sizeof(err), "cannot reach the service: %s", strerror(-r));
+			goto fail;
+		}
+		if (wk->fn) {
+			if ((r = take_answer(wk, err, sizeof(err))))
+				goto fail;
+			continue;
+		}
+		/* nothing to ask for now: wait until chunks come back or the job ends */
+		pthread_mutex_lock(&j->lock);
+		bool over = j->done + j->lost == j->nw || j->fatal;
+		if (!over)
+			wait_ms(j, 100);
+		pthread_mutex_unlock(&j->lock);
+		if (over)
+			break;
+	}
+	if ((r = flush_batch(wk, err, sizeof(err)))) {
+		pthread_mutex_lock(&j->lock);
+		if (!j->fatal) {
+			j->fatal = r;
+			eng_set_err(j->err, j->errlen, "%s", err);
+		}
+		pthread_cond_broadcast(&j->cond);
+		pthread_mutex_unlock(&j->lock);
+	}
+	edg_fetch_done(wk->ch);
+	goto out;
+fail:
+	if (wk->nbatch) { /* what arrived and checked out stays */
+		char ferr[64];
+		flush_batch(wk, ferr, sizeof(ferr));
+	}
+	pthread_mutex_lock(&j->lock);
+	peer_failed(wk, err);
+	pthread_mutex_unlock(&j->lock);
+out:
+	if (wk->fn) /* never left with chunks in flight */
+		wk->active_s += mono() - wk->active_since;
+	wk->p->rate_bps = wk->active_s > 0 ? (double)wk->p->raw_bytes * 8 / wk->active_s : 0;
+	edg_chan_free(wk->ch);
+	if (wk->c)
+		eng_conn_close(wk->c);
+	wk->ch = NULL;
+	wk->c = NULL;
+	return NULL;
+}
+
+/* ---- the fetch ------------------------------------------------------------------ */
+
+int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
+		    const struct edg_recipe *rc, const char *as, double timeout_s, struct edg_multi_report *rep,
+		    edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen)
+{
+	struct job j = { .s = s, .cs = edg_store_chunk_size(s), .key = key, .timeout_s = timeout_s, .npeers = npeers,
+			 .err = err, .errlen = errlen };
+	struct worker *wk = NULL;
+	bool *missing = NULL, pinned = false;
+	uint8_t *w = NULL;
+	char pin[EDG_NAME_MAX + 1];
+	unsigned started = 0;
+	int r = -ENOMEM;
+
+	memset(rep, 0, sizeof(*rep));
+	rep->size = rc->size;
+	rep->chunks = rc->n;
+	rep->timeout_s = timeout_s;
+	j.t0 = mono();
+	if (!npeers || npeers > EDG_PEERS_MAX) {
+		eng_set_err(err, errlen, "between 1 and %d chunk services, not %u", EDG_PEERS_MAX, npeers);
+		return -EINVAL;
+	}
+	if (rc->chunk_size != j.cs) {
+		eng_set_err(err, errlen, "the service cuts %u-byte chunks, this cache %u-byte ones", rc->chunk_size, j.cs);
+		return -EINVAL;
+	}
+	pthread_mutex_init(&j.lock, NULL);
+	pthread_cond_init(&j.cond, NULL);
+	snprintf(pin, sizeof(pin), "fetch:%d:%.200s", (int)getpid(), as);
+	if ((r = edg_store_pin(s, pin, rc->digests, rc->n, (uint64_t)time(NULL) + PIN_S, err, errlen)))
+		goto out;
+	pinned = true;
+	r = -ENOMEM;
+	if (!(missing = malloc(rc->n ? rc->n : 1)))
+		goto oom;
+	if ((r = edg_store_missing(s, rc->digests, rc->n, missing, &rep->missing))) {
+		eng_set_err(err, errlen, "cannot read the cache");
+		goto out;
+	}
+	/* each lacking chunk once (an image repeats some, zeros above all) */
+	r = -ENOMEM;
+	if (!(w = malloc(rc->n ? rc->n * EDG_DIGEST_LEN : 1)))
+		goto oom;
+	for (uint64_t i = 0; i < rc->n; i++)
+		if (missing[i])
+			memcpy(w + j.nw++ * EDG_DIGEST_LEN, rc->digests + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+	qsort(w, j.nw, EDG_DIGEST_LEN, digest_cmp);
+	uint64_t u = 0;
+	for (uint64_t i = 0; i < j.nw; i++)
+		if (!u || memcmp(w + (u - 1) * EDG_DIGEST_LEN, w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN))
+			memmove(w + u++ * EDG_DIGEST_LEN, w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+	j.nw = u;
+	rep->missing = u;
+	j.w = w;
+	j.pending = u;
+	j.state = calloc(u ? u : 1, 1);
+	j.flying = calloc(u ? u : 1, 1);
+	j.mask = calloc(u ? u : 1, sizeof(*j.mask));
+	j.others = calloc(u ? u : 1, 1);
+	wk = calloc(npeers, sizeof(*wk));
+	if (!j.state || !j.flying || !j.mask || !j.others || !wk)
+		goto oom;
+	j.alive = (1u << npeers) - 1;
+	for (unsigned k = 0; k < npeers; k++) {
+		memset(&peers[k].held, 0, sizeof(peers[k]) - offsetof(struct edg_peer, held));
+		wk[k] = (struct worker){ .j = &j, .p = &peers[k], .id = k };
+	}
+	for (; started < npeers; started++)
+		if (pthread_create(&wk[started].th, NULL, worker_main, &wk[started])) {
+			/* the ones not started count as answered-and-failed */
+			pthread_mutex_lock(&j.lock);
+			for (unsigned k = started; k < npeers; k++) {
+				peers[k].failed = true;
+				snprintf(peers[k].error, sizeof(peers[k].error), "no thread for it");
+				j.alive &= ~(1u << k);
+				j.answered++;
+			}
+			pthread_cond_broadcast(&j.cond);
+			pthread_mutex_unlock(&j.lock);
+			break;
+		}
+	/* progress from here while the workers run */
+	double shown = 0;
+	for (;;) {
+		pthread_mutex_lock(&j.lock);
+		bool over = j.done + j.lost == j.nw || j.fatal || (j.answered == npeers && !j.alive);
+		if (!over)
+			wait_ms(&j, 500);
+		double now = mono();
+		if (progress && (over || now - shown >= 0.5)) { /* arrivals wake us far more often */
+			progress(ctx, peers, npeers, j.done, j.nw, now - j.t0);
+			shown = now;
+		}
+		pthread_mutex_unlock(&j.lock);
+		if (over)
+			break;
+	}
+	for (unsigned k = 0; k < started; k++)
+		pthread_join(wk[k].th, NULL);
+	/* a chunk nobody left holds is lost (every service failed, or none held it) */
+	for (uint64_t i = 0; i < j.nw; i++)
+		if (j.state[i] == PENDING || j.state[i] == FLYING)
+			j.state[i] = LOST, j.lost++;
+	rep->seconds = mono() - j.t0;
+	rep->stall_s = j.stall;
+	rep->lost = j.lost;
+	rep->duplicate_bytes = j.dup_bytes;
+	for (unsigned k = 0; k < npeers; k++) {
+		rep->fetched_chunks += peers[k].chunks;
+		rep->fetched_raw_bytes += peers[k].raw_bytes;
+		rep->wire_bytes += peers[k].wire_bytes;
+	}
+	if (j.fatal) {
+		r = j.fatal;
+	} else if (j.lost) {
+		char who[256] = "";
+		for (unsigned k = 0; k < npeers; k++)
+			if (peers[k].failed && !who[0])
+				snprintf(who, sizeof(who), " (%s: %s)", peers[k].name, peers[k].error);
+		eng_set_err(err, errlen, "%llu chunks of the image are held by no service left%s",
+			    (unsigned long long)j.lost, who);
+		r = -ENOENT;
+	} else {
+		r = edg_store_register(s, as, rc->size, rc->digests, rc->n, err, errlen);
+	}
+	goto out;
+oom:
+	eng_set_err(err, errlen, "out of memory");
+out:
+	if (pinned)
+		edg_store_unpin(s, pin, NULL, 0);
+	for (unsigned k = 0; wk && k < npeers; k++) {
+		free(wk[k].order);
+		free(wk[k].fifo);
+		free(wk[k].asked_at);
+		free(wk[k].msg);
+		free(wk[k].batch);
+		cdc_comp_free(wk[k].cz);
+	}
+	free(wk);
+	free(j.state);
+	free(j.flying);
+	free(j.mask);
+	free(j.others);
+	free(w);
+	free(missing);
+	pthread_cond_destroy(&j.cond);
+	pthread_mutex_destroy(&j.lock);
+	return r;
+}

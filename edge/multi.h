@@ -1,0 +1,55 @@
+/*
+ * Multi-source chunk fetch: the chunks a cache lacks of an image, pulled
+ * from every chunk service that holds them at once (seed 001: several
+ * transmission paths into the destination). Each service is asked which of
+ * the wanted chunks it holds; then one worker per service keeps its path
+ * full with a window sized from that path's measured goodput and round trip
+ * (not a fixed count), taking the scarcest chunks first; the image's origin
+ * takes the chunks only it holds first and, of the rest, those the others
+ * would reach last. A chunk is asked of one service at a time; when nothing
+ * is left to hand out, an idle service asks again for chunks still in flight
+ * elsewhere (endgame), and the first copy to arrive counts. Every chunk is
+ * checked against its digest. A service that fails, lacks a chunk it said it
+ * held, or stays silent for the timeout loses its chunks to the others.
+ */
+#ifndef HANDOFF_EDGE_MULTI_H
+#define HANDOFF_EDGE_MULTI_H
+
+#include "xfer.h"
+
+#define EDG_PEERS_MAX 16
+
+struct edg_peer {
+	const char *loc;       /* tcp:HOST:PORT */
+	const char *name;      /* for progress and reports */
+	bool origin;           /* the image's source: last for chunks others hold */
+	/* filled in by the fetch */
+	uint64_t held;         /* wanted chunks it said it holds */
+	uint64_t chunks, raw_bytes, wire_bytes, duplicate_chunks, lacked;
+	double rate_bps;       /* raw bits/s while it had chunks in flight */
+	double window_bytes, min_rtt_s;
+	bool failed;
+	char error[256];
+};
+
+struct edg_multi_report {
+	uint64_t size, chunks, missing;   /* the image, and the distinct chunks the cache lacked */
+	uint64_t fetched_chunks, fetched_raw_bytes, wire_bytes, duplicate_bytes, lost;
+	double seconds, stall_s, timeout_s;  /* stall_s: the longest gap between arrivals */
+};
+
+/* Called about twice a second from the calling thread, peers' figures so far. */
+typedef void (*edg_multi_progress_fn)(void *ctx, const struct edg_peer *peers, unsigned npeers, uint64_t done,
+				      uint64_t total, double seconds);
+
+/*
+ * Fetch what s lacks of recipe rc from peers[0..npeers) and register it as
+ * `as` (pinned meanwhile, as edg_fetch_chunks). A peer that cannot be
+ * reached or fails is reported in its own entry; the fetch fails only when
+ * some chunk is held by no peer that is left. 0, or -errno with err.
+ */
+int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
+		    const struct edg_recipe *rc, const char *as, double timeout_s, struct edg_multi_report *rep,
+		    edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,28 @@
+/*
+ * The cache coordinator on the command line: the options every command that
+ * talks to it takes, and opening it (edge/coord.h).
+ */
+#ifndef HANDOFF_ENGINE_CLI_COORD_H
+#define HANDOFF_ENGINE_CLI_COORD_H
+
+#include <stdbool.h>
+
+#include "edge/coord.h"
+
+#define COORD_OPTS(url, auth, edge)                                                                       \
+	[url] = { "coordinator", 0, "URL", false, "redis://[USER@]HOST:PORT of the cache coordinator" },      \
+	[auth] = { "coordinator-auth", 0, "FILE", false, "its password (one line, mode 0600)" },            \
+	[edge] = { "edge", 0, "NAME", false, "this edge's name at the coordinator (default: the host name)" }
+
+#define COORD_TIMEOUT_S 5.0
+/* Exit status when the cache changed but the coordinator could not be told. */
+#define EXIT_COORD_MISSED 4
+
+/*
+ * The coordinator, when url names one; NULL if not asked for or unreachable
+ * (then *missed, after one line saying so: the edge works on alone, and the
+ * caller says what that costs). edge NULL: the host name.
+ */
+struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *auth, const char *edge, bool *missed);
+
+#endif
