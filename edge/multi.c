@@ -6,6 +6,7 @@
  * the bytes are decompressed and hashed outside it.
  */
 #include "multi.h"
+#include "coord.h"
 #include "codecs/codecs.h"
 #include "engine/errbuf.h"
 
@@ -452,52 +453,42 @@ out:
 
 /* ---- the fetch ------------------------------------------------------------------ */
 
-int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
-		    const struct edg_recipe *rc, const char *as, double timeout_s, struct edg_multi_report *rep,
-		    edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen)
+int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
+		  const uint8_t *digests, uint64_t n, double timeout_s, struct edg_multi_report *rep,
+		  edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen)
 {
 	struct job j = { .s = s, .cs = edg_store_chunk_size(s), .key = key, .timeout_s = timeout_s, .npeers = npeers,
 			 .err = err, .errlen = errlen };
 	struct worker *wk = NULL;
-	bool *missing = NULL, pinned = false;
+	bool *missing = NULL;
 	uint8_t *w = NULL;
-	char pin[EDG_NAME_MAX + 1];
 	unsigned started = 0;
 	int r = -ENOMEM;
 
 	memset(rep, 0, sizeof(*rep));
-	rep->size = rc->size;
-	rep->chunks = rc->n;
+	rep->chunks = n;
 	rep->timeout_s = timeout_s;
 	j.t0 = mono();
 	if (!npeers || npeers > EDG_PEERS_MAX) {
 		eng_set_err(err, errlen, "between 1 and %d chunk services, not %u", EDG_PEERS_MAX, npeers);
 		return -EINVAL;
 	}
-	if (rc->chunk_size != j.cs) {
-		eng_set_err(err, errlen, "the service cuts %u-byte chunks, this cache %u-byte ones", rc->chunk_size, j.cs);
-		return -EINVAL;
-	}
 	pthread_mutex_init(&j.lock, NULL);
 	pthread_cond_init(&j.cond, NULL);
-	snprintf(pin, sizeof(pin), "fetch:%d:%.200s", (int)getpid(), as);
-	if ((r = edg_store_pin(s, pin, rc->digests, rc->n, (uint64_t)time(NULL) + PIN_S, err, errlen)))
-		goto out;
-	pinned = true;
-	r = -ENOMEM;
-	if (!(missing = malloc(rc->n ? rc->n : 1)))
+	if (!(missing = malloc(n ? n : 1)))
 		goto oom;
-	if ((r = edg_store_missing(s, rc->digests, rc->n, missing, &rep->missing))) {
+	uint64_t nm;
+	if ((r = edg_store_missing(s, digests, n, missing, &nm))) {
 		eng_set_err(err, errlen, "cannot read the cache");
 		goto out;
 	}
 	/* each lacking chunk once (an image repeats some, zeros above all) */
 	r = -ENOMEM;
-	if (!(w = malloc(rc->n ? rc->n * EDG_DIGEST_LEN : 1)))
+	if (!(w = malloc(n ? n * EDG_DIGEST_LEN : 1)))
 		goto oom;
-	for (uint64_t i = 0; i < rc->n; i++)
+	for (uint64_t i = 0; i < n; i++)
 		if (missing[i])
-			memcpy(w + j.nw++ * EDG_DIGEST_LEN, rc->digests + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+			memcpy(w + j.nw++ * EDG_DIGEST_LEN, digests + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
 	qsort(w, j.nw, EDG_DIGEST_LEN, digest_cmp);
 	uint64_t u = 0;
 	for (uint64_t i = 0; i < j.nw; i++)
@@ -505,6 +496,10 @@ int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers
 			memmove(w + u++ * EDG_DIGEST_LEN, w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
 	j.nw = u;
 	rep->missing = u;
+	if (!u) { /* nothing lacking: no source need be asked */
+		r = 0;
+		goto out;
+	}
 	j.w = w;
 	j.pending = u;
 	j.state = calloc(u ? u : 1, 1);
@@ -564,25 +559,11 @@ int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers
 		rep->fetched_raw_bytes += peers[k].raw_bytes;
 		rep->wire_bytes += peers[k].wire_bytes;
 	}
-	if (j.fatal) {
-		r = j.fatal;
-	} else if (j.lost) {
-		char who[256] = "";
-		for (unsigned k = 0; k < npeers; k++)
-			if (peers[k].failed && !who[0])
-				snprintf(who, sizeof(who), " (%s: %s)", peers[k].name, peers[k].error);
-		eng_set_err(err, errlen, "%llu chunks of the image are held by no service left%s",
-			    (unsigned long long)j.lost, who);
-		r = -ENOENT;
-	} else {
-		r = edg_store_register(s, as, rc->size, rc->digests, rc->n, err, errlen);
-	}
+	r = j.fatal;
 	goto out;
 oom:
 	eng_set_err(err, errlen, "out of memory");
 out:
-	if (pinned)
-		edg_store_unpin(s, pin, NULL, 0);
 	for (unsigned k = 0; wk && k < npeers; k++) {
 		free(wk[k].order);
 		free(wk[k].fifo);
@@ -601,4 +582,95 @@ out:
 	pthread_cond_destroy(&j.cond);
 	pthread_mutex_destroy(&j.lock);
 	return r;
+}
+
+int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
+		    const struct edg_recipe *rc, const char *as, double timeout_s, struct edg_multi_report *rep,
+		    edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen)
+{
+	char pin[EDG_NAME_MAX + 1];
+	int r;
+
+	memset(rep, 0, sizeof(*rep));
+	if (rc->chunk_size != edg_store_chunk_size(s)) {
+		eng_set_err(err, errlen, "the service cuts %u-byte chunks, this cache %u-byte ones", rc->chunk_size,
+			    edg_store_chunk_size(s));
+		return -EINVAL;
+	}
+	/* pinned while it arrives: a collection meanwhile must not take what is not registered yet */
+	snprintf(pin, sizeof(pin), "fetch:%d:%.200s", (int)getpid(), as);
+	if ((r = edg_store_pin(s, pin, rc->digests, rc->n, (uint64_t)time(NULL) + PIN_S, err, errlen)))
+		return r;
+	r = edg_fetch_set(s, peers, npeers, key, rc->digests, rc->n, timeout_s, rep, progress, ctx, err, errlen);
+	rep->size = rc->size;
+	if (!r && rep->lost) {
+		char who[300] = "";
+		for (unsigned k = 0; k < npeers; k++)
+			if (peers[k].failed && !who[0])
+				snprintf(who, sizeof(who), " (%.40s: %.240s)", peers[k].name, peers[k].error);
+		eng_set_err(err, errlen, "%llu chunks of the image are held by no service left%s",
+			    (unsigned long long)rep->lost, who);
+		r = -ENOENT;
+	}
+	if (!r)
+		r = edg_store_register(s, as, rc->size, rc->digests, rc->n, err, errlen);
+	edg_store_unpin(s, pin, NULL, 0);
+	return r;
+}
+
+/* ---- sources -------------------------------------------------------------------- */
+
+static int add_one(struct edg_sources *src, const char *loc, size_t len, const char *name, bool origin, char *err,
+		   size_t errlen)
+{
+	for (unsigned k = 0; k < src->n; k++)
+		if (strlen(src->loc[k]) == len && !strncmp(src->loc[k], loc, len)) {
+			src->p[k].origin |= origin;
+			return 0;
+		}
+	if (src->n == EDG_PEERS_MAX) {
+		eng_set_err(err, errlen, "more than %d chunk sources", EDG_PEERS_MAX);
+		return -1;
+	}
+	snprintf(src->loc[src->n], sizeof(src->loc[0]), "%.*s", (int)len, loc);
+	if (strncmp(src->loc[src->n], "tcp:", 4) || !strchr(src->loc[src->n] + 4, ':')) {
+		eng_set_err(err, errlen, "a chunk source is tcp:HOST:PORT, not '%s'", src->loc[src->n]);
+		return -1;
+	}
+	snprintf(src->name[src->n], sizeof(src->name[0]), "%s", name ? name : src->loc[src->n] + 4);
+	src->p[src->n] = (struct edg_peer){ .loc = src->loc[src->n], .name = src->name[src->n], .origin = origin };
+	src->n++;
+	return 0;
+}
+
+int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char *err, size_t errlen)
+{
+	for (const char *p = list; *p;) {
+		size_t l = strcspn(p, ",");
+		if (l && add_one(src, p, l, NULL, origin, err, errlen))
+			return -1;
+		p += l + (p[l] == ',');
+	}
+	return 0;
+}
+
+int edg_sources_ask_coordinator(struct edg_sources *src, struct edg_coord *c, const uint8_t *digests, uint64_t n,
+				FILE *log, char *err, size_t errlen)
+{
+	struct edg_holder_names h;
+	char loc[300], e[512];
+
+	if (edg_coord_holder_names(c, digests, n, &h, err, errlen))
+		return -1;
+	for (unsigned k = 0; k < h.n; k++) {
+		if (edg_coord_edge_addr(c, h.edge[k], loc, sizeof(loc), e, sizeof(e))) {
+			if (log)
+				fprintf(log, "edge %s holds %llu of the chunks, but: %s\n", h.edge[k],
+					(unsigned long long)h.chunks[k], e);
+			continue;
+		}
+		if (add_one(src, loc, strlen(loc), h.edge[k], false, err, errlen))
+			return -1;
+	}
+	return 0;
 }

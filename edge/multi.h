@@ -15,6 +15,8 @@
 #ifndef HANDOFF_EDGE_MULTI_H
 #define HANDOFF_EDGE_MULTI_H
 
+#include <stdio.h>
+
 #include "xfer.h"
 
 #define EDG_PEERS_MAX 16
@@ -43,6 +45,16 @@ typedef void (*edg_multi_progress_fn)(void *ctx, const struct edg_peer *peers, u
 				      uint64_t total, double seconds);
 
 /*
+ * Fetch into s those of the n digests it lacks (each once), from peers at
+ * once. The caller pins what it needs kept. 0 also when some chunk is held by
+ * no peer left (rep->lost counts them: the caller decides what that means),
+ * or -errno with err (bad arguments, the store failing).
+ */
+int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
+		  const uint8_t *digests, uint64_t n, double timeout_s, struct edg_multi_report *rep,
+		  edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen);
+
+/*
  * Fetch what s lacks of recipe rc from peers[0..npeers) and register it as
  * `as` (pinned meanwhile, as edg_fetch_chunks). A peer that cannot be
  * reached or fails is reported in its own entry; the fetch fails only when
@@ -51,5 +63,22 @@ typedef void (*edg_multi_progress_fn)(void *ctx, const struct edg_peer *peers, u
 int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
 		    const struct edg_recipe *rc, const char *as, double timeout_s, struct edg_multi_report *rep,
 		    edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen);
+
+/* Where to fetch from: services named on the command line and edges the coordinator knows. */
+struct edg_coord;
+struct edg_sources {
+	struct edg_peer p[EDG_PEERS_MAX];
+	char loc[EDG_PEERS_MAX][300], name[EDG_PEERS_MAX][80];
+	unsigned n;
+};
+/* Add tcp:HOST:PORT[,tcp:HOST:PORT...] (a source named twice is one; origin marks it). 0, or -1 with err. */
+int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char *err, size_t errlen);
+/*
+ * Add the edges that hold any of the n digests (other than the asking edge),
+ * at the address each advertised; one line on log for an edge that holds some
+ * but serves nowhere known. 0, or -1 with err (the coordinator failed).
+ */
+int edg_sources_ask_coordinator(struct edg_sources *src, struct edg_coord *c, const uint8_t *digests, uint64_t n,
+				FILE *log, char *err, size_t errlen);
 
 #endif

@@ -308,3 +308,36 @@ void eng_cache_base_close(struct eng_cache_base *cb)
 		cb->slot[s].key = 0;
 	}
 }
+
+int eng_cache_base_lacking(const struct eng_cache_base *cb, uint8_t **digests, uint64_t *n)
+{
+	const struct eng_base_plan *p = cb->plan;
+	uint64_t total = 0, k = 0;
+
+	for (unsigned o = 0; o < p->nobj; o++)
+		total += p->obj[o].chunks;
+	uint8_t *d = malloc(total ? total * CDC_DIGEST_LEN : 1);
+	if (!d)
+		return -ENOMEM;
+	for (unsigned o = 0; o < p->nobj; o++)
+		for (uint64_t c = 0; c < p->obj[o].chunks; c++)
+			if (!bit(cb->chunk_have[o], c))
+				memcpy(d + k++ * CDC_DIGEST_LEN, p->obj[o].digests + c * CDC_DIGEST_LEN, CDC_DIGEST_LEN);
+	*digests = d;
+	*n = k;
+	return 0;
+}
+
+uint64_t eng_cache_base_recheck(struct eng_cache_base *cb)
+{
+	const struct eng_base_plan *p = cb->plan;
+	uint64_t now_held = 0;
+
+	for (unsigned o = 0; o < p->nobj; o++)
+		for (uint64_t c = 0; c < p->obj[o].chunks; c++)
+			if (!bit(cb->chunk_have[o], c) && edg_store_has(cb->store, p->obj[o].digests + c * CDC_DIGEST_LEN)) {
+				set_bit(cb->chunk_have[o], c, true);
+				now_held++;
+			}
+	return now_held;
+}

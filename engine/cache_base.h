@@ -70,6 +70,11 @@ int eng_cache_base_open(struct eng_cache_base *cb, struct edg_store *store, cons
  */
 int eng_cache_base_fill(struct eng_cache_base *cb, const struct eng_cache_target *targets, char *err,
 			size_t errlen);
+/* The digests of the plan's chunks the cache lacks, one per lacking chunk (*digests malloc'd). 0 or -ENOMEM. */
+int eng_cache_base_lacking(const struct eng_cache_base *cb, uint8_t **digests, uint64_t *n);
+/* Before the fill: chunks that reached the store since the open (fetched from other edges) count as
+ * held (they are pinned: the open pinned the whole plan). Returns how many. */
+uint64_t eng_cache_base_recheck(struct eng_cache_base *cb);
 /* The pin again, until pin_s from now (a handoff that outlives it: link cuts). */
 int eng_cache_base_renew(struct eng_cache_base *cb, double pin_s, char *err, size_t errlen);
 void eng_cache_base_close(struct eng_cache_base *cb);

@@ -1,5 +1,6 @@
 #include "cli_coord.h"
 #include "cli.h"
+#include "edge/multi.h"
 
 #include <unistd.h>
 
@@ -25,4 +26,31 @@ struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *a
 		*missed = true;
 	}
 	return c;
+}
+
+json_object *cli_sources_json(const struct edg_peer *p, unsigned n, uint64_t fetched)
+{
+	json_object *arr = json_object_new_array();
+
+	for (unsigned k = 0; k < n; k++) {
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "name", json_object_new_string(p[k].name));
+		json_object_object_add(o, "loc", json_object_new_string(p[k].loc));
+		json_object_object_add(o, "origin", json_object_new_boolean(p[k].origin));
+		json_object_object_add(o, "held_chunks", json_object_new_int64((int64_t)p[k].held));
+		json_object_object_add(o, "chunks", json_object_new_int64((int64_t)p[k].chunks));
+		json_object_object_add(o, "share", json_object_new_double(fetched ? (double)p[k].chunks / (double)fetched : 0));
+		json_object_object_add(o, "raw_bytes", json_object_new_int64((int64_t)p[k].raw_bytes));
+		json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)p[k].wire_bytes));
+		json_object_object_add(o, "rate_mbit", json_object_new_double(p[k].rate_bps / 1e6));
+		json_object_object_add(o, "window_bytes", json_object_new_int64((int64_t)p[k].window_bytes));
+		json_object_object_add(o, "min_rtt_ms", json_object_new_double(p[k].min_rtt_s * 1e3));
+		json_object_object_add(o, "duplicate_chunks", json_object_new_int64((int64_t)p[k].duplicate_chunks));
+		json_object_object_add(o, "lacked", json_object_new_int64((int64_t)p[k].lacked));
+		json_object_object_add(o, "failed", json_object_new_boolean(p[k].failed));
+		if (p[k].failed)
+			json_object_object_add(o, "error", json_object_new_string(p[k].error));
+		json_object_array_add(arr, o);
+	}
+	return arr;
 }

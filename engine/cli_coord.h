@@ -1,11 +1,14 @@
 /*
- * The cache coordinator on the command line: the options every command that
- * talks to it takes, and opening it (edge/coord.h).
+ * The cache coordinator and chunk sources on the command line: the options
+ * every command that talks to the coordinator takes, opening it
+ * (edge/coord.h), and a multi-source fetch's sources as JSON (edge/multi.h).
  */
 #ifndef HANDOFF_ENGINE_CLI_COORD_H
 #define HANDOFF_ENGINE_CLI_COORD_H
 
+#include <json-c/json.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "edge/coord.h"
 
@@ -24,5 +27,9 @@
  * caller says what that costs). edge NULL: the host name.
  */
 struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *auth, const char *edge, bool *missed);
+
+/* Each source's part of a fetch of `fetched` chunks, for --json. */
+struct edg_peer;
+json_object *cli_sources_json(const struct edg_peer *p, unsigned n, uint64_t fetched);
 
 #endif

@@ -573,104 +573,31 @@ static void on_multi_progress(void *ctx, const struct edg_peer *p, unsigned n, u
 	fprintf(stderr, tty ? "\r%s\033[K" : "%s\n", line);
 }
 
-static json_object *peers_json(const struct edg_peer *p, unsigned n, uint64_t fetched)
+/* With --coordinator: the edges that hold what the cache lacks of the image join the sources. */
+static void coordinated_sources(struct edg_coord *c, struct edg_store *s, const struct edg_recipe *rc,
+				struct edg_sources *src)
 {
-	json_object *arr = json_object_new_array();
-
-	for (unsigned k = 0; k < n; k++) {
-		json_object *o = json_object_new_object();
-		json_object_object_add(o, "name", json_object_new_string(p[k].name));
-		json_object_object_add(o, "loc", json_object_new_string(p[k].loc));
-		json_object_object_add(o, "origin", json_object_new_boolean(p[k].origin));
-		json_object_object_add(o, "held_chunks", json_object_new_int64((int64_t)p[k].held));
-		json_object_object_add(o, "chunks", json_object_new_int64((int64_t)p[k].chunks));
-		json_object_object_add(o, "share", json_object_new_double(fetched ? (double)p[k].chunks / (double)fetched : 0));
-		json_object_object_add(o, "raw_bytes", json_object_new_int64((int64_t)p[k].raw_bytes));
-		json_object_object_add(o, "wire_bytes", json_object_new_int64((int64_t)p[k].wire_bytes));
-		json_object_object_add(o, "rate_mbit", json_object_new_double(p[k].rate_bps / 1e6));
-		json_object_object_add(o, "window_bytes", json_object_new_int64((int64_t)p[k].window_bytes));
-		json_object_object_add(o, "min_rtt_ms", json_object_new_double(p[k].min_rtt_s * 1e3));
-		json_object_object_add(o, "duplicate_chunks", json_object_new_int64((int64_t)p[k].duplicate_chunks));
-		json_object_object_add(o, "lacked", json_object_new_int64((int64_t)p[k].lacked));
-		json_object_object_add(o, "failed", json_object_new_boolean(p[k].failed));
-		if (p[k].failed)
-			json_object_object_add(o, "error", json_object_new_string(p[k].error));
-		json_object_array_add(arr, o);
-	}
-	return arr;
-}
-
-/* The sources: --from's list, the origin, and (--coordinator) the edges that hold what the cache lacks. */
-struct sources {
-	struct edg_peer p[EDG_PEERS_MAX];
-	char loc[EDG_PEERS_MAX][300], name[EDG_PEERS_MAX][80];
-	unsigned n;
-};
-
-static int add_source(struct sources *src, const char *loc, size_t len, const char *name, bool origin)
-{
-	for (unsigned k = 0; k < src->n; k++)
-		if (strlen(src->loc[k]) == len && !strncmp(src->loc[k], loc, len)) {
-			src->p[k].origin |= origin;
-			return 0;
-		}
-	if (src->n == EDG_PEERS_MAX) {
-		cli_error("cache fetch: more than %d sources", EDG_PEERS_MAX);
-		return -1;
-	}
-	snprintf(src->loc[src->n], sizeof(src->loc[0]), "%.*s", (int)len, loc);
-	if (!eng_conn_is_remote(src->loc[src->n])) {
-		cli_error("cache fetch: a source wants tcp:HOST:PORT, not '%s'", src->loc[src->n]);
-		return -1;
-	}
-	snprintf(src->name[src->n], sizeof(src->name[0]), "%s", name ? name : src->loc[src->n] + 4);
-	src->p[src->n] = (struct edg_peer){ .loc = src->loc[src->n], .name = src->name[src->n], .origin = origin };
-	src->n++;
-	return 0;
-}
-
-/* Ask the coordinator who holds the chunks this cache lacks, and where they serve. */
-static int coordinated_sources(struct edg_coord *c, struct edg_store *s, const struct edg_recipe *rc,
-			       struct sources *src)
-{
-	struct edg_holder_names h;
-	char err[512], loc[300];
+	char err[512];
 	bool *missing = malloc(rc->n ? rc->n : 1);
 	uint8_t *lack = malloc(rc->n ? rc->n * EDG_DIGEST_LEN : 1);
 	uint64_t nl = 0, nm;
-	int r = -1;
 
-	if (!missing || !lack || edg_store_missing(s, rc->digests, rc->n, missing, &nm))
-		goto out;
-	for (uint64_t i = 0; i < rc->n; i++)
-		if (missing[i])
-			memcpy(lack + nl++ * EDG_DIGEST_LEN, rc->digests + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
-	if (edg_coord_holder_names(c, lack, nl, &h, err, sizeof(err))) {
-		fprintf(stderr, "cache fetch: warning: %s (fetching from the sources named)\n", err);
-		r = 0;
-		goto out;
+	if (missing && lack && !edg_store_missing(s, rc->digests, rc->n, missing, &nm)) {
+		for (uint64_t i = 0; i < rc->n; i++)
+			if (missing[i])
+				memcpy(lack + nl++ * EDG_DIGEST_LEN, rc->digests + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+		if (edg_sources_ask_coordinator(src, c, lack, nl, stderr, err, sizeof(err)))
+			fprintf(stderr, "cache fetch: warning: %s (fetching from the sources named)\n", err);
 	}
-	for (unsigned k = 0; k < h.n; k++) {
-		if (edg_coord_edge_addr(c, h.edge[k], loc, sizeof(loc), err, sizeof(err))) {
-			fprintf(stderr, "cache fetch: %s holds %llu of the chunks, but: %s\n", h.edge[k],
-				(unsigned long long)h.chunks[k], err);
-			continue;
-		}
-		if (add_source(src, loc, strlen(loc), h.edge[k], false))
-			goto out;
-	}
-	r = 0;
-out:
 	free(missing);
 	free(lack);
-	return r;
 }
 
 static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	CLI_KEY(key);
-	char err[512];
-	struct sources src = { .n = 0 };
+	char err[512] = "";
+	struct edg_sources src = { .n = 0 };
 	struct edg_multi_report rep;
 	struct multi_progress mp = { val[F_NAME], 0 };
 	double timeout = FETCH_TIMEOUT_S;
@@ -688,13 +615,10 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 			return 2;
 		}
 	}
-	if (val[F_ORIGIN] && add_source(&src, val[F_ORIGIN], strlen(val[F_ORIGIN]), NULL, true))
+	if ((val[F_ORIGIN] && edg_sources_add(&src, val[F_ORIGIN], true, err, sizeof(err))) ||
+	    (val[F_FROM] && edg_sources_add(&src, val[F_FROM], false, err, sizeof(err)))) {
+		cli_error("%s: %s", cmd->name, err);
 		return 2;
-	for (const char *p = val[F_FROM]; p && *p;) {
-		size_t l = strcspn(p, ",");
-		if (l && add_source(&src, p, l, NULL, false))
-			return 2;
-		p += l + (p[l] == ',');
 	}
 	if (cli_read_key(val[F_KEY], key))
 		return 1;
@@ -722,7 +646,9 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		/* a new cache takes the service's chunk size */
 		s = edg_store_open(val[F_CACHE], true, rc.chunk_size, 0, err, sizeof(err));
 		coord = s ? cli_coord_open(cmd->name, val[F_COORD], val[F_AUTH], val[F_EDGE], &missed) : NULL;
-		if (s && (!coord || !coordinated_sources(coord, s, &rc, &src)))
+		if (s && coord)
+			coordinated_sources(coord, s, &rc, &src);
+		if (s)
 			r = edg_fetch_multi(s, src.p, src.n, key, &rc, val[F_AS] ? val[F_AS] : val[F_NAME], timeout, &rep,
 					    on_multi_progress, &mp, err, sizeof(err));
 	}
@@ -762,7 +688,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		json_object_object_add(o, "seconds", json_object_new_double(rep.seconds));
 		json_object_object_add(o, "stall_s", json_object_new_double(rep.stall_s));
 		json_object_object_add(o, "timeout_s", json_object_new_double(rep.timeout_s));
-		json_object_object_add(o, "sources", peers_json(src.p, src.n, rep.fetched_chunks));
+		json_object_object_add(o, "sources", cli_sources_json(src.p, src.n, rep.fetched_chunks));
 		cli_print_json(o);
 	}
 	return missed ? EXIT_COORD_MISSED : 0;

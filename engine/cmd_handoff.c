@@ -3,6 +3,7 @@
  * in handoff_send.c and handoff_receive.c).
  */
 #include "cli.h"
+#include "cli_coord.h"
 #include "conn.h"
 #include "handoff.h"
 
@@ -135,7 +136,8 @@ const struct cli_cmd cli_cmd_send = {
 	.needs_eal = true,
 };
 
-enum { R_FROM, R_QMP, R_BASE, R_CACHE, R_DISK_OUT, R_KEY, R_JSON, R_TIMEOUT, R_RETRY };
+enum { R_FROM, R_QMP, R_BASE, R_CACHE, R_DISK_OUT, R_KEY, R_JSON, R_TIMEOUT, R_RETRY, R_FETCH_FROM, R_FETCH_KEY,
+       R_COORD, R_AUTH, R_EDGE };
 
 static const struct cli_opt receive_opts[] = {
 	[R_FROM] = { "from", 0, "SOURCE", true, "tcp:ADDR:PORT to listen on, dpdk:PORT to wait on, or file:PATH of a VM overlay" },
@@ -147,6 +149,9 @@ static const struct cli_opt receive_opts[] = {
 	[R_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[R_TIMEOUT] = { "accept-timeout", 0, "SECONDS", false, "how long to wait for the source (default 600)" },
 	[R_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, wait this long for the source to reconnect and resume (default 0: fail at once)" },
+	[R_FETCH_FROM] = { "fetch-from", 0, "tcp:HOST:PORT,...", false, "with --cache: before the stream, fetch what the cache lacks from these chunk services (handoff-engine serve) at once; the source sends what they do not deliver" },
+	[R_FETCH_KEY] = { "fetch-key", 0, "FILE", false, "the chunk services' key (default: --key)" },
+	COORD_OPTS(R_COORD, R_AUTH, R_EDGE),
 	{ 0 },
 };
 
@@ -178,10 +183,25 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 	if (need_key(a.from, val[R_KEY], "receive") || (val[R_KEY] && cli_read_key(val[R_KEY], key)))
 		return 2;
 	a.key = val[R_KEY] ? key : NULL;
+	CLI_KEY(fetch_key);
+	if ((val[R_FETCH_FROM] || val[R_COORD]) && !a.cache_dir) {
+		cli_error("--fetch-from and --coordinator go with --cache: they fill what the cache lacks");
+		return 2;
+	}
+	if (val[R_FETCH_KEY] && cli_read_key(val[R_FETCH_KEY], fetch_key))
+		return 2;
+	a.fetch_key = val[R_FETCH_KEY] ? fetch_key : NULL;
+	a.fetch_from = val[R_FETCH_FROM];
+	bool missed;
+	a.coord = cli_coord_open("receive", val[R_COORD], val[R_AUTH], val[R_EDGE], &missed);
+	if (missed) /* without it the handoff still completes: the source sends what the cache lacks */
+		fprintf(stderr, "receive: warning: no coordinator; the cache and --fetch-from only\n");
 	int socket;
 	if (!strncmp(a.from, "dpdk:", 5) && cli_eal_start(512, &socket))
 		return 1;
 	int ret = eng_handoff_receive(&a, &summary, err, sizeof(err));
+	edg_coord_close(a.coord);
+	explicit_bzero(fetch_key, sizeof(fetch_key));
 	if (!ret && !val[R_JSON])
 		fprintf(stderr, "receive: VM resumed from %s, every object verified\n", a.from);
 	return finish(summary, val[R_JSON] != NULL, ret, "receive", err);
@@ -193,7 +213,8 @@ const struct cli_cmd cli_cmd_receive = {
 		   "every object against the stream's digests, and resume the VM in the destination QEMU.\n"
 		   "The VM never resumes on partial or unverified state.",
 	.usage = "--from tcp:ADDR:PORT|dpdk:PORT|file:PATH --qmp DST.sock --base BASEDIR|--cache DIR --disk-out PATH\n"
-		 "[--key FILE] [--json] [--accept-timeout SECONDS] [--retry-for SECONDS]",
+		 "[--key FILE] [--json] [--accept-timeout SECONDS] [--retry-for SECONDS]\n"
+		 "[--fetch-from tcp:HOST:PORT,... [--fetch-key FILE]] [--coordinator URL --coordinator-auth FILE [--edge NAME]]",
 	.opts = receive_opts,
 	.run = receive_run,
 	.needs_eal = true,

@@ -67,6 +67,12 @@ struct eng_receive_args {
 	bool progress;
 	double accept_timeout_s;
 	double retry_for_s;      /* after a link cut, wait this long for the source to resume (0: fail) */
+	/* with a cache: before the stream, fetch what it lacks from these edges' chunk services
+	 * (tcp:HOST:PORT,...) and the holders the coordinator names, all at once */
+	const char *fetch_from;
+	struct edg_coord *coord;
+	const uint8_t *fetch_key;  /* the services' key (default: key) */
+	double fetch_timeout_s;
 };
 
 /* 0 on success; otherwise a one-line reason in err. *summary (caller puts) either way when set. */

@@ -8,6 +8,8 @@
  */
 #include "handoff.h"
 #include "cache_base.h"
+#include "cli_coord.h"
+#include "edge/multi.h"
 #include "cli.h"
 #include "control.h"
 #include "io.h"
@@ -36,6 +38,9 @@ struct dst {
 	struct eng_cache_base cb;
 	bool have_plan, have_cb;
 	double fill_s, pinned_s; /* since t0: the cache's pin was last renewed */
+	struct edg_sources fetch_src; /* --fetch-from and the coordinator's holders */
+	struct edg_multi_report fetch;
+	bool fetched;
 	uint8_t bind_id[32];  /* the base's identity; zero for a cache: the plan names it */
 	uint32_t cache_chunk; /* what this end offers: 0 (whole base) or the cache's chunk size */
 	uint64_t base_size[ENG_VM_OBJECTS];
@@ -174,6 +179,59 @@ static int take_cache_plan(struct dst *d, char *err, size_t errlen)
 	return 0;
 }
 
+static void fetch_progress(void *ctx, const struct edg_peer *p, unsigned n, uint64_t done, uint64_t total,
+			   double secs)
+{
+	(void)ctx;
+	(void)p;
+	(void)n;
+	cli_progress("receive: fetching from edges", done, total, 0, secs);
+}
+
+/*
+ * What the cache lacks of the base, from the other edges that hold it, all at
+ * once, before the source hears the chunk map: every chunk that arrives here
+ * is one the source does not send. What no edge delivers, the source sends.
+ */
+static int fetch_from_edges(struct dst *d, char *err, size_t errlen)
+{
+	uint8_t *lack = NULL;
+	uint64_t n = 0;
+	char e[512];
+
+	if (eng_cache_base_lacking(&d->cb, &lack, &n)) {
+		snprintf(err, errlen, "out of memory listing what the cache lacks");
+		return -ENOMEM;
+	}
+	if (d->a->fetch_from && edg_sources_add(&d->fetch_src, d->a->fetch_from, false, err, errlen)) {
+		free(lack);
+		return -EINVAL;
+	}
+	if (n && d->a->coord && edg_sources_ask_coordinator(&d->fetch_src, d->a->coord, lack, n, stderr, e, sizeof(e)))
+		fprintf(stderr, "receive: warning: %s (the source sends what the cache lacks)\n", e);
+	if (n && d->fetch_src.n) {
+		int r = edg_fetch_set(d->cache, d->fetch_src.p, d->fetch_src.n, d->a->fetch_key ? d->a->fetch_key : d->a->key,
+				      lack, n, d->a->fetch_timeout_s > 0 ? d->a->fetch_timeout_s : 2.0, &d->fetch,
+				      d->a->progress ? fetch_progress : NULL, NULL, e, sizeof(e));
+		if (d->a->progress)
+			cli_progress_end();
+		if (r) { /* the store failed: the handoff can still take everything from the source */
+			fprintf(stderr, "receive: warning: fetching from other edges failed: %s\n", e);
+		} else {
+			d->fetched = true;
+			uint64_t now = eng_cache_base_recheck(&d->cb);
+			fprintf(stderr, "receive: fetched %llu of %llu lacking chunks (%.1f MB) from %u edges in %.1f s, "
+					"longest stall %.2f s; the source sends the rest (%llu)\n",
+				(unsigned long long)d->fetch.fetched_chunks, (unsigned long long)d->fetch.missing,
+				d->fetch.fetched_raw_bytes / 1e6, d->fetch_src.n, d->fetch.seconds, d->fetch.stall_s,
+				(unsigned long long)d->fetch.lost);
+			(void)now;
+		}
+	}
+	free(lack);
+	return 0;
+}
+
 /* What the cache holds goes into the results; then the source hears which chunks that was. */
 static int fill_from_cache(struct dst *d, char *err, size_t errlen)
 {
@@ -183,7 +241,10 @@ static int fill_from_cache(struct dst *d, char *err, size_t errlen)
 		[ENG_VM_DEVICES] = { .mem = d->dev_out.data },
 	};
 	double t0 = since(&d->t0);
-	int ret = eng_cache_base_fill(&d->cb, t, err, errlen);
+	int ret = fetch_from_edges(d, err, errlen);
+
+	if (!ret)
+		ret = eng_cache_base_fill(&d->cb, t, err, errlen);
 
 	if (!ret)
 		ret = eng_base_have_send(d->conn, d->session, d->a->key, &d->plan, d->cb.chunk_have, err, errlen);
@@ -550,6 +611,21 @@ static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st
 		json_object_object_add(c, "lacking_chunks", json_object_new_int64((int64_t)d->cb.lacking_chunks));
 		json_object_object_add(c, "dropped_chunks", json_object_new_int64((int64_t)d->cb.dropped_chunks));
 		json_object_object_add(c, "fill_s", json_object_new_double(d->fill_s));
+		if (d->fetched) { /* what other edges supplied (fill_s includes it) */
+			json_object *f = json_object_new_object();
+			json_object_object_add(f, "lacking_chunks", json_object_new_int64((int64_t)d->fetch.missing));
+			json_object_object_add(f, "fetched_chunks", json_object_new_int64((int64_t)d->fetch.fetched_chunks));
+			json_object_object_add(f, "fetched_raw_bytes", json_object_new_int64((int64_t)d->fetch.fetched_raw_bytes));
+			json_object_object_add(f, "wire_bytes", json_object_new_int64((int64_t)d->fetch.wire_bytes));
+			json_object_object_add(f, "duplicate_bytes", json_object_new_int64((int64_t)d->fetch.duplicate_bytes));
+			json_object_object_add(f, "left_to_source_chunks", json_object_new_int64((int64_t)d->fetch.lost));
+			json_object_object_add(f, "seconds", json_object_new_double(d->fetch.seconds));
+			json_object_object_add(f, "stall_s", json_object_new_double(d->fetch.stall_s));
+			json_object_object_add(f, "timeout_s", json_object_new_double(d->fetch.timeout_s));
+			json_object_object_add(f, "sources", cli_sources_json(d->fetch_src.p, d->fetch_src.n,
+									     d->fetch.fetched_chunks));
+			json_object_object_add(c, "fetch", f);
+		}
 		json_object_object_add(o, "cache", c);
 	}
 	json_object *objs = json_object_new_object();
