@@ -585,36 +585,51 @@ out:
 }
 
 int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
-		    const struct edg_recipe *rc, const char *as, double timeout_s, struct edg_multi_report *rep,
-		    edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen)
+		    const struct edg_recipe *rc, const char *const *as, unsigned nimg, double timeout_s,
+		    struct edg_multi_report *rep, edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen)
 {
 	char pin[EDG_NAME_MAX + 1];
+	uint64_t n = 0, size = 0;
+	uint8_t *all = NULL;
 	int r;
 
 	memset(rep, 0, sizeof(*rep));
-	if (rc->chunk_size != edg_store_chunk_size(s)) {
-		eng_set_err(err, errlen, "the service cuts %u-byte chunks, this cache %u-byte ones", rc->chunk_size,
-			    edg_store_chunk_size(s));
-		return -EINVAL;
+	for (unsigned i = 0; i < nimg; i++) {
+		if (rc[i].chunk_size != edg_store_chunk_size(s)) {
+			eng_set_err(err, errlen, "the service cuts %u-byte chunks, this cache %u-byte ones", rc[i].chunk_size,
+				    edg_store_chunk_size(s));
+			return -EINVAL;
+		}
+		n += rc[i].n;
+		size += rc[i].size;
 	}
-	/* pinned while it arrives: a collection meanwhile must not take what is not registered yet */
-	snprintf(pin, sizeof(pin), "fetch:%d:%.200s", (int)getpid(), as);
-	if ((r = edg_store_pin(s, pin, rc->digests, rc->n, (uint64_t)time(NULL) + PIN_S, err, errlen)))
+	/* the images' chunks together: one fetch, each source asked once */
+	if (!(all = malloc(n ? n * EDG_DIGEST_LEN : 1))) {
+		eng_set_err(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	for (unsigned i = 0, at = 0; i < nimg; at += (unsigned)rc[i].n, i++)
+		memcpy(all + (size_t)at * EDG_DIGEST_LEN, rc[i].digests, rc[i].n * EDG_DIGEST_LEN);
+	/* pinned while they arrive: a collection meanwhile must not take what is not registered yet */
+	snprintf(pin, sizeof(pin), "fetch:%d:%.200s", (int)getpid(), as[0]);
+	if ((r = edg_store_pin(s, pin, all, n, (uint64_t)time(NULL) + PIN_S, err, errlen))) {
+		free(all);
 		return r;
-	r = edg_fetch_set(s, peers, npeers, key, rc->digests, rc->n, timeout_s, rep, progress, ctx, err, errlen);
-	rep->size = rc->size;
+	}
+	r = edg_fetch_set(s, peers, npeers, key, all, n, timeout_s, rep, progress, ctx, err, errlen);
+	rep->size = size;
 	if (!r && rep->lost) {
 		char who[300] = "";
 		for (unsigned k = 0; k < npeers; k++)
 			if (peers[k].failed && !who[0])
 				snprintf(who, sizeof(who), " (%.40s: %.240s)", peers[k].name, peers[k].error);
-		eng_set_err(err, errlen, "%llu chunks of the image are held by no service left%s",
-			    (unsigned long long)rep->lost, who);
+		eng_set_err(err, errlen, "%llu chunks are held by no service left%s", (unsigned long long)rep->lost, who);
 		r = -ENOENT;
 	}
-	if (!r)
-		r = edg_store_register(s, as, rc->size, rc->digests, rc->n, err, errlen);
+	for (unsigned i = 0; !r && i < nimg; i++)
+		r = edg_store_register(s, as[i], rc[i].size, rc[i].digests, rc[i].n, err, errlen);
 	edg_store_unpin(s, pin, NULL, 0);
+	free(all);
 	return r;
 }
 

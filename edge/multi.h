@@ -55,14 +55,15 @@ int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, 
 		  edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen);
 
 /*
- * Fetch what s lacks of recipe rc from peers[0..npeers) and register it as
- * `as` (pinned meanwhile, as edg_fetch_chunks). A peer that cannot be
- * reached or fails is reported in its own entry; the fetch fails only when
- * some chunk is held by no peer that is left. 0, or -errno with err.
+ * Fetch what s lacks of the nimg recipes rc[] from peers[0..npeers), all in
+ * one fetch, and register image i as as[i] (pinned meanwhile, as
+ * edg_fetch_chunks). A peer that cannot be reached or fails is reported in
+ * its own entry; the fetch fails only when some chunk is held by no peer that
+ * is left (then nothing is registered; what arrived stays). 0, or -errno.
  */
 int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
-		    const struct edg_recipe *rc, const char *as, double timeout_s, struct edg_multi_report *rep,
-		    edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen);
+		    const struct edg_recipe *rc, const char *const *as, unsigned nimg, double timeout_s,
+		    struct edg_multi_report *rep, edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen);
 
 /* Where to fetch from: services named on the command line and edges the coordinator knows. */
 struct edg_coord;

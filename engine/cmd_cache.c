@@ -534,8 +534,8 @@ static const struct cli_opt fetch_opts[] = {
 	[F_ORIGIN] = { "origin", 0, "tcp:HOST:PORT", false,
 		       "the image's own source: holds all of it, asked last for chunks others hold" },
 	[F_KEY] = { "key", 0, "FILE", true, "the key the services hold" },
-	[F_NAME] = { "name", 0, "NAME", true, "the image to fetch" },
-	[F_AS] = { "as", 0, "NAME", false, "register it here under NAME (default: the same)" },
+	[F_NAME] = { "name", 0, "NAME[,NAME...]", true, "the images to fetch (several: one fetch for all)" },
+	[F_AS] = { "as", 0, "NAME", false, "register the (one) image here under NAME (default: the same)" },
 	[F_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout (with each source's share)" },
 	[F_TIMEOUT] = { "timeout", 0, "SECONDS", false,
 			"a source silent this long loses its chunks to the others (default 2)" },
@@ -546,6 +546,7 @@ static const struct cli_opt fetch_opts[] = {
 #define FETCH_CONNECT_S 10.0
 #define FETCH_TIMEOUT_S 2.0
 #define FETCH_LOG_S 5.0 /* progress lines when stderr is not a terminal */
+#define FETCH_IMAGES_MAX 16
 
 struct multi_progress {
 	const char *name;
@@ -622,41 +623,67 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 	}
 	if (cli_read_key(val[F_KEY], key))
 		return 1;
-	/* the recipe from the origin, else the first source named that has it */
-	struct edg_recipe rc = { 0 };
+	/* each image's recipe from the origin, else the first source named that has it */
+	struct edg_recipe rc[FETCH_IMAGES_MAX] = { { 0 } };
+	const char *as[FETCH_IMAGES_MAX];
+	char names[FETCH_IMAGES_MAX][EDG_NAME_MAX + 1];
+	unsigned nimg = 0, got = 0;
 	struct edg_store *s = NULL;
 	struct edg_coord *coord = NULL;
-	bool missed = false, got = false;
+	bool missed = false;
 	int r = -1;
+	for (const char *p = val[F_NAME]; *p;) {
+		size_t l = strcspn(p, ",");
+		if (l && (nimg == FETCH_IMAGES_MAX || l > EDG_NAME_MAX)) {
+			cli_error("%s: --name: at most %d images of at most %d characters", cmd->name, FETCH_IMAGES_MAX,
+				  EDG_NAME_MAX);
+			return 2;
+		}
+		if (l) {
+			snprintf(names[nimg], sizeof(names[0]), "%.*s", (int)l, p);
+			as[nimg] = names[nimg];
+			nimg++;
+		}
+		p += l + (p[l] == ',');
+	}
+	if (!nimg || (val[F_AS] && nimg > 1)) {
+		cli_error("%s: %s", cmd->name, nimg ? "--as goes with one --name" : "--name names no image");
+		return 2;
+	}
+	if (val[F_AS])
+		as[0] = val[F_AS];
 	memset(&rep, 0, sizeof(rep));
-	for (unsigned k = 0; k < src.n && !got; k++) {
-		char e[512];
+	for (unsigned k = 0; k < src.n && got < nimg; k++) {
+		char e[512] = "";
 		struct eng_conn *c = eng_conn_connect(src.p[k].loc, NULL, FETCH_CONNECT_S, e, sizeof(e));
 		struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, e, sizeof(e)) : NULL;
-		got = ch && !edg_fetch_recipe(ch, val[F_NAME], &rc, &recipe_wire, e, sizeof(e));
-		if (got)
+		for (unsigned i = 0; ch && i < nimg; i++)
+			if (!rc[i].digests && !edg_fetch_recipe(ch, names[i], &rc[i], &recipe_wire, e, sizeof(e)))
+				got++;
+		if (ch)
 			edg_fetch_done(ch);
-		else if (k == 0) /* the first source's reason */
+		if (got < nimg && !err[0]) /* the first reason */
 			snprintf(err, sizeof(err), "%.80s: %.400s", src.p[k].name, e);
 		edg_chan_free(ch);
 		if (c)
 			eng_conn_close(c);
 	}
-	if (got) {
+	if (got == nimg) {
 		/* a new cache takes the service's chunk size */
-		s = edg_store_open(val[F_CACHE], true, rc.chunk_size, 0, err, sizeof(err));
+		s = edg_store_open(val[F_CACHE], true, rc[0].chunk_size, 0, err, sizeof(err));
 		coord = s ? cli_coord_open(cmd->name, val[F_COORD], val[F_AUTH], val[F_EDGE], &missed) : NULL;
-		if (s && coord)
-			coordinated_sources(coord, s, &rc, &src);
+		for (unsigned i = 0; s && coord && i < nimg; i++)
+			coordinated_sources(coord, s, &rc[i], &src);
 		if (s)
-			r = edg_fetch_multi(s, src.p, src.n, key, &rc, val[F_AS] ? val[F_AS] : val[F_NAME], timeout, &rep,
-					    on_multi_progress, &mp, err, sizeof(err));
+			r = edg_fetch_multi(s, src.p, src.n, key, rc, as, nimg, timeout, &rep, on_multi_progress, &mp, err,
+					    sizeof(err));
 	}
 	explicit_bzero(key, sizeof(key));
 	cli_progress_end();
 	if (isatty(2))
 		fprintf(stderr, "\r\033[K");
-	free(rc.digests);
+	for (unsigned i = 0; i < nimg; i++)
+		free(rc[i].digests);
 	edg_store_close(s);
 	edg_coord_close(coord);
 	if (r) {
@@ -703,7 +730,7 @@ const struct cli_cmd cli_cmd_cache_fetch = {
 		   "chunks move to the others), each checked against its digest; then register\n"
 		   "it. With --coordinator, the edges that hold what is lacking are asked too.\n"
 		   "A fetch that fails registers nothing; the chunks that arrived stay.",
-	.usage = "--cache DIR --key FILE --name NAME {--from tcp:HOST:PORT,... | --origin tcp:HOST:PORT} [--as NAME] "
+	.usage = "--cache DIR --key FILE --name NAME[,NAME...] {--from tcp:HOST:PORT,... | --origin tcp:HOST:PORT} [--as NAME] "
 		 "[--timeout SECONDS] [--json] [--coordinator URL --coordinator-auth FILE [--edge NAME]]",
 	.opts = fetch_opts,
 	.run = fetch_run,
