@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 enum { S_QMP, S_DISK, S_BASE, S_TO, S_KEY, S_MODE, S_CIPHER, S_JSON, S_TIMEOUT, S_TRACE, S_BUDGET, S_THROTTLE,
-       S_RETRY };
+       S_RETRY, S_ORDER };
 
 static const struct cli_opt send_opts[] = {
 	[S_QMP] = { "qmp", 0, "SRC.sock", true, "QMP socket of the running source QEMU" },
@@ -25,10 +25,11 @@ static const struct cli_opt send_opts[] = {
 	[S_CIPHER] = { "cipher", 0, "NAME", false, "aes-256-gcm (default) or chacha20-poly1305" },
 	[S_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[S_TIMEOUT] = { "connect-timeout", 0, "SECONDS", false, "how long to retry connecting (default 30)" },
-	[S_TRACE] = { "trace", 0, "FILE", false, "write one JSON line per controller tick (time, mode, P, R, link, queue) and per guest throttle step" },
+	[S_TRACE] = { "trace", 0, "FILE", false, "write one JSON line per controller tick (time, mode, P, R, link, queue), per guest throttle step and per pass (its order)" },
 	[S_BUDGET] = { "stop-budget", 0, "SECONDS", false, "stop the VM once the rest fits in this much link time, like QEMU's downtime-limit, and is at most 4 MiB or stopped shrinking (default 1; the pause adds about 1 s)" },
 	[S_THROTTLE] = { "throttle", 0, "on|off", false, "when the guest dirties faster than the link drains, slow its vCPUs (cgroup CPU quota) until the rest fits the budget (default on)" },
 	[S_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, reconnect for up to this long and go on from what the destination verified (default 0: fail at once; the receiver needs --retry-for too)" },
+	[S_ORDER] = { "order", 0, "dirty|random", false, "each pre-copy pass: coldest blocks first, the most often written last (default dirty), or a random order" },
 	{ 0 },
 };
 
@@ -101,6 +102,11 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 		return 2;
 	}
 	a.throttle = !val[S_THROTTLE] || !strcmp(val[S_THROTTLE], "on");
+	if (val[S_ORDER] && strcmp(val[S_ORDER], "dirty") && strcmp(val[S_ORDER], "random")) {
+		cli_error("bad --order '%s' (dirty or random)", val[S_ORDER]);
+		return 2;
+	}
+	a.order_random = val[S_ORDER] && !strcmp(val[S_ORDER], "random");
 	if (val[S_RETRY] && parse_retry(val[S_RETRY], &a.retry_for_s))
 		return 2;
 	if (need_key(a.to, val[S_KEY], "send") || cli_parse_aead(val[S_CIPHER], &a.aead) ||
@@ -129,7 +135,7 @@ const struct cli_cmd cli_cmd_send = {
 		   "deduplicated and delta-encoded against the base, compressed and sealed. If anything\n"
 		   "fails before the destination is committed, the source VM keeps running.",
 	.usage = "--qmp SRC.sock --disk TRACKED_DISK --base BASEDIR --to tcp:HOST:PORT|dpdk:PORT|file:PATH [--key FILE] [--json]\n"
-		 "[--mode auto|DELTA:COMP:LEVEL] [--stop-budget SECONDS] [--throttle on|off] [--trace FILE] [--retry-for SECONDS]\n"
+		 "[--mode auto|DELTA:COMP:LEVEL] [--stop-budget SECONDS] [--throttle on|off] [--trace FILE] [--retry-for SECONDS] [--order dirty|random]\n"
 		 "(dpdk: needs the port in the EAL arguments, e.g. --vdev net_af_packet0,iface=eth1 -- send ... --to dpdk:0)",
 	.opts = send_opts,
 	.run = send_run,

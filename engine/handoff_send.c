@@ -45,6 +45,7 @@ struct pass_report {
 	unsigned pass;
 	double start_s, end_s;
 	uint64_t blocks, pending_at_start, wire_at_start, wire_at_end;
+	uint64_t resent;        /* of blocks, how many were fed in an earlier pass */
 	struct pass_report *next;
 };
 
@@ -79,8 +80,13 @@ struct src {
 	uint64_t disk_size;
 	uint8_t *dev;
 	size_t dev_len;
-	/* passes: a permutation of the block space, walked by the feed */
+	/* passes: a permutation of the block space, walked by the feed once per heat
+	 * bucket, coldest first (--order dirty), or once (random, and the final pass) */
 	uint64_t perm_mul, perm_add, cursor;
+	unsigned sweeps;
+	uint8_t *heat;          /* per block: times seen written (disk: the tracker's count; RAM: our scans) */
+	uint64_t *sent;         /* blocks fed at least once */
+	uint64_t resent_blocks;
 	bool pass_active, final_pass, ended, hold;
 	bool final_fed;         /* the final pass went through the whole block space */
 	unsigned passes;
@@ -197,10 +203,13 @@ static int mark_dirty_disk(struct src *s)
 		src_fail(s, "disk tracker: %s", err);
 		return -EIO;
 	}
-	uint64_t n = m.nblocks < s->count[ENG_VM_DISK] ? m.nblocks : s->count[ENG_VM_DISK];
+	uint64_t n = m.nblocks < s->count[ENG_VM_DISK] ? m.nblocks : s->count[ENG_VM_DISK], k = 0;
 	for (uint64_t b = 0; b < n; b++)
-		if (trk_dirty_test(&m, b))
+		if (trk_dirty_test(&m, b)) {
+			uint16_t w = m.writes ? m.writes[k++] : 1;
+			s->heat[s->first[ENG_VM_DISK] + b] = (uint8_t)(w > 255 ? 255 : w);
 			mark(s, s->first[ENG_VM_DISK] + b);
+		}
 	trk_dirty_map_free(&m);
 	return 0;
 }
@@ -260,6 +269,13 @@ static bool changed_since_mirror(struct src *s, uint64_t g)
 	return true;
 }
 
+/* A RAM page found written again (the disk's count comes from the tracker). */
+static void heat_up(struct src *s, uint64_t g)
+{
+	if (s->heat[g] < 255)
+		s->heat[g]++;
+}
+
 static void scan_shared_ram(struct src *s)
 {
 	uint64_t first = s->first[ENG_VM_MEMORY] + s->shared_off / CDC_BLOCK_SIZE;
@@ -269,6 +285,7 @@ static void scan_shared_ram(struct src *s)
 		if (!memcmp(m, s->shared + off, CDC_BLOCK_SIZE))
 			continue;
 		memcpy(m, s->shared + off, CDC_BLOCK_SIZE);
+		heat_up(s, first + off / CDC_BLOCK_SIZE);
 		mark(s, first + off / CDC_BLOCK_SIZE);
 	}
 }
@@ -285,11 +302,37 @@ static uint64_t gcd(uint64_t a, uint64_t b)
 	return a;
 }
 
-/* A fresh permutation i -> (mul * i + add) mod total for each pass (workload leveling). */
+/* Heat buckets: never seen written again, once, 2-3, 4-7, 8 times or more. */
+#define HEAT_BUCKETS 5
+static unsigned heat_bucket(uint8_t h)
+{
+	return h == 0 ? 0 : h == 1 ? 1 : h < 4 ? 2 : h < 8 ? 3 : 4;
+}
+
+/* What the pass starts with, per heat bucket, in the trace: the order is visible there. */
+static void trace_order(struct src *s)
+{
+	uint64_t n[HEAT_BUCKETS] = { 0 };
+
+	for (uint64_t w = 0; w < (s->total + 63) / 64; w++)
+		for (uint64_t m = __atomic_load_n(&s->pending[w], __ATOMIC_RELAXED); m; m &= m - 1)
+			n[heat_bucket(s->heat[w * 64 + (uint64_t)__builtin_ctzll(m)])]++;
+	fprintf(s->trace, "{\"t\":%.3f,\"event\":\"order\",\"pass\":%u,\"order\":\"%s\",\"buckets\":[%llu,%llu,%llu,%llu,%llu]}\n",
+		now_s(s), s->passes, s->sweeps > 1 ? "dirty" : "random", (unsigned long long)n[0],
+		(unsigned long long)n[1], (unsigned long long)n[2], (unsigned long long)n[3], (unsigned long long)n[4]);
+	fflush(s->trace);
+}
+
+/*
+ * A fresh permutation i -> (mul * i + add) mod total for each pass (workload
+ * leveling). With --order dirty the pass walks it once per heat bucket,
+ * coldest first: blocks written once go before blocks written again and
+ * again, which would likely be written once more before the stop and go
+ * twice. The final pass (the VM stopped) walks it once.
+ */
 static void start_pass(struct src *s)
 {
 	uint64_t r[2];
-
 
 	cdc_random(r, sizeof(r));
 	s->perm_mul = (r[0] % s->total) | 1;
@@ -297,6 +340,7 @@ static void start_pass(struct src *s)
 		s->perm_mul += 2;
 	s->perm_add = r[1] % s->total;
 	s->cursor = 0;
+	s->sweeps = s->a->order_random || s->final_pass ? 1 : HEAT_BUCKETS;
 	if (s->passes && s->cur_raw > s->pass_raw0 + (1u << 20))
 		s->pass_ratio = (double)(s->cur_wire - s->pass_wire0) / (double)(s->cur_raw - s->pass_raw0);
 	s->pass_raw0 = s->cur_raw;
@@ -316,6 +360,8 @@ static void start_pass(struct src *s)
 			s->reports = p;
 		s->cur_report = p;
 	}
+	if (s->trace)
+		trace_order(s);
 	__atomic_store_n(&s->pass_active, true, __ATOMIC_RELEASE);
 }
 
@@ -360,15 +406,24 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		return ENG_FEED_END;
 	if (!__atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE) || s->hold)
 		return 0;
-	while (n < max && s->cursor < s->total && steps++ < 16384) {
+	uint64_t end = s->total * s->sweeps;
+	while (n < max && s->cursor < end && steps++ < 16384) {
 		uint64_t g;
 		if (s->unchecked && s->unchecked_pos < s->unchecked_n) {
 			g = s->unchecked_first + s->unchecked_pos++; /* the first pass's sweep */
 		} else {
-			g = (uint64_t)(((unsigned __int128)s->perm_mul * s->cursor++ + s->perm_add) % s->total);
+			uint64_t i = s->cursor++;
+			g = (uint64_t)(((unsigned __int128)s->perm_mul * (i % s->total) + s->perm_add) % s->total);
+			if (s->sweeps > 1 && heat_bucket(s->heat[g]) != (i / s->total < HEAT_BUCKETS - 1 ? i / s->total : HEAT_BUCKETS - 1))
+				continue; /* its bucket's sweep takes it */
 		}
 		if (!take(s, g) || !changed_since_mirror(s, g))
 			continue;
+		if (__atomic_fetch_or(&s->sent[g >> 6], 1ull << (g & 63), __ATOMIC_RELAXED) & (1ull << (g & 63))) {
+			s->resent_blocks++;
+			if (s->cur_report)
+				s->cur_report->resent++;
+		}
 		int ret = fill_block(s, g, &refs[n], data + (size_t)n * CDC_BLOCK_SIZE, err, errlen);
 		if (ret)
 			return ret;
@@ -379,7 +434,7 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		s->t_first_fed = eng_mono_s();
 	if (s->cur_report)
 		s->cur_report->blocks += n;
-	if (s->cursor >= s->total) {
+	if (s->cursor >= end) {
 		free(s->unchecked); /* every page was visited: later scans take over */
 		s->unchecked = NULL;
 		if (s->cur_report)
@@ -427,6 +482,7 @@ static int on_page(void *ctx, uint64_t off, const uint8_t *data)
 			return 0;
 		memset(page, 0, CDC_BLOCK_SIZE);
 	}
+	heat_up(s, s->first[ENG_VM_MEMORY] + off / CDC_BLOCK_SIZE);
 	mark(s, s->first[ENG_VM_MEMORY] + off / CDC_BLOCK_SIZE);
 	return 0;
 }
@@ -1058,14 +1114,19 @@ static int setup(struct src *s, char *err, size_t errlen)
 	s->first[ENG_VM_DEVICES] = s->first[ENG_VM_MEMORY] + s->count[ENG_VM_MEMORY];
 	s->total = s->first[ENG_VM_DEVICES] + s->count[ENG_VM_DEVICES];
 	s->pending = calloc((s->total + 63) / 64, sizeof(uint64_t));
-	if (!s->pending) {
+	s->sent = calloc((s->total + 63) / 64, sizeof(uint64_t));
+	s->heat = calloc(s->total ? s->total : 1, 1);
+	if (!s->pending || !s->sent || !s->heat) {
 		trk_dirty_map_free(&probe);
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
-	for (uint64_t b = 0; b < probe.nblocks && b < s->count[ENG_VM_DISK]; b++)
-		if (trk_dirty_test(&probe, b))
+	for (uint64_t b = 0, k = 0; b < probe.nblocks && b < s->count[ENG_VM_DISK]; b++)
+		if (trk_dirty_test(&probe, b)) {
+			uint16_t w = probe.writes ? probe.writes[k++] : 1;
+			s->heat[b] = (uint8_t)(w > 255 ? 255 : w);
 			mark(s, b);
+		}
 	trk_dirty_map_free(&probe);
 	/* the mirror starts as the base RAM: the VM was started from it */
 	s->mirror_len = (size_t)s->count[ENG_VM_MEMORY] * CDC_BLOCK_SIZE;
@@ -1157,9 +1218,12 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 		json_object_object_add(it, "end_s", json_object_new_double(p->end_s));
 		json_object_object_add(it, "pending_blocks", json_object_new_int64((int64_t)p->pending_at_start));
 		json_object_object_add(it, "blocks", json_object_new_int64((int64_t)p->blocks));
+		json_object_object_add(it, "resent_blocks", json_object_new_int64((int64_t)p->resent));
 		json_object_array_add(its, it);
 	}
 	json_object_object_add(o, "iterations", its);
+	json_object_object_add(o, "order", json_object_new_string(s->a->order_random ? "random" : "dirty"));
+	json_object_object_add(o, "resent_bytes", json_object_new_int64((int64_t)(s->resent_blocks * CDC_BLOCK_SIZE)));
 	json_object *cut = json_object_new_object();
 	json_object_object_add(cut, "retry_for_s", json_object_new_double(s->a->retry_for_s));
 	json_object_object_add(cut, "resumes", json_object_new_int((int)s->resumes));
@@ -1521,6 +1585,8 @@ out:
 	eng_ledger_free(&s->ledger);
 	free(s->dev);
 	free(s->pending);
+	free(s->sent);
+	free(s->heat);
 	free(s->unchecked);
 	for (int o = 0; o < ENG_VM_OBJECTS; o++)
 		free(s->base_have[o]);

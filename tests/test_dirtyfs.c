@@ -33,6 +33,7 @@ static pid_t track_pid = -1;
 static time_t track_deadline; /* 0: no engine running */
 static uint8_t ref[IMG_SIZE];  /* what the disk must hold */
 static bool expect[NBLOCKS];   /* blocks written since the last fetch */
+static unsigned writes[NBLOCKS]; /* writes that touched each block since the mount */
 
 static void sleep_ms(unsigned ms)
 {
@@ -103,6 +104,7 @@ static void start_track(void)
 {
 	struct stat st;
 
+	memset(writes, 0, sizeof(writes)); /* a new mount counts from zero */
 	unlink(errf); /* the ready line must be this engine's */
 	pid_t parent = getpid(), pid = fork();
 	assert_true(pid >= 0);
@@ -253,8 +255,10 @@ static int test_teardown(void **state)
 static void model_write(uint64_t off, const uint8_t *buf, size_t len)
 {
 	memcpy(ref + off, buf, len);
-	for (uint64_t b = off / BLK; len && b <= (off + len - 1) / BLK; b++)
+	for (uint64_t b = off / BLK; len && b <= (off + len - 1) / BLK; b++) {
 		expect[b] = true;
+		writes[b]++;
+	}
 }
 
 /* pwrite random bytes through the mount and into the model. */
@@ -281,6 +285,10 @@ static void check_fetch(void)
 		if (trk_dirty_test(&m, b) != expect[b])
 			fail_msg("block %llu: dirty %d, expected %d", (unsigned long long)b,
 				 trk_dirty_test(&m, b), expect[b]);
+		/* each write counts once per block it touched; the kernel may split a large one, never merge */
+		if (expect[b] && m.writes[n] < (writes[b] > 65535 ? 65535 : writes[b]))
+			fail_msg("block %llu: %u writes counted, at least %u made", (unsigned long long)b, m.writes[n],
+				 writes[b]);
 		n += expect[b];
 	}
 	assert_int_equal(m.ndirty, n);
@@ -362,6 +370,21 @@ static void test_dirty_blocks(void **state)
 
 	int fd = open(disk, O_RDWR);
 	assert_true(fd >= 0);
+	/* how hot a block is: block 20 written five times, 21 once (small writes: never split) */
+	for (int i = 0; i < 5; i++)
+		write_through(fd, 20 * BLK + 100 * (uint64_t)i, 100);
+	write_through(fd, 21 * BLK, 100);
+	struct trk_dirty_map hm;
+	char herr[256];
+	if (trk_dirty_fetch(disk, &hm, herr, sizeof(herr)))
+		fail_msg("fetch: %s", herr);
+	assert_int_equal(hm.ndirty, 2);
+	assert_int_equal(hm.writes[0], 5);
+	assert_int_equal(hm.writes[1], 1);
+	trk_dirty_map_free(&hm);
+	memset(expect, 0, sizeof(expect));
+	write_through(fd, 20 * BLK, 1);
+	check_fetch(); /* the counts run on across fetches: block 20 at 6 */
 	write_through(fd, 5 * BLK, BLK);            /* aligned */
 	write_through(fd, 3 * BLK + 4000, 200);     /* unaligned, spans blocks 3 and 4 */
 	write_through(fd, 10 * BLK + BLK - 1, 1);   /* one byte */
@@ -405,15 +428,17 @@ static void test_dirty_blocks(void **state)
 
 	/* the control file's raw format */
 	write_through(fd, 7 * BLK + 1, 2);
-	uint8_t raw[TRK_DIRTY_HDR_LEN + NBLOCKS / 8 + 2];
+	uint8_t raw[TRK_DIRTY_HDR_LEN + NBLOCKS / 8 + 2 + 8];
 	int cfd = open(mnt, O_RDONLY | O_DIRECTORY);
 	int ctl = openat(cfd, TRK_DIRTY_CTL, O_RDONLY);
 	assert_true(ctl >= 0);
-	assert_int_equal(read(ctl, raw, sizeof(raw)), TRK_DIRTY_HDR_LEN + (NBLOCKS + 7) / 8);
-	assert_memory_equal(raw, "HOFFDIRT", 8);
+	assert_int_equal(read(ctl, raw, sizeof(raw)), TRK_DIRTY_HDR_LEN + (NBLOCKS + 7) / 8 + 2);
+	assert_memory_equal(raw, "HOFFDIR2", 8);
 	assert_int_equal(raw[8] | raw[9] << 8 | raw[10] << 16, NBLOCKS);
 	assert_int_equal(raw[16], 1);
 	assert_int_equal(raw[TRK_DIRTY_HDR_LEN], 0x80);
+	unsigned w7 = raw[TRK_DIRTY_HDR_LEN + (NBLOCKS + 7) / 8] | raw[TRK_DIRTY_HDR_LEN + (NBLOCKS + 7) / 8 + 1] << 8;
+	assert_true(w7 >= writes[7]); /* block 7's count follows the bitmap */
 	assert_int_equal(read(ctl, raw, sizeof(raw)), 0);
 	assert_int_equal(close(ctl), 0);
 	assert_true(openat(cfd, TRK_DIRTY_CTL, O_WRONLY) < 0); /* read-only */
@@ -599,37 +624,44 @@ static void test_stop_and_unmount(void **state)
 
 static void test_map_parse(void **state)
 {
-	uint8_t buf[TRK_DIRTY_HDR_LEN + 2];
+	uint8_t buf[TRK_DIRTY_HDR_LEN + 2 + 12];
+	const size_t len4 = TRK_DIRTY_HDR_LEN + 2 + 8; /* 4 dirty blocks */
 	struct trk_dirty_map m;
 	char err[256], path[400];
 
 	(void)state;
 	memset(buf, 0, sizeof(buf));
-	memcpy(buf, "HOFFDIRT", 8);
-	buf[8] = 10;  /* 10 blocks: 2 bitmap bytes */
+	memcpy(buf, "HOFFDIR2", 8);
+	buf[8] = 10;  /* 10 blocks: 2 bitmap bytes, then a u16 count for each of 4 dirty blocks */
 	buf[16] = 4;
 	buf[24] = 0x83;
 	buf[25] = 0x02;
-	assert_int_equal(trk_dirty_parse(buf, sizeof(buf), &m, err, sizeof(err)), 0);
+	buf[26] = 1, buf[28] = 2, buf[30] = 0x34, buf[31] = 0x12, buf[32] = 9;
+	assert_int_equal(trk_dirty_parse(buf, len4, &m, err, sizeof(err)), 0);
 	assert_int_equal(m.nblocks, 10);
 	assert_int_equal(m.ndirty, 4);
+	assert_true(m.writes[0] == 1 && m.writes[1] == 2 && m.writes[2] == 0x1234 && m.writes[3] == 9);
 	assert_true(trk_dirty_test(&m, 0) && trk_dirty_test(&m, 1) && trk_dirty_test(&m, 7) &&
 		    trk_dirty_test(&m, 9));
 	assert_false(trk_dirty_test(&m, 2) || trk_dirty_test(&m, 8) || trk_dirty_test(&m, 10));
 	trk_dirty_map_free(&m);
 
-	buf[16] = 3; /* count does not match */
-	assert_int_equal(trk_dirty_parse(buf, sizeof(buf), &m, err, sizeof(err)), -EBADMSG);
+	buf[16] = 3; /* count does not match (the length fits 3) */
+	assert_int_equal(trk_dirty_parse(buf, len4 - 2, &m, err, sizeof(err)), -EBADMSG);
 	assert_non_null(strstr(err, "marks 4"));
 	buf[16] = 5;
 	buf[25] = 0x06; /* block 10 is past the end */
-	assert_int_equal(trk_dirty_parse(buf, sizeof(buf), &m, err, sizeof(err)), -EBADMSG);
+	assert_int_equal(trk_dirty_parse(buf, len4 + 2, &m, err, sizeof(err)), -EBADMSG);
 	buf[25] = 0x02;
 	buf[16] = 4;
-	assert_int_equal(trk_dirty_parse(buf, sizeof(buf) - 1, &m, err, sizeof(err)), -EBADMSG);
+	assert_int_equal(trk_dirty_parse(buf, len4 - 1, &m, err, sizeof(err)), -EBADMSG); /* a count cut short */
+	assert_int_equal(trk_dirty_parse(buf, len4 + 2, &m, err, sizeof(err)), -EBADMSG); /* one too many */
 	assert_int_equal(trk_dirty_parse(buf, 10, &m, err, sizeof(err)), -EBADMSG);
+	buf[16] = 200; /* more dirty than blocks: never a huge allocation */
+	assert_int_equal(trk_dirty_parse(buf, len4, &m, err, sizeof(err)), -EBADMSG);
+	buf[16] = 4;
 	buf[0] = 'X';
-	assert_int_equal(trk_dirty_parse(buf, sizeof(buf), &m, err, sizeof(err)), -EBADMSG);
+	assert_int_equal(trk_dirty_parse(buf, len4, &m, err, sizeof(err)), -EBADMSG);
 	assert_null(m.bits);
 
 	/* a file outside any track mount */

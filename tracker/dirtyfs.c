@@ -43,6 +43,7 @@ struct trk_dirtyfs {
 	uint64_t dio_align;  /* offset and length alignment for dfd */
 	uint64_t size, nblocks, nwords;
 	uint64_t *live;      /* the bitmap writes mark; replaced by each fetch */
+	uint32_t *writes;    /* per block: writes since the mount (how hot it is; never reset) */
 	pthread_rwlock_t swap; /* read: marking; write: replacing live */
 	char *name, *mountpoint, *disk_path;
 	char *image_path;    /* absolute: where TRK_IMAGE_LINK points */
@@ -106,35 +107,56 @@ static void mark_range(struct trk_dirtyfs *fs, uint64_t off, uint64_t len)
 		or_word(&w[lw], lm);
 	}
 	pthread_rwlock_unlock(&fs->swap);
+	for (uint64_t b = first; b <= last; b++)
+		__atomic_fetch_add(&fs->writes[b], 1, __ATOMIC_RELAXED);
 }
 
-/* Fetch-and-clear: swap in an empty bitmap, serialize the old one. */
+/*
+ * Fetch-and-clear: swap in an empty bitmap, serialize the old one, then
+ * each dirty block's write count (u16, saturated) in block order: how hot
+ * it has been, for a sender that sends the cold first.
+ */
 static struct dirty_snap *take_snapshot(struct trk_dirtyfs *fs)
 {
 	uint64_t nbytes = map_bytes(fs->nblocks), ndirty = 0;
 	uint64_t *fresh = calloc(fs->nwords, sizeof(uint64_t));
-	struct dirty_snap *s = malloc(sizeof(*s) + TRK_DIRTY_HDR_LEN + nbytes);
 
-	if (!fresh || !s) {
-		free(fresh);
-		free(s);
+	if (!fresh)
 		return NULL;
-	}
 	pthread_rwlock_wrlock(&fs->swap);
 	uint64_t *old = fs->live;
 	fs->live = fresh;
 	pthread_rwlock_unlock(&fs->swap);
 
-	uint8_t *bits = s->data + TRK_DIRTY_HDR_LEN;
-	for (uint64_t i = 0; i < nbytes; i++)
-		bits[i] = (uint8_t)(old[i / 8] >> (8 * (i % 8)));
 	for (uint64_t i = 0; i < fs->nwords; i++)
 		ndirty += (uint64_t)__builtin_popcountll(old[i]);
+	struct dirty_snap *s = malloc(sizeof(*s) + TRK_DIRTY_HDR_LEN + nbytes + 2 * ndirty);
+	if (!s) {
+		/* nothing lost: the old marks go back */
+		pthread_rwlock_rdlock(&fs->swap);
+		for (uint64_t i = 0; i < fs->nwords; i++)
+			if (old[i])
+				__atomic_fetch_or(&fs->live[i], old[i], __ATOMIC_RELAXED);
+		pthread_rwlock_unlock(&fs->swap);
+		free(old);
+		return NULL;
+	}
+	uint8_t *bits = s->data + TRK_DIRTY_HDR_LEN, *cnt = bits + nbytes;
+	for (uint64_t i = 0; i < nbytes; i++)
+		bits[i] = (uint8_t)(old[i / 8] >> (8 * (i % 8)));
+	for (uint64_t w = 0; w < fs->nwords; w++)
+		for (uint64_t m = old[w]; m; m &= m - 1) {
+			uint64_t b = w * 64 + (uint64_t)__builtin_ctzll(m);
+			uint32_t n = __atomic_load_n(&fs->writes[b], __ATOMIC_RELAXED);
+			n = n > 65535 ? 65535 : n;
+			*cnt++ = (uint8_t)n;
+			*cnt++ = (uint8_t)(n >> 8);
+		}
 	free(old);
 	memcpy(s->data, TRK_DIRTY_MAGIC, 8);
 	put_le64(s->data + 8, fs->nblocks);
 	put_le64(s->data + 16, ndirty);
-	s->len = TRK_DIRTY_HDR_LEN + nbytes;
+	s->len = TRK_DIRTY_HDR_LEN + nbytes + 2 * ndirty;
 	return s;
 }
 
@@ -262,7 +284,8 @@ static int fill_attr(struct trk_dirtyfs *fs, fuse_ino_t ino, struct stat *st)
 	case INO_CTL:
 		st->st_mode = S_IFREG | 0400;
 		st->st_nlink = 1;
-		st->st_size = (off_t)(TRK_DIRTY_HDR_LEN + map_bytes(fs->nblocks));
+		/* at most: each fetch is as long as its dirty blocks' counts make it */
+		st->st_size = (off_t)(TRK_DIRTY_HDR_LEN + map_bytes(fs->nblocks) + 2 * fs->nblocks);
 		st->st_blocks = 0;
 		break;
 	case INO_IMAGE:
@@ -870,7 +893,8 @@ struct trk_dirtyfs *trk_dirtyfs_mount(const struct trk_dirtyfs_opts *o, char *er
 		goto err;
 	}
 	fs->live = calloc(fs->nwords, sizeof(uint64_t));
-	if (!fs->live) {
+	fs->writes = calloc(fs->nblocks ? fs->nblocks : 1, sizeof(uint32_t));
+	if (!fs->live || !fs->writes) {
 		eng_set_err(err, errlen, "out of memory for a %llu-block map",
 			(unsigned long long)fs->nblocks);
 		goto err;
@@ -953,6 +977,7 @@ void trk_dirtyfs_unmount(struct trk_dirtyfs *fs)
 		close(fs->dfd);
 	pthread_rwlock_destroy(&fs->swap);
 	free(fs->live);
+	free(fs->writes);
 	free(fs->name);
 	free(fs->mountpoint);
 	free(fs->disk_path);
@@ -967,6 +992,7 @@ void trk_dirty_map_free(struct trk_dirty_map *m)
 	if (!m)
 		return;
 	free(m->bits);
+	free(m->writes);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -980,10 +1006,10 @@ int trk_dirty_parse(const uint8_t *buf, size_t len, struct trk_dirty_map *m, cha
 	}
 	uint64_t nblocks = get_le64(buf + 8), ndirty = get_le64(buf + 16);
 	uint64_t nbytes = map_bytes(nblocks), count = 0;
-	if (nbytes != len - TRK_DIRTY_HDR_LEN) {
-		eng_set_err(err, errlen, "dirty map of %llu blocks has %zu bitmap bytes, expected %llu",
-			(unsigned long long)nblocks, len - TRK_DIRTY_HDR_LEN,
-			(unsigned long long)nbytes);
+	if (ndirty > nblocks || nbytes > len - TRK_DIRTY_HDR_LEN || nbytes + 2 * ndirty != len - TRK_DIRTY_HDR_LEN) {
+		eng_set_err(err, errlen, "dirty map of %llu blocks, %llu dirty, has %zu bytes after its header, expected %llu",
+			(unsigned long long)nblocks, (unsigned long long)ndirty, len - TRK_DIRTY_HDR_LEN,
+			(unsigned long long)(nbytes + 2 * (ndirty <= nblocks ? ndirty : 0)));
 		return -EBADMSG;
 	}
 	const uint8_t *bits = buf + TRK_DIRTY_HDR_LEN;
@@ -1000,11 +1026,15 @@ int trk_dirty_parse(const uint8_t *buf, size_t len, struct trk_dirty_map *m, cha
 		return -EBADMSG;
 	}
 	m->bits = malloc(nbytes ? nbytes : 1);
-	if (!m->bits) {
+	m->writes = malloc(ndirty ? ndirty * sizeof(uint16_t) : 1);
+	if (!m->bits || !m->writes) {
+		trk_dirty_map_free(m);
 		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	memcpy(m->bits, bits, nbytes);
+	for (uint64_t i = 0; i < ndirty; i++)
+		m->writes[i] = (uint16_t)(bits[nbytes + 2 * i] | bits[nbytes + 2 * i + 1] << 8);
 	m->nblocks = nblocks;
 	m->ndirty = ndirty;
 	return 0;
@@ -1027,7 +1057,7 @@ static ssize_t read_full(int fd, void *buf, size_t len)
 	return (ssize_t)done;
 }
 
-/* Read the whole control file: header, then exactly the bitmap it announces. */
+/* Read the whole control file: header, then exactly the bitmap and counts it announces. */
 static int read_ctl(int fd, const char *ctl, uint64_t want_blocks, uint8_t **out, size_t *outlen,
 		    char *err, size_t errlen)
 {
@@ -1047,7 +1077,13 @@ static int read_ctl(int fd, const char *ctl, uint64_t want_blocks, uint8_t **out
 			(unsigned long long)get_le64(hdr + 8), (unsigned long long)want_blocks);
 		return -EBADMSG;
 	}
-	size_t len = TRK_DIRTY_HDR_LEN + (size_t)map_bytes(want_blocks);
+	uint64_t ndirty = get_le64(hdr + 16);
+	if (ndirty > want_blocks) {
+		eng_set_err(err, errlen, "%s says %llu of %llu blocks are dirty", ctl, (unsigned long long)ndirty,
+			(unsigned long long)want_blocks);
+		return -EBADMSG;
+	}
+	size_t len = TRK_DIRTY_HDR_LEN + (size_t)map_bytes(want_blocks) + 2 * (size_t)ndirty;
 	uint8_t *buf = malloc(len + 1);
 	if (!buf) {
 		eng_set_err(err, errlen, "out of memory");
@@ -1057,7 +1093,7 @@ static int read_ctl(int fd, const char *ctl, uint64_t want_blocks, uint8_t **out
 	n = read_full(fd, buf + sizeof(hdr), len + 1 - sizeof(hdr));
 	if (n < 0 || (size_t)n != len - sizeof(hdr)) {
 		eng_set_err(err, errlen, "%s: %s", ctl,
-			n < 0 ? strerror((int)-n) : "bitmap length does not match its header");
+			n < 0 ? strerror((int)-n) : "map length does not match its header");
 		free(buf);
 		return n < 0 ? (int)n : -EBADMSG;
 	}

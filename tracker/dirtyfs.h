@@ -39,7 +39,7 @@
 #include <stdint.h>
 
 #define TRK_DIRTY_BLOCK 4096u
-#define TRK_DIRTY_MAGIC "HOFFDIRT"
+#define TRK_DIRTY_MAGIC "HOFFDIR2"
 #define TRK_DIRTY_HDR_LEN 24u
 #define TRK_DIRTY_CTL ".dirty"
 
@@ -47,7 +47,8 @@
 
 struct trk_dirty_map {
 	uint64_t nblocks, ndirty;
-	uint8_t *bits; /* LSB first, ceil(nblocks / 8) bytes */
+	uint8_t *bits;    /* LSB first, ceil(nblocks / 8) bytes */
+	uint16_t *writes; /* one per dirty block, in block order: writes to it since the mount (at most 65535) */
 };
 
 /*
