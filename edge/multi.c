@@ -48,6 +48,7 @@ struct job {
 	double t0, last_arrival, stall;
 	uint64_t dup_bytes;
 	int fatal;
+	bool stop;                /* the deadline passed: hand out nothing more */
 	char *err;
 	size_t errlen;
 	pthread_mutex_t lock;
@@ -155,6 +156,8 @@ static bool take(struct worker *wk, uint64_t *out)
 	struct job *j = wk->j;
 	uint32_t bit = 1u << wk->id;
 
+	if (j->stop)
+		return false;
 	if (wk->seen_requeued != j->requeued) { /* chunks came back: look again from the start */
 		wk->seen_requeued = j->requeued;
 		wk->head = 0;
@@ -210,13 +213,28 @@ static void sample_rate(struct worker *wk, double now, uint32_t raw)
 	wk->interval_bytes = 0;
 }
 
+/*
+ * The batch into the store. A store that fails fails the fetch (its chunks
+ * were counted done): j->fatal with the store's reason, not the source's.
+ */
 static int flush_batch(struct worker *wk, char *err, size_t errlen)
 {
+	struct job *j = wk->j;
 	uint64_t added;
-	int r = wk->nbatch ? edg_store_put_many(wk->j->s, wk->nbatch, wk->batch_digest, wk->batch_ptr, wk->batch_len,
+	int r = wk->nbatch ? edg_store_put_many(j->s, wk->nbatch, wk->batch_digest, wk->batch_ptr, wk->batch_len,
 					       &added, err, errlen)
 			   : 0;
+
 	wk->nbatch = 0;
+	if (r) {
+		pthread_mutex_lock(&j->lock);
+		if (!j->fatal) {
+			j->fatal = r;
+			eng_set_err(j->err, j->errlen, "cannot store the chunks: %s", err);
+		}
+		pthread_cond_broadcast(&j->cond);
+		pthread_mutex_unlock(&j->lock);
+	}
 	return r;
 }
 
@@ -316,32 +334,50 @@ static int take_answer(struct worker *wk, char *err, size_t errlen)
 	return wk->nbatch == EDG_REQ_MAX ? flush_batch(wk, err, errlen) : 0;
 }
 
-/* Order of this service's chunks: scarcest first; the origin takes its own first, then the others' last ones. */
-static int scarcity_cmp(const void *a, const void *b, void *arg)
-{
-	const struct worker *wk = arg;
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	int ox = wk->j->others[x], oy = wk->j->others[y];
+/*
+ * Order of this service's chunks: scarcest first; the origin takes its own
+ * first, then the others' last ones. Sorted on a copy of the scarcity taken
+ * under the lock (a source that answers late changes it meanwhile).
+ */
+struct order_key {
+	uint64_t i;
+	int key;
+};
 
-	if (wk->p->origin && (ox == 0) != (oy == 0))
-		return ox == 0 ? -1 : 1;
-	if (ox != oy)
-		return wk->p->origin ? oy - ox : ox - oy;
-	return x < y ? -1 : x > y;
+static int order_cmp(const void *a, const void *b)
+{
+	const struct order_key *x = a, *y = b;
+
+	return x->key != y->key ? (x->key < y->key ? -1 : 1) : x->i < y->i ? -1 : x->i > y->i;
 }
 
 static int build_order(struct worker *wk)
 {
 	struct job *j = wk->j;
 	uint32_t bit = 1u << wk->id;
+	uint64_t n = 0;
 
-	wk->order = malloc((wk->p->held ? wk->p->held : 1) * sizeof(*wk->order));
-	if (!wk->order)
-		return -ENOMEM;
+	pthread_mutex_lock(&j->lock);
 	for (uint64_t i = 0; i < j->nw; i++)
-		if (j->mask[i] & bit)
-			wk->order[wk->norder++] = i;
-	qsort_r(wk->order, wk->norder, sizeof(*wk->order), scarcity_cmp, wk);
+		n += (j->mask[i] & bit) != 0;
+	struct order_key *k = malloc((n ? n : 1) * sizeof(*k));
+	wk->order = malloc((n ? n : 1) * sizeof(*wk->order));
+	if (!k || !wk->order) {
+		pthread_mutex_unlock(&j->lock);
+		free(k);
+		return -ENOMEM;
+	}
+	for (uint64_t i = 0; i < j->nw; i++)
+		if (j->mask[i] & bit) {
+			int o = j->others[i];
+			/* origin: only-mine first (key < 0), then the most widely held; others: the fewest holders first */
+			k[wk->norder++] = (struct order_key){ i, wk->p->origin ? (o ? 256 - o : -1) : o };
+		}
+	pthread_mutex_unlock(&j->lock);
+	qsort(k, wk->norder, sizeof(*k), order_cmp);
+	for (uint64_t x = 0; x < wk->norder; x++)
+		wk->order[x] = k[x].i;
+	free(k);
 	return 0;
 }
 
@@ -413,22 +449,14 @@ static void *worker_main(void *arg)
 		}
 		/* nothing to ask for now: wait until chunks come back or the job ends */
 		pthread_mutex_lock(&j->lock);
-		bool over = j->done + j->lost == j->nw || j->fatal;
+		bool over = j->done + j->lost == j->nw || j->fatal || j->stop;
 		if (!over)
 			wait_ms(j, 100);
 		pthread_mutex_unlock(&j->lock);
 		if (over)
 			break;
 	}
-	if ((r = flush_batch(wk, err, sizeof(err)))) {
-		pthread_mutex_lock(&j->lock);
-		if (!j->fatal) {
-			j->fatal = r;
-			eng_set_err(j->err, j->errlen, "%s", err);
-		}
-		pthread_cond_broadcast(&j->cond);
-		pthread_mutex_unlock(&j->lock);
-	}
+	flush_batch(wk, err, sizeof(err));
 	edg_fetch_done(wk->ch);
 	goto out;
 fail:
@@ -454,7 +482,7 @@ out:
 /* ---- the fetch ------------------------------------------------------------------ */
 
 int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
-		  const uint8_t *digests, uint64_t n, double timeout_s, struct edg_multi_report *rep,
+		  const uint8_t *digests, uint64_t n, double timeout_s, double deadline_s, struct edg_multi_report *rep,
 		  edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen)
 {
 	struct job j = { .s = s, .cs = edg_store_chunk_size(s), .key = key, .timeout_s = timeout_s, .npeers = npeers,
@@ -532,7 +560,11 @@ int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, 
 	double shown = 0;
 	for (;;) {
 		pthread_mutex_lock(&j.lock);
-		bool over = j.done + j.lost == j.nw || j.fatal || (j.answered == npeers && !j.alive);
+		if (deadline_s > 0 && mono() - j.t0 > deadline_s && !j.stop) {
+			j.stop = true; /* what is still pending is left to the caller (lost) */
+			pthread_cond_broadcast(&j.cond);
+		}
+		bool over = j.done + j.lost == j.nw || j.fatal || (j.answered == npeers && !j.alive) || j.stop;
 		if (!over)
 			wait_ms(&j, 500);
 		double now = mono();
@@ -616,7 +648,7 @@ int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers
 		free(all);
 		return r;
 	}
-	r = edg_fetch_set(s, peers, npeers, key, all, n, timeout_s, rep, progress, ctx, err, errlen);
+	r = edg_fetch_set(s, peers, npeers, key, all, n, timeout_s, 0, rep, progress, ctx, err, errlen);
 	rep->size = size;
 	if (!r && rep->lost) {
 		char who[300] = "";

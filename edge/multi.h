@@ -46,12 +46,14 @@ typedef void (*edg_multi_progress_fn)(void *ctx, const struct edg_peer *peers, u
 
 /*
  * Fetch into s those of the n digests it lacks (each once), from peers at
- * once. The caller pins what it needs kept. 0 also when some chunk is held by
- * no peer left (rep->lost counts them: the caller decides what that means),
- * or -errno with err (bad arguments, the store failing).
+ * once. The caller pins what it needs kept. With deadline_s > 0 nothing more
+ * is asked for after that many seconds (what is in flight still lands).
+ * 0 also when some chunk is held by no peer left or was not fetched by the
+ * deadline (rep->lost counts them: the caller decides what that means), or
+ * -errno with err (bad arguments, the store failing).
  */
 int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, const uint8_t key[32],
-		  const uint8_t *digests, uint64_t n, double timeout_s, struct edg_multi_report *rep,
+		  const uint8_t *digests, uint64_t n, double timeout_s, double deadline_s, struct edg_multi_report *rep,
 		  edg_multi_progress_fn progress, void *ctx, char *err, size_t errlen);
 
 /*

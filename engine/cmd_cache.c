@@ -657,9 +657,12 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		char e[512] = "";
 		struct eng_conn *c = eng_conn_connect(src.p[k].loc, NULL, FETCH_CONNECT_S, e, sizeof(e));
 		struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, e, sizeof(e)) : NULL;
-		for (unsigned i = 0; ch && i < nimg; i++)
-			if (!rc[i].digests && !edg_fetch_recipe(ch, names[i], &rc[i], &recipe_wire, e, sizeof(e)))
+		for (unsigned i = 0; ch && i < nimg; i++) {
+			uint64_t w = 0;
+			if (!rc[i].digests && !edg_fetch_recipe(ch, names[i], &rc[i], &w, e, sizeof(e)))
 				got++;
+			recipe_wire += w;
+		}
 		if (ch)
 			edg_fetch_done(ch);
 		if (got < nimg && !err[0]) /* the first reason */

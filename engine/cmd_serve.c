@@ -211,7 +211,13 @@ static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 	}
 	printf("%d\n", eng_conn_listener_port(l));
 	fflush(stdout);
-	pthread_create(&sig_thread, NULL, signal_thread, &sv);
+	if (pthread_create(&sig_thread, NULL, signal_thread, &sv)) {
+		cli_error("%s: cannot start the signal thread", cmd->name);
+		edg_coord_close(coord);
+		eng_conn_listener_close(l);
+		edg_store_close(s);
+		return 1;
+	}
 	unsigned clients = 0;
 	while (!atomic_load(&sv.stop)) {
 		bool timed_out;

@@ -210,9 +210,14 @@ static int fetch_from_edges(struct dst *d, char *err, size_t errlen)
 	if (n && d->a->coord && edg_sources_ask_coordinator(&d->fetch_src, d->a->coord, lack, n, stderr, e, sizeof(e)))
 		fprintf(stderr, "receive: warning: %s (the source sends what the cache lacks)\n", e);
 	if (n && d->fetch_src.n) {
+		/* the source waits 300 s plus a second per 20 MB of base for the map (handoff_send.c):
+		 * the fetch stops asking at half a second per 20 MB, leaving the fill its share */
+		double base = 0;
+		for (unsigned o = 0; o < d->plan.nobj; o++)
+			base += (double)d->plan.obj[o].size;
 		int r = edg_fetch_set(d->cache, d->fetch_src.p, d->fetch_src.n, d->a->fetch_key ? d->a->fetch_key : d->a->key,
-				      lack, n, d->a->fetch_timeout_s > 0 ? d->a->fetch_timeout_s : 2.0, &d->fetch,
-				      d->a->progress ? fetch_progress : NULL, NULL, e, sizeof(e));
+				      lack, n, d->a->fetch_timeout_s > 0 ? d->a->fetch_timeout_s : 2.0, 240 + base / 40e6,
+				      &d->fetch, d->a->progress ? fetch_progress : NULL, NULL, e, sizeof(e));
 		if (d->a->progress)
 			cli_progress_end();
 		if (r) { /* the store failed: the handoff can still take everything from the source */
@@ -544,16 +549,24 @@ static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t er
 	struct timespec t_cut;
 	static const char *const state_name[] = { "receiving", "verified", "resumed" };
 
+	/*
+	 * The source may notice the cut only after ENG_CONTROL_SILENCE_S without
+	 * a message (it waits on our READY or RESUMED while a cut link stays
+	 * open on its side), and then reconnects for up to --retry-for: wait for
+	 * both, or it finds nobody left to resume with (seen in it_handoff chaos).
+	 */
+	double wait = d->a->retry_for_s + ENG_CONTROL_SILENCE_S;
+
 	clock_gettime(CLOCK_MONOTONIC, &t_cut);
 	snprintf(why, sizeof(why), "%s", err);
 	fprintf(stderr, "%sreceive: %s; waiting up to %.0f s for the source to resume\n",
-		d->a->progress ? "\r\033[K" : "", why, d->a->retry_for_s);
+		d->a->progress ? "\r\033[K" : "", why, wait);
 	eng_conn_close(d->conn);
 	d->conn = NULL;
-	while (since(&t_cut) < d->a->retry_for_s) {
+	while (since(&t_cut) < wait) {
 		struct eng_conn_bind b = { .key = d->a->key };
 		memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
-		if (!(d->conn = eng_conn_accept(d->a->from, &b, d->a->retry_for_s - since(&t_cut), aerr, sizeof(aerr))))
+		if (!(d->conn = eng_conn_accept(d->a->from, &b, wait - since(&t_cut), aerr, sizeof(aerr))))
 			break;
 		if (!eng_session_offer(d->conn, d->session, d->cache_chunk, aerr, sizeof(aerr)) &&
 		    !eng_session_resume_take(d->conn, d->session, d->a->key, d->aead, d->handoff_id, 2, nonce,
@@ -571,7 +584,7 @@ static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t er
 		d->conn = NULL;
 	}
 	d->cut_s += since(&t_cut);
-	snprintf(err, errlen, "%s, and the source did not resume within %.0f s%s", why, d->a->retry_for_s,
+	snprintf(err, errlen, "%s, and the source did not resume within %.0f s%s", why, wait,
 		 d->state == ENG_RESUME_RESUMED ? " (the VM runs here)" : "");
 	return d->state == ENG_RESUME_RESUMED ? 0 : -ETIMEDOUT;
 }

@@ -85,6 +85,8 @@ struct src {
 	uint64_t perm_mul, perm_add, cursor;
 	unsigned sweeps;
 	uint8_t *heat;          /* per block: times seen written (disk: the tracker's count; RAM: our scans) */
+	uint8_t *pass_bucket;   /* heat buckets as the pass began: a block written again meanwhile keeps
+				 * its sweep (else it would go again in a hotter sweep of the same pass) */
 	uint64_t *sent;         /* blocks fed at least once */
 	uint64_t resent_blocks;
 	bool pass_active, final_pass, ended, hold;
@@ -341,6 +343,9 @@ static void start_pass(struct src *s)
 	s->perm_add = r[1] % s->total;
 	s->cursor = 0;
 	s->sweeps = s->a->order_random || s->final_pass ? 1 : HEAT_BUCKETS;
+	if (s->sweeps > 1)
+		for (uint64_t g = 0; g < s->total; g++)
+			s->pass_bucket[g] = (uint8_t)heat_bucket(s->heat[g]);
 	if (s->passes && s->cur_raw > s->pass_raw0 + (1u << 20))
 		s->pass_ratio = (double)(s->cur_wire - s->pass_wire0) / (double)(s->cur_raw - s->pass_raw0);
 	s->pass_raw0 = s->cur_raw;
@@ -414,7 +419,7 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		} else {
 			uint64_t i = s->cursor++;
 			g = (uint64_t)(((unsigned __int128)s->perm_mul * (i % s->total) + s->perm_add) % s->total);
-			if (s->sweeps > 1 && heat_bucket(s->heat[g]) != (i / s->total < HEAT_BUCKETS - 1 ? i / s->total : HEAT_BUCKETS - 1))
+			if (s->sweeps > 1 && s->pass_bucket[g] != i / s->total)
 				continue; /* its bucket's sweep takes it */
 		}
 		if (!take(s, g) || !changed_since_mirror(s, g))
@@ -1116,7 +1121,8 @@ static int setup(struct src *s, char *err, size_t errlen)
 	s->pending = calloc((s->total + 63) / 64, sizeof(uint64_t));
 	s->sent = calloc((s->total + 63) / 64, sizeof(uint64_t));
 	s->heat = calloc(s->total ? s->total : 1, 1);
-	if (!s->pending || !s->sent || !s->heat) {
+	s->pass_bucket = calloc(s->total ? s->total : 1, 1);
+	if (!s->pending || !s->sent || !s->heat || !s->pass_bucket) {
 		trk_dirty_map_free(&probe);
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
@@ -1587,6 +1593,7 @@ out:
 	free(s->pending);
 	free(s->sent);
 	free(s->heat);
+	free(s->pass_bucket);
 	free(s->unchecked);
 	for (int o = 0; o < ENG_VM_OBJECTS; o++)
 		free(s->base_have[o]);

@@ -660,6 +660,11 @@ static void test_map_parse(void **state)
 	buf[16] = 200; /* more dirty than blocks: never a huge allocation */
 	assert_int_equal(trk_dirty_parse(buf, len4, &m, err, sizeof(err)), -EBADMSG);
 	buf[16] = 4;
+	memcpy(buf, "HOFFDIRT", 8); /* an earlier build's tracker: the bitmap alone */
+	assert_int_equal(trk_dirty_parse(buf, TRK_DIRTY_HDR_LEN + 2, &m, err, sizeof(err)), 0);
+	assert_true(m.ndirty == 4 && trk_dirty_test(&m, 9) && !m.writes);
+	trk_dirty_map_free(&m);
+	assert_int_equal(trk_dirty_parse(buf, len4, &m, err, sizeof(err)), -EBADMSG);
 	buf[0] = 'X';
 	assert_int_equal(trk_dirty_parse(buf, len4, &m, err, sizeof(err)), -EBADMSG);
 	assert_null(m.bits);

@@ -107,8 +107,9 @@ static void mark_range(struct trk_dirtyfs *fs, uint64_t off, uint64_t len)
 		or_word(&w[lw], lm);
 	}
 	pthread_rwlock_unlock(&fs->swap);
-	for (uint64_t b = first; b <= last; b++)
-		__atomic_fetch_add(&fs->writes[b], 1, __ATOMIC_RELAXED);
+	for (uint64_t b = first; b <= last; b++) /* saturating (near enough: never wraps) */
+		if (__atomic_load_n(&fs->writes[b], __ATOMIC_RELAXED) < UINT32_MAX - 1024)
+			__atomic_fetch_add(&fs->writes[b], 1, __ATOMIC_RELAXED);
 }
 
 /*
@@ -1000,13 +1001,14 @@ int trk_dirty_parse(const uint8_t *buf, size_t len, struct trk_dirty_map *m, cha
 		    size_t errlen)
 {
 	memset(m, 0, sizeof(*m));
-	if (len < TRK_DIRTY_HDR_LEN || memcmp(buf, TRK_DIRTY_MAGIC, 8)) {
+	bool v1 = len >= TRK_DIRTY_HDR_LEN && !memcmp(buf, TRK_DIRTY_MAGIC_V1, 8);
+	if (len < TRK_DIRTY_HDR_LEN || (!v1 && memcmp(buf, TRK_DIRTY_MAGIC, 8))) {
 		eng_set_err(err, errlen, "not a dirty map (no %s header)", TRK_DIRTY_MAGIC);
 		return -EBADMSG;
 	}
 	uint64_t nblocks = get_le64(buf + 8), ndirty = get_le64(buf + 16);
-	uint64_t nbytes = map_bytes(nblocks), count = 0;
-	if (ndirty > nblocks || nbytes > len - TRK_DIRTY_HDR_LEN || nbytes + 2 * ndirty != len - TRK_DIRTY_HDR_LEN) {
+	uint64_t nbytes = map_bytes(nblocks), count = 0, counts = v1 ? 0 : 2 * ndirty;
+	if (ndirty > nblocks || nbytes > len - TRK_DIRTY_HDR_LEN || nbytes + counts != len - TRK_DIRTY_HDR_LEN) {
 		eng_set_err(err, errlen, "dirty map of %llu blocks, %llu dirty, has %zu bytes after its header, expected %llu",
 			(unsigned long long)nblocks, (unsigned long long)ndirty, len - TRK_DIRTY_HDR_LEN,
 			(unsigned long long)(nbytes + 2 * (ndirty <= nblocks ? ndirty : 0)));
@@ -1026,14 +1028,14 @@ int trk_dirty_parse(const uint8_t *buf, size_t len, struct trk_dirty_map *m, cha
 		return -EBADMSG;
 	}
 	m->bits = malloc(nbytes ? nbytes : 1);
-	m->writes = malloc(ndirty ? ndirty * sizeof(uint16_t) : 1);
-	if (!m->bits || !m->writes) {
+	m->writes = v1 ? NULL : malloc(ndirty ? ndirty * sizeof(uint16_t) : 1);
+	if (!m->bits || (!v1 && !m->writes)) {
 		trk_dirty_map_free(m);
 		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	memcpy(m->bits, bits, nbytes);
-	for (uint64_t i = 0; i < ndirty; i++)
+	for (uint64_t i = 0; !v1 && i < ndirty; i++)
 		m->writes[i] = (uint16_t)(bits[nbytes + 2 * i] | bits[nbytes + 2 * i + 1] << 8);
 	m->nblocks = nblocks;
 	m->ndirty = ndirty;
@@ -1068,7 +1070,8 @@ static int read_ctl(int fd, const char *ctl, uint64_t want_blocks, uint8_t **out
 		eng_set_err(err, errlen, "cannot read %s: %s", ctl, strerror((int)-n));
 		return (int)n;
 	}
-	if ((size_t)n < sizeof(hdr) || memcmp(hdr, TRK_DIRTY_MAGIC, 8)) {
+	bool v1 = (size_t)n >= sizeof(hdr) && !memcmp(hdr, TRK_DIRTY_MAGIC_V1, 8); /* a tracker of the build before */
+	if ((size_t)n < sizeof(hdr) || (!v1 && memcmp(hdr, TRK_DIRTY_MAGIC, 8))) {
 		eng_set_err(err, errlen, "%s is not a dirty map", ctl);
 		return -EBADMSG;
 	}
@@ -1083,7 +1086,7 @@ static int read_ctl(int fd, const char *ctl, uint64_t want_blocks, uint8_t **out
 			(unsigned long long)want_blocks);
 		return -EBADMSG;
 	}
-	size_t len = TRK_DIRTY_HDR_LEN + (size_t)map_bytes(want_blocks) + 2 * (size_t)ndirty;
+	size_t len = TRK_DIRTY_HDR_LEN + (size_t)map_bytes(want_blocks) + (v1 ? 0 : 2 * (size_t)ndirty);
 	uint8_t *buf = malloc(len + 1);
 	if (!buf) {
 		eng_set_err(err, errlen, "out of memory");

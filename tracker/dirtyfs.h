@@ -14,11 +14,13 @@
  * opening it swaps the live bitmap for an empty one (fetch-and-clear) and the
  * open file reads back the swapped-out map:
  *
- *   "HOFFDIRT" | u64 LE block count | u64 LE set bits | bitmap, LSB first,
- *   ceil(blocks / 8) bytes
+ *   "HOFFDIR2" | u64 LE block count | u64 LE set bits | bitmap, LSB first,
+ *   ceil(blocks / 8) bytes | u16 LE per set bit, in block order: the writes
+ *   that block got since the mount (saturated at 65535)
  *
  * so each open returns exactly the blocks written since the previous open
- * (the first: since mount). A map that was opened is gone from the live
+ * (the first: since mount), and how hot each one is. The reader also takes
+ * "HOFFDIRT" maps (no counts) from a tracker of an earlier build. A map that was opened is gone from the live
  * bitmap: a caller that loses it must treat the whole disk as dirty.
  *
  * The disk has a fixed size (IMAGE's at mount): writes past it fail with
@@ -40,6 +42,7 @@
 
 #define TRK_DIRTY_BLOCK 4096u
 #define TRK_DIRTY_MAGIC "HOFFDIR2"
+#define TRK_DIRTY_MAGIC_V1 "HOFFDIRT" /* a tracker of the build before: the bitmap without counts */
 #define TRK_DIRTY_HDR_LEN 24u
 #define TRK_DIRTY_CTL ".dirty"
 
