@@ -29,7 +29,7 @@ static const struct cli_opt send_opts[] = {
 	[S_BUDGET] = { "stop-budget", 0, "SECONDS", false, "stop the VM once the rest fits in this much link time, like QEMU's downtime-limit, and is at most 4 MiB or stopped shrinking (default 1; the pause adds about 1 s)" },
 	[S_THROTTLE] = { "throttle", 0, "on|off", false, "when the guest dirties faster than the link drains, slow its vCPUs (cgroup CPU quota) until the rest fits the budget (default on)" },
 	[S_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, reconnect for up to this long and go on from what the destination verified (default 0: fail at once; the receiver needs --retry-for too)" },
-	[S_ORDER] = { "order", 0, "dirty|random", false, "each pre-copy pass: coldest blocks first, the most often written last (default dirty), or a random order" },
+	[S_ORDER] = { "order", 0, "random|dirty", false, "each pre-copy pass in a random order (default), or coldest blocks first and the most often written last (dirty: experimental)" },
 	{ 0 },
 };
 
@@ -106,7 +106,7 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 		cli_error("bad --order '%s' (dirty or random)", val[S_ORDER]);
 		return 2;
 	}
-	a.order_random = val[S_ORDER] && !strcmp(val[S_ORDER], "random");
+	a.order_random = !val[S_ORDER] || !strcmp(val[S_ORDER], "random");
 	if (val[S_RETRY] && parse_retry(val[S_RETRY], &a.retry_for_s))
 		return 2;
 	if (need_key(a.to, val[S_KEY], "send") || cli_parse_aead(val[S_CIPHER], &a.aead) ||
@@ -135,7 +135,7 @@ const struct cli_cmd cli_cmd_send = {
 		   "deduplicated and delta-encoded against the base, compressed and sealed. If anything\n"
 		   "fails before the destination is committed, the source VM keeps running.",
 	.usage = "--qmp SRC.sock --disk TRACKED_DISK --base BASEDIR --to tcp:HOST:PORT|dpdk:PORT|file:PATH [--key FILE] [--json]\n"
-		 "[--mode auto|DELTA:COMP:LEVEL] [--stop-budget SECONDS] [--throttle on|off] [--trace FILE] [--retry-for SECONDS] [--order dirty|random]\n"
+		 "[--mode auto|DELTA:COMP:LEVEL] [--stop-budget SECONDS] [--throttle on|off] [--trace FILE] [--retry-for SECONDS] [--order random|dirty]\n"
 		 "(dpdk: needs the port in the EAL arguments, e.g. --vdev net_af_packet0,iface=eth1 -- send ... --to dpdk:0)",
 	.opts = send_opts,
 	.run = send_run,

@@ -57,7 +57,7 @@ struct eng_send_args {
 	double stop_budget_s;    /* ENG_STOP_SECONDS unless --stop-budget */
 	bool throttle;           /* slow the guest when it dirties faster than the link drains */
 	double retry_for_s;      /* after a link cut, reconnect and resume for this long (0: fail) */
-	bool order_random;       /* --order random: each pass in a random order, not coldest first */
+	bool order_random;       /* each pass in a random order (the default), not coldest first (--order dirty) */
 };
 
 struct eng_receive_args {

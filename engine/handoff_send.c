@@ -412,7 +412,7 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 	if (!__atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE) || s->hold)
 		return 0;
 	uint64_t end = s->total * s->sweeps;
-	while (n < max && s->cursor < end && steps++ < 16384) {
+	while (n < max && s->cursor < end && steps++ < 16384u * s->sweeps) { /* the same share of a pass per call */
 		uint64_t g;
 		if (s->unchecked && s->unchecked_pos < s->unchecked_n) {
 			g = s->unchecked_first + s->unchecked_pos++; /* the first pass's sweep */
