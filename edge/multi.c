@@ -86,11 +86,6 @@ static double mono(void)
 	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static int digest_cmp(const void *a, const void *b)
-{
-	return memcmp(a, b, EDG_DIGEST_LEN);
-}
-
 /* Waits on the job's condition for at most ms (under j->lock). */
 static void wait_ms(struct job *j, long ms)
 {
@@ -510,19 +505,10 @@ int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, 
 		eng_set_err(err, errlen, "cannot read the cache");
 		goto out;
 	}
-	/* each lacking chunk once (an image repeats some, zeros above all) */
 	r = -ENOMEM;
-	if (!(w = malloc(n ? n * EDG_DIGEST_LEN : 1)))
+	if (!(w = edg_wanted(digests, missing, n, &j.nw)))
 		goto oom;
-	for (uint64_t i = 0; i < n; i++)
-		if (missing[i])
-			memcpy(w + j.nw++ * EDG_DIGEST_LEN, digests + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
-	qsort(w, j.nw, EDG_DIGEST_LEN, digest_cmp);
-	uint64_t u = 0;
-	for (uint64_t i = 0; i < j.nw; i++)
-		if (!u || memcmp(w + (u - 1) * EDG_DIGEST_LEN, w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN))
-			memmove(w + u++ * EDG_DIGEST_LEN, w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
-	j.nw = u;
+	uint64_t u = j.nw;
 	rep->missing = u;
 	if (!u) { /* nothing lacking: no source need be asked */
 		r = 0;

@@ -387,8 +387,7 @@ static int digest_cmp(const void *a, const void *b)
 	return memcmp(a, b, EDG_DIGEST_LEN);
 }
 
-/* Each missing chunk once (an image repeats some, zeros above all), sorted. */
-static uint8_t *wanted(const uint8_t *d, const bool *missing, uint64_t n, uint64_t *nw)
+uint8_t *edg_wanted(const uint8_t *d, const bool *missing, uint64_t n, uint64_t *nw)
 {
 	uint8_t *w = malloc(n ? n * EDG_DIGEST_LEN : 1);
 	uint64_t k = 0, out = 0;
@@ -509,7 +508,7 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 		eng_set_err(err, errlen, "cannot read the cache");
 		goto out;
 	}
-	if (!(w = wanted(rc->digests, missing, rc->n, &nw))) {
+	if (!(w = edg_wanted(rc->digests, missing, rc->n, &nw))) {
 		eng_set_err(err, errlen, "out of memory");
 		r = -ENOMEM;
 		goto out;

@@ -224,13 +224,12 @@ static int fetch_from_edges(struct dst *d, char *err, size_t errlen)
 			fprintf(stderr, "receive: warning: fetching from other edges failed: %s\n", e);
 		} else {
 			d->fetched = true;
-			uint64_t now = eng_cache_base_recheck(&d->cb);
+			eng_cache_base_recheck(&d->cb);
 			fprintf(stderr, "receive: fetched %llu of %llu lacking chunks (%.1f MB) from %u edges in %.1f s, "
 					"longest stall %.2f s; the source sends the rest (%llu)\n",
 				(unsigned long long)d->fetch.fetched_chunks, (unsigned long long)d->fetch.missing,
 				d->fetch.fetched_raw_bytes / 1e6, d->fetch_src.n, d->fetch.seconds, d->fetch.stall_s,
 				(unsigned long long)d->fetch.lost);
-			(void)now;
 		}
 	}
 	free(lack);
