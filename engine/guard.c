@@ -15,24 +15,27 @@
 
 extern char **environ;
 
-/* Messages on the pipe: a type byte, then (T) the throttle as it is. */
-enum { MSG_READY = 'R', MSG_RUNNING = 'W', MSG_THROTTLE = 'T', MSG_COMMIT = 'C', MSG_RELEASE = 'X' };
+/*
+ * Messages on the pipe: a type byte, then a body for some. Engine to guard:
+ * W running flag, T the throttle as it is, C (source: a flag; destination:
+ * none) committed, D u64 length and the device state, X released. Guard to
+ * engine: R ready, A armed (holds the device state), F fed and an int32
+ * errno (0: QEMU has it all).
+ */
+enum {
+	MSG_READY = 'R', MSG_RUNNING = 'W', MSG_THROTTLE = 'T', MSG_COMMIT = 'C', MSG_RELEASE = 'X',
+	MSG_TAIL = 'D', MSG_ARMED = 'A', MSG_FED = 'F',
+};
 
 /* 0, or -EPIPE when the guard is gone (never a SIGPIPE: MSG_NOSIGNAL). */
-static int put(struct eng_guard *g, char type, const void *body, size_t len)
+static int send_all(struct eng_guard *g, const void *buf, size_t len)
 {
-	char buf[1 + sizeof(struct eng_throttle)];
+	size_t done = 0;
 
 	if (g->fd < 0)
 		return 0;
-	if (len > sizeof(buf) - 1)
-		return -EINVAL;
-	buf[0] = type;
-	if (len)
-		memcpy(buf + 1, body, len);
-	size_t done = 0;
-	while (done < len + 1) {
-		ssize_t n = send(g->fd, buf + done, len + 1 - done, MSG_NOSIGNAL);
+	while (done < len) {
+		ssize_t n = send(g->fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -42,22 +45,54 @@ static int put(struct eng_guard *g, char type, const void *body, size_t len)
 	return 0;
 }
 
-int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running, char *err, size_t errlen)
+/* A message: its type byte, then (for some types) a fixed body. */
+static int put(struct eng_guard *g, char type, const void *body, size_t len)
+{
+	char buf[1 + sizeof(struct eng_throttle)];
+
+	if (len > sizeof(buf) - 1)
+		return -EINVAL;
+	buf[0] = type;
+	if (len)
+		memcpy(buf + 1, body, len);
+	return send_all(g, buf, len + 1);
+}
+
+static int recv_all(int fd, void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = read(fd, (char *)buf + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/*
+ * Run this very binary (its inode, whatever now lies at its path) as a guard
+ * in a session of its own: the pipe on its fd 3, extra_fd (if >= 0) on 4.
+ */
+static int spawn(struct eng_guard *g, char **argv, int extra_fd, const char *whose, char *err, size_t errlen)
 {
 	int p[2];
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t at;
-	/* this very binary (its inode), whatever now lies at its path */
-	char *argv[] = { "handoff-engine", "guard", "--qmp", (char *)qmp_path, NULL };
 
 	g->fd = -1;
 	g->pid = 0;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p)) {
-		snprintf(err, errlen, "cannot start the source VM's guard: %s", strerror(errno));
+		snprintf(err, errlen, "cannot start the %s guard: %s", whose, strerror(errno));
 		return -errno;
 	}
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, p[0], 3);
+	if (extra_fd >= 0)
+		posix_spawn_file_actions_adddup2(&fa, extra_fd, 4);
 	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 	posix_spawnattr_init(&at);
 	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID);
@@ -67,20 +102,84 @@ int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running,
 	close(p[0]);
 	if (r) {
 		close(p[1]);
-		snprintf(err, errlen, "cannot start the source VM's guard: %s", strerror(r));
+		snprintf(err, errlen, "cannot start the %s guard: %s", whose, strerror(r));
 		return -r;
 	}
 	g->fd = p[1];
-	/* the guard says it is up and reading before the engine relies on it */
-	struct timeval tv = { .tv_sec = 5 };
-	char ready = 0, running = was_running;
+	return 0;
+}
+
+/* One byte from the guard within timeout_s; 0 if it is gone or silent. */
+static char answer(struct eng_guard *g, int timeout_s)
+{
+	struct timeval tv = { .tv_sec = timeout_s };
+	char c = 0;
+
 	setsockopt(g->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (recv(g->fd, &ready, 1, 0) != 1 || ready != MSG_READY || put(g, MSG_RUNNING, &running, 1)) {
+	while (recv(g->fd, &c, 1, 0) < 0 && errno == EINTR)
+		;
+	return c;
+}
+
+static void gone(struct eng_guard *g)
+{
+	close(g->fd);
+	g->fd = -1;
+	waitpid(g->pid, NULL, WNOHANG);
+}
+
+int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running, char *err, size_t errlen)
+{
+	char *argv[] = { "handoff-engine", "guard", "--qmp", (char *)qmp_path, NULL };
+	char running = was_running;
+	int ret = spawn(g, argv, -1, "source VM's", err, errlen);
+
+	if (ret)
+		return ret;
+	/* the guard says it is up and reading before the engine relies on it */
+	if (answer(g, 5) != MSG_READY || put(g, MSG_RUNNING, &running, 1)) {
 		snprintf(err, errlen, "the source VM's guard did not start (handoff-engine guard)");
-		close(g->fd);
-		g->fd = -1;
-		waitpid(g->pid, NULL, WNOHANG);
+		gone(g);
 		return -EIO;
+	}
+	return 0;
+}
+
+int eng_guard_start_incoming(struct eng_guard *g, int mig_fd, char *err, size_t errlen)
+{
+	char *argv[] = { "handoff-engine", "guard", "--incoming", NULL };
+
+	/* its READY is read with the tail: the start overlaps QEMU's load */
+	return spawn(g, argv, mig_fd, "destination VM's", err, errlen);
+}
+
+int eng_guard_hold_tail(struct eng_guard *g, const void *tail, size_t len, char *err, size_t errlen)
+{
+	uint64_t n = len;
+
+	if (answer(g, 5) != MSG_READY || put(g, MSG_TAIL, &n, sizeof(n)) || send_all(g, tail, len) ||
+	    answer(g, 10) != MSG_ARMED) {
+		snprintf(err, errlen, "the destination VM's guard did not take the device state (handoff-engine guard --incoming)");
+		gone(g);
+		return -EIO;
+	}
+	return 0;
+}
+
+int eng_guard_feed(struct eng_guard *g)
+{
+	return put(g, MSG_COMMIT, NULL, 0);
+}
+
+int eng_guard_fed(struct eng_guard *g, char *err, size_t errlen)
+{
+	int32_t code = EPIPE;
+
+	/* QEMU reads the device state at its own pace: as long as a resume may take */
+	if (answer(g, 120) != MSG_FED || recv_all(g->fd, &code, sizeof(code)) || code) {
+		snprintf(err, errlen, "feeding the destination QEMU its device state: %s",
+			 code ? strerror(code) : "the guard went silent");
+		return code ? -code : -EIO;
 	}
 	return 0;
 }
@@ -112,21 +211,6 @@ int eng_guard_committed(struct eng_guard *g, bool committed)
 void eng_guard_release(struct eng_guard *g)
 {
 	finish(g, MSG_RELEASE);
-}
-
-static int read_all(int fd, void *buf, size_t len)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = read(fd, (char *)buf + done, len - done);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		done += (size_t)n;
-	}
-	return 0;
 }
 
 /* The engine died before the commit: put the source VM back. */
@@ -178,17 +262,17 @@ int eng_guard_main(int fd, const char *qmp_path)
 		return 1;
 	for (;;) {
 		/* the engine is gone: after the commit the VM is the destination's */
-		if (read_all(fd, &type, 1))
+		if (recv_all(fd, &type, 1))
 			return committed ? 0 : restore(qmp_path, was_running, &t);
 		switch (type) {
 		case MSG_RUNNING:
 		case MSG_COMMIT:
-			if (read_all(fd, &flag, 1))
+			if (recv_all(fd, &flag, 1))
 				return committed ? 0 : restore(qmp_path, was_running, &t);
 			*(type == MSG_RUNNING ? &was_running : &committed) = flag;
 			break;
 		case MSG_THROTTLE:
-			if (read_all(fd, &t, sizeof(t)))
+			if (recv_all(fd, &t, sizeof(t)))
 				return committed ? 0 : restore(qmp_path, was_running, &t);
 			break;
 		case MSG_RELEASE:
@@ -199,24 +283,90 @@ int eng_guard_main(int fd, const char *qmp_path)
 	}
 }
 
-enum { G_QMP };
+/* Write all of buf to QEMU's stream: 0, or an errno. */
+static int32_t write_all(int fd, const char *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = write(fd, buf + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? errno : EIO;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+int eng_guard_incoming_main(int fd, int mig_fd)
+{
+	char *tail = NULL;
+	uint64_t len = 0;
+	char type, ready = MSG_READY;
+
+	signal(SIGINT, SIG_IGN);
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGPIPE, SIG_IGN);
+	close_range(5, ~0u, 0);
+	if (send(fd, &ready, 1, MSG_NOSIGNAL) != 1)
+		return 1;
+	for (;;) {
+		/* receive is gone before the commit: the stream closes with us, QEMU never runs */
+		if (recv_all(fd, &type, 1))
+			return 0;
+		if (type == MSG_RELEASE)
+			return 0;
+		if (type == MSG_TAIL) {
+			char armed = MSG_ARMED;
+			free(tail);
+			tail = NULL;
+			if (recv_all(fd, &len, sizeof(len)) || len > (1ull << 30) || !(tail = malloc(len ? len : 1)) ||
+			    recv_all(fd, tail, len) || send(fd, &armed, 1, MSG_NOSIGNAL) != 1)
+				return 1;
+			continue;
+		}
+		if (type != MSG_COMMIT || !tail)
+			return 1;
+		/* committed: the VM is this end's now, whatever becomes of receive */
+		int32_t code = write_all(mig_fd, tail, len);
+		if (!code && shutdown(mig_fd, SHUT_WR))
+			code = errno;
+		char reply[1 + sizeof(code)] = { MSG_FED };
+		memcpy(reply + 1, &code, sizeof(code));
+		send(fd, reply, sizeof(reply), MSG_NOSIGNAL);
+		if (recv_all(fd, &type, 1) && !code)
+			fprintf(stderr, "handoff-engine guard: receive died after the commit: QEMU has the device state and starts the VM here\n");
+		return code ? 1 : 0;
+	}
+}
+
+enum { G_QMP, G_INCOMING };
 
 static const struct cli_opt guard_opts[] = {
-	[G_QMP] = { "qmp", 0, "SRC.sock", true, "QMP socket of the source QEMU" },
+	[G_QMP] = { "qmp", 0, "SRC.sock", false, "QMP socket of the source QEMU (the source's guard)" },
+	[G_INCOMING] = { "incoming", 0, NULL, false,
+			 "the destination's guard: QEMU's incoming stream on fd 4, the device state from the pipe" },
 	{ 0 },
 };
 
 static int guard_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	(void)cmd;
-	return eng_guard_main(3, val[G_QMP]);
+	if (!val[G_QMP] == !val[G_INCOMING]) {
+		fprintf(stderr, "handoff-engine guard: give --qmp SRC.sock or --incoming (it is started by send and receive)\n");
+		return 2;
+	}
+	return val[G_INCOMING] ? eng_guard_incoming_main(3, 4) : eng_guard_main(3, val[G_QMP]);
 }
 
 const struct cli_cmd cli_cmd_guard = {
 	.name = "guard",
-	.summary = "Internal: started by send (not by hand). Puts the source VM back if send dies before\n"
-		   "the commit: closes the guest throttle, cancels QEMU's migration and continues the VM.",
-	.usage = "--qmp SRC.sock (reads the engine's pipe on fd 3)",
+	.summary = "Internal: started by send and receive (not by hand). The source's (--qmp) puts the source\n"
+		   "VM back if send dies before the commit: closes the guest throttle, cancels QEMU's migration\n"
+		   "and continues the VM. The destination's (--incoming) holds the device state and hands it to\n"
+		   "QEMU on the commit, so a receive that dies after the commit still leaves the VM starting.",
+	.usage = "--qmp SRC.sock | --incoming (reads the engine's pipe on fd 3)",
 	.opts = guard_opts,
 	.run = guard_run,
 };

@@ -12,6 +12,14 @@
  * /proc/self/exe, so the same build even if the file was replaced; not for
  * operators), started in a session of its own so that a ^C meant for the
  * engine does not reach it, and it says it is up before send goes on.
+ *
+ * The destination has the mirror image (`handoff-engine guard --incoming`):
+ * receive hands it QEMU's incoming stream, which lacks only the device
+ * state, and the device state itself before it tells the source it is
+ * ready. On COMMIT receive says one byte and the guard feeds the device
+ * state to QEMU, so a receive killed after the commit still leaves the VM
+ * starting at the destination, never paused at both ends. Before COMMIT a
+ * receive that dies takes the stream down with it and QEMU never runs.
  */
 #ifndef HANDOFF_GUARD_H
 #define HANDOFF_GUARD_H
@@ -38,7 +46,18 @@ int eng_guard_committed(struct eng_guard *g, bool committed);
 /* The engine ended and left the VM as it should be: the guard just exits. */
 void eng_guard_release(struct eng_guard *g);
 
+/* Destination: a guard holding QEMU's incoming stream mig_fd (not yet used). */
+int eng_guard_start_incoming(struct eng_guard *g, int mig_fd, char *err, size_t errlen);
+/* It keeps the device state (QEMU's stream tail) until the commit. */
+int eng_guard_hold_tail(struct eng_guard *g, const void *tail, size_t len, char *err, size_t errlen);
+/* COMMIT arrived: the guard feeds the tail and ends QEMU's stream... */
+int eng_guard_feed(struct eng_guard *g);
+/* ...and says when it did: 0 when QEMU has it all. */
+int eng_guard_fed(struct eng_guard *g, char *err, size_t errlen);
+
 /* `handoff-engine guard`: the guard's side, reading the pipe on fd. */
 int eng_guard_main(int fd, const char *qmp_path);
+/* `handoff-engine guard --incoming`: pipe on fd, QEMU's stream on mig_fd. */
+int eng_guard_incoming_main(int fd, int mig_fd);
 
 #endif

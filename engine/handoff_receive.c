@@ -12,6 +12,7 @@
 #include "edge/multi.h"
 #include "cli.h"
 #include "control.h"
+#include "guard.h"
 #include "io.h"
 #include "conn.h"
 #include "session.h"
@@ -20,6 +21,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +49,7 @@ struct dst {
 	const uint8_t *base_digests[ENG_VM_OBJECTS], *base_ids[ENG_VM_OBJECTS], *base_have[ENG_VM_OBJECTS];
 	struct qb_qmp *qmp;
 	int disk_fd, in_fd, mig_fd;
+	struct eng_guard guard; /* a live handoff: feeds QEMU the device state on COMMIT, even if we die */
 	struct eng_conn *conn;
 	uint8_t session[ENG_SESSION_LEN]; /* offered on conn: the stream's keys depend on it */
 	struct eng_uring_file *disk;
@@ -436,13 +439,15 @@ static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_
 	close(sv[1]);
 	if (ret)
 		return -EIO;
+	if (d->conn && (ret = eng_guard_start_incoming(&d->guard, d->mig_fd, err, errlen)))
+		return ret;
 	/* the device state (tail) goes last, after the commit: without it QEMU cannot resume */
 	if (qb_write_stream_ex(d->mig_fd, &layout, d->ram, dev, QB_WRITE_SKIP_ZERO | QB_WRITE_NO_TAIL,
 			       perr, sizeof(perr))) {
 		snprintf(err, errlen, "feeding the destination QEMU: %s", perr);
 		return -EIO;
 	}
-	return 0;
+	return d->conn ? eng_guard_hold_tail(&d->guard, dev->tail, dev->tail_len, err, errlen) : 0;
 }
 
 static int write_all(int fd, const void *buf, size_t len)
@@ -460,16 +465,30 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+/* HANDOFF_FAULT=NAME: die here, as a SIGKILL would (tests/it_handoff). */
+static void fault_point(const char *name)
+{
+	const char *f = getenv("HANDOFF_FAULT");
+
+	if (f && !strcmp(f, name))
+		raise(SIGKILL);
+}
+
+/* The device state to QEMU (ours, or the guard's after a COMMIT), then wait until it runs. */
 static int resume_qemu(struct dst *d, const struct qb_devstate *dev, double *resume_ts, char *err,
 		       size_t errlen)
 {
-	int ret = write_all(d->mig_fd, dev->tail, dev->tail_len);
+	int ret;
 
-	if (ret) {
+	if (d->guard.fd >= 0) {
+		if ((ret = eng_guard_fed(&d->guard, err, errlen)))
+			return ret;
+	} else if ((ret = write_all(d->mig_fd, dev->tail, dev->tail_len))) {
 		snprintf(err, errlen, "feeding the destination QEMU: %s", strerror(-ret));
 		return ret;
+	} else {
+		shutdown(d->mig_fd, SHUT_WR);
 	}
-	shutdown(d->mig_fd, SHUT_WR);
 	/* RESUME, or "paused" for a QEMU started with -S (it loaded and waits for cont) */
 	for (int i = 0; i < 1200; i++) {
 		char status[64];
@@ -516,6 +535,13 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 		snprintf(err, errlen, "source aborted: %s", text);
 		return -ECANCELED;
 	}
+	/* first of all: from here the VM starts here even if this process dies */
+	if (eng_guard_feed(&d->guard)) {
+		fprintf(stderr, "receive: warning: the destination VM's guard is gone: feeding QEMU from here\n");
+		close(d->guard.fd);
+		d->guard.fd = -1;
+	}
+	fault_point("receive-dies-after-commit");
 	d->t_committed = since(&d->t0);
 	struct eng_control_alive alive;
 	eng_control_alive_start(&alive, ctl);
@@ -674,7 +700,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		return -ENOMEM;
 	}
 	d->a = a;
-	d->disk_fd = d->in_fd = d->mig_fd = -1;
+	d->disk_fd = d->in_fd = d->mig_fd = d->guard.fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &d->t0);
 	if (a->cache_dir) {
 		if ((ret = open_cache(d, err, errlen)))
@@ -830,6 +856,8 @@ out:
 	if (have_ctl)
 		eng_control_free(&ctl);
 	eng_patcher_free(pt);
+	/* before the commit the guard just goes; */
+	eng_guard_release(&d->guard);
 	/* a failed load: QEMU sees the stream end early and gives up without resuming */
 	if (d->mig_fd >= 0)
 		close(d->mig_fd);
