@@ -52,7 +52,7 @@ TOOLS       := $(patsubst scripts/%.c,$(BUILD)/%,$(wildcard scripts/*.c)) \
 
 export ASAN_OPTIONS UBSAN_OPTIONS
 
-.PHONY: all setup test unit unit-sanitized integration fuzz fuzz-run fuzz-long soak demo bench bench-handoff bench-transport bench-adapt bench-edge clean
+.PHONY: all setup test unit unit-sanitized integration integration-sanitized fuzz fuzz-run fuzz-long soak demo bench bench-handoff bench-transport bench-adapt bench-edge clean
 all: $(ENGINE) $(TOOLS)
 
 setup:
@@ -85,7 +85,7 @@ $(BUILD)/tests/%: tests/%.c tests/testlib.h $(BUILD)/libhandoff.a
 # replies, the base index cache, control messages, the session and resume
 # messages, the edge cache's LMDB records and the dpdk: transport's frames.
 # Corpus seeds in tests/fuzz/corpus/TARGET.
-FUZZ_TARGETS := stream migstream qmp index control cache dio
+FUZZ_TARGETS := stream migstream qmp index control cache dio xfer dirty
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 FUZZ_SRC_stream := $(CODECS_SRC) engine/stream.c engine/io.c
 FUZZ_SRC_migstream := $(CODECS_SRC) qemu_bridge/migstream.c
@@ -93,13 +93,16 @@ FUZZ_SRC_qmp := qemu_bridge/qmp.c
 FUZZ_SRC_index := $(CODECS_SRC) tracker/index.c engine/safefile.c
 FUZZ_SRC_control := $(CODECS_SRC) engine/control.c engine/session.c engine/stream.c engine/io.c
 FUZZ_SRC_cache := $(CODECS_SRC) edge/store.c engine/safefile.c
+FUZZ_SRC_xfer := $(CODECS_SRC) edge/xfer.c edge/store.c engine/safefile.c
+FUZZ_SRC_dirty := tracker/dirtyfs.c
+FUZZ_LIBS_dirty := -lfuse3
 # dio: DPDK frames on a real EAL (fuzz_dio.c includes dpdk_io/dio.c)
 FUZZ_SRC_dio := $(CODECS_SRC) dpdk_io/port.c dpdk_io/pace.c engine/numa.c
 FUZZ_LIBS_dio := $(DPDK_LIBS) -lhwloc
 .SECONDEXPANSION:
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*) $(wildcard */*.h)
 	@mkdir -p $(dir $@)
-	clang -O1 -g -std=gnu11 -D_GNU_SOURCE -I. $(DPDK_CFLAGS) -fsanitize=fuzzer,address,undefined \
+	clang -O1 -g -std=gnu11 -D_GNU_SOURCE -I. $(DPDK_CFLAGS) $(FUSE_CFLAGS) -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined $< $(FUZZ_SRC_$*) -o $@ $(FUZZ_LIBS_$*) -lisal -lIPSec_MB -lzstd -llzma -lcrypto -luring -ljson-c -llmdb
 
 unit: $(ENGINE) $(TOOLS) $(TESTS)
@@ -113,6 +116,20 @@ integration: $(ENGINE) $(TOOLS)
 unit-sanitized:
 	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=address,undefined unit \
 	    ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1
+
+# The integration tests with the engine built the same way (not in make test: it
+# takes about twice as long). Every engine process, the background ones too,
+# writes what a sanitizer finds under build-asan/sanitizer-reports: any file
+# there fails the run.
+SAN_REPORTS := $(abspath build-asan)/sanitizer-reports
+integration-sanitized: setup
+	@rm -rf $(SAN_REPORTS) && mkdir -p $(SAN_REPORTS)
+	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=address,undefined integration \
+	    ASAN_OPTIONS=detect_leaks=0:log_path=$(SAN_REPORTS)/asan \
+	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(SAN_REPORTS)/ubsan; rc=$$?; \
+	if [ -n "$$(ls -A $(SAN_REPORTS))" ]; then \
+	    echo "integration-sanitized: sanitizer reports in $(SAN_REPORTS):"; head -30 $(SAN_REPORTS)/*; exit 1; \
+	fi; exit $$rc
 
 fuzz: $(FUZZ_BINS)
 # Bounded (make test): each target replays its saved corpus, then fuzzes 20 s.

@@ -424,7 +424,7 @@ static void *worker_main(void *arg)
 	wk->fcap = EDG_CHAN_MAX_PAYLOAD / EDG_DIGEST_LEN; /* more than any window */
 	wk->fifo = malloc(wk->fcap * sizeof(*wk->fifo));
 	wk->asked_at = malloc(wk->fcap * sizeof(*wk->asked_at));
-	wk->msg = malloc(EDG_CHAN_MAX_PAYLOAD);
+	wk->msg = malloc(edg_chunk_msg_max(j->cs));
 	wk->batch = malloc((size_t)EDG_REQ_MAX * j->cs);
 	wk->cz = cdc_comp_new();
 	if (!wk->fifo || !wk->asked_at || !wk->msg || !wk->batch || !wk->cz) {

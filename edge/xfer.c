@@ -43,6 +43,10 @@ enum {
 #define FIRST_S 10.0        /* the wait for a session's first (key-proving) frame */
 #define CHUNK_HDR (EDG_DIGEST_LEN + 5)
 #define PIN_S 3600          /* a fetch that dies without unpinning frees its pin after this */
+/* the largest message each end reads: HAVE_REQ of a client, RECIPE_PART of a service */
+#define REQ_BYTES_MAX (4 + (size_t)HAVE_MAX * EDG_DIGEST_LEN)
+#define PART_BYTES_MAX (4 + (size_t)PART_MAX * EDG_DIGEST_LEN)
+#define TEXT_MAX 512        /* an ERROR's text that a reader takes in */
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -136,8 +140,11 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 		      size_t errlen)
 {
 	uint32_t cs = edg_store_chunk_size(s), len;
-	size_t cap = cdc_comp_bound(CDC_COMP_ZSTD, cs);
-	uint8_t *in = malloc(EDG_CHAN_MAX_PAYLOAD), *out = malloc(EDG_CHAN_MAX_PAYLOAD), *raw = malloc(cs);
+	size_t cap = cdc_comp_bound(CDC_COMP_ZSTD, cs), out_max = edg_chunk_msg_max(cs);
+	if (out_max < PART_BYTES_MAX)
+		out_max = PART_BYTES_MAX;
+	/* sized for the largest request and reply: a larger request ends the session */
+	uint8_t *in = malloc(REQ_BYTES_MAX), *out = malloc(out_max), *raw = malloc(cs);
 	struct cdc_comp_ctx *cz = cdc_comp_new();
 	uint8_t type;
 	int r = 0;
@@ -147,13 +154,13 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 	double wait = FIRST_S;
 
 	memset(st, 0, sizeof(*st));
-	if (!in || !out || !raw || !cz || CHUNK_HDR + cap > EDG_CHAN_MAX_PAYLOAD) {
+	if (!in || !out || !raw || !cz || out_max > EDG_CHAN_MAX_PAYLOAD) {
 		eng_set_err(err, errlen, "out of memory");
 		r = -ENOMEM;
 		goto out;
 	}
 	for (;;) {
-		if ((r = edg_chan_recv(ch, &type, in, EDG_CHAN_MAX_PAYLOAD, &len, wait))) {
+		if ((r = edg_chan_recv(ch, &type, in, REQ_BYTES_MAX, &len, wait))) {
 			if (r == -EPIPE) /* the client left without a goodbye: its loss, not ours */
 				r = 0;
 			else
@@ -218,6 +225,7 @@ struct fetch {
 	struct edg_chan *ch;
 	struct edg_fetch_report *rep;
 	uint8_t *msg;           /* one received message */
+	uint32_t msg_cap;
 	uint8_t *batch;         /* arrived chunks, REQ_MAX of chunk size, stored together */
 	const uint8_t *batch_ptr[REQ_MAX];
 	uint32_t batch_len[REQ_MAX];
@@ -242,7 +250,7 @@ static int unexpected(struct fetch *f, uint8_t type, uint32_t len, const char *w
 
 static int recv_msg(struct fetch *f, uint8_t *type, uint32_t *len)
 {
-	int r = edg_chan_recv(f->ch, type, f->msg, EDG_CHAN_MAX_PAYLOAD, len, IDLE_S);
+	int r = edg_chan_recv(f->ch, type, f->msg, f->msg_cap, len, IDLE_S);
 	if (r)
 		eng_set_err(f->err, f->errlen, "service: %s", recv_error(r));
 	else
@@ -260,12 +268,20 @@ static int flush_batch(struct fetch *f)
 	return r;
 }
 
+uint32_t edg_chunk_msg_max(uint32_t chunk_size)
+{
+	size_t n = CHUNK_HDR + cdc_comp_bound(CDC_COMP_ZSTD, chunk_size);
+
+	n = n > CHUNK_HDR + chunk_size ? n : CHUNK_HDR + chunk_size;
+	return (uint32_t)(n > TEXT_MAX ? n : TEXT_MAX);
+}
+
 int edg_recv_chunk(struct edg_chan *ch, const uint8_t *want, uint8_t *msg, struct cdc_comp_ctx *cz, uint8_t *dst,
 		   uint32_t cap, uint32_t *raw_len, double timeout_s, uint64_t *wire, char *err, size_t errlen)
 {
 	uint32_t len;
 	uint8_t type, got[EDG_DIGEST_LEN];
-	int r = edg_chan_recv(ch, &type, msg, EDG_CHAN_MAX_PAYLOAD, &len, timeout_s);
+	int r = edg_chan_recv(ch, &type, msg, edg_chunk_msg_max(cap), &len, timeout_s);
 
 	if (r) {
 		eng_set_err(err, errlen, "service: %s", recv_error(r));
@@ -345,7 +361,11 @@ static int send_request(struct fetch *f, const uint8_t *digests, uint32_t k)
 int edg_ask_have(struct edg_chan *ch, const uint8_t *digests, uint64_t n, bool *held, double timeout_s,
 		 uint64_t *wire, char *err, size_t errlen)
 {
-	uint8_t *msg = malloc(EDG_CHAN_MAX_PAYLOAD);
+	/* a query of up to HAVE_MAX digests, and its answer (a bit each) or an error */
+	size_t cap = 4 + (n < HAVE_MAX ? n : HAVE_MAX) * EDG_DIGEST_LEN;
+	if (cap < TEXT_MAX)
+		cap = TEXT_MAX;
+	uint8_t *msg = malloc(cap);
 	int r = 0;
 
 	if (!msg) {
@@ -362,7 +382,7 @@ int edg_ask_have(struct edg_chan *ch, const uint8_t *digests, uint64_t n, bool *
 			break;
 		}
 		*wire += 4 + 1 + 4 + (uint64_t)k * EDG_DIGEST_LEN + CDC_TAG_LEN;
-		if ((r = edg_chan_recv(ch, &type, msg, EDG_CHAN_MAX_PAYLOAD, &len, timeout_s))) {
+		if ((r = edg_chan_recv(ch, &type, msg, (uint32_t)cap, &len, timeout_s))) {
 			eng_set_err(err, errlen, "service: %s", recv_error(r));
 			break;
 		}
@@ -415,7 +435,8 @@ int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r
 	int r;
 
 	memset(rc, 0, sizeof(*rc));
-	if (!(f.msg = malloc(EDG_CHAN_MAX_PAYLOAD))) {
+	f.msg_cap = PART_BYTES_MAX;
+	if (!(f.msg = malloc(f.msg_cap))) {
 		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
@@ -484,7 +505,8 @@ int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_
 	rep->fetched_wire_bytes = wire; /* the recipe's, when the caller counted it there */
 	rep->size = rc->size;
 	rep->chunks = rc->n;
-	f.msg = malloc(EDG_CHAN_MAX_PAYLOAD);
+	f.msg_cap = edg_chunk_msg_max(cs);
+	f.msg = malloc(f.msg_cap);
 	f.batch = malloc((size_t)REQ_MAX * cs);
 	f.cz = cdc_comp_new();
 	missing = malloc(rc->n ? rc->n : 1);

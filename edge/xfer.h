@@ -54,11 +54,13 @@ void edg_fetch_done(struct edg_chan *ch);
 struct cdc_comp_ctx;
 /* Ask for k <= EDG_REQ_MAX chunks; the service answers each, in order. 0 or -errno. */
 int edg_request_chunks(struct edg_chan *ch, const uint8_t *digests, uint32_t k);
+/* The largest answer to a chunk request of a cache cutting chunk_size-byte chunks. */
+uint32_t edg_chunk_msg_max(uint32_t chunk_size);
 /*
  * The next answer, due for chunk `want`: 0 with its checked bytes in dst
  * (*raw_len of them, at most cap), 1 if the service lacks it, or -errno with
  * err (-ETIMEDOUT after timeout_s: the channel is still in step). msg: a
- * buffer of EDG_CHAN_MAX_PAYLOAD; *wire grows by the frame's bytes.
+ * buffer of edg_chunk_msg_max(cap) bytes; *wire grows by the frame's bytes.
  */
 int edg_recv_chunk(struct edg_chan *ch, const uint8_t *want, uint8_t *msg, struct cdc_comp_ctx *cz, uint8_t *dst,
 		   uint32_t cap, uint32_t *raw_len, double timeout_s, uint64_t *wire, char *err, size_t errlen);
