@@ -1,6 +1,7 @@
 #include "session.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,16 +203,21 @@ int eng_session_resume_reply(struct eng_conn *c, const uint8_t value[ENG_SESSION
 /* ---- a base the destination holds in part -------------------------------------- */
 
 static const char plan_magic[8] = "HOFFPLAN", have_magic[8] = "HOFFHAVE";
-#define BASE_VERSION 1
-#define BASE_HDR 24
+#define BASE_VERSION 2
+#define BASE_NONCE 24 /* where the header holds the plan's nonce */
+#define BASE_HDR (BASE_NONCE + ENG_PLAN_NONCE_LEN)
 
-static struct cdc_sealer *base_sealer(const uint8_t value[ENG_SESSION_LEN], const uint8_t *key, enum cdc_aead aead)
+/* Both ends' fresh values: the receiver's offer and the sender's plan nonce. */
+static struct cdc_sealer *base_sealer(const uint8_t value[ENG_SESSION_LEN], const uint8_t *plan_nonce,
+				      const uint8_t *key, enum cdc_aead aead)
 {
 	static const uint8_t unkeyed[CDC_KEY_LEN];
-	uint8_t k[CDC_KEY_LEN];
+	uint8_t k[CDC_KEY_LEN], salt[ENG_SESSION_LEN + ENG_PLAN_NONCE_LEN];
 	struct cdc_sealer *s = NULL;
 
-	if (!cdc_derive_key(key ? key : unkeyed, value, ENG_SESSION_LEN, "handoff v4 base", k, sizeof(k)))
+	memcpy(salt, value, ENG_SESSION_LEN);
+	memcpy(salt + ENG_SESSION_LEN, plan_nonce, ENG_PLAN_NONCE_LEN);
+	if (!cdc_derive_key(key ? key : unkeyed, salt, sizeof(salt), "handoff v5 base", k, sizeof(k)))
 		s = cdc_sealer_new(aead, k);
 	explicit_bzero(k, sizeof(k));
 	return s;
@@ -222,7 +228,7 @@ static int send_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 		       enum cdc_aead aead, uint8_t *msg, size_t body_len, uint64_t nonce, const uint8_t *aad_extra,
 		       uint8_t *hash_out)
 {
-	struct cdc_sealer *s = base_sealer(value, key, aead);
+	struct cdc_sealer *s = base_sealer(value, msg + BASE_NONCE, key, aead);
 	uint8_t aad[BASE_HDR + CDC_DIGEST_LEN];
 	int r;
 
@@ -242,11 +248,12 @@ static int send_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 }
 
 /* Reads one message of this magic; *msg (malloc'd) holds it opened, body at
- * BASE_HDR. aead 0: the one the header names (the plan's byte 11). */
-static int recv_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
-		       enum cdc_aead aead, double timeout_s, const char magic[8], uint64_t max_body, uint64_t nonce,
-		       const uint8_t *aad_extra, uint8_t **msg, uint64_t *body_len, uint8_t *hash_out, char *err,
-		       size_t errlen)
+ * BASE_HDR. aead 0: the one the header names (the plan's byte 11).
+ * plan_nonce NULL: the one the header carries (a plan); else the one it must carry. */
+static int recv_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *plan_nonce,
+		       const uint8_t *key, enum cdc_aead aead, double timeout_s, const char magic[8], uint64_t max_body,
+		       uint64_t nonce, const uint8_t *aad_extra, uint8_t **msg, uint64_t *body_len, uint8_t *hash_out,
+		       char *err, size_t errlen)
 {
 	uint8_t hdr[BASE_HDR], aad[BASE_HDR + CDC_DIGEST_LEN];
 	int r = eng_conn_recv_all(c, hdr, sizeof(hdr), timeout_s);
@@ -296,13 +303,16 @@ static int recv_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 	}
 	if (hash_out)
 		cdc_sha256(m, BASE_HDR + len + CDC_TAG_LEN, hash_out);
-	struct cdc_sealer *s = base_sealer(value, key, aead);
+	/* an answer carries the nonce of the plan it answers: one recorded in another session does not */
+	struct cdc_sealer *s = !plan_nonce || !CRYPTO_memcmp(plan_nonce, hdr + BASE_NONCE, ENG_PLAN_NONCE_LEN)
+				       ? base_sealer(value, hdr + BASE_NONCE, key, aead)
+				       : NULL;
 	memcpy(aad, hdr, BASE_HDR);
 	if (aad_extra)
 		memcpy(aad + BASE_HDR, aad_extra, CDC_DIGEST_LEN);
 	r = s ? cdc_open(s, nonce, aad, BASE_HDR + (aad_extra ? CDC_DIGEST_LEN : 0), m + BASE_HDR, len,
 			 m + BASE_HDR + len)
-	      : -ENOMEM;
+	      : -EACCES;
 	cdc_sealer_free(s);
 	if (r) {
 		free(m);
@@ -333,6 +343,12 @@ int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 	m[11] = (uint8_t)p->aead;
 	cdc_put_le(m + 12, p->chunk_size, 4);
 	cdc_put_le(m + 16, body, 8);
+	if (cdc_random(p->nonce, sizeof(p->nonce))) {
+		free(m);
+		eng_set_err(err, errlen, "no random bytes for the base plan");
+		return -EIO;
+	}
+	memcpy(m + BASE_NONCE, p->nonce, sizeof(p->nonce));
 	q = m + BASE_HDR;
 	for (unsigned o = 0; o < p->nobj; o++) {
 		cdc_put_le(q, p->obj[o].size, 8);
@@ -363,7 +379,7 @@ int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 {
 	uint8_t *m;
 	uint64_t len;
-	int r = recv_sealed(c, value, key, 0, timeout_s, plan_magic,
+	int r = recv_sealed(c, value, NULL, key, 0, timeout_s, plan_magic,
 			    ENG_MAX_OBJECTS * (48 + ENG_PLAN_MAX_CHUNKS * CDC_DIGEST_LEN), 3, NULL, &m, &len, p->hash,
 			    err, errlen);
 
@@ -372,6 +388,7 @@ int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 		return r;
 	p->nobj = m[10];
 	p->aead = (enum cdc_aead)m[11];
+	memcpy(p->nonce, m + BASE_NONCE, sizeof(p->nonce));
 	p->chunk_size = (uint32_t)cdc_get_le(m + 12, 4);
 	const uint8_t *q = m + BASE_HDR, *end = q + len;
 	bool ok = p->nobj >= 1 && p->nobj <= ENG_MAX_OBJECTS && p->chunk_size >= CDC_BLOCK_SIZE &&
@@ -425,6 +442,7 @@ int eng_base_have_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 	memcpy(m, have_magic, 8);
 	cdc_put_le(m + 8, BASE_VERSION, 2);
 	cdc_put_le(m + 16, body, 8);
+	memcpy(m + BASE_NONCE, p->nonce, sizeof(p->nonce));
 	q = m + BASE_HDR;
 	for (unsigned o = 0; o < p->nobj; o++) {
 		memcpy(q, have[o], (p->obj[o].chunks + 7) / 8);
@@ -444,8 +462,8 @@ int eng_base_have_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 {
 	uint8_t *m;
 	uint64_t len;
-	int r = recv_sealed(c, value, key, p->aead, timeout_s, have_magic, have_len(p), 4, p->hash, &m, &len, NULL, err,
-			    errlen);
+	int r = recv_sealed(c, value, p->nonce, key, p->aead, timeout_s, have_magic, have_len(p), 4, p->hash, &m, &len,
+			    NULL, err, errlen);
 
 	if (r)
 		return r;

@@ -78,18 +78,23 @@ int eng_session_resume_reply(struct eng_conn *c, const uint8_t value[ENG_SESSION
  * the base's chunk recipe from the source and says which chunks it holds,
  * before the stream:
  *
- *   plan = magic "HOFFPLAN" | version:u16 = 1 | nobj:u8 | aead:u8 | chunk_size:u32 |
- *          body_len:u64 | sealed body | tag[16]
+ *   plan = magic "HOFFPLAN" | version:u16 = 2 | nobj:u8 | aead:u8 | chunk_size:u32 |
+ *          body_len:u64 | nonce[16] | sealed body | tag[16]
  *     body = per object: base size:u64 | base image digest[32] | chunks:u64 | digest[32] * chunks
- *   have = magic "HOFFHAVE" | version:u16 = 1 | zero:u16 | zero:u32 | body_len:u64 | sealed body | tag[16]
+ *   have = magic "HOFFHAVE" | version:u16 = 2 | zero:u16 | zero:u32 | body_len:u64 | nonce[16] |
+ *          sealed body | tag[16]
  *     body = per object, one bit per chunk of the plan (bit c of byte c / 8), rounded up to bytes
  *
- * Both are sealed (the stream's AEAD, named in the plan) under HKDF(key, value, "handoff v4
- * base"): AEAD nonce 3 for the plan, 4 for the have, whose AAD also holds
- * the plan's SHA-256, so an answer fits only the plan it answers, in this
- * connection only (the value is fresh).
+ * nonce is the sender's, random per plan; the have repeats it. Both are
+ * sealed (the stream's AEAD, named in the plan) under HKDF(key, value |
+ * nonce, "handoff v5 base"), so both ends' fresh values key them: AEAD
+ * nonce 3 for the plan, 4 for the have, whose AAD also holds the plan's
+ * SHA-256. An answer fits only the plan it answers, in this connection
+ * only: a have recorded in another session names another plan nonce, and a
+ * plan or have replayed into another connection meets another value.
  */
 #define ENG_PLAN_MAX_CHUNKS (1ull << 24) /* per object: 1 TiB in 64 KiB chunks, 512 MiB of digests */
+#define ENG_PLAN_NONCE_LEN 16
 
 struct eng_base_plan {
 	enum cdc_aead aead; /* seals the plan and its answer: the sender's choice */
@@ -101,6 +106,7 @@ struct eng_base_plan {
 		uint8_t *digests; /* chunks * CDC_DIGEST_LEN */
 	} obj[ENG_MAX_OBJECTS];
 	uint8_t hash[CDC_DIGEST_LEN]; /* of the plan as sent: the have answers it */
+	uint8_t nonce[ENG_PLAN_NONCE_LEN]; /* the sender's, fresh per plan (set by eng_base_plan_send) */
 };
 
 int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,

@@ -4,7 +4,8 @@
  * the receiver's state and count across; a wrong key, an ask for another
  * handoff, or a reply meant for another ask are refused), and the base plan
  * and chunk map of a destination that holds part of the base (whole across;
- * a plan under another key, or a map answering another plan, refused).
+ * a plan under another key, or a map answering another plan or another
+ * session's plan, refused).
  */
 #include "engine/conn.h"
 #include "engine/session.h"
@@ -107,7 +108,7 @@ struct planner {
 	uint8_t key[CDC_KEY_LEN];
 	struct eng_base_plan plan;
 	int plan_ret;
-	bool answer_other_plan;
+	bool answer_other_plan, answer_other_nonce;
 };
 
 static void *plan_receiver(void *arg)
@@ -130,6 +131,8 @@ static void *plan_receiver(void *arg)
 		}
 		if (r->answer_other_plan)
 			r->plan.hash[0] ^= 1;
+		if (r->answer_other_nonce) /* the same plan's have, recorded in another session */
+			r->plan.nonce[0] ^= 1;
 		eng_base_have_send(c, value, r->key, &r->plan, have, err, sizeof(err));
 		for (unsigned o = 0; o < r->plan.nobj; o++)
 			free(have[o]);
@@ -154,8 +157,8 @@ static void test_base_plan(void **state)
 							.digests = digests[o] };
 		test_fill_random(plan.obj[o].id, CDC_DIGEST_LEN);
 	}
-	for (int run = 0; run < 4; run++) {
-		struct planner r = { .answer_other_plan = run == 2 };
+	for (int run = 0; run < 5; run++) {
+		struct planner r = { .answer_other_plan = run == 2, .answer_other_nonce = run == 4 };
 		struct eng_conn_bind b = { .key = run == 1 ? other : r.key }; /* run 1: the source has another key */
 		uint8_t value[ENG_SESSION_LEN], *have[3];
 		char err[256];
@@ -197,7 +200,7 @@ static void test_base_plan(void **state)
 		} else if (run == 1) { /* a source without the key: the plan is refused */
 			assert_int_equal(r.plan_ret, -EACCES);
 			assert_int_not_equal(hr, 0);
-		} else { /* an answer to another plan is refused */
+		} else { /* an answer to another plan, or to this plan in another session, is refused */
 			assert_int_equal(r.plan_ret, 0);
 			assert_int_equal(hr, -EACCES);
 		}
