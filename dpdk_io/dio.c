@@ -1136,11 +1136,13 @@ static int conn_start_state(struct dio_conn *c, char *err, size_t errlen)
 		memcpy(c->peer_mac.addr_bytes, c->loc.peer, 6);
 		c->have_peer = !c->listener;
 	}
-	RAND_bytes((unsigned char *)&c->rng, sizeof(c->rng));
+	/* the handshake's freshness rests on these: no randomness, no connection */
+	if (RAND_bytes((unsigned char *)&c->rng, sizeof(c->rng)) != 1 || RAND_bytes(c->my_nonce, DIO_NONCE_LEN) != 1 ||
+	    (!c->listener && RAND_bytes((unsigned char *)&c->session, sizeof(c->session)) != 1)) {
+		snprintf(err, errlen, "no random bytes for the dpdk: handshake (OpenSSL RAND_bytes failed)");
+		return -1;
+	}
 	c->rng |= 1;
-	RAND_bytes(c->my_nonce, DIO_NONCE_LEN);
-	if (!c->listener)
-		RAND_bytes((unsigned char *)&c->session, sizeof(c->session));
 	c->peer_wnd_end = DIO_RCVBUF;
 	c->last_adv_wnd = DIO_RCVBUF;
 	c->rto_us = MIN_RTO_US;

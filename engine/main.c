@@ -4,6 +4,7 @@
  * once it knows how much memory its inputs need.
  */
 #include "cli.h"
+#include "safefile.h"
 #include "clock.h"
 #include "codecs/codecs.h"
 
@@ -36,16 +37,11 @@ static int keygen_run(const struct cli_cmd *cmd, const char *const *val)
 	for (int i = 0; i < CDC_KEY_LEN; i++)
 		sprintf(hex + 2 * i, "%02x", key[i]);
 	strcat(hex, "\n");
-	/* O_EXCL: never over an existing key, never through a symlink */
-	int fd = open(val[K_OUT], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600), ret = 0;
-	if (fd < 0) {
-		cli_error("keygen: cannot create %s: %s", val[K_OUT], strerror(errno));
-		ret = 1;
-	} else if (write(fd, hex, strlen(hex)) != (ssize_t)strlen(hex) || close(fd)) {
-		cli_error("keygen: cannot write %s", val[K_OUT]);
-		unlink(val[K_OUT]);
-		ret = 1;
-	}
+	/* written aside and renamed into place only whole; never over an existing key */
+	char err[512];
+	int ret = eng_outfile_write_new(val[K_OUT], hex, strlen(hex), 0600, err, sizeof(err)) ? 1 : 0;
+	if (ret)
+		cli_error("keygen: %s", err);
 	explicit_bzero(hex, sizeof(hex));
 	return ret;
 }

@@ -15,6 +15,7 @@ int eng_outfile_create(struct eng_outfile *f, const char *path, mode_t mode, cha
 {
 	f->fd = -1;
 	f->mode = mode;
+	f->no_replace = false;
 	f->path = strdup(path);
 	if (!f->path || asprintf(&f->tmp, "%s.tmp-XXXXXX", path) < 0) {
 		free(f->path);
@@ -71,9 +72,12 @@ int eng_outfile_commit(struct eng_outfile *f, char *err, size_t errlen)
 		ret = -errno;
 		eng_set_err(err, errlen, "cannot finish %s: %s", f->path, strerror(errno));
 	}
-	if (!ret && rename(f->tmp, f->path)) {
+	if (!ret && renameat2(AT_FDCWD, f->tmp, AT_FDCWD, f->path, f->no_replace ? RENAME_NOREPLACE : 0)) {
 		ret = -errno;
-		eng_set_err(err, errlen, "cannot rename %s to %s: %s", f->tmp, f->path, strerror(errno));
+		if (errno == EEXIST)
+			eng_set_err(err, errlen, "%s exists: not replaced", f->path);
+		else
+			eng_set_err(err, errlen, "cannot rename %s to %s: %s", f->tmp, f->path, strerror(errno));
 	}
 	if (ret)
 		unlink(f->tmp);
@@ -92,7 +96,8 @@ void eng_outfile_abort(struct eng_outfile *f)
 	release(f);
 }
 
-int eng_outfile_write(const char *path, const void *buf, size_t len, mode_t mode, char *err, size_t errlen)
+static int write_whole(const char *path, const void *buf, size_t len, mode_t mode, bool no_replace, char *err,
+		       size_t errlen)
 {
 	struct eng_outfile f;
 	size_t done = 0;
@@ -100,6 +105,7 @@ int eng_outfile_write(const char *path, const void *buf, size_t len, mode_t mode
 
 	if ((ret = eng_outfile_create(&f, path, mode, err, errlen)))
 		return ret;
+	f.no_replace = no_replace;
 	while (done < len) {
 		ssize_t n = write(f.fd, (const char *)buf + done, len - done);
 		if (n < 0 && errno == EINTR)
@@ -113,4 +119,14 @@ int eng_outfile_write(const char *path, const void *buf, size_t len, mode_t mode
 		done += (size_t)n;
 	}
 	return eng_outfile_commit(&f, err, errlen);
+}
+
+int eng_outfile_write(const char *path, const void *buf, size_t len, mode_t mode, char *err, size_t errlen)
+{
+	return write_whole(path, buf, len, mode, false, err, errlen);
+}
+
+int eng_outfile_write_new(const char *path, const void *buf, size_t len, mode_t mode, char *err, size_t errlen)
+{
+	return write_whole(path, buf, len, mode, true, err, errlen);
 }

@@ -9,12 +9,14 @@
 #ifndef HANDOFF_SAFEFILE_H
 #define HANDOFF_SAFEFILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
 struct eng_outfile {
 	int fd;
 	mode_t mode;     /* what the file gets on commit */
+	bool no_replace; /* commit fails (-EEXIST) rather than replace a PATH that exists (a key) */
 	char *path, *tmp;
 };
 
@@ -26,5 +28,7 @@ int eng_outfile_commit(struct eng_outfile *f, char *err, size_t errlen);
 void eng_outfile_abort(struct eng_outfile *f);
 /* A small file in one go: create, write all of buf, commit. */
 int eng_outfile_write(const char *path, const void *buf, size_t len, mode_t mode, char *err, size_t errlen);
+/* The same for a file that must be new: -EEXIST, and nothing written, if PATH exists. */
+int eng_outfile_write_new(const char *path, const void *buf, size_t len, mode_t mode, char *err, size_t errlen);
 
 #endif

@@ -2,11 +2,13 @@
  * Files the engine creates (engine/safefile.h): never written through a
  * planted symlink, at the target or at the name the engine used to write
  * aside (PATH.tmp-PID); nothing partial is left when writing fails; the
- * permissions are the ones asked for. The base-VM derivation and the index
+ * permissions are the ones asked for; a file that must be new (a key) never
+ * replaces one that exists. The base-VM derivation and the index
  * cache use the same module.
  */
 #include "testlib.h"
 
+#include <errno.h>
 #include <sys/stat.h>
 
 #include "engine/safefile.h"
@@ -111,6 +113,34 @@ static void test_abort_leaves_the_target_as_it_was(void **state)
 	remove_dir(dir);
 }
 
+static void test_a_new_file_never_replaces_one_that_exists(void **state)
+{
+	char *dir = test_tmpdir(), err[256] = "";
+	char *out = path_in(dir, "key"), *victim = path_in(dir, "victim"), *link = path_in(dir, "link");
+
+	(void)state;
+	test_write_file(out, victim_text, strlen(victim_text));
+	assert_int_equal(eng_outfile_write_new(out, "new", 3, 0600, err, sizeof(err)), -EEXIST);
+	assert_non_null(strstr(err, "exists"));
+	assert_victim_untouched(out);
+	/* a symlink there, even a dangling one, counts as existing: neither it nor its target changes */
+	test_write_file(victim, victim_text, strlen(victim_text));
+	assert_int_equal(symlink(victim, link), 0);
+	assert_int_equal(eng_outfile_write_new(link, "new", 3, 0600, err, sizeof(err)), -EEXIST);
+	assert_victim_untouched(victim);
+	assert_only(dir, 3);
+	unlink(out);
+	assert_int_equal(eng_outfile_write_new(out, "new", 3, 0600, err, sizeof(err)), 0);
+	struct stat st;
+	assert_int_equal(stat(out, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	assert_int_equal(st.st_size, 3);
+	free(out);
+	free(victim);
+	free(link);
+	remove_dir(dir);
+}
+
 static void test_a_missing_directory_is_a_clear_error(void **state)
 {
 	char err[256] = "";
@@ -130,6 +160,7 @@ int main(void)
 		cmocka_unit_test(test_a_symlink_at_the_target_is_replaced_not_followed),
 		cmocka_unit_test(test_a_symlink_at_the_old_aside_name_is_not_followed),
 		cmocka_unit_test(test_abort_leaves_the_target_as_it_was),
+		cmocka_unit_test(test_a_new_file_never_replaces_one_that_exists),
 		cmocka_unit_test(test_a_missing_directory_is_a_clear_error),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
