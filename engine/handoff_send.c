@@ -83,7 +83,9 @@ struct src {
 	/* passes: a permutation of the block space, walked by the feed once per heat
 	 * bucket, coldest first (--order dirty), or once (random, and the final pass) */
 	uint64_t perm_mul, perm_add, cursor;
-	unsigned sweeps;
+	unsigned sweeps;        /* heat buckets this pass walks: the hotter ones wait for the stop */
+	uint64_t withheld;      /* blocks in the buckets this pass leaves out */
+	double est_ratio;       /* wire bytes per byte fed, as the monitor last estimated it */
 	uint8_t *heat;          /* per block: times seen written (disk: the tracker's count; RAM: our scans) */
 	uint8_t *pass_bucket;   /* heat buckets as the pass began: a block written again meanwhile keeps
 				 * its sweep (else it would go again in a hotter sweep of the same pass) */
@@ -319,10 +321,55 @@ static void trace_order(struct src *s)
 	for (uint64_t w = 0; w < (s->total + 63) / 64; w++)
 		for (uint64_t m = __atomic_load_n(&s->pending[w], __ATOMIC_RELAXED); m; m &= m - 1)
 			n[heat_bucket(s->heat[w * 64 + (uint64_t)__builtin_ctzll(m)])]++;
-	fprintf(s->trace, "{\"t\":%.3f,\"event\":\"order\",\"pass\":%u,\"order\":\"%s\",\"buckets\":[%llu,%llu,%llu,%llu,%llu]}\n",
+	fprintf(s->trace, "{\"t\":%.3f,\"event\":\"order\",\"pass\":%u,\"order\":\"%s\",\"buckets\":[%llu,%llu,%llu,%llu,%llu],"
+			  "\"walked_buckets\":%u,\"withheld_blocks\":%llu}\n",
 		now_s(s), s->passes, s->sweeps > 1 ? "dirty" : "random", (unsigned long long)n[0],
-		(unsigned long long)n[1], (unsigned long long)n[2], (unsigned long long)n[3], (unsigned long long)n[4]);
+		(unsigned long long)n[1], (unsigned long long)n[2], (unsigned long long)n[3], (unsigned long long)n[4],
+		s->sweeps, (unsigned long long)s->withheld);
 	fflush(s->trace);
+}
+
+/*
+ * How many heat buckets a pre-copy pass with --order dirty walks. The
+ * hottest blocks are written again before the stop whatever a pass does;
+ * sending them in every pass costs link time for nothing, so they are left
+ * pending for the final pass, as long as all of them (dirty or not: they may
+ * all be by then) fit in half of what the stop may send. From the second
+ * pass, when a first one has shown the rate and the ratio.
+ */
+static unsigned dirty_sweeps(struct src *s)
+{
+	uint64_t n[HEAT_BUCKETS] = { 0 }, held = 0;
+	unsigned sweeps = HEAT_BUCKETS;
+
+	for (uint64_t g = 0; g < s->total; g++)
+		n[s->pass_bucket[g]]++;
+	double stop_bytes = s->a->stop_budget_s * s->rate_Bps;
+	if (stop_bytes > ENG_STOP_BYTES)
+		stop_bytes = ENG_STOP_BYTES;
+	double ratio = s->est_ratio > 0.01 ? s->est_ratio : 1;
+	/* written 8 times or more, then 4 or more, 2 or more: never the blocks written once */
+	for (unsigned b = HEAT_BUCKETS - 1; s->passes >= 1 && s->rate_Bps > 0 && b >= 2; b--) {
+		if ((double)(held + n[b]) * CDC_BLOCK_SIZE * ratio > stop_bytes / 2)
+			break;
+		held += n[b];
+		sweeps = b;
+	}
+	s->withheld = held;
+	return sweeps;
+}
+
+/* Pending blocks that the last pass left for the stop (their heat bucket is past its sweeps). */
+static uint64_t pending_withheld(struct src *s)
+{
+	uint64_t n = 0;
+
+	if (s->sweeps <= 1 || s->sweeps >= HEAT_BUCKETS)
+		return 0;
+	for (uint64_t w = 0; w < (s->total + 63) / 64; w++)
+		for (uint64_t m = __atomic_load_n(&s->pending[w], __ATOMIC_RELAXED); m; m &= m - 1)
+			n += heat_bucket(s->heat[w * 64 + (uint64_t)__builtin_ctzll(m)]) >= s->sweeps;
+	return n;
 }
 
 /*
@@ -330,7 +377,8 @@ static void trace_order(struct src *s)
  * leveling). With --order dirty the pass walks it once per heat bucket,
  * coldest first: blocks written once go before blocks written again and
  * again, which would likely be written once more before the stop and go
- * twice. The final pass (the VM stopped) walks it once.
+ * twice; the hottest wait for the stop (dirty_sweeps). The final pass (the
+ * VM stopped) walks it once.
  */
 static void start_pass(struct src *s)
 {
@@ -342,10 +390,13 @@ static void start_pass(struct src *s)
 		s->perm_mul += 2;
 	s->perm_add = r[1] % s->total;
 	s->cursor = 0;
-	s->sweeps = s->a->order_random || s->final_pass ? 1 : HEAT_BUCKETS;
-	if (s->sweeps > 1)
+	s->sweeps = 1;
+	s->withheld = 0;
+	if (!s->a->order_random && !s->final_pass) {
 		for (uint64_t g = 0; g < s->total; g++)
 			s->pass_bucket[g] = (uint8_t)heat_bucket(s->heat[g]);
+		s->sweeps = dirty_sweeps(s);
+	}
 	if (s->passes && s->cur_raw > s->pass_raw0 + (1u << 20))
 		s->pass_ratio = (double)(s->cur_wire - s->pass_wire0) / (double)(s->cur_raw - s->pass_raw0);
 	s->pass_raw0 = s->cur_raw;
@@ -729,7 +780,8 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			       : 0.5;
 	if (s->pass_ratio > ratio)
 		ratio = s->pass_ratio;
-	uint64_t pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
+	s->est_ratio = ratio;
+	uint64_t pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED), walkable = 0;
 	double backlog = backlog_bytes(s, &rep, ratio);
 	/* keep little link time committed: the rest stays pending, where a page
 	 * dirtied again replaces its older version for free, and what is
@@ -835,10 +887,11 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			}
 			s->stop_requested_s = now_s(s);
 			s->phase = PH_STOPPING;
-		} else if (s->passes == 0 || (uint64_t)pending * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES || fits ||
+		} else if (s->passes == 0 || (walkable = pending - pending_withheld(s)) * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES ||
+			   fits ||
 			   /* the link would idle: send what changed rather than wait for 10 MB that a
-			    * quiet (or slowed) guest may never write */
-			   (pending && backlog < commit)) {
+			    * quiet (or slowed) guest may never write (what waits for the stop does not count) */
+			   (walkable && backlog < commit)) {
 			start_pass(s);
 		}
 		break;
