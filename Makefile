@@ -132,9 +132,9 @@ integration-sanitized: setup
 	fi; exit $$rc
 
 fuzz: $(FUZZ_BINS)
-# Bounded (make test): each target replays its saved corpus, then fuzzes 20 s.
+# Bounded (make test): each target replays its saved corpus, then fuzzes 12 s (9 targets).
 fuzz-run: $(FUZZ_BINS)
-	@scripts/run-fuzz --seconds 20 $(FUZZ_BINS)
+	@scripts/run-fuzz --seconds 12 $(FUZZ_BINS)
 # Long (not in make test): 10^6 inputs per target; perf/results/fuzz-latest.json.
 fuzz-long: $(FUZZ_BINS)
 	@scripts/run-fuzz --runs 1000000 --json perf/results/fuzz-latest.json $(FUZZ_BINS)
