@@ -314,8 +314,9 @@ static void send_reset(struct dio_conn *c, const char *why)
 
 /* ---- handshake ----------------------------------------------------------------- */
 
-static void hello_tag(const struct dio_conn *c, const char *label, const uint8_t *nc, const uint8_t *ns,
-		      uint32_t mtu, uint8_t out[DIO_TAG_LEN])
+/* session and base as the HELLO names them: checked before anything of the HELLO is taken */
+static void hello_tag(const struct dio_conn *c, const char *label, uint64_t session, const uint8_t *base_id,
+		      const uint8_t *nc, const uint8_t *ns, uint32_t mtu, uint8_t out[DIO_TAG_LEN])
 {
 	uint8_t msg[16 + 8 + 2 * DIO_NONCE_LEN + DIO_ID_LEN + 4];
 	unsigned len = DIO_TAG_LEN;
@@ -324,10 +325,10 @@ static void hello_tag(const struct dio_conn *c, const char *label, const uint8_t
 	memset(msg, 0, sizeof(msg));
 	memcpy(msg, label, strlen(label) < 16 ? strlen(label) : 16);
 	n = 16;
-	memcpy(msg + n, &c->session, 8), n += 8;
+	memcpy(msg + n, &session, 8), n += 8;
 	memcpy(msg + n, nc, DIO_NONCE_LEN), n += DIO_NONCE_LEN;
 	memcpy(msg + n, ns, DIO_NONCE_LEN), n += DIO_NONCE_LEN;
-	memcpy(msg + n, c->bind.base_id, DIO_ID_LEN), n += DIO_ID_LEN;
+	memcpy(msg + n, base_id, DIO_ID_LEN), n += DIO_ID_LEN;
 	memcpy(msg + n, &mtu, 4), n += 4; /* the sender's MTU: no one can shrink it on the way */
 	HMAC(EVP_sha256(), c->hello_key, 32, msg, n, out, &len);
 }
@@ -345,9 +346,9 @@ static void send_hello(struct dio_conn *c, bool ack)
 	h->mtu = c->port.mtu - sizeof(struct dio_hdr);
 	if (ack) {
 		memcpy(h->peer_nonce, c->peer_nonce, DIO_NONCE_LEN);
-		hello_tag(c, "handoff-ack", c->peer_nonce, c->my_nonce, h->mtu, h->tag);
+		hello_tag(c, "handoff-ack", c->session, c->bind.base_id, c->peer_nonce, c->my_nonce, h->mtu, h->tag);
 	} else {
-		hello_tag(c, "handoff-hello", c->my_nonce, h->peer_nonce, h->mtu, h->tag);
+		hello_tag(c, "handoff-hello", c->session, c->bind.base_id, c->my_nonce, h->peer_nonce, h->mtu, h->tag);
 	}
 	memcpy(h->base_id, c->bind.base_id, DIO_ID_LEN);
 	tx_queue(c, m);
@@ -379,24 +380,28 @@ static bool on_hello(struct dio_conn *c, const struct rte_ether_hdr *eh, const s
 	}
 	if (c->loc.have_peer && memcmp(eh->src_addr.addr_bytes, c->loc.peer, 6))
 		return true; /* not the peer we were told to wait for */
-	c->session = h->session;
-	memcpy(c->peer_nonce, p->nonce, DIO_NONCE_LEN);
-	set_peer(c, eh, p->mtu);
 	/* a listener bound to no base (an edge cache: the source's plan names it) takes the sender's */
 	static const uint8_t no_base[DIO_ID_LEN];
-	if (!memcmp(c->bind.base_id, no_base, DIO_ID_LEN))
-		memcpy(c->bind.base_id, p->base_id, DIO_ID_LEN);
-	if (memcmp(p->base_id, c->bind.base_id, DIO_ID_LEN)) {
+	const uint8_t *base = memcmp(c->bind.base_id, no_base, DIO_ID_LEN) ? c->bind.base_id : p->base_id;
+	bool base_ok = !memcmp(p->base_id, base, DIO_ID_LEN);
+	if (base_ok)
+		hello_tag(c, "handoff-hello", h->session, base, p->nonce, zero, p->mtu, tag);
+	/* a refusal goes back to whoever sent it (its address and session); the base and the
+	 * peer's nonce are taken only from a HELLO whose tag checks out */
+	c->session = h->session;
+	set_peer(c, eh, p->mtu);
+	if (!base_ok) {
 		send_reset(c, "the receiver holds a different base");
 		fail(c, -EPERM, "the sender's base differs from ours (handshake refused)");
 		return false;
 	}
-	hello_tag(c, "handoff-hello", p->nonce, zero, p->mtu, tag);
 	if (CRYPTO_memcmp(tag, p->tag, DIO_TAG_LEN)) {
 		send_reset(c, "the receiver has a different key");
 		fail(c, -EPERM, "the sender's key differs from ours (handshake refused)");
 		return false;
 	}
+	memcpy(c->bind.base_id, base, DIO_ID_LEN);
+	memcpy(c->peer_nonce, p->nonce, DIO_NONCE_LEN);
 	send_hello(c, true);
 	atomic_store(&c->established, true);
 	return true;
@@ -413,7 +418,7 @@ static void on_hello_ack(struct dio_conn *c, const struct rte_ether_hdr *eh, con
 		fail(c, -EPERM, "the receiver holds a different base (handshake refused)");
 		return;
 	}
-	hello_tag(c, "handoff-ack", c->my_nonce, p->nonce, p->mtu, tag);
+	hello_tag(c, "handoff-ack", c->session, c->bind.base_id, c->my_nonce, p->nonce, p->mtu, tag);
 	if (CRYPTO_memcmp(tag, p->tag, DIO_TAG_LEN)) {
 		fail(c, -EPERM, "the receiver's key differs from ours (handshake refused)");
 		return;

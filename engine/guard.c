@@ -89,10 +89,19 @@ static int spawn(struct eng_guard *g, char **argv, int extra_fd, const char *who
 		snprintf(err, errlen, "cannot start the %s guard: %s", whose, strerror(errno));
 		return -errno;
 	}
+	/* above 4 first: an extra_fd that is 3 would be overwritten by the pipe before it moved */
+	int extra = extra_fd >= 0 ? fcntl(extra_fd, F_DUPFD_CLOEXEC, 5) : -1;
+	if (extra_fd >= 0 && extra < 0) {
+		int e = errno;
+		close(p[0]);
+		close(p[1]);
+		snprintf(err, errlen, "cannot start the %s guard: %s", whose, strerror(e));
+		return -e;
+	}
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, p[0], 3);
-	if (extra_fd >= 0)
-		posix_spawn_file_actions_adddup2(&fa, extra_fd, 4);
+	if (extra >= 0)
+		posix_spawn_file_actions_adddup2(&fa, extra, 4);
 	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 	posix_spawnattr_init(&at);
 	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID);
@@ -100,6 +109,8 @@ static int spawn(struct eng_guard *g, char **argv, int extra_fd, const char *who
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
 	close(p[0]);
+	if (extra >= 0)
+		close(extra);
 	if (r) {
 		close(p[1]);
 		snprintf(err, errlen, "cannot start the %s guard: %s", whose, strerror(r));
@@ -121,11 +132,13 @@ static char answer(struct eng_guard *g, int timeout_s)
 	return c;
 }
 
-static void gone(struct eng_guard *g)
+/* Close the pipe and reap the guard: it exits at once on that (never wait long: init reaps it after us). */
+static void let_go(struct eng_guard *g)
 {
 	close(g->fd);
 	g->fd = -1;
-	waitpid(g->pid, NULL, WNOHANG);
+	for (int i = 0; i < 100 && waitpid(g->pid, NULL, WNOHANG) == 0; i++)
+		usleep(10000);
 }
 
 int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running, char *err, size_t errlen)
@@ -139,7 +152,7 @@ int eng_guard_start(struct eng_guard *g, const char *qmp_path, bool was_running,
 	/* the guard says it is up and reading before the engine relies on it */
 	if (answer(g, 5) != MSG_READY || put(g, MSG_RUNNING, &running, 1)) {
 		snprintf(err, errlen, "the source VM's guard did not start (handoff-engine guard)");
-		gone(g);
+		let_go(g);
 		return -EIO;
 	}
 	return 0;
@@ -160,7 +173,7 @@ int eng_guard_hold_tail(struct eng_guard *g, const void *tail, size_t len, char 
 	if (answer(g, 5) != MSG_READY || put(g, MSG_TAIL, &n, sizeof(n)) || send_all(g, tail, len) ||
 	    answer(g, 10) != MSG_ARMED) {
 		snprintf(err, errlen, "the destination VM's guard did not take the device state (handoff-engine guard --incoming)");
-		gone(g);
+		let_go(g);
 		return -EIO;
 	}
 	return 0;
@@ -173,11 +186,11 @@ int eng_guard_feed(struct eng_guard *g)
 
 int eng_guard_fed(struct eng_guard *g, char *err, size_t errlen)
 {
-	int32_t code = EPIPE;
+	int32_t code = 0;
 
 	/* QEMU reads the device state at its own pace: as long as a resume may take */
 	if (answer(g, 120) != MSG_FED || recv_all(g->fd, &code, sizeof(code)) || code) {
-		snprintf(err, errlen, "feeding the destination QEMU its device state: %s",
+		snprintf(err, errlen, "feeding the destination QEMU its device state: %s (the VM may still start here)",
 			 code ? strerror(code) : "the guard went silent");
 		return code ? -code : -EIO;
 	}
@@ -194,11 +207,7 @@ static void finish(struct eng_guard *g, char type)
 	if (g->fd < 0)
 		return;
 	put(g, type, NULL, 0);
-	close(g->fd);
-	g->fd = -1;
-	/* it exits at once; never wait long on it (init reaps it after us) */
-	for (int i = 0; i < 100 && waitpid(g->pid, NULL, WNOHANG) == 0; i++)
-		usleep(10000);
+	let_go(g);
 }
 
 int eng_guard_committed(struct eng_guard *g, bool committed)

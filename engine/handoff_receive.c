@@ -538,8 +538,7 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 	/* first of all: from here the VM starts here even if this process dies */
 	if (eng_guard_feed(&d->guard)) {
 		fprintf(stderr, "receive: warning: the destination VM's guard is gone: feeding QEMU from here\n");
-		close(d->guard.fd);
-		d->guard.fd = -1;
+		eng_guard_release(&d->guard);
 	}
 	fault_point("receive-dies-after-commit");
 	d->t_committed = since(&d->t0);
@@ -569,7 +568,7 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 /* The link was cut: wait for the source to reconnect and tell it where we stand. */
 static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t errlen)
 {
-	char why[512], aerr[256] = "nobody came";
+	char why[512], aerr[256] = "nobody came", said[256] = "";
 	uint8_t nonce[ENG_RESUME_NONCE_LEN];
 	struct timespec t_cut;
 	static const char *const state_name[] = { "receiving", "verified", "resumed" };
@@ -591,8 +590,16 @@ static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t er
 	while (since(&t_cut) < wait) {
 		struct eng_conn_bind b = { .key = d->a->key };
 		memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
-		if (!(d->conn = eng_conn_accept(d->a->from, &b, wait - since(&t_cut), aerr, sizeof(aerr))))
-			break;
+		if (!(d->conn = eng_conn_accept(d->a->from, &b, wait - since(&t_cut), aerr, sizeof(aerr)))) {
+			/* dpdk: refuses a bad HELLO inside the accept: one stray frame must not end the wait */
+			if (since(&t_cut) + 0.5 >= wait)
+				break;
+			if (strcmp(aerr, said)) /* once per reason, not every 0.2 s */
+				fprintf(stderr, "receive: turned a connection away: %s\n", aerr);
+			snprintf(said, sizeof(said), "%s", aerr);
+			usleep(200000);
+			continue;
+		}
 		if (!eng_session_offer(d->conn, d->session, d->cache_chunk, aerr, sizeof(aerr)) &&
 		    !eng_session_resume_take(d->conn, d->session, d->a->key, d->aead, d->handoff_id, 2, nonce,
 					     aerr, sizeof(aerr)) &&

@@ -359,17 +359,17 @@ static unsigned dirty_sweeps(struct src *s)
 	return sweeps;
 }
 
-/* Pending blocks that the last pass left for the stop (their heat bucket is past its sweeps). */
-static uint64_t pending_withheld(struct src *s)
+/* Of pending, the blocks a pass would walk: not those the last pass left for the stop. */
+static uint64_t walkable_blocks(struct src *s, uint64_t pending)
 {
 	uint64_t n = 0;
 
 	if (s->sweeps <= 1 || s->sweeps >= HEAT_BUCKETS)
-		return 0;
+		return pending;
 	for (uint64_t w = 0; w < (s->total + 63) / 64; w++)
 		for (uint64_t m = __atomic_load_n(&s->pending[w], __ATOMIC_RELAXED); m; m &= m - 1)
 			n += heat_bucket(s->heat[w * 64 + (uint64_t)__builtin_ctzll(m)]) >= s->sweeps;
-	return n;
+	return n < pending ? pending - n : 0; /* the bitmap moves on while pending is a snapshot */
 }
 
 /*
@@ -781,7 +781,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	if (s->pass_ratio > ratio)
 		ratio = s->pass_ratio;
 	s->est_ratio = ratio;
-	uint64_t pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED), walkable = 0;
+	uint64_t pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
 	double backlog = backlog_bytes(s, &rep, ratio);
 	/* keep little link time committed: the rest stays pending, where a page
 	 * dirtied again replaces its older version for free, and what is
@@ -887,11 +887,12 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			}
 			s->stop_requested_s = now_s(s);
 			s->phase = PH_STOPPING;
-		} else if (s->passes == 0 || (walkable = pending - pending_withheld(s)) * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES ||
-			   fits ||
+		} else if (s->passes == 0 || walkable_blocks(s, pending) * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES || fits ||
 			   /* the link would idle: send what changed rather than wait for 10 MB that a
-			    * quiet (or slowed) guest may never write (what waits for the stop does not count) */
-			   (walkable && backlog < commit)) {
+			    * quiet (or slowed) guest may never write. With only withheld blocks
+			    * pending the pass is short, and it counts towards "stuck": a rest
+			    * that does not fit still ends in a stop. */
+			   (pending && backlog < commit)) {
 			start_pass(s);
 		}
 		break;
@@ -1425,9 +1426,13 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 	while (now_s(s) < deadline) {
 		struct eng_conn_bind b = { .key = s->a->key };
 		eng_vmbase_id(&s->base, b.base_id);
-		/* connect retries by itself while nobody listens */
-		if (!(s->conn = eng_conn_connect(s->a->to, &b, deadline - now_s(s), rerr, sizeof(rerr))))
-			break;
+		/* connect retries by itself while nobody listens; a refused handshake (dpdk:) is tried again */
+		if (!(s->conn = eng_conn_connect(s->a->to, &b, deadline - now_s(s), rerr, sizeof(rerr)))) {
+			if (now_s(s) + 0.5 >= deadline)
+				break;
+			usleep(200000);
+			continue;
+		}
 		impatient(s->conn);
 		uint32_t cache_chunk; /* the plan was settled on the first connection */
 		if (!eng_session_take(s->conn, s->session, &cache_chunk, ENG_SESSION_WAIT_S, rerr, sizeof(rerr)) &&

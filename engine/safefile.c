@@ -72,7 +72,9 @@ int eng_outfile_commit(struct eng_outfile *f, char *err, size_t errlen)
 		ret = -errno;
 		eng_set_err(err, errlen, "cannot finish %s: %s", f->path, strerror(errno));
 	}
-	if (!ret && renameat2(AT_FDCWD, f->tmp, AT_FDCWD, f->path, f->no_replace ? RENAME_NOREPLACE : 0)) {
+	if (!ret && renameat2(AT_FDCWD, f->tmp, AT_FDCWD, f->path, f->no_replace ? RENAME_NOREPLACE : 0) &&
+	    /* a filesystem without RENAME_NOREPLACE (NFS): a hard link refuses an existing name too */
+	    !(f->no_replace && errno == EINVAL && link(f->tmp, f->path) == 0 && unlink(f->tmp) == 0)) {
 		ret = -errno;
 		if (errno == EEXIST)
 			eng_set_err(err, errlen, "%s exists: not replaced", f->path);

@@ -223,7 +223,7 @@ static struct cdc_sealer *base_sealer(const uint8_t value[ENG_SESSION_LEN], cons
 	return s;
 }
 
-/* hdr[24] | body sealed in place | tag: one message, one send. aad_extra: the plan's hash for a have. */
+/* hdr[BASE_HDR] (its nonce keys it) | body sealed in place | tag: one message, one send. aad_extra: the plan's hash for a have. */
 static int send_sealed(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
 		       enum cdc_aead aead, uint8_t *msg, size_t body_len, uint64_t nonce, const uint8_t *aad_extra,
 		       uint8_t *hash_out)

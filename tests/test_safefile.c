@@ -128,7 +128,13 @@ static void test_a_new_file_never_replaces_one_that_exists(void **state)
 	assert_int_equal(symlink(victim, link), 0);
 	assert_int_equal(eng_outfile_write_new(link, "new", 3, 0600, err, sizeof(err)), -EEXIST);
 	assert_victim_untouched(victim);
-	assert_only(dir, 3);
+	char *dangling = path_in(dir, "dangling"), *nowhere = path_in(dir, "nowhere");
+	assert_int_equal(symlink(nowhere, dangling), 0);
+	assert_int_equal(eng_outfile_write_new(dangling, "new", 3, 0600, err, sizeof(err)), -EEXIST);
+	assert_int_equal(access(nowhere, F_OK), -1); /* not created through the link */
+	assert_only(dir, 4);
+	free(dangling);
+	free(nowhere);
 	unlink(out);
 	assert_int_equal(eng_outfile_write_new(out, "new", 3, 0600, err, sizeof(err)), 0);
 	struct stat st;

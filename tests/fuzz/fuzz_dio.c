@@ -72,11 +72,11 @@ static void seal_hello(const struct dio_conn *c, struct dio_hdr *h, struct dio_h
 	memcpy(p->base_id, c->bind.base_id, DIO_ID_LEN);
 	if (h->type == DIO_HELLO) {
 		memset(p->peer_nonce, 0, DIO_NONCE_LEN);
-		hello_tag(c, "handoff-hello", p->nonce, zero, p->mtu, p->tag);
+		hello_tag(c, "handoff-hello", h->session, c->bind.base_id, p->nonce, zero, p->mtu, p->tag);
 	} else {
 		h->session = c->session;
 		memcpy(p->peer_nonce, c->my_nonce, DIO_NONCE_LEN);
-		hello_tag(c, "handoff-ack", c->my_nonce, p->nonce, p->mtu, p->tag);
+		hello_tag(c, "handoff-ack", c->session, c->bind.base_id, c->my_nonce, p->nonce, p->mtu, p->tag);
 	}
 }
 

@@ -12,7 +12,8 @@
  *   0: the service: the messages are a client's (edg_serve_session);
  *   1: a client fetching "img" into an empty cache: the messages are the
  *      service's replies (edg_fetch_recipe, then edg_fetch_chunks; a fetched
- *      image is removed again so that every input starts alike);
+ *      image is removed and the cache collected to nothing, so that every
+ *      input starts alike);
  *   2: a client asking which of the image's chunks a service holds (edg_ask_have);
  *   3: a client waiting for the image's first chunk (edg_recv_chunk).
  *
@@ -143,6 +144,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    edg_store_remove_image(fetched, "got", err, sizeof(err)))
 			abort();
 		free(rc.digests);
+		/* every input starts from an empty cache: what arrived goes again */
+		struct edg_gc_report gr;
+		if (edg_store_gc(fetched, 0, 0, NULL, &gr, err, sizeof(err)))
+			abort();
 		break;
 	}
 	case 2: {
