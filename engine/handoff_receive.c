@@ -40,6 +40,8 @@ struct dst {
 	struct eng_cache_base cb;
 	bool have_plan, have_cb;
 	double fill_s, pinned_s; /* since t0: the cache's pin was last renewed */
+	char lease_id[64];       /* the coordinator's lease on the plan's chunks, at every edge ("": none) */
+	const char *lease;       /* for the summary: "none", "taken", "failed" (then released or not) */
 	struct edg_sources fetch_src; /* --fetch-from and the coordinator's holders */
 	struct edg_multi_report fetch;
 	bool fetched;
@@ -286,6 +288,36 @@ static int open_source(struct dst *d, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * With a coordinator, the handoff in flight leases every chunk of the
+ * source's plan, so that no edge collects one this handoff may still fetch
+ * (the holders) or read (this cache). A lease the coordinator cannot take is
+ * one line, not a failure: the local pin still holds this cache's copies.
+ * Released at the end (release true), whatever the outcome.
+ */
+static void coord_lease(struct dst *d, bool release)
+{
+	char err[256];
+	int r = 0;
+
+	if (!d->a->coord || !d->have_plan)
+		return;
+	if (!d->lease_id[0])
+		snprintf(d->lease_id, sizeof(d->lease_id), "receive-%d-%lld", (int)getpid(), (long long)time(NULL));
+	for (unsigned o = 0; !r && o < d->plan.nobj; o++)
+		r = release ? edg_coord_release(d->a->coord, d->lease_id, d->plan.obj[o].digests, d->plan.obj[o].chunks,
+						err, sizeof(err))
+			    : edg_coord_lease(d->a->coord, d->lease_id, d->plan.obj[o].digests, d->plan.obj[o].chunks,
+					      ENG_CACHE_PIN_S, err, sizeof(err));
+	if (r)
+		fprintf(stderr, "%sreceive: warning: the coordinator's lease on the base's chunks: %s\n",
+			d->a->progress ? "\r\033[K" : "", err);
+	if (!release)
+		d->lease = r ? "failed" : "taken";
+	else if (!strcmp(d->lease, "taken"))
+		d->lease = r ? "not released" : "released";
+}
+
 /* A handoff that outlives its pin (link cuts) keeps its chunks all the same. */
 static void renew_pin(struct dst *d)
 {
@@ -297,6 +329,7 @@ static void renew_pin(struct dst *d)
 	if (eng_cache_base_renew(&d->cb, ENG_CACHE_PIN_S, err, sizeof(err)))
 		fprintf(stderr, "%sreceive: warning: cannot renew the edge cache's pin: %s\n",
 			d->a->progress ? "\r\033[K" : "", err);
+	coord_lease(d, false);
 }
 
 static void progress(void *ctx, const struct eng_patch_stats *st)
@@ -656,6 +689,7 @@ static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st
 		json_object_object_add(c, "lacking_chunks", json_object_new_int64((int64_t)d->cb.lacking_chunks));
 		json_object_object_add(c, "dropped_chunks", json_object_new_int64((int64_t)d->cb.dropped_chunks));
 		json_object_object_add(c, "fill_s", json_object_new_double(d->fill_s));
+		json_object_object_add(c, "coordinator_lease", json_object_new_string(d->lease));
 		if (d->fetched) { /* what other edges supplied (fill_s includes it) */
 			json_object *f = json_object_new_object();
 			json_object_object_add(f, "lacking_chunks", json_object_new_int64((int64_t)d->fetch.missing));
@@ -708,6 +742,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	}
 	d->a = a;
 	d->disk_fd = d->in_fd = d->mig_fd = d->guard.fd = -1;
+	d->lease = "none";
 	clock_gettime(CLOCK_MONOTONIC, &d->t0);
 	if (a->cache_dir) {
 		if ((ret = open_cache(d, err, errlen)))
@@ -732,6 +767,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	clock_gettime(CLOCK_MONOTONIC, &d->t0);
 	if (d->cache && (ret = take_cache_plan(d, err, errlen)))
 		goto out;
+	coord_lease(d, false); /* before the fetch: the holders must keep what it asks for */
 
 	/* results: disk-out, a private RAM image, a buffer for devices; each starts as the base */
 	if (!(d->disk = eng_uring_file_new(d->disk_fd, d->base_size[ENG_VM_DISK], err, errlen))) {
@@ -858,6 +894,7 @@ out:
 				 " (--disk-out %s was written to: copy the base disk to it again before another try)",
 				 a->disk_out);
 	}
+	coord_lease(d, true);
 	if (summary)
 		*summary = summary_json(d, &st, since(&d->t0), ret == 0, err);
 	if (have_ctl)
