@@ -154,7 +154,7 @@ static const struct cli_opt receive_opts[] = {
 	[R_KEY] = { "key", 'k', "FILE", false, "the sender's key; required for tcp: and dpdk:" },
 	[R_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[R_TIMEOUT] = { "accept-timeout", 0, "SECONDS", false, "how long to wait for the source (default 600)" },
-	[R_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, wait this long plus 15 s (the source may notice a cut only after 15 s of silence) for the source to reconnect and resume (default 0: fail at once)" },
+	[R_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, wait this long plus 30 s (the source may notice a cut only after 15 s of silence, or later when its kernel gives up) for the source to reconnect and resume (default 0: fail at once)" },
 	[R_FETCH_FROM] = { "fetch-from", 0, "tcp:HOST:PORT,...", false, "with --cache: before the stream, fetch what the cache lacks from these chunk services (handoff-engine serve) at once; the source sends what they do not deliver" },
 	[R_FETCH_KEY] = { "fetch-key", 0, "FILE", false, "the chunk services' key (default: --key)" },
 	COORD_OPTS(R_COORD, R_AUTH, R_EDGE),

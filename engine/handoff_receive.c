@@ -609,10 +609,12 @@ static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t er
 	/*
 	 * The source may notice the cut only after ENG_CONTROL_SILENCE_S without
 	 * a message (it waits on our READY or RESUMED while a cut link stays
-	 * open on its side), and then reconnects for up to --retry-for: wait for
-	 * both, or it finds nobody left to resume with (seen in it_handoff chaos).
+	 * open on its side), or when its kernel gives up on unacknowledged data,
+	 * and then reconnects for up to --retry-for: wait for that, twice the
+	 * silence limit, or it finds nobody left to resume with (seen twice in
+	 * it_handoff chaos: at 4 s, then at 15 s after the cut).
 	 */
-	double wait = d->a->retry_for_s + ENG_CONTROL_SILENCE_S;
+	double wait = d->a->retry_for_s + 2 * ENG_CONTROL_SILENCE_S;
 
 	clock_gettime(CLOCK_MONOTONIC, &t_cut);
 	snprintf(why, sizeof(why), "%s", err);
