@@ -622,10 +622,17 @@ static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t er
 		d->a->progress ? "\r\033[K" : "", why, wait);
 	eng_conn_close(d->conn);
 	d->conn = NULL;
+	/* tcp: one listener for the whole wait, so that no try of the source's meets a closed port
+	 * between two accepts (a relay on the way turns that into a reset) */
+	struct eng_conn_listener *l = !strncmp(d->a->from, "tcp:", 4) ? eng_conn_listen(d->a->from, aerr, sizeof(aerr))
+									 : NULL;
 	while (since(&t_cut) < wait) {
 		struct eng_conn_bind b = { .key = d->a->key };
+		bool timed_out;
 		memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
-		if (!(d->conn = eng_conn_accept(d->a->from, &b, wait - since(&t_cut), aerr, sizeof(aerr)))) {
+		d->conn = l ? eng_conn_listener_accept(l, wait - since(&t_cut), &timed_out, aerr, sizeof(aerr))
+			    : eng_conn_accept(d->a->from, &b, wait - since(&t_cut), aerr, sizeof(aerr));
+		if (!d->conn) {
 			/* dpdk: refuses a bad HELLO inside the accept: one stray frame must not end the wait */
 			if (since(&t_cut) + 0.5 >= wait)
 				break;
@@ -644,12 +651,14 @@ static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t er
 			d->cut_s += since(&t_cut);
 			fprintf(stderr, "receive: the source resumed after %.1f s (%s, %llu segments applied)\n",
 				since(&t_cut), state_name[d->state], (unsigned long long)applied);
+			eng_conn_listener_close(l);
 			return 0;
 		}
 		fprintf(stderr, "receive: turned a connection away: %s\n", aerr);
 		eng_conn_close(d->conn);
 		d->conn = NULL;
 	}
+	eng_conn_listener_close(l);
 	d->cut_s += since(&t_cut);
 	snprintf(err, errlen, "%s, and the source did not resume within %.0f s%s", why, wait,
 		 d->state == ENG_RESUME_RESUMED ? " (the VM runs here)" : "");
