@@ -16,11 +16,15 @@
 #include "io.h"
 #include "conn.h"
 #include "session.h"
+#include "rejoin.h"
+#include "engine/clock.h"
 #include "uring_store.h"
 #include "qemu_bridge/qmp.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +56,11 @@ struct dst {
 	struct qb_qmp *qmp;
 	int disk_fd, in_fd, mig_fd;
 	struct eng_guard guard; /* a live handoff: feeds QEMU the device state on COMMIT, even if we die */
-	struct eng_conn *conn;
+	struct eng_conn *conn; /* replaced under conn_lock: the rejoin thread may end it (retire) */
+	pthread_mutex_t conn_lock;
+	struct eng_rejoin *rejoin; /* tcp: with --retry-for, takes a source that comes back while conn looks open */
+	atomic_bool retired;       /* rejoin ended conn: the source moved to a new connection */
+	bool source_unheard;       /* after RESUMED the source did not close: it may ask again */
 	uint8_t session[ENG_SESSION_LEN]; /* offered on conn: the stream's keys depend on it */
 	struct eng_uring_file *disk;
 	uint8_t *ram;
@@ -264,6 +272,53 @@ static int fill_from_cache(struct dst *d, char *err, size_t errlen)
 	return ret;
 }
 
+/* rejoin.h: the old connection goes, so that the receiving path sees the cut now */
+static bool retire_conn(void *ctx)
+{
+	struct dst *d = ctx;
+
+	pthread_mutex_lock(&d->conn_lock);
+	bool had = d->conn != NULL;
+	if (had) {
+		atomic_store(&d->retired, true);
+		eng_conn_shutdown(d->conn, SHUT_RDWR);
+	}
+	pthread_mutex_unlock(&d->conn_lock);
+	return had;
+}
+
+static void set_conn(struct dst *d, struct eng_conn *c)
+{
+	pthread_mutex_lock(&d->conn_lock);
+	struct eng_conn *old = d->conn;
+	d->conn = c;
+	pthread_mutex_unlock(&d->conn_lock);
+	if (old)
+		eng_conn_close(old);
+}
+
+/* tcp with --retry-for: one listener for the whole handoff (rejoin.h) */
+static int open_rejoinable(struct dst *d, char *err, size_t errlen)
+{
+	struct eng_conn_listener *l = eng_conn_listen(d->a->from, err, errlen);
+	bool timed_out;
+	int ret;
+
+	if (!l)
+		return -ECONNREFUSED;
+	if (!(d->conn = eng_conn_listener_accept(l, d->a->accept_timeout_s, &timed_out, err, errlen))) {
+		eng_conn_listener_close(l);
+		return -ECONNREFUSED;
+	}
+	if ((ret = eng_session_offer(d->conn, d->session, d->cache_chunk, err, errlen))) {
+		eng_conn_listener_close(l);
+		return ret;
+	}
+	struct eng_rejoin_args ra = { .key = d->a->key, .cache_chunk = d->cache_chunk, .progress = d->a->progress,
+				      .retire = retire_conn, .ctx = d };
+	return eng_rejoin_start(&d->rejoin, l, &ra, err, errlen);
+}
+
 static int open_source(struct dst *d, char *err, size_t errlen)
 {
 	const char *path;
@@ -273,6 +328,8 @@ static int open_source(struct dst *d, char *err, size_t errlen)
 		memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
 		if (d->a->progress)
 			fprintf(stderr, "receive: waiting for the source on %s\n", d->a->from);
+		if (d->a->retry_for_s > 0 && !strncmp(d->a->from, "tcp:", 4))
+			return open_rejoinable(d, err, errlen);
 		d->conn = eng_conn_accept(d->a->from, &b, d->a->accept_timeout_s, err, errlen);
 		if (!d->conn)
 			return -ECONNREFUSED;
@@ -589,6 +646,7 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 		return 0;
 	/* the source closes once it heard; a cut instead may have lost the message */
 	ssize_t n = eng_conn_recv(d->conn, &byte, 1, 10);
+	d->source_unheard = n == -ETIMEDOUT;
 	if (n < 0 && n != -ETIMEDOUT) {
 		snprintf(err, errlen, "the VM runs here; the connection was lost before the source heard: %s",
 			 strerror((int)-n));
@@ -598,11 +656,44 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 	return 0;
 }
 
+/*
+ * The next source that asks to resume within left_s: its connection, the
+ * value offered on it and its ask's nonce. tcp: the rejoin thread takes
+ * them; dpdk: one accept here (it refuses a bad HELLO inside: one stray
+ * frame must not end the wait).
+ */
+static struct eng_conn *next_ask(struct dst *d, double deadline, uint8_t value[ENG_SESSION_LEN],
+				 uint8_t nonce[ENG_RESUME_NONCE_LEN], char said[256])
+{
+	struct eng_conn_bind b = { .key = d->a->key };
+	char aerr[256] = "";
+	struct eng_conn *c;
+
+	if (d->rejoin)
+		return eng_rejoin_take(d->rejoin, deadline - eng_mono_s(), value, nonce);
+	memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
+	if (!(c = eng_conn_accept(d->a->from, &b, deadline - eng_mono_s(), aerr, sizeof(aerr)))) {
+		if (eng_mono_s() + 0.5 < deadline) { /* not the wait's own end */
+			if (strcmp(aerr, said)) /* once per reason, not every 0.2 s */
+				fprintf(stderr, "receive: turned a connection away: %s\n", aerr);
+			snprintf(said, 256, "%s", aerr);
+			usleep(200000);
+		}
+		return NULL;
+	}
+	if (!eng_session_offer(c, value, d->cache_chunk, aerr, sizeof(aerr)) &&
+	    !eng_session_resume_take(c, value, d->a->key, d->aead, d->handoff_id, 2, nonce, aerr, sizeof(aerr)))
+		return c;
+	fprintf(stderr, "receive: turned a connection away: %s\n", aerr);
+	eng_conn_close(c);
+	return NULL;
+}
+
 /* The link was cut: wait for the source to reconnect and tell it where we stand. */
 static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t errlen)
 {
-	char why[512], aerr[256] = "nobody came", said[256] = "";
-	uint8_t nonce[ENG_RESUME_NONCE_LEN];
+	char why[512], said[256] = "";
+	uint8_t nonce[ENG_RESUME_NONCE_LEN], value[ENG_SESSION_LEN];
 	struct timespec t_cut;
 	static const char *const state_name[] = { "receiving", "verified", "resumed" };
 
@@ -617,52 +708,64 @@ static int wait_for_resume(struct dst *d, uint64_t applied, char *err, size_t er
 	double wait = d->a->retry_for_s + 2 * ENG_CONTROL_SILENCE_S;
 
 	clock_gettime(CLOCK_MONOTONIC, &t_cut);
-	snprintf(why, sizeof(why), "%s", err);
+	double deadline = eng_mono_s() + wait;
+	snprintf(why, sizeof(why), "%s", atomic_exchange(&d->retired, false) ?
+		 "the source came back on a new connection" : err);
 	fprintf(stderr, "%sreceive: %s; waiting up to %.0f s for the source to resume\n",
 		d->a->progress ? "\r\033[K" : "", why, wait);
-	eng_conn_close(d->conn);
-	d->conn = NULL;
-	/* tcp: one listener for the whole wait, so that no try of the source's meets a closed port
-	 * between two accepts (a relay on the way turns that into a reset) */
-	struct eng_conn_listener *l = !strncmp(d->a->from, "tcp:", 4) ? eng_conn_listen(d->a->from, aerr, sizeof(aerr))
-									 : NULL;
+	set_conn(d, NULL);
 	while (since(&t_cut) < wait) {
-		struct eng_conn_bind b = { .key = d->a->key };
-		bool timed_out;
-		memcpy(b.base_id, d->bind_id, sizeof(b.base_id));
-		d->conn = l ? eng_conn_listener_accept(l, wait - since(&t_cut), &timed_out, aerr, sizeof(aerr))
-			    : eng_conn_accept(d->a->from, &b, wait - since(&t_cut), aerr, sizeof(aerr));
-		if (!d->conn) {
-			/* dpdk: refuses a bad HELLO inside the accept: one stray frame must not end the wait */
-			if (since(&t_cut) + 0.5 >= wait)
-				break;
-			if (strcmp(aerr, said)) /* once per reason, not every 0.2 s */
-				fprintf(stderr, "receive: turned a connection away: %s\n", aerr);
-			snprintf(said, sizeof(said), "%s", aerr);
-			usleep(200000);
+		struct eng_conn *c = next_ask(d, deadline, value, nonce, said);
+		if (!c)
 			continue;
-		}
-		if (!eng_session_offer(d->conn, d->session, d->cache_chunk, aerr, sizeof(aerr)) &&
-		    !eng_session_resume_take(d->conn, d->session, d->a->key, d->aead, d->handoff_id, 2, nonce,
-					     aerr, sizeof(aerr)) &&
-		    !eng_session_resume_reply(d->conn, d->session, d->a->key, d->aead, d->handoff_id, nonce,
-					      d->state, applied)) {
+		if (!eng_session_resume_reply(c, value, d->a->key, d->aead, d->handoff_id, nonce, d->state, applied)) {
+			set_conn(d, c);
+			memcpy(d->session, value, sizeof(d->session));
 			d->resumes++;
 			d->cut_s += since(&t_cut);
 			fprintf(stderr, "receive: the source resumed after %.1f s (%s, %llu segments applied)\n",
 				since(&t_cut), state_name[d->state], (unsigned long long)applied);
-			eng_conn_listener_close(l);
 			return 0;
 		}
-		fprintf(stderr, "receive: turned a connection away: %s\n", aerr);
-		eng_conn_close(d->conn);
-		d->conn = NULL;
+		fprintf(stderr, "receive: the source that asked to resume left before the answer\n");
+		eng_conn_close(c);
 	}
-	eng_conn_listener_close(l);
 	d->cut_s += since(&t_cut);
 	snprintf(err, errlen, "%s, and the source did not resume within %.0f s%s", why, wait,
 		 d->state == ENG_RESUME_RESUMED ? " (the VM runs here)" : "");
 	return d->state == ENG_RESUME_RESUMED ? 0 : -ETIMEDOUT;
+}
+
+/*
+ * The VM runs here. A source that missed RESUMED on a stalled connection may
+ * have come back meanwhile, or still come (it notices after its silence
+ * limit): tell it, or it reports a handoff it cannot confirm.
+ */
+static void answer_late_ask(struct dst *d)
+{
+	uint8_t nonce[ENG_RESUME_NONCE_LEN], value[ENG_SESSION_LEN];
+	double wait = d->source_unheard ? 2 * ENG_CONTROL_SILENCE_S : 0;
+	struct eng_conn *c = d->rejoin ? eng_rejoin_take(d->rejoin, wait, value, nonce) : NULL;
+
+	if (!c)
+		return;
+	if (!eng_session_resume_reply(c, value, d->a->key, d->aead, d->handoff_id, nonce, ENG_RESUME_RESUMED, 0))
+		fprintf(stderr, "receive: told the returning source that the VM runs here\n");
+	eng_conn_close(c);
+}
+
+/* The first stream's header names the handoff: a returning source must name it too. */
+static void name_handoff(void *ctx, const uint8_t salt[32], uint8_t aead)
+{
+	struct dst *d = ctx;
+
+	if (d->have_id)
+		return;
+	memcpy(d->handoff_id, salt, sizeof(d->handoff_id));
+	d->aead = (enum cdc_aead)aead;
+	d->have_id = true;
+	if (d->rejoin)
+		eng_rejoin_name(d->rejoin, d->handoff_id, d->aead);
 }
 
 static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st, double secs,
@@ -752,6 +855,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		return -ENOMEM;
 	}
 	d->a = a;
+	pthread_mutex_init(&d->conn_lock, NULL);
 	d->disk_fd = d->in_fd = d->mig_fd = d->guard.fd = -1;
 	d->lease = "none";
 	clock_gettime(CLOCK_MONOTONIC, &d->t0);
@@ -823,7 +927,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 						    d->base_size[o], d->base_ids[o], d->base_have[o] };
 	struct eng_patch_args pa = {
 		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .key = a->key,
-		.progress = progress, .progress_ctx = d, .control_follows = d->conn != NULL,
+		.progress = progress, .progress_ctx = d, .header = name_handoff, .control_follows = d->conn != NULL,
 	};
 	if ((ret = eng_patcher_new(&pt, &pa, &st, err, errlen)))
 		goto out;
@@ -842,11 +946,6 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		}
 		if (a->progress)
 			fputs("\r\033[K", stderr);
-		if (stream.header_len && !d->have_id) {
-			memcpy(d->handoff_id, stream.salt, sizeof(d->handoff_id));
-			d->aead = (enum cdc_aead)stream.aead;
-			d->have_id = true;
-		}
 		if (have_ctl)
 			eng_control_free(&ctl);
 		have_ctl = d->conn && (stream.header_len || !ret) &&
@@ -894,6 +993,8 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		if (d->state == ENG_RESUME_RESUMED)
 			break; /* the source heard, or could not be told in time */
 	}
+	if (!ret)
+		answer_late_ask(d);
 out:
 	if (ret && have_ctl)
 		eng_control_send(&ctl, ENG_MSG_FAILED, err);
@@ -917,8 +1018,10 @@ out:
 	if (d->mig_fd >= 0)
 		close(d->mig_fd);
 	eng_uring_file_free(d->disk);
+	eng_rejoin_stop(d->rejoin); /* before conn goes: it may retire it */
 	if (d->conn)
 		eng_conn_close(d->conn);
+	pthread_mutex_destroy(&d->conn_lock);
 	qb_qmp_close(d->qmp);
 	qb_devstate_free(&dev);
 	if (d->ram)

@@ -718,6 +718,8 @@ int eng_patcher_read(struct eng_patcher *r, const struct eng_source *src, const 
 	ret = read_header(r, header);
 	if (ret)
 		goto out;
+	if (r->a->header)
+		r->a->header(r->a->progress_ctx, r->s.salt, r->s.aead);
 	if (stream_out) { /* control messages derive their own key: the segments' stays here */
 		*stream_out = r->s;
 		explicit_bzero(stream_out->subkey, sizeof(stream_out->subkey));

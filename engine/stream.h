@@ -156,6 +156,8 @@ struct eng_patch_args {
 	const uint8_t *session; /* the value offered on this connection (session.h); NULL: a file */
 	void (*progress)(void *ctx, const struct eng_patch_stats *st);
 	void *progress_ctx;
+	/* once a stream's header is verified, before its frames: its salt and AEAD (ctx: progress_ctx); may be NULL */
+	void (*header)(void *ctx, const uint8_t salt[32], uint8_t aead);
 	struct eng_stream *stream_out; /* if set: the parsed header, salt and session, for control messages (segment key wiped) */
 	bool control_follows; /* the connection carries control messages after the trailer */
 };

@@ -555,19 +555,21 @@ struct eng_tcp *eng_tcp_listener_accept(struct eng_tcp_listener *l, double timeo
 	bool expired, broken;
 	int fd, ret;
 
-	t = tcp_alloc(err, errlen);
-	if (!t)
-		return NULL;
 	sqe = io_uring_get_sqe(&l->ring);
 	io_uring_prep_accept(sqe, l->fd, &a.sa, &alen, SOCK_CLOEXEC);
 	fd = ring_run(&l->ring, sqe, timeout_s, &expired, &broken);
 	if (expired) {
 		snprintf(err, errlen, "no connection on %s within %.1f s", l->name, timeout_s);
-		goto err;
+		return NULL;
 	}
 	if (fd < 0) {
 		snprintf(err, errlen, "accept on %s failed: %s", l->name, strerror(-fd));
-		goto err;
+		return NULL;
+	}
+	/* the connection's rings only now: a listener polled in short slices makes none meanwhile */
+	if (!(t = tcp_alloc(err, errlen))) {
+		close(fd);
+		return NULL;
 	}
 	t->fd = fd;
 	format_addr(t->peer, sizeof(t->peer), &a.sa, alen);

@@ -5,14 +5,18 @@
  * handoff, or a reply meant for another ask are refused), and the base plan
  * and chunk map of a destination that holds part of the base (whole across;
  * a plan under another key, or a map answering another plan or another
- * session's plan, refused).
+ * session's plan, refused); and the receiver's rejoin thread
+ * (engine/rejoin.h): an ask before the handoff is named, or without the key,
+ * is turned away; a good one retires the old connection and is answered.
  */
 #include "engine/conn.h"
+#include "engine/rejoin.h"
 #include "engine/session.h"
 #include "testlib.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 struct receiver {
 	char loc[64];
@@ -100,6 +104,87 @@ static void test_resume_ask(void **state)
 	r.answer_other_nonce = true; /* a reply that answers another ask */
 	assert_int_equal(ask(&r, r.key, r.handoff, &st, &applied), -EPROTO);
 	assert_int_equal(r.take_ret, 0);
+}
+
+/* A source coming back: connect, take the offer, ask; the result in ret/state/applied. */
+struct asker {
+	const char *loc;
+	const uint8_t *key, *handoff;
+	int ret;
+	enum eng_resume_state state;
+	uint64_t applied;
+};
+
+static void *ask_once(void *arg)
+{
+	struct asker *k = arg;
+	struct eng_conn_bind b = { .key = k->key };
+	uint8_t value[ENG_SESSION_LEN];
+	char err[256];
+	struct eng_conn *c = eng_conn_connect(k->loc, &b, 20, err, sizeof(err));
+
+	k->ret = -ENOTCONN;
+	if (!c)
+		return NULL;
+	k->ret = eng_session_take(c, value, NULL, 10, err, sizeof(err));
+	if (!k->ret)
+		k->ret = eng_session_resume_ask(c, value, k->key, CDC_AEAD_AES256GCM, k->handoff, 10, &k->state,
+						&k->applied, err, sizeof(err));
+	eng_conn_close(c);
+	return NULL;
+}
+
+static bool count_retire(void *ctx)
+{
+	atomic_fetch_add((atomic_int *)ctx, 1);
+	return true;
+}
+
+static void test_rejoin(void **state)
+{
+	uint8_t key[CDC_KEY_LEN], other[CDC_KEY_LEN], handoff[32], value[ENG_SESSION_LEN], nonce[ENG_RESUME_NONCE_LEN];
+	char loc[64], err[256];
+	atomic_int retired = 0;
+	struct eng_rejoin *r;
+	pthread_t t;
+
+	(void)state;
+	test_fill_random(key, sizeof(key));
+	test_fill_random(other, sizeof(other));
+	test_fill_random(handoff, sizeof(handoff));
+	snprintf(loc, sizeof(loc), "tcp:127.0.0.1:%u", 20000 + (unsigned)(test_rand() % 12000));
+	struct eng_conn_listener *l = eng_conn_listen(loc, err, sizeof(err));
+	assert_non_null(l);
+	struct eng_rejoin_args ra = { .key = key, .retire = count_retire, .ctx = &retired };
+	assert_int_equal(eng_rejoin_start(&r, l, &ra, err, sizeof(err)), 0);
+
+	/* nothing named yet: nothing to resume */
+	struct asker early = { .loc = loc, .key = key, .handoff = handoff };
+	ask_once(&early);
+	assert_int_not_equal(early.ret, 0);
+	assert_null(eng_rejoin_take(r, 0.3, value, nonce));
+
+	eng_rejoin_name(r, handoff, CDC_AEAD_AES256GCM);
+	struct asker nokey = { .loc = loc, .key = other, .handoff = handoff };
+	ask_once(&nokey);
+	assert_int_not_equal(nokey.ret, 0);
+	assert_null(eng_rejoin_take(r, 0.3, value, nonce));
+	assert_int_equal(atomic_load(&retired), 0);
+
+	/* the key holder: the old connection is retired, the ask answered on the new one */
+	struct asker good = { .loc = loc, .key = key, .handoff = handoff };
+	assert_int_equal(pthread_create(&t, NULL, ask_once, &good), 0);
+	struct eng_conn *c = eng_rejoin_take(r, 10, value, nonce);
+	assert_non_null(c);
+	assert_int_equal(atomic_load(&retired), 1);
+	assert_int_equal(eng_session_resume_reply(c, value, key, CDC_AEAD_AES256GCM, handoff, nonce,
+						  ENG_RESUME_VERIFIED, 77), 0);
+	pthread_join(t, NULL);
+	eng_conn_close(c);
+	assert_int_equal(good.ret, 0);
+	assert_int_equal(good.state, ENG_RESUME_VERIFIED);
+	assert_int_equal(good.applied, 77);
+	eng_rejoin_stop(r);
 }
 
 /* The destination's side of a base plan: take the plan, answer which chunks it holds. */
@@ -215,6 +300,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_resume_ask),
 		cmocka_unit_test(test_base_plan),
+		cmocka_unit_test(test_rejoin),
 	};
 	test_seed();
 	return cmocka_run_group_tests_name("session", tests, NULL, NULL);
