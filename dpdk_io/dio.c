@@ -28,6 +28,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <rte_ethdev.h>
@@ -73,6 +75,7 @@ struct dio_conn {
 	struct dio_loc loc;
 	struct dio_bind bind;
 	uint8_t hello_key[32]; /* HKDF of the operator key for the handshake alone */
+	EVP_MAC_CTX *frame_mac; /* keyed with k_frames once established (wire.h): io thread only */
 	bool listener;
 	bool trace; /* HANDOFF_DIO_TRACE: a state line a second, each RTO, on stderr */
 	uint64_t session;
@@ -132,7 +135,7 @@ struct dio_conn {
 
 	/* statistics: written by io, read racily by samplers (counters only) */
 	_Atomic uint64_t st_frames_tx, st_frames_rx, st_data_frames, st_data_bytes, st_retx_frames,
-		st_retx_bytes, st_rto, st_probes, st_dropped;
+		st_retx_bytes, st_rto, st_probes, st_dropped, st_forged;
 	_Atomic uint64_t st_pacing, st_bw, st_rtt; /* doubles as bits */
 	uint64_t t0_us;
 
@@ -299,16 +302,77 @@ static void tx_queue(struct dio_conn *c, struct rte_mbuf *m)
 	c->txq[c->ntx++] = m;
 }
 
+/* The tag of a frame whose payload is plen bytes before the tag (wire.h). */
+static int frame_tag(struct dio_conn *c, const struct dio_hdr *h, const void *pl, uint32_t plen,
+		     uint8_t out[DIO_FRAME_TAG_LEN])
+{
+	uint8_t full[32];
+	size_t n = 0;
+
+	if (!c->frame_mac || !EVP_MAC_init(c->frame_mac, NULL, 0, NULL) ||
+	    !EVP_MAC_update(c->frame_mac, (const void *)h, sizeof(*h)) || !EVP_MAC_update(c->frame_mac, pl, plen) ||
+	    !EVP_MAC_final(c->frame_mac, full, &n, sizeof(full)) || n != sizeof(full))
+		return -1;
+	memcpy(out, full, DIO_FRAME_TAG_LEN);
+	return 0;
+}
+
+/* A tagged frame from the peer: does the tag at its end check out? */
+static bool frame_tag_ok(struct dio_conn *c, const struct dio_hdr *h, const uint8_t *pl, uint32_t plen)
+{
+	uint8_t tag[DIO_FRAME_TAG_LEN];
+
+	if (plen < DIO_FRAME_TAG_LEN || frame_tag(c, h, pl, plen - DIO_FRAME_TAG_LEN, tag))
+		return false;
+	bool ok = !CRYPTO_memcmp(tag, pl + plen - DIO_FRAME_TAG_LEN, DIO_FRAME_TAG_LEN);
+	if (!ok)
+		atomic_fetch_add_explicit(&c->st_forged, 1, memory_order_relaxed);
+	return ok;
+}
+
+/* k_frames, once both nonces are known (wire.h). 0, or -1: the connection cannot go on. */
+static int key_frames(struct dio_conn *c)
+{
+	uint8_t msg[16 + 8 + 2 * DIO_NONCE_LEN], k[32];
+	unsigned len = sizeof(k);
+	const uint8_t *nc = c->listener ? c->peer_nonce : c->my_nonce, *nl = c->listener ? c->my_nonce : c->peer_nonce;
+	OSSL_PARAM params[] = { OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+				OSSL_PARAM_construct_end() };
+
+	memset(msg, 0, sizeof(msg));
+	memcpy(msg, "handoff-frames", 14);
+	memcpy(msg + 16, &c->session, 8);
+	memcpy(msg + 24, nc, DIO_NONCE_LEN);
+	memcpy(msg + 24 + DIO_NONCE_LEN, nl, DIO_NONCE_LEN);
+	EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	EVP_MAC_CTX_free(c->frame_mac);
+	c->frame_mac = mac ? EVP_MAC_CTX_new(mac) : NULL;
+	EVP_MAC_free(mac);
+	int ret = c->frame_mac && HMAC(EVP_sha256(), c->hello_key, 32, msg, sizeof(msg), k, &len) &&
+			  EVP_MAC_init(c->frame_mac, k, sizeof(k), params) ? 0 : -1;
+	explicit_bzero(k, sizeof(k));
+	if (ret) {
+		EVP_MAC_CTX_free(c->frame_mac);
+		c->frame_mac = NULL;
+		fail(c, -EIO, "cannot key the dpdk: frames (OpenSSL HMAC)");
+	}
+	return ret;
+}
+
 static void send_reset(struct dio_conn *c, const char *why)
 {
-	void *pl;
-	uint32_t n = (uint32_t)strlen(why);
+	uint8_t *pl;
+	uint32_t n = (uint32_t)strlen(why), tag = c->frame_mac ? DIO_FRAME_TAG_LEN : 0;
 	if (n > 200)
 		n = 200;
-	struct rte_mbuf *m = frame_new(c, DIO_RESET, 0, 0, n, &pl);
+	struct rte_mbuf *m = frame_new(c, DIO_RESET, 0, 0, n + tag, (void **)&pl);
 	if (!m)
 		return;
 	memcpy(pl, why, n);
+	if (tag && frame_tag(c, (const struct dio_hdr *)pl - 1, pl, n, pl + n)) {
+		rte_pktmbuf_free(m);
+		return;
+	}
 	tx_queue(c, m);
 	tx_flush(c);
 	c->reset_sent = true;
@@ -404,6 +468,8 @@ static bool on_hello(struct dio_conn *c, const struct rte_ether_hdr *eh, const s
 	}
 	memcpy(c->bind.base_id, base, DIO_ID_LEN);
 	memcpy(c->peer_nonce, p->nonce, DIO_NONCE_LEN);
+	if (key_frames(c))
+		return false;
 	send_hello(c, true);
 	atomic_store(&c->established, true);
 	return true;
@@ -427,6 +493,8 @@ static void on_hello_ack(struct dio_conn *c, const struct rte_ether_hdr *eh, con
 	}
 	memcpy(c->peer_nonce, p->nonce, DIO_NONCE_LEN);
 	set_peer(c, eh, p->mtu);
+	if (key_frames(c))
+		return;
 	atomic_store(&c->established, true);
 }
 
@@ -509,7 +577,7 @@ static void send_ack(struct dio_conn *c)
 {
 	struct dio_ack *a;
 	uint32_t len = sizeof(*a) + c->nranges * sizeof(struct dio_range);
-	struct rte_mbuf *m = frame_new(c, DIO_ACK, 0, 0, len, (void **)&a);
+	struct rte_mbuf *m = frame_new(c, DIO_ACK, 0, 0, len + DIO_FRAME_TAG_LEN, (void **)&a);
 	if (!m)
 		return;
 	uint64_t cum = atomic_load_explicit(&c->rcv_cum, memory_order_relaxed);
@@ -520,6 +588,10 @@ static void send_ack(struct dio_conn *c)
 	struct dio_range *r = (void *)(a + 1);
 	for (int i = 0; i < c->nranges; i++)
 		r[i] = (struct dio_range){ c->ranges[i].start, c->ranges[i].end };
+	if (frame_tag(c, (const struct dio_hdr *)a - 1, a, len, (uint8_t *)a + len)) {
+		rte_pktmbuf_free(m);
+		return;
+	}
 	tx_queue(c, m);
 	c->ack_due = false;
 	c->last_echo_us = 0;
@@ -560,8 +632,10 @@ static void on_ack(struct dio_conn *c, const struct dio_hdr *h, const struct dio
 	const struct dio_range *r = (const void *)(a + 1);
 	bool progress = false;
 
-	(void)h;
-	if (nsack > DIO_MAX_SACK || sizeof(*a) + nsack * sizeof(*r) > plen)
+	/* only the peer acknowledges, and only what was sent (wire.h: the tag) */
+	if (nsack > DIO_MAX_SACK || sizeof(*a) + nsack * sizeof(*r) + DIO_FRAME_TAG_LEN > plen ||
+	    !frame_tag_ok(c, h, (const uint8_t *)a, plen) || a->cum > c->snd_nxt ||
+	    ((a->flags & DIO_A_FIN) && !c->fin_sent))
 		return;
 	if (a->wnd_end > c->peer_wnd_end)
 		c->peer_wnd_end = a->wnd_end;
@@ -903,6 +977,11 @@ static void on_frame(struct dio_conn *c, struct rte_mbuf *m, uint64_t now)
 		break;
 	case DIO_RESET: {
 		char why[201];
+		/* once established only a tagged RESET ends the connection; before, one refuses a HELLO */
+		if (est && !frame_tag_ok(c, h, pl, plen))
+			break;
+		if (est)
+			plen -= DIO_FRAME_TAG_LEN;
 		uint32_t n = plen < 200 ? plen : 200;
 		memcpy(why, pl, n);
 		why[n] = 0;
@@ -1083,6 +1162,7 @@ static void conn_fini(struct dio_conn *c)
 	pthread_cond_destroy(&c->cv_send);
 	pthread_cond_destroy(&c->cv_recv);
 	explicit_bzero(c->hello_key, sizeof(c->hello_key));
+	EVP_MAC_CTX_free(c->frame_mac);
 }
 
 static void conn_free(struct dio_conn *c)
@@ -1421,6 +1501,7 @@ void dio_stats(struct dio_conn *c, struct dio_stats *s)
 	s->loss_probes = atomic_load(&c->st_probes);
 	s->loss_rounds = c->pace.loss_rounds;
 	s->dropped_injected = atomic_load(&c->st_dropped);
+	s->forged_frames = atomic_load(&c->st_forged);
 	s->acked_bytes = atomic_load(&c->snd_una);
 	s->received_bytes = atomic_load(&c->rcv_cum);
 	s->mtu = c->port.mtu;

@@ -13,14 +13,14 @@
 #include <stdint.h>
 
 #define DIO_ETHERTYPE 0x88B5 /* IEEE 802 local experimental EtherType 1 */
-#define DIO_VERSION 1
+#define DIO_VERSION 2 /* 2: ACK and RESET frames carry a tag */
 
 enum dio_type {
 	DIO_HELLO = 1,     /* connector -> listener: session, nonce, base identity, tag */
 	DIO_HELLO_ACK = 2, /* listener -> connector: its nonce, tag over both */
 	DIO_DATA = 3,      /* payload at seq; flag FIN: the stream ends at seq + len */
-	DIO_ACK = 4,       /* struct dio_ack, then nsack struct dio_range */
-	DIO_RESET = 5,     /* abort: payload is a one-line reason (not authenticated) */
+	DIO_ACK = 4,       /* struct dio_ack, then nsack struct dio_range, then a frame tag */
+	DIO_RESET = 5,     /* abort: a one-line reason, then a frame tag once the handshake is done */
 };
 
 #define DIO_F_FIN 0x1 /* DATA: last bytes of this direction */
@@ -38,6 +38,14 @@ struct dio_hdr {
 #define DIO_NONCE_LEN 16
 #define DIO_ID_LEN 32
 #define DIO_TAG_LEN 32
+/*
+ * Frames that change the sender's state (ACK: what it may forget; RESET: the
+ * end) end with the first 16 bytes of HMAC-SHA256(k_frames, header | payload
+ * before the tag). k_frames = HMAC-SHA256(k_hello, "handoff-frames" |
+ * session | nonce_c | nonce_l): fresh per connection, known to the two ends.
+ * DATA carries sealed stream segments (docs/format.md): it needs no tag.
+ */
+#define DIO_FRAME_TAG_LEN 16
 
 /* HELLO and HELLO_ACK payload. tag = HMAC-SHA256(key, label | session | both nonces | base_id). */
 struct dio_hello {
