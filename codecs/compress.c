@@ -36,10 +36,9 @@ struct cdc_comp_ctx *cdc_comp_new(void)
 
 	if (!c)
 		return NULL;
-	c->zc = ZSTD_createCCtx();
+	/* the encoders' state comes with the first compression: a reader never needs it */
 	c->zd = ZSTD_createDCtx();
-	c->igzip_level_buf = malloc(ISAL_DEF_LVL3_DEFAULT);
-	if (!c->zc || !c->zd || !c->igzip_level_buf) {
+	if (!c->zd) {
 		cdc_comp_free(c);
 		return NULL;
 	}
@@ -91,6 +90,8 @@ static ssize_t igzip_compress(struct cdc_comp_ctx *c, int level, const void *src
 {
 	struct isal_zstream *s = &c->igzip;
 
+	if (!c->igzip_level_buf && !(c->igzip_level_buf = malloc(ISAL_DEF_LVL3_DEFAULT)))
+		return -ENOMEM;
 	isal_deflate_stateless_init(s);
 	s->level = (uint32_t)level;
 	s->level_buf = c->igzip_level_buf;
@@ -181,6 +182,8 @@ ssize_t cdc_compress(struct cdc_comp_ctx *c, enum cdc_comp comp, int level, cons
 	case CDC_COMP_IGZIP:
 		return igzip_compress(c, level, src, len, dst, cap);
 	case CDC_COMP_ZSTD:
+		if (!c->zc && !(c->zc = ZSTD_createCCtx()))
+			return -ENOMEM;
 		r = ZSTD_compressCCtx(c->zc, dst, cap, src, len, level);
 		if (ZSTD_isError(r))
 			return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? -ENOSPC : -EIO;
@@ -220,10 +223,11 @@ int cdc_decompress(struct cdc_comp_ctx *c, enum cdc_comp comp, const void *src, 
 ssize_t cdc_compress_prefixed(struct cdc_comp_ctx *c, int level, const void *prefix, size_t plen,
 			      const void *src, size_t len, void *dst, size_t cap)
 {
-	ZSTD_CCtx *z = c->zc;
-
 	if (!cdc_comp_level_ok(CDC_COMP_ZSTD, level))
 		return -EINVAL;
+	if (!c->zc && !(c->zc = ZSTD_createCCtx()))
+		return -ENOMEM;
+	ZSTD_CCtx *z = c->zc;
 	ZSTD_CCtx_reset(z, ZSTD_reset_session_and_parameters);
 	size_t r = ZSTD_CCtx_setParameter(z, ZSTD_c_compressionLevel, level);
 	if (!ZSTD_isError(r) && plen) {

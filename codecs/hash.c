@@ -26,9 +26,38 @@
 struct cdc_hasher {
 	EVP_MD *md;
 	EVP_MD_CTX *ctx;
-	IMB_MGR *mb; /* runs of blocks through libipsec-mb, if set */
+	bool use_mb; /* runs of blocks through libipsec-mb */
+	IMB_MGR *mb; /* its manager, made at the first run (a large allocation many hashers never need) */
 	bool x4;     /* else four blocks at a time on SHA-NI (codecs/sha_ni.c) */
 };
+
+/* A manager for this CPU, or NULL if the library cannot drive it. */
+static IMB_MGR *new_mb(void)
+{
+	IMB_ARCH arch = IMB_ARCH_NONE;
+	IMB_MGR *mb = alloc_mb_mgr(0);
+
+	if (mb)
+		init_mb_mgr_auto(mb, &arch);
+	/* a CPU the library cannot drive leaves its calls unset */
+	if (mb && (arch == IMB_ARCH_NONE || imb_get_errno(mb))) {
+		free_mb_mgr(mb);
+		mb = NULL;
+	}
+	return mb;
+}
+
+static pthread_once_t mb_probe_once = PTHREAD_ONCE_INIT;
+static bool mb_usable;
+
+static void probe_mb(void)
+{
+	IMB_MGR *mb = new_mb();
+
+	mb_usable = mb != NULL;
+	if (mb)
+		free_mb_mgr(mb);
+}
 
 struct cdc_hasher *cdc_hasher_new(void)
 {
@@ -40,14 +69,8 @@ struct cdc_hasher *cdc_hasher_new(void)
 	h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
 	h->ctx = EVP_MD_CTX_new();
 	if (!pick || !strcmp(pick, "ipsec-mb")) {
-		IMB_ARCH arch = IMB_ARCH_NONE;
-		if ((h->mb = alloc_mb_mgr(0)))
-			init_mb_mgr_auto(h->mb, &arch);
-		/* a CPU the library cannot drive leaves its calls unset */
-		if (h->mb && (arch == IMB_ARCH_NONE || imb_get_errno(h->mb))) {
-			free_mb_mgr(h->mb);
-			h->mb = NULL;
-		}
+		pthread_once(&mb_probe_once, probe_mb);
+		h->use_mb = mb_usable;
 	}
 	/* runs too short to fill the lanes go four at a time */
 	h->x4 = cdc_sha256_x4_available() && (!pick || !strcmp(pick, "sha-ni") || !strcmp(pick, "ipsec-mb"));
@@ -71,7 +94,7 @@ void cdc_hasher_free(struct cdc_hasher *h)
 
 const char *cdc_hasher_runs(const struct cdc_hasher *h)
 {
-	return h->mb ? "ipsec-mb" : h->x4 ? "sha-ni" : "openssl";
+	return h->use_mb ? "ipsec-mb" : h->x4 ? "sha-ni" : "openssl";
 }
 
 void cdc_hash_block(struct cdc_hasher *h, const void *block, uint8_t out[CDC_DIGEST_LEN])
@@ -114,8 +137,12 @@ void cdc_hash_blocks(struct cdc_hasher *h, const uint8_t *const *blocks, unsigne
 {
 	unsigned i = 0;
 
-	if (h->mb && n >= MB_MIN_RUN && hash_blocks_mb(h->mb, blocks, n, out))
-		return;
+	if (h->use_mb && n >= MB_MIN_RUN) {
+		if (!h->mb && !(h->mb = new_mb()))
+			h->use_mb = false; /* out of memory: the other ways still work */
+		if (h->mb && hash_blocks_mb(h->mb, blocks, n, out))
+			return;
+	}
 	if (h->x4)
 		for (; i + 4 <= n; i += 4)
 			cdc_sha256_block_x4(blocks + i, out + i);

@@ -258,7 +258,9 @@ struct eng_patcher {
 	struct cdc_delta_ctx *delta;
 	struct cdc_hasher *hasher;
 	struct obj_state obj[ENG_MAX_OBJECTS];
+	/* grown to the largest frame / non-data segment seen (most streams never need the maximum) */
 	uint8_t *frame, *raw;
+	size_t frame_cap, raw_cap;
 	struct cdc_history *history; /* data segments decode into it, in order */
 	uint64_t history_end;
 	uint8_t block[CDC_BLOCK_SIZE] __attribute__((aligned(64)));
@@ -533,6 +535,20 @@ static int decompress_frame(struct eng_patcher *r, uint8_t comp, uint8_t history
 	return cdc_decompress_prefixed(r->comp, raw - plen, plen, payload, len, raw, raw_len);
 }
 
+/* *buf holds at least need bytes (need <= max); 0 or -ENOMEM. */
+static int grow(uint8_t **buf, size_t *cap, size_t need, size_t max)
+{
+	if (need <= *cap)
+		return 0;
+	size_t to = *cap * 2 > need ? *cap * 2 : need;
+	uint8_t *b = realloc(*buf, to < max ? to : max);
+	if (!b)
+		return -ENOMEM;
+	*buf = b;
+	*cap = to < max ? to : max;
+	return 0;
+}
+
 static int read_frames(struct eng_patcher *r)
 {
 	uint8_t aad[CDC_DIGEST_LEN + 8 + ENG_FRAME_HDR];
@@ -551,6 +567,11 @@ static int read_frames(struct eng_patcher *r)
 		if (len > ENG_FRAME_MAX - ENG_FRAME_HDR - CDC_TAG_LEN || raw_len > ENG_SEG_RAW_MAX) {
 			eng_set_err(r->err, r->errlen, "segment %llu: corrupt frame header", (unsigned long long)seq);
 			return -EBADMSG;
+		}
+		if (grow(&r->frame, &r->frame_cap, ENG_FRAME_HDR + (size_t)len + CDC_TAG_LEN, ENG_FRAME_MAX) ||
+		    (r->frame[8] != ENG_FRAME_DATA && grow(&r->raw, &r->raw_cap, raw_len, ENG_SEG_RAW_MAX))) {
+			eng_set_err(r->err, r->errlen, "out of memory for segment %llu", (unsigned long long)seq);
+			return -ENOMEM;
 		}
 		got = read_exact(r, r->frame + ENG_FRAME_HDR, (size_t)len + CDC_TAG_LEN);
 		if (got <= 0) {
@@ -684,8 +705,9 @@ int eng_patcher_new(struct eng_patcher **out, const struct eng_patch_args *a, st
 	memset(r, 0, sizeof(*r));
 	r->a = a;
 	r->st = st;
-	r->frame = malloc(ENG_FRAME_MAX);
-	r->raw = malloc(ENG_SEG_RAW_MAX);
+	r->frame_cap = r->raw_cap = 64 << 10;
+	r->frame = malloc(r->frame_cap);
+	r->raw = malloc(r->raw_cap);
 	r->history = cdc_history_new(CDC_HISTORY_MAX + ENG_SEG_RAW_MAX);
 	r->comp = cdc_comp_new();
 	r->delta = cdc_delta_new();
