@@ -26,8 +26,7 @@
 struct cdc_hasher {
 	EVP_MD *md;
 	EVP_MD_CTX *ctx;
-	bool use_mb; /* runs of blocks through libipsec-mb */
-	IMB_MGR *mb; /* its manager, made at the first run (a large allocation many hashers never need) */
+	bool use_mb; /* runs of blocks through libipsec-mb (this thread's manager, thread_mb) */
 	bool x4;     /* else four blocks at a time on SHA-NI (codecs/sha_ni.c) */
 };
 
@@ -47,16 +46,38 @@ static IMB_MGR *new_mb(void)
 	return mb;
 }
 
-static pthread_once_t mb_probe_once = PTHREAD_ONCE_INIT;
+static pthread_once_t mb_once = PTHREAD_ONCE_INIT;
+static pthread_key_t mb_key; /* each thread's manager, freed when the thread ends */
 static bool mb_usable;
+
+static void free_thread_mb(void *mb)
+{
+	free_mb_mgr(mb);
+}
 
 static void probe_mb(void)
 {
 	IMB_MGR *mb = new_mb();
 
-	mb_usable = mb != NULL;
+	mb_usable = mb != NULL && !pthread_key_create(&mb_key, free_thread_mb);
 	if (mb)
 		free_mb_mgr(mb);
+}
+
+/*
+ * A manager is a large allocation with lanes of state: one per thread, made
+ * at the thread's first run and shared by its hashers (a run flushes every
+ * lane before it returns), not one per hasher.
+ */
+static IMB_MGR *thread_mb(void)
+{
+	IMB_MGR *mb = pthread_getspecific(mb_key);
+
+	if (!mb && (mb = new_mb()) && pthread_setspecific(mb_key, mb)) {
+		free_mb_mgr(mb);
+		mb = NULL;
+	}
+	return mb;
 }
 
 struct cdc_hasher *cdc_hasher_new(void)
@@ -69,7 +90,7 @@ struct cdc_hasher *cdc_hasher_new(void)
 	h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
 	h->ctx = EVP_MD_CTX_new();
 	if (!pick || !strcmp(pick, "ipsec-mb")) {
-		pthread_once(&mb_probe_once, probe_mb);
+		pthread_once(&mb_once, probe_mb);
 		h->use_mb = mb_usable;
 	}
 	/* runs too short to fill the lanes go four at a time */
@@ -87,8 +108,6 @@ void cdc_hasher_free(struct cdc_hasher *h)
 		return;
 	EVP_MD_CTX_free(h->ctx);
 	EVP_MD_free(h->md);
-	if (h->mb)
-		free_mb_mgr(h->mb);
 	free(h);
 }
 
@@ -138,9 +157,8 @@ void cdc_hash_blocks(struct cdc_hasher *h, const uint8_t *const *blocks, unsigne
 	unsigned i = 0;
 
 	if (h->use_mb && n >= MB_MIN_RUN) {
-		if (!h->mb && !(h->mb = new_mb()))
-			h->use_mb = false; /* out of memory: the other ways still work */
-		if (h->mb && hash_blocks_mb(h->mb, blocks, n, out))
+		IMB_MGR *mb = thread_mb(); /* NULL (out of memory): the other ways still work */
+		if (mb && hash_blocks_mb(mb, blocks, n, out))
 			return;
 	}
 	if (h->x4)

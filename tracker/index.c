@@ -168,7 +168,9 @@ static int build(struct trk_index *idx, int fd, uint64_t size)
 {
 	struct cdc_hasher *h = cdc_hasher_new();
 	struct cdc_image_digest *id = cdc_image_digest_new();
-	uint8_t *buf = aligned_alloc(64, READ_CHUNK);
+	/* a small image needs no 1 MiB buffer */
+	size_t buf_len = size < READ_CHUNK ? (size_t)((size + CDC_BLOCK_SIZE - 1) & ~(uint64_t)(CDC_BLOCK_SIZE - 1)) : READ_CHUNK;
+	uint8_t *buf = aligned_alloc(64, buf_len ? buf_len : CDC_BLOCK_SIZE);
 	int ret = -ENOMEM;
 
 	idx->size = size;
