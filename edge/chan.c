@@ -167,7 +167,8 @@ int edg_chan_send(struct edg_chan *ch, uint8_t type, const void *payload, uint32
 	return eng_conn_send(ch->c, f, 4 + body + CDC_TAG_LEN);
 }
 
-int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, uint32_t *len, double timeout_s)
+int edg_chan_recv_view(struct edg_chan *ch, uint8_t *type, const uint8_t **payload, uint32_t max, uint32_t *len,
+		       double timeout_s)
 {
 	uint8_t hdr[4], tag[CDC_TAG_LEN];
 	int r;
@@ -177,18 +178,27 @@ int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, u
 	uint32_t body = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 | (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
 	if (body < 1 || body > 1 + EDG_CHAN_MAX_PAYLOAD)
 		return -EBADMSG;
-	if (body - 1 > cap)
+	if (body - 1 > max)
 		return -EMSGSIZE;
-	uint8_t *b = ch->rx_frame; /* nothing reaches buf before it authenticated */
+	uint8_t *b = ch->rx_frame; /* nobody sees a byte before it authenticated */
 	if ((r = eng_conn_recv_all(ch->c, b, body, timeout_s)) || (r = eng_conn_recv_all(ch->c, tag, sizeof(tag), timeout_s)))
 		return r;
 	if (cdc_open(ch->rx, ch->rx_seq++, hdr, 4, b, body, tag))
 		return -EBADMSG;
 	*type = b[0];
 	*len = body - 1;
-	if (body > 1)
-		memcpy(buf, b + 1, body - 1);
+	*payload = b + 1;
 	return 0;
+}
+
+int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, uint32_t *len, double timeout_s)
+{
+	const uint8_t *p;
+	int r = edg_chan_recv_view(ch, type, &p, cap, len, timeout_s);
+
+	if (!r && *len)
+		memcpy(buf, p, *len);
+	return r;
 }
 
 void edg_chan_free(struct edg_chan *ch)

@@ -36,6 +36,9 @@ int edg_chan_send(struct edg_chan *ch, uint8_t type, const void *payload, uint32
  * error but -ETIMEDOUT the channel is out of step: close it.
  */
 int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, uint32_t *len, double timeout_s);
+/* The same without a copy: *payload points into the channel's own buffer until the next receive. */
+int edg_chan_recv_view(struct edg_chan *ch, uint8_t *type, const uint8_t **payload, uint32_t max, uint32_t *len,
+		       double timeout_s);
 /* Wipes the keys; the connection stays the caller's. */
 void edg_chan_free(struct edg_chan *ch);
 

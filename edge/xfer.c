@@ -93,11 +93,32 @@ static const char *recv_error(int r)
 
 /* ---- server --------------------------------------------------------------------- */
 
+/* A reply, grown to what the session's replies need (most never need the largest). */
+struct reply {
+	uint8_t *b;
+	size_t cap, max;
+};
+
+static uint8_t *reply_room(struct reply *o, size_t need)
+{
+	if (need > o->max)
+		return NULL;
+	if (need > o->cap) {
+		size_t to = o->cap * 2 > need ? o->cap * 2 : need;
+		uint8_t *b = realloc(o->b, to < o->max ? to : o->max);
+		if (!b)
+			return NULL;
+		o->b = b;
+		o->cap = to < o->max ? to : o->max;
+	}
+	return o->b;
+}
+
 static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t *name, uint32_t len,
-			struct edg_serve_stats *st, uint8_t *out)
+			struct edg_serve_stats *st, struct reply *o)
 {
 	char nm[EDG_NAME_MAX + 1];
-	uint8_t *d;
+	uint8_t *d, *out;
 	uint64_t size, n;
 	int r;
 
@@ -109,6 +130,11 @@ static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t 
 		char msg[EDG_NAME_MAX + 40];
 		snprintf(msg, sizeof(msg), "no image '%s' here", nm);
 		return send_error(ch, msg);
+	}
+	uint32_t first = (uint32_t)(n < PART_MAX ? n : PART_MAX);
+	if (!(out = reply_room(o, 20 > 4 + (size_t)first * EDG_DIGEST_LEN ? 20 : 4 + (size_t)first * EDG_DIGEST_LEN))) {
+		free(d);
+		return -ENOMEM;
 	}
 	put64(out, size);
 	put32(out + 8, edg_store_chunk_size(s));
@@ -126,8 +152,12 @@ static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t 
 }
 
 /* Which of the digests asked about are held here: a bit each, no re-hash (a corrupt copy is NOCHUNK later). */
-static int serve_have(struct edg_store *s, struct edg_chan *ch, const uint8_t *in, uint32_t k, uint8_t *out)
+static int serve_have(struct edg_store *s, struct edg_chan *ch, const uint8_t *in, uint32_t k, struct reply *o)
 {
+	uint8_t *out = reply_room(o, 4 + ((size_t)k + 7) / 8);
+
+	if (!out)
+		return -ENOMEM;
 	put32(out, k);
 	memset(out + 4, 0, (k + 7) / 8);
 	for (uint32_t i = 0; i < k; i++)
@@ -143,8 +173,12 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 	size_t cap = cdc_comp_bound(CDC_COMP_ZSTD, cs), out_max = edg_chunk_msg_max(cs);
 	if (out_max < PART_BYTES_MAX)
 		out_max = PART_BYTES_MAX;
-	/* sized for the largest request and reply: a larger request ends the session */
-	uint8_t *in = malloc(REQ_BYTES_MAX), *out = malloc(out_max), *raw = malloc(cs);
+	/* requests are read where the channel keeps them (at most REQ_BYTES_MAX: a larger one ends
+	 * the session); replies grow up to the largest */
+	const uint8_t *in;
+	struct reply o = { .cap = 64 << 10, .max = out_max };
+	o.b = malloc(o.cap);
+	uint8_t *raw = malloc(cs);
 	struct cdc_comp_ctx *cz = cdc_comp_new();
 	uint8_t type;
 	int r = 0;
@@ -154,13 +188,13 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 	double wait = FIRST_S;
 
 	memset(st, 0, sizeof(*st));
-	if (!in || !out || !raw || !cz || out_max > EDG_CHAN_MAX_PAYLOAD) {
+	if (!o.b || !raw || !cz || out_max > EDG_CHAN_MAX_PAYLOAD) {
 		eng_set_err(err, errlen, "out of memory");
 		r = -ENOMEM;
 		goto out;
 	}
 	for (;;) {
-		if ((r = edg_chan_recv(ch, &type, in, REQ_BYTES_MAX, &len, wait))) {
+		if ((r = edg_chan_recv_view(ch, &type, &in, REQ_BYTES_MAX, &len, wait))) {
 			if (r == -EPIPE) /* the client left without a goodbye: its loss, not ours */
 				r = 0;
 			else
@@ -171,13 +205,16 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 		if (type == MSG_BYE)
 			break;
 		if (type == MSG_RECIPE_REQ) {
-			r = serve_recipe(s, ch, in, len, st, out);
+			r = serve_recipe(s, ch, in, len, st, &o);
 		} else if (type == MSG_HAVE_REQ && len >= 4 && get32(in) <= HAVE_MAX &&
 			   len == 4 + (uint64_t)get32(in) * EDG_DIGEST_LEN) {
-			r = serve_have(s, ch, in, get32(in), out);
+			r = serve_have(s, ch, in, get32(in), &o);
 		} else if (type == MSG_CHUNKS_REQ && len >= 4 && get32(in) <= REQ_MAX &&
 			   len == 4 + get32(in) * EDG_DIGEST_LEN) {
 			uint32_t k = get32(in);
+			uint8_t *out = reply_room(&o, CHUNK_HDR + (cap > cs ? cap : cs));
+			if (!out)
+				r = -ENOMEM;
 			for (uint32_t i = 0; i < k && !r; i++) {
 				const uint8_t *d = in + 4 + i * EDG_DIGEST_LEN;
 				uint32_t got;
@@ -212,8 +249,7 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 	}
 out:
 	cdc_comp_free(cz);
-	free(in);
-	free(out);
+	free(o.b);
 	free(raw);
 	return r;
 }

@@ -2,7 +2,7 @@
  * libFuzzer target for the chunk service's exchange (edge/xfer.c), both
  * ends, behind the sealed channel: what a holder of the key (an edge that
  * went bad, a buggy build) could send. The channel is this harness's own:
- * edg_chan_recv hands out the input's messages in order, edg_chan_send
+ * edg_chan_recv(_view) hands out the input's messages in order, edg_chan_send
  * drops what it is given. Chunks are 4 KiB; the service's cache holds one
  * image "img" of three chunks (the second twice), in /dev/shm.
  *
@@ -43,7 +43,8 @@ int edg_chan_send(struct edg_chan *ch, uint8_t type, const void *payload, uint32
 	return len > EDG_CHAN_MAX_PAYLOAD ? -EMSGSIZE : 0;
 }
 
-int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, uint32_t *len, double timeout_s)
+int edg_chan_recv_view(struct edg_chan *ch, uint8_t *type, const uint8_t **payload, uint32_t max, uint32_t *len,
+		       double timeout_s)
 {
 	(void)timeout_s;
 	if (ch->len - ch->pos < 3) {
@@ -55,12 +56,22 @@ int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, u
 	if (n > ch->len - ch->pos - 3)
 		n = (uint32_t)(ch->len - ch->pos - 3);
 	ch->pos += 3 + n;
-	if (n > cap)
+	if (n > max)
 		return -EMSGSIZE;
 	*type = p[0];
-	memcpy(buf, p + 3, n);
+	*payload = p + 3;
 	*len = n;
 	return 0;
+}
+
+int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, uint32_t *len, double timeout_s)
+{
+	const uint8_t *p;
+	int r = edg_chan_recv_view(ch, type, &p, cap, len, timeout_s);
+
+	if (!r)
+		memcpy(buf, p, *len);
+	return r;
 }
 
 static char served_dir[64], fetch_dir[64];
