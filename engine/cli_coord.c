@@ -4,7 +4,8 @@
 
 #include <unistd.h>
 
-struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *auth, const char *edge, bool *missed)
+struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *auth, const char *edge,
+				 const char *without, bool *missed)
 {
 	char host[65] = "", err[512];
 
@@ -22,7 +23,10 @@ struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *a
 	}
 	struct edg_coord *c = edg_coord_connect(url, auth, edge, COORD_TIMEOUT_S, err, sizeof(err));
 	if (!c) {
-		cli_error("%s: %s", cmd, err);
+		if (without)
+			fprintf(stderr, "%s: warning: %s; %s\n", cmd, err, without);
+		else
+			cli_error("%s: %s", cmd, err);
 		*missed = true;
 	}
 	return c;

@@ -23,10 +23,11 @@
 
 /*
  * The coordinator, when url names one; NULL if not asked for or unreachable
- * (then *missed, after one line saying so: the edge works on alone, and the
- * caller says what that costs). edge NULL: the host name.
+ * (then *missed, after one line saying so: an error, or with `without` (what
+ * the command does instead) a warning that says both). edge NULL: the host name.
  */
-struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *auth, const char *edge, bool *missed);
+struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *auth, const char *edge,
+				 const char *without, bool *missed);
 
 /* Each source's part of a fetch of `fetched` chunks, for --json. */
 struct edg_peer;

@@ -122,7 +122,7 @@ static int add_run(const struct cli_cmd *cmd, const char *const *val)
 	if (!s)
 		return 1;
 	bool missed;
-	struct edg_coord *c = cli_coord_open(cmd->name, val[A_COORD], val[A_AUTH], val[A_EDGE], &missed);
+	struct edg_coord *c = cli_coord_open(cmd->name, val[A_COORD], val[A_AUTH], val[A_EDGE], NULL, &missed);
 	json_object *list = json_object_new_array();
 	for (int i = 0; i < n && !ret; i++) {
 		char copy[4096];
@@ -283,7 +283,7 @@ static int remove_run(const struct cli_cmd *cmd, const char *const *val)
 		edg_store_close(s);
 		return 1;
 	}
-	struct edg_coord *c = cli_coord_open(cmd->name, val[R_COORD], val[R_AUTH], val[R_EDGE], &missed);
+	struct edg_coord *c = cli_coord_open(cmd->name, val[R_COORD], val[R_AUTH], val[R_EDGE], NULL, &missed);
 	int r = edg_store_remove_image(s, val[R_NAME], err, sizeof(err));
 	if (!r && c && edg_coord_unregister(c, val[R_NAME], d, n, err, sizeof(err))) {
 		cli_error("%s: %s", cmd->name, err);
@@ -445,10 +445,9 @@ static int gc_run(const struct cli_cmd *cmd, const char *const *val)
 	if (!s)
 		return 1;
 	bool missed;
-	struct gc_ctx g = { .c = cli_coord_open(cmd->name, val[G_COORD], val[G_AUTH], val[G_EDGE], &missed),
+	struct gc_ctx g = { .c = cli_coord_open(cmd->name, val[G_COORD], val[G_AUTH], val[G_EDGE],
+						"collecting on this edge's knowledge alone", &missed),
 			    .grace = grace, .copies = (unsigned)copies, .half_life_s = half };
-	if (missed)
-		fprintf(stderr, "cache gc: collecting on this edge's knowledge alone\n");
 	struct edg_gc_hooks hooks = { rank_by_coordinator, ask_coordinator, tell_coordinator, &g };
 	int r = edg_store_gc(s, keep, grace, g.c ? &hooks : NULL, &rep, err, sizeof(err));
 	edg_store_close(s);
@@ -674,7 +673,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 	if (got == nimg) {
 		/* a new cache takes the service's chunk size */
 		s = edg_store_open(val[F_CACHE], true, rc[0].chunk_size, 0, err, sizeof(err));
-		coord = s ? cli_coord_open(cmd->name, val[F_COORD], val[F_AUTH], val[F_EDGE], &missed) : NULL;
+		coord = s ? cli_coord_open(cmd->name, val[F_COORD], val[F_AUTH], val[F_EDGE], NULL, &missed) : NULL;
 		for (unsigned i = 0; s && coord && i < nimg; i++)
 			coordinated_sources(coord, s, &rc[i], &src);
 		if (s)

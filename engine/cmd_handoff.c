@@ -199,9 +199,9 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 	a.fetch_key = val[R_FETCH_KEY] ? fetch_key : NULL;
 	a.fetch_from = val[R_FETCH_FROM];
 	bool missed;
-	a.coord = cli_coord_open("receive", val[R_COORD], val[R_AUTH], val[R_EDGE], &missed);
-	if (missed) /* without it the handoff still completes: the source sends what the cache lacks */
-		fprintf(stderr, "receive: warning: no coordinator; the cache and --fetch-from only\n");
+	/* without it the handoff still completes: the source sends what the cache lacks */
+	a.coord = cli_coord_open("receive", val[R_COORD], val[R_AUTH], val[R_EDGE],
+				 "going on without it: the source sends what this cache lacks", &missed);
 	int socket;
 	if (!strncmp(a.from, "dpdk:", 5) && cli_eal_start(512, &socket))
 		return 1;

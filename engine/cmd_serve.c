@@ -202,7 +202,7 @@ static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 	fprintf(stderr, "serve: %s on port %d (%u-byte chunks)\n", val[S_CACHE], eng_conn_listener_port(l),
 		edg_store_chunk_size(s));
 	bool missed;
-	struct edg_coord *coord = cli_coord_open(cmd->name, val[S_COORD], val[S_AUTH], val[S_EDGE], &missed);
+	struct edg_coord *coord = cli_coord_open(cmd->name, val[S_COORD], val[S_AUTH], val[S_EDGE], NULL, &missed);
 	if (missed || (coord && advertise(coord, val[S_ADVERTISE], val[S_LISTEN], eng_conn_listener_port(l)))) {
 		edg_coord_close(coord);
 		eng_conn_listener_close(l);

@@ -46,6 +46,7 @@ struct dst {
 	double fill_s, pinned_s; /* since t0: the cache's pin was last renewed */
 	char lease_id[64];       /* the coordinator's lease on the plan's chunks, at every edge ("": none) */
 	const char *lease;       /* for the summary: "none", "taken", "failed" (then released or not) */
+	bool coord_down;         /* a coordinator call failed: one line said so, none is tried again */
 	struct edg_sources fetch_src; /* --fetch-from and the coordinator's holders */
 	struct edg_multi_report fetch;
 	bool fetched;
@@ -201,6 +202,16 @@ static void fetch_progress(void *ctx, const struct edg_peer *p, unsigned n, uint
 	cli_progress("receive: fetching from edges", done, total, 0, secs);
 }
 
+/* The coordinator failed: say so once, and go on without it for the rest of the handoff. */
+static void coord_failed(struct dst *d, const char *doing, const char *why)
+{
+	if (d->coord_down)
+		return;
+	d->coord_down = true;
+	fprintf(stderr, "%sreceive: warning: the coordinator failed (%s: %s); going on without it: "
+		"the source sends what this cache lacks\n", d->a->progress ? "\r\033[K" : "", doing, why);
+}
+
 /*
  * What the cache lacks of the base, from the other edges that hold it, all at
  * once, before the source hears the chunk map: every chunk that arrives here
@@ -220,8 +231,9 @@ static int fetch_from_edges(struct dst *d, char *err, size_t errlen)
 		free(lack);
 		return -EINVAL;
 	}
-	if (n && d->a->coord && edg_sources_ask_coordinator(&d->fetch_src, d->a->coord, lack, n, stderr, e, sizeof(e)))
-		fprintf(stderr, "receive: warning: %s (the source sends what the cache lacks)\n", e);
+	if (n && d->a->coord && !d->coord_down &&
+	    edg_sources_ask_coordinator(&d->fetch_src, d->a->coord, lack, n, stderr, e, sizeof(e)))
+		coord_failed(d, "asking who holds what the cache lacks", e);
 	if (n && d->fetch_src.n) {
 		/* the source waits 300 s plus a second per 20 MB of base for the map (handoff_send.c):
 		 * the fetch stops asking at half a second per 20 MB, leaving the fill its share */
@@ -357,8 +369,13 @@ static void coord_lease(struct dst *d, bool release)
 	char err[256];
 	int r = 0;
 
-	if (!d->a->coord || !d->have_plan)
+	if (!d->a->coord || !d->have_plan || (release && strcmp(d->lease, "taken")))
+		return; /* no coordinator, or nothing taken to give back */
+	if (d->coord_down) {
+		if (release)
+			d->lease = "not released";
 		return;
+	}
 	if (!d->lease_id[0])
 		snprintf(d->lease_id, sizeof(d->lease_id), "receive-%d-%lld", (int)getpid(), (long long)time(NULL));
 	for (unsigned o = 0; !r && o < d->plan.nobj; o++)
@@ -367,11 +384,10 @@ static void coord_lease(struct dst *d, bool release)
 			    : edg_coord_lease(d->a->coord, d->lease_id, d->plan.obj[o].digests, d->plan.obj[o].chunks,
 					      ENG_CACHE_PIN_S, err, sizeof(err));
 	if (r)
-		fprintf(stderr, "%sreceive: warning: the coordinator's lease on the base's chunks: %s\n",
-			d->a->progress ? "\r\033[K" : "", err);
-	if (!release)
+		coord_failed(d, release ? "releasing the lease on the plan's chunks" : "leasing the plan's chunks", err);
+	if (!release && strcmp(d->lease, "taken")) /* a renewal that fails keeps what was taken */
 		d->lease = r ? "failed" : "taken";
-	else if (!strcmp(d->lease, "taken"))
+	else if (release)
 		d->lease = r ? "not released" : "released";
 }
 
