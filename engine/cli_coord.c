@@ -13,7 +13,10 @@ struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *a
 	if (!url)
 		return NULL;
 	if (!auth) {
-		cli_error("%s: --coordinator needs --coordinator-auth FILE", cmd);
+		if (without)
+			fprintf(stderr, "%s: warning: --coordinator needs --coordinator-auth FILE; %s\n", cmd, without);
+		else
+			cli_error("%s: --coordinator needs --coordinator-auth FILE", cmd);
 		*missed = true;
 		return NULL;
 	}

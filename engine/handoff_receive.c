@@ -231,9 +231,11 @@ static int fetch_from_edges(struct dst *d, char *err, size_t errlen)
 		free(lack);
 		return -EINVAL;
 	}
+	/* a failed ask may be one holder's bad address, not the coordinator: it stays in use */
 	if (n && d->a->coord && !d->coord_down &&
 	    edg_sources_ask_coordinator(&d->fetch_src, d->a->coord, lack, n, stderr, e, sizeof(e)))
-		coord_failed(d, "asking who holds what the cache lacks", e);
+		fprintf(stderr, "%sreceive: warning: asking the coordinator who holds what the cache lacks: %s "
+			"(the source sends what no edge delivers)\n", d->a->progress ? "\r\033[K" : "", e);
 	if (n && d->fetch_src.n) {
 		/* the source waits 300 s plus a second per 20 MB of base for the map (handoff_send.c):
 		 * the fetch stops asking at half a second per 20 MB, leaving the fill its share */
@@ -369,13 +371,12 @@ static void coord_lease(struct dst *d, bool release)
 	char err[256];
 	int r = 0;
 
-	if (!d->a->coord || !d->have_plan || (release && strcmp(d->lease, "taken")))
-		return; /* no coordinator, or nothing taken to give back */
-	if (d->coord_down) {
-		if (release)
-			d->lease = "not released";
+	if (!d->a->coord || !d->have_plan || (release && !d->lease_id[0]))
+		return; /* no coordinator, or no lease ever asked for */
+	/* a lease that failed may still hold its first batches, and a reply lost may hide a lease
+	 * taken: the release is always tried (a dead coordinator fails it at once) */
+	if (d->coord_down && !release)
 		return;
-	}
 	if (!d->lease_id[0])
 		snprintf(d->lease_id, sizeof(d->lease_id), "receive-%d-%lld", (int)getpid(), (long long)time(NULL));
 	for (unsigned o = 0; !r && o < d->plan.nobj; o++)
@@ -657,11 +658,17 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 	d->t_resumed = since(&d->t0);
 	d->state = ENG_RESUME_RESUMED;
 	snprintf(text, sizeof(text), "%.6f", *resume_ts);
-	eng_control_send(ctl, ENG_MSG_RESUMED, text);
+	int sent = eng_control_send(ctl, ENG_MSG_RESUMED, text);
 	if (d->a->retry_for_s <= 0)
 		return 0;
-	/* the source closes once it heard; a cut instead may have lost the message */
-	ssize_t n = eng_conn_recv(d->conn, &byte, 1, 10);
+	/*
+	 * The source closes once it heard; a cut instead may have lost the
+	 * message. A send that failed took the connection's error with it (the
+	 * reset is reported once): the read after it sees only an end, which
+	 * must not pass for the source's close (it_handoff chaos: the receiver
+	 * left content while its RESUMED had been lost).
+	 */
+	ssize_t n = sent ? sent : eng_conn_recv(d->conn, &byte, 1, 10);
 	d->source_unheard = n == -ETIMEDOUT;
 	if (n < 0 && n != -ETIMEDOUT) {
 		snprintf(err, errlen, "the VM runs here; the connection was lost before the source heard: %s",
