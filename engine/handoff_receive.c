@@ -572,12 +572,18 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-/* HANDOFF_FAULT=NAME: die here, as a SIGKILL would (tests/it_handoff). */
-static void fault_point(const char *name)
+/* HANDOFF_FAULT=NAME: a failure tests/it_handoff asks for at this point. */
+static bool fault_here(const char *name)
 {
 	const char *f = getenv("HANDOFF_FAULT");
 
-	if (f && !strcmp(f, name))
+	return f && !strcmp(f, name);
+}
+
+/* HANDOFF_FAULT=NAME: die here, as a SIGKILL would. */
+static void fault_point(const char *name)
+{
+	if (fault_here(name))
 		raise(SIGKILL);
 }
 
@@ -658,6 +664,8 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 	d->t_resumed = since(&d->t0);
 	d->state = ENG_RESUME_RESUMED;
 	snprintf(text, sizeof(text), "%.6f", *resume_ts);
+	if (fault_here("receive-loses-resumed")) /* the link goes just as the VM runs here */
+		eng_conn_shutdown(d->conn, SHUT_RDWR);
 	int sent = eng_control_send(ctl, ENG_MSG_RESUMED, text);
 	if (d->a->retry_for_s <= 0)
 		return 0;
