@@ -38,6 +38,7 @@ enum {
 #define WINDOW 8            /* requests in flight */
 #define PART_MAX 65536      /* digests per recipe part (2 MiB) */
 #define HAVE_MAX 65536      /* digests per have query (2 MiB) */
+#define RECIPE_MAX_CHUNKS (1ull << 24) /* 512 MiB of digests: 1 TiB in 64 KiB chunks */
 #define ZSTD_LEVEL 3
 #define IDLE_S 300.0        /* a client silent this long is gone */
 #define FIRST_S 10.0        /* the wait for a session's first (key-proving) frame */
@@ -492,6 +493,14 @@ int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r
 	if (rc->chunk_size < EDG_CHUNK_MIN || rc->chunk_size > EDG_CHUNK_MAX || rc->size > INT64_MAX ||
 	    rc->n != rc->size / rc->chunk_size + (rc->size % rc->chunk_size != 0)) {
 		eng_set_err(err, errlen, "service sent an inconsistent recipe");
+		r = -EPROTO;
+		goto out;
+	}
+	/* the digests are allocated before they arrive: a header must not ask for terabytes
+	 * (fuzz_xfer found a service that did) */
+	if (rc->n > RECIPE_MAX_CHUNKS) {
+		eng_set_err(err, errlen, "service sent a recipe of %llu chunks (at most %llu)",
+			    (unsigned long long)rc->n, (unsigned long long)RECIPE_MAX_CHUNKS);
 		r = -EPROTO;
 		goto out;
 	}
