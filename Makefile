@@ -92,13 +92,16 @@ FUZZ_SRC_migstream := $(CODECS_SRC) qemu_bridge/migstream.c
 FUZZ_SRC_qmp := qemu_bridge/qmp.c
 FUZZ_SRC_index := $(CODECS_SRC) tracker/index.c engine/safefile.c
 FUZZ_SRC_control := $(CODECS_SRC) engine/control.c engine/session.c engine/stream.c engine/io.c
-FUZZ_SRC_cache := $(CODECS_SRC) edge/store.c engine/safefile.c
+FUZZ_SRC_cache := $(CODECS_SRC) engine/safefile.c
 FUZZ_SRC_xfer := $(CODECS_SRC) edge/xfer.c edge/store.c engine/safefile.c
 FUZZ_SRC_dirty := tracker/dirtyfs.c
 FUZZ_LIBS_dirty := -lfuse3
 # dio: DPDK frames on a real EAL (fuzz_dio.c includes dpdk_io/dio.c)
+# cache: one store per process (fuzz_cache.c includes edge/store.c)
 FUZZ_SRC_dio := $(CODECS_SRC) dpdk_io/port.c dpdk_io/pace.c engine/numa.c
 FUZZ_LIBS_dio := $(DPDK_LIBS) -lhwloc
+$(BUILD)/fuzz_dio: dpdk_io/dio.c
+$(BUILD)/fuzz_cache: edge/store.c
 .SECONDEXPANSION:
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*) $(wildcard */*.h)
 	@mkdir -p $(dir $@)

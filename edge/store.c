@@ -122,6 +122,47 @@ uint8_t *edg_digests_minus(const uint8_t *a, uint64_t na, const uint8_t *b, uint
 
 /* ---- open and close ----------------------------------------------------------- */
 
+/*
+ * The info record: a new cache gets one (chunk_size, else the default); an
+ * existing one must name this format and, if chunk_size is given, that size.
+ * Sets s->chunk_size. 0, or -1 and err.
+ */
+static int info_load(struct edg_store *s, MDB_txn *txn, const char *dir, uint32_t chunk_size, char *err,
+		     size_t errlen)
+{
+	MDB_val k = val_of("info", 4), v;
+	struct info_rec in;
+	int rc = mdb_get(txn, s->info, &k, &v);
+
+	if (rc == MDB_NOTFOUND) {
+		in = (struct info_rec){ FORMAT, chunk_size ? chunk_size : EDG_CHUNK_DEFAULT };
+		v = val_of(&in, sizeof(in));
+		if ((rc = mdb_put(txn, s->info, &k, &v, 0))) {
+			lmdb_fail(rc, err, errlen, "cannot initialise the cache");
+			return -1;
+		}
+	} else if (rc) {
+		lmdb_fail(rc, err, errlen, "cannot read the cache's format");
+		return -1;
+	} else {
+		if (v.mv_size != sizeof(in)) {
+			eng_set_err(err, errlen, "cache %s: unknown index format", dir);
+			return -1;
+		}
+		memcpy(&in, v.mv_data, sizeof(in));
+		if (in.format != FORMAT) {
+			eng_set_err(err, errlen, "cache %s: index format %u, this engine reads %u", dir, in.format, FORMAT);
+			return -1;
+		}
+		if (chunk_size && chunk_size != in.chunk_size) {
+			eng_set_err(err, errlen, "cache %s holds %u-byte chunks, not %u", dir, in.chunk_size, chunk_size);
+			return -1;
+		}
+	}
+	s->chunk_size = in.chunk_size;
+	return 0;
+}
+
 struct edg_store *edg_store_open(const char *dir, bool create, uint32_t chunk_size, uint64_t map_bytes,
 				 char *err, size_t errlen)
 {
@@ -172,36 +213,8 @@ struct edg_store *edg_store_open(const char *dir, bool create, uint32_t chunk_si
 		lmdb_fail(rc, err, errlen, "cannot open the cache index");
 		goto fail;
 	}
-	MDB_val k = val_of("info", 4), v;
-	rc = mdb_get(txn, s->info, &k, &v);
-	if (rc == MDB_NOTFOUND) {
-		struct info_rec in = { FORMAT, chunk_size ? chunk_size : EDG_CHUNK_DEFAULT };
-		v = val_of(&in, sizeof(in));
-		if ((rc = mdb_put(txn, s->info, &k, &v, 0))) {
-			lmdb_fail(rc, err, errlen, "cannot initialise the cache");
-			goto fail;
-		}
-		s->chunk_size = in.chunk_size;
-	} else if (rc) {
-		lmdb_fail(rc, err, errlen, "cannot read the cache's format");
+	if (info_load(s, txn, dir, chunk_size, err, errlen))
 		goto fail;
-	} else {
-		struct info_rec in;
-		if (v.mv_size != sizeof(in)) {
-			eng_set_err(err, errlen, "cache %s: unknown index format", dir);
-			goto fail;
-		}
-		memcpy(&in, v.mv_data, sizeof(in));
-		if (in.format != FORMAT) {
-			eng_set_err(err, errlen, "cache %s: index format %u, this engine reads %u", dir, in.format, FORMAT);
-			goto fail;
-		}
-		if (chunk_size && chunk_size != in.chunk_size) {
-			eng_set_err(err, errlen, "cache %s holds %u-byte chunks, not %u", dir, in.chunk_size, chunk_size);
-			goto fail;
-		}
-		s->chunk_size = in.chunk_size;
-	}
 	if ((rc = mdb_txn_commit(txn))) {
 		txn = NULL;
 		lmdb_fail(rc, err, errlen, "cannot initialise the cache");
