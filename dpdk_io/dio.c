@@ -34,6 +34,7 @@
 #include <openssl/rand.h>
 #include <rte_ethdev.h>
 #include <rte_lcore.h>
+#include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_telemetry.h>
 
@@ -114,6 +115,7 @@ struct dio_conn {
 	uint64_t snd_nxt, peer_wnd_end;
 	bool fin_sent;
 	struct seg *sb;  /* scoreboard ring, offsets increasing */
+	bool bufs_on_node; /* snd_buf, rcv_buf and sb came from rte_malloc on the port's node */
 	uint32_t sb_head, sb_count;
 	struct range ranges[DIO_MAX_SACK];
 	int nranges;
@@ -1188,9 +1190,10 @@ static void conn_free(struct dio_conn *c)
 		usleep(100000);
 	}
 	dio_port_close(&c->port);
-	free(c->snd_buf);
-	free(c->rcv_buf);
-	free(c->sb);
+	void (*release)(void *) = c->bufs_on_node ? rte_free : free;
+	release(c->snd_buf);
+	release(c->rcv_buf);
+	release(c->sb);
 	conn_fini(c);
 	free(c);
 }
@@ -1252,6 +1255,37 @@ static int conn_start_state(struct dio_conn *c, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * The send and receive buffers and the scoreboard go where the port's
+ * queues and mbufs went (port.c: the port's node), from EAL memory; when
+ * that is short (-m) they come from the heap instead, and the stats say so
+ * (buffers_node -1).
+ */
+static int conn_alloc_buffers(struct dio_conn *c, char *err, size_t errlen)
+{
+	int node = c->port.socket;
+
+	if (node != SOCKET_ID_ANY) {
+		c->snd_buf = rte_malloc_socket("dio_snd", DIO_SNDBUF, 4096, node);
+		c->rcv_buf = rte_malloc_socket("dio_rcv", DIO_RCVBUF, 4096, node);
+		c->sb = rte_zmalloc_socket("dio_sb", SEGS * sizeof(*c->sb), RTE_CACHE_LINE_SIZE, node);
+		c->bufs_on_node = c->snd_buf && c->rcv_buf && c->sb;
+		if (c->bufs_on_node)
+			return 0;
+		rte_free(c->snd_buf);
+		rte_free(c->rcv_buf);
+		rte_free(c->sb);
+	}
+	c->snd_buf = malloc(DIO_SNDBUF);
+	c->rcv_buf = malloc(DIO_RCVBUF);
+	c->sb = calloc(SEGS, sizeof(*c->sb));
+	if (!c->snd_buf || !c->rcv_buf || !c->sb) {
+		snprintf(err, errlen, "out of memory for the dpdk: buffers");
+		return -1;
+	}
+	return 0;
+}
+
 static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bind *b, bool listener,
 				  double timeout_s, char *err, size_t errlen)
 {
@@ -1264,15 +1298,8 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 		free(c);
 		return NULL;
 	}
-	c->snd_buf = malloc(DIO_SNDBUF);
-	c->rcv_buf = malloc(DIO_RCVBUF);
-	c->sb = calloc(SEGS, sizeof(*c->sb));
-	if (!c->snd_buf || !c->rcv_buf || !c->sb) {
-		snprintf(err, errlen, "out of memory for the dpdk: buffers");
-		goto err;
-	}
 	if (dio_port_open(&c->port, loc->port, loc->mtu, timeout_s > 0 ? timeout_s : 1, err, errlen) ||
-	    conn_start_state(c, err, errlen))
+	    conn_alloc_buffers(c, err, errlen) || conn_start_state(c, err, errlen))
 		goto err;
 	if (pthread_create(&c->io, NULL, io_main, c)) {
 		snprintf(err, errlen, "cannot start the dpdk: I/O thread");
@@ -1511,6 +1538,7 @@ void dio_stats(struct dio_conn *c, struct dio_stats *s)
 	s->min_rtt_us = get_dbl(&c->st_rtt);
 	snprintf(s->port, sizeof(s->port), "%s", c->port.name);
 	s->port_node = c->port.socket == SOCKET_ID_ANY ? -1 : c->port.socket;
+	s->buffers_node = c->bufs_on_node ? s->port_node : -1;
 	if (!rte_eth_stats_get(c->port.id, &es)) {
 		s->port_ipackets = es.ipackets;
 		s->port_opackets = es.opackets;
