@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "tracker/dirtyfs.h"
 
+#include <malloc.h>
 #include <stdio.h>
 
 enum { O_IMAGE, O_MOUNT, O_ALLOW_OTHER };
@@ -27,6 +28,15 @@ static int track_run(const struct cli_cmd *cmd, const char *const *val)
 	char err[512];
 
 	(void)cmd;
+	/*
+	 * libfuse's workers come and go with the load (idle ones beyond four
+	 * exit), each with a 1 MiB request buffer and our bounce buffer. After
+	 * the first such buffer is freed, glibc's dynamic mmap threshold would
+	 * put the next ones in per-thread arenas, whose freed pages stay
+	 * resident: a tracker up for weeks would creep. A fixed threshold keeps
+	 * them mapped, and returned when freed.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 128 << 10);
 	struct trk_dirtyfs *fs = trk_dirtyfs_mount(&o, err, sizeof(err));
 	if (!fs) {
 		cli_error("track: %s", err);
