@@ -58,7 +58,11 @@ int eng_conn_listener_port(const struct eng_conn_listener *l);
 void eng_conn_listener_close(struct eng_conn_listener *l);
 
 int eng_conn_send(struct eng_conn *c, const void *buf, size_t len);
-/* bytes, 0 at the end of the peer's stream, -ETIMEDOUT (timeout_s >= 0 only; still usable), -errno */
+/*
+ * bytes, 0 at the end of the peer's stream, -ETIMEDOUT (timeout_s >= 0 only; still usable), -errno.
+ * A transport that gave up on a silent peer also answers -ETIMEDOUT, for good: eng_conn_error()
+ * is set then, and only then.
+ */
 ssize_t eng_conn_recv(struct eng_conn *c, void *buf, size_t len, double timeout_s);
 int eng_conn_recv_all(struct eng_conn *c, void *buf, size_t len, double timeout_s);
 /* SHUT_WR: end of our stream, delivered; SHUT_RDWR: fail and wake every blocked call. */

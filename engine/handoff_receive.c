@@ -641,7 +641,8 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 	    (ret = eng_control_recv(ctl, 60, &type, text, sizeof(text)))) {
 		snprintf(err, errlen, "source did not commit: %s",
 			 ret == -EBADMSG ? "forged or corrupt message" : strerror(-ret));
-		*cut = ret != -EBADMSG && ret != -ETIMEDOUT;
+		/* -ETIMEDOUT: our 60 s ran out, or the transport gave up on a silent peer (a cut) */
+		*cut = ret != -EBADMSG && (ret != -ETIMEDOUT || eng_conn_error(d->conn));
 		return ret;
 	}
 	if (type != ENG_MSG_COMMIT) {

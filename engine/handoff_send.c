@@ -801,9 +801,12 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		if (r == 0 && type != ENG_MSG_ALIVE) /* ALIVE: it read the trailer and is loading */
 			src_fail(s, "destination %s: %s", type == ENG_MSG_FAILED ? "failed" : "spoke out of turn",
 				 type == ENG_MSG_FAILED ? text : eng_msg_name(type));
-		else if (r != -ETIMEDOUT) {
+		else if (r != -ETIMEDOUT || eng_conn_error(s->conn)) {
+			/* a transport that gave up on a silent peer answers -ETIMEDOUT too: with nothing
+			 * queued to send (pre-copy holding back), this is where a stalled link shows */
+			const char *why = eng_conn_error(s->conn);
 			src_fail(s, "connection to the destination lost: %s",
-				 r == -EPIPE ? "closed by the destination (wrong key?)" : strerror(-r));
+				 r == -EPIPE ? "closed by the destination (wrong key?)" : why ? why : strerror(-r));
 			s->link_lost = r != -EBADMSG;
 		}
 		if (s->fail[0])
