@@ -28,13 +28,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <numa.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <rte_ethdev.h>
 #include <rte_lcore.h>
-#include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_telemetry.h>
 
@@ -115,7 +115,7 @@ struct dio_conn {
 	uint64_t snd_nxt, peer_wnd_end;
 	bool fin_sent;
 	struct seg *sb;  /* scoreboard ring, offsets increasing */
-	bool bufs_on_node; /* snd_buf, rcv_buf and sb came from rte_malloc on the port's node */
+	bool bufs_on_node; /* snd_buf, rcv_buf and sb are bound to the port's node (libnuma) */
 	uint32_t sb_head, sb_count;
 	struct range ranges[DIO_MAX_SACK];
 	int nranges;
@@ -1167,6 +1167,8 @@ static void conn_fini(struct dio_conn *c)
 	EVP_MAC_CTX_free(c->frame_mac);
 }
 
+static void conn_free_buffers(struct dio_conn *c);
+
 static void conn_free(struct dio_conn *c)
 {
 	if (!c)
@@ -1190,10 +1192,7 @@ static void conn_free(struct dio_conn *c)
 		usleep(100000);
 	}
 	dio_port_close(&c->port);
-	void (*release)(void *) = c->bufs_on_node ? rte_free : free;
-	release(c->snd_buf);
-	release(c->rcv_buf);
-	release(c->sb);
+	conn_free_buffers(c);
 	conn_fini(c);
 	free(c);
 }
@@ -1256,26 +1255,48 @@ static int conn_start_state(struct dio_conn *c, char *err, size_t errlen)
 }
 
 /*
- * The send and receive buffers and the scoreboard go where the port's
- * queues and mbufs went (port.c: the port's node), from EAL memory; when
- * that is short (-m) they come from the heap instead, and the stats say so
- * (buffers_node -1).
+ * The send and receive rings and the scoreboard go on the port's node
+ * (port.c: where its queues and mbufs went), as plain memory bound there
+ * (libnuma), not EAL memory: -m is sized for the pipeline's tables, and EAL
+ * frees zero every byte. Without NUMA support, or when the bind fails, they
+ * come from the heap and the stats say so (buffers_node -1).
  */
+static void *node_alloc(size_t len, int node)
+{
+	return node != SOCKET_ID_ANY && numa_available() >= 0 ? numa_alloc_onnode(len, node) : NULL;
+}
+
+static void conn_free_buffers(struct dio_conn *c)
+{
+	if (c->bufs_on_node) {
+		numa_free(c->snd_buf, DIO_SNDBUF);
+		numa_free(c->rcv_buf, DIO_RCVBUF);
+		numa_free(c->sb, SEGS * sizeof(*c->sb));
+	} else {
+		free(c->snd_buf);
+		free(c->rcv_buf);
+		free(c->sb);
+	}
+	c->snd_buf = c->rcv_buf = NULL;
+	c->sb = NULL;
+}
+
 static int conn_alloc_buffers(struct dio_conn *c, char *err, size_t errlen)
 {
 	int node = c->port.socket;
 
-	if (node != SOCKET_ID_ANY) {
-		c->snd_buf = rte_malloc_socket("dio_snd", DIO_SNDBUF, 4096, node);
-		c->rcv_buf = rte_malloc_socket("dio_rcv", DIO_RCVBUF, 4096, node);
-		c->sb = rte_zmalloc_socket("dio_sb", SEGS * sizeof(*c->sb), RTE_CACHE_LINE_SIZE, node);
-		c->bufs_on_node = c->snd_buf && c->rcv_buf && c->sb;
-		if (c->bufs_on_node)
-			return 0;
-		rte_free(c->snd_buf);
-		rte_free(c->rcv_buf);
-		rte_free(c->sb);
-	}
+	c->snd_buf = node_alloc(DIO_SNDBUF, node);
+	c->rcv_buf = node_alloc(DIO_RCVBUF, node);
+	c->sb = node_alloc(SEGS * sizeof(*c->sb), node); /* fresh pages: zero */
+	c->bufs_on_node = c->snd_buf && c->rcv_buf && c->sb;
+	if (c->bufs_on_node)
+		return 0;
+	if (c->snd_buf)
+		numa_free(c->snd_buf, DIO_SNDBUF);
+	if (c->rcv_buf)
+		numa_free(c->rcv_buf, DIO_RCVBUF);
+	if (c->sb)
+		numa_free(c->sb, SEGS * sizeof(*c->sb));
 	c->snd_buf = malloc(DIO_SNDBUF);
 	c->rcv_buf = malloc(DIO_RCVBUF);
 	c->sb = calloc(SEGS, sizeof(*c->sb));

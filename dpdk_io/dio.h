@@ -83,7 +83,7 @@ struct dio_stats {
 		port_oerrors;
 	uint32_t mtu;
 	int port_node; /* where the port's queues and mbufs went (-1: anywhere) */
-	int buffers_node; /* where the send and receive buffers went (-1: the heap, EAL memory was short) */
+	int buffers_node; /* where the send and receive buffers went (-1: the heap, no NUMA binding) */
 	double seconds, pacing_bps, bw_bps, min_rtt_us;
 	char port[64];
 };

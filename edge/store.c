@@ -122,6 +122,11 @@ uint8_t *edg_digests_minus(const uint8_t *a, uint64_t na, const uint8_t *b, uint
 
 /* ---- open and close ----------------------------------------------------------- */
 
+static bool chunk_size_ok(uint32_t size)
+{
+	return size >= EDG_CHUNK_MIN && size <= EDG_CHUNK_MAX && size % 4096 == 0;
+}
+
 /*
  * The info record: a new cache gets one (chunk_size, else the default); an
  * existing one must name this format and, if chunk_size is given, that size.
@@ -154,6 +159,10 @@ static int info_load(struct edg_store *s, MDB_txn *txn, const char *dir, uint32_
 			eng_set_err(err, errlen, "cache %s: index format %u, this engine reads %u", dir, in.format, FORMAT);
 			return -1;
 		}
+		if (!chunk_size_ok(in.chunk_size)) { /* a damaged record: every size below divides by it */
+			eng_set_err(err, errlen, "cache %s: damaged index (chunk size %u)", dir, in.chunk_size);
+			return -1;
+		}
 		if (chunk_size && chunk_size != in.chunk_size) {
 			eng_set_err(err, errlen, "cache %s holds %u-byte chunks, not %u", dir, in.chunk_size, chunk_size);
 			return -1;
@@ -175,8 +184,7 @@ struct edg_store *edg_store_open(const char *dir, bool create, uint32_t chunk_si
 		eng_set_err(err, errlen, "out of memory");
 		return NULL;
 	}
-	if (chunk_size && (chunk_size < EDG_CHUNK_MIN || chunk_size > EDG_CHUNK_MAX ||
-			   chunk_size % 4096)) {
+	if (chunk_size && !chunk_size_ok(chunk_size)) {
 		eng_set_err(err, errlen, "chunk size %u: a multiple of 4 KiB from 4 KiB to 4 MiB", chunk_size);
 		goto fail;
 	}

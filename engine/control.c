@@ -59,15 +59,16 @@ int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type 
 		     size_t textlen)
 {
 	uint8_t buf[2 + 1 + ENG_MSG_TEXT_MAX + CDC_TAG_LEN];
-	int ret = eng_conn_recv_all(c->conn, buf, 2, timeout_s);
+	double rest_s = timeout_s > 5 ? timeout_s : 5;
+	/* once a first byte came, the rest follows at once: a short poll must not cut a message in two */
+	int ret = eng_conn_recv_all(c->conn, buf, 1, timeout_s);
 
-	if (ret)
+	if (ret || (ret = eng_conn_recv_all(c->conn, buf + 1, 1, rest_s)))
 		return ret;
 	size_t len = (size_t)buf[0] | (size_t)buf[1] << 8;
 	if (len < 1 || len > 1 + ENG_MSG_TEXT_MAX)
 		return -EBADMSG;
-	/* the rest follows at once: a short poll must not cut a message in two */
-	if ((ret = eng_conn_recv_all(c->conn, buf + 2, len + CDC_TAG_LEN, timeout_s > 5 ? timeout_s : 5)))
+	if ((ret = eng_conn_recv_all(c->conn, buf + 2, len + CDC_TAG_LEN, rest_s)))
 		return ret;
 	uint8_t peer = c->my_dir == 1 ? 2 : 1;
 	if (cdc_open(c->sealer, nonce(peer, c->recv_seq++), c->aad, sizeof(c->aad), buf + 2, len,

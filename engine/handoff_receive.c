@@ -678,8 +678,9 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 	 * left content while its RESUMED had been lost).
 	 */
 	ssize_t n = sent ? sent : eng_conn_recv(d->conn, &byte, 1, 10);
-	d->source_unheard = n == -ETIMEDOUT;
-	if (n < 0 && n != -ETIMEDOUT) {
+	bool dead = eng_conn_error(d->conn) != NULL; /* a transport that gave up on its peer: a cut */
+	d->source_unheard = n == -ETIMEDOUT && !dead;
+	if (n < 0 && (n != -ETIMEDOUT || dead)) {
 		snprintf(err, errlen, "the VM runs here; the connection was lost before the source heard: %s",
 			 strerror((int)-n));
 		*cut = true;

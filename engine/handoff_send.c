@@ -804,9 +804,12 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		else if (r != -ETIMEDOUT || eng_conn_error(s->conn)) {
 			/* a transport that gave up on a silent peer answers -ETIMEDOUT too: with nothing
 			 * queued to send (pre-copy holding back), this is where a stalled link shows */
-			const char *why = eng_conn_error(s->conn);
-			src_fail(s, "connection to the destination lost: %s",
-				 r == -EPIPE ? "closed by the destination (wrong key?)" : why ? why : strerror(-r));
+			const char *why = r == -EBADMSG ? NULL : eng_conn_error(s->conn);
+			if (why) /* the transport's own words name the link */
+				src_fail(s, "%s", why);
+			else
+				src_fail(s, "connection to the destination lost: %s",
+					 r == -EPIPE ? "closed by the destination (wrong key?)" : strerror(-r));
 			s->link_lost = r != -EBADMSG;
 		}
 		if (s->fail[0])

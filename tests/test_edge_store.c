@@ -43,28 +43,44 @@ static struct edg_store *open_new(char **dir)
 	return s;
 }
 
-/* Overwrite a chunk's bytes behind the store's back (a disk that lost bits). */
-static void corrupt_chunk(const char *dir, const uint8_t *digest)
+/* The store's database opened behind its back, in a write transaction. */
+static MDB_env *open_raw(const char *dir, MDB_txn **txn)
 {
 	MDB_env *env;
-	MDB_txn *txn;
-	MDB_dbi dbi;
-	MDB_val k = { EDG_DIGEST_LEN, (void *)digest }, v;
 
 	assert_int_equal(mdb_env_create(&env), 0);
 	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
 	assert_int_equal(mdb_env_set_mapsize(env, 1ull << 40), 0);
 	assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
-	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, txn), 0);
+	return env;
+}
+
+static void put_raw(MDB_env *env, MDB_txn *txn, const char *db, MDB_val *k, MDB_val *v)
+{
+	MDB_dbi dbi;
+
+	assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+	assert_int_equal(mdb_put(txn, dbi, k, v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+/* Overwrite a chunk's bytes behind the store's back (a disk that lost bits). */
+static void corrupt_chunk(const char *dir, const uint8_t *digest)
+{
+	MDB_txn *txn;
+	MDB_env *env = open_raw(dir, &txn);
+	MDB_dbi dbi;
+	MDB_val k = { EDG_DIGEST_LEN, (void *)digest }, v;
+
 	assert_int_equal(mdb_dbi_open(txn, "chunk", 0, &dbi), 0);
 	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
 	uint8_t *copy = malloc(v.mv_size);
 	memcpy(copy, v.mv_data, v.mv_size);
 	copy[v.mv_size / 2] ^= 0x40;
 	MDB_val nv = { v.mv_size, copy };
-	assert_int_equal(mdb_put(txn, dbi, &k, &nv, 0), 0);
-	assert_int_equal(mdb_txn_commit(txn), 0);
-	mdb_env_close(env);
+	put_raw(env, txn, "chunk", &k, &nv);
 	free(copy);
 }
 
@@ -493,6 +509,15 @@ static void test_full_map_and_bad_input(void **state)
 	assert_int_equal(edg_store_add_file(s, "x", missing, &rep, NULL, NULL, err, sizeof(err)), -ENOENT);
 	assert_non_null(strstr(err, "nothing-here"));
 	edg_store_close(s);
+
+	/* a damaged info record naming chunks of 0 bytes (every size divides by it): refused */
+	MDB_txn *txn;
+	MDB_env *env = open_raw(dir, &txn);
+	uint32_t info[2] = { 1, 0 }; /* format 1, chunk size 0 */
+	MDB_val k = { 4, "info" }, v = { sizeof(info), info };
+	put_raw(env, txn, "info", &k, &v);
+	assert_null(edg_store_open(dir, false, 0, 0, err, sizeof(err)));
+	assert_non_null(strstr(err, "damaged index (chunk size 0)"));
 }
 
 int main(void)

@@ -2,9 +2,10 @@
  * libFuzzer target for the edge chunk cache's records (edge/store.c): a
  * cache whose LMDB database a crash, a bad disk or a hostile user left with
  * any bytes in its records. The input is a list of records written straight
- * into the database's sub-databases, then the store is opened and used:
- * stat, verify, every recipe read and exported, a missing-set query, pins,
- * gc to zero, an image removed.
+ * into the database's sub-databases (over a fresh info record for 4 KiB
+ * chunks), the store's open-time check of its info record runs, and the
+ * store is used: stat, verify, every recipe read and exported, a
+ * missing-set query, pins, gc to zero, an image removed.
  *
  *   record = db:u8 (chunk, meta, recipe, pin, info) | klen:u8 | vlen:u16 | key | value
  *
@@ -121,9 +122,13 @@ static bool write_records(const uint8_t *data, size_t size)
 
 	if (mdb_txn_begin(store->env, NULL, 0, &txn))
 		return false;
+	struct info_rec fresh = { FORMAT, 4096 };
+	MDB_val ik = { 4, "info" }, iv = { sizeof(fresh), &fresh };
 	for (int i = 0; i < 5; i++)
 		if (mdb_drop(txn, dbi[i], 0))
 			goto abort;
+	if (mdb_put(txn, store->info, &ik, &iv, 0))
+		goto abort;
 	for (size_t p = 0; p + 4 <= size;) {
 		unsigned db = data[p] % 5, klen = data[p + 1], vlen = data[p + 2] | data[p + 3] << 8;
 		p += 4;
