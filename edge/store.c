@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,9 +49,22 @@ struct edg_store {
 	char path[4096];
 };
 
-/* LMDB's codes as -errno for callers; the message keeps LMDB's words. */
-static int lmdb_fail(int rc, char *err, size_t errlen, const char *what)
+/*
+ * LMDB's codes as -errno for callers; the message keeps LMDB's words. A
+ * write that found the filesystem full reaches us as EIO (LMDB calls a short
+ * write that) or ENOSPC: when the cache's filesystem has next to nothing
+ * left, say so.
+ */
+static int lmdb_fail(const struct edg_store *s, int rc, char *err, size_t errlen, const char *what)
 {
+	struct statvfs fs;
+
+	if ((rc == EIO || rc == ENOSPC) && s && s->path[0] && !statvfs(s->path, &fs) &&
+	    (uint64_t)fs.f_bavail * fs.f_frsize < (4u << 20)) {
+		eng_set_err(err, errlen, "%s: no space left on the cache's filesystem (%llu KiB free)", what,
+			    (unsigned long long)fs.f_bavail * fs.f_frsize >> 10);
+		return -ENOSPC;
+	}
 	eng_set_err(err, errlen, "%s: %s", what, mdb_strerror(rc));
 	if (rc == MDB_MAP_FULL)
 		return -ENOSPC;
@@ -143,11 +157,11 @@ static int info_load(struct edg_store *s, MDB_txn *txn, const char *dir, uint32_
 		in = (struct info_rec){ FORMAT, chunk_size ? chunk_size : EDG_CHUNK_DEFAULT };
 		v = val_of(&in, sizeof(in));
 		if ((rc = mdb_put(txn, s->info, &k, &v, 0))) {
-			lmdb_fail(rc, err, errlen, "cannot initialise the cache");
+			lmdb_fail(s, rc, err, errlen, "cannot initialise the cache");
 			return -1;
 		}
 	} else if (rc) {
-		lmdb_fail(rc, err, errlen, "cannot read the cache's format");
+		lmdb_fail(s, rc, err, errlen, "cannot read the cache's format");
 		return -1;
 	} else {
 		if (v.mv_size != sizeof(in)) {
@@ -205,11 +219,11 @@ struct edg_store *edg_store_open(const char *dir, bool create, uint32_t chunk_si
 	}
 	if ((rc = mdb_env_create(&s->env)) || (rc = mdb_env_set_maxdbs(s->env, 8)) ||
 	    (rc = mdb_env_set_mapsize(s->env, map_bytes ? map_bytes : (1ull << 40)))) {
-		lmdb_fail(rc, err, errlen, "cannot set up LMDB");
+		lmdb_fail(s, rc, err, errlen, "cannot set up LMDB");
 		goto fail;
 	}
 	if ((rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600))) {
-		lmdb_fail(rc, err, errlen, "cannot open the cache index");
+		lmdb_fail(s, rc, err, errlen, "cannot open the cache index");
 		goto fail;
 	}
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) ||
@@ -218,14 +232,14 @@ struct edg_store *edg_store_open(const char *dir, bool create, uint32_t chunk_si
 	    (rc = mdb_dbi_open(txn, "recipe", MDB_CREATE, &s->recipe)) ||
 	    (rc = mdb_dbi_open(txn, "pin", MDB_CREATE, &s->pin)) ||
 	    (rc = mdb_dbi_open(txn, "info", MDB_CREATE, &s->info))) {
-		lmdb_fail(rc, err, errlen, "cannot open the cache index");
+		lmdb_fail(s, rc, err, errlen, "cannot open the cache index");
 		goto fail;
 	}
 	if (info_load(s, txn, dir, chunk_size, err, errlen))
 		goto fail;
 	if ((rc = mdb_txn_commit(txn))) {
 		txn = NULL;
-		lmdb_fail(rc, err, errlen, "cannot initialise the cache");
+		lmdb_fail(s, rc, err, errlen, "cannot initialise the cache");
 		goto fail;
 	}
 	return s;
@@ -315,13 +329,13 @@ int edg_store_put(struct edg_store *s, const uint8_t d[EDG_DIGEST_LEN], const vo
 	int rc;
 
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-		return lmdb_fail(rc, err, errlen, "cannot store a chunk");
+		return lmdb_fail(s, rc, err, errlen, "cannot store a chunk");
 	if ((rc = put_in(txn, s, d, data, len, added ? added : &dummy))) {
 		mdb_txn_abort(txn);
-		return lmdb_fail(rc, err, errlen, "cannot store a chunk");
+		return lmdb_fail(s, rc, err, errlen, "cannot store a chunk");
 	}
 	if ((rc = mdb_txn_commit(txn)))
-		return lmdb_fail(rc, err, errlen, "cannot store a chunk");
+		return lmdb_fail(s, rc, err, errlen, "cannot store a chunk");
 	return 0;
 }
 
@@ -550,7 +564,7 @@ fail:
 		mdb_txn_abort(txn);
 	free(u);
 	free(old);
-	return lmdb_fail(rc, err, errlen, "cannot register the image");
+	return lmdb_fail(s, rc, err, errlen, "cannot register the image");
 }
 
 void edg_chunk_digests(const uint8_t *data, uint64_t len, uint32_t chunk_size, uint8_t *out)
@@ -620,7 +634,7 @@ int edg_store_add_file(struct edg_store *s, const char *name, const char *path, 
 		for (size_t at = 0; at < got; at += s->chunk_size, k++, i++)
 			lens[k] = (uint32_t)(got - at < s->chunk_size ? got - at : s->chunk_size);
 		if ((rc = put_batch(s, buf, lens, digests + (i - k) * EDG_DIGEST_LEN, k, rep))) {
-			ret = lmdb_fail(rc, err, errlen, "cannot store chunks");
+			ret = lmdb_fail(s, rc, err, errlen, "cannot store chunks");
 			goto out;
 		}
 		off += got;
@@ -648,17 +662,17 @@ int edg_store_put_many(struct edg_store *s, uint64_t n, const uint8_t *digests, 
 	int rc;
 
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-		return lmdb_fail(rc, err, errlen, "cannot store chunks");
+		return lmdb_fail(s, rc, err, errlen, "cannot store chunks");
 	for (uint64_t i = 0; i < n; i++) {
 		bool a;
 		if ((rc = put_in(txn, s, digests + i * EDG_DIGEST_LEN, data[i], lens[i], &a))) {
 			mdb_txn_abort(txn);
-			return lmdb_fail(rc, err, errlen, "cannot store chunks");
+			return lmdb_fail(s, rc, err, errlen, "cannot store chunks");
 		}
 		k += a;
 	}
 	if ((rc = mdb_txn_commit(txn)))
-		return lmdb_fail(rc, err, errlen, "cannot store chunks");
+		return lmdb_fail(s, rc, err, errlen, "cannot store chunks");
 	if (added)
 		*added = k;
 	return 0;
@@ -671,7 +685,7 @@ int edg_store_touch(struct edg_store *s, const uint8_t *digests, uint64_t n, cha
 	int rc;
 
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-		return lmdb_fail(rc, err, errlen, "cannot note chunk uses");
+		return lmdb_fail(s, rc, err, errlen, "cannot note chunk uses");
 	for (uint64_t i = 0; i < n; i++) {
 		struct meta_rec m;
 		const uint8_t *d = digests + i * EDG_DIGEST_LEN;
@@ -686,10 +700,10 @@ int edg_store_touch(struct edg_store *s, const uint8_t *digests, uint64_t n, cha
 	}
 	if (rc && rc != MDB_NOTFOUND) {
 		mdb_txn_abort(txn);
-		return lmdb_fail(rc, err, errlen, "cannot note chunk uses");
+		return lmdb_fail(s, rc, err, errlen, "cannot note chunk uses");
 	}
 	if ((rc = mdb_txn_commit(txn)))
-		return lmdb_fail(rc, err, errlen, "cannot note chunk uses");
+		return lmdb_fail(s, rc, err, errlen, "cannot note chunk uses");
 	return 0;
 }
 
@@ -792,7 +806,7 @@ int edg_store_remove_image(struct edg_store *s, const char *name, char *err, siz
 	int rc;
 
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-		return lmdb_fail(rc, err, errlen, "cannot remove the image");
+		return lmdb_fail(s, rc, err, errlen, "cannot remove the image");
 	if ((rc = recipe_unique(txn, s, name, &old, &nold)))
 		goto fail;
 	if (!old) {
@@ -804,12 +818,12 @@ int edg_store_remove_image(struct edg_store *s, const char *name, char *err, siz
 		goto fail;
 	free(old);
 	if ((rc = mdb_txn_commit(txn)))
-		return lmdb_fail(rc, err, errlen, "cannot remove the image");
+		return lmdb_fail(s, rc, err, errlen, "cannot remove the image");
 	return 0;
 fail:
 	free(old);
 	mdb_txn_abort(txn);
-	return lmdb_fail(rc, err, errlen, "cannot remove the image");
+	return lmdb_fail(s, rc, err, errlen, "cannot remove the image");
 }
 
 int edg_store_recipe(struct edg_store *s, const char *name, uint64_t *size, uint8_t **digests, uint64_t *n)
@@ -915,7 +929,7 @@ int edg_store_pin(struct edg_store *s, const char *id, const uint8_t *digests, u
 	rc = mdb_txn_commit(txn);
 out:
 	free(u);
-	return rc ? lmdb_fail(rc, err, errlen, "cannot pin chunks") : 0;
+	return rc ? lmdb_fail(s, rc, err, errlen, "cannot pin chunks") : 0;
 }
 
 int edg_store_unpin(struct edg_store *s, const char *id, char *err, size_t errlen)
@@ -925,10 +939,10 @@ int edg_store_unpin(struct edg_store *s, const char *id, char *err, size_t errle
 	int rc;
 
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-		return lmdb_fail(rc, err, errlen, "cannot unpin");
+		return lmdb_fail(s, rc, err, errlen, "cannot unpin");
 	if ((rc = unpin_in(txn, s, id, &found))) {
 		mdb_txn_abort(txn);
-		return lmdb_fail(rc, err, errlen, "cannot unpin");
+		return lmdb_fail(s, rc, err, errlen, "cannot unpin");
 	}
 	if (!found) {
 		mdb_txn_abort(txn);
@@ -936,7 +950,7 @@ int edg_store_unpin(struct edg_store *s, const char *id, char *err, size_t errle
 		return -ENOENT;
 	}
 	if ((rc = mdb_txn_commit(txn)))
-		return lmdb_fail(rc, err, errlen, "cannot unpin");
+		return lmdb_fail(s, rc, err, errlen, "cannot unpin");
 	return 0;
 }
 
@@ -992,7 +1006,7 @@ int edg_store_stat(struct edg_store *s, struct edg_stat *st, char *err, size_t e
 	memset(st, 0, sizeof(*st));
 	st->chunk_size = s->chunk_size;
 	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
-		return lmdb_fail(rc, err, errlen, "cannot read the cache");
+		return lmdb_fail(s, rc, err, errlen, "cannot read the cache");
 	if ((rc = mdb_cursor_open(txn, s->meta, &c)))
 		goto fail;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
@@ -1034,7 +1048,7 @@ int edg_store_stat(struct edg_store *s, struct edg_stat *st, char *err, size_t e
 	return 0;
 fail:
 	mdb_txn_abort(txn);
-	return lmdb_fail(rc, err, errlen, "cannot read the cache");
+	return lmdb_fail(s, rc, err, errlen, "cannot read the cache");
 }
 
 int edg_store_verify(struct edg_store *s, uint64_t *checked, uint64_t *bad,
@@ -1050,10 +1064,10 @@ int edg_store_verify(struct edg_store *s, uint64_t *checked, uint64_t *bad,
 
 	*checked = *bad = 0;
 	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
-		return lmdb_fail(rc, err, errlen, "cannot read the cache");
+		return lmdb_fail(s, rc, err, errlen, "cannot read the cache");
 	if ((rc = mdb_cursor_open(txn, s->chunk, &c))) {
 		mdb_txn_abort(txn);
-		return lmdb_fail(rc, err, errlen, "cannot read the cache");
+		return lmdb_fail(s, rc, err, errlen, "cannot read the cache");
 	}
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		(*checked)++;
@@ -1076,7 +1090,7 @@ int edg_store_verify(struct edg_store *s, uint64_t *checked, uint64_t *bad,
 	mdb_txn_abort(txn);
 	if (rc && rc != MDB_NOTFOUND) {
 		free(bads);
-		return lmdb_fail(rc, err, errlen, "cannot read the cache");
+		return lmdb_fail(s, rc, err, errlen, "cannot read the cache");
 	}
 	if (nbad) {
 		if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
@@ -1097,7 +1111,7 @@ int edg_store_verify(struct edg_store *s, uint64_t *checked, uint64_t *bad,
 	return 0;
 fail:
 	free(bads);
-	return lmdb_fail(rc, err, errlen, "cannot drop corrupt chunks");
+	return lmdb_fail(s, rc, err, errlen, "cannot drop corrupt chunks");
 }
 
 struct candidate {
@@ -1181,7 +1195,7 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 	memset(rep, 0, sizeof(*rep));
 	/* (1) */
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-		return lmdb_fail(rc, err, errlen, "cannot collect");
+		return lmdb_fail(s, rc, err, errlen, "cannot collect");
 	if ((rc = expire_pins(txn, s, now)) || (rc = mdb_cursor_open(txn, s->meta, &c)))
 		goto fail;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
@@ -1296,7 +1310,7 @@ int edg_store_gc(struct edg_store *s, uint64_t keep_bytes, uint64_t grace_s, con
 	free(chosen);
 	if ((rc = mdb_txn_commit(txn))) {
 		free(gone);
-		return lmdb_fail(rc, err, errlen, "cannot collect");
+		return lmdb_fail(s, rc, err, errlen, "cannot collect");
 	}
 	if (ngone)
 		hooks->deleted(hooks->ctx, gone, ngone);
@@ -1320,5 +1334,5 @@ fail:
 	free(gone);
 	if (txn)
 		mdb_txn_abort(txn);
-	return lmdb_fail(rc, err, errlen, "cannot collect");
+	return lmdb_fail(s, rc, err, errlen, "cannot collect");
 }
