@@ -5,7 +5,8 @@
  * grace period passed, only the asking edge stops being its holder, the ACL
  * keeps a client to its own keys and commands, the keep policy ranks by
  * popularity, scarcity and recency, an extra copy may go where the chunk
- * lives on, and a restart keeps it all.
+ * lives on, a restart keeps it all, and three edges at once doing random
+ * steps never see a registered or leased chunk granted for deletion.
  */
 #include "edge/coord.h"
 #include "edge/store.h"
@@ -14,6 +15,7 @@
 #include <hiredis/hiredis.h>
 #include <math.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char dir[300], pwfile[320], url[64], badpw[320];
@@ -301,6 +303,113 @@ static void test_restart_keeps_state(void **state)
 	edg_coord_close(a);
 }
 
+/*
+ * Three edges at once, each in its own process with its own connections,
+ * doing random steps on one pool of chunks: register and unregister its
+ * image, lease and release for a handoff, report, and collect (may-delete
+ * with or without --copies, then forget what it was allowed to drop). After
+ * every step each edge checks what it alone knows: nothing its registration
+ * contains or its lease needs was ever granted for deletion, to it or to a
+ * probe edge asking with no copies (and with copies, for the leased ones),
+ * and its registered chunks count at least one reference.
+ */
+static void test_random_interleavings(void **state)
+{
+	(void)state;
+	enum { EDGES = 3, STEPS = 80, POOL = 48 };
+	uint8_t *d = digests(POOL, 9);
+	pid_t pids[EDGES];
+
+	for (int w = 0; w < EDGES; w++) {
+		uint64_t seed = test_rand();
+		if ((pids[w] = fork()) != 0)
+			continue;
+		test_rng_state = seed;
+		char name[16], probe_name[16], lease_id[32], err[256] = "";
+		snprintf(name, sizeof(name), "edge-r%d", w);
+		snprintf(probe_name, sizeof(probe_name), "probe-r%d", w);
+		snprintf(lease_id, sizeof(lease_id), "handoff-r%d", w);
+		struct edg_coord *c = edg_coord_connect(url, pwfile, name, 5, err, sizeof(err));
+		struct edg_coord *probe = edg_coord_connect(url, pwfile, probe_name, 5, err, sizeof(err));
+		bool reg[POOL] = { 0 }, leased[POOL] = { 0 }, ok[POOL];
+		uint32_t refs[POOL], holders[POOL];
+		int bad = !c || !probe;
+		for (int step = 0; step < STEPS && !bad; step++) {
+			unsigned a = (unsigned)(test_rand() % POOL), n = 1 + (unsigned)(test_rand() % (POOL - a));
+			const uint8_t *r = d + (size_t)a * EDG_DIGEST_LEN;
+			switch (test_rand() % 6) {
+			case 0:
+				bad |= edg_coord_register(c, "img", r, n, err, sizeof(err)) != 0;
+				for (unsigned i = a; i < a + n; i++)
+					reg[i] = true;
+				break;
+			case 1:
+				bad |= edg_coord_unregister(c, "img", r, n, err, sizeof(err)) != 0;
+				for (unsigned i = a; i < a + n; i++)
+					reg[i] = false;
+				break;
+			case 2:
+				bad |= edg_coord_lease(c, lease_id, r, n, 60, err, sizeof(err)) != 0;
+				for (unsigned i = a; i < a + n; i++)
+					leased[i] = true;
+				break;
+			case 3:
+				bad |= edg_coord_release(c, lease_id, d, POOL, err, sizeof(err)) != 0;
+				memset(leased, 0, sizeof(leased));
+				break;
+			case 4:
+				bad |= edg_coord_report(c, r, n, err, sizeof(err)) != 0;
+				break;
+			default: { /* collect: drop what it may, as gc does */
+				unsigned copies = (unsigned)(test_rand() % 2);
+				bad |= edg_coord_may_delete(c, r, n, 0, copies, ok, err, sizeof(err)) != 0;
+				for (unsigned i = 0; i < n && !bad; i++) {
+					if (ok[i] && (reg[a + i] || leased[a + i])) {
+						fprintf(stderr, "%s: chunk %u granted for deletion while %s\n", name, a + i,
+							reg[a + i] ? "registered here" : "leased here");
+						bad = 1;
+					}
+					if (ok[i])
+						bad |= edg_coord_forget(c, r + (size_t)i * EDG_DIGEST_LEN, 1, err, sizeof(err)) != 0;
+				}
+			}
+			}
+			/* what this edge alone knows must hold whatever the others did meanwhile */
+			bad |= edg_coord_may_delete(probe, d, POOL, 0, 0, ok, err, sizeof(err)) != 0;
+			for (unsigned i = 0; i < POOL && !bad; i++)
+				if (ok[i] && (reg[i] || leased[i])) {
+					fprintf(stderr, "%s: chunk %u free to delete for another edge while %s here\n", name, i,
+						reg[i] ? "registered" : "leased");
+					bad = 1;
+				}
+			bad |= edg_coord_may_delete(probe, d, POOL, 0, 1, ok, err, sizeof(err)) != 0;
+			for (unsigned i = 0; i < POOL && !bad; i++)
+				if (ok[i] && leased[i]) {
+					fprintf(stderr, "%s: leased chunk %u free to delete as an extra copy\n", name, i);
+					bad = 1;
+				}
+			bad |= edg_coord_holders(c, d, POOL, refs, holders, err, sizeof(err)) != 0;
+			for (unsigned i = 0; i < POOL && !bad; i++)
+				if (reg[i] && refs[i] == 0) {
+					fprintf(stderr, "%s: chunk %u registered here counts no reference\n", name, i);
+					bad = 1;
+				}
+		}
+		if (bad && err[0])
+			fprintf(stderr, "%s: %s\n", name, err);
+		edg_coord_close(c);
+		edg_coord_close(probe);
+		_exit(bad);
+	}
+	for (int w = 0; w < EDGES; w++) {
+		int st;
+		assert_int_equal(waitpid(pids[w], &st, 0), pids[w]);
+		assert_true(WIFEXITED(st));
+		assert_int_equal(WEXITSTATUS(st), 0);
+	}
+	free(d);
+}
+
 int main(void)
 {
 	test_seed();
@@ -309,6 +418,7 @@ int main(void)
 		cmocka_unit_test(test_references_and_may_delete),
 		cmocka_unit_test(test_leases_and_two_edges),
 		cmocka_unit_test(test_keep_policy_and_copies),
+		cmocka_unit_test(test_random_interleavings),
 		cmocka_unit_test(test_acl_limits),
 		cmocka_unit_test(test_restart_keeps_state),
 	};
