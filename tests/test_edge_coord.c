@@ -277,7 +277,7 @@ static void test_acl_limits(void **state)
 	redisFree(r);
 }
 
-/* Last, as it restarts the server: what was registered survives (AOF). */
+/* Last, as it restarts the server: what was registered survives a shutdown and a crash (AOF). */
 static void test_restart_keeps_state(void **state)
 {
 	(void)state;
@@ -299,6 +299,29 @@ static void test_restart_keeps_state(void **state)
 		assert_int_equal(refs[i], 1);
 		assert_int_equal(holders[i], 1);
 	}
+
+	/* a crash (SIGKILL, no shutdown) loses at most the last second: appendfsync everysec */
+	uint8_t *d2 = digests(200, 5);
+	assert_int_equal(edg_coord_report(a, d2, 200, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register(a, "vm:43", d2, 200, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_unregister(a, "vm:42", d, 100, err, sizeof(err)), 0);
+	edg_coord_close(a);
+	usleep(2500 * 1000);
+	assert_int_equal(run("kill -9 $(cat %s/redis.pid)", arg), 0);
+	assert_null(edg_coord_connect(url, pwfile, "edge-a", 1, err, sizeof(err)));
+	assert_int_equal(coordinator_up(), 0);
+	a = edge("edge-a");
+	assert_int_equal(edg_coord_holders(a, d, 300, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < 300; i++) {
+		assert_int_equal(refs[i], i < 100 ? 0 : 1);
+		assert_int_equal(holders[i], 1);
+	}
+	assert_int_equal(edg_coord_holders(a, d2, 200, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < 200; i++) {
+		assert_int_equal(refs[i], 1);
+		assert_int_equal(holders[i], 1);
+	}
+	free(d2);
 	free(d);
 	edg_coord_close(a);
 }
