@@ -98,12 +98,48 @@ static int coord_add(struct edg_coord *c, struct edg_store *s, const char *name,
 	return r;
 }
 
+/*
+ * Add one image to the cache and, with a coordinator, tell it (coord_add).
+ * A coordinator that fails is closed (*c NULL, *missed) after one line: the
+ * cache keeps the image, and the caller exits EXIT_COORD_MISSED at the end.
+ * Prints the image's line; -1 (after one line) when the add itself failed.
+ */
+static int add_image(const char *cmd, struct edg_store *s, struct edg_coord **c, bool *missed, const char *name,
+		     const char *path, struct edg_add_report *rep)
+{
+	struct progress p = { name, mono_s() };
+	uint8_t *old = NULL;
+	uint64_t old_size, n_old = 0;
+	char err[512];
+
+	if (*c && edg_store_recipe(s, name, &old_size, &old, &n_old))
+		old = NULL;
+	if (edg_store_add_file(s, name, path, rep, on_progress, &p, err, sizeof(err))) {
+		cli_progress_end();
+		cli_error("%s: %s", cmd, err); /* err names the file where it matters */
+		free(old);
+		return -1;
+	}
+	cli_progress_end();
+	int cr = *c ? coord_add(*c, s, name, old, n_old, err, sizeof(err)) : 0;
+	free(old);
+	if (cr) {
+		cli_error("%s: %s", cmd, err);
+		edg_coord_close(*c);
+		*c = NULL;
+		*missed = true;
+	}
+	fprintf(stderr, "%s: %s: %llu chunks, %llu new (%.1f MB), %.1f s\n", cmd, name,
+		(unsigned long long)rep->chunks, (unsigned long long)rep->new_chunks, rep->new_bytes / 1e6,
+		rep->seconds);
+	return 0;
+}
+
 static int add_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	uint64_t chunk = 0;
 	int n;
 	const char *const *images = cli_operands(&n);
-	char err[512];
 	int ret = 0;
 
 	if (!n) {
@@ -128,31 +164,11 @@ static int add_run(const struct cli_cmd *cmd, const char *const *val)
 		char copy[4096];
 		snprintf(copy, sizeof(copy), "%s", images[i]);
 		const char *name = val[A_NAME] ? val[A_NAME] : basename(copy);
-		struct progress p = { name, mono_s() };
 		struct edg_add_report rep;
-		uint8_t *old = NULL;
-		uint64_t old_size, n_old = 0;
-		if (c && edg_store_recipe(s, name, &old_size, &old, &n_old))
-			old = NULL;
-		if (edg_store_add_file(s, name, images[i], &rep, on_progress, &p, err, sizeof(err))) {
-			cli_progress_end();
-			cli_error("%s: %s", cmd->name, err); /* err names the file where it matters */
-			free(old);
+		if (add_image(cmd->name, s, &c, &missed, name, images[i], &rep)) {
 			ret = 1;
 			break;
 		}
-		cli_progress_end();
-		int cr = c ? coord_add(c, s, name, old, n_old, err, sizeof(err)) : 0;
-		free(old);
-		if (cr) {
-			cli_error("%s: %s", cmd->name, err);
-			edg_coord_close(c);
-			c = NULL;
-			missed = true;
-		}
-		fprintf(stderr, "cache add: %s: %llu chunks, %llu new (%.1f MB), %.1f s\n", name,
-			(unsigned long long)rep.chunks, (unsigned long long)rep.new_chunks, rep.new_bytes / 1e6,
-			rep.seconds);
 		json_object *o = json_object_new_object();
 		json_object_object_add(o, "name", json_object_new_string(name));
 		json_object_object_add(o, "path", json_object_new_string(images[i]));
@@ -848,12 +864,13 @@ static bool base_name_ok(const char *cmd, const char *name)
 	return true;
 }
 
-enum { AB_CACHE, AB_NAME, AB_CHUNK };
+enum { AB_CACHE, AB_NAME, AB_CHUNK, AB_COORD, AB_AUTH, AB_EDGE };
 
 static const struct cli_opt add_base_opts[] = {
 	[AB_CACHE] = { "cache", 0, "DIR", true, "the cache directory (created if absent)" },
 	[AB_NAME] = { "name", 0, "NAME", true, "the base's name in the cache (its files become NAME/<file>)" },
 	[AB_CHUNK] = { "chunk-size", 0, "BYTES", false, "chunk size of a new cache (default 64K)" },
+	COORD_OPTS(AB_COORD, AB_AUTH, AB_EDGE),
 	{ 0 },
 };
 
@@ -890,23 +907,24 @@ static int add_base_run(const struct cli_cmd *cmd, const char *const *val)
 	eng_vmbase_close(&vb);
 	struct edg_store *s = open_store(cmd->name, val[AB_CACHE], true, (uint32_t)chunk);
 	int ret = s ? 0 : 1;
+	bool missed = false;
+	struct edg_coord *c = s ? cli_coord_open(cmd->name, val[AB_COORD], val[AB_AUTH], val[AB_EDGE], NULL, &missed)
+				: NULL;
 	for (unsigned i = 0; i < b.n && !ret; i++) {
 		struct edg_add_report rep;
-		struct progress p = { b.file[i], mono_s() };
 		snprintf(path, sizeof(path), "%s/%s", dirs[0], b.file[i]);
 		snprintf(name, sizeof(name), "%s/%s", val[AB_NAME], b.file[i]);
-		if (edg_store_add_file(s, name, path, &rep, on_progress, &p, err, sizeof(err))) {
-			cli_progress_end();
-			cli_error("%s: %s", cmd->name, err);
+		if (add_image(cmd->name, s, &c, &missed, name, path, &rep))
 			ret = 1;
-			break;
-		}
-		cli_progress_end();
-		fprintf(stderr, "cache add-base: %s: %llu chunks, %llu new (%.1f MB)\n", name,
-			(unsigned long long)rep.chunks, (unsigned long long)rep.new_chunks, rep.new_bytes / 1e6);
 	}
 	json_object_put(b.json);
 	edg_store_close(s);
+	edg_coord_close(c);
+	if (!ret && missed) {
+		fprintf(stderr, "cache add-base: the base is in the cache, but the coordinator does not know: "
+				"add it again once it answers\n");
+		return EXIT_COORD_MISSED;
+	}
 	return ret;
 }
 
@@ -914,8 +932,10 @@ const struct cli_cmd cli_cmd_cache_add_base = {
 	.name = "cache add-base",
 	.summary = "Add a base VM directory (scripts/make-base) to the cache: vm.json and the\n"
 		   "files it names (kernel, initramfs, disk) become images NAME/<file>, and the\n"
-		   "saved state its page-aligned parts NAME/mem.img and NAME/devices.bin.",
-	.usage = "--cache DIR --name NAME [--chunk-size BYTES] BASEDIR",
+		   "saved state its page-aligned parts NAME/mem.img and NAME/devices.bin.\n"
+		   "With --coordinator, as cache add: the coordinator learns that this edge holds\n"
+		   "their chunks and registers each image.",
+	.usage = "--cache DIR --name NAME [--chunk-size BYTES] [--coordinator URL ...] BASEDIR",
 	.opts = add_base_opts,
 	.run = add_base_run,
 	.args = "BASEDIR",
