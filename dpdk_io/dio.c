@@ -1266,19 +1266,25 @@ static void *node_alloc(size_t len, int node)
 	return node != SOCKET_ID_ANY && numa_available() >= 0 ? numa_alloc_onnode(len, node) : NULL;
 }
 
-static void conn_free_buffers(struct dio_conn *c)
+/* Frees what the buffers are, from libnuma (on_node) or the heap; a missing one is skipped. */
+static void release_buffers(struct dio_conn *c, bool on_node)
 {
-	if (c->bufs_on_node) {
-		numa_free(c->snd_buf, DIO_SNDBUF);
-		numa_free(c->rcv_buf, DIO_RCVBUF);
-		numa_free(c->sb, SEGS * sizeof(*c->sb));
-	} else {
-		free(c->snd_buf);
-		free(c->rcv_buf);
-		free(c->sb);
+	void *p[] = { c->snd_buf, c->rcv_buf, c->sb };
+	size_t len[] = { DIO_SNDBUF, DIO_RCVBUF, SEGS * sizeof(*c->sb) };
+
+	for (unsigned i = 0; i < 3; i++) {
+		if (on_node && p[i])
+			numa_free(p[i], len[i]);
+		else if (!on_node)
+			free(p[i]);
 	}
 	c->snd_buf = c->rcv_buf = NULL;
 	c->sb = NULL;
+}
+
+static void conn_free_buffers(struct dio_conn *c)
+{
+	release_buffers(c, c->bufs_on_node);
 }
 
 static int conn_alloc_buffers(struct dio_conn *c, char *err, size_t errlen)
@@ -1291,12 +1297,7 @@ static int conn_alloc_buffers(struct dio_conn *c, char *err, size_t errlen)
 	c->bufs_on_node = c->snd_buf && c->rcv_buf && c->sb;
 	if (c->bufs_on_node)
 		return 0;
-	if (c->snd_buf)
-		numa_free(c->snd_buf, DIO_SNDBUF);
-	if (c->rcv_buf)
-		numa_free(c->rcv_buf, DIO_RCVBUF);
-	if (c->sb)
-		numa_free(c->sb, SEGS * sizeof(*c->sb));
+	release_buffers(c, true); /* what the node gave, if anything */
 	c->snd_buf = malloc(DIO_SNDBUF);
 	c->rcv_buf = malloc(DIO_RCVBUF);
 	c->sb = calloc(SEGS, sizeof(*c->sb));

@@ -377,6 +377,160 @@ int edg_coord_unregister(struct edg_coord *c, const char *name, const uint8_t *d
 	return run_batches(c, digests, n, 5, b_unref, &nm, NULL, NULL, "unregister", err, errlen);
 }
 
+/* ---- running VMs ---------------------------------------------------------------- */
+
+/* Image name "vm:NAME" and key ho:vm:EDGE:NAME of running VM name on this edge. */
+static int vm_names(const struct edg_coord *c, const char *name, char *image, char *key, size_t keylen, char *err,
+		    size_t errlen)
+{
+	if (snprintf(image, EDG_NAME_MAX + 1, "vm:%s", name) > EDG_NAME_MAX || !name[0]) {
+		eng_set_err(err, errlen, "VM name '%s': 1 to %d bytes", name, EDG_NAME_MAX - 3);
+		return -EINVAL;
+	}
+	snprintf(key, keylen, "ho:vm:%s:%s", c->edge, name);
+	return 0;
+}
+
+/* The chunk list of a running VM's registration (malloc'd); *d NULL, *n 0 when there is none. */
+static int vm_list(struct edg_coord *c, const char *key, uint8_t **d, uint64_t *n, char *err, size_t errlen)
+{
+	redisReply *rep = redisCommand(c->r, "GET %s", key);
+	int r = 0;
+
+	*d = NULL;
+	*n = 0;
+	if (!rep || rep->type == REDIS_REPLY_ERROR) {
+		eng_set_err(err, errlen, "coordinator %s: running VM: %s", c->where, rep ? rep->str : c->r->errstr);
+		r = rep ? -EPROTO : -EIO;
+	} else if (rep->type == REDIS_REPLY_STRING && rep->len % EDG_DIGEST_LEN) {
+		eng_set_err(err, errlen, "coordinator %s: %s is not a chunk list (%zu bytes)", c->where, key, rep->len);
+		r = -EPROTO;
+	} else if (rep->type == REDIS_REPLY_STRING && rep->len) {
+		if (!(*d = malloc(rep->len))) {
+			eng_set_err(err, errlen, "out of memory");
+			r = -ENOMEM;
+		} else {
+			memcpy(*d, rep->str, rep->len);
+			*n = rep->len / EDG_DIGEST_LEN;
+		}
+	}
+	freeReplyObject(rep);
+	return r;
+}
+
+/* One command whose reply only says whether it worked. */
+static int simple(struct edg_coord *c, int argc, const char **argv, const size_t *len, const char *what, char *err,
+		  size_t errlen)
+{
+	redisReply *rep = redisCommandArgv(c->r, argc, argv, len);
+	int r = 0;
+
+	if (!rep || rep->type == REDIS_REPLY_ERROR) {
+		eng_set_err(err, errlen, "coordinator %s: %s: %s", c->where, what, rep ? rep->str : c->r->errstr);
+		r = rep ? -EPROTO : -EIO;
+	}
+	freeReplyObject(rep);
+	return r;
+}
+
+/* Stores a running VM's chunk list at key (n may be 0). */
+static int vm_store(struct edg_coord *c, const char *key, const uint8_t *digests, uint64_t n, char *err,
+		    size_t errlen)
+{
+	const char *argv[] = { "SET", key, n ? (const char *)digests : "" };
+	size_t len[] = { 3, strlen(key), n * EDG_DIGEST_LEN };
+
+	return simple(c, 3, argv, len, "running VM", err, errlen);
+}
+
+int edg_coord_register_vm(struct edg_coord *c, const char *name, const uint8_t *list, uint64_t n_list, char *err,
+			  size_t errlen)
+{
+	char image[EDG_NAME_MAX + 1], key[EDG_NAME_MAX + 80];
+	uint8_t *old, *both = NULL, *gone = NULL;
+	uint64_t n_old, k = 0, n;
+	int r;
+
+	if ((r = vm_names(c, name, image, key, sizeof(key), err, errlen)))
+		return r;
+	/* each chunk once: a base repeats many (zero pages), and each is a coordinator write */
+	uint8_t *digests = edg_digests_minus(list, n_list, NULL, 0, &n);
+	if (!digests) {
+		eng_set_err(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	if ((r = vm_list(c, key, &old, &n_old, err, errlen))) {
+		free(digests);
+		return r;
+	}
+	/*
+	 * The stored list always names every chunk registered for the VM, so a
+	 * crash anywhere leaves a state that ending the VM repairs: first the old
+	 * and the new list together, then the new registrations, then the end of
+	 * the old-only ones, and last the new list alone.
+	 */
+	if (old) {
+		gone = edg_digests_minus(old, n_old, digests, n, &k);
+		both = malloc((n + k) * EDG_DIGEST_LEN + 1);
+		if (!gone || !both) {
+			eng_set_err(err, errlen, "out of memory");
+			r = -ENOMEM;
+			goto out;
+		}
+		memcpy(both, digests, n * EDG_DIGEST_LEN);
+		memcpy(both + n * EDG_DIGEST_LEN, gone, k * EDG_DIGEST_LEN);
+		if ((r = vm_store(c, key, both, n + k, err, errlen)))
+			goto out;
+	} else if ((r = vm_store(c, key, digests, n, err, errlen))) {
+		goto out;
+	}
+	if ((r = edg_coord_register(c, image, digests, n, err, errlen)))
+		goto out;
+	if (k && (r = edg_coord_unregister(c, image, gone, k, err, errlen)))
+		goto out;
+	if (old)
+		r = vm_store(c, key, digests, n, err, errlen);
+out:
+	free(both);
+	free(gone);
+	free(old);
+	free(digests);
+	return r;
+}
+
+bool edg_coord_vm_name_ok(const char *name, char *err, size_t errlen)
+{
+	char image[EDG_NAME_MAX + 1], key[EDG_NAME_MAX + 80];
+	struct edg_coord c = { .edge = "x" };
+
+	return vm_names(&c, name, image, key, sizeof(key), err, errlen) == 0;
+}
+
+int edg_coord_unregister_vm(struct edg_coord *c, const char *name, uint64_t *n, char *err, size_t errlen)
+{
+	char image[EDG_NAME_MAX + 1], key[EDG_NAME_MAX + 80];
+	uint8_t *d;
+	uint64_t k;
+	int r;
+
+	if (n)
+		*n = 0;
+	if ((r = vm_names(c, name, image, key, sizeof(key), err, errlen)) ||
+	    (r = vm_list(c, key, &d, &k, err, errlen)))
+		return r;
+	/* the registration first, the list last: a failure in between is repaired by ending it again */
+	if (d)
+		r = edg_coord_unregister(c, image, d, k, err, errlen);
+	free(d);
+	const char *argv[] = { "DEL", key };
+	size_t len[] = { 3, strlen(key) };
+	if (!r)
+		r = simple(c, 2, argv, len, "running VM", err, errlen);
+	if (!r && n)
+		*n = k;
+	return r;
+}
+
 int edg_coord_lease(struct edg_coord *c, const char *id, const uint8_t *digests, uint64_t n, double ttl_s,
 		    char *err, size_t errlen)
 {

@@ -36,6 +36,20 @@ int edg_coord_register(struct edg_coord *c, const char *name, const uint8_t *dig
 		       size_t errlen);
 int edg_coord_unregister(struct edg_coord *c, const char *name, const uint8_t *digests, uint64_t n, char *err,
 			 size_t errlen);
+/*
+ * A VM running on this edge (the one `receive --vm-name NAME` resumed): its
+ * registration, image "vm:NAME", contains these chunks (the base it was handed
+ * off against). The list is kept at the coordinator too (ho:vm:EDGE:NAME), so
+ * that ending the registration when the VM leaves (`send --vm-name NAME`)
+ * needs only the name. Registering again replaces the list; chunks only the
+ * old one held stop counting for it.
+ */
+int edg_coord_register_vm(struct edg_coord *c, const char *name, const uint8_t *digests, uint64_t n, char *err,
+			  size_t errlen);
+/* End it: *n (may be NULL) how many chunks it held (0: none was registered here). */
+int edg_coord_unregister_vm(struct edg_coord *c, const char *name, uint64_t *n, char *err, size_t errlen);
+/* A VM name the two above take (1 to 252 bytes); false with the reason in err. */
+bool edg_coord_vm_name_ok(const char *name, char *err, size_t errlen);
 /* A handoff in flight needs these chunks for ttl_s / is done with them. */
 int edg_coord_lease(struct edg_coord *c, const char *id, const uint8_t *digests, uint64_t n, double ttl_s,
 		    char *err, size_t errlen);

@@ -93,6 +93,10 @@ int cli_parse(const struct cli_cmd *cmd, int argc, char **argv, const char **val
 	cli_argv = NULL;
 
 	for (const struct cli_opt *o = cmd->opts; o->name; o++, n++) {
+		if (n >= CLI_MAX_OPTS) { /* a table outgrew the arrays: a build defect, said at once */
+			cli_error("%s: more than %d options (raise CLI_MAX_OPTS)", cmd->name, CLI_MAX_OPTS);
+			return -1;
+		}
 		lopts[n] = (struct option){ o->name, o->arg ? required_argument : no_argument, NULL,
 					    256 + n };
 		if (o->shortc) {

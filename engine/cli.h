@@ -16,7 +16,7 @@
 #include "codecs/codecs.h"
 #include "pipeline.h"
 
-#define CLI_MAX_OPTS 16
+#define CLI_MAX_OPTS 32
 
 struct cli_opt {
 	const char *name;  /* long name, without -- */
@@ -97,6 +97,6 @@ void cli_print_json(json_object *o);
 extern const struct cli_cmd cli_cmd_diff, cli_cmd_patch, cli_cmd_keygen, cli_cmd_track, cli_cmd_send,
 	cli_cmd_receive, cli_cmd_probe, cli_cmd_cache_add, cli_cmd_cache_stat, cli_cmd_cache_verify,
 	cli_cmd_cache_gc, cli_cmd_cache_remove, cli_cmd_cache_fetch, cli_cmd_cache_export, cli_cmd_serve,
-	cli_cmd_cache_add_base, cli_cmd_cache_fetch_base, cli_cmd_guard;
+	cli_cmd_cache_add_base, cli_cmd_cache_fetch_base, cli_cmd_cache_vm_left, cli_cmd_guard;
 
 #endif

@@ -35,6 +35,26 @@ struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *a
 	return c;
 }
 
+const char *cli_coord_end_vm(const char *cmd, const char *name, const char *url, const char *auth, const char *edge,
+			     bool warn)
+{
+	bool missed;
+	char err[256];
+	uint64_t n = 0;
+	struct edg_coord *c = cli_coord_open(cmd, url, auth, edge,
+					     warn ? "the coordinator still counts the VM as running here" : NULL, &missed);
+
+	if (!c)
+		return "failed";
+	int r = edg_coord_unregister_vm(c, name, &n, err, sizeof(err));
+	edg_coord_close(c);
+	if (r && warn)
+		fprintf(stderr, "%s: warning: the coordinator still counts VM %s as running here: %s\n", cmd, name, err);
+	else if (r)
+		cli_error("%s: the coordinator still counts VM %s as running here: %s", cmd, name, err);
+	return r ? "failed" : n ? "ended" : "none here";
+}
+
 json_object *cli_sources_json(const struct edg_peer *p, unsigned n, uint64_t fetched)
 {
 	json_object *arr = json_object_new_array();

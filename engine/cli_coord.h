@@ -29,6 +29,14 @@
 struct edg_coord *cli_coord_open(const char *cmd, const char *url, const char *auth, const char *edge,
 				 const char *without, bool *missed);
 
+/*
+ * End VM name's registration as running on this edge (edg_coord_unregister_vm):
+ * "ended", "none here", or "failed" after one line (a warning when warn: the
+ * caller's work is done all the same).
+ */
+const char *cli_coord_end_vm(const char *cmd, const char *name, const char *url, const char *auth, const char *edge,
+			     bool warn);
+
 /* Each source's part of a fetch of `fetched` chunks, for --json. */
 struct edg_peer;
 json_object *cli_sources_json(const struct edg_peer *p, unsigned n, uint64_t fetched);

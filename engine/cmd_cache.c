@@ -327,6 +327,45 @@ const struct cli_cmd cli_cmd_cache_remove = {
 	.run = remove_run,
 };
 
+enum { V_NAME, V_COORD, V_AUTH, V_EDGE };
+
+static const struct cli_opt vm_left_opts[] = {
+	[V_NAME] = { "name", 0, "NAME", true, "the VM (receive --vm-name NAME)" },
+	COORD_OPTS(V_COORD, V_AUTH, V_EDGE),
+	{ 0 },
+};
+
+static int vm_left_run(const struct cli_cmd *cmd, const char *const *val)
+{
+	char err[256];
+
+	if (!val[V_COORD] || !val[V_AUTH]) {
+		cli_error("%s: needs --coordinator URL --coordinator-auth FILE", cmd->name);
+		return 2;
+	}
+	if (!edg_coord_vm_name_ok(val[V_NAME], err, sizeof(err))) {
+		cli_error("%s: %s", cmd->name, err);
+		return 2;
+	}
+	const char *what = cli_coord_end_vm(cmd->name, val[V_NAME], val[V_COORD], val[V_AUTH], val[V_EDGE], false);
+	if (!strcmp(what, "failed"))
+		return 1;
+	fprintf(stderr, "%s: VM %s: %s\n", cmd->name, val[V_NAME],
+		strcmp(what, "ended") ? "no registration on this edge" : "no longer counted as running on this edge");
+	return 0;
+}
+
+const struct cli_cmd cli_cmd_cache_vm_left = {
+	.name = "cache vm-left",
+	.summary = "End the registration of VM NAME as running on this edge (receive --vm-name\n"
+		   "made it; send --vm-name ends it when the VM moves on): for a VM shut down\n"
+		   "here, or a handoff that could not tell the coordinator. Its base's chunks\n"
+		   "then stop counting it.",
+	.usage = "--name NAME --coordinator URL --coordinator-auth FILE [--edge NAME]",
+	.opts = vm_left_opts,
+	.run = vm_left_run,
+};
+
 static void print_bad(void *ctx, const uint8_t d[EDG_DIGEST_LEN])
 {
 	char hex[2 * EDG_DIGEST_LEN + 1];

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 enum { S_QMP, S_DISK, S_BASE, S_TO, S_KEY, S_MODE, S_CIPHER, S_JSON, S_TIMEOUT, S_TRACE, S_BUDGET, S_THROTTLE,
-       S_RETRY, S_ORDER };
+       S_RETRY, S_ORDER, S_VM_NAME, S_COORD, S_AUTH, S_EDGE };
 
 static const struct cli_opt send_opts[] = {
 	[S_QMP] = { "qmp", 0, "SRC.sock", true, "QMP socket of the running source QEMU" },
@@ -30,6 +30,8 @@ static const struct cli_opt send_opts[] = {
 	[S_THROTTLE] = { "throttle", 0, "on|off", false, "when the guest dirties faster than the link drains, slow its vCPUs (cgroup CPU quota) until the rest fits the budget (default on)" },
 	[S_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, reconnect for up to this long and go on from what the destination verified (default 0: fail at once; the receiver needs --retry-for too)" },
 	[S_ORDER] = { "order", 0, "random|dirty", false, "each pre-copy pass in a random order (default), or coldest blocks first and the most often written last (dirty: experimental)" },
+	[S_VM_NAME] = { "vm-name", 0, "NAME", false, "with --coordinator: once the destination runs the VM, end its registration as running on this edge (receive --vm-name)" },
+	COORD_OPTS(S_COORD, S_AUTH, S_EDGE),
 	{ 0 },
 };
 
@@ -66,6 +68,31 @@ static int finish(json_object *summary, bool json, int ret, const char *what, co
 	if (ret) {
 		cli_error("%s failed: %s", what, err);
 		return 1;
+	}
+	return 0;
+}
+
+/*
+ * --vm-name goes with a coordinator, checked before the handoff rather than
+ * after it; send has no other use for one (receive does: its cache).
+ */
+static int vm_name_args(const char *cmd, const char *name, const char *url, const char *auth, bool coord_alone)
+{
+	char err[256];
+
+	if (!name && (!url || coord_alone))
+		return 0;
+	if (!name) {
+		cli_error("%s: --coordinator goes with --vm-name NAME: the VM whose registration here ends", cmd);
+		return -1;
+	}
+	if (!url || !auth) {
+		cli_error("%s: --vm-name needs --coordinator URL --coordinator-auth FILE", cmd);
+		return -1;
+	}
+	if (!edg_coord_vm_name_ok(name, err, sizeof(err))) {
+		cli_error("%s: %s", cmd, err);
+		return -1;
 	}
 	return 0;
 }
@@ -109,6 +136,12 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 	a.order_random = !val[S_ORDER] || !strcmp(val[S_ORDER], "random");
 	if (val[S_RETRY] && parse_retry(val[S_RETRY], &a.retry_for_s))
 		return 2;
+	if (vm_name_args("send", val[S_VM_NAME], val[S_COORD], val[S_AUTH], false))
+		return 2;
+	if (val[S_VM_NAME] && !eng_conn_is_remote(a.to)) {
+		cli_error("--vm-name goes with a live handoff (tcp:, dpdk:): an overlay runs nowhere yet");
+		return 2;
+	}
 	if (need_key(a.to, val[S_KEY], "send") || cli_parse_aead(val[S_CIPHER], &a.aead) ||
 	    (val[S_KEY] && cli_read_key(val[S_KEY], key)))
 		return 2;
@@ -116,6 +149,11 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 	if (cli_eal_start(512, &a.socket))
 		return 1;
 	int ret = eng_handoff_send(&a, &summary, err, sizeof(err));
+	if (!ret && val[S_VM_NAME] && summary) /* the VM runs at the destination now: not here */
+		json_object_object_add(summary, "coordinator_vm", json_object_new_string(cli_coord_end_vm(
+			"send", val[S_VM_NAME], val[S_COORD], val[S_AUTH], val[S_EDGE], true)));
+	else if (!ret && val[S_VM_NAME])
+		cli_coord_end_vm("send", val[S_VM_NAME], val[S_COORD], val[S_AUTH], val[S_EDGE], true);
 	if (!ret && !val[S_JSON]) {
 		json_object *t, *w, *dt;
 		if (json_object_object_get_ex(summary, "total_s", &t) &&
@@ -136,6 +174,7 @@ const struct cli_cmd cli_cmd_send = {
 		   "fails before the destination is committed, the source VM keeps running.",
 	.usage = "--qmp SRC.sock --disk TRACKED_DISK --base BASEDIR --to tcp:HOST:PORT|dpdk:PORT|file:PATH [--key FILE] [--json]\n"
 		 "[--mode auto|DELTA:COMP:LEVEL] [--stop-budget SECONDS] [--throttle on|off] [--trace FILE] [--retry-for SECONDS] [--order random|dirty]\n"
+		 "[--vm-name NAME --coordinator URL --coordinator-auth FILE [--edge NAME]]\n"
 		 "(dpdk: needs the port in the EAL arguments, e.g. --vdev net_af_packet0,iface=eth1 -- send ... --to dpdk:0)",
 	.opts = send_opts,
 	.run = send_run,
@@ -143,7 +182,7 @@ const struct cli_cmd cli_cmd_send = {
 };
 
 enum { R_FROM, R_QMP, R_BASE, R_CACHE, R_DISK_OUT, R_KEY, R_JSON, R_TIMEOUT, R_RETRY, R_FETCH_FROM, R_FETCH_KEY,
-       R_COORD, R_AUTH, R_EDGE };
+       R_VM_NAME, R_COORD, R_AUTH, R_EDGE };
 
 static const struct cli_opt receive_opts[] = {
 	[R_FROM] = { "from", 0, "SOURCE", true, "tcp:ADDR:PORT to listen on, dpdk:PORT to wait on, or file:PATH of a VM overlay" },
@@ -157,6 +196,7 @@ static const struct cli_opt receive_opts[] = {
 	[R_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, wait this long plus 30 s (the source may notice a cut only after 15 s of silence, or later when its kernel gives up) for the source to reconnect and resume (default 0: fail at once)" },
 	[R_FETCH_FROM] = { "fetch-from", 0, "tcp:HOST:PORT,...", false, "with --cache: before the stream, fetch what the cache lacks from these chunk services (handoff-engine serve) at once; the source sends what they do not deliver" },
 	[R_FETCH_KEY] = { "fetch-key", 0, "FILE", false, "the chunk services' key (default: --key)" },
+	[R_VM_NAME] = { "vm-name", 0, "NAME", false, "with --cache and --coordinator: once resumed, register the VM as running on this edge (it references its base's chunks until send --vm-name moves it on)" },
 	COORD_OPTS(R_COORD, R_AUTH, R_EDGE),
 	{ 0 },
 };
@@ -194,6 +234,9 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 		cli_error("--fetch-from and --coordinator go with --cache: they fill what the cache lacks");
 		return 2;
 	}
+	if (vm_name_args("receive", val[R_VM_NAME], val[R_COORD], val[R_AUTH], true))
+		return 2;
+	a.vm_name = val[R_VM_NAME];
 	if (val[R_FETCH_KEY] && cli_read_key(val[R_FETCH_KEY], fetch_key))
 		return 2;
 	a.fetch_key = val[R_FETCH_KEY] ? fetch_key : NULL;
@@ -220,7 +263,7 @@ const struct cli_cmd cli_cmd_receive = {
 		   "The VM never resumes on partial or unverified state.",
 	.usage = "--from tcp:ADDR:PORT|dpdk:PORT|file:PATH --qmp DST.sock --base BASEDIR|--cache DIR --disk-out PATH\n"
 		 "[--key FILE] [--json] [--accept-timeout SECONDS] [--retry-for SECONDS]\n"
-		 "[--fetch-from tcp:HOST:PORT,... [--fetch-key FILE]] [--coordinator URL --coordinator-auth FILE [--edge NAME]]",
+		 "[--fetch-from tcp:HOST:PORT,... [--fetch-key FILE]] [--vm-name NAME] [--coordinator URL --coordinator-auth FILE [--edge NAME]]",
 	.opts = receive_opts,
 	.run = receive_run,
 	.needs_eal = true,

@@ -72,6 +72,7 @@ struct eng_receive_args {
 	 * (tcp:HOST:PORT,...) and the holders the coordinator names, all at once */
 	const char *fetch_from;
 	struct edg_coord *coord;
+	const char *vm_name;       /* with coord: register the VM as running here once it resumed */
 	const uint8_t *fetch_key;  /* the services' key (default: key) */
 	double fetch_timeout_s;
 };

@@ -44,9 +44,12 @@ struct dst {
 	struct eng_cache_base cb;
 	bool have_plan, have_cb;
 	double fill_s, pinned_s; /* since t0: the cache's pin was last renewed */
-	char lease_id[64];       /* the coordinator's lease on the plan's chunks, at every edge ("": none) */
+	char lease_id[64];       /* the coordinator's lease on what the cache lacks, at every edge ("": none) */
+	uint8_t *leased;         /* those chunks' digests (n_leased), fixed when first leased */
+	uint64_t n_leased;
 	const char *lease;       /* for the summary: "none", "taken", "failed" (then released or not) */
 	bool coord_down;         /* a coordinator call failed: one line said so, none is tried again */
+	const char *vm_registration; /* --vm-name: "not registered", "registered", "failed" */
 	struct edg_sources fetch_src; /* --fetch-from and the coordinator's holders */
 	struct edg_multi_report fetch;
 	bool fetched;
@@ -360,36 +363,77 @@ static int open_source(struct dst *d, char *err, size_t errlen)
 }
 
 /*
- * With a coordinator, the handoff in flight leases every chunk of the
- * source's plan, so that no edge collects one this handoff may still fetch
- * (the holders) or read (this cache). A lease the coordinator cannot take is
- * one line, not a failure: the local pin still holds this cache's copies.
- * Released at the end (release true), whatever the outcome.
+ * With a coordinator, the handoff in flight leases the chunks this cache
+ * lacks of the source's plan, so that no edge collects one this handoff may
+ * still fetch; what this cache holds, its own pin keeps (a lease on the whole
+ * plan cost a coordinator write per chunk on the critical path). A lease the
+ * coordinator cannot take is one line, not a failure: the source sends what
+ * no edge delivers. Released at the end (release true), whatever the outcome.
  */
 static void coord_lease(struct dst *d, bool release)
 {
 	char err[256];
 	int r = 0;
 
-	if (!d->a->coord || !d->have_plan || (release && !d->lease_id[0]))
+	if (!d->a->coord || !d->have_cb || (release && !d->lease_id[0]))
 		return; /* no coordinator, or no lease ever asked for */
 	/* a lease that failed may still hold its first batches, and a reply lost may hide a lease
 	 * taken: the release is always tried (a dead coordinator fails it at once) */
 	if (d->coord_down && !release)
 		return;
-	if (!d->lease_id[0])
+	if (!d->lease_id[0]) {
 		snprintf(d->lease_id, sizeof(d->lease_id), "receive-%d-%lld", (int)getpid(), (long long)time(NULL));
-	for (unsigned o = 0; !r && o < d->plan.nobj; o++)
-		r = release ? edg_coord_release(d->a->coord, d->lease_id, d->plan.obj[o].digests, d->plan.obj[o].chunks,
-						err, sizeof(err))
-			    : edg_coord_lease(d->a->coord, d->lease_id, d->plan.obj[o].digests, d->plan.obj[o].chunks,
-					      ENG_CACHE_PIN_S, err, sizeof(err));
+		if (eng_cache_base_lacking(&d->cb, &d->leased, &d->n_leased)) {
+			snprintf(err, sizeof(err), "out of memory");
+			r = -ENOMEM;
+		}
+	}
+	if (!r)
+		r = release ? edg_coord_release(d->a->coord, d->lease_id, d->leased, d->n_leased, err, sizeof(err))
+			    : edg_coord_lease(d->a->coord, d->lease_id, d->leased, d->n_leased, ENG_CACHE_PIN_S, err,
+					      sizeof(err));
 	if (r)
-		coord_failed(d, release ? "releasing the lease on the plan's chunks" : "leasing the plan's chunks", err);
+		coord_failed(d, release ? "releasing the lease on what the cache lacks" : "leasing what the cache lacks",
+			     err);
 	if (!release && strcmp(d->lease, "taken")) /* a renewal that fails keeps what was taken */
 		d->lease = r ? "failed" : "taken";
 	else if (release)
 		d->lease = r ? "not released" : "released";
+}
+
+/*
+ * The VM runs here now: with --vm-name its registration at the coordinator
+ * (vm:NAME, this edge) contains the chunks of the base it came against, so
+ * they count as referenced by a running VM (keep policy, collection) until
+ * it leaves (send --vm-name, cache vm-left). A failure is one line: the VM
+ * runs all the same.
+ */
+static void coord_register_vm(struct dst *d)
+{
+	char err[256] = "coordinator unreachable earlier";
+	uint64_t n = 0;
+	int r = -EIO;
+
+	if (!d->a->coord || !d->a->vm_name || !d->have_plan)
+		return;
+	for (unsigned o = 0; o < d->plan.nobj; o++)
+		n += d->plan.obj[o].chunks;
+	uint8_t *all = malloc(n ? n * CDC_DIGEST_LEN : 1);
+	if (!all) {
+		snprintf(err, sizeof(err), "out of memory");
+	} else if (!d->coord_down) {
+		uint64_t at = 0;
+		for (unsigned o = 0; o < d->plan.nobj; o++) {
+			memcpy(all + at * CDC_DIGEST_LEN, d->plan.obj[o].digests, d->plan.obj[o].chunks * CDC_DIGEST_LEN);
+			at += d->plan.obj[o].chunks;
+		}
+		r = edg_coord_register_vm(d->a->coord, d->a->vm_name, all, n, err, sizeof(err));
+	}
+	free(all);
+	d->vm_registration = r ? "failed" : "registered";
+	if (r)
+		fprintf(stderr, "receive: warning: the coordinator does not count VM %s as running here (%s); the VM "
+				"runs all the same\n", d->a->vm_name, err);
 }
 
 /* A handoff that outlives its pin (link cuts) keeps its chunks all the same. */
@@ -837,6 +881,8 @@ static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st
 		json_object_object_add(c, "dropped_chunks", json_object_new_int64((int64_t)d->cb.dropped_chunks));
 		json_object_object_add(c, "fill_s", json_object_new_double(d->fill_s));
 		json_object_object_add(c, "coordinator_lease", json_object_new_string(d->lease));
+		if (d->a->vm_name)
+			json_object_object_add(c, "coordinator_vm", json_object_new_string(d->vm_registration));
 		if (d->fetched) { /* what other edges supplied (fill_s includes it) */
 			json_object *f = json_object_new_object();
 			json_object_object_add(f, "lacking_chunks", json_object_new_int64((int64_t)d->fetch.missing));
@@ -891,6 +937,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 	pthread_mutex_init(&d->conn_lock, NULL);
 	d->disk_fd = d->in_fd = d->mig_fd = d->guard.fd = -1;
 	d->lease = "none";
+	d->vm_registration = "not registered";
 	clock_gettime(CLOCK_MONOTONIC, &d->t0);
 	if (a->cache_dir) {
 		if ((ret = open_cache(d, err, errlen)))
@@ -1026,8 +1073,10 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		if (d->state == ENG_RESUME_RESUMED)
 			break; /* the source heard, or could not be told in time */
 	}
-	if (!ret)
+	if (!ret) {
+		coord_register_vm(d); /* first: the next edge's send may end it soon */
 		answer_late_ask(d);
+	}
 out:
 	if (ret && have_ctl)
 		eng_control_send(&ctl, ENG_MSG_FAILED, err);
@@ -1069,6 +1118,7 @@ out:
 		eng_cache_base_close(&d->cb);
 	if (d->have_plan)
 		eng_base_plan_free(&d->plan);
+	free(d->leased);
 	edg_store_close(d->cache);
 	free(d);
 	return ret;

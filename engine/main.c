@@ -59,7 +59,7 @@ static const struct cli_cmd *const commands[] = {
 	&cli_cmd_track,	    &cli_cmd_probe,	 &cli_cmd_keygen,      &cli_cmd_cache_add,
 	&cli_cmd_cache_stat, &cli_cmd_cache_remove, &cli_cmd_cache_verify, &cli_cmd_cache_gc,
 	&cli_cmd_cache_fetch, &cli_cmd_cache_export, &cli_cmd_cache_add_base, &cli_cmd_cache_fetch_base,
-	&cli_cmd_serve, &cli_cmd_guard,
+	&cli_cmd_cache_vm_left, &cli_cmd_serve, &cli_cmd_guard,
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -5,13 +5,15 @@
  * grace period passed, only the asking edge stops being its holder, the ACL
  * keeps a client to its own keys and commands, the keep policy ranks by
  * popularity, scarcity and recency, an extra copy may go where the chunk
- * lives on, a restart keeps it all, and three edges at once doing random
+ * lives on, a running VM's registration ends by its name, a restart keeps it
+ * all, and three edges at once doing random
  * steps never see a registered or leased chunk granted for deletion.
  */
 #include "edge/coord.h"
 #include "edge/store.h"
 #include "testlib.h"
 
+#include <errno.h>
 #include <hiredis/hiredis.h>
 #include <math.h>
 #include <sys/stat.h>
@@ -277,6 +279,46 @@ static void test_acl_limits(void **state)
 	redisFree(r);
 }
 
+/*
+ * A running VM's registration: its chunks count it; registering it again with
+ * another list moves the count; ending it needs only the name, and ending it
+ * again finds nothing.
+ */
+static void test_running_vm(void **state)
+{
+	(void)state;
+	struct edg_coord *a = edge("edge-vm");
+	uint8_t *d = digests(40, 6);
+	uint32_t refs[40], holders[40];
+	uint64_t n = 99;
+	char err[256];
+
+	assert_int_equal(edg_coord_register_vm(a, "web-1", d, 30, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_holders(a, d, 40, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < 40; i++)
+		assert_int_equal(refs[i], i < 30 ? 1 : 0);
+	/* it came back against another base: chunks 10..39 */
+	assert_int_equal(edg_coord_register_vm(a, "web-1", d + 10 * EDG_DIGEST_LEN, 30, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_holders(a, d, 40, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < 40; i++)
+		assert_int_equal(refs[i], i < 10 ? 0 : 1);
+	/* another edge's VM of the same name is another registration */
+	struct edg_coord *b = edge("edge-vm2");
+	assert_int_equal(edg_coord_unregister_vm(b, "web-1", &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(edg_coord_unregister_vm(a, "web-1", &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 30);
+	assert_int_equal(edg_coord_holders(a, d, 40, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < 40; i++)
+		assert_int_equal(refs[i], 0);
+	assert_int_equal(edg_coord_unregister_vm(a, "web-1", &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(edg_coord_register_vm(a, "", d, 1, err, sizeof(err)), -EINVAL);
+	free(d);
+	edg_coord_close(b);
+	edg_coord_close(a);
+}
+
 /* Last, as it restarts the server: what was registered survives a shutdown and a crash (AOF). */
 static void test_restart_keeps_state(void **state)
 {
@@ -308,6 +350,10 @@ static void test_restart_keeps_state(void **state)
 	edg_coord_close(a);
 	usleep(2500 * 1000);
 	assert_int_equal(run("kill -9 $(cat %s/redis.pid)", arg), 0);
+	/* until it is gone (or a zombie): a dying server may still take a connection */
+	assert_int_equal(run("p=$(cat %s/redis.pid); for i in $(seq 100); do "
+			     "s=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null) || exit 0; "
+			     "[ \"${s%%%% *}\" = Z ] && exit 0; sleep 0.05; done; exit 1", arg), 0);
 	assert_null(edg_coord_connect(url, pwfile, "edge-a", 1, err, sizeof(err)));
 	assert_int_equal(coordinator_up(), 0);
 	a = edge("edge-a");
@@ -442,6 +488,7 @@ int main(void)
 		cmocka_unit_test(test_leases_and_two_edges),
 		cmocka_unit_test(test_keep_policy_and_copies),
 		cmocka_unit_test(test_random_interleavings),
+		cmocka_unit_test(test_running_vm),
 		cmocka_unit_test(test_acl_limits),
 		cmocka_unit_test(test_restart_keeps_state),
 	};
