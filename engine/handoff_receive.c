@@ -1067,6 +1067,11 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		} else if (d->state == ENG_RESUME_RESUMED) {
 			fprintf(stderr, "receive: warning: %s\n", err); /* the VM runs here all the same */
 			ret = 0;
+		} else if (cut && a->retry_for_s > 0 && !d->have_id) {
+			size_t n = strnlen(err, errlen);
+			if (n + 1 < errlen) /* --retry-for cannot help: say why */
+				snprintf(err + n, errlen - n, " (before the source named the handoff: nothing to resume; "
+							      "the source VM still runs there)");
 		}
 		if (ret)
 			goto out;
