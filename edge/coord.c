@@ -379,14 +379,22 @@ int edg_coord_unregister(struct edg_coord *c, const char *name, const uint8_t *d
 
 /* ---- running VMs ---------------------------------------------------------------- */
 
+bool edg_coord_vm_name_ok(const char *name, char *err, size_t errlen)
+{
+	if (!name[0] || strlen(name) > EDG_NAME_MAX - 3) { /* registered as "vm:NAME" */
+		eng_set_err(err, errlen, "VM name '%s': 1 to %d bytes", name, EDG_NAME_MAX - 3);
+		return false;
+	}
+	return true;
+}
+
 /* Image name "vm:NAME" and key ho:vm:EDGE:NAME of running VM name on this edge. */
 static int vm_names(const struct edg_coord *c, const char *name, char *image, char *key, size_t keylen, char *err,
 		    size_t errlen)
 {
-	if (snprintf(image, EDG_NAME_MAX + 1, "vm:%s", name) > EDG_NAME_MAX || !name[0]) {
-		eng_set_err(err, errlen, "VM name '%s': 1 to %d bytes", name, EDG_NAME_MAX - 3);
+	if (!edg_coord_vm_name_ok(name, err, errlen))
 		return -EINVAL;
-	}
+	snprintf(image, EDG_NAME_MAX + 1, "vm:%s", name);
 	snprintf(key, keylen, "ho:vm:%s:%s", c->edge, name);
 	return 0;
 }
@@ -496,14 +504,6 @@ out:
 	free(old);
 	free(digests);
 	return r;
-}
-
-bool edg_coord_vm_name_ok(const char *name, char *err, size_t errlen)
-{
-	char image[EDG_NAME_MAX + 1], key[EDG_NAME_MAX + 80];
-	struct edg_coord c = { .edge = "x" };
-
-	return vm_names(&c, name, image, key, sizeof(key), err, errlen) == 0;
 }
 
 int edg_coord_unregister_vm(struct edg_coord *c, const char *name, uint64_t *n, char *err, size_t errlen)
@@ -677,15 +677,9 @@ int edg_coord_advertise(struct edg_coord *c, const char *loc, char *err, size_t 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	snprintf(at, sizeof(at), "%llu", (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000);
 	edge_key(c->edge, key, sizeof(key));
-	const char *argv[] = { "HSET", key, "addr", loc ? loc : "", "at", at };
-	redisReply *rep = loc ? redisCommandArgv(c->r, 6, argv, NULL) : redisCommand(c->r, "HDEL %s addr at", key);
-	int r = 0;
-	if (!rep || rep->type == REDIS_REPLY_ERROR) {
-		eng_set_err(err, errlen, "coordinator %s: advertise: %s", c->where, rep ? rep->str : c->r->errstr);
-		r = rep ? -EPROTO : -EIO;
-	}
-	freeReplyObject(rep);
-	return r;
+	const char *set[] = { "HSET", key, "addr", loc ? loc : "", "at", at }, *del[] = { "HDEL", key, "addr", "at" };
+
+	return loc ? simple(c, 6, set, NULL, "advertise", err, errlen) : simple(c, 4, del, NULL, "advertise", err, errlen);
 }
 
 int edg_coord_edge_addr(struct edg_coord *c, const char *edge, char *loc, size_t len, char *err, size_t errlen)

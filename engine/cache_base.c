@@ -90,16 +90,9 @@ int eng_cache_base_open(struct eng_cache_base *cb, struct edg_store *store, cons
 			    p->chunk_size, edg_store_chunk_size(store));
 		return -EPROTO;
 	}
-	for (unsigned o = 0; o < p->nobj; o++)
-		total += p->obj[o].chunks;
-	if (!(all = malloc(total ? total * CDC_DIGEST_LEN : 1)) || !(zeros = calloc(1, p->chunk_size)) ||
+	if (!(all = eng_base_plan_digests(p, &total)) || !(zeros = calloc(1, p->chunk_size)) ||
 	    !(missing = malloc(total ? total * sizeof(bool) : 1)))
 		goto nomem;
-	uint8_t *q = all;
-	for (unsigned o = 0; o < p->nobj; o++) {
-		memcpy(q, p->obj[o].digests, p->obj[o].chunks * CDC_DIGEST_LEN);
-		q += p->obj[o].chunks * CDC_DIGEST_LEN;
-	}
 	snprintf(cb->pin_id, sizeof(cb->pin_id), "receive-%ld-%lld", (long)getpid(), (long long)time(NULL));
 	cb->pinned = true; /* pinned before it is looked at: gc cannot take what the map will promise */
 	if ((ret = eng_cache_base_renew(cb, pin_s, err, errlen))) {

@@ -416,19 +416,11 @@ static void coord_register_vm(struct dst *d)
 
 	if (!d->a->coord || !d->a->vm_name || !d->have_plan)
 		return;
-	for (unsigned o = 0; o < d->plan.nobj; o++)
-		n += d->plan.obj[o].chunks;
-	uint8_t *all = malloc(n ? n * CDC_DIGEST_LEN : 1);
-	if (!all) {
+	uint8_t *all = eng_base_plan_digests(&d->plan, &n);
+	if (!all)
 		snprintf(err, sizeof(err), "out of memory");
-	} else if (!d->coord_down) {
-		uint64_t at = 0;
-		for (unsigned o = 0; o < d->plan.nobj; o++) {
-			memcpy(all + at * CDC_DIGEST_LEN, d->plan.obj[o].digests, d->plan.obj[o].chunks * CDC_DIGEST_LEN);
-			at += d->plan.obj[o].chunks;
-		}
+	else if (!d->coord_down)
 		r = edg_coord_register_vm(d->a->coord, d->a->vm_name, all, n, err, sizeof(err));
-	}
 	free(all);
 	d->vm_registration = r ? "failed" : "registered";
 	if (r)

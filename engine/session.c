@@ -374,6 +374,21 @@ void eng_base_plan_free(struct eng_base_plan *p)
 	}
 }
 
+uint8_t *eng_base_plan_digests(const struct eng_base_plan *p, uint64_t *n)
+{
+	uint64_t total = 0;
+
+	for (unsigned o = 0; o < p->nobj; o++)
+		total += p->obj[o].chunks;
+	uint8_t *all = malloc(total ? total * CDC_DIGEST_LEN : 1), *q = all;
+	for (unsigned o = 0; all && o < p->nobj; o++) {
+		memcpy(q, p->obj[o].digests, p->obj[o].chunks * CDC_DIGEST_LEN);
+		q += p->obj[o].chunks * CDC_DIGEST_LEN;
+	}
+	*n = total;
+	return all;
+}
+
 int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
 		       double timeout_s, struct eng_base_plan *p, char *err, size_t errlen)
 {

@@ -115,6 +115,8 @@ int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
 		       double timeout_s, struct eng_base_plan *p, char *err, size_t errlen);
 void eng_base_plan_free(struct eng_base_plan *p);
+/* Every object's chunk digests in one list (malloc'd), object after object; NULL: out of memory. */
+uint8_t *eng_base_plan_digests(const struct eng_base_plan *p, uint64_t *n);
 /* have[o]: the chunk bitmap of object o, (chunks + 7) / 8 bytes. */
 int eng_base_have_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN], const uint8_t *key,
 		       const struct eng_base_plan *p, uint8_t *const *have, char *err, size_t errlen);
