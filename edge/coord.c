@@ -1,6 +1,11 @@
 /*
  * Cache coordinator client on hiredis (see coord.h). Commands go out in
- * pipelined batches: one round trip per BATCH chunks, not per chunk.
+ * pipelined batches: one round trip per BATCH chunks, not per chunk. The
+ * coordinator is one Redis server or a Redis Cluster: every command names one
+ * key, so in a cluster each goes to the node that serves the key's slot (the
+ * map from CLUSTER SLOTS; hiredis 0.14 has no cluster support of its own),
+ * a batch is pipelined to every node at once, and a MOVED or ASK reply (the
+ * cluster resharding) is followed and the map reloaded.
  */
 #include "coord.h"
 #include "engine/errbuf.h"
@@ -13,15 +18,33 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define BATCH 1024
 #define KEY_LEN (5 + 2 * EDG_DIGEST_LEN) /* "ho:c:" + hex */
 #define FIELD_MAX (2 + 64 + 1 + EDG_NAME_MAX) /* "i:" EDGE ":" IMAGE */
+#define SLOTS 16384
+#define NODES_MAX 64
+#define REDIRECTS_MAX 16 /* per command: a resharding moves a slot once or twice */
+
+struct node {
+	redisContext *r; /* NULL until used, and again after its connection failed */
+	char host[256];
+	int port;
+	char where[300];  /* host:port, for messages */
+	uint32_t pending; /* replies pipelined and not yet read */
+};
 
 struct edg_coord {
-	redisContext *r;
+	struct node node[NODES_MAX];
+	unsigned nnodes;
+	bool cluster;
+	uint8_t slot_node[SLOTS]; /* cluster: the node that serves each slot */
+	uint64_t redirects;
+	char user[65], pw[512]; /* to log in to the nodes a cluster names */
+	struct timeval tv;
 	char edge[65];
-	char where[300]; /* host:port, for messages */
+	char where[300]; /* the URL's host:port, for messages */
 };
 
 /* One command per chunk: up to 7 arguments, built into the slot's own buffers. */
@@ -47,48 +70,314 @@ static void set_arg(struct cmd *m, int i, const char *s)
 	m->len[i] = strlen(s);
 }
 
+/* ---- nodes and slots ------------------------------------------------------------ */
+
+static int node_open(struct edg_coord *c, struct node *n, char *err, size_t errlen)
+{
+	n->pending = 0;
+	n->r = redisConnectWithTimeout(n->host, n->port, c->tv);
+	if (!n->r || n->r->err) {
+		eng_set_err(err, errlen, "coordinator %s unreachable: %s", n->where, n->r ? n->r->errstr : "out of memory");
+		goto fail;
+	}
+	redisSetTimeout(n->r, c->tv);
+	const char *auth[] = { "AUTH", c->user, c->pw };
+	redisReply *rep = redisCommandArgv(n->r, 3, auth, NULL);
+	if (!rep || rep->type == REDIS_REPLY_ERROR) {
+		eng_set_err(err, errlen, "coordinator %s refused %s: %s", n->where, c->user,
+			    rep ? rep->str : n->r->errstr);
+		freeReplyObject(rep);
+		goto fail;
+	}
+	freeReplyObject(rep);
+	return 0;
+fail:
+	if (n->r)
+		redisFree(n->r);
+	n->r = NULL;
+	return -EIO;
+}
+
+/* A connection that failed is dropped: the next command to the node opens a new one. */
+static void node_drop(struct node *n)
+{
+	if (n->r)
+		redisFree(n->r);
+	n->r = NULL;
+	n->pending = 0;
+}
+
+/* The node at host:port (an empty host: the URL's), added on first sight; -1 when there are too many. */
+static int node_at(struct edg_coord *c, const char *host, int port)
+{
+	if (!host[0])
+		host = c->node[0].host;
+	for (unsigned i = 0; i < c->nnodes; i++)
+		if (c->node[i].port == port && !strcmp(c->node[i].host, host))
+			return (int)i;
+	if (c->nnodes == NODES_MAX || strlen(host) >= sizeof(c->node[0].host))
+		return -1;
+	struct node *n = &c->node[c->nnodes];
+	memset(n, 0, sizeof(*n));
+	snprintf(n->host, sizeof(n->host), "%s", host);
+	n->port = port;
+	snprintf(n->where, sizeof(n->where), "%s:%d", host, port);
+	return (int)c->nnodes++;
+}
+
+/* Redis Cluster's key slot: CRC16 (XMODEM) of the key, or of its {hash tag}. */
+static unsigned key_slot(const char *key, size_t len)
+{
+	const char *open = memchr(key, '{', len), *close;
+	uint16_t crc = 0;
+
+	if (open && (close = memchr(open + 1, '}', len - (size_t)(open + 1 - key))) && close > open + 1) {
+		len = (size_t)(close - open - 1);
+		key = open + 1;
+	}
+	for (size_t i = 0; i < len; i++) {
+		crc ^= (uint16_t)((uint8_t)key[i] << 8);
+		for (int k = 0; k < 8; k++)
+			crc = crc & 0x8000 ? (uint16_t)(crc << 1 ^ 0x1021) : (uint16_t)(crc << 1);
+	}
+	return crc & (SLOTS - 1);
+}
+
+static struct node *node_for(struct edg_coord *c, const char *key, size_t len)
+{
+	return &c->node[c->cluster ? c->slot_node[key_slot(key, len)] : 0];
+}
+
+/*
+ * Learn who serves which slot (CLUSTER SLOTS), from the first node that
+ * answers. A server without cluster support is the whole coordinator.
+ */
+static int slots_load(struct edg_coord *c, char *err, size_t errlen)
+{
+	redisReply *rep = NULL;
+	struct node *asked = NULL;
+
+	for (unsigned i = 0; i < c->nnodes && !rep; i++) {
+		asked = &c->node[i];
+		if ((asked->r || !node_open(c, asked, err, errlen)) &&
+		    !(rep = redisCommand(asked->r, "CLUSTER SLOTS")))
+			node_drop(asked);
+	}
+	if (!rep)
+		return -EIO; /* err says why */
+	int r = 0;
+	if (rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "cluster support disabled")) {
+		c->cluster = false;
+	} else if (rep->type != REDIS_REPLY_ARRAY) {
+		eng_set_err(err, errlen, "coordinator %s: CLUSTER SLOTS: %s", asked->where,
+			    rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+		r = -EPROTO;
+	} else {
+		uint8_t seen[SLOTS] = { 0 };
+		for (size_t i = 0; i < rep->elements && !r; i++) {
+			const redisReply *e = rep->element[i], *m;
+			int at;
+			if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element[0]->type != REDIS_REPLY_INTEGER ||
+			    e->element[1]->type != REDIS_REPLY_INTEGER || (m = e->element[2])->type != REDIS_REPLY_ARRAY ||
+			    m->elements < 2 || m->element[0]->type != REDIS_REPLY_STRING ||
+			    m->element[1]->type != REDIS_REPLY_INTEGER || e->element[0]->integer < 0 ||
+			    e->element[1]->integer >= SLOTS || e->element[0]->integer > e->element[1]->integer) {
+				eng_set_err(err, errlen, "coordinator %s: CLUSTER SLOTS: unexpected reply", asked->where);
+				r = -EPROTO;
+			} else if ((at = node_at(c, m->element[0]->str, (int)m->element[1]->integer)) < 0) {
+				eng_set_err(err, errlen, "coordinator %s: more than %d cluster nodes", asked->where,
+					    NODES_MAX);
+				r = -E2BIG;
+			} else {
+				for (long long s = e->element[0]->integer; s <= e->element[1]->integer; s++) {
+					c->slot_node[s] = (uint8_t)at;
+					seen[s] = 1;
+				}
+			}
+		}
+		for (unsigned s = 0; s < SLOTS && !r; s++)
+			if (!seen[s]) {
+				eng_set_err(err, errlen, "coordinator %s: cluster slot %u is served by no node",
+					    asked->where, s);
+				r = -EPROTO;
+			}
+		c->cluster = !r;
+	}
+	freeReplyObject(rep);
+	return r;
+}
+
+/* "MOVED 3999 host:port" / "ASK 3999 host:port": the node named; -1 if the reply is neither. */
+static int redirect_target(struct edg_coord *c, const redisReply *rep, bool *ask)
+{
+	const char *s = rep->str, *colon;
+	unsigned slot;
+	int off = 0;
+
+	if (rep->type != REDIS_REPLY_ERROR || !c->cluster)
+		return -1;
+	*ask = !strncmp(s, "ASK ", 4);
+	if ((!*ask && strncmp(s, "MOVED ", 6)) || sscanf(s + (*ask ? 4 : 6), "%u %n", &slot, &off) != 1 ||
+	    slot >= SLOTS || !(colon = strrchr(s, ':')) || colon < s + (*ask ? 4 : 6) + off)
+		return -1;
+	char host[256];
+	size_t hl = (size_t)(colon - (s + (*ask ? 4 : 6) + off));
+	if (hl >= sizeof(host))
+		return -1;
+	memcpy(host, s + (*ask ? 4 : 6) + off, hl);
+	host[hl] = 0;
+	int at = node_at(c, host, atoi(colon + 1));
+	if (at >= 0 && !*ask)
+		c->slot_node[slot] = (uint8_t)at;
+	return at;
+}
+
+static bool busy_reply(const redisReply *rep)
+{
+	return rep->type == REDIS_REPLY_ERROR &&
+	       (!strncmp(rep->str, "TRYAGAIN", 8) || !strncmp(rep->str, "CLUSTERDOWN", 11));
+}
+
+/*
+ * One command on the node that serves key, following the cluster's
+ * redirections (a MOVED also reloads the slot map: a resharding moves many).
+ * NULL on a lost connection, with the message in err.
+ */
+static redisReply *routed(struct edg_coord *c, const char *key, size_t keylen, int argc, const char **argv,
+			  const size_t *len, char *err, size_t errlen)
+{
+	struct node *n = node_for(c, key, keylen);
+	bool ask = false;
+
+	for (int hop = 0;; hop++) {
+		redisReply *rep = NULL, *asking = NULL;
+		if (!n->r && node_open(c, n, err, errlen))
+			return NULL;
+		if (ask && (redisAppendCommand(n->r, "ASKING") != REDIS_OK ||
+			    redisGetReply(n->r, (void **)&asking) != REDIS_OK))
+			goto lost;
+		freeReplyObject(asking);
+		if (!(rep = redisCommandArgv(n->r, argc, argv, len)))
+			goto lost;
+		if (hop == REDIRECTS_MAX)
+			return rep; /* the caller reports the error reply */
+		int at = redirect_target(c, rep, &ask);
+		if (at < 0 && !busy_reply(rep))
+			return rep;
+		freeReplyObject(rep);
+		c->redirects++;
+		if (at < 0) { /* a slot in migration, or the cluster electing: a moment */
+			usleep(100 * 1000);
+			ask = false;
+			n = node_for(c, key, keylen);
+			continue;
+		}
+		if (!ask) {
+			char e[256];
+			if (slots_load(c, e, sizeof(e)) == -EPROTO) /* otherwise the MOVED alone is the map */
+				fprintf(stderr, "coordinator: warning: %s\n", e);
+		}
+		n = ask ? &c->node[at] : node_for(c, key, keylen);
+		continue;
+lost:
+		eng_set_err(err, errlen, "coordinator %s unreachable: %s", n->where,
+			    n->r->errstr[0] ? n->r->errstr : "connection lost");
+		node_drop(n);
+		return NULL;
+	}
+}
+
+/* Read and drop every reply still pipelined, after a lost connection: the others stay usable. */
+static void drain(struct edg_coord *c)
+{
+	for (unsigned i = 0; i < c->nnodes; i++) {
+		struct node *n = &c->node[i];
+		while (n->r && n->pending) {
+			redisReply *rep = NULL;
+			if (redisGetReply(n->r, (void **)&rep) != REDIS_OK || !rep) {
+				node_drop(n);
+				break;
+			}
+			freeReplyObject(rep);
+			n->pending--;
+		}
+	}
+}
+
 static int run_batches(struct edg_coord *c, const uint8_t *digests, uint64_t n, int argc, build_fn build,
 		       const void *ctx, reply_fn on_reply, void *out, const char *what, char *err, size_t errlen)
 {
 	struct cmd *m = malloc(BATCH * sizeof(*m));
+	struct node **to = malloc(BATCH * sizeof(*to));
+	redisReply **rep = calloc(BATCH, sizeof(*rep));
+	int r = 0;
 
-	if (!m) {
+	if (!m || !to || !rep) {
 		eng_set_err(err, errlen, "out of memory");
-		return -ENOMEM;
+		r = -ENOMEM;
+		goto out;
 	}
-	for (uint64_t at = 0; at < n; at += BATCH) {
+	for (uint64_t at = 0; at < n && !r; at += BATCH) {
 		uint64_t k = n - at < BATCH ? n - at : BATCH;
+		bool moved = false;
 		for (uint64_t i = 0; i < k; i++) {
 			build(c, digests + (at + i) * EDG_DIGEST_LEN, ctx, &m[i]);
-			if (redisAppendCommandArgv(c->r, argc, m[i].argv, m[i].len) != REDIS_OK)
-				goto io;
+			to[i] = node_for(c, m[i].key, strlen(m[i].key));
+			if (!to[i]->r && node_open(c, to[i], err, errlen)) {
+				r = -EIO;
+				break;
+			}
+			if (redisAppendCommandArgv(to[i]->r, argc, m[i].argv, m[i].len) != REDIS_OK) {
+				eng_set_err(err, errlen, "out of memory");
+				r = -ENOMEM;
+				break;
+			}
+			to[i]->pending++;
 		}
-		for (uint64_t i = 0; i < k; i++) {
-			redisReply *rep = NULL;
-			if (redisGetReply(c->r, (void **)&rep) != REDIS_OK || !rep)
-				goto io;
-			int bad = rep->type == REDIS_REPLY_ERROR;
-			if (bad)
-				eng_set_err(err, errlen, "coordinator %s: %s: %s", c->where, what, rep->str);
-			else if (on_reply && on_reply(at + i, rep, out, err, errlen))
-				bad = 1;
-			freeReplyObject(rep);
-			if (bad) {
-				/* the rest of the batch's replies are read so the connection stays usable */
-				while (++i < k && redisGetReply(c->r, (void **)&rep) == REDIS_OK && rep)
-					freeReplyObject(rep);
-				free(m);
-				return -EPROTO;
+		/* every node's replies come in the order its commands went */
+		for (uint64_t i = 0; i < k && !r; i++) {
+			bool ask;
+			if (redisGetReply(to[i]->r, (void **)&rep[i]) != REDIS_OK || !rep[i]) {
+				eng_set_err(err, errlen, "coordinator %s unreachable: %s", to[i]->where,
+					    to[i]->r->errstr[0] ? to[i]->r->errstr : "connection lost");
+				node_drop(to[i]);
+				r = -EIO;
+				break;
+			}
+			to[i]->pending--;
+			if (redirect_target(c, rep[i], &ask) >= 0 || busy_reply(rep[i])) {
+				moved |= !ask && !busy_reply(rep[i]);
+				c->redirects++;
+				freeReplyObject(rep[i]); /* sent again once the pipelines are read */
+				rep[i] = NULL;
 			}
 		}
+		/* a resharding moves many slots: learn them all at once */
+		if (moved && !r && slots_load(c, err, errlen) == -EPROTO)
+			fprintf(stderr, "coordinator: warning: %s\n", err);
+		/* what the cluster redirected (a resharding), one at a time where it now belongs */
+		for (uint64_t i = 0; i < k && !r; i++)
+			if (!rep[i] && !(rep[i] = routed(c, m[i].key, strlen(m[i].key), argc, m[i].argv, m[i].len, err,
+							 errlen)))
+				r = -EIO;
+		for (uint64_t i = 0; i < k; i++) {
+			if (!r && rep[i]->type == REDIS_REPLY_ERROR) {
+				eng_set_err(err, errlen, "coordinator %s: %s: %s", to[i]->where, what, rep[i]->str);
+				r = -EPROTO;
+			} else if (!r && on_reply && on_reply(at + i, rep[i], out, err, errlen)) {
+				r = -EPROTO;
+			}
+			freeReplyObject(rep[i]);
+			rep[i] = NULL;
+		}
 	}
+	if (r)
+		drain(c);
+out:
+	free(rep);
+	free(to);
 	free(m);
-	return 0;
-io:
-	eng_set_err(err, errlen, "coordinator %s unreachable: %s", c->where,
-		    c->r->errstr[0] ? c->r->errstr : "connection lost");
-	free(m);
-	return -EIO;
+	return r;
 }
 
 /* ---- connect ------------------------------------------------------------------ */
@@ -133,80 +422,77 @@ static int read_password(const char *path, char *pw, size_t len, char *err, size
 	return 0;
 }
 
+/* Every node must have the handoff functions: FUNCTION LOAD is per node, even in a cluster. */
+static int functions_loaded(struct edg_coord *c, char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < c->nnodes; i++) {
+		struct node *n = &c->node[i];
+		if (!n->r && node_open(c, n, err, errlen))
+			return -EIO;
+		redisReply *rep = redisCommand(n->r, "FCALL ho_version 0");
+		if (!rep || rep->type != REDIS_REPLY_INTEGER || rep->integer != 1) {
+			eng_set_err(err, errlen,
+				    "coordinator %s has no handoff functions (scripts/coordinator loads them)%s%s",
+				    n->where, rep && rep->type == REDIS_REPLY_ERROR ? ": " : "",
+				    rep && rep->type == REDIS_REPLY_ERROR ? rep->str : !rep ? ": connection lost" : "");
+			freeReplyObject(rep);
+			return -EPROTO;
+		}
+		freeReplyObject(rep);
+	}
+	return 0;
+}
+
 struct edg_coord *edg_coord_connect(const char *url, const char *password_file, const char *edge,
 				    double timeout_s, char *err, size_t errlen)
 {
-	char user[65] = "handoff", host[256], pw[512];
+	char host[256];
 	const char *p = url, *at, *colon;
 	struct edg_coord *c;
-	redisReply *rep;
 	char *end;
 
+	if (!(c = calloc(1, sizeof(*c)))) {
+		eng_set_err(err, errlen, "out of memory");
+		return NULL;
+	}
+	snprintf(c->user, sizeof(c->user), "handoff");
 	if (strncmp(p, "redis://", 8)) {
 		eng_set_err(err, errlen, "coordinator '%s': want redis://[USER@]HOST:PORT", url);
-		return NULL;
+		goto fail;
 	}
 	p += 8;
 	if ((at = strchr(p, '@'))) {
-		if ((size_t)(at - p) >= sizeof(user) || at == p) {
+		if ((size_t)(at - p) >= sizeof(c->user) || at == p) {
 			eng_set_err(err, errlen, "coordinator '%s': bad user", url);
-			return NULL;
+			goto fail;
 		}
-		memcpy(user, p, (size_t)(at - p));
-		user[at - p] = 0;
+		memcpy(c->user, p, (size_t)(at - p));
+		c->user[at - p] = 0;
 		p = at + 1;
 	}
 	colon = strrchr(p, ':');
 	long port = colon ? strtol(colon + 1, &end, 10) : 0;
 	if (!colon || colon == p || (size_t)(colon - p) >= sizeof(host) || *end || port < 1 || port > 65535) {
 		eng_set_err(err, errlen, "coordinator '%s': want redis://[USER@]HOST:PORT", url);
-		return NULL;
+		goto fail;
 	}
 	memcpy(host, p, (size_t)(colon - p));
 	host[colon - p] = 0;
 	if (!edge_name_ok(edge)) {
 		eng_set_err(err, errlen, "edge name '%s': 1-64 of letters, digits, '.', '_', '-'", edge);
-		return NULL;
+		goto fail;
 	}
-	if (read_password(password_file, pw, sizeof(pw), err, errlen))
-		return NULL;
-	if (!(c = calloc(1, sizeof(*c)))) {
-		eng_set_err(err, errlen, "out of memory");
-		return NULL;
-	}
+	if (read_password(password_file, c->pw, sizeof(c->pw), err, errlen))
+		goto fail;
 	snprintf(c->edge, sizeof(c->edge), "%s", edge);
 	snprintf(c->where, sizeof(c->where), "%s:%ld", host, port);
-	struct timeval tv = { .tv_sec = (time_t)timeout_s,
-			      .tv_usec = (suseconds_t)((timeout_s - (double)(time_t)timeout_s) * 1e6) };
-	c->r = redisConnectWithTimeout(host, (int)port, tv);
-	if (!c->r || c->r->err) {
-		eng_set_err(err, errlen, "coordinator %s unreachable: %s", c->where,
-			    c->r ? c->r->errstr : "out of memory");
+	c->tv = (struct timeval){ .tv_sec = (time_t)timeout_s,
+				  .tv_usec = (suseconds_t)((timeout_s - (double)(time_t)timeout_s) * 1e6) };
+	node_at(c, host, (int)port);
+	if (node_open(c, &c->node[0], err, errlen) || slots_load(c, err, errlen) || functions_loaded(c, err, errlen))
 		goto fail;
-	}
-	redisSetTimeout(c->r, tv);
-	const char *auth[] = { "AUTH", user, pw };
-	rep = redisCommandArgv(c->r, 3, auth, NULL);
-	explicit_bzero(pw, sizeof(pw));
-	if (!rep || rep->type == REDIS_REPLY_ERROR) {
-		eng_set_err(err, errlen, "coordinator %s refused %s: %s", c->where, user,
-			    rep ? rep->str : c->r->errstr);
-		freeReplyObject(rep);
-		goto fail;
-	}
-	freeReplyObject(rep);
-	rep = redisCommand(c->r, "FCALL ho_version 0");
-	if (!rep || rep->type != REDIS_REPLY_INTEGER || rep->integer != 1) {
-		eng_set_err(err, errlen, "coordinator %s has no handoff functions (scripts/coordinator loads them)%s%s",
-			    c->where, rep && rep->type == REDIS_REPLY_ERROR ? ": " : "",
-			    rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "");
-		freeReplyObject(rep);
-		goto fail;
-	}
-	freeReplyObject(rep);
 	return c;
 fail:
-	explicit_bzero(pw, sizeof(pw));
 	edg_coord_close(c);
 	return NULL;
 }
@@ -215,9 +501,22 @@ void edg_coord_close(struct edg_coord *c)
 {
 	if (!c)
 		return;
-	if (c->r)
-		redisFree(c->r);
+	for (unsigned i = 0; i < c->nnodes; i++)
+		node_drop(&c->node[i]);
+	explicit_bzero(c->pw, sizeof(c->pw));
 	free(c);
+}
+
+uint64_t edg_coord_redirects(const struct edg_coord *c)
+{
+	return c->redirects;
+}
+
+bool edg_coord_is_cluster(const struct edg_coord *c, unsigned *nodes)
+{
+	if (nodes)
+		*nodes = c->nnodes;
+	return c->cluster;
 }
 
 /* ---- updates -------------------------------------------------------------------- */
@@ -402,14 +701,17 @@ static int vm_names(const struct edg_coord *c, const char *name, char *image, ch
 /* The chunk list of a running VM's registration (malloc'd); *d NULL, *n 0 when there is none. */
 static int vm_list(struct edg_coord *c, const char *key, uint8_t **d, uint64_t *n, char *err, size_t errlen)
 {
-	redisReply *rep = redisCommand(c->r, "GET %s", key);
+	const char *argv[] = { "GET", key };
+	redisReply *rep = routed(c, key, strlen(key), 2, argv, NULL, err, errlen);
 	int r = 0;
 
 	*d = NULL;
 	*n = 0;
-	if (!rep || rep->type == REDIS_REPLY_ERROR) {
-		eng_set_err(err, errlen, "coordinator %s: running VM: %s", c->where, rep ? rep->str : c->r->errstr);
-		r = rep ? -EPROTO : -EIO;
+	if (!rep) {
+		r = -EIO;
+	} else if (rep->type == REDIS_REPLY_ERROR) {
+		eng_set_err(err, errlen, "coordinator %s: running VM: %s", c->where, rep->str);
+		r = -EPROTO;
 	} else if (rep->type == REDIS_REPLY_STRING && rep->len % EDG_DIGEST_LEN) {
 		eng_set_err(err, errlen, "coordinator %s: %s is not a chunk list (%zu bytes)", c->where, key, rep->len);
 		r = -EPROTO;
@@ -426,16 +728,18 @@ static int vm_list(struct edg_coord *c, const char *key, uint8_t **d, uint64_t *
 	return r;
 }
 
-/* One command whose reply only says whether it worked. */
+/* One command on key argv[1] whose reply only says whether it worked. */
 static int simple(struct edg_coord *c, int argc, const char **argv, const size_t *len, const char *what, char *err,
 		  size_t errlen)
 {
-	redisReply *rep = redisCommandArgv(c->r, argc, argv, len);
+	redisReply *rep = routed(c, argv[1], len ? len[1] : strlen(argv[1]), argc, argv, len, err, errlen);
 	int r = 0;
 
-	if (!rep || rep->type == REDIS_REPLY_ERROR) {
-		eng_set_err(err, errlen, "coordinator %s: %s: %s", c->where, what, rep ? rep->str : c->r->errstr);
-		r = rep ? -EPROTO : -EIO;
+	if (!rep) {
+		r = -EIO;
+	} else if (rep->type == REDIS_REPLY_ERROR) {
+		eng_set_err(err, errlen, "coordinator %s: %s: %s", c->where, what, rep->str);
+		r = -EPROTO;
 	}
 	freeReplyObject(rep);
 	return r;
@@ -691,11 +995,14 @@ int edg_coord_edge_addr(struct edg_coord *c, const char *edge, char *loc, size_t
 		return -EINVAL;
 	}
 	edge_key(edge, key, sizeof(key));
-	redisReply *rep = redisCommand(c->r, "HGET %s addr", key);
+	const char *argv[] = { "HGET", key, "addr" };
+	redisReply *rep = routed(c, key, strlen(key), 3, argv, NULL, err, errlen);
 	int r = 0;
-	if (!rep || rep->type == REDIS_REPLY_ERROR) {
-		eng_set_err(err, errlen, "coordinator %s: edge address: %s", c->where, rep ? rep->str : c->r->errstr);
-		r = rep ? -EPROTO : -EIO;
+	if (!rep) {
+		r = -EIO;
+	} else if (rep->type == REDIS_REPLY_ERROR) {
+		eng_set_err(err, errlen, "coordinator %s: edge address: %s", c->where, rep->str);
+		r = -EPROTO;
 	} else if (rep->type != REDIS_REPLY_STRING || !rep->len || rep->len >= len) {
 		eng_set_err(err, errlen, "edge %s serves nowhere the coordinator knows", edge);
 		r = -ENOENT;

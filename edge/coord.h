@@ -4,7 +4,9 @@
  * it, which registered images and running VMs contain it, and the leases of
  * handoffs in flight (edge/coordinator.lua describes the keys). Every update
  * is per chunk, idempotent and pipelined in batches; a chunk's decisions are
- * Redis functions, atomic on its one key.
+ * Redis functions, atomic on its one key. The coordinator may be a Redis
+ * Cluster (scripts/coordinator up --cluster N): every command names one key
+ * and goes to the node that serves it.
  */
 #ifndef HANDOFF_EDGE_COORD_H
 #define HANDOFF_EDGE_COORD_H
@@ -18,12 +20,17 @@ struct edg_coord;
 /*
  * Connect to redis://[USER@]HOST:PORT (USER default "handoff") with the
  * password in password_file (one line; refused when others may read it) and
- * act as edge `edge` (1-64 of [A-Za-z0-9._-]). Checks that the handoff
- * functions are loaded. NULL after a one-line message in err.
+ * act as edge `edge` (1-64 of [A-Za-z0-9._-]). HOST:PORT may be any node of
+ * a cluster: the others are learnt from it. Checks that every node has the
+ * handoff functions. NULL after a one-line message in err.
  */
 struct edg_coord *edg_coord_connect(const char *url, const char *password_file, const char *edge,
 				    double timeout_s, char *err, size_t errlen);
 void edg_coord_close(struct edg_coord *c);
+/* Whether the coordinator is a cluster, and of how many nodes (seen so far). */
+bool edg_coord_is_cluster(const struct edg_coord *c, unsigned *nodes);
+/* Commands the cluster redirected (MOVED, ASK) or asked to retry: 0 while its slot map holds. */
+uint64_t edg_coord_redirects(const struct edg_coord *c);
 
 /* This edge holds these chunks (a chunk reported twice counts once). */
 int edg_coord_report(struct edg_coord *c, const uint8_t *digests, uint64_t n, char *err, size_t errlen);

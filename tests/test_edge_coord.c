@@ -7,7 +7,10 @@
  * popularity, scarcity and recency, an extra copy may go where the chunk
  * lives on, a running VM's registration ends by its name, a restart keeps it
  * all, and three edges at once doing random
- * steps never see a registered or leased chunk granted for deletion.
+ * steps never see a registered or leased chunk granted for deletion. All of
+ * it twice: on one server, and on a Redis Cluster of three (scripts/coordinator
+ * up --cluster 3), where chunks spread over the nodes, a node's crash and
+ * restart loses nothing, and a resharding under a connected edge is followed.
  */
 #include "edge/coord.h"
 #include "edge/store.h"
@@ -21,7 +24,7 @@
 #include <unistd.h>
 
 static char dir[300], pwfile[320], url[64], badpw[320];
-static int port;
+static int port, cluster_nodes; /* 0: one server */
 
 static int run(const char *fmt, const char *arg)
 {
@@ -33,14 +36,16 @@ static int run(const char *fmt, const char *arg)
 static int coordinator_up(void)
 {
 	char cmd[1024];
-	snprintf(cmd, sizeof(cmd), "scripts/coordinator up --dir %s/redis --password-file %s --port %d >/dev/null",
-		 dir, pwfile, port);
+	char nodes[32] = "";
+	if (cluster_nodes)
+		snprintf(nodes, sizeof(nodes), " --cluster %d", cluster_nodes);
+	snprintf(cmd, sizeof(cmd), "scripts/coordinator up --dir %s/redis --password-file %s --port %d%s >/dev/null",
+		 dir, pwfile, port, nodes);
 	return system(cmd);
 }
 
-static int setup(void **state)
+static int setup(void)
 {
-	(void)state;
 	char *d = test_tmpdir();
 	snprintf(dir, sizeof(dir), "%s", d);
 	free(d);
@@ -50,13 +55,28 @@ static int setup(void **state)
 	test_write_file(badpw, "wrong\n", 6);
 	chmod(pwfile, 0600);
 	chmod(badpw, 0600);
-	port = 21000 + (int)(getpid() % 11000); /* below the ephemeral ports (32768-) */
+	/* below the ephemeral ports (32768-); a cluster's bus ports (+10000) too */
+	port = cluster_nodes ? 12000 + (int)(getpid() % 2000) * cluster_nodes : 21000 + (int)(getpid() % 11000);
 	snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
 	if (coordinator_up()) {
 		fprintf(stderr, "test_edge_coord: scripts/coordinator up failed (redis-server installed? scripts/setup)\n");
 		return -1;
 	}
 	return 0;
+}
+
+static int setup_single(void **state)
+{
+	(void)state;
+	cluster_nodes = 0;
+	return setup();
+}
+
+static int setup_cluster(void **state)
+{
+	(void)state;
+	cluster_nodes = 3;
+	return setup();
 }
 
 static int teardown(void **state)
@@ -349,6 +369,8 @@ static void test_restart_keeps_state(void **state)
 	assert_int_equal(edg_coord_unregister(a, "vm:42", d, 100, err, sizeof(err)), 0);
 	edg_coord_close(a);
 	usleep(2500 * 1000);
+	if (cluster_nodes) /* one node of the cluster crashes: its share must come back */
+		snprintf(arg, sizeof(arg), "%s/redis/node-1", dir);
 	assert_int_equal(run("kill -9 $(cat %s/redis.pid)", arg), 0);
 	/* until it is gone (or a zombie): a dying server may still take a connection */
 	assert_int_equal(run("p=$(cat %s/redis.pid); for i in $(seq 100); do "
@@ -479,6 +501,77 @@ static void test_random_interleavings(void **state)
 	free(d);
 }
 
+/* What one node of the cluster holds (DBSIZE; the handoff user may ask it). */
+static long long node_keys(int p)
+{
+	redisContext *r = redisConnect("127.0.0.1", p);
+	assert_non_null(r);
+	assert_int_equal(r->err, 0);
+	redisReply *rep = redisCommand(r, "AUTH handoff %s", "correct horse");
+	freeReplyObject(rep);
+	rep = redisCommand(r, "DBSIZE");
+	assert_int_equal(rep->type, REDIS_REPLY_INTEGER);
+	long long n = rep->integer;
+	freeReplyObject(rep);
+	redisFree(r);
+	return n;
+}
+
+/*
+ * The chunks spread over the three nodes, each command straight to its node
+ * (no redirection: the client's slots are the cluster's); then half of node
+ * 0's slots move to node 1 (redis-cli --cluster reshard, keys and all) under
+ * a connected edge, which follows the redirections to the same answers.
+ */
+static void test_cluster_spreads_and_reshards(void **state)
+{
+	(void)state;
+	struct edg_coord *a = edge("edge-c");
+	enum { N = 3000 };
+	uint8_t *d = digests(N, 21);
+	uint32_t *refs = calloc(N, sizeof(*refs)), *holders = calloc(N, sizeof(*holders));
+	unsigned nodes = 0;
+	char err[256], arg[320];
+
+	assert_true(edg_coord_is_cluster(a, &nodes));
+	assert_int_equal(nodes, 3);
+	assert_int_equal(edg_coord_report(a, d, N, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register(a, "img-c", d, N, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_redirects(a), 0);
+	long long total = 0;
+	for (int k = 0; k < 3; k++) {
+		long long n = node_keys(port + k);
+		assert_true(n > N / 6); /* about a third each */
+		total += n;
+	}
+	assert_true(total >= N);
+
+	snprintf(arg, sizeof(arg), "%s/redis", dir);
+	assert_int_equal(run("d=%s; a() { REDISCLI_AUTH=$(cat $d/admin.pw) redis-cli --no-auth-warning --user admin "
+			     "\"$@\"; }; p=$(cat $d/node-0/port); q=$(cat $d/node-1/port); "
+			     "from=$(a -p $p CLUSTER MYID) && to=$(a -p $q CLUSTER MYID) && "
+			     "a --cluster reshard 127.0.0.1:$p --cluster-from $from --cluster-to $to "
+			     "--cluster-slots 2000 --cluster-yes >$d/reshard.log 2>&1",
+			     arg),
+			 0);
+	assert_int_equal(edg_coord_holders(a, d, N, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(refs[i], 1);
+		assert_int_equal(holders[i], 1);
+	}
+	assert_true(edg_coord_redirects(a) > 0);
+	uint64_t after = edg_coord_redirects(a);
+	assert_int_equal(edg_coord_unregister(a, "img-c", d, N, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_holders(a, d, N, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(refs[i], 0);
+	assert_int_equal(edg_coord_redirects(a), after); /* the map was reloaded once */
+	free(refs);
+	free(holders);
+	free(d);
+	edg_coord_close(a);
+}
+
 int main(void)
 {
 	test_seed();
@@ -492,5 +585,16 @@ int main(void)
 		cmocka_unit_test(test_acl_limits),
 		cmocka_unit_test(test_restart_keeps_state),
 	};
-	return cmocka_run_group_tests_name("coordinator", tests, setup, teardown);
+	const struct CMUnitTest cluster[] = {
+		cmocka_unit_test(test_references_and_may_delete),
+		cmocka_unit_test(test_leases_and_two_edges),
+		cmocka_unit_test(test_keep_policy_and_copies),
+		cmocka_unit_test(test_random_interleavings),
+		cmocka_unit_test(test_running_vm),
+		cmocka_unit_test(test_acl_limits),
+		cmocka_unit_test(test_cluster_spreads_and_reshards),
+		cmocka_unit_test(test_restart_keeps_state),
+	};
+	int failed = cmocka_run_group_tests_name("coordinator", tests, setup_single, teardown);
+	return failed + cmocka_run_group_tests_name("coordinator-cluster", cluster, setup_cluster, teardown);
 }
