@@ -70,6 +70,8 @@ struct dst {
 	uint8_t *ram;
 	size_t ram_len;
 	char shared_id[256]; /* RAM block that ram maps straight from our QEMU's shared backend */
+	uint64_t shared_off, shared_len; /* where in the RAM image (a cache receiver checks the stream's) */
+	bool ram_in_place;                /* a cache receiver mapped it before its fill */
 	struct eng_mem dev_out;
 	struct timespec t0, last_progress;
 	/* seconds since t0: stream verified, QEMU loaded (all but devices), commit, resumed */
@@ -266,19 +268,42 @@ static int fetch_from_edges(struct dst *d, char *err, size_t errlen)
 	return 0;
 }
 
+static int map_shared_ram(struct dst *d, const struct qb_layout *layout, bool clear, char *err, size_t errlen);
+
+/*
+ * The base's device state, when the cache held all of it, says where the
+ * RAM blocks lie: then our QEMU's shared RAM is mapped into the RAM image
+ * before its fill, as with a base directory, and the stop copies nothing.
+ */
+static int map_ram_from_cached_devices(struct dst *d, char *err, size_t errlen)
+{
+	struct qb_devstate dev;
+	struct qb_layout layout;
+	char perr[200];
+	int ret = 0;
+
+	if (!eng_cache_base_holds_object(&d->cb, ENG_VM_DEVICES) ||
+	    qb_devstate_decode(d->dev_out.data, d->base_size[ENG_VM_DEVICES], &dev, perr, sizeof(perr)))
+		return 0; /* the stream's device state will say: copied at the stop */
+	if (!qb_devstate_layout(&dev, &layout, perr, sizeof(perr)) && layout.image_size == d->base_size[ENG_VM_MEMORY])
+		ret = map_shared_ram(d, &layout, true, err, errlen);
+	d->ram_in_place = d->shared_id[0] != 0;
+	qb_devstate_free(&dev);
+	return ret;
+}
+
 /* What the cache holds goes into the results; then the source hears which chunks that was. */
 static int fill_from_cache(struct dst *d, char *err, size_t errlen)
 {
-	struct eng_cache_target t[ENG_VM_OBJECTS] = {
-		[ENG_VM_DISK] = { .fd = d->disk_fd },
-		[ENG_VM_MEMORY] = { .mem = d->ram },
-		[ENG_VM_DEVICES] = { .mem = d->dev_out.data },
-	};
+	const struct eng_cache_target dev = { .mem = d->dev_out.data }, ram = { .mem = d->ram },
+				      disk = { .fd = d->disk_fd };
 	double t0 = since(&d->t0);
 	int ret = fetch_from_edges(d, err, errlen);
 
-	if (!ret)
-		ret = eng_cache_base_fill(&d->cb, t, err, errlen);
+	if (!ret && !(ret = eng_cache_base_fill_object(&d->cb, ENG_VM_DEVICES, &dev, err, errlen)) &&
+	    !(ret = map_ram_from_cached_devices(d, err, errlen)) &&
+	    !(ret = eng_cache_base_fill_object(&d->cb, ENG_VM_MEMORY, &ram, err, errlen)))
+		ret = eng_cache_base_fill_object(&d->cb, ENG_VM_DISK, &disk, err, errlen);
 
 	if (!ret)
 		ret = eng_base_have_send(d->conn, d->session, d->a->key, &d->plan, d->cb.chunk_have, err, errlen);
@@ -476,9 +501,11 @@ static int place_shared_ram(struct dst *d, struct qb_layout *layout, char *err, 
  * If our QEMU's RAM is a shared backend, the RAM image maps it in place, so
  * the stream's pages land in the VM's memory as they arrive and nothing is
  * copied after verification (QEMU, waiting with -incoming, does not touch
- * it; if the handoff fails it never runs on it).
+ * it; if the handoff fails it never runs on it). layout: the base's RAM
+ * blocks. clear: the fill that follows writes only nonzero chunks, so the
+ * backend starts as zeros (its pages dropped: a tmpfs or hugetlbfs file).
  */
-static int map_shared_ram(struct dst *d, char *err, size_t errlen)
+static int map_shared_ram(struct dst *d, const struct qb_layout *layout, bool clear, char *err, size_t errlen)
 {
 	char id[256], path[4096];
 	int ret = qb_find_shared_ram(d->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
@@ -488,11 +515,11 @@ static int map_shared_ram(struct dst *d, char *err, size_t errlen)
 	if (ret)
 		return ret;
 	const struct qb_ram_block *blk = NULL;
-	for (unsigned b = 0; b < d->base.layout.nblocks; b++)
-		if (!strcmp(d->base.layout.blocks[b].id, id))
-			blk = &d->base.layout.blocks[b];
-	if (!blk)
-		return 0;
+	for (unsigned b = 0; b < layout->nblocks; b++)
+		if (!strcmp(layout->blocks[b].id, id))
+			blk = &layout->blocks[b];
+	if (!blk || blk->image_off + blk->length > d->ram_len || blk->image_off % CDC_BLOCK_SIZE)
+		return 0; /* not one this RAM image can map: copied at the end */
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
 		snprintf(err, errlen, "cannot open the destination VM's RAM %s: %s", path, strerror(errno));
@@ -505,18 +532,34 @@ static int map_shared_ram(struct dst *d, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot map the destination VM's RAM: %s", strerror(errno));
 		return -ENOMEM;
 	}
+	if (clear && madvise(m, blk->length, MADV_REMOVE))
+		memset(m, 0, blk->length);
 	snprintf(d->shared_id, sizeof(d->shared_id), "%s", id);
+	d->shared_off = blk->image_off;
+	d->shared_len = blk->length;
 	return 0;
 }
 
 /*
- * A cache receiver learns the RAM layout only from the stream's device state,
- * so the RAM it left out (x-ignore-shared) goes into our QEMU's shared backend
- * now, in one write, rather than in place as it arrived (map_shared_ram).
+ * A cache receiver whose cache lacked the base's device state learns the RAM
+ * layout only from the stream's, so the RAM it left out (x-ignore-shared)
+ * goes into our QEMU's shared backend now, in one write, rather than in place
+ * as it arrived. Mapped in place already (the base's layout, from the cache):
+ * the stream's layout must put that block where the base had it.
  */
 static int copy_shared_ram(struct dst *d, const struct qb_layout *layout, char *err, size_t errlen)
 {
 	char id[256], path[4096];
+
+	if (d->shared_id[0]) {
+		for (unsigned b = 0; b < layout->nblocks; b++)
+			if (!strcmp(layout->blocks[b].id, d->shared_id) && layout->blocks[b].image_off == d->shared_off &&
+			    layout->blocks[b].length == d->shared_len)
+				return 0;
+		snprintf(err, errlen, "the VM's RAM block %s is not where its base had it: the source's base and VM differ",
+			 d->shared_id);
+		return -EINVAL;
+	}
 	int ret = qb_find_shared_ram(d->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
 
 	if (ret)
@@ -872,6 +915,10 @@ static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st
 		json_object_object_add(c, "lacking_chunks", json_object_new_int64((int64_t)d->cb.lacking_chunks));
 		json_object_object_add(c, "dropped_chunks", json_object_new_int64((int64_t)d->cb.dropped_chunks));
 		json_object_object_add(c, "fill_s", json_object_new_double(d->fill_s));
+		/* "in place": the base's device state came from the cache, our QEMU's RAM was filled directly */
+		json_object_object_add(c, "shared_ram", json_object_new_string(!d->shared_id[0] ? "none"
+									       : d->ram_in_place ? "in place"
+												 : "copied at the stop"));
 		json_object_object_add(c, "coordinator_lease", json_object_new_string(d->lease));
 		if (d->a->vm_name)
 			json_object_object_add(c, "coordinator_vm", json_object_new_string(d->vm_registration));
@@ -977,7 +1024,7 @@ int eng_handoff_receive(const struct eng_receive_args *a, json_object **summary,
 		if ((ret = fill_from_cache(d, err, errlen)))
 			goto out;
 	} else {
-		if ((ret = map_shared_ram(d, err, errlen)))
+		if ((ret = map_shared_ram(d, &d->base.layout, false, err, errlen)))
 			goto out;
 		memcpy(d->ram, d->base.map[ENG_VM_MEMORY], d->base_size[ENG_VM_MEMORY]);
 		memcpy(d->dev_out.data, d->base.map[ENG_VM_DEVICES], dev_size);

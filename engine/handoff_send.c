@@ -969,7 +969,7 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 		    !(chunk_have[o] = calloc(1, po->chunks / 8 + 1)) ||
 		    !(s->base_have[o] = calloc(1, s->count[o] / 8 + 1)))
 			goto nomem;
-		edg_chunk_digests(s->base.map[o], po->size, cache_chunk, po->digests);
+		eng_vmbase_chunk_digests(&s->base, (unsigned)o, cache_chunk, po->digests, po->chunks);
 	}
 	/* the destination fills what it holds before it answers: give it time in proportion */
 	double wait_s = 300 + (double)(plan.obj[0].size + plan.obj[1].size + plan.obj[2].size) / 20e6;

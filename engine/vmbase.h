@@ -46,6 +46,16 @@ void eng_vmbase_close(struct eng_vmbase *b);
 int eng_vmbase_rebuild_state(const char *dir, char *err, size_t errlen);
 /* Identity of the whole base (a digest of its three indexes' ids), for transport handshakes. */
 void eng_vmbase_id(const struct eng_vmbase *b, uint8_t out[CDC_DIGEST_LEN]);
+/*
+ * The SHA-256 of every chunk_size-byte chunk of object o (an edge cache's
+ * names for them; the last chunk short), n of them into out. Hashing a whole
+ * base takes a second on a busy core, on the critical path of every handoff
+ * into a cache: the list is kept beside the image (IMAGE.chunks-SIZE, with
+ * the image's index id and its own checksum) and used while both hold; a base
+ * directory that cannot be written costs only the hashing.
+ */
+void eng_vmbase_chunk_digests(const struct eng_vmbase *b, unsigned o, uint32_t chunk_size, uint8_t *out,
+			      uint64_t n);
 /* Same RAM blocks (names and sizes) as the base? 0, or -EINVAL with the first difference. */
 int eng_vmbase_check_layout(const struct eng_vmbase *b, const struct qb_layout *l, char *err,
 			    size_t errlen);
