@@ -8,6 +8,7 @@
  * cluster resharding) is followed and the map reloaded.
  */
 #include "coord.h"
+#include "engine/clock.h"
 #include "engine/errbuf.h"
 #include "store.h"
 
@@ -26,6 +27,7 @@
 #define SLOTS 16384
 #define NODES_MAX 64
 #define REDIRECTS_MAX 16 /* per command: a resharding moves a slot once or twice */
+#define BUSY_WAIT_S 10.0 /* TRYAGAIN, CLUSTERDOWN: past a failover (scripts/coordinator's node timeout: 3 s) */
 
 struct node {
 	redisContext *r; /* NULL until used, and again after its connection failed */
@@ -39,12 +41,12 @@ struct edg_coord {
 	struct node node[NODES_MAX];
 	unsigned nnodes;
 	bool cluster;
+	bool stale; /* a cluster connection failed: the map is learnt again before the next command */
 	uint8_t slot_node[SLOTS]; /* cluster: the node that serves each slot */
 	uint64_t redirects;
 	char user[65], pw[512]; /* to log in to the nodes a cluster names */
 	struct timeval tv;
 	char edge[65];
-	char where[300]; /* the URL's host:port, for messages */
 };
 
 /* One command per chunk: up to 7 arguments, built into the slot's own buffers. */
@@ -95,16 +97,26 @@ fail:
 	if (n->r)
 		redisFree(n->r);
 	n->r = NULL;
+	c->stale = c->cluster; /* a failover may have moved its slots */
 	return -EIO;
 }
 
-/* A connection that failed is dropped: the next command to the node opens a new one. */
+/* The next command to the node opens a new connection. */
 static void node_drop(struct node *n)
 {
 	if (n->r)
 		redisFree(n->r);
 	n->r = NULL;
 	n->pending = 0;
+}
+
+/* A connection failed mid-command: say so, drop it, and doubt the slot map. */
+static void node_lost(struct edg_coord *c, struct node *n, char *err, size_t errlen)
+{
+	eng_set_err(err, errlen, "coordinator %s unreachable: %s", n->where,
+		    n->r && n->r->errstr[0] ? n->r->errstr : "connection lost");
+	node_drop(n);
+	c->stale = c->cluster;
 }
 
 /* The node at host:port (an empty host: the URL's), added on first sight; -1 when there are too many. */
@@ -148,90 +160,114 @@ static struct node *node_for(struct edg_coord *c, const char *key, size_t len)
 	return &c->node[c->cluster ? c->slot_node[key_slot(key, len)] : 0];
 }
 
-/*
- * Learn who serves which slot (CLUSTER SLOTS), from the first node that
- * answers. A server without cluster support is the whole coordinator.
- */
-static int slots_load(struct edg_coord *c, char *err, size_t errlen)
+/* One CLUSTER SLOTS reply into map (a node per slot): 0, or -errno with the reason. */
+static int slots_parse(struct edg_coord *c, const redisReply *rep, const struct node *asked, uint8_t *map, char *err,
+		       size_t errlen)
 {
-	redisReply *rep = NULL;
-	struct node *asked = NULL;
-
-	for (unsigned i = 0; i < c->nnodes && !rep; i++) {
-		asked = &c->node[i];
-		if ((asked->r || !node_open(c, asked, err, errlen)) &&
-		    !(rep = redisCommand(asked->r, "CLUSTER SLOTS")))
-			node_drop(asked);
-	}
-	if (!rep)
-		return -EIO; /* err says why */
-	int r = 0;
-	if (rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "cluster support disabled")) {
-		c->cluster = false;
-	} else if (rep->type != REDIS_REPLY_ARRAY) {
+	memset(map, 0xff, SLOTS);
+	if (rep->type != REDIS_REPLY_ARRAY) {
 		eng_set_err(err, errlen, "coordinator %s: CLUSTER SLOTS: %s", asked->where,
 			    rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-		r = -EPROTO;
-	} else {
-		uint8_t seen[SLOTS] = { 0 };
-		for (size_t i = 0; i < rep->elements && !r; i++) {
-			const redisReply *e = rep->element[i], *m;
-			int at;
-			if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element[0]->type != REDIS_REPLY_INTEGER ||
-			    e->element[1]->type != REDIS_REPLY_INTEGER || (m = e->element[2])->type != REDIS_REPLY_ARRAY ||
-			    m->elements < 2 || m->element[0]->type != REDIS_REPLY_STRING ||
-			    m->element[1]->type != REDIS_REPLY_INTEGER || e->element[0]->integer < 0 ||
-			    e->element[1]->integer >= SLOTS || e->element[0]->integer > e->element[1]->integer) {
-				eng_set_err(err, errlen, "coordinator %s: CLUSTER SLOTS: unexpected reply", asked->where);
-				r = -EPROTO;
-			} else if ((at = node_at(c, m->element[0]->str, (int)m->element[1]->integer)) < 0) {
-				eng_set_err(err, errlen, "coordinator %s: more than %d cluster nodes", asked->where,
-					    NODES_MAX);
-				r = -E2BIG;
-			} else {
-				for (long long s = e->element[0]->integer; s <= e->element[1]->integer; s++) {
-					c->slot_node[s] = (uint8_t)at;
-					seen[s] = 1;
-				}
-			}
-		}
-		for (unsigned s = 0; s < SLOTS && !r; s++)
-			if (!seen[s]) {
-				eng_set_err(err, errlen, "coordinator %s: cluster slot %u is served by no node",
-					    asked->where, s);
-				r = -EPROTO;
-			}
-		c->cluster = !r;
+		return -EPROTO;
 	}
-	freeReplyObject(rep);
+	for (size_t i = 0; i < rep->elements; i++) {
+		const redisReply *e = rep->element[i], *m;
+		int at;
+		if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element[0]->type != REDIS_REPLY_INTEGER ||
+		    e->element[1]->type != REDIS_REPLY_INTEGER || (m = e->element[2])->type != REDIS_REPLY_ARRAY ||
+		    m->elements < 2 || m->element[0]->type != REDIS_REPLY_STRING ||
+		    m->element[1]->type != REDIS_REPLY_INTEGER || e->element[0]->integer < 0 ||
+		    e->element[1]->integer >= SLOTS || e->element[0]->integer > e->element[1]->integer) {
+			eng_set_err(err, errlen, "coordinator %s: CLUSTER SLOTS: unexpected reply", asked->where);
+			return -EPROTO;
+		}
+		if ((at = node_at(c, m->element[0]->str, (int)m->element[1]->integer)) < 0) {
+			eng_set_err(err, errlen, "coordinator %s: more than %d cluster nodes", asked->where, NODES_MAX);
+			return -E2BIG;
+		}
+		memset(map + e->element[0]->integer, at, (size_t)(e->element[1]->integer - e->element[0]->integer + 1));
+	}
+	for (unsigned s = 0; s < SLOTS; s++)
+		if (map[s] == 0xff) {
+			eng_set_err(err, errlen, "coordinator %s: cluster slot %u is served by no node", asked->where, s);
+			return -EPROTO;
+		}
+	return 0;
+}
+
+/*
+ * Learn who serves which slot (CLUSTER SLOTS): from node `first` if it
+ * answers (the one a MOVED named knows best), else from the others in turn.
+ * The map changes only for a whole answer. At connect, a server without
+ * cluster support is the whole coordinator.
+ */
+static int slots_load(struct edg_coord *c, int first, bool connecting, char *err, size_t errlen)
+{
+	int r = -EIO;
+
+	for (unsigned k = 0; k <= c->nnodes; k++) { /* k 0: first; then every node but it */
+		if ((k == 0 && first < 0) || (k > 0 && (int)(k - 1) == first))
+			continue;
+		struct node *n = &c->node[k == 0 ? (unsigned)first : k - 1];
+		uint8_t map[SLOTS];
+		redisReply *rep;
+		if (!n->r && node_open(c, n, err, errlen))
+			continue;
+		if (!(rep = redisCommand(n->r, "CLUSTER SLOTS"))) {
+			node_lost(c, n, err, errlen);
+			continue;
+		}
+		if (connecting && rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "cluster support disabled")) {
+			freeReplyObject(rep);
+			c->cluster = false;
+			return 0;
+		}
+		r = slots_parse(c, rep, n, map, err, errlen);
+		freeReplyObject(rep);
+		if (!r) {
+			memcpy(c->slot_node, map, SLOTS);
+			c->cluster = true;
+			c->stale = false;
+			return 0;
+		}
+	}
 	return r;
 }
 
-/* "MOVED 3999 host:port" / "ASK 3999 host:port": the node named; -1 if the reply is neither. */
-static int redirect_target(struct edg_coord *c, const redisReply *rep, bool *ask)
+/* Before commands: a map that a lost connection made doubtful is learnt again (if that fails, later). */
+static void slots_fresh(struct edg_coord *c)
+{
+	char e[256];
+
+	if (c->cluster && c->stale)
+		slots_load(c, -1, false, e, sizeof(e));
+}
+
+/* "MOVED 3999 host:port" / "ASK 3999 host:port": the node named, *slot its slot; -1 if neither. */
+static int redirect_target(struct edg_coord *c, const redisReply *rep, bool *ask, unsigned *slot)
 {
 	const char *s = rep->str, *colon;
-	unsigned slot;
 	int off = 0;
 
+	*ask = false;
 	if (rep->type != REDIS_REPLY_ERROR || !c->cluster)
 		return -1;
 	*ask = !strncmp(s, "ASK ", 4);
-	if ((!*ask && strncmp(s, "MOVED ", 6)) || sscanf(s + (*ask ? 4 : 6), "%u %n", &slot, &off) != 1 ||
-	    slot >= SLOTS || !(colon = strrchr(s, ':')) || colon < s + (*ask ? 4 : 6) + off)
+	if (!*ask && strncmp(s, "MOVED ", 6))
+		return -1;
+	s += *ask ? 4 : 6;
+	if (sscanf(s, "%u %n", slot, &off) != 1 || *slot >= SLOTS || !(colon = strrchr(s, ':')) || colon < s + off)
 		return -1;
 	char host[256];
-	size_t hl = (size_t)(colon - (s + (*ask ? 4 : 6) + off));
+	size_t hl = (size_t)(colon - (s + off));
 	if (hl >= sizeof(host))
 		return -1;
-	memcpy(host, s + (*ask ? 4 : 6) + off, hl);
+	memcpy(host, s + off, hl);
 	host[hl] = 0;
-	int at = node_at(c, host, atoi(colon + 1));
-	if (at >= 0 && !*ask)
-		c->slot_node[slot] = (uint8_t)at;
-	return at;
+	return node_at(c, host, atoi(colon + 1));
 }
 
+/* A slot in migration, or the cluster electing a node: it answers again in a moment. */
 static bool busy_reply(const redisReply *rep)
 {
 	return rep->type == REDIS_REPLY_ERROR &&
@@ -239,51 +275,72 @@ static bool busy_reply(const redisReply *rep)
 }
 
 /*
- * One command on the node that serves key, following the cluster's
- * redirections (a MOVED also reloads the slot map: a resharding moves many).
- * NULL on a lost connection, with the message in err.
+ * One command on the node that serves key, following the cluster: a MOVED
+ * (the map reloaded once, from the node it names) or an ASK, up to
+ * REDIRECTS_MAX times; a busy cluster for up to BUSY_WAIT_S; a lost
+ * connection once (every command here is idempotent). *from (may be NULL):
+ * the node that answered. NULL on a lost connection, with the message in err.
  */
 static redisReply *routed(struct edg_coord *c, const char *key, size_t keylen, int argc, const char **argv,
-			  const size_t *len, char *err, size_t errlen)
+			  const size_t *len, struct node **from, char *err, size_t errlen)
 {
-	struct node *n = node_for(c, key, keylen);
-	bool ask = false;
+	bool ask = false, lost_once = false, reloaded = false;
+	double busy_until = 0;
+	int hops = 0;
 
-	for (int hop = 0;; hop++) {
+	slots_fresh(c);
+	struct node *n = node_for(c, key, keylen);
+	for (;;) {
 		redisReply *rep = NULL, *asking = NULL;
+		unsigned slot;
 		if (!n->r && node_open(c, n, err, errlen))
-			return NULL;
+			goto lost;
 		if (ask && (redisAppendCommand(n->r, "ASKING") != REDIS_OK ||
-			    redisGetReply(n->r, (void **)&asking) != REDIS_OK))
+			    redisGetReply(n->r, (void **)&asking) != REDIS_OK)) {
+			node_lost(c, n, err, errlen);
 			goto lost;
+		}
 		freeReplyObject(asking);
-		if (!(rep = redisCommandArgv(n->r, argc, argv, len)))
+		if (!(rep = redisCommandArgv(n->r, argc, argv, len))) {
+			node_lost(c, n, err, errlen);
 			goto lost;
-		if (hop == REDIRECTS_MAX)
-			return rep; /* the caller reports the error reply */
-		int at = redirect_target(c, rep, &ask);
-		if (at < 0 && !busy_reply(rep))
-			return rep;
+		}
+		int at = redirect_target(c, rep, &ask, &slot);
+		bool busy = at < 0 && busy_reply(rep);
+		if ((at < 0 && !busy) || (!busy && hops == REDIRECTS_MAX) ||
+		    (busy && busy_until && eng_mono_s() > busy_until)) {
+			if (from)
+				*from = n;
+			return rep; /* an error reply is the caller's to report */
+		}
 		freeReplyObject(rep);
 		c->redirects++;
-		if (at < 0) { /* a slot in migration, or the cluster electing: a moment */
+		if (busy) {
+			if (!busy_until)
+				busy_until = eng_mono_s() + BUSY_WAIT_S;
 			usleep(100 * 1000);
-			ask = false;
+			c->stale = c->cluster; /* an election may have moved the slot */
+			slots_fresh(c);
 			n = node_for(c, key, keylen);
 			continue;
 		}
+		hops++;
 		if (!ask) {
 			char e[256];
-			if (slots_load(c, e, sizeof(e)) == -EPROTO) /* otherwise the MOVED alone is the map */
-				fprintf(stderr, "coordinator: warning: %s\n", e);
+			if (!reloaded)
+				slots_load(c, at, false, e, sizeof(e));
+			reloaded = true;
+			c->slot_node[slot] = (uint8_t)at; /* the MOVED is newer than any map */
 		}
-		n = ask ? &c->node[at] : node_for(c, key, keylen);
+		n = &c->node[at];
 		continue;
 lost:
-		eng_set_err(err, errlen, "coordinator %s unreachable: %s", n->where,
-			    n->r->errstr[0] ? n->r->errstr : "connection lost");
-		node_drop(n);
-		return NULL;
+		if (lost_once)
+			return NULL;
+		lost_once = true;
+		ask = false;
+		slots_fresh(c);
+		n = node_for(c, key, keylen);
 	}
 }
 
@@ -304,6 +361,79 @@ static void drain(struct edg_coord *c)
 	}
 }
 
+static void free_replies(redisReply **rep, uint64_t k)
+{
+	for (uint64_t i = 0; i < k; i++) {
+		freeReplyObject(rep[i]);
+		rep[i] = NULL;
+	}
+}
+
+/*
+ * One batch: pipelined to every node it touches at once, then what the
+ * cluster redirected, one at a time where it now belongs. 0 with every
+ * reply in rep (to[i]: the node that gave it; a redirection or wait that
+ * ran out is an error reply, and the rest are not sent); or -errno, the
+ * message in err and no reply.
+ */
+static int batch_once(struct edg_coord *c, struct cmd *m, struct node **to, redisReply **rep, uint64_t k, int argc,
+		      char *err, size_t errlen)
+{
+	int r = 0, moved_to = -1;
+
+	slots_fresh(c);
+	for (uint64_t i = 0; i < k; i++) /* every node first: a failure sends nothing */
+		if (!(to[i] = node_for(c, m[i].key, strlen(m[i].key)))->r && node_open(c, to[i], err, errlen))
+			return -EIO;
+	for (uint64_t i = 0; i < k && !r; i++) {
+		if (redisAppendCommandArgv(to[i]->r, argc, m[i].argv, m[i].len) != REDIS_OK) {
+			eng_set_err(err, errlen, "out of memory");
+			r = -ENOMEM;
+		} else {
+			to[i]->pending++;
+		}
+	}
+	/* every node's replies come in the order its commands went */
+	for (uint64_t i = 0; i < k && !r; i++) {
+		bool ask;
+		unsigned slot;
+		if (redisGetReply(to[i]->r, (void **)&rep[i]) != REDIS_OK || !rep[i]) {
+			node_lost(c, to[i], err, errlen);
+			r = -EIO;
+			break;
+		}
+		to[i]->pending--;
+		int at = redirect_target(c, rep[i], &ask, &slot);
+		if (at >= 0 || busy_reply(rep[i])) {
+			if (at >= 0 && !ask)
+				moved_to = at;
+			c->redirects++;
+			freeReplyObject(rep[i]); /* sent again once the pipelines are read */
+			rep[i] = NULL;
+		}
+	}
+	if (r) {
+		drain(c);
+		free_replies(rep, k);
+		return r;
+	}
+	if (moved_to >= 0) { /* a resharding moves many slots: learn them all at once */
+		char e[256];
+		slots_load(c, moved_to, false, e, sizeof(e));
+	}
+	for (uint64_t i = 0; i < k; i++) {
+		if (rep[i])
+			continue;
+		if (!(rep[i] = routed(c, m[i].key, strlen(m[i].key), argc, m[i].argv, m[i].len, &to[i], err, errlen))) {
+			free_replies(rep, k);
+			return -EIO;
+		}
+		if (rep[i]->type == REDIS_REPLY_ERROR)
+			break; /* still redirected or busy: reported, the rest wait for a retry */
+	}
+	return 0;
+}
+
 static int run_batches(struct edg_coord *c, const uint8_t *digests, uint64_t n, int argc, build_fn build,
 		       const void *ctx, reply_fn on_reply, void *out, const char *what, char *err, size_t errlen)
 {
@@ -315,65 +445,24 @@ static int run_batches(struct edg_coord *c, const uint8_t *digests, uint64_t n, 
 	if (!m || !to || !rep) {
 		eng_set_err(err, errlen, "out of memory");
 		r = -ENOMEM;
-		goto out;
 	}
 	for (uint64_t at = 0; at < n && !r; at += BATCH) {
 		uint64_t k = n - at < BATCH ? n - at : BATCH;
-		bool moved = false;
-		for (uint64_t i = 0; i < k; i++) {
+		for (uint64_t i = 0; i < k; i++)
 			build(c, digests + (at + i) * EDG_DIGEST_LEN, ctx, &m[i]);
-			to[i] = node_for(c, m[i].key, strlen(m[i].key));
-			if (!to[i]->r && node_open(c, to[i], err, errlen)) {
-				r = -EIO;
-				break;
-			}
-			if (redisAppendCommandArgv(to[i]->r, argc, m[i].argv, m[i].len) != REDIS_OK) {
-				eng_set_err(err, errlen, "out of memory");
-				r = -ENOMEM;
-				break;
-			}
-			to[i]->pending++;
-		}
-		/* every node's replies come in the order its commands went */
+		/* a lost connection (a restart, a failover): every command is idempotent, so once more */
+		if ((r = batch_once(c, m, to, rep, k, argc, err, errlen)) == -EIO)
+			r = batch_once(c, m, to, rep, k, argc, err, errlen);
 		for (uint64_t i = 0; i < k && !r; i++) {
-			bool ask;
-			if (redisGetReply(to[i]->r, (void **)&rep[i]) != REDIS_OK || !rep[i]) {
-				eng_set_err(err, errlen, "coordinator %s unreachable: %s", to[i]->where,
-					    to[i]->r->errstr[0] ? to[i]->r->errstr : "connection lost");
-				node_drop(to[i]);
-				r = -EIO;
-				break;
-			}
-			to[i]->pending--;
-			if (redirect_target(c, rep[i], &ask) >= 0 || busy_reply(rep[i])) {
-				moved |= !ask && !busy_reply(rep[i]);
-				c->redirects++;
-				freeReplyObject(rep[i]); /* sent again once the pipelines are read */
-				rep[i] = NULL;
-			}
-		}
-		/* a resharding moves many slots: learn them all at once */
-		if (moved && !r && slots_load(c, err, errlen) == -EPROTO)
-			fprintf(stderr, "coordinator: warning: %s\n", err);
-		/* what the cluster redirected (a resharding), one at a time where it now belongs */
-		for (uint64_t i = 0; i < k && !r; i++)
-			if (!rep[i] && !(rep[i] = routed(c, m[i].key, strlen(m[i].key), argc, m[i].argv, m[i].len, err,
-							 errlen)))
-				r = -EIO;
-		for (uint64_t i = 0; i < k; i++) {
-			if (!r && rep[i]->type == REDIS_REPLY_ERROR) {
+			if (rep[i]->type == REDIS_REPLY_ERROR) {
 				eng_set_err(err, errlen, "coordinator %s: %s: %s", to[i]->where, what, rep[i]->str);
 				r = -EPROTO;
-			} else if (!r && on_reply && on_reply(at + i, rep[i], out, err, errlen)) {
+			} else if (on_reply && on_reply(at + i, rep[i], out, err, errlen)) {
 				r = -EPROTO;
 			}
-			freeReplyObject(rep[i]);
-			rep[i] = NULL;
 		}
+		free_replies(rep, k);
 	}
-	if (r)
-		drain(c);
-out:
 	free(rep);
 	free(to);
 	free(m);
@@ -430,11 +519,15 @@ static int functions_loaded(struct edg_coord *c, char *err, size_t errlen)
 		if (!n->r && node_open(c, n, err, errlen))
 			return -EIO;
 		redisReply *rep = redisCommand(n->r, "FCALL ho_version 0");
-		if (!rep || rep->type != REDIS_REPLY_INTEGER || rep->integer != 1) {
+		if (!rep) {
+			node_lost(c, n, err, errlen);
+			return -EIO;
+		}
+		if (rep->type != REDIS_REPLY_INTEGER || rep->integer != 1) {
 			eng_set_err(err, errlen,
 				    "coordinator %s has no handoff functions (scripts/coordinator loads them)%s%s",
-				    n->where, rep && rep->type == REDIS_REPLY_ERROR ? ": " : "",
-				    rep && rep->type == REDIS_REPLY_ERROR ? rep->str : !rep ? ": connection lost" : "");
+				    n->where, rep->type == REDIS_REPLY_ERROR ? ": " : "",
+				    rep->type == REDIS_REPLY_ERROR ? rep->str : "");
 			freeReplyObject(rep);
 			return -EPROTO;
 		}
@@ -485,11 +578,11 @@ struct edg_coord *edg_coord_connect(const char *url, const char *password_file, 
 	if (read_password(password_file, c->pw, sizeof(c->pw), err, errlen))
 		goto fail;
 	snprintf(c->edge, sizeof(c->edge), "%s", edge);
-	snprintf(c->where, sizeof(c->where), "%s:%ld", host, port);
 	c->tv = (struct timeval){ .tv_sec = (time_t)timeout_s,
 				  .tv_usec = (suseconds_t)((timeout_s - (double)(time_t)timeout_s) * 1e6) };
 	node_at(c, host, (int)port);
-	if (node_open(c, &c->node[0], err, errlen) || slots_load(c, err, errlen) || functions_loaded(c, err, errlen))
+	if (node_open(c, &c->node[0], err, errlen) || slots_load(c, 0, true, err, errlen) ||
+	    functions_loaded(c, err, errlen))
 		goto fail;
 	return c;
 fail:
@@ -702,7 +795,8 @@ static int vm_names(const struct edg_coord *c, const char *name, char *image, ch
 static int vm_list(struct edg_coord *c, const char *key, uint8_t **d, uint64_t *n, char *err, size_t errlen)
 {
 	const char *argv[] = { "GET", key };
-	redisReply *rep = routed(c, key, strlen(key), 2, argv, NULL, err, errlen);
+	struct node *from = NULL;
+	redisReply *rep = routed(c, key, strlen(key), 2, argv, NULL, &from, err, errlen);
 	int r = 0;
 
 	*d = NULL;
@@ -710,10 +804,10 @@ static int vm_list(struct edg_coord *c, const char *key, uint8_t **d, uint64_t *
 	if (!rep) {
 		r = -EIO;
 	} else if (rep->type == REDIS_REPLY_ERROR) {
-		eng_set_err(err, errlen, "coordinator %s: running VM: %s", c->where, rep->str);
+		eng_set_err(err, errlen, "coordinator %s: running VM: %s", from->where, rep->str);
 		r = -EPROTO;
 	} else if (rep->type == REDIS_REPLY_STRING && rep->len % EDG_DIGEST_LEN) {
-		eng_set_err(err, errlen, "coordinator %s: %s is not a chunk list (%zu bytes)", c->where, key, rep->len);
+		eng_set_err(err, errlen, "coordinator %s: %s is not a chunk list (%zu bytes)", from->where, key, rep->len);
 		r = -EPROTO;
 	} else if (rep->type == REDIS_REPLY_STRING && rep->len) {
 		if (!(*d = malloc(rep->len))) {
@@ -732,13 +826,14 @@ static int vm_list(struct edg_coord *c, const char *key, uint8_t **d, uint64_t *
 static int simple(struct edg_coord *c, int argc, const char **argv, const size_t *len, const char *what, char *err,
 		  size_t errlen)
 {
-	redisReply *rep = routed(c, argv[1], len ? len[1] : strlen(argv[1]), argc, argv, len, err, errlen);
+	struct node *from = NULL;
+	redisReply *rep = routed(c, argv[1], len ? len[1] : strlen(argv[1]), argc, argv, len, &from, err, errlen);
 	int r = 0;
 
 	if (!rep) {
 		r = -EIO;
 	} else if (rep->type == REDIS_REPLY_ERROR) {
-		eng_set_err(err, errlen, "coordinator %s: %s: %s", c->where, what, rep->str);
+		eng_set_err(err, errlen, "coordinator %s: %s: %s", from->where, what, rep->str);
 		r = -EPROTO;
 	}
 	freeReplyObject(rep);
@@ -996,12 +1091,13 @@ int edg_coord_edge_addr(struct edg_coord *c, const char *edge, char *loc, size_t
 	}
 	edge_key(edge, key, sizeof(key));
 	const char *argv[] = { "HGET", key, "addr" };
-	redisReply *rep = routed(c, key, strlen(key), 3, argv, NULL, err, errlen);
+	struct node *from = NULL;
+	redisReply *rep = routed(c, key, strlen(key), 3, argv, NULL, &from, err, errlen);
 	int r = 0;
 	if (!rep) {
 		r = -EIO;
 	} else if (rep->type == REDIS_REPLY_ERROR) {
-		eng_set_err(err, errlen, "coordinator %s: edge address: %s", c->where, rep->str);
+		eng_set_err(err, errlen, "coordinator %s: edge address: %s", from->where, rep->str);
 		r = -EPROTO;
 	} else if (rep->type != REDIS_REPLY_STRING || !rep->len || rep->len >= len) {
 		eng_set_err(err, errlen, "edge %s serves nowhere the coordinator knows", edge);
