@@ -194,11 +194,10 @@ static int put_chunk(const struct eng_cache_target *t, uint64_t off, const uint8
 	return pwrite_all(t->fd, data, len, off);
 }
 
-int eng_cache_base_fill_object(struct eng_cache_base *cb, unsigned o, const struct eng_cache_target *t, char *err,
-			       size_t errlen)
+int eng_cache_base_fill(struct eng_cache_base *cb, const struct eng_cache_target *targets, char *err,
+			size_t errlen)
 {
 	const struct eng_base_plan *p = cb->plan;
-	const struct eng_plan_object *po = &p->obj[o];
 	uint32_t cs = p->chunk_size, per = cs / CDC_BLOCK_SIZE;
 	uint8_t *buf = malloc(cs + CDC_BLOCK_SIZE);
 	const uint8_t **blocks = malloc(per * sizeof(*blocks));
@@ -211,68 +210,54 @@ int eng_cache_base_fill_object(struct eng_cache_base *cb, unsigned o, const stru
 		ret = -ENOMEM;
 		goto out;
 	}
-	for (uint64_t c = 0; c < po->chunks; c++) {
-		uint32_t len = chunk_len(cb, o, c), got = 0;
-		uint64_t first = c * per, nblk = (len + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
-		if (!bit(cb->chunk_have[o], c)) {
-			cb->lacking_chunks++;
-			cb->lacking_bytes += len;
-			continue;
-		}
-		bool zero = is_zero_chunk(cb, o, c);
-		if (!zero && (edg_store_get(cb->store, po->digests + c * CDC_DIGEST_LEN, buf, cs, &got) || got != len)) {
-			set_bit(cb->chunk_have[o], c, false); /* corrupt (dropped) or gone: the source sends it */
-			cb->dropped_chunks++;
-			cb->lacking_chunks++;
-			cb->lacking_bytes += len;
-			continue;
-		}
-		if ((ret = put_chunk(t, c * cs, zero ? NULL : buf, len))) {
-			eng_set_err(err, errlen, "cannot write the %s base from the edge cache: %s", eng_vm_object_names[o],
-				    strerror(-ret));
-			break;
-		}
-		if (zero) {
-			for (uint64_t b = 0; b < nblk; b++)
-				memcpy(cb->digests[o] + (first + b) * CDC_DIGEST_LEN, cdc_zero_digest(), CDC_DIGEST_LEN);
-		} else {
-			memset(buf + len, 0, (size_t)nblk * CDC_BLOCK_SIZE - len); /* the last block, zero-padded */
-			for (uint64_t b = 0; b < nblk; b++) {
-				blocks[b] = buf + b * CDC_BLOCK_SIZE;
-				outs[b] = cb->digests[o] + (first + b) * CDC_DIGEST_LEN;
+	for (unsigned o = 0; o < p->nobj && !ret; o++) {
+		const struct eng_plan_object *po = &p->obj[o];
+		for (uint64_t c = 0; c < po->chunks; c++) {
+			uint32_t len = chunk_len(cb, o, c), got = 0;
+			uint64_t first = c * per, nblk = (len + CDC_BLOCK_SIZE - 1) / CDC_BLOCK_SIZE;
+			if (!bit(cb->chunk_have[o], c)) {
+				cb->lacking_chunks++;
+				cb->lacking_bytes += len;
+				continue;
 			}
-			cdc_hash_blocks(h, blocks, (unsigned)nblk, outs);
+			bool zero = is_zero_chunk(cb, o, c);
+			if (!zero && (edg_store_get(cb->store, po->digests + c * CDC_DIGEST_LEN, buf, cs, &got) ||
+				      got != len)) {
+				set_bit(cb->chunk_have[o], c, false); /* corrupt (dropped) or gone: the source sends it */
+				cb->dropped_chunks++;
+				cb->lacking_chunks++;
+				cb->lacking_bytes += len;
+				continue;
+			}
+			if ((ret = put_chunk(&targets[o], c * cs, zero ? NULL : buf, len))) {
+				eng_set_err(err, errlen, "cannot write the %s base from the edge cache: %s",
+					    eng_vm_object_names[o], strerror(-ret));
+				break;
+			}
+			if (zero) {
+				for (uint64_t b = 0; b < nblk; b++)
+					memcpy(cb->digests[o] + (first + b) * CDC_DIGEST_LEN, cdc_zero_digest(), CDC_DIGEST_LEN);
+			} else {
+				memset(buf + len, 0, (size_t)nblk * CDC_BLOCK_SIZE - len); /* the last block, zero-padded */
+				for (uint64_t b = 0; b < nblk; b++) {
+					blocks[b] = buf + b * CDC_BLOCK_SIZE;
+					outs[b] = cb->digests[o] + (first + b) * CDC_DIGEST_LEN;
+				}
+				cdc_hash_blocks(h, blocks, (unsigned)nblk, outs);
+			}
+			for (uint64_t b = 0; b < nblk; b++)
+				set_bit(cb->block_have[o], first + b, true);
+			cb->held_chunks++;
+			cb->held_bytes += len;
 		}
-		for (uint64_t b = 0; b < nblk; b++)
-			set_bit(cb->block_have[o], first + b, true);
-		cb->held_chunks++;
-		cb->held_bytes += len;
 	}
-	cb->filled |= !ret;
 out:
+	cb->filled = !ret;
 	cdc_hasher_free(h);
 	free(buf);
 	free(blocks);
 	free(outs);
 	return ret;
-}
-
-int eng_cache_base_fill(struct eng_cache_base *cb, const struct eng_cache_target *targets, char *err,
-			size_t errlen)
-{
-	int ret = 0;
-
-	for (unsigned o = 0; o < cb->plan->nobj && !ret; o++)
-		ret = eng_cache_base_fill_object(cb, o, &targets[o], err, errlen);
-	return ret;
-}
-
-bool eng_cache_base_holds_object(const struct eng_cache_base *cb, unsigned o)
-{
-	for (uint64_t c = 0; c < cb->plan->obj[o].chunks; c++)
-		if (!bit(cb->chunk_have[o], c))
-			return false;
-	return true;
 }
 
 /* The chunks the fill read count as used (the keep policy's recency), in one transaction. */

@@ -63,18 +63,13 @@ struct eng_cache_target {
 int eng_cache_base_open(struct eng_cache_base *cb, struct edg_store *store, const struct eng_base_plan *plan,
 			double pin_s, char *err, size_t errlen);
 /*
- * Write every held chunk of object o into its target and hash its blocks; a
- * chunk that cannot be read back intact becomes lacking. Zero chunks are held
- * without a lookup (a hole punched in a file; memory is fresh). Each object
- * once. 0, or -errno and one line.
+ * Write every held chunk of every object into its target and hash its
+ * blocks; a chunk that cannot be read back intact becomes lacking. Zero chunks
+ * are held without a lookup (a hole punched in a file; memory is fresh). 0, or
+ * -errno and one line.
  */
-int eng_cache_base_fill_object(struct eng_cache_base *cb, unsigned o, const struct eng_cache_target *t, char *err,
-			       size_t errlen);
-/* Every object into its own target, in order. */
 int eng_cache_base_fill(struct eng_cache_base *cb, const struct eng_cache_target *targets, char *err,
 			size_t errlen);
-/* Every chunk of object o is held (after its fill: intact). */
-bool eng_cache_base_holds_object(const struct eng_cache_base *cb, unsigned o);
 /* The digests of the plan's chunks the cache lacks, one per lacking chunk (*digests malloc'd). 0 or -ENOMEM. */
 int eng_cache_base_lacking(const struct eng_cache_base *cb, uint8_t **digests, uint64_t *n);
 /* Before the fill: chunks that reached the store since the open (fetched from other edges) count as

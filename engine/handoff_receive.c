@@ -271,39 +271,26 @@ static int fetch_from_edges(struct dst *d, char *err, size_t errlen)
 static int map_shared_ram(struct dst *d, const struct qb_layout *layout, bool clear, char *err, size_t errlen);
 
 /*
- * The base's device state, when the cache held all of it, says where the
- * RAM blocks lie: then our QEMU's shared RAM is mapped into the RAM image
- * before its fill, as with a base directory, and the stop copies nothing.
+ * What the cache holds goes into the results; then the source hears which
+ * chunks that was. Our QEMU's shared RAM is mapped into the RAM image first,
+ * where the source's plan says its base had it, so the fill and the stream
+ * land in the VM's memory and the stop copies nothing.
  */
-static int map_ram_from_cached_devices(struct dst *d, char *err, size_t errlen)
-{
-	struct qb_devstate dev;
-	struct qb_layout layout;
-	char perr[200];
-	int ret = 0;
-
-	if (!eng_cache_base_holds_object(&d->cb, ENG_VM_DEVICES) ||
-	    qb_devstate_decode(d->dev_out.data, d->base_size[ENG_VM_DEVICES], &dev, perr, sizeof(perr)))
-		return 0; /* the stream's device state will say: copied at the stop */
-	if (!qb_devstate_layout(&dev, &layout, perr, sizeof(perr)) && layout.image_size == d->base_size[ENG_VM_MEMORY])
-		ret = map_shared_ram(d, &layout, true, err, errlen);
-	d->ram_in_place = d->shared_id[0] != 0;
-	qb_devstate_free(&dev);
-	return ret;
-}
-
-/* What the cache holds goes into the results; then the source hears which chunks that was. */
 static int fill_from_cache(struct dst *d, char *err, size_t errlen)
 {
-	const struct eng_cache_target dev = { .mem = d->dev_out.data }, ram = { .mem = d->ram },
-				      disk = { .fd = d->disk_fd };
+	struct eng_cache_target t[ENG_VM_OBJECTS] = {
+		[ENG_VM_DISK] = { .fd = d->disk_fd },
+		[ENG_VM_MEMORY] = { .mem = d->ram },
+		[ENG_VM_DEVICES] = { .mem = d->dev_out.data },
+	};
 	double t0 = since(&d->t0);
 	int ret = fetch_from_edges(d, err, errlen);
 
-	if (!ret && !(ret = eng_cache_base_fill_object(&d->cb, ENG_VM_DEVICES, &dev, err, errlen)) &&
-	    !(ret = map_ram_from_cached_devices(d, err, errlen)) &&
-	    !(ret = eng_cache_base_fill_object(&d->cb, ENG_VM_MEMORY, &ram, err, errlen)))
-		ret = eng_cache_base_fill_object(&d->cb, ENG_VM_DISK, &disk, err, errlen);
+	if (!ret && d->plan.ram.nblocks)
+		ret = map_shared_ram(d, &d->plan.ram, true, err, errlen);
+	d->ram_in_place = d->shared_id[0] != 0;
+	if (!ret)
+		ret = eng_cache_base_fill(&d->cb, t, err, errlen);
 
 	if (!ret)
 		ret = eng_base_have_send(d->conn, d->session, d->a->key, &d->plan, d->cb.chunk_have, err, errlen);
@@ -541,11 +528,10 @@ static int map_shared_ram(struct dst *d, const struct qb_layout *layout, bool cl
 }
 
 /*
- * A cache receiver whose cache lacked the base's device state learns the RAM
- * layout only from the stream's, so the RAM it left out (x-ignore-shared)
- * goes into our QEMU's shared backend now, in one write, rather than in place
- * as it arrived. Mapped in place already (the base's layout, from the cache):
- * the stream's layout must put that block where the base had it.
+ * A cache receiver mapped our QEMU's shared RAM where the plan said the base
+ * had it: the stream's layout must put that block there too. Not mapped (a
+ * plan without RAM blocks), the RAM the stream left out (x-ignore-shared)
+ * goes into the shared backend now, in one write.
  */
 static int copy_shared_ram(struct dst *d, const struct qb_layout *layout, char *err, size_t errlen)
 {
@@ -556,7 +542,7 @@ static int copy_shared_ram(struct dst *d, const struct qb_layout *layout, char *
 			if (!strcmp(layout->blocks[b].id, d->shared_id) && layout->blocks[b].image_off == d->shared_off &&
 			    layout->blocks[b].length == d->shared_len)
 				return 0;
-		snprintf(err, errlen, "the VM's RAM block %s is not where its base had it: the source's base and VM differ",
+		snprintf(err, errlen, "the VM's RAM block %s is not where the source's plan put it",
 			 d->shared_id);
 		return -EINVAL;
 	}
@@ -915,7 +901,7 @@ static json_object *summary_json(struct dst *d, const struct eng_patch_stats *st
 		json_object_object_add(c, "lacking_chunks", json_object_new_int64((int64_t)d->cb.lacking_chunks));
 		json_object_object_add(c, "dropped_chunks", json_object_new_int64((int64_t)d->cb.dropped_chunks));
 		json_object_object_add(c, "fill_s", json_object_new_double(d->fill_s));
-		/* "in place": the base's device state came from the cache, our QEMU's RAM was filled directly */
+		/* "in place": our QEMU's RAM was filled directly, by the plan's RAM blocks */
 		json_object_object_add(c, "shared_ram", json_object_new_string(!d->shared_id[0] ? "none"
 									       : d->ram_in_place ? "in place"
 												 : "copied at the stop"));

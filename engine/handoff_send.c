@@ -943,7 +943,9 @@ static int conn_send_cb(void *ctx, const void *buf, size_t len)
  */
 static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t errlen)
 {
-	struct eng_base_plan plan = { .aead = s->a->aead, .nobj = ENG_VM_OBJECTS, .chunk_size = cache_chunk };
+	/* the RAM blocks too: the receiver fills its QEMU's shared RAM in place by them */
+	struct eng_base_plan plan = { .aead = s->a->aead, .nobj = ENG_VM_OBJECTS, .chunk_size = cache_chunk,
+				      .ram = s->base.layout };
 	uint8_t *chunk_have[ENG_VM_OBJECTS] = { 0 };
 	double t0 = eng_mono_s();
 	int ret = -ENOMEM;

@@ -203,7 +203,7 @@ int eng_session_resume_reply(struct eng_conn *c, const uint8_t value[ENG_SESSION
 /* ---- a base the destination holds in part -------------------------------------- */
 
 static const char plan_magic[8] = "HOFFPLAN", have_magic[8] = "HOFFHAVE";
-#define BASE_VERSION 2
+#define BASE_VERSION 3
 #define BASE_NONCE 24 /* where the header holds the plan's nonce */
 #define BASE_HDR (BASE_NONCE + ENG_PLAN_NONCE_LEN)
 
@@ -332,6 +332,9 @@ int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 
 	for (unsigned o = 0; o < p->nobj; o++)
 		body += 8 + CDC_DIGEST_LEN + 8 + p->obj[o].chunks * CDC_DIGEST_LEN;
+	body += 2;
+	for (unsigned b = 0; b < p->ram.nblocks; b++)
+		body += 1 + strnlen(p->ram.blocks[b].id, 255) + 16;
 	uint8_t *m = calloc(1, BASE_HDR + body + CDC_TAG_LEN), *q;
 	if (!m) {
 		eng_set_err(err, errlen, "out of memory for the base plan");
@@ -357,6 +360,17 @@ int eng_base_plan_send(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 		q += 16 + CDC_DIGEST_LEN;
 		memcpy(q, p->obj[o].digests, p->obj[o].chunks * CDC_DIGEST_LEN);
 		q += p->obj[o].chunks * CDC_DIGEST_LEN;
+	}
+	cdc_put_le(q, p->ram.nblocks, 2);
+	q += 2;
+	for (unsigned b = 0; b < p->ram.nblocks; b++) {
+		const struct qb_ram_block *rb = &p->ram.blocks[b];
+		size_t l = strnlen(rb->id, 255);
+		*q++ = (uint8_t)l;
+		memcpy(q, rb->id, l);
+		cdc_put_le(q + l, rb->length, 8);
+		cdc_put_le(q + l + 8, rb->image_off, 8);
+		q += l + 16;
 	}
 	int r = send_sealed(c, value, key, p->aead, m, body, 3, NULL, p->hash);
 	free(m);
@@ -399,6 +413,7 @@ int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 			    err, errlen);
 
 	memset(p->obj, 0, sizeof(p->obj));
+	memset(&p->ram, 0, sizeof(p->ram));
 	if (r)
 		return r;
 	p->nobj = m[10];
@@ -425,6 +440,22 @@ int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 			memcpy(po->digests, q, po->chunks * CDC_DIGEST_LEN);
 			q += po->chunks * CDC_DIGEST_LEN;
 		}
+	}
+	if (ok && (ok = end - q >= 2 && (p->ram.nblocks = (unsigned)cdc_get_le(q, 2)) <= QB_MAX_BLOCKS))
+		q += 2;
+	for (unsigned b = 0; ok && b < p->ram.nblocks; b++) {
+		struct qb_ram_block *rb = &p->ram.blocks[b];
+		size_t l = end - q >= 1 ? *q : 0;
+		/* within the memory object (an object count below that means no VM, and no blocks) */
+		if (!(ok = l && (size_t)(end - q) >= 1 + l + 16 && p->nobj > ENG_VM_MEMORY))
+			break;
+		memcpy(rb->id, q + 1, l);
+		rb->id[l] = 0;
+		rb->length = cdc_get_le(q + 1 + l, 8);
+		rb->image_off = cdc_get_le(q + 1 + l + 8, 8);
+		ok = !memchr(rb->id, 0, l) && rb->image_off <= p->obj[ENG_VM_MEMORY].size &&
+		     rb->length <= p->obj[ENG_VM_MEMORY].size - rb->image_off;
+		q += 1 + l + 16;
 	}
 	free(m);
 	if (!ok || q != end) {

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "conn.h"
+#include "qemu_bridge/migstream.h"
 #include "stream.h"
 
 #define ENG_SESSION_OFFER_LEN (12 + ENG_SESSION_LEN)
@@ -78,10 +79,12 @@ int eng_session_resume_reply(struct eng_conn *c, const uint8_t value[ENG_SESSION
  * the base's chunk recipe from the source and says which chunks it holds,
  * before the stream:
  *
- *   plan = magic "HOFFPLAN" | version:u16 = 2 | nobj:u8 | aead:u8 | chunk_size:u32 |
+ *   plan = magic "HOFFPLAN" | version:u16 = 3 | nobj:u8 | aead:u8 | chunk_size:u32 |
  *          body_len:u64 | nonce[16] | sealed body | tag[16]
- *     body = per object: base size:u64 | base image digest[32] | chunks:u64 | digest[32] * chunks
- *   have = magic "HOFFHAVE" | version:u16 = 2 | zero:u16 | zero:u32 | body_len:u64 | nonce[16] |
+ *     body = per object: base size:u64 | base image digest[32] | chunks:u64 | digest[32] * chunks,
+ *            then the base VM's RAM blocks: count:u16 | per block: id_len:u8 | id | length:u64 |
+ *            image_off:u64 (where each lies in the memory object; count 0 for a base that is no VM)
+ *   have = magic "HOFFHAVE" | version:u16 = 3 | zero:u16 | zero:u32 | body_len:u64 | nonce[16] |
  *          sealed body | tag[16]
  *     body = per object, one bit per chunk of the plan (bit c of byte c / 8), rounded up to bytes
  *
@@ -92,6 +95,8 @@ int eng_session_resume_reply(struct eng_conn *c, const uint8_t value[ENG_SESSION
  * SHA-256. An answer fits only the plan it answers, in this connection
  * only: a have recorded in another session names another plan nonce, and a
  * plan or have replayed into another connection meets another value.
+ * The RAM blocks let a receiver whose cache lacks the base's device state
+ * still fill its QEMU's shared RAM in place before the stream.
  */
 #define ENG_PLAN_MAX_CHUNKS (1ull << 24) /* per object: 1 TiB in 64 KiB chunks, 512 MiB of digests */
 #define ENG_PLAN_NONCE_LEN 16
@@ -105,6 +110,7 @@ struct eng_base_plan {
 		uint8_t id[CDC_DIGEST_LEN];
 		uint8_t *digests; /* chunks * CDC_DIGEST_LEN */
 	} obj[ENG_MAX_OBJECTS];
+	struct qb_layout ram; /* the base's RAM blocks (nblocks 0: none said); a receiver checks them */
 	uint8_t hash[CDC_DIGEST_LEN]; /* of the plan as sent: the have answers it */
 	uint8_t nonce[ENG_PLAN_NONCE_LEN]; /* the sender's, fresh per plan (set by eng_base_plan_send) */
 };

@@ -5,14 +5,19 @@
  * file); a corrupt chunk becomes lacking; the block digests and map say
  * exactly what was written; the pristine base reads back from the cache and
  * refuses lacking blocks; the plan's chunks stay pinned until the close,
- * which counts the chunks read as used.
+ * which counts the chunks read as used. The source's chunk digests kept
+ * beside a base image are used only while they fit the image and their
+ * checksum.
  */
 #include "engine/cache_base.h"
+#include "engine/vmbase.h"
 #include "codecs/codecs.h"
 #include "testlib.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CS (16u << 10)
@@ -153,11 +158,83 @@ static void test_fill_and_read_back(void **state)
 	free(dir);
 }
 
+/* Object o of a base whose image is path: what eng_vmbase_chunk_digests reads. */
+static void open_image(struct eng_vmbase *b, const char *path)
+{
+	char err[256];
+	int fd = open(path, O_RDONLY);
+	struct stat st;
+
+	assert_true(fd >= 0 && !fstat(fd, &st));
+	memset(b, 0, sizeof(*b));
+	b->path[ENG_VM_DISK] = (char *)path;
+	assert_non_null(b->index[ENG_VM_DISK] = trk_index_open(path, err, sizeof(err)));
+	b->map_len[ENG_VM_DISK] = (size_t)st.st_size;
+	b->map[ENG_VM_DISK] = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	assert_true(b->map[ENG_VM_DISK] != MAP_FAILED);
+	close(fd);
+}
+
+static void close_image(struct eng_vmbase *b)
+{
+	munmap((void *)b->map[ENG_VM_DISK], b->map_len[ENG_VM_DISK]);
+	trk_index_free(b->index[ENG_VM_DISK]);
+}
+
+static void test_chunk_digests_kept(void **state)
+{
+	(void)state;
+	char *dir = test_tmpdir(), path[512], kept[600];
+	struct object ob;
+	enum { SIZE = 10 * CS + 1000, N = 11 };
+	uint8_t want[N * CDC_DIGEST_LEN], got[N * CDC_DIGEST_LEN];
+	struct eng_vmbase b;
+
+	make_object(&ob, SIZE);
+	snprintf(path, sizeof(path), "%s/disk.img", dir);
+	snprintf(kept, sizeof(kept), "%s.chunks-%u", path, CS);
+	test_write_file(path, ob.data, SIZE);
+	edg_chunk_digests(ob.data, SIZE, CS, want);
+	ino_t ino = 0;
+	for (int round = 0; round < 4; round++) {
+		if (round == 2) { /* a flipped digest in the kept list: its checksum refuses it */
+			int fd = open(kept, O_RDWR);
+			uint8_t x;
+			assert_int_equal(pread(fd, &x, 1, 200), 1);
+			x ^= 1;
+			assert_int_equal(pwrite(fd, &x, 1, 200), 1);
+			close(fd);
+		}
+		if (round == 3) { /* the image changed: a list of the old one does not fit */
+			ob.data[5] ^= 0xff;
+			test_write_file(path, ob.data, SIZE);
+			edg_chunk_digests(ob.data, SIZE, CS, want);
+		}
+		open_image(&b, path);
+		memset(got, 0, sizeof(got));
+		eng_vmbase_chunk_digests(&b, ENG_VM_DISK, CS, got, N);
+		assert_memory_equal(got, want, sizeof(want));
+		struct stat st;
+		assert_int_equal(stat(kept, &st), 0); /* kept for the next handoff */
+		if (round == 1)
+			assert_true(st.st_ino == ino); /* read, not made again */
+		if (round >= 2)
+			assert_true(st.st_ino != ino); /* made again (a new file renamed over it) */
+		ino = st.st_ino;
+		close_image(&b);
+	}
+	free(ob.data);
+	snprintf(path, sizeof(path), "rm -rf %s", dir);
+	assert_int_equal(system(path), 0);
+	free(dir);
+}
+
 int main(void)
 {
 	test_seed();
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fill_and_read_back),
+		cmocka_unit_test(test_chunk_digests_kept),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

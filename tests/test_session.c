@@ -242,8 +242,14 @@ static void test_base_plan(void **state)
 							.digests = digests[o] };
 		test_fill_random(plan.obj[o].id, CDC_DIGEST_LEN);
 	}
-	for (int run = 0; run < 5; run++) {
+	/* the base VM's RAM blocks ride along (within the memory object) */
+	plan.ram.nblocks = 2;
+	plan.ram.blocks[0] = (struct qb_ram_block){ .id = "ram0", .length = 2 * 65536, .image_off = 0 };
+	plan.ram.blocks[1] = (struct qb_ram_block){ .id = "0000:00:01.0/vga.vram", .length = 4096,
+						    .image_off = 2 * 65536 };
+	for (int run = 0; run < 6; run++) {
 		struct planner r = { .answer_other_plan = run == 2, .answer_other_nonce = run == 4 };
+		plan.ram.blocks[1].length = run == 5 ? 65536 : 4096; /* run 5: a block past the memory object */
 		struct eng_conn_bind b = { .key = run == 1 ? other : r.key }; /* run 1: the source has another key */
 		uint8_t value[ENG_SESSION_LEN], *have[3];
 		char err[256];
@@ -282,6 +288,15 @@ static void test_base_plan(void **state)
 				assert_memory_equal(r.plan.obj[o].digests, digests[o], plan.obj[o].chunks * CDC_DIGEST_LEN);
 				assert_int_equal(have[o][0], 0x55 & ((1u << plan.obj[o].chunks) - 1));
 			}
+			assert_int_equal(r.plan.ram.nblocks, 2);
+			for (unsigned b = 0; b < 2; b++) {
+				assert_string_equal(r.plan.ram.blocks[b].id, plan.ram.blocks[b].id);
+				assert_int_equal(r.plan.ram.blocks[b].length, plan.ram.blocks[b].length);
+				assert_int_equal(r.plan.ram.blocks[b].image_off, plan.ram.blocks[b].image_off);
+			}
+		} else if (run == 5) {
+			assert_int_equal(r.plan_ret, -EPROTO);
+			assert_int_not_equal(hr, 0);
 		} else if (run == 1) { /* a source without the key: the plan is refused */
 			assert_int_equal(r.plan_ret, -EACCES);
 			assert_int_not_equal(hr, 0);
