@@ -769,7 +769,7 @@ int edg_coord_unregister(struct edg_coord *c, const char *name, const uint8_t *d
 	return run_batches(c, digests, n, 5, b_unref, &nm, NULL, NULL, "unregister", err, errlen);
 }
 
-/* ---- running VMs ---------------------------------------------------------------- */
+/* ---- listed registrations: images and running VMs ---------------------------- */
 
 bool edg_coord_vm_name_ok(const char *name, char *err, size_t errlen)
 {
@@ -780,19 +780,35 @@ bool edg_coord_vm_name_ok(const char *name, char *err, size_t errlen)
 	return true;
 }
 
-/* Image name "vm:NAME" and key ho:vm:EDGE:NAME of running VM name on this edge. */
-static int vm_names(const struct edg_coord *c, const char *name, char *image, char *key, size_t keylen, char *err,
-		    size_t errlen)
+/*
+ * A registration whose chunk list the coordinator keeps too, so that it can
+ * be moved or ended by its name alone: registration image (an image's name,
+ * or "vm:NAME"), its list at key (ho:img:EDGE:NAME, ho:vm:EDGE:NAME).
+ */
+struct listed {
+	char image[EDG_NAME_MAX + 1], key[EDG_NAME_MAX + 80];
+};
+
+static int image_listed(const struct edg_coord *c, const char *name, struct listed *l, char *err, size_t errlen)
 {
-	if (!edg_coord_vm_name_ok(name, err, errlen))
+	if (!name_ok(name, "image", err, errlen))
 		return -EINVAL;
-	snprintf(image, EDG_NAME_MAX + 1, "vm:%s", name);
-	snprintf(key, keylen, "ho:vm:%s:%s", c->edge, name);
+	snprintf(l->image, sizeof(l->image), "%s", name);
+	snprintf(l->key, sizeof(l->key), "ho:img:%s:%s", c->edge, name);
 	return 0;
 }
 
-/* The chunk list of a running VM's registration (malloc'd); *d NULL, *n 0 when there is none. */
-static int vm_list(struct edg_coord *c, const char *key, uint8_t **d, uint64_t *n, char *err, size_t errlen)
+static int vm_listed(const struct edg_coord *c, const char *name, struct listed *l, char *err, size_t errlen)
+{
+	if (!edg_coord_vm_name_ok(name, err, errlen))
+		return -EINVAL;
+	snprintf(l->image, sizeof(l->image), "vm:%s", name);
+	snprintf(l->key, sizeof(l->key), "ho:vm:%s:%s", c->edge, name);
+	return 0;
+}
+
+/* The kept chunk list (malloc'd); *d NULL, *n 0 when there is none. */
+static int list_get(struct edg_coord *c, const char *key, uint8_t **d, uint64_t *n, char *err, size_t errlen)
 {
 	const char *argv[] = { "GET", key };
 	struct node *from = NULL;
@@ -804,7 +820,7 @@ static int vm_list(struct edg_coord *c, const char *key, uint8_t **d, uint64_t *
 	if (!rep) {
 		r = -EIO;
 	} else if (rep->type == REDIS_REPLY_ERROR) {
-		eng_set_err(err, errlen, "coordinator %s: running VM: %s", from->where, rep->str);
+		eng_set_err(err, errlen, "coordinator %s: chunk list: %s", from->where, rep->str);
 		r = -EPROTO;
 	} else if (rep->type == REDIS_REPLY_STRING && rep->len % EDG_DIGEST_LEN) {
 		eng_set_err(err, errlen, "coordinator %s: %s is not a chunk list (%zu bytes)", from->where, key, rep->len);
@@ -840,39 +856,36 @@ static int simple(struct edg_coord *c, int argc, const char **argv, const size_t
 	return r;
 }
 
-/* Stores a running VM's chunk list at key (n may be 0). */
-static int vm_store(struct edg_coord *c, const char *key, const uint8_t *digests, uint64_t n, char *err,
+/* Stores a chunk list at key (n may be 0). */
+static int list_set(struct edg_coord *c, const char *key, const uint8_t *digests, uint64_t n, char *err,
 		    size_t errlen)
 {
 	const char *argv[] = { "SET", key, n ? (const char *)digests : "" };
 	size_t len[] = { 3, strlen(key), n * EDG_DIGEST_LEN };
 
-	return simple(c, 3, argv, len, "running VM", err, errlen);
+	return simple(c, 3, argv, len, "chunk list", err, errlen);
 }
 
-int edg_coord_register_vm(struct edg_coord *c, const char *name, const uint8_t *list, uint64_t n_list, char *err,
-			  size_t errlen)
+static int register_listed(struct edg_coord *c, const struct listed *l, const uint8_t *list, uint64_t n_list,
+			   char *err, size_t errlen)
 {
-	char image[EDG_NAME_MAX + 1], key[EDG_NAME_MAX + 80];
 	uint8_t *old, *both = NULL, *gone = NULL;
 	uint64_t n_old, k = 0, n;
 	int r;
 
-	if ((r = vm_names(c, name, image, key, sizeof(key), err, errlen)))
-		return r;
 	/* each chunk once: a base repeats many (zero pages), and each is a coordinator write */
 	uint8_t *digests = edg_digests_minus(list, n_list, NULL, 0, &n);
 	if (!digests) {
 		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
-	if ((r = vm_list(c, key, &old, &n_old, err, errlen))) {
+	if ((r = list_get(c, l->key, &old, &n_old, err, errlen))) {
 		free(digests);
 		return r;
 	}
 	/*
-	 * The stored list always names every chunk registered for the VM, so a
-	 * crash anywhere leaves a state that ending the VM repairs: first the old
+	 * The kept list always names every chunk registered under the name, so a
+	 * crash anywhere leaves a state that ending it repairs: first the old
 	 * and the new list together, then the new registrations, then the end of
 	 * the old-only ones, and last the new list alone.
 	 */
@@ -886,17 +899,17 @@ int edg_coord_register_vm(struct edg_coord *c, const char *name, const uint8_t *
 		}
 		memcpy(both, digests, n * EDG_DIGEST_LEN);
 		memcpy(both + n * EDG_DIGEST_LEN, gone, k * EDG_DIGEST_LEN);
-		if ((r = vm_store(c, key, both, n + k, err, errlen)))
+		if ((r = list_set(c, l->key, both, n + k, err, errlen)))
 			goto out;
-	} else if ((r = vm_store(c, key, digests, n, err, errlen))) {
+	} else if ((r = list_set(c, l->key, digests, n, err, errlen))) {
 		goto out;
 	}
-	if ((r = edg_coord_register(c, image, digests, n, err, errlen)))
+	if ((r = edg_coord_register(c, l->image, digests, n, err, errlen)))
 		goto out;
-	if (k && (r = edg_coord_unregister(c, image, gone, k, err, errlen)))
+	if (k && (r = edg_coord_unregister(c, l->image, gone, k, err, errlen)))
 		goto out;
 	if (old)
-		r = vm_store(c, key, digests, n, err, errlen);
+		r = list_set(c, l->key, digests, n, err, errlen);
 out:
 	free(both);
 	free(gone);
@@ -905,29 +918,61 @@ out:
 	return r;
 }
 
-int edg_coord_unregister_vm(struct edg_coord *c, const char *name, uint64_t *n, char *err, size_t errlen)
+static int unregister_listed(struct edg_coord *c, const struct listed *l, uint64_t *n, char *err, size_t errlen)
 {
-	char image[EDG_NAME_MAX + 1], key[EDG_NAME_MAX + 80];
 	uint8_t *d;
 	uint64_t k;
 	int r;
 
 	if (n)
 		*n = 0;
-	if ((r = vm_names(c, name, image, key, sizeof(key), err, errlen)) ||
-	    (r = vm_list(c, key, &d, &k, err, errlen)))
+	if ((r = list_get(c, l->key, &d, &k, err, errlen)))
 		return r;
 	/* the registration first, the list last: a failure in between is repaired by ending it again */
 	if (d)
-		r = edg_coord_unregister(c, image, d, k, err, errlen);
+		r = edg_coord_unregister(c, l->image, d, k, err, errlen);
 	free(d);
-	const char *argv[] = { "DEL", key };
-	size_t len[] = { 3, strlen(key) };
+	const char *argv[] = { "DEL", l->key };
+	size_t len[] = { 3, strlen(l->key) };
 	if (!r)
-		r = simple(c, 2, argv, len, "running VM", err, errlen);
+		r = simple(c, 2, argv, len, "chunk list", err, errlen);
 	if (!r && n)
 		*n = k;
 	return r;
+}
+
+int edg_coord_register_image(struct edg_coord *c, const char *name, const uint8_t *digests, uint64_t n, char *err,
+			     size_t errlen)
+{
+	struct listed l;
+	int r = image_listed(c, name, &l, err, errlen);
+
+	return r ? r : register_listed(c, &l, digests, n, err, errlen);
+}
+
+int edg_coord_unregister_image(struct edg_coord *c, const char *name, uint64_t *n, char *err, size_t errlen)
+{
+	struct listed l;
+	int r = image_listed(c, name, &l, err, errlen);
+
+	return r ? r : unregister_listed(c, &l, n, err, errlen);
+}
+
+int edg_coord_register_vm(struct edg_coord *c, const char *name, const uint8_t *digests, uint64_t n, char *err,
+			  size_t errlen)
+{
+	struct listed l;
+	int r = vm_listed(c, name, &l, err, errlen);
+
+	return r ? r : register_listed(c, &l, digests, n, err, errlen);
+}
+
+int edg_coord_unregister_vm(struct edg_coord *c, const char *name, uint64_t *n, char *err, size_t errlen)
+{
+	struct listed l;
+	int r = vm_listed(c, name, &l, err, errlen);
+
+	return r ? r : unregister_listed(c, &l, n, err, errlen);
 }
 
 int edg_coord_lease(struct edg_coord *c, const char *id, const uint8_t *digests, uint64_t n, double ttl_s,

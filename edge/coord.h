@@ -44,6 +44,18 @@ int edg_coord_register(struct edg_coord *c, const char *name, const uint8_t *dig
 int edg_coord_unregister(struct edg_coord *c, const char *name, const uint8_t *digests, uint64_t n, char *err,
 			 size_t errlen);
 /*
+ * An image in this edge's cache (cache add): registration NAME contains these
+ * chunks. The list is kept at the coordinator too (ho:img:EDGE:NAME), so
+ * adding the image again under that name moves the count from the old list
+ * (chunks only it held stop counting), and removing it needs only the name,
+ * even after the cache lost it. While a registration moves, the list holds
+ * old and new together: a failure midway is repaired by doing it again.
+ */
+int edg_coord_register_image(struct edg_coord *c, const char *name, const uint8_t *digests, uint64_t n, char *err,
+			     size_t errlen);
+/* End it: *n (may be NULL) how many chunks it held (0: none was registered here). */
+int edg_coord_unregister_image(struct edg_coord *c, const char *name, uint64_t *n, char *err, size_t errlen);
+/*
  * A VM running on this edge (the one `receive --vm-name NAME` resumed): its
  * registration, image "vm:NAME", contains these chunks (the base it was handed
  * off against). The list is kept at the coordinator too (ho:vm:EDGE:NAME), so

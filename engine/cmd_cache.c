@@ -69,9 +69,12 @@ static struct edg_store *open_store(const char *cmd, const char *dir, bool creat
 
 /*
  * Tell the coordinator this edge holds the image's chunks and the image
- * contains them; what an earlier image of that name contained (old, n_old)
- * first stops counting for it (both steps are idempotent, so a retry after a
- * failure repairs the counts).
+ * contains them. What an earlier image of that name contained stops counting
+ * for it: the coordinator's own list of the registration says what that was
+ * (so a retry after a failure midway repairs the counts, though the cache
+ * here already holds the new image), and the cache's old recipe (old, n_old)
+ * says it for a registration made before the coordinator kept lists. Every
+ * step is idempotent.
  */
 static int coord_add(struct edg_coord *c, struct edg_store *s, const char *name, const uint8_t *old,
 		     uint64_t n_old, char *err, size_t errlen)
@@ -87,7 +90,7 @@ static int coord_add(struct edg_coord *c, struct edg_store *s, const char *name,
 	/* the new registration first: chunks both contain never look unreferenced meanwhile */
 	r = edg_coord_report(c, d, n, err, errlen);
 	if (!r)
-		r = edg_coord_register(c, name, d, n, err, errlen);
+		r = edg_coord_register_image(c, name, d, n, err, errlen);
 	if (!r && old) {
 		uint64_t k = 0;
 		uint8_t *gone = edg_digests_minus(old, n_old, d, n, &k);
@@ -294,26 +297,37 @@ static int remove_run(const struct cli_cmd *cmd, const char *const *val)
 
 	if (!s)
 		return 1;
-	if (edg_store_recipe(s, val[R_NAME], &size, &d, &n)) {
+	bool here = !edg_store_recipe(s, val[R_NAME], &size, &d, &n);
+	struct edg_coord *c = cli_coord_open(cmd->name, val[R_COORD], val[R_AUTH], val[R_EDGE], NULL, &missed);
+	/* gone here already (a remove whose coordinator failed): the coordinator's list still ends it */
+	if (!here && !c) {
 		cli_error("%s: no image '%s' in %s", cmd->name, val[R_NAME], val[R_CACHE]);
 		edg_store_close(s);
-		return 1;
+		return missed ? EXIT_COORD_MISSED : 1;
 	}
-	struct edg_coord *c = cli_coord_open(cmd->name, val[R_COORD], val[R_AUTH], val[R_EDGE], NULL, &missed);
-	int r = edg_store_remove_image(s, val[R_NAME], err, sizeof(err));
-	if (!r && c && edg_coord_unregister(c, val[R_NAME], d, n, err, sizeof(err))) {
+	int r = here ? edg_store_remove_image(s, val[R_NAME], err, sizeof(err)) : 0;
+	uint64_t listed = 0;
+	if (r) {
+		cli_error("%s: %s", cmd->name, err);
+	} else if (c && (edg_coord_unregister_image(c, val[R_NAME], &listed, err, sizeof(err)) ||
+			 (here && edg_coord_unregister(c, val[R_NAME], d, n, err, sizeof(err))))) {
 		cli_error("%s: %s", cmd->name, err);
 		missed = true;
-	} else if (r) {
-		cli_error("%s: %s", cmd->name, err);
 	}
 	free(d);
 	edg_coord_close(c);
 	edg_store_close(s);
 	if (r)
 		return 1;
+	if (!here && !missed && !listed) {
+		cli_error("%s: no image '%s' in %s, nor registered at the coordinator", cmd->name, val[R_NAME],
+			  val[R_CACHE]);
+		return 1;
+	}
 	fprintf(stderr, "cache remove: %s unregistered (%llu chunks lost a reference)%s\n", val[R_NAME],
-		(unsigned long long)n, missed ? "; the coordinator does not know: remove it again once it answers" : "");
+		(unsigned long long)(here ? n : listed),
+		missed ? "; the coordinator does not know: remove it again once it answers"
+		: here ? "" : " at the coordinator; the cache had removed it already");
 	return missed ? EXIT_COORD_MISSED : 0;
 }
 

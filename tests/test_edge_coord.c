@@ -339,6 +339,39 @@ static void test_running_vm(void **state)
 	edg_coord_close(a);
 }
 
+/*
+ * An image registered again under its name moves the count from the old
+ * list to the new one; ending it needs only the name; a VM of the same name
+ * is another registration.
+ */
+static void test_image_lists(void **state)
+{
+	(void)state;
+	struct edg_coord *a = edge("edge-img");
+	uint8_t *d = digests(40, 8);
+	uint32_t refs[40], holders[40];
+	uint64_t n = 0;
+	char err[256];
+
+	assert_int_equal(edg_coord_register_image(a, "disk-7", d, 30, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register_vm(a, "disk-7", d, 5, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_register_image(a, "disk-7", d + 10 * EDG_DIGEST_LEN, 30, err, sizeof(err)), 0);
+	assert_int_equal(edg_coord_holders(a, d, 40, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < 40; i++)
+		assert_int_equal(refs[i], (i < 5) + (i >= 10));
+	assert_int_equal(edg_coord_unregister_image(a, "disk-7", &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 30);
+	assert_int_equal(edg_coord_unregister_image(a, "disk-7", &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(edg_coord_unregister_vm(a, "disk-7", &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 5);
+	assert_int_equal(edg_coord_holders(a, d, 40, refs, holders, err, sizeof(err)), 0);
+	for (int i = 0; i < 40; i++)
+		assert_int_equal(refs[i], 0);
+	free(d);
+	edg_coord_close(a);
+}
+
 /* Last, as it restarts the server: what was registered survives a shutdown and a crash (AOF). */
 static void test_restart_keeps_state(void **state)
 {
@@ -607,6 +640,7 @@ int main(void)
 		cmocka_unit_test(test_keep_policy_and_copies),
 		cmocka_unit_test(test_random_interleavings),
 		cmocka_unit_test(test_running_vm),
+		cmocka_unit_test(test_image_lists),
 		cmocka_unit_test(test_acl_limits),
 		cmocka_unit_test(test_restart_keeps_state),
 	};
@@ -616,6 +650,7 @@ int main(void)
 		cmocka_unit_test(test_keep_policy_and_copies),
 		cmocka_unit_test(test_random_interleavings),
 		cmocka_unit_test(test_running_vm),
+		cmocka_unit_test(test_image_lists),
 		cmocka_unit_test(test_acl_limits),
 		cmocka_unit_test(test_cluster_spreads_and_reshards),
 		cmocka_unit_test(test_restart_keeps_state),
