@@ -150,6 +150,13 @@ struct src {
 	 * base it has (bit per block; NULL: a whole base); the rest is sent */
 	uint8_t *base_have[ENG_VM_OBJECTS];
 	uint64_t lacking_blocks;
+	/*
+	 * The first pass sends them last (bit per global block; NULL once that
+	 * pass is over): the VM overwrites some of them (bench-edge: the base's
+	 * own memory is where the VM writes), and each one sent early and written
+	 * after is sent twice.
+	 */
+	uint64_t *lacking_late;
 	double plan_s;
 	bool planned;           /* the plan and map went through */
 	/* start-up, eng_mono_s(): from main() (or the call) to the first state on the wire */
@@ -462,16 +469,23 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		return ENG_FEED_END;
 	if (!__atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE) || s->hold)
 		return 0;
-	uint64_t end = s->total * s->sweeps;
+	/* the first pass ends with a sweep of the blocks the destination's cache lacks */
+	uint64_t walk = s->total * s->sweeps, end = walk + (s->lacking_late ? s->total : 0);
 	while (n < max && s->cursor < end && steps++ < 16384u * s->sweeps) { /* the same share of a pass per call */
 		uint64_t g;
 		if (s->unchecked && s->unchecked_pos < s->unchecked_n) {
 			g = s->unchecked_first + s->unchecked_pos++; /* the first pass's sweep */
+		} else if (s->cursor >= walk) {
+			g = s->cursor++ - walk;
+			if (!(s->lacking_late[g >> 6] >> (g & 63) & 1))
+				continue;
 		} else {
 			uint64_t i = s->cursor++;
 			g = (uint64_t)(((unsigned __int128)s->perm_mul * (i % s->total) + s->perm_add) % s->total);
 			if (s->sweeps > 1 && s->pass_bucket[g] != i / s->total)
 				continue; /* its bucket's sweep takes it */
+			if (s->lacking_late && s->lacking_late[g >> 6] >> (g & 63) & 1)
+				continue; /* the sweep at the end takes it */
 		}
 		if (!take(s, g) || !changed_since_mirror(s, g))
 			continue;
@@ -493,6 +507,8 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 	if (s->cursor >= end) {
 		free(s->unchecked); /* every page was visited: later scans take over */
 		s->unchecked = NULL;
+		free(s->lacking_late);
+		s->lacking_late = NULL;
 		if (s->cur_report)
 			s->cur_report->end_s = now_s(s);
 		__atomic_store_n(&s->pass_active, false, __ATOMIC_RELEASE);
@@ -967,7 +983,8 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 			goto out;
 		}
 		memcpy(po->id, trk_index_id(s->base.index[o]), CDC_DIGEST_LEN);
-		if (!(po->digests = malloc(po->chunks ? po->chunks * CDC_DIGEST_LEN : 1)) ||
+		if ((!s->lacking_late && !(s->lacking_late = calloc(s->total / 64 + 1, sizeof(uint64_t)))) ||
+		    !(po->digests = malloc(po->chunks ? po->chunks * CDC_DIGEST_LEN : 1)) ||
 		    !(chunk_have[o] = calloc(1, po->chunks / 8 + 1)) ||
 		    !(s->base_have[o] = calloc(1, s->count[o] / 8 + 1)))
 			goto nomem;
@@ -988,8 +1005,10 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 			}
 			if (b * CDC_BLOCK_SIZE < plan.obj[o].size)
 				s->lacking_blocks++;
-			if (o != ENG_VM_DEVICES)
+			if (o != ENG_VM_DEVICES) {
 				mark(s, s->first[o] + b);
+				s->lacking_late[(s->first[o] + b) >> 6] |= 1ull << ((s->first[o] + b) & 63);
+			}
 		}
 	s->plan_s = eng_mono_s() - t0;
 	s->planned = true;
@@ -1660,6 +1679,7 @@ out:
 	free(s->sent);
 	free(s->heat);
 	free(s->pass_bucket);
+	free(s->lacking_late);
 	free(s->unchecked);
 	for (int o = 0; o < ENG_VM_OBJECTS; o++)
 		free(s->base_have[o]);
