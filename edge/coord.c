@@ -793,6 +793,10 @@ static int image_listed(const struct edg_coord *c, const char *name, struct list
 {
 	if (!name_ok(name, "image", err, errlen))
 		return -EINVAL;
+	if (!strncmp(name, "vm:", 3)) { /* a running VM's registration: one image would end the other's */
+		eng_set_err(err, errlen, "image name '%s': names beginning 'vm:' are the running VMs'", name);
+		return -EINVAL;
+	}
 	snprintf(l->image, sizeof(l->image), "%s", name);
 	snprintf(l->key, sizeof(l->key), "ho:img:%s:%s", c->edge, name);
 	return 0;

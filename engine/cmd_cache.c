@@ -278,11 +278,14 @@ const struct cli_cmd cli_cmd_cache_stat = {
 	.run = stat_run,
 };
 
-enum { R_CACHE, R_NAME, R_COORD, R_AUTH, R_EDGE };
+enum { R_CACHE, R_NAME, R_ONLY, R_COORD, R_AUTH, R_EDGE };
 
 static const struct cli_opt remove_opts[] = {
 	[R_CACHE] = { "cache", 0, "DIR", true, "the cache directory" },
 	[R_NAME] = { "name", 0, "NAME", true, "the image to unregister" },
+	[R_ONLY] = { "registration-only", 0, NULL, false,
+		     "the cache no longer holds the image (a remove whose coordinator failed): end only this "
+		     "edge's registration of it at the coordinator" },
 	COORD_OPTS(R_COORD, R_AUTH, R_EDGE),
 	{ 0 },
 };
@@ -297,20 +300,34 @@ static int remove_run(const struct cli_cmd *cmd, const char *const *val)
 
 	if (!s)
 		return 1;
-	bool here = !edg_store_recipe(s, val[R_NAME], &size, &d, &n);
-	struct edg_coord *c = cli_coord_open(cmd->name, val[R_COORD], val[R_AUTH], val[R_EDGE], NULL, &missed);
-	/* gone here already (a remove whose coordinator failed): the coordinator's list still ends it */
-	if (!here && !c) {
-		cli_error("%s: no image '%s' in %s", cmd->name, val[R_NAME], val[R_CACHE]);
+	bool only = val[R_ONLY] != NULL;
+	int rr = edg_store_recipe(s, val[R_NAME], &size, &d, &n);
+	if (rr && (rr != -ENOENT || !only)) {
+		cli_error(rr == -ENOENT ? "%s: no image '%s' in %s" : "%s: cannot read image '%s' in %s", cmd->name,
+			  val[R_NAME], val[R_CACHE]);
 		edg_store_close(s);
-		return missed ? EXIT_COORD_MISSED : 1;
+		return 1;
 	}
-	int r = here ? edg_store_remove_image(s, val[R_NAME], err, sizeof(err)) : 0;
+	if (only && !rr) {
+		cli_error("%s: %s still holds '%s': remove it without --registration-only", cmd->name, val[R_CACHE],
+			  val[R_NAME]);
+		free(d);
+		edg_store_close(s);
+		return 1;
+	}
+	if (only && !val[R_COORD]) {
+		cli_error("%s: --registration-only ends a registration at the coordinator: give --coordinator", cmd->name);
+		edg_store_close(s);
+		return 1;
+	}
+	struct edg_coord *c = cli_coord_open(cmd->name, val[R_COORD], val[R_AUTH], val[R_EDGE], NULL, &missed);
+	int r = only ? 0 : edg_store_remove_image(s, val[R_NAME], err, sizeof(err));
 	uint64_t listed = 0;
+	/* by the recipe first (a registration made before the coordinator kept lists), the list last */
 	if (r) {
 		cli_error("%s: %s", cmd->name, err);
-	} else if (c && (edg_coord_unregister_image(c, val[R_NAME], &listed, err, sizeof(err)) ||
-			 (here && edg_coord_unregister(c, val[R_NAME], d, n, err, sizeof(err))))) {
+	} else if (c && ((!only && edg_coord_unregister(c, val[R_NAME], d, n, err, sizeof(err))) ||
+			 edg_coord_unregister_image(c, val[R_NAME], &listed, err, sizeof(err)))) {
 		cli_error("%s: %s", cmd->name, err);
 		missed = true;
 	}
@@ -319,15 +336,15 @@ static int remove_run(const struct cli_cmd *cmd, const char *const *val)
 	edg_store_close(s);
 	if (r)
 		return 1;
-	if (!here && !missed && !listed) {
-		cli_error("%s: no image '%s' in %s, nor registered at the coordinator", cmd->name, val[R_NAME],
-			  val[R_CACHE]);
+	if (only && !missed && !listed) {
+		cli_error("%s: this edge has no registration of '%s' at the coordinator", cmd->name, val[R_NAME]);
 		return 1;
 	}
 	fprintf(stderr, "cache remove: %s unregistered (%llu chunks lost a reference)%s\n", val[R_NAME],
-		(unsigned long long)(here ? n : listed),
-		missed ? "; the coordinator does not know: remove it again once it answers"
-		: here ? "" : " at the coordinator; the cache had removed it already");
+		(unsigned long long)(only ? listed : n),
+		missed ? "; the coordinator does not know: once it answers, run cache remove again with "
+			 "--registration-only"
+		: only ? " at the coordinator" : "");
 	return missed ? EXIT_COORD_MISSED : 0;
 }
 
@@ -336,7 +353,7 @@ const struct cli_cmd cli_cmd_cache_remove = {
 	.summary = "Unregister image NAME: its chunks lose one reference each and gc may take the\n"
 		   "ones no other image holds. With --coordinator, the coordinator learns it too\n"
 		   "(exit status 4 if it cannot be told).",
-	.usage = "--cache DIR --name NAME [--coordinator URL ...]",
+	.usage = "--cache DIR --name NAME [--registration-only] [--coordinator URL ...]",
 	.opts = remove_opts,
 	.run = remove_run,
 };

@@ -494,7 +494,8 @@ static int place_shared_ram(struct dst *d, struct qb_layout *layout, char *err, 
  */
 static int map_shared_ram(struct dst *d, const struct qb_layout *layout, bool clear, char *err, size_t errlen)
 {
-	char id[256], path[4096];
+	char id[256], path[4096], status[64];
+	struct stat st;
 	int ret = qb_find_shared_ram(d->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
 
 	if (ret == -ENOENT)
@@ -505,18 +506,48 @@ static int map_shared_ram(struct dst *d, const struct qb_layout *layout, bool cl
 	for (unsigned b = 0; b < layout->nblocks; b++)
 		if (!strcmp(layout->blocks[b].id, id))
 			blk = &layout->blocks[b];
-	if (!blk || blk->image_off + blk->length > d->ram_len || blk->image_off % CDC_BLOCK_SIZE)
+	if (!blk || !blk->length || blk->image_off + blk->length > d->ram_len || blk->image_off % CDC_BLOCK_SIZE ||
+	    blk->length % CDC_BLOCK_SIZE)
 		return 0; /* not one this RAM image can map: copied at the end */
-	int fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		snprintf(err, errlen, "cannot open the destination VM's RAM %s: %s", path, strerror(errno));
-		return -errno;
+	/* a QEMU that runs a VM must keep its memory: only one waiting for this handoff is written */
+	if (qb_qmp_running(d->qmp, status, sizeof(status), err, errlen) < 0)
+		return -EIO;
+	if (strcmp(status, "inmigrate")) {
+		snprintf(err, errlen, "destination QEMU is '%s', not waiting for a migration (start it with -incoming defer)",
+			 status);
+		return -EINVAL;
 	}
-	void *m = mmap(d->ram + blk->image_off, blk->length, PROT_READ | PROT_WRITE,
-		       MAP_SHARED | MAP_FIXED, fd, 0);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st)) {
+		snprintf(err, errlen, "cannot open the destination VM's RAM %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -EIO;
+	}
+	if ((uint64_t)st.st_size < blk->length) {
+		close(fd);
+		snprintf(err, errlen, "the destination QEMU's RAM (%s, %lld bytes) is smaller than the VM's (%llu): start it "
+			 "as the VM was started", id, (long long)st.st_size, (unsigned long long)blk->length);
+		return -EINVAL;
+	}
+	/* a hugetlbfs backend maps only at its page size: copied at the end */
+	bool aligned = st.st_blksize <= CDC_BLOCK_SIZE ||
+		       ((uintptr_t)(d->ram + blk->image_off) % (uintptr_t)st.st_blksize == 0 &&
+			blk->length % (uint64_t)st.st_blksize == 0);
+	void *m = aligned ? mmap(d->ram + blk->image_off, blk->length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0)
+			  : MAP_FAILED;
+	int e = aligned ? errno : EINVAL;
 	close(fd);
 	if (m == MAP_FAILED) {
-		snprintf(err, errlen, "cannot map the destination VM's RAM: %s", strerror(errno));
+		/* a failed MAP_FIXED may leave the range unmapped: the RAM image gets its own pages back */
+		if (aligned && mmap(d->ram + blk->image_off, blk->length, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
+			snprintf(err, errlen, "out of memory for the VM's RAM image");
+			return -ENOMEM;
+		}
+		if (clear) /* a cache receiver copies at the stop instead */
+			return 0;
+		snprintf(err, errlen, "cannot map the destination VM's RAM: %s", strerror(e));
 		return -ENOMEM;
 	}
 	if (clear && madvise(m, blk->length, MADV_REMOVE))

@@ -151,10 +151,10 @@ struct src {
 	uint8_t *base_have[ENG_VM_OBJECTS];
 	uint64_t lacking_blocks;
 	/*
-	 * The first pass sends them last (bit per global block; NULL once that
-	 * pass is over): the VM overwrites some of them (bench-edge: the base's
-	 * own memory is where the VM writes), and each one sent early and written
-	 * after is sent twice.
+	 * The first pass sends them last, as they are then (bit per global
+	 * block; NULL once that pass is over): the VM overwrites some of them
+	 * (bench-edge: the base's own memory is where the VM writes), and each
+	 * one sent early and written after goes twice.
 	 */
 	uint64_t *lacking_late;
 	double plan_s;
@@ -278,6 +278,21 @@ static bool changed_since_mirror(struct src *s, uint64_t g)
 		return false;
 	memcpy(m, live, CDC_BLOCK_SIZE);
 	return true;
+}
+
+/*
+ * A lacking page of the shared RAM goes as it is now: the mirror (the base,
+ * until a scan) takes the live page first. Sent as the mirror had it, every
+ * page the VM changed since the base went twice: once as the base had it,
+ * once more after the next scan found it different.
+ */
+static void mirror_take_live(struct src *s, uint64_t g)
+{
+	uint64_t first = s->first[ENG_VM_MEMORY] + s->shared_off / CDC_BLOCK_SIZE;
+
+	if (s->shared && g >= first && g - first < s->shared_len / CDC_BLOCK_SIZE)
+		memcpy(s->mirror + s->shared_off + (g - first) * CDC_BLOCK_SIZE, s->shared + (g - first) * CDC_BLOCK_SIZE,
+		       CDC_BLOCK_SIZE);
 }
 
 /* A RAM page found written again (the disk's count comes from the tracker). */
@@ -473,10 +488,12 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 	uint64_t walk = s->total * s->sweeps, end = walk + (s->lacking_late ? s->total : 0);
 	while (n < max && s->cursor < end && steps++ < 16384u * s->sweeps) { /* the same share of a pass per call */
 		uint64_t g;
+		bool late = false;
 		if (s->unchecked && s->unchecked_pos < s->unchecked_n) {
 			g = s->unchecked_first + s->unchecked_pos++; /* the first pass's sweep */
 		} else if (s->cursor >= walk) {
 			g = s->cursor++ - walk;
+			late = true;
 			if (!(s->lacking_late[g >> 6] >> (g & 63) & 1))
 				continue;
 		} else {
@@ -489,6 +506,8 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		}
 		if (!take(s, g) || !changed_since_mirror(s, g))
 			continue;
+		if (late)
+			mirror_take_live(s, g);
 		if (__atomic_fetch_or(&s->sent[g >> 6], 1ull << (g & 63), __ATOMIC_RELAXED) & (1ull << (g & 63))) {
 			s->resent_blocks++;
 			if (s->cur_report)

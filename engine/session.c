@@ -453,7 +453,8 @@ int eng_base_plan_recv(struct eng_conn *c, const uint8_t value[ENG_SESSION_LEN],
 		rb->id[l] = 0;
 		rb->length = cdc_get_le(q + 1 + l, 8);
 		rb->image_off = cdc_get_le(q + 1 + l + 8, 8);
-		ok = !memchr(rb->id, 0, l) && rb->image_off <= p->obj[ENG_VM_MEMORY].size &&
+		ok = !memchr(rb->id, 0, l) && rb->length && !(rb->length % CDC_BLOCK_SIZE) &&
+		     !(rb->image_off % CDC_BLOCK_SIZE) && rb->image_off <= p->obj[ENG_VM_MEMORY].size &&
 		     rb->length <= p->obj[ENG_VM_MEMORY].size - rb->image_off;
 		q += 1 + l + 16;
 	}
