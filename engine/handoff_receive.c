@@ -484,6 +484,21 @@ static int place_shared_ram(struct dst *d, struct qb_layout *layout, char *err, 
 	return -EINVAL;
 }
 
+/* Our QEMU waits for a migration (-incoming defer): only then may its memory be written. */
+static int qemu_waits(struct dst *d, char *err, size_t errlen)
+{
+	char status[64];
+
+	if (qb_qmp_running(d->qmp, status, sizeof(status), err, errlen) < 0)
+		return -EIO;
+	if (strcmp(status, "inmigrate")) {
+		snprintf(err, errlen, "destination QEMU is '%s', not waiting for a migration (start it with -incoming defer)",
+			 status);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /*
  * If our QEMU's RAM is a shared backend, the RAM image maps it in place, so
  * the stream's pages land in the VM's memory as they arrive and nothing is
@@ -494,7 +509,7 @@ static int place_shared_ram(struct dst *d, struct qb_layout *layout, char *err, 
  */
 static int map_shared_ram(struct dst *d, const struct qb_layout *layout, bool clear, char *err, size_t errlen)
 {
-	char id[256], path[4096], status[64];
+	char id[256], path[4096];
 	struct stat st;
 	int ret = qb_find_shared_ram(d->qmp, id, sizeof(id), path, sizeof(path), err, errlen);
 
@@ -510,13 +525,8 @@ static int map_shared_ram(struct dst *d, const struct qb_layout *layout, bool cl
 	    blk->length % CDC_BLOCK_SIZE)
 		return 0; /* not one this RAM image can map: copied at the end */
 	/* a QEMU that runs a VM must keep its memory: only one waiting for this handoff is written */
-	if (qb_qmp_running(d->qmp, status, sizeof(status), err, errlen) < 0)
-		return -EIO;
-	if (strcmp(status, "inmigrate")) {
-		snprintf(err, errlen, "destination QEMU is '%s', not waiting for a migration (start it with -incoming defer)",
-			 status);
-		return -EINVAL;
-	}
+	if ((ret = qemu_waits(d, err, errlen)))
+		return ret;
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, &st)) {
 		snprintf(err, errlen, "cannot open the destination VM's RAM %s: %s", path, strerror(errno));
@@ -612,8 +622,8 @@ static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_
 		     char *err, size_t errlen)
 {
 	struct qb_layout layout;
-	char perr[200], status[64];
-	int sv[2];
+	char perr[200];
+	int sv[2], ret;
 
 	if (qb_devstate_decode(d->dev_out.data, st->size[ENG_VM_DEVICES], dev, perr, sizeof(perr)) ||
 	    qb_devstate_layout(dev, &layout, perr, sizeof(perr))) {
@@ -623,13 +633,8 @@ static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_
 	if ((!d->cache && eng_vmbase_check_layout(&d->base, &layout, err, errlen)) ||
 	    st->size[ENG_VM_MEMORY] != layout.image_size)
 		return -EINVAL;
-	if (qb_qmp_running(d->qmp, status, sizeof(status), err, errlen) < 0)
-		return -EIO;
-	if (strcmp(status, "inmigrate")) {
-		snprintf(err, errlen, "destination QEMU is '%s', not waiting for a migration (start it with -incoming defer)",
-			 status);
-		return -EINVAL;
-	}
+	if ((ret = qemu_waits(d, err, errlen)))
+		return ret;
 	if (layout.ignore_shared && ((d->cache && copy_shared_ram(d, &layout, err, errlen)) ||
 				     place_shared_ram(d, &layout, err, errlen)))
 		return -EINVAL;
@@ -638,7 +643,7 @@ static int load_qemu(struct dst *d, const struct eng_patch_stats *st, struct qb_
 		return -errno;
 	}
 	d->mig_fd = sv[0];
-	int ret = qb_migrate_incoming_fd(d->qmp, sv[1], "handoff-in", err, errlen);
+	ret = qb_migrate_incoming_fd(d->qmp, sv[1], "handoff-in", err, errlen);
 	close(sv[1]);
 	if (ret)
 		return -EIO;
