@@ -990,6 +990,8 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 			 cache_chunk);
 		return -EPROTO;
 	}
+	if (!s->lacking_late && !(s->lacking_late = calloc(s->total / 64 + 1, sizeof(uint64_t))))
+		goto nomem;
 	for (int o = 0; o < ENG_VM_OBJECTS; o++) {
 		struct eng_plan_object *po = &plan.obj[o];
 		po->size = trk_index_size(s->base.index[o]);
@@ -1002,8 +1004,7 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 			goto out;
 		}
 		memcpy(po->id, trk_index_id(s->base.index[o]), CDC_DIGEST_LEN);
-		if ((!s->lacking_late && !(s->lacking_late = calloc(s->total / 64 + 1, sizeof(uint64_t)))) ||
-		    !(po->digests = malloc(po->chunks ? po->chunks * CDC_DIGEST_LEN : 1)) ||
+		if (!(po->digests = malloc(po->chunks ? po->chunks * CDC_DIGEST_LEN : 1)) ||
 		    !(chunk_have[o] = calloc(1, po->chunks / 8 + 1)) ||
 		    !(s->base_have[o] = calloc(1, s->count[o] / 8 + 1)))
 			goto nomem;
