@@ -75,6 +75,89 @@ void eng_adapt_init(struct eng_adapt *a, const struct eng_mode_profile *table, u
 	}
 	a->best = a->probe_from = a->cur;
 	a->mopen = true;
+	a->want = a->trial_new = -1;
+}
+
+static int mode_index(const struct eng_adapt *a, const struct eng_mode *m)
+{
+	for (unsigned i = 0; i < a->n; i++)
+		if (same_mode(&a->table[i].mode, m))
+			return (int)i;
+	return -1;
+}
+
+static bool trial_stands(const struct eng_adapt *a, unsigned i, double t)
+{
+	return a->tried[i] && t - a->tried_t[i] < ENG_ADAPT_TRIAL_AGE_S;
+}
+
+/*
+ * Whether mode i may be switched to now on its figures: a trial of it
+ * stands. Otherwise one is asked for (unless another is under way) and the
+ * switch waits for it, unless it lapsed: with no data flowing to try it on,
+ * the model decides.
+ */
+static bool tried_lately(struct eng_adapt *a, unsigned i, double t, char *event)
+{
+	if (trial_stands(a, i, t))
+		return true;
+	if (a->asked && t - a->asked_t >= ENG_ADAPT_TRIAL_WAIT_S) {
+		a->tried[a->want] = true;
+		a->tried_t[a->want] = t;
+		a->trial_figures[a->want] = false;
+		a->asked = false;
+		a->want = -1;
+		note(event, "trial-lapsed");
+		return trial_stands(a, i, t);
+	}
+	if (a->want < 0) {
+		a->want = (int)i;
+		note(event, "trial");
+	}
+	return false;
+}
+
+bool eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m)
+{
+	if (a->want < 0 || a->asked)
+		return false;
+	*m = a->table[a->want].mode;
+	a->asked = true;
+	a->asked_t = a->now;
+	return true;
+}
+
+/*
+ * The candidate's R and P are the reference mode's (the one the sampled
+ * blocks were really encoded with, normally the running one) times what the
+ * trial measured: scale and correction stay consistent, as the running
+ * mode's figures only ever move the shared scale.
+ */
+void eng_adapt_trial(struct eng_adapt *a, const struct eng_trial *t, double now)
+{
+	int ref = mode_index(a, &t->cur), cand = a->want;
+
+	a->asked = false;
+	a->want = -1;
+	if (cand < 0 || !same_mode(&a->table[cand].mode, &t->cand))
+		cand = mode_index(a, &t->cand);
+	if (cand < 0)
+		return;
+	a->tried[cand] = true;
+	a->tried_t[cand] = now;
+	a->trial_figures[cand] = false;
+	if (ref < 0 || !t->blocks || !t->cur_bytes || !t->cur_ns || !t->cand_ns)
+		return; /* it told nothing: the model decides */
+	const struct eng_mode_profile *r = &a->table[ref], *c = &a->table[cand];
+	a->trial_r = (double)t->cand_bytes / (double)t->cur_bytes;
+	a->trial_p = (double)t->cand_ns / (double)t->cur_ns;
+	if (c->r > 1e-6)
+		a->corr_r[cand] = clampd(a->corr_r[ref] * r->r / c->r * a->trial_r, CORR_MIN, CORR_MAX);
+	if (c->p_ns > 0)
+		a->corr_p[cand] = clampd(a->corr_p[ref] * r->p_ns / c->p_ns * a->trial_p, CORR_MIN, CORR_MAX);
+	a->trial_figures[cand] = true;
+	a->trials++;
+	a->trial_new = cand;
 }
 
 static double mode_r(const struct eng_adapt *a, unsigned i)
@@ -244,7 +327,8 @@ static bool switch_to(struct eng_adapt *a, const struct eng_adapt_sample *s, uns
 	a->fed_at_switch = s->stage[ENG_STAGE_INGEST].blocks;
 	a->mopen = a->packed = false;
 	a->windows = 0;
-	a->fresh = true;
+	/* a mode tried lately keeps the trial's correction: its windows move the scale */
+	a->fresh = !(a->trial_figures[to] && trial_stands(a, to, s->t));
 	return true;
 }
 
@@ -294,6 +378,25 @@ static bool start_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, c
 	return switch_to(a, s, c);
 }
 
+/*
+ * Switch to the predicted best if it wins by the margin, the hold allows
+ * and a trial of it stands: 1 switched, 0 nothing to do, -1 waiting for a
+ * trial.
+ */
+static int maybe_switch(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
+{
+	/* the hold stops flapping on noise; a win this large is no noise (the link fell) */
+	bool urgent = a->pred[a->best] > a->pred[a->cur] * (1 + ENG_ADAPT_URGENT);
+	bool held = a->chosen && s->t - a->since < ENG_ADAPT_HOLD_S && !urgent;
+	if (held || a->best == a->cur || a->pred[a->best] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN))
+		return 0;
+	if (!tried_lately(a, a->best, s->t, event))
+		return -1;
+	a->chosen = true;
+	note(event, "switch");
+	return switch_to(a, s, a->best) ? 1 : 0;
+}
+
 /* Once a window: classify it, update the link, predict, act. */
 static bool decide(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
 {
@@ -315,15 +418,8 @@ static bool decide(struct eng_adapt *a, const struct eng_adapt_sample *s, char *
 	}
 	if (!measured(a))
 		return false;
-	/* the hold stops flapping on noise; a win this large is no noise (the link fell) */
-	bool urgent = a->pred[a->best] > a->pred[a->cur] * (1 + ENG_ADAPT_URGENT);
-	bool held = a->chosen && s->t - a->since < ENG_ADAPT_HOLD_S && !urgent;
-	if (!held && a->best != a->cur && a->pred[a->best] > a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN)) {
-		a->chosen = true;
-		note(event, "switch");
-		return switch_to(a, s, a->best);
-	}
-	return start_probe(a, s, event);
+	int sw = maybe_switch(a, s, event);
+	return sw ? sw > 0 : start_probe(a, s, event);
 }
 
 static void trace(const struct eng_adapt *a, const struct eng_adapt_sample *s, unsigned from, const char *event)
@@ -335,14 +431,16 @@ static void trace(const struct eng_adapt *a, const struct eng_adapt_sample *s, u
 		"\"scale_p\":%.3f,\"scale_r\":%.3f,\"corr_p\":%.3f,\"corr_r\":%.3f,"
 		"\"link_mbit\":%.3f,\"link_est_mbit\":%.3f,\"ceiling_mbit\":%.3f,\"queue\":%llu,\"unsent\":%llu,"
 		"\"app_limited\":%s,\"free_lcores\":%.2f,\"util\":%.2f,\"pred_mbit\":%.3f,\"best\":\"%s\","
-		"\"best_pred_mbit\":%.3f,\"seen_mbit\":%.3f,\"fed_mb\":%.3f,\"sealed_mb\":%.3f,\"probe\":%s,\"event\":\"%s\",\"switch\":%s,\"throttle\":%.2f}\n",
+		"\"best_pred_mbit\":%.3f,\"seen_mbit\":%.3f,\"fed_mb\":%.3f,\"sealed_mb\":%.3f,\"probe\":%s,\"event\":\"%s\",\"switch\":%s,\"throttle\":%.2f,"
+		"\"tried\":\"%s\",\"trial_r\":%.4f,\"trial_p\":%.4f,\"trials\":%u}\n",
 		s->t, a->table[from].name, a->table[a->cur].name, a->live_p, a->feed_ns, a->live_r, a->scale_p,
 		a->scale_r, a->corr_p[a->cur], a->corr_r[a->cur], s->link_bps / 1e6, a->link_est / 1e6,
 		a->ceiling / 1e6, (unsigned long long)s->queued, (unsigned long long)s->unsent,
 		a->app_limited ? "true" : "false", s->free_lcores, a->util, a->pred[from] * 8 / 1e6,
 		a->table[a->best].name, a->pred[a->best] * 8 / 1e6, a->seen_Bps * 8 / 1e6,
 		(double)s->stage[ENG_STAGE_INGEST].bytes_in / 1e6, (double)s->stage[ENG_STAGE_SEAL].bytes_out / 1e6, a->probing ? "true" : "false", event,
-		from != a->cur ? "true" : "false", s->guest_throttle);
+		from != a->cur ? "true" : "false", s->guest_throttle,
+		a->trial_new >= 0 ? a->table[a->trial_new].name : "", a->trial_r, a->trial_p, a->trials);
 	fflush(a->trace);
 }
 
@@ -352,6 +450,7 @@ bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struc
 	char event[EVENT_LEN] = "";
 	bool change = false;
 
+	a->now = s->t;
 	if (!a->started && s->stage[ENG_STAGE_INGEST].blocks) {
 		/* windows start with the first block: start-up is nobody's cost */
 		a->started = true;
@@ -368,10 +467,17 @@ bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struc
 				a->wait_link = s->link_bps;
 		}
 		measure(a, s);
-		if (s->t - a->dprev.t >= ENG_ADAPT_WINDOW_S)
+		if (s->t - a->dprev.t >= ENG_ADAPT_WINDOW_S) {
 			change = decide(a, s, event);
+		} else if (a->trial_new >= 0 && !a->probing && measured(a)) {
+			/* a trial came in: act on it now, with the last window's figures */
+			note(event, "tried");
+			predict(a);
+			change = maybe_switch(a, s, event) > 0;
+		}
 	}
 	trace(a, s, from, event);
+	a->trial_new = -1;
 	if (change)
 		*next = a->table[a->cur].mode;
 	return change;

@@ -28,6 +28,16 @@
  * chooses with that knowledge. A probe that found no room doubles the wait
  * before the next one.
  *
+ * Before it switches to a mode it has no recent trial of, the controller
+ * has the pipeline try that mode beside the running one on the same blocks
+ * (eng_pipeline_trial): the candidate's R and P become the running mode's
+ * times the ratios the trial measured. Figures a mode measured while it ran
+ * were taken on other data than the running mode's; on a live VM, whose
+ * pages compress anywhere from 0.05 to 0.6 from one second to the next,
+ * comparing those switched on noise. A trial's verdict stands
+ * ENG_ADAPT_TRIAL_AGE_S; one not done within ENG_ADAPT_TRIAL_WAIT_S (no data
+ * flowing) leaves the decision to the model.
+ *
  * A new mode must win by ENG_ADAPT_MARGIN and the running one must have held
  * ENG_ADAPT_HOLD_S, unless the new one wins by ENG_ADAPT_URGENT (the link
  * fell: waiting out the hold sends seconds the wrong way). The starting
@@ -60,6 +70,8 @@
 #define ENG_ADAPT_PROBE_S 1.5       /* a probe runs at least this long */
 #define ENG_ADAPT_PROBE_MAX_S 5.0   /* and ends after this even unmeasured */
 #define ENG_ADAPT_PROBE_WAIT_S 10.0 /* before the next probe; doubles per probe that found no room */
+#define ENG_ADAPT_TRIAL_AGE_S 20.0 /* a trial's figures stand this long */
+#define ENG_ADAPT_TRIAL_WAIT_S 3.0 /* a trial not done by then is given up */
 #define ENG_ADAPT_MAX_MODES 64
 
 struct eng_mode_profile {
@@ -122,6 +134,16 @@ struct eng_adapt {
 	bool probing;
 	unsigned probe_from, probe_fails;
 	double next_probe_t;
+	/* trials: when each mode was last tried beside the running one (or given up on) */
+	bool tried[ENG_ADAPT_MAX_MODES];
+	bool trial_figures[ENG_ADAPT_MAX_MODES]; /* its correction came from the trial */
+	double tried_t[ENG_ADAPT_MAX_MODES];
+	int want;              /* the mode a trial should run (-1: none) */
+	bool asked;            /* the caller took `want`: its trial is under way */
+	double asked_t, now;
+	unsigned trials;       /* trials done */
+	int trial_new;         /* a trial of this mode came in since the last trace line (-1: none) */
+	double trial_r, trial_p; /* the last one: candidate over reference, bytes and ns */
 	/* last predictions, input B/s per mode: min(processing, network), and processing alone */
 	double pred[ENG_ADAPT_MAX_MODES], proc[ENG_ADAPT_MAX_MODES];
 	unsigned best;
@@ -132,6 +154,10 @@ void eng_adapt_init(struct eng_adapt *a, const struct eng_mode_profile *table, u
 		    const struct eng_mode *start, FILE *trace);
 /* One tick. Returns true and sets *next when the pipeline should switch. */
 bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struct eng_mode *next);
+/* The mode a trial should run now, once (the caller asks the pipeline); false: none. */
+bool eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m);
+/* A trial's figures (eng_pipeline_trial_done), at time now. */
+void eng_adapt_trial(struct eng_adapt *a, const struct eng_trial *t, double now);
 /* The sample's figures from a pipeline report and a link sample. */
 void eng_adapt_fill(struct eng_adapt_sample *s, double t, const struct eng_diff_report *rep,
 		    const struct eng_link *link, double free_lcores);

@@ -794,18 +794,23 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	}
 	if (s->a->adapt) {
 		struct eng_adapt_sample smp;
-		struct eng_mode next;
+		struct eng_mode next, cand;
+		struct eng_trial trial;
 		double free_lc = eng_cpu_free(&s->cpu);
 		free_lc = eng_cpu_share(free_lc, s->cpu.ncpu, rep.lcores);
 		eng_adapt_fill(&smp, now_s(s), &rep, s->conn ? &s->link : NULL, free_lc);
 		smp.guest_throttle = s->thr.active ? s->thr.fraction : 0;
 		if (s->sq) /* what waits in our send queue waits for the link too */
 			smp.unsent += eng_sendq_queued(s->sq);
+		if (eng_pipeline_trial_done(p, &trial))
+			eng_adapt_trial(&s->adapt, &trial, now_s(s));
 		if (eng_adapt_tick(&s->adapt, &smp, &next)) {
 			eng_pipeline_set_mode(p, &next);
 			s->mode_now = next;
 			note_mode_used(s);
 		}
+		if (eng_adapt_trial_wanted(&s->adapt, &cand))
+			eng_pipeline_trial(p, &cand); /* busy: the controller's wait lapses */
 	}
 	/* what the wire carries per byte fed: dedup and compression together */
 	s->cur_raw = s->raw_prev + rep.stages[ENG_STAGE_INGEST].bytes_in;
@@ -1290,6 +1295,7 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(o, "mode", json_object_new_string(mode)); /* the last one */
 	json_object_object_add(o, "adaptive", json_object_new_boolean(s->a->adapt));
 	json_object_object_add(o, "mode_switches", json_object_new_int((int)s->adapt.switches));
+	json_object_object_add(o, "mode_trials", json_object_new_int((int)s->adapt.trials));
 	json_object *used = json_object_new_array();
 	for (unsigned i = 0; i < s->nmodes_used; i++) {
 		char m[48];

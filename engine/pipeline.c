@@ -90,6 +90,10 @@ struct stage {
 	struct cdc_delta_ctx *delta;
 	struct cdc_comp_ctx *comp;
 	struct cdc_sealer *sealer;
+	/* delta stage: the trial this instance runs (eng_pipeline_trial) */
+	bool trial_on;
+	struct eng_trial trial;
+	uint8_t *trial_enc, *trial_out;
 	/* single stages: reorder window */
 	void *slot[REORDER];
 	uint64_t next_seq;
@@ -117,6 +121,10 @@ struct eng_pipeline {
 	struct stage *instances[ENG_STAGE_COUNT][MAX_LCORES];
 	unsigned ninstances[ENG_STAGE_COUNT];
 	volatile uint64_t mode_word;
+	/* trial: asked by the tick, claimed by one delta instance, handed back */
+	int trial_state;
+	uint64_t trial_word;
+	struct eng_trial trial_result;
 	/* ingest */
 	uint64_t ingest_seq, ingest_blocks;
 	bool ingest_done, ingest_idle;
@@ -205,6 +213,26 @@ void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m)
 static struct eng_mode current_mode(const struct eng_pipeline *p)
 {
 	return mode_unpack(__atomic_load_n(&p->mode_word, __ATOMIC_ACQUIRE));
+}
+
+enum { TRIAL_IDLE, TRIAL_ASKED, TRIAL_RUNNING, TRIAL_DONE };
+
+bool eng_pipeline_trial(struct eng_pipeline *p, const struct eng_mode *m)
+{
+	if (__atomic_load_n(&p->trial_state, __ATOMIC_ACQUIRE) != TRIAL_IDLE)
+		return false;
+	p->trial_word = mode_pack(m);
+	__atomic_store_n(&p->trial_state, TRIAL_ASKED, __ATOMIC_RELEASE);
+	return true;
+}
+
+bool eng_pipeline_trial_done(struct eng_pipeline *p, struct eng_trial *t)
+{
+	if (__atomic_load_n(&p->trial_state, __ATOMIC_ACQUIRE) != TRIAL_DONE)
+		return false;
+	*t = p->trial_result;
+	__atomic_store_n(&p->trial_state, TRIAL_IDLE, __ATOMIC_RELEASE);
+	return true;
 }
 
 static void fail(struct eng_pipeline *p, const char *fmt, ...)
@@ -558,17 +586,19 @@ static size_t put_block_ref(uint8_t *q, uint8_t op, uint64_t blk, int64_t *prev)
 	return n;
 }
 
-static int poll_delta(struct stage *s)
+/*
+ * A batch's encoding with new blocks delta-encoded `delta`'s way (against
+ * the same-offset base block if there is one with content: against zeros a
+ * delta is the block itself). counts: new blocks by encoding, or NULL.
+ */
+static uint32_t encode_batch(struct stage *s, const struct batch *b, enum cdc_delta delta, uint8_t *out,
+			     uint64_t *counts)
 {
-	struct eng_pipeline *p = s->p;
-	struct batch *b;
+	const struct eng_pipeline *p = s->p;
 	unsigned cur = 0;
 	int64_t prev = -1;
+	uint8_t *q = out;
 
-	if (rte_ring_dequeue(p->ring[ENG_STAGE_DELTA], (void **)&b))
-		return 0;
-	uint64_t t0 = rte_rdtsc();
-	uint8_t *q = b->enc;
 	*q++ = ENG_OP_RESET; /* batches are encoded apart: restart at object 0 */
 	for (uint32_t i = 0; i < b->nblocks; i++) {
 		unsigned obj = ENG_REF_OBJ(b->block[i]);
@@ -595,13 +625,11 @@ static int poll_delta(struct stage *s)
 			q += cdc_put_varint(q, ENG_REF_BLK(b->ref[i]));
 			continue;
 		}
-		/* new block: delta against the same-offset base block if there is
-		 * one with content (against zeros a delta is the block itself) */
 		const struct trk_index *base = p->a->obj[obj].base;
 		enum cdc_delta kind = has_base(p, obj, blk) &&
 					      memcmp(trk_index_digest(base, blk), cdc_zero_digest(),
 						     CDC_DIGEST_LEN)
-					      ? b->delta
+					      ? delta
 					      : CDC_DELTA_NONE;
 		uint8_t tmp[CDC_DELTA_MAX];
 		ssize_t n = 0;
@@ -621,14 +649,88 @@ static int poll_delta(struct stage *s)
 			memcpy(q, tmp, (size_t)n);
 			q += n;
 		}
-		s->deltas[kind]++;
+		if (counts)
+			counts[kind]++;
 	}
-	b->enc_len = (uint32_t)(q - b->enc);
+	return (uint32_t)(q - out);
+}
+
+#define TRIAL_OUT_MAX (BATCH_ENC_MAX + (64u << 10))
+
+/* Compressed size of one batch's encoding on its own (stored raw when that is smaller). */
+static uint64_t trial_compress(struct stage *s, enum cdc_comp comp, int level, const uint8_t *in,
+			       uint32_t len, uint64_t *tsc)
+{
+	uint64_t t0 = rte_rdtsc();
+	ssize_t n = cdc_compress(s->comp, comp, level, in, len, s->trial_out, TRIAL_OUT_MAX);
+	*tsc += rte_rdtsc() - t0;
+	return n < 0 || (uint64_t)n >= len ? len : (uint64_t)n;
+}
+
+/*
+ * The trial on this batch, when this instance runs one or claims the one
+ * asked for: the candidate's encoding and both compressions, timed apart
+ * from the stage (enc_tsc: the batch's real encoding).
+ */
+static void trial_batch(struct stage *s, const struct batch *b, uint64_t enc_tsc)
+{
+	struct eng_pipeline *p = s->p;
+	int asked = TRIAL_ASKED;
+
+	if (!s->trial_on) {
+		if (__atomic_load_n(&p->trial_state, __ATOMIC_ACQUIRE) != TRIAL_ASKED ||
+		    !__atomic_compare_exchange_n(&p->trial_state, &asked, TRIAL_RUNNING, false,
+						 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			return;
+		if (!s->comp && !(s->comp = cdc_comp_new()))
+			goto give_up;
+		if (!s->trial_enc && !(s->trial_enc = malloc(BATCH_ENC_MAX)))
+			goto give_up;
+		if (!s->trial_out && !(s->trial_out = malloc(TRIAL_OUT_MAX)))
+			goto give_up;
+		memset(&s->trial, 0, sizeof(s->trial));
+		s->trial.cur = current_mode(p);
+		s->trial.cand = mode_unpack(p->trial_word);
+		s->trial_on = true;
+	}
+	struct eng_trial *t = &s->trial;
+	uint64_t cur_tsc = enc_tsc, cand_tsc = 0, t0 = rte_rdtsc();
+	uint32_t len = encode_batch(s, b, t->cand.delta, s->trial_enc, NULL);
+	cand_tsc += rte_rdtsc() - t0;
+	t->cand_bytes += trial_compress(s, t->cand.comp, t->cand.level, s->trial_enc, len, &cand_tsc);
+	t->cur_bytes += trial_compress(s, t->cur.comp, t->cur.level, b->enc, b->enc_len, &cur_tsc);
+	double ns_per_tsc = 1e9 / (double)rte_get_tsc_hz();
+	t->cur_ns += (uint64_t)((double)cur_tsc * ns_per_tsc);
+	t->cand_ns += (uint64_t)((double)cand_tsc * ns_per_tsc);
+	t->blocks += b->nblocks;
+	if (t->blocks < ENG_TRIAL_BLOCKS)
+		return;
+	p->trial_result = *t;
+	s->trial_on = false;
+	__atomic_store_n(&p->trial_state, TRIAL_DONE, __ATOMIC_RELEASE);
+	return;
+give_up: /* no memory for it: an empty result says the trial told nothing */
+	memset(&p->trial_result, 0, sizeof(p->trial_result));
+	__atomic_store_n(&p->trial_state, TRIAL_DONE, __ATOMIC_RELEASE);
+}
+
+static int poll_delta(struct stage *s)
+{
+	struct eng_pipeline *p = s->p;
+	struct batch *b;
+
+	if (rte_ring_dequeue(p->ring[ENG_STAGE_DELTA], (void **)&b))
+		return 0;
+	uint64_t t0 = rte_rdtsc();
+	b->enc_len = encode_batch(s, b, b->delta, b->enc, s->deltas);
+	uint64_t enc_tsc = rte_rdtsc() - t0;
 	s->st.items++;
 	s->st.blocks += b->nblocks;
 	s->st.bytes_in += (uint64_t)b->nblocks * CDC_BLOCK_SIZE;
 	s->st.bytes_out += b->enc_len;
-	s->st.busy_tsc += rte_rdtsc() - t0;
+	s->st.busy_tsc += enc_tsc;
+	if (b->nblocks)
+		trial_batch(s, b, enc_tsc);
 	hand_on(p, ENG_STAGE_SEGMENT, b);
 	return 1;
 }
@@ -927,6 +1029,8 @@ static void stage_free(struct stage *s)
 	cdc_delta_free(s->delta);
 	cdc_comp_free(s->comp);
 	cdc_sealer_free(s->sealer);
+	free(s->trial_enc);
+	free(s->trial_out);
 	free(s);
 }
 

@@ -163,6 +163,24 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 
 /* From the tick: takes effect at the next batch / segment boundary. */
 void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m);
+/*
+ * A trial: a candidate mode encoded beside the running one on the same
+ * blocks (the next ENG_TRIAL_BLOCKS or so the delta stage takes), each batch
+ * compressed on its own both ways, so the controller compares the two on
+ * the same data rather than on whatever each happened to meet while it ran.
+ * Its lcore time is not in the stage figures.
+ */
+#define ENG_TRIAL_BLOCKS 256
+struct eng_trial {
+	struct eng_mode cur, cand; /* cur: how the sampled blocks were really encoded */
+	uint64_t blocks;
+	uint64_t cur_bytes, cand_bytes; /* compressed, each batch alone */
+	uint64_t cur_ns, cand_ns;       /* lcore ns of delta encoding and compression */
+};
+/* From the tick: ask for a trial of m; false while another is under way. */
+bool eng_pipeline_trial(struct eng_pipeline *p, const struct eng_mode *m);
+/* From the tick: true once, when the trial asked for is done, with its figures. */
+bool eng_pipeline_trial_done(struct eng_pipeline *p, struct eng_trial *t);
 /* From the tick: end the run now, as failed (no trailer goes out). */
 void eng_pipeline_abort(struct eng_pipeline *p, const char *why);
 /* From the tick: live figures so far. */

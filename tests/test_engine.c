@@ -77,6 +77,9 @@ static void switch_modes(void *ctx, struct eng_pipeline *p)
 	eng_pipeline_set_mode(p, &cycle[next_mode++ % 4]);
 }
 
+/* A tick other than the mode cycle, for one run (NULL: none). */
+static void (*other_tick)(void *ctx, struct eng_pipeline *p);
+
 static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const uint8_t *key,
 		   struct eng_diff_report *rep, bool switching)
 {
@@ -100,7 +103,7 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 		.aead = CDC_AEAD_AES256GCM,
 		.mode = *mode,
 		.socket = 0,
-		.tick = switching ? switch_modes : NULL,
+		.tick = switching ? switch_modes : other_tick,
 		.tick_every_loop = true,
 	};
 	/* the delta stage reads base blocks up to a whole block past the end */
@@ -381,6 +384,63 @@ static void test_mode_switch_while_running(void **state)
 	assert_true(kinds >= 3);
 	eng_mem_free(&stream);
 	assert_round_trip(&m, NULL, true);
+}
+
+static struct eng_trial trial;
+static int trials_done;
+
+/* Asks for a trial of the stored, uncompressed mode once the run is under way; keeps what comes back. */
+static void ask_trial(void *ctx, struct eng_pipeline *p)
+{
+	static const struct eng_mode stored = { CDC_DELTA_NONE, CDC_COMP_NONE, 0 };
+	struct eng_diff_report rep;
+
+	(void)ctx;
+	if (eng_pipeline_trial_done(p, &trial))
+		trials_done++;
+	eng_pipeline_report(p, &rep);
+	if (!trials_done && rep.blocks)
+		eng_pipeline_trial(p, &stored);
+}
+
+/*
+ * A trial encodes a candidate mode beside the running one on the same
+ * blocks: storing raw blocks costs many times the running mode's deltas;
+ * the stream itself is what the running mode makes, and round-trips.
+ */
+static void test_trial_on_the_same_blocks(void **state)
+{
+	(void)state;
+	struct eng_mem stream = { 0 }, result;
+	struct eng_diff_report rep;
+	struct eng_mode m = { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 3 };
+	char err[256];
+	size_t len = 8 << 20;
+	uint8_t *b = malloc(len), *t = malloc(len);
+
+	test_fill_text(b, len);
+	memcpy(t, b, len);
+	for (size_t i = 0; i < len; i += 997) /* every block changed a little: deltas */
+		t[i] ^= 0x5a;
+	load_fixture(b, len, t, len);
+	free(b);
+	free(t);
+	trials_done = 0;
+	other_tick = ask_trial;
+	assert_int_equal(diff_to(&stream, &m, NULL, &rep, false), 0);
+	other_tick = NULL;
+	assert_int_equal(trials_done, 1);
+	assert_true(trial.blocks >= ENG_TRIAL_BLOCKS);
+	assert_memory_equal(&trial.cur, &m, sizeof(m));
+	assert_int_equal(trial.cand.comp, CDC_COMP_NONE);
+	/* stored raw blocks against zstd'd deltas of a few changed bytes */
+	assert_true(trial.cand_bytes > 20 * trial.cur_bytes);
+	assert_true(trial.cur_ns > 0 && trial.cand_ns > 0);
+	assert_int_equal(patch_from(&stream, NULL, &result, err, sizeof(err)), 0);
+	assert_int_equal(result.len, len);
+	assert_memory_equal(result.data, fx.target, len);
+	eng_mem_free(&result);
+	eng_mem_free(&stream);
 }
 
 static void expect_patch_error(struct eng_mem *stream, const uint8_t *key, const char *needle)
@@ -800,6 +860,7 @@ int main(void)
 		cmocka_unit_test(test_history_window),
 		cmocka_unit_test(test_dedup_verdicts),
 		cmocka_unit_test(test_mode_switch_while_running),
+		cmocka_unit_test(test_trial_on_the_same_blocks),
 		cmocka_unit_test(test_rejects_damage),
 		cmocka_unit_test(test_live_feed_last_version_wins),
 		cmocka_unit_test(test_live_stream_resumes_after_cuts),
