@@ -36,7 +36,8 @@
  * pages compress anywhere from 0.05 to 0.6 from one second to the next,
  * comparing those switched on noise. A trial's verdict stands
  * ENG_ADAPT_TRIAL_AGE_S; one not done within ENG_ADAPT_TRIAL_WAIT_S (no data
- * flowing) leaves the decision to the model.
+ * flowing: a live feed held back by the link comes in bursts seconds apart)
+ * leaves the decision to the model.
  *
  * A new mode must win by ENG_ADAPT_MARGIN and the running one must have held
  * ENG_ADAPT_HOLD_S, unless the new one wins by ENG_ADAPT_URGENT (the link
@@ -71,7 +72,7 @@
 #define ENG_ADAPT_PROBE_MAX_S 5.0   /* and ends after this even unmeasured */
 #define ENG_ADAPT_PROBE_WAIT_S 10.0 /* before the next probe; doubles per probe that found no room */
 #define ENG_ADAPT_TRIAL_AGE_S 20.0 /* a trial's figures stand this long */
-#define ENG_ADAPT_TRIAL_WAIT_S 3.0 /* a trial not done by then is given up */
+#define ENG_ADAPT_TRIAL_WAIT_S 10.0 /* a trial not done by then is given up */
 #define ENG_ADAPT_MAX_MODES 64
 
 struct eng_mode_profile {

@@ -46,6 +46,8 @@ struct pass_report {
 	double start_s, end_s;
 	uint64_t blocks, pending_at_start, wire_at_start, wire_at_end;
 	uint64_t resent;        /* of blocks, how many were fed in an earlier pass */
+	uint64_t resent_disk;   /* of those, disk blocks */
+	uint64_t resent_lacking; /* of those, blocks whose base the destination's cache lacked */
 	struct pass_report *next;
 };
 
@@ -443,13 +445,37 @@ static void start_pass(struct src *s)
 	__atomic_store_n(&s->pass_active, true, __ATOMIC_RELEASE);
 }
 
-static int fill_block(struct src *s, uint64_t g, uint64_t *ref, uint8_t *out, char *err,
-		      size_t errlen)
+/* The object a feed position is in, and the block within it. */
+static unsigned object_of(const struct src *s, uint64_t g, uint64_t *b)
 {
 	unsigned o = g >= s->first[ENG_VM_DEVICES] ? ENG_VM_DEVICES
 		     : g >= s->first[ENG_VM_MEMORY] ? ENG_VM_MEMORY
 						     : ENG_VM_DISK;
-	uint64_t b = g - s->first[o];
+	*b = g - s->first[o];
+	return o;
+}
+
+/* A resent block, counted by what it is (the summary's passes). */
+static void count_resent(struct src *s, uint64_t g)
+{
+	uint64_t b;
+	unsigned o = object_of(s, g, &b);
+
+	s->resent_blocks++;
+	if (!s->cur_report)
+		return;
+	s->cur_report->resent++;
+	if (o == ENG_VM_DISK)
+		s->cur_report->resent_disk++;
+	if (s->base_have[o] && !(s->base_have[o][b / 8] >> (b % 8) & 1))
+		s->cur_report->resent_lacking++;
+}
+
+static int fill_block(struct src *s, uint64_t g, uint64_t *ref, uint8_t *out, char *err,
+		      size_t errlen)
+{
+	uint64_t b;
+	unsigned o = object_of(s, g, &b);
 
 	*ref = ENG_REF(o, b);
 	if (o == ENG_VM_MEMORY) {
@@ -508,11 +534,8 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 			continue;
 		if (late)
 			mirror_take_live(s, g);
-		if (__atomic_fetch_or(&s->sent[g >> 6], 1ull << (g & 63), __ATOMIC_RELAXED) & (1ull << (g & 63))) {
-			s->resent_blocks++;
-			if (s->cur_report)
-				s->cur_report->resent++;
-		}
+		if (__atomic_fetch_or(&s->sent[g >> 6], 1ull << (g & 63), __ATOMIC_RELAXED) & (1ull << (g & 63)))
+			count_resent(s, g);
 		int ret = fill_block(s, g, &refs[n], data + (size_t)n * CDC_BLOCK_SIZE, err, errlen);
 		if (ret)
 			return ret;
@@ -1332,6 +1355,9 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 		json_object_object_add(it, "pending_blocks", json_object_new_int64((int64_t)p->pending_at_start));
 		json_object_object_add(it, "blocks", json_object_new_int64((int64_t)p->blocks));
 		json_object_object_add(it, "resent_blocks", json_object_new_int64((int64_t)p->resent));
+		json_object_object_add(it, "resent_disk_blocks", json_object_new_int64((int64_t)p->resent_disk));
+		if (s->planned)
+			json_object_object_add(it, "resent_lacking_blocks", json_object_new_int64((int64_t)p->resent_lacking));
 		json_object_array_add(its, it);
 	}
 	json_object_object_add(o, "iterations", its);

@@ -168,14 +168,15 @@ void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m);
  * blocks (the next ENG_TRIAL_BLOCKS or so the delta stage takes), each batch
  * compressed on its own both ways, so the controller compares the two on
  * the same data rather than on whatever each happened to meet while it ran.
- * Its lcore time is not in the stage figures.
+ * Both halves are done by the trial (the stage's own encoding is not reused),
+ * and their lcore time is not in the stage figures.
  */
 #define ENG_TRIAL_BLOCKS 256
 struct eng_trial {
 	struct eng_mode cur, cand; /* cur: how the sampled blocks were really encoded */
 	uint64_t blocks;
 	uint64_t cur_bytes, cand_bytes; /* compressed, each batch alone */
-	uint64_t cur_ns, cand_ns;       /* lcore ns of delta encoding and compression */
+	uint64_t cur_ns, cand_ns;       /* thread CPU ns of delta encoding and compression */
 };
 /* From the tick: ask for a trial of m; false while another is under way. */
 bool eng_pipeline_trial(struct eng_pipeline *p, const struct eng_mode *m);

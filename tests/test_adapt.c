@@ -315,7 +315,7 @@ static void test_a_trial_that_never_comes_lapses_to_the_model(void **state)
 	(void)state;
 	eng_adapt_init(&a, pair, 2, &pair[0].mode, NULL);
 	double asked = 0;
-	for (int i = 0; i < 100 && a.cur == 0; i++) {
+	for (int i = 0; i < 200 && a.cur == 0; i++) {
 		advance(&s, &a.table[a.cur], 0.1, 5e6, 5e6, 2, 1, 1);
 		eng_adapt_tick(&a, &s, &next);
 		if (eng_adapt_trial_wanted(&a, &want))

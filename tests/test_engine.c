@@ -441,6 +441,16 @@ static void test_trial_on_the_same_blocks(void **state)
 	assert_memory_equal(result.data, fx.target, len);
 	eng_mem_free(&result);
 	eng_mem_free(&stream);
+
+	/* a trial of the mode already running tells nothing: an empty result */
+	struct eng_mode stored = { CDC_DELTA_NONE, CDC_COMP_NONE, 0 };
+	trials_done = 0;
+	other_tick = ask_trial;
+	assert_int_equal(diff_to(&stream, &stored, NULL, &rep, false), 0);
+	other_tick = NULL;
+	assert_int_equal(trials_done, 1);
+	assert_int_equal(trial.blocks, 0);
+	eng_mem_free(&stream);
 }
 
 static void expect_patch_error(struct eng_mem *stream, const uint8_t *key, const char *needle)
