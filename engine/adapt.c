@@ -128,19 +128,21 @@ bool eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m)
 }
 
 /*
- * The candidate's R and P are the reference mode's (the one the sampled
- * blocks were really encoded with, normally the running one) times what the
- * trial measured: scale and correction stay consistent, as the running
- * mode's figures only ever move the shared scale.
+ * The candidate's R and P are the reference mode's (the one running when
+ * the trial began) times what the trial measured: scale and correction stay
+ * consistent, as the running mode's figures only ever move the shared
+ * scale. A trial that told nothing counts as a lapse for its candidate.
  */
 void eng_adapt_trial(struct eng_adapt *a, const struct eng_trial *t, double now)
 {
-	int ref = mode_index(a, &t->cur), cand = a->want;
+	int ref = mode_index(a, &t->cur), cand = mode_index(a, &t->cand);
 
-	a->asked = false;
-	a->want = -1;
-	if (cand < 0 || !same_mode(&a->table[cand].mode, &t->cand))
-		cand = mode_index(a, &t->cand);
+	if (cand < 0)
+		cand = a->want;
+	if (cand == a->want) {
+		a->asked = false;
+		a->want = -1;
+	}
 	if (cand < 0)
 		return;
 	a->tried[cand] = true;
@@ -390,7 +392,8 @@ static int maybe_switch(struct eng_adapt *a, const struct eng_adapt_sample *s, c
 	bool held = a->chosen && s->t - a->since < ENG_ADAPT_HOLD_S && !urgent;
 	if (held || a->best == a->cur || a->pred[a->best] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN))
 		return 0;
-	if (!tried_lately(a, a->best, s->t, event))
+	/* the link fell: a trial waits for a feed the link holds back */
+	if (!urgent && !tried_lately(a, a->best, s->t, event))
 		return -1;
 	a->chosen = true;
 	note(event, "switch");

@@ -840,8 +840,11 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			s->mode_now = next;
 			note_mode_used(s);
 		}
-		if (eng_adapt_trial_wanted(&s->adapt, &cand))
-			eng_pipeline_trial(p, &cand); /* busy: the controller's wait lapses */
+		if (eng_adapt_trial_wanted(&s->adapt, &cand) && !eng_pipeline_trial(p, &cand)) {
+			/* an earlier, lapsed trial still runs: this one tells nothing */
+			struct eng_trial none = { .cur = s->mode_now, .cand = cand };
+			eng_adapt_trial(&s->adapt, &none, now_s(s));
+		}
 	}
 	/* what the wire carries per byte fed: dedup and compression together */
 	s->cur_raw = s->raw_prev + rep.stages[ENG_STAGE_INGEST].bytes_in;

@@ -691,21 +691,28 @@ static void trial_batch(struct stage *s, const struct batch *b)
 {
 	struct eng_pipeline *p = s->p;
 	int asked = TRIAL_ASKED;
+	uint32_t fresh = 0;
 
+	for (uint32_t i = 0; i < b->nblocks; i++)
+		fresh += b->verdict[i] == ENG_NEW;
+	if (!fresh)
+		return; /* references and zeros encode alike in every mode: nothing to compare */
 	if (!s->trial_on) {
-		if (__atomic_load_n(&p->trial_state, __ATOMIC_ACQUIRE) != TRIAL_ASKED ||
+		/* the main lcore's instance also runs ingest, the sink and the tick: not there, if others exist */
+		if ((s->instance == 0 && p->ninstances[ENG_STAGE_DELTA] > 1) ||
+		    __atomic_load_n(&p->trial_state, __ATOMIC_ACQUIRE) != TRIAL_ASKED ||
 		    !__atomic_compare_exchange_n(&p->trial_state, &asked, TRIAL_RUNNING, false,
 						 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 			return;
+		memset(&s->trial, 0, sizeof(s->trial));
+		s->trial.cur = current_mode(p);
+		s->trial.cand = mode_unpack(p->trial_word);
 		if (!s->comp && !(s->comp = cdc_comp_new()))
 			goto give_up;
 		if (!s->trial_enc && !(s->trial_enc = malloc(BATCH_ENC_MAX)))
 			goto give_up;
 		if (!s->trial_out && !(s->trial_out = malloc(TRIAL_OUT_MAX)))
 			goto give_up;
-		memset(&s->trial, 0, sizeof(s->trial));
-		s->trial.cur = current_mode(p);
-		s->trial.cand = mode_unpack(p->trial_word);
 		if (s->trial.cur.delta == s->trial.cand.delta && s->trial.cur.comp == s->trial.cand.comp &&
 		    s->trial.cur.level == s->trial.cand.level)
 			goto give_up; /* the controller switched to it meanwhile: nothing to compare */
@@ -714,15 +721,15 @@ static void trial_batch(struct stage *s, const struct batch *b)
 	struct eng_trial *t = &s->trial;
 	trial_half(s, b, &t->cur, &t->cur_bytes, &t->cur_ns);
 	trial_half(s, b, &t->cand, &t->cand_bytes, &t->cand_ns);
-	t->blocks += b->nblocks;
+	t->blocks += fresh;
 	if (t->blocks < ENG_TRIAL_BLOCKS)
 		return;
 	p->trial_result = *t;
 	s->trial_on = false;
 	__atomic_store_n(&p->trial_state, TRIAL_DONE, __ATOMIC_RELEASE);
 	return;
-give_up: /* an empty result: the trial told nothing */
-	memset(&p->trial_result, 0, sizeof(p->trial_result));
+give_up: /* a result without blocks: the trial told nothing about the modes it names */
+	p->trial_result = (struct eng_trial){ .cur = s->trial.cur, .cand = s->trial.cand };
 	__atomic_store_n(&p->trial_state, TRIAL_DONE, __ATOMIC_RELEASE);
 }
 

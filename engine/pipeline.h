@@ -165,7 +165,9 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m);
 /*
  * A trial: a candidate mode encoded beside the running one on the same
- * blocks (the next ENG_TRIAL_BLOCKS or so the delta stage takes), each batch
+ * blocks (batches the claiming delta instance takes next, until they held
+ * ENG_TRIAL_BLOCKS new blocks; a worker's instance, not the main lcore's,
+ * when there is one), each batch
  * compressed on its own both ways, so the controller compares the two on
  * the same data rather than on whatever each happened to meet while it ran.
  * Both halves are done by the trial (the stage's own encoding is not reused),
@@ -173,8 +175,8 @@ void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m);
  */
 #define ENG_TRIAL_BLOCKS 256
 struct eng_trial {
-	struct eng_mode cur, cand; /* cur: how the sampled blocks were really encoded */
-	uint64_t blocks;
+	struct eng_mode cur, cand; /* cur: the running mode when the trial began */
+	uint64_t blocks;           /* new blocks (what the modes encode differently); 0: it told nothing */
 	uint64_t cur_bytes, cand_bytes; /* compressed, each batch alone */
 	uint64_t cur_ns, cand_ns;       /* thread CPU ns of delta encoding and compression */
 };

@@ -327,6 +327,55 @@ static void test_a_trial_that_never_comes_lapses_to_the_model(void **state)
 	assert_int_equal(a.trials, 0);
 }
 
+/* A trial that told nothing (no memory, or the pipeline busy) leaves it to the model at once. */
+static void test_a_trial_that_told_nothing_leaves_it_to_the_model(void **state)
+{
+	static const struct eng_mode_profile pair[] = {
+		{ "a", { CDC_DELTA_NONE, CDC_COMP_ZSTD, 1 }, 4000, 0.100 },
+		{ "b", { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 9 }, 8000, 0.090 },
+	};
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next, want;
+
+	(void)state;
+	eng_adapt_init(&a, pair, 2, &pair[0].mode, NULL);
+	double asked = 0;
+	for (int i = 0; i < 40 && a.cur == 0; i++) {
+		advance(&s, &a.table[a.cur], 0.1, 5e6, 5e6, 2, 1, 1);
+		eng_adapt_tick(&a, &s, &next);
+		if (eng_adapt_trial_wanted(&a, &want)) {
+			struct eng_trial none = { .cur = pair[0].mode, .cand = want };
+			asked = s.t;
+			eng_adapt_trial(&a, &none, s.t);
+		}
+	}
+	assert_int_equal(a.cur, 1);
+	assert_true(asked > 0 && a.since - asked <= ENG_ADAPT_WINDOW_S + 0.15); /* the next window, not the lapse */
+	assert_int_equal(a.trials, 0);
+	assert_true(a.corr_r[1] == 1.0);
+}
+
+/* The link falls: a win past the urgent margin switches without waiting for a trial. */
+static void test_an_urgent_win_does_not_wait_for_a_trial(void **state)
+{
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next, want;
+
+	(void)state;
+	eng_adapt_init(&a, table, 3, &table[0].mode, NULL);
+	bool asked = false;
+	for (int i = 0; i < 30 && a.cur == 0; i++) {
+		advance(&s, &a.table[a.cur], 0.1, 5e6, 5e6, 2, 1, 1);
+		eng_adapt_tick(&a, &s, &next);
+		asked |= eng_adapt_trial_wanted(&a, &want); /* never answered */
+	}
+	assert_int_equal(a.cur, 2);
+	assert_false(asked);
+	assert_true(s.t < 3.0);
+}
+
 /*
  * CPU-bound on a fast link: the queue is empty and the link estimate is
  * only what the tight mode makes (30.6 Mbit/s of a 10 Gbit/s link). The
@@ -548,6 +597,8 @@ int main(void)
 		cmocka_unit_test(test_trace_has_one_line_per_tick),
 		cmocka_unit_test(test_a_trial_keeps_noisy_data_from_switching),
 		cmocka_unit_test(test_a_trial_that_never_comes_lapses_to_the_model),
+		cmocka_unit_test(test_a_trial_that_told_nothing_leaves_it_to_the_model),
+		cmocka_unit_test(test_an_urgent_win_does_not_wait_for_a_trial),
 		cmocka_unit_test(test_cpu_bound_with_an_empty_queue_probes_and_moves_lighter),
 		cmocka_unit_test(test_a_probe_that_finds_no_room_goes_back),
 		cmocka_unit_test(test_a_link_rising_from_5_to_100_mbit_moves_lighter),
