@@ -693,6 +693,8 @@ static void trial_batch(struct stage *s, const struct batch *b)
 	int asked = TRIAL_ASKED;
 	uint32_t fresh = 0;
 
+	if (!s->trial_on && __atomic_load_n(&p->trial_state, __ATOMIC_RELAXED) != TRIAL_ASKED)
+		return; /* the common case, every batch: no trial wanted */
 	for (uint32_t i = 0; i < b->nblocks; i++)
 		fresh += b->verdict[i] == ENG_NEW;
 	if (!fresh)
@@ -713,8 +715,7 @@ static void trial_batch(struct stage *s, const struct batch *b)
 			goto give_up;
 		if (!s->trial_out && !(s->trial_out = malloc(TRIAL_OUT_MAX)))
 			goto give_up;
-		if (s->trial.cur.delta == s->trial.cand.delta && s->trial.cur.comp == s->trial.cand.comp &&
-		    s->trial.cur.level == s->trial.cand.level)
+		if (mode_pack(&s->trial.cur) == p->trial_word)
 			goto give_up; /* the controller switched to it meanwhile: nothing to compare */
 		s->trial_on = true;
 	}
