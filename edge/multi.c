@@ -1,6 +1,7 @@
 /*
  * Multi-source chunk fetch (see multi.h). One worker thread per service:
- * connect, handshake, ask which wanted chunks it holds, wait for every
+ * connect and handshake (or take over the channel the recipes came by), ask
+ * which wanted chunks it holds (not the recipes' service: it holds them all), wait for every
  * service's answer (so scarcity is known), then keep a window of requests
  * out and check what comes back. The chunk table is shared under one lock;
  * the bytes are decompressed and hashed outside it.
@@ -312,6 +313,8 @@ static int take_answer(struct worker *wk, char *err, size_t errlen)
 		if (j->last_arrival > 0 && now - j->last_arrival > j->stall)
 			j->stall = now - j->last_arrival;
 		j->last_arrival = now;
+		if (!wk->p->chunks)
+			wk->p->first_chunk_s = now - j->t0;
 		wk->p->chunks++;
 		wk->p->raw_bytes += raw;
 	} else {
@@ -384,12 +387,27 @@ static void *worker_main(void *arg)
 	bool *held = NULL;
 	int r = -ENOMEM;
 
-	wk->c = eng_conn_connect(wk->p->loc, NULL, CONNECT_S, err, sizeof(err));
-	wk->ch = wk->c ? edg_chan_client(wk->c, j->key, CONNECT_S, err, sizeof(err)) : NULL;
-	if (wk->ch && (held = calloc(j->nw ? j->nw : 1, sizeof(*held))))
-		r = edg_ask_have(wk->ch, j->w, j->nw, held, HAVE_S, &wk->p->wire_bytes, err, sizeof(err));
-	else if (wk->ch)
+	bool holds_all = wk->p->chan != NULL;
+
+	if (holds_all) { /* the recipes' channel: no second connection */
+		wk->c = wk->p->conn;
+		wk->ch = wk->p->chan;
+		wk->p->conn = NULL;
+		wk->p->chan = NULL;
+	} else {
+		wk->c = eng_conn_connect(wk->p->loc, NULL, CONNECT_S, err, sizeof(err));
+		wk->ch = wk->c ? edg_chan_client(wk->c, j->key, CONNECT_S, err, sizeof(err)) : NULL;
+	}
+	if (wk->ch && (held = calloc(j->nw ? j->nw : 1, sizeof(*held)))) {
+		if (holds_all) { /* it sent the recipes, so it holds the images: a chunk it lacks after all is a NOCHUNK */
+			memset(held, 1, j->nw * sizeof(*held));
+			r = 0;
+		} else {
+			r = edg_ask_have(wk->ch, j->w, j->nw, held, HAVE_S, &wk->p->wire_bytes, err, sizeof(err));
+		}
+	} else if (wk->ch) {
 		snprintf(err, sizeof(err), "out of memory");
+	}
 	/* every service's answer before any request: scarcity decides the order */
 	pthread_mutex_lock(&j->lock);
 	if (!r) {
@@ -405,13 +423,15 @@ static void *worker_main(void *arg)
 		j->alive &= ~(1u << wk->id);
 	}
 	j->answered++;
-	if (!j->first_answer)
+	wk->p->answer_s = mono() - j->t0;
+	if (!j->first_answer && !holds_all) /* the clock starts with a service that had to be asked */
 		j->first_answer = mono();
 	settle_unheld(j);
 	pthread_cond_broadcast(&j->cond);
 	/* every service's answer before any request, so scarcity decides the order; but a
 	 * service slow to connect does not hold the others up: it joins when it answers */
-	while (j->answered < j->npeers && mono() - j->first_answer < JOIN_WAIT_S)
+	while (j->answered < j->npeers &&
+	       mono() - (j->first_answer ? j->first_answer : j->t0 + CONNECT_S) < JOIN_WAIT_S)
 		wait_ms(j, 50);
 	pthread_mutex_unlock(&j->lock);
 	free(held);
@@ -525,6 +545,7 @@ int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, 
 		goto oom;
 	j.alive = (1u << npeers) - 1;
 	for (unsigned k = 0; k < npeers; k++) {
+		/* the figures only: loc .. chan, which come before held, are the caller's */
 		memset(&peers[k].held, 0, sizeof(peers[k]) - offsetof(struct edg_peer, held));
 		wk[k] = (struct worker){ .j = &j, .p = &peers[k], .id = k };
 	}

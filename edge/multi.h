@@ -25,8 +25,16 @@ struct edg_peer {
 	const char *loc;       /* tcp:HOST:PORT */
 	const char *name;      /* for progress and reports */
 	bool origin;           /* the image's source: last for chunks others hold */
+	/* a channel already open to a service that holds every wanted chunk (the
+	 * one the recipes came from), or NULL. It is not asked what it holds; the
+	 * fetch takes the channel over and sets both NULL; the caller closes
+	 * what is left */
+	struct eng_conn *conn;
+	struct edg_chan *chan;
 	/* filled in by the fetch */
 	uint64_t held;         /* wanted chunks it said it holds */
+	double answer_s;       /* seconds after the fetch began: it said what it holds */
+	double first_chunk_s;  /* ... its first chunk arrived (0: none) */
 	uint64_t chunks, raw_bytes, wire_bytes, duplicate_chunks, lacked;
 	double rate_bps;       /* raw bits/s while it had chunks in flight */
 	double window_bytes, min_rtt_s;

@@ -462,8 +462,17 @@ uint8_t *edg_wanted(const uint8_t *d, const bool *missing, uint64_t n, uint64_t 
 	return w;
 }
 
-int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *rc, uint64_t *wire_bytes, char *err,
-		     size_t errlen)
+static int ask_recipe(struct edg_chan *ch, const char *name, char *err, size_t errlen)
+{
+	int r = edg_chan_send(ch, MSG_RECIPE_REQ, name, (uint32_t)strlen(name));
+
+	if (r)
+		eng_set_err(err, errlen, "cannot reach the service: %s", strerror(-r));
+	return r;
+}
+
+/* The answer to the oldest recipe asked for. */
+static int read_recipe(struct edg_chan *ch, struct edg_recipe *rc, uint64_t *wire_bytes, char *err, size_t errlen)
 {
 	struct edg_fetch_report rep = { 0 };
 	struct fetch f = { .ch = ch, .rep = &rep, .err = err, .errlen = errlen };
@@ -476,10 +485,6 @@ int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r
 	if (!(f.msg = malloc(f.msg_cap))) {
 		eng_set_err(err, errlen, "out of memory");
 		return -ENOMEM;
-	}
-	if ((r = edg_chan_send(ch, MSG_RECIPE_REQ, name, (uint32_t)strlen(name)))) {
-		eng_set_err(err, errlen, "cannot reach the service: %s", strerror(-r));
-		goto out;
 	}
 	if ((r = recv_msg(&f, &type, &len)))
 		goto out;
@@ -527,9 +532,50 @@ out:
 		rc->digests = NULL;
 	}
 	if (wire_bytes)
-		*wire_bytes = rep.fetched_wire_bytes;
+		*wire_bytes += rep.fetched_wire_bytes;
 	free(f.msg);
 	return r;
+}
+
+int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *rc, uint64_t *wire_bytes, char *err,
+		     size_t errlen)
+{
+	int r = ask_recipe(ch, name, err, errlen);
+
+	if (wire_bytes)
+		*wire_bytes = 0;
+	if (r) {
+		memset(rc, 0, sizeof(*rc));
+		return r;
+	}
+	return read_recipe(ch, rc, wire_bytes, err, errlen);
+}
+
+int edg_fetch_recipes(struct edg_chan *ch, const char *const *names, unsigned n, struct edg_recipe *rc,
+		      uint64_t *wire_bytes, char *err, size_t errlen)
+{
+	bool asked[n ? n : 1];
+	unsigned got = 0;
+	char e[512];
+	int r = 0;
+
+	for (unsigned i = 0; i < n; i++) /* every request first: one round trip for them all */
+		asked[i] = !rc[i].digests && !r && !(r = ask_recipe(ch, names[i], e, sizeof(e)));
+	if (r && !err[0])
+		snprintf(err, errlen, "%s", e);
+	for (unsigned i = 0; i < n; i++) {
+		if (!asked[i])
+			continue;
+		if (!(r = read_recipe(ch, &rc[i], wire_bytes, e, sizeof(e)))) {
+			got++;
+			continue;
+		}
+		if (!err[0])
+			snprintf(err, errlen, "%s", e);
+		if (r != -ENOENT) /* not a clean refusal: what follows may be out of step */
+			return -EPROTO;
+	}
+	return (int)got;
 }
 
 int edg_fetch_chunks(struct edg_store *s, struct edg_chan *ch, const struct edg_recipe *rc, const char *as,

@@ -37,6 +37,16 @@ struct edg_fetch_report {
 /* Ask the service for image name's recipe (r->digests to free). 0, or -errno with err. */
 int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r, uint64_t *wire_bytes, char *err,
 		     size_t errlen);
+/*
+ * Ask for the recipes of names[i] whose r[i].digests is NULL all at once (one
+ * round trip) and read the answers in turn; *wire_bytes grows by what crossed.
+ * Returns how many arrived; err (when empty) takes the first failure's reason.
+ * After a failure other than the service's refusal ("no image") the channel
+ * may be out of step: -EPROTO, and the caller must close it (the recipes
+ * that did arrive stay in r).
+ */
+int edg_fetch_recipes(struct edg_chan *ch, const char *const *names, unsigned n, struct edg_recipe *r,
+		      uint64_t *wire_bytes, char *err, size_t errlen);
 
 /*
  * Fetch what s lacks of recipe r (s must cut chunks of r's size) and

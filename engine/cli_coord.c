@@ -72,6 +72,8 @@ json_object *cli_sources_json(const struct edg_peer *p, unsigned n, uint64_t fet
 		json_object_object_add(o, "rate_mbit", json_object_new_double(p[k].rate_bps / 1e6));
 		json_object_object_add(o, "window_bytes", json_object_new_int64((int64_t)p[k].window_bytes));
 		json_object_object_add(o, "min_rtt_ms", json_object_new_double(p[k].min_rtt_s * 1e3));
+		json_object_object_add(o, "answer_s", json_object_new_double(p[k].answer_s));
+		json_object_object_add(o, "first_chunk_s", json_object_new_double(p[k].first_chunk_s));
 		json_object_object_add(o, "duplicate_chunks", json_object_new_int64((int64_t)p[k].duplicate_chunks));
 		json_object_object_add(o, "lacked", json_object_new_int64((int64_t)p[k].lacked));
 		json_object_object_add(o, "failed", json_object_new_boolean(p[k].failed));

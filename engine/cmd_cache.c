@@ -710,7 +710,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		return 1;
 	/* each image's recipe from the origin, else the first source named that has it */
 	struct edg_recipe rc[FETCH_IMAGES_MAX] = { { 0 } };
-	const char *as[FETCH_IMAGES_MAX];
+	const char *as[FETCH_IMAGES_MAX], *want[FETCH_IMAGES_MAX];
 	char names[FETCH_IMAGES_MAX][EDG_NAME_MAX + 1];
 	unsigned nimg = 0, got = 0;
 	struct edg_store *s = NULL;
@@ -726,7 +726,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		}
 		if (l) {
 			snprintf(names[nimg], sizeof(names[0]), "%.*s", (int)l, p);
-			as[nimg] = names[nimg];
+			as[nimg] = want[nimg] = names[nimg];
 			nimg++;
 		}
 		p += l + (p[l] == ',');
@@ -738,24 +738,29 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 	if (val[F_AS])
 		as[0] = val[F_AS];
 	memset(&rep, 0, sizeof(rep));
+	double t0 = mono_s(), recipe_s;
 	for (unsigned k = 0; k < src.n && got < nimg; k++) {
 		char e[512] = "";
 		struct eng_conn *c = eng_conn_connect(src.p[k].loc, NULL, FETCH_CONNECT_S, e, sizeof(e));
 		struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, e, sizeof(e)) : NULL;
-		for (unsigned i = 0; ch && i < nimg; i++) {
-			uint64_t w = 0;
-			if (!rc[i].digests && !edg_fetch_recipe(ch, names[i], &rc[i], &w, e, sizeof(e)))
-				got++;
-			recipe_wire += w;
+		int here = ch ? edg_fetch_recipes(ch, want, nimg, rc, &recipe_wire, e, sizeof(e)) : 0;
+		got = 0;
+		for (unsigned i = 0; i < nimg; i++)
+			got += rc[i].digests != NULL;
+		if (got < nimg && !err[0]) /* the first reason */
+			snprintf(err, sizeof(err), "%.80s: %.400s", src.p[k].name, e);
+		if (here == (int)nimg) { /* it holds every image: its worker takes this channel over */
+			src.p[k].conn = c;
+			src.p[k].chan = ch;
+			break;
 		}
 		if (ch)
 			edg_fetch_done(ch);
-		if (got < nimg && !err[0]) /* the first reason */
-			snprintf(err, sizeof(err), "%.80s: %.400s", src.p[k].name, e);
 		edg_chan_free(ch);
 		if (c)
 			eng_conn_close(c);
 	}
+	recipe_s = mono_s() - t0;
 	if (got == nimg) {
 		/* a new cache takes the service's chunk size */
 		s = edg_store_open(val[F_CACHE], true, rc[0].chunk_size, 0, err, sizeof(err));
@@ -766,6 +771,12 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 			r = edg_fetch_multi(s, src.p, src.n, key, rc, as, nimg, timeout, &rep, on_multi_progress, &mp, err,
 					    sizeof(err));
 	}
+	for (unsigned k = 0; k < src.n; k++) /* a channel the fetch did not take over */
+		if (src.p[k].chan) {
+			edg_fetch_done(src.p[k].chan);
+			edg_chan_free(src.p[k].chan);
+			eng_conn_close(src.p[k].conn);
+		}
 	explicit_bzero(key, sizeof(key));
 	cli_progress_end();
 	if (isatty(2))
@@ -803,6 +814,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		json_object_object_add(o, "seconds", json_object_new_double(rep.seconds));
 		json_object_object_add(o, "stall_s", json_object_new_double(rep.stall_s));
 		json_object_object_add(o, "timeout_s", json_object_new_double(rep.timeout_s));
+		json_object_object_add(o, "recipe_s", json_object_new_double(recipe_s));
 		json_object_object_add(o, "sources", cli_sources_json(src.p, src.n, rep.fetched_chunks));
 		cli_print_json(o);
 	}
@@ -811,7 +823,8 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 
 const struct cli_cmd cli_cmd_cache_fetch = {
 	.name = "cache fetch",
-	.summary = "Fetch image NAME from chunk services (handoff-engine serve): its recipe, then\n"
+	.summary = "Fetch image NAME from chunk services (handoff-engine serve): its recipe (every\n"
+		   "image's in one round trip, over the channel its chunks then come by), then\n"
 		   "only the chunks this cache lacks, from every source at once (each path kept\n"
 		   "full by a window sized from its measured rate and round trip; scarce chunks\n"
 		   "first, the origin last for chunks others hold; a silent or failed source's\n"
