@@ -729,9 +729,11 @@ class Guest:
         except OSError as e:
             raise GuestError(f"cannot write to guest control port {self.ctl_path}: {e}") from None
 
-    def go(self, mem=None, disk=None, seed=1):
+    def go(self, mem=None, disk=None, seed=1, hot=None):
         """Start the guest workloads: mem/disk = (rate MB/s, total MB) or
-        None. Returns the GO line sent."""
+        None; hot = (percent, MB) or None: each workload keeps a hot region
+        of MB that percent of its steps rewrite in place. Returns the GO
+        line sent."""
         def rt(v, what):
             if v is None:
                 return "0:0"
@@ -741,6 +743,11 @@ class Guest:
             r = f"{rate:.3f}".rstrip("0").rstrip(".") or "0"
             return f"{r}:{int(total)}"
         line = f"GO mem={rt(mem, 'mem')} disk={rt(disk, 'disk')} seed={int(seed)}"
+        if hot is not None:
+            pct, mb = hot
+            if not (0 <= pct <= 100 and 0 <= mb <= 64) or int(pct) != pct or int(mb) != mb:
+                raise GuestError(f"bad hot region {hot} (whole percent 0..100, whole MB 0..64)")
+            line += f" hot={int(pct)}:{int(mb)}"
         self.send_ctl(line)
         return line
 
