@@ -731,9 +731,9 @@ class Guest:
 
     def go(self, mem=None, disk=None, seed=1, hot=None):
         """Start the guest workloads: mem/disk = (rate MB/s, total MB) or
-        None; hot = (percent, MB) or None: each workload keeps a hot region
-        of MB that percent of its steps rewrite in place. Returns the GO
-        line sent."""
+        None; hot = (percent, KiB) or None: each workload keeps a hot region
+        of KiB of text that percent of its steps rewrite in place. Returns
+        the GO line sent."""
         def rt(v, what):
             if v is None:
                 return "0:0"
@@ -744,10 +744,10 @@ class Guest:
             return f"{r}:{int(total)}"
         line = f"GO mem={rt(mem, 'mem')} disk={rt(disk, 'disk')} seed={int(seed)}"
         if hot is not None:
-            pct, mb = hot
-            if not (0 <= pct <= 100 and 0 <= mb <= 64) or int(pct) != pct or int(mb) != mb:
-                raise GuestError(f"bad hot region {hot} (whole percent 0..100, whole MB 0..64)")
-            line += f" hot={int(pct)}:{int(mb)}"
+            pct, kb = hot
+            if not (0 <= pct <= 100 and 0 <= kb <= 65536) or int(pct) != pct or int(kb) != kb:
+                raise GuestError(f"bad hot region {hot} (whole percent 0..100, whole KiB 0..65536)")
+            line += f" hot={int(pct)}:{int(kb)}"
         self.send_ctl(line)
         return line
 
