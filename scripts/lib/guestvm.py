@@ -745,8 +745,8 @@ class Guest:
         line = f"GO mem={rt(mem, 'mem')} disk={rt(disk, 'disk')} seed={int(seed)}"
         if hot is not None:
             pct, kb = hot
-            if not (0 <= pct <= 100 and 0 <= kb <= 65536) or int(pct) != pct or int(kb) != kb:
-                raise GuestError(f"bad hot region {hot} (whole percent 0..100, whole KiB 0..65536)")
+            if not (0 <= pct <= 100 and 0 <= kb <= 65536) or int(pct) != pct or int(kb) != kb or kb % 64:
+                raise GuestError(f"bad hot region {hot} (whole percent 0..100, KiB 0 or a multiple of 64 up to 65536)")
             line += f" hot={int(pct)}:{int(kb)}"
         self.send_ctl(line)
         return line

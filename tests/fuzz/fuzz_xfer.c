@@ -15,7 +15,10 @@
  *      image is removed and the cache collected to nothing, so that every
  *      input starts alike);
  *   2: a client asking which of the image's chunks a service holds (edg_ask_have);
- *   3: a client waiting for the image's first chunk (edg_recv_chunk).
+ *   3: a client waiting for the image's first chunk (edg_recv_chunk);
+ *   4: a client asking for two recipes at once (edg_fetch_recipes): the
+ *      replies to both, in turn; a reply that is not a clean refusal must
+ *      leave no recipe after it taken.
  *
  * With FUZZ_XFER_SEEDS=DIR the harness writes a well-formed input for each
  * end to DIR and exits (tests/fuzz/corpus/xfer).
@@ -140,7 +143,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	init();
 	if (!size)
 		return 0;
-	switch (data[0] % 4) {
+	switch (data[0] % 5) {
 	case 0: {
 		struct edg_serve_stats st;
 		edg_serve_session(served, &ch, &st, err, sizeof(err));
@@ -164,6 +167,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case 2: {
 		bool held[NCHUNK];
 		edg_ask_have(&ch, &digests[0][0], NCHUNK, held, 1, &wire, err, sizeof(err));
+		break;
+	}
+	case 4: {
+		const char *names[2] = { "img", "img" };
+		struct edg_recipe rc[2] = { { 0 } };
+		int got = edg_fetch_recipes(&ch, names, 2, rc, &wire, err, sizeof(err));
+		if (got > 2 || (got >= 0 && (rc[0].digests != NULL) + (rc[1].digests != NULL) != got))
+			abort();
+		free(rc[0].digests);
+		free(rc[1].digests);
 		break;
 	}
 	default: {
@@ -280,5 +293,13 @@ static void write_seeds(const char *dir)
 	fclose(f);
 	f = seed(dir, "nochunk", 3);
 	put_msg(f, NOCHUNK, digests[0], EDG_DIGEST_LEN);
+	fclose(f);
+	/* two recipes asked at once: a refusal, then the recipe in one part */
+	f = seed(dir, "recipes", 4);
+	put_msg(f, ERROR_MSG, "no image 'img' here", 19);
+	put_msg(f, RECIPE_HDR, hdr, sizeof(hdr));
+	put_le(b, NCHUNK, 4);
+	memcpy(b + 4, digests, sizeof(digests));
+	put_msg(f, RECIPE_PART, b, sizeof(b));
 	fclose(f);
 }
