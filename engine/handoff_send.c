@@ -152,6 +152,7 @@ struct src {
 	 * base it has (bit per block; NULL: a whole base); the rest is sent */
 	uint8_t *base_have[ENG_VM_OBJECTS];
 	uint64_t lacking_blocks;
+	uint64_t current_deltas; /* blocks sent again as deltas against what the destination held (all streams) */
 	/*
 	 * The first pass sends them last, as they are then (bit per global
 	 * block; NULL once that pass is over): the VM overwrites some of them
@@ -1384,6 +1385,7 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 		json_object *c = json_object_new_object();
 		json_object_object_add(c, "lacking_blocks", json_object_new_int64((int64_t)s->lacking_blocks));
 		json_object_object_add(c, "plan_s", json_object_new_double(s->plan_s));
+		json_object_object_add(c, "resent_as_deltas", json_object_new_int64((int64_t)s->current_deltas));
 		json_object_object_add(o, "destination_cache", c);
 	}
 	json_object *t = json_object_new_object();
@@ -1654,6 +1656,8 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
 		.socket = a->socket, .ledger = resumable ? &s->ledger : NULL,
 		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
+		/* a lacking block the guest writes again goes as a delta against its sent copy */
+		.sent_copies = s->lacking_blocks < UINT32_MAX ? (uint32_t)s->lacking_blocks : UINT32_MAX,
 	};
 	/* one stream per connection: more than one only after a cut (--retry-for) */
 	for (;;) {
@@ -1670,6 +1674,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		s->wire_prev += rep.wire_bytes;
 		s->raw_prev += rep.stages[ENG_STAGE_INGEST].bytes_in;
 		s->sealed_prev += rep.stages[ENG_STAGE_SEAL].bytes_out;
+		s->current_deltas += rep.current_deltas;
 		s->wire_bytes = s->wire_prev;
 		if (!s->have_id && s->stream.header_len) {
 			memcpy(s->handoff_id, s->stream.salt, sizeof(s->handoff_id));

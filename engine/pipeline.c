@@ -12,6 +12,7 @@
  */
 #include "pipeline.h"
 #include "clock.h"
+#include "sent_copies.h"
 #include "codecs/varint.h"
 #include "stream.h"
 
@@ -56,8 +57,11 @@ struct batch {
 	uint64_t block[BATCH_BLOCKS]; /* ENG_REF(object, block) */
 	uint64_t ref[BATCH_BLOCKS];   /* what a BASE or DUP verdict copies */
 	uint8_t digest[BATCH_BLOCKS][CDC_DIGEST_LEN];
+	uint8_t current[BATCH_BLOCKS]; /* a NEW block the receiver holds a sent copy of: in prev */
 	const uint8_t *blocks; /* the batch's blocks: data, or where the feed holds them */
 	uint8_t data[BATCH_BLOCKS * CDC_BLOCK_SIZE] __attribute__((aligned(64)));
+	/* the receiver's content of the current blocks (dedup copies it: the store moves on) */
+	uint8_t prev[BATCH_BLOCKS * CDC_BLOCK_SIZE] __attribute__((aligned(64)));
 	uint8_t enc[BATCH_ENC_MAX] __attribute__((aligned(64)));
 };
 
@@ -85,6 +89,7 @@ struct stage {
 	struct eng_pipeline *p;
 	struct stage_stats st;
 	uint64_t deltas[CDC_DELTA_COUNT]; /* delta stage: new blocks by encoding */
+	uint64_t current_deltas;          /* of those, against a sent copy (ENG_OP_CUR) */
 	/* per-instance codec contexts, as the stage needs */
 	struct cdc_hasher *hasher;
 	struct cdc_delta_ctx *delta;
@@ -110,6 +115,7 @@ struct eng_pipeline {
 	struct rte_mempool *batches, *segments;
 	struct rte_ring *ring[ENG_STAGE_COUNT]; /* ring[s]: input of stage s */
 	struct trk_table *base_table, *sent_table;
+	struct eng_sent_copies copies; /* dedup's: blocks without a base, as sent */
 	/* dedup: per object, the digest of every block as the receiver holds it */
 	uint8_t (*held[ENG_MAX_OBJECTS])[CDC_DIGEST_LEN];
 	uint64_t base_blocks[ENG_MAX_OBJECTS], capacity_blocks[ENG_MAX_OBJECTS];
@@ -542,6 +548,17 @@ static int poll_dedup(struct stage *s)
 		}
 		if (trk_table_lookup(p->sent_table, held, &holder) == 0 && holder == b->block[i])
 			trk_table_del(p->sent_table, held);
+		b->current[i] = 0;
+		unsigned o = ENG_REF_OBJ(b->block[i]);
+		uint64_t blk = ENG_REF_BLK(b->block[i]);
+		bool copied = false;
+		if (p->copies.cap && !has_base(p, o, blk)) {
+			const uint8_t *copy = eng_sent_copies_get(&p->copies, o, blk, held);
+			if (copy) /* before the put below overwrites it */
+				memcpy(b->prev + (size_t)i * CDC_BLOCK_SIZE, copy, CDC_BLOCK_SIZE);
+			copied = copy != NULL;
+			eng_sent_copies_put(&p->copies, o, blk, b->blocks + (size_t)i * CDC_BLOCK_SIZE, d);
+		}
 		if (b->zero[i])
 			v = ENG_ZERO;
 		else if (trk_table_lookup(p->base_table, d, &ref) == 0)
@@ -553,6 +570,7 @@ static int poll_dedup(struct stage *s)
 			/* a full table only costs missed duplicates later */
 			trk_table_add(p->sent_table, d, b->block[i]);
 			out += CDC_BLOCK_SIZE;
+			b->current[i] = copied;
 		}
 		memcpy(held, d, CDC_DIGEST_LEN);
 		b->verdict[i] = (uint8_t)v;
@@ -589,7 +607,8 @@ static size_t put_block_ref(uint8_t *q, uint8_t op, uint64_t blk, int64_t *prev)
 /*
  * A batch's encoding with new blocks delta-encoded `delta`'s way (against
  * the same-offset base block if there is one with content: against zeros a
- * delta is the block itself). counts: new blocks by encoding, or NULL.
+ * delta is the block itself; against the receiver's current content where
+ * dedup found a sent copy of it). counts: new blocks by encoding, or NULL.
  */
 static uint32_t encode_batch(struct stage *s, const struct batch *b, enum cdc_delta delta, uint8_t *out,
 			     uint64_t *counts)
@@ -626,20 +645,23 @@ static uint32_t encode_batch(struct stage *s, const struct batch *b, enum cdc_de
 			continue;
 		}
 		const struct trk_index *base = p->a->obj[obj].base;
-		enum cdc_delta kind = has_base(p, obj, blk) &&
-					      memcmp(trk_index_digest(base, blk), cdc_zero_digest(),
-						     CDC_DIGEST_LEN)
-					      ? delta
-					      : CDC_DELTA_NONE;
+		const uint8_t *against = NULL;
+		if (b->current[i])
+			against = b->prev + (size_t)i * CDC_BLOCK_SIZE;
+		else if (has_base(p, obj, blk) &&
+			 memcmp(trk_index_digest(base, blk), cdc_zero_digest(), CDC_DIGEST_LEN))
+			against = p->a->obj[obj].base_map + blk * CDC_BLOCK_SIZE;
+		enum cdc_delta kind = against ? delta : CDC_DELTA_NONE;
 		uint8_t tmp[CDC_DELTA_MAX];
 		ssize_t n = 0;
 		if (kind != CDC_DELTA_NONE)
-			n = cdc_delta_encode(s->delta, &kind, data,
-					     p->a->obj[obj].base_map + blk * CDC_BLOCK_SIZE, tmp,
-					     sizeof(tmp));
+			n = cdc_delta_encode(s->delta, &kind, data, against, tmp, sizeof(tmp));
 		if (n <= 0)
 			kind = CDC_DELTA_NONE;
-		q += put_block_ref(q, delta_op[kind], blk, &prev);
+		bool current = kind != CDC_DELTA_NONE && b->current[i];
+		q += put_block_ref(q, current ? ENG_OP_CUR : delta_op[kind], blk, &prev);
+		if (current)
+			*q++ = delta_op[kind]; /* how it is encoded, as its op against a base */
 		if (kind == CDC_DELTA_NONE) {
 			memcpy(q, data, CDC_BLOCK_SIZE);
 			q += CDC_BLOCK_SIZE;
@@ -649,8 +671,10 @@ static uint32_t encode_batch(struct stage *s, const struct batch *b, enum cdc_de
 			memcpy(q, tmp, (size_t)n);
 			q += n;
 		}
-		if (counts)
+		if (counts) {
 			counts[kind]++;
+			s->current_deltas += current;
+		}
 	}
 	return (uint32_t)(q - out);
 }
@@ -1106,6 +1130,7 @@ static void pipeline_free(struct eng_pipeline *p)
 	}
 	for (unsigned o = 0; o < ENG_MAX_OBJECTS && !p->a->ledger; o++)
 		free(p->held[o]);
+	eng_sent_copies_free(&p->copies);
 	explicit_bzero(p->stream.subkey, sizeof(p->stream.subkey));
 	free(p);
 }
@@ -1250,6 +1275,10 @@ static int pipeline_setup(struct eng_pipeline *p, char *err, size_t errlen)
 	}
 	for (unsigned o = 0; o < a->nobj; o++) /* only what the receiver can copy from */
 		trk_table_add_index_masked(p->base_table, a->obj[o].base, ENG_REF(o, 0), a->obj[o].have);
+	if (eng_sent_copies_init(&p->copies, a->nobj, p->capacity_blocks, a->sent_copies)) {
+		snprintf(err, errlen, "out of memory for copies of the blocks the receiver has no base for");
+		return -ENOMEM;
+	}
 	return plan_lcores(p) ? (snprintf(err, errlen, "out of memory"), -ENOMEM) : 0;
 }
 
@@ -1269,6 +1298,8 @@ void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *r
 	for (unsigned i = 0; i < p->ninstances[ENG_STAGE_DELTA]; i++)
 		for (int k = 0; k < CDC_DELTA_COUNT; k++)
 			rep->deltas[k] += p->instances[ENG_STAGE_DELTA][i]->deltas[k];
+	for (unsigned i = 0; i < p->ninstances[ENG_STAGE_DELTA]; i++)
+		rep->current_deltas += p->instances[ENG_STAGE_DELTA][i]->current_deltas;
 	for (int sid = 0; sid < ENG_STAGE_COUNT; sid++) {
 		struct eng_stage_report *r = &rep->stages[sid];
 		r->name = stage_names[sid];

@@ -79,6 +79,7 @@ struct eng_diff_report {
 	double first_data_s;       /* eng_mono_s() when the first data segment went to the sink; 0: none yet */
 	uint64_t verdicts[ENG_VERDICT_COUNT];
 	uint64_t deltas[CDC_DELTA_COUNT]; /* NEW blocks by encoding (NONE = raw) */
+	uint64_t current_deltas;          /* of those, delta-encoded against a sent copy (ENG_OP_CUR) */
 	double seconds;
 	unsigned lcores;
 	struct eng_stage_report stages[ENG_STAGE_COUNT];
@@ -141,6 +142,12 @@ struct eng_diff_args {
 	 * carried each block. NULL: the run keeps its own.
 	 */
 	struct eng_ledger *ledger;
+	/*
+	 * A live feed that sends blocks again: keep copies of up to this many
+	 * blocks the receiver has no base for, so that a block sent again goes
+	 * as a delta against what the receiver holds (sent_copies.h). 0: none.
+	 */
+	uint32_t sent_copies;
 	/*
 	 * The caller stops EAL and exits right after: the dedup tables are left
 	 * to rte_eal_cleanup. DPDK zeroes every byte of an element it frees,

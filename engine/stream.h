@@ -59,6 +59,7 @@ enum eng_op {
 	ENG_OP_ZREF = 7,   /* len varint + zstd with the same-offset base block as prefix */
 	ENG_OP_RESET = 8,  /* no block: object 0, the next record's block is relative to -1 */
 	ENG_OP_OBJECT = 9, /* no block: object u8; the next block is relative to -1 */
+	ENG_OP_CUR = 10,   /* op u8 (XOR, WDIFF or ZREF) and its body, against the block's current content */
 };
 
 /* One object of a stream as the header describes it. */

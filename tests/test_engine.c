@@ -540,6 +540,7 @@ struct live_feed {
 	uint8_t *base[LIVE_OBJ], *want[LIVE_OBJ];
 	uint64_t blocks[LIVE_OBJ], size[LIVE_OBJ];
 	uint8_t pool[LIVE_POOL][CDC_BLOCK_SIZE];
+	uint8_t lacking[LIVE_OBJ][256]; /* blocks the receiver lacks the base of, not sent yet */
 	unsigned rounds, round;
 	bool idle_next;
 };
@@ -550,6 +551,8 @@ static void live_pick(struct live_feed *f, uint8_t *out)
 
 	if (r == 0)
 		memset(out, 0, CDC_BLOCK_SIZE);
+	else if (r == 9) /* an edit in place of what the block holds now */
+		memcpy(out + test_rand() % (CDC_BLOCK_SIZE - 8), "edited!!", 8);
 	else if (r < 4) {
 		unsigned o = (unsigned)(test_rand() % LIVE_OBJ);
 		memcpy(out, f->base[o] + (test_rand() % f->blocks[o]) * CDC_BLOCK_SIZE, CDC_BLOCK_SIZE);
@@ -568,6 +571,16 @@ static int live_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 	if (f->round >= f->rounds)
 		return ENG_FEED_END;
 	f->round++;
+	unsigned k = 0; /* first what the receiver lacks, as it is now */
+	for (unsigned o = 0; o < LIVE_OBJ && k < max; o++)
+		for (uint64_t b = 0; b < f->blocks[o] && k < max; b++)
+			if (f->lacking[o][b]) {
+				f->lacking[o][b] = 0;
+				refs[k] = ENG_REF(o, b);
+				memcpy(data + (size_t)k++ * CDC_BLOCK_SIZE, f->want[o] + b * CDC_BLOCK_SIZE, CDC_BLOCK_SIZE);
+			}
+	if (k)
+		return (int)k;
 	if (f->idle_next || test_rand() % 5 == 0) {
 		f->idle_next = false;
 		return 0; /* nothing ready: the pipeline flushes and asks again */
@@ -605,8 +618,11 @@ static void test_live_feed_last_version_wins(void **state)
 	struct eng_diff_report rep;
 	struct eng_patch_stats st;
 	char path[300], err[256];
+	/* the third run: the receiver lacks a third of the base, and the sender keeps copies of some of those blocks */
 	const struct eng_mode modes[] = { { CDC_DELTA_BEST, CDC_COMP_ZSTD, 3 },
-					  { CDC_DELTA_XOR, CDC_COMP_IGZIP, 1 } };
+					  { CDC_DELTA_XOR, CDC_COMP_IGZIP, 1 },
+					  { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 1 } };
+	uint8_t *have[LIVE_OBJ] = { 0 };
 
 	(void)state;
 	if (!fx.dir)
@@ -632,14 +648,26 @@ static void test_live_feed_last_version_wins(void **state)
 		assert_non_null(idx[o]);
 		obj[o] = (struct eng_diff_object){ names[o], idx[o], f->base[o], cap };
 	}
-	for (unsigned m = 0; m < 2; m++) {
-		f->rounds = 120;
+	for (unsigned m = 0; m < 3; m++) {
+		bool partial = m == 2;
+		f->rounds = partial ? 400 : 120;
 		f->round = 0;
+		for (int o = 0; o < LIVE_OBJ && partial; o++) {
+			have[o] = calloc(1, f->blocks[o] / 8 + 2);
+			for (uint64_t b = 0; b < f->blocks[o]; b++)
+				if (test_rand() % 3) {
+					have[o][b >> 3] |= (uint8_t)(1u << (b & 7));
+				} else { /* the feed must send every block the receiver lacks */
+					f->lacking[o][b] = 1;
+				}
+			obj[o].have = have[o];
+		}
 		struct eng_feed feed = { live_next, live_size, f };
 		struct eng_sink sink = eng_mem_sink(&stream);
 		struct eng_diff_args a = {
 			.kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = obj, .feed = &feed,
 			.sink = &sink, .aead = CDC_AEAD_CHACHA20POLY1305, .mode = modes[m], .socket = 0,
+			.sent_copies = partial ? 64 : 0,
 		};
 		memset(&stream, 0, sizeof(stream));
 		assert_int_equal(eng_diff_run(&a, &rep, err, sizeof(err)), 0);
@@ -648,11 +676,16 @@ static void test_live_feed_last_version_wins(void **state)
 			out_mem[o] = (struct eng_mem){ .data = malloc(base_size[o]), .len = base_size[o],
 						       .cap = base_size[o], .max = 1u << 24 };
 			memcpy(out_mem[o].data, f->base[o], base_size[o]);
+			for (uint64_t b = 0; have[o] && b * CDC_BLOCK_SIZE < base_size[o]; b++)
+				if (!(have[o][b >> 3] >> (b & 7) & 1)) /* not held here: garbage */
+					memset(out_mem[o].data + b * CDC_BLOCK_SIZE, 0xee,
+					       base_size[o] - b * CDC_BLOCK_SIZE < CDC_BLOCK_SIZE ? base_size[o] - b * CDC_BLOCK_SIZE
+												  : CDC_BLOCK_SIZE);
 			base_st[o] = eng_mem_store(&base_mem[o]);
 			out_st[o] = eng_mem_store(&out_mem[o]);
 			pobj[o] = (struct eng_patch_object){ names[o], &base_st[o], &out_st[o],
 							     trk_index_digest(idx[o], 0), base_size[o],
-							     trk_index_id(idx[o]) };
+							     trk_index_id(idx[o]), .have = have[o] };
 		}
 		struct eng_source src = eng_mem_source(&stream);
 		struct eng_patch_args pa = { .src = &src, .kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = pobj };
@@ -671,8 +704,12 @@ static void test_live_feed_last_version_wins(void **state)
 			memcpy(f->want[o], f->base[o], base_size[o] < f->size[o] ? base_size[o] : f->size[o]);
 		}
 		assert_true(rep.verdicts[ENG_DUP] > 0 && rep.verdicts[ENG_BASE] > 0);
+		/* lacking blocks written again went as deltas against what the receiver held */
+		assert_true(partial ? rep.current_deltas > 0 : rep.current_deltas == 0);
 		eng_mem_free(&stream);
 	}
+	for (int o = 0; o < LIVE_OBJ; o++)
+		free(have[o]);
 	for (int o = 0; o < LIVE_OBJ; o++) {
 		trk_index_free(idx[o]);
 		free(f->base[o]);
