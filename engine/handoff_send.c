@@ -16,6 +16,7 @@
 #include "guard.h"
 #include "io.h"
 #include "sendq.h"
+#include "sent_copies.h"
 #include "session.h"
 #include "throttle.h"
 #include "adapt.h"
@@ -151,7 +152,7 @@ struct src {
 	/* a destination that holds an edge cache, not the base: the blocks of the
 	 * base it has (bit per block; NULL: a whole base); the rest is sent */
 	uint8_t *base_have[ENG_VM_OBJECTS];
-	uint64_t lacking_blocks;
+	uint64_t lacking_blocks, lacking[ENG_VM_OBJECTS]; /* in all, per object */
 	uint64_t current_deltas; /* blocks sent again as deltas against what the destination held (all streams) */
 	/*
 	 * The first pass sends them last, as they are then (bit per global
@@ -1063,8 +1064,10 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 				s->base_have[o][b / 8] |= (uint8_t)(1u << (b % 8));
 				continue;
 			}
-			if (b * CDC_BLOCK_SIZE < plan.obj[o].size)
+			if (b * CDC_BLOCK_SIZE < plan.obj[o].size) {
 				s->lacking_blocks++;
+				s->lacking[o]++;
+			}
 			if (o != ENG_VM_DEVICES) {
 				mark(s, s->first[o] + b);
 				s->lacking_late[(s->first[o] + b) >> 6] |= 1ull << ((s->first[o] + b) & 63);
@@ -1656,9 +1659,18 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
 		.socket = a->socket, .ledger = resumable ? &s->ledger : NULL,
 		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
-		/* a lacking block the guest writes again goes as a delta against its sent copy */
-		.sent_copies = s->lacking_blocks < UINT32_MAX ? (uint32_t)s->lacking_blocks : UINT32_MAX,
 	};
+	/*
+	 * A lacking block the guest writes again goes as a delta against its
+	 * sent copy: copies of memory first (the guest writes its pages again
+	 * and again), then device state, then disk.
+	 */
+	uint64_t room = ENG_SENT_COPIES_MAX;
+	for (unsigned i = 0; i < ENG_VM_OBJECTS; i++) {
+		unsigned o = i == 0 ? ENG_VM_MEMORY : i == 1 ? ENG_VM_DEVICES : ENG_VM_DISK;
+		da.sent_copies[o] = (uint32_t)(s->lacking[o] < room ? s->lacking[o] : room);
+		room -= da.sent_copies[o];
+	}
 	/* one stream per connection: more than one only after a cut (--retry-for) */
 	for (;;) {
 		struct eng_sink sink = s->sq ? eng_sendq_sink(s->sq) : eng_fd_sink(&s->out_fd);

@@ -554,9 +554,10 @@ static int poll_dedup(struct stage *s)
 		bool copied = false;
 		if (p->copies.cap && !has_base(p, o, blk)) {
 			const uint8_t *copy = eng_sent_copies_get(&p->copies, o, blk, held);
-			if (copy) /* before the put below overwrites it */
+			/* a delta against zeros is the block itself (encode_batch) */
+			copied = copy && memcmp(held, cdc_zero_digest(), CDC_DIGEST_LEN);
+			if (copied) /* before the put below overwrites it */
 				memcpy(b->prev + (size_t)i * CDC_BLOCK_SIZE, copy, CDC_BLOCK_SIZE);
-			copied = copy != NULL;
 			eng_sent_copies_put(&p->copies, o, blk, b->blocks + (size_t)i * CDC_BLOCK_SIZE, d);
 		}
 		if (b->zero[i])

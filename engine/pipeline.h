@@ -144,10 +144,11 @@ struct eng_diff_args {
 	struct eng_ledger *ledger;
 	/*
 	 * A live feed that sends blocks again: keep copies of up to this many
-	 * blocks the receiver has no base for, so that a block sent again goes
-	 * as a delta against what the receiver holds (sent_copies.h). 0: none.
+	 * blocks of each object the receiver has no base for, so that a block
+	 * sent again goes as a delta against what the receiver holds
+	 * (sent_copies.h). All 0: none.
 	 */
-	uint32_t sent_copies;
+	uint32_t sent_copies[ENG_MAX_OBJECTS];
 	/*
 	 * The caller stops EAL and exits right after: the dedup tables are left
 	 * to rte_eal_cleanup. DPDK zeroes every byte of an element it frees,

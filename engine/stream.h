@@ -22,7 +22,7 @@
 
 #include "codecs/codecs.h"
 
-#define ENG_STREAM_VERSION 4
+#define ENG_STREAM_VERSION 5
 #define ENG_HEADER_LEN 128 /* fixed part; an object table follows */
 #define ENG_SESSION_LEN 32 /* the reader's value per connection (session.h) */
 #define ENG_OBJECT_DESC_LEN 48

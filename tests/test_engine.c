@@ -667,7 +667,7 @@ static void test_live_feed_last_version_wins(void **state)
 		struct eng_diff_args a = {
 			.kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = obj, .feed = &feed,
 			.sink = &sink, .aead = CDC_AEAD_CHACHA20POLY1305, .mode = modes[m], .socket = 0,
-			.sent_copies = partial ? 64 : 0,
+			.sent_copies = { partial ? 16 : 0, partial ? 48 : 0, partial ? 16 : 0 },
 		};
 		memset(&stream, 0, sizeof(stream));
 		assert_int_equal(eng_diff_run(&a, &rep, err, sizeof(err)), 0);
@@ -800,7 +800,8 @@ static void test_live_stream_resumes_after_cuts(void **state)
 	struct eng_patcher *pt;
 	struct eng_patch_stats st;
 	char path[300], err[256];
-	uint64_t owed_total = 0;
+	uint64_t owed_total = 0, current_deltas = 0;
+	uint8_t *have[LIVE_OBJ];
 
 	(void)state;
 	if (!fx.dir)
@@ -816,22 +817,32 @@ static void test_live_stream_resumes_after_cuts(void **state)
 		f->want[o] = malloc(base_size[o]);
 		memcpy(f->want[o], f->base[o], base_size[o]);
 		rf.owed[o] = calloc(1, f->blocks[o]);
+		/* the receiver lacks a third of the base: sent first, then as deltas against their copies */
+		have[o] = calloc(1, f->blocks[o] / 8 + 1);
+		for (uint64_t b = 0; b < f->blocks[o]; b++)
+			if (test_rand() % 3)
+				have[o][b >> 3] |= (uint8_t)(1u << (b & 7));
+			else
+				f->lacking[o][b] = 1;
 		snprintf(path, sizeof(path), "%s/resume-base-%d", fx.dir, o);
 		test_write_file(path, f->base[o], base_size[o]);
 		idx[o] = trk_index_open(path, err, sizeof(err));
 		bases[o] = idx[o];
 		assert_non_null(idx[o]);
-		obj[o] = (struct eng_diff_object){ names[o], idx[o], f->base[o], cap[o] };
+		obj[o] = (struct eng_diff_object){ names[o], idx[o], f->base[o], cap[o], have[o] };
 		base_mem[o] = (struct eng_mem){ .data = f->base[o], .len = base_size[o], .cap = base_size[o] };
 		out_mem[o] = (struct eng_mem){ .data = malloc(base_size[o]), .len = base_size[o], .cap = base_size[o],
 					       .max = base_size[o] };
 		memcpy(out_mem[o].data, f->base[o], base_size[o]);
+		for (uint64_t b = 0; b < f->blocks[o]; b++)
+			if (f->lacking[o][b]) /* not held here: garbage */
+				memset(out_mem[o].data + b * CDC_BLOCK_SIZE, 0xee, CDC_BLOCK_SIZE);
 		base_st[o] = eng_mem_store(&base_mem[o]);
 		out_st[o] = eng_mem_store(&out_mem[o]);
 		pobj[o] = (struct eng_patch_object){ names[o], &base_st[o], &out_st[o], trk_index_digest(idx[o], 0),
-						     base_size[o], trk_index_id(idx[o]) };
+						     base_size[o], trk_index_id(idx[o]), .have = have[o] };
 	}
-	assert_int_equal(eng_ledger_init(&ledger, LIVE_OBJ, bases, cap, NULL), 0);
+	assert_int_equal(eng_ledger_init(&ledger, LIVE_OBJ, bases, cap, (const uint8_t *const *)have), 0);
 	struct eng_patch_args pa = { .kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = pobj };
 	assert_int_equal(eng_patcher_new(&pt, &pa, &st, err, sizeof(err)), 0);
 	const unsigned streams = 4;
@@ -845,11 +856,12 @@ static void test_live_stream_resumes_after_cuts(void **state)
 		struct eng_diff_args a = {
 			.kind = ENG_KIND_VM, .nobj = LIVE_OBJ, .obj = obj, .feed = &feed, .sink = &sink,
 			.aead = CDC_AEAD_AES256GCM, .mode = { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 3 }, .socket = 0,
-			.ledger = &ledger,
+			.ledger = &ledger, .sent_copies = { 8, 24, 2 },
 		};
 		f->rounds = last ? 0 : 60; /* the last stream carries only what the cuts lost */
 		f->round = 0;
 		int dr = eng_diff_run(&a, &rep, err, sizeof(err));
+		current_deltas += rep.current_deltas;
 		if (last || !in_run)
 			assert_int_equal(dr, 0);
 		if (!last && !in_run) /* the link goes after the run, somewhere before the trailer */
@@ -869,6 +881,7 @@ static void test_live_stream_resumes_after_cuts(void **state)
 		eng_mem_free(&stream);
 	}
 	assert_true(owed_total > 0); /* the cuts cost something, so the test saw a rewind */
+	assert_true(current_deltas > 0);
 	for (int o = 0; o < LIVE_OBJ; o++) {
 		assert_memory_equal(out_mem[o].data, f->want[o], base_size[o]);
 		eng_mem_free(&out_mem[o]);
@@ -876,6 +889,7 @@ static void test_live_stream_resumes_after_cuts(void **state)
 		free(f->base[o]);
 		free(f->want[o]);
 		free(rf.owed[o]);
+		free(have[o]);
 	}
 	eng_patcher_free(pt);
 	eng_ledger_free(&ledger);
