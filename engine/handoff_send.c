@@ -152,7 +152,7 @@ struct src {
 	/* a destination that holds an edge cache, not the base: the blocks of the
 	 * base it has (bit per block; NULL: a whole base); the rest is sent */
 	uint8_t *base_have[ENG_VM_OBJECTS];
-	uint64_t lacking_blocks, lacking[ENG_VM_OBJECTS]; /* in all, per object */
+	uint64_t lacking[ENG_VM_OBJECTS]; /* blocks, per object */
 	uint64_t current_deltas; /* blocks sent again as deltas against what the destination held (all streams) */
 	/*
 	 * The first pass sends them last, as they are then (bit per global
@@ -1064,10 +1064,8 @@ static int plan_for_cache(struct src *s, uint32_t cache_chunk, char *err, size_t
 				s->base_have[o][b / 8] |= (uint8_t)(1u << (b % 8));
 				continue;
 			}
-			if (b * CDC_BLOCK_SIZE < plan.obj[o].size) {
-				s->lacking_blocks++;
+			if (b * CDC_BLOCK_SIZE < plan.obj[o].size)
 				s->lacking[o]++;
-			}
 			if (o != ENG_VM_DEVICES) {
 				mark(s, s->first[o] + b);
 				s->lacking_late[(s->first[o] + b) >> 6] |= 1ull << ((s->first[o] + b) & 63);
@@ -1386,7 +1384,9 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(o, "link_cuts", cut);
 	if (s->planned) { /* the destination held an edge cache */
 		json_object *c = json_object_new_object();
-		json_object_object_add(c, "lacking_blocks", json_object_new_int64((int64_t)s->lacking_blocks));
+		json_object_object_add(c, "lacking_blocks", json_object_new_int64((int64_t)(s->lacking[ENG_VM_DISK] +
+													s->lacking[ENG_VM_MEMORY] +
+													s->lacking[ENG_VM_DEVICES])));
 		json_object_object_add(c, "plan_s", json_object_new_double(s->plan_s));
 		json_object_object_add(c, "resent_as_deltas", json_object_new_int64((int64_t)s->current_deltas));
 		json_object_object_add(o, "destination_cache", c);

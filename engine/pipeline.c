@@ -551,15 +551,9 @@ static int poll_dedup(struct stage *s)
 		b->current[i] = 0;
 		unsigned o = ENG_REF_OBJ(b->block[i]);
 		uint64_t blk = ENG_REF_BLK(b->block[i]);
-		bool copied = false;
-		if (p->copies.cap && !has_base(p, o, blk)) {
-			const uint8_t *copy = eng_sent_copies_get(&p->copies, o, blk, held);
-			/* a delta against zeros is the block itself (encode_batch) */
-			copied = copy && memcmp(held, cdc_zero_digest(), CDC_DIGEST_LEN);
-			if (copied) /* before the put below overwrites it */
-				memcpy(b->prev + (size_t)i * CDC_BLOCK_SIZE, copy, CDC_BLOCK_SIZE);
-			eng_sent_copies_put(&p->copies, o, blk, b->blocks + (size_t)i * CDC_BLOCK_SIZE, d);
-		}
+		bool keep = p->copies.cap && !has_base(p, o, blk);
+		/* what the receiver holds now: taken before the put below overwrites it */
+		const uint8_t *copy = keep ? eng_sent_copies_get(&p->copies, o, blk, held) : NULL;
 		if (b->zero[i])
 			v = ENG_ZERO;
 		else if (trk_table_lookup(p->base_table, d, &ref) == 0)
@@ -571,8 +565,14 @@ static int poll_dedup(struct stage *s)
 			/* a full table only costs missed duplicates later */
 			trk_table_add(p->sent_table, d, b->block[i]);
 			out += CDC_BLOCK_SIZE;
-			b->current[i] = copied;
+			/* a delta against zeros is the block itself (encode_batch) */
+			if (copy && memcmp(held, cdc_zero_digest(), CDC_DIGEST_LEN)) {
+				memcpy(b->prev + (size_t)i * CDC_BLOCK_SIZE, copy, CDC_BLOCK_SIZE);
+				b->current[i] = 1;
+			}
 		}
+		if (keep)
+			eng_sent_copies_put(&p->copies, o, blk, b->blocks + (size_t)i * CDC_BLOCK_SIZE, d);
 		memcpy(held, d, CDC_DIGEST_LEN);
 		b->verdict[i] = (uint8_t)v;
 		b->ref[i] = ref;
@@ -1296,11 +1296,11 @@ void eng_pipeline_report(const struct eng_pipeline *p, struct eng_diff_report *r
 	rep->lcores = p->nlcores;
 	rep->seconds = (double)(rte_rdtsc() - p->start_tsc) / (double)rte_get_tsc_hz();
 	memcpy(rep->verdicts, p->verdicts, sizeof(rep->verdicts));
-	for (unsigned i = 0; i < p->ninstances[ENG_STAGE_DELTA]; i++)
+	for (unsigned i = 0; i < p->ninstances[ENG_STAGE_DELTA]; i++) {
 		for (int k = 0; k < CDC_DELTA_COUNT; k++)
 			rep->deltas[k] += p->instances[ENG_STAGE_DELTA][i]->deltas[k];
-	for (unsigned i = 0; i < p->ninstances[ENG_STAGE_DELTA]; i++)
 		rep->current_deltas += p->instances[ENG_STAGE_DELTA][i]->current_deltas;
+	}
 	for (int sid = 0; sid < ENG_STAGE_COUNT; sid++) {
 		struct eng_stage_report *r = &rep->stages[sid];
 		r->name = stage_names[sid];

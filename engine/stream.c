@@ -363,27 +363,23 @@ static int decode_record(struct eng_patcher *r, uint8_t op, const uint8_t **pp, 
 	case ENG_OP_ZREF:
 	case ENG_OP_CUR: {
 		bool current = op == ENG_OP_CUR;
-		if (current && (p >= end || (*p != ENG_OP_XOR && *p != ENG_OP_WDIFF && *p != ENG_OP_ZREF)))
-			return -EBADMSG;
-		if (current)
+		if (current) { /* the delta's own op follows */
+			if (p >= end || (*p != ENG_OP_XOR && *p != ENG_OP_WDIFF && *p != ENG_OP_ZREF))
+				return -EBADMSG;
 			op = *p++;
+		}
 		if (op == ENG_OP_XOR)
 			len = CDC_BLOCK_SIZE;
 		else if (cdc_get_varint(&p, end, &len))
 			return -EBADMSG;
 		if (len > (uint64_t)(end - p) || len > CDC_DELTA_MAX || (!current && block >= o->base_blocks))
 			return -EBADMSG;
-		if (current) { /* against what a record (or the base) left in this block */
-			if (!block_digest(o, block))
-				return -ENODATA;
-			if ((ret = o->o->out->read(o->o->out->ctx, block, r->base_block)))
-				return ret;
-		} else {
-			if (!has_base(o, block))
-				return -ENODATA;
-			if ((ret = o->o->base->read(o->o->base->ctx, block, r->base_block)))
-				return ret;
-		}
+		/* CUR: against what a record (or the base) left in this block */
+		const struct eng_store *from = current ? o->o->out : o->o->base;
+		if (current ? !block_digest(o, block) : !has_base(o, block))
+			return -ENODATA;
+		if ((ret = from->read(from->ctx, block, r->base_block)))
+			return ret;
 		enum cdc_delta kind = op == ENG_OP_XOR     ? CDC_DELTA_XOR
 				      : op == ENG_OP_WDIFF ? CDC_DELTA_WDIFF
 							   : CDC_DELTA_ZREF;
