@@ -1,7 +1,8 @@
 /*
  * Multi-source chunk fetch (see multi.h). One worker thread per service:
- * connect and handshake (or take over the channel the recipes came by), ask
- * which wanted chunks it holds (not the recipes' service: it holds them all), wait for every
+ * connect and handshake (or take over the channel opened while the recipes
+ * came), ask which wanted chunks it holds (not the recipes' service: it holds
+ * them all), wait for every
  * service's answer (so scarcity is known), then keep a window of requests
  * out and check what comes back. The chunk table is shared under one lock;
  * the bytes are decompressed and hashed outside it.
@@ -38,7 +39,8 @@ struct job {
 	const uint8_t *w;         /* wanted digests, distinct */
 	uint64_t nw;
 	uint8_t *state;           /* enum chunk_state */
-	uint8_t *flying;          /* services it is asked of now */
+	uint32_t *asking;         /* services it is asked of now (a bit each) */
+	double *asked_t;          /* when it was first handed out */
 	uint32_t *mask;           /* services that said they hold it */
 	uint8_t *others;          /* of those, how many are not the origin */
 	uint64_t pending, done, lost;
@@ -70,6 +72,7 @@ struct worker {
 	double rate_sample[RATE_SAMPLES], interval_t, interval_bytes;
 	unsigned nsample;
 	double active_s, active_since;
+	double store_pause_s;     /* the longest this worker took to store a batch (it reads nothing meanwhile) */
 	/* arrived chunks, stored together */
 	uint8_t *msg, *batch, batch_digest[EDG_REQ_MAX * EDG_DIGEST_LEN];
 	const uint8_t *batch_ptr[EDG_REQ_MAX];
@@ -117,7 +120,7 @@ static void settle_unheld(struct job *j)
 /* Chunk i is nobody's now: back to the pool, or lost when no live service holds it. */
 static void release(struct job *j, uint64_t i)
 {
-	if (j->state[i] != FLYING || j->flying[i])
+	if (j->state[i] != FLYING || j->asking[i])
 		return;
 	if ((j->mask[i] & j->alive) || j->answered < j->npeers) {
 		j->state[i] = PENDING;
@@ -138,7 +141,7 @@ static void peer_failed(struct worker *wk, const char *why)
 	j->alive &= ~(1u << wk->id);
 	for (uint64_t k = 0; k < wk->fn; k++) {
 		uint64_t i = wk->fifo[(wk->fh + k) % wk->fcap];
-		j->flying[i]--;
+		j->asking[i] &= ~(1u << wk->id);
 		release(j, i);
 	}
 	wk->fn = 0;
@@ -146,8 +149,12 @@ static void peer_failed(struct worker *wk, const char *why)
 	pthread_cond_broadcast(&j->cond);
 }
 
-/* The next chunk for this service: its own order first, then (endgame) one in flight elsewhere. */
-static bool take(struct worker *wk, uint64_t *out)
+/*
+ * The next chunk for this service: its own order first; then, with copy set
+ * (endgame: nothing left to hand out), one asked of a single other service,
+ * the one asked last (it would arrive last).
+ */
+static bool take(struct worker *wk, uint64_t *out, bool copy)
 {
 	struct job *j = wk->j;
 	uint32_t bit = 1u << wk->id;
@@ -162,41 +169,66 @@ static bool take(struct worker *wk, uint64_t *out)
 		uint64_t i = wk->order[wk->head++];
 		if (j->state[i] == PENDING && (j->mask[i] & bit)) {
 			j->state[i] = FLYING;
-			j->flying[i] = 1;
+			j->asking[i] = bit;
+			j->asked_t[i] = mono();
 			j->pending--;
 			*out = i;
 			return true;
 		}
 	}
-	if (j->pending || wk->fn)
+	if (j->pending || !copy)
 		return false;
-	/* endgame: nothing left to hand out and this path is idle: race a copy */
+	uint64_t pick = UINT64_MAX;
 	for (uint64_t k = 0; k < wk->norder; k++) {
 		uint64_t i = wk->order[k];
-		if (j->state[i] == FLYING && j->flying[i] == 1 && (j->mask[i] & bit)) {
-			j->flying[i]++;
-			*out = i;
-			return true;
-		}
+		uint32_t a = j->asking[i];
+		if (j->state[i] == FLYING && a && !(a & (a - 1)) && !(a & bit) && (j->mask[i] & bit) &&
+		    (pick == UINT64_MAX || j->asked_t[i] > j->asked_t[pick]))
+			pick = i;
 	}
-	return false;
+	if (pick == UINT64_MAX)
+		return false;
+	j->asking[pick] |= bit;
+	*out = pick;
+	return true;
 }
 
 /* ---- one service ---------------------------------------------------------------- */
 
-static double window_bytes(const struct worker *wk)
+/* The path's best measured goodput (raw bytes/s), 0 until measured. */
+static double best_rate(const struct worker *wk)
 {
-	double best = 0, cs = wk->j->cs;
+	double best = 0;
 
 	for (unsigned k = 0; k < wk->nsample && k < RATE_SAMPLES; k++)
 		if (wk->rate_sample[k] > best)
 			best = wk->rate_sample[k];
-	if (best <= 0 || wk->p->min_rtt_s <= 0)
+	return wk->p->min_rtt_s > 0 ? best : 0;
+}
+
+static double window_bytes(const struct worker *wk)
+{
+	double best = best_rate(wk), cs = wk->j->cs;
+
+	if (best <= 0)
 		return WINDOW_START * cs;
-	/* twice the path's bandwidth-delay product, plus two chunks of slack: it grows
-	 * with every round trip while the window limits, and stays full when the link does */
-	double w = 2 * best * wk->p->min_rtt_s + 2 * cs;
+	/* twice what the path carries in a round trip and in this worker's longest pause to
+	 * store a batch, plus two chunks of slack: it grows with every round trip while the
+	 * window limits, and the server still has chunks to send when the worker returns */
+	double w = 2 * best * (wk->p->min_rtt_s + wk->store_pause_s) + 2 * cs;
 	return w < WINDOW_MIN * cs ? WINDOW_MIN * cs : w;
+}
+
+/*
+ * Endgame copies go out once what this path has in flight is less than a round
+ * trip's worth (plus a chunk): they then arrive as the path would fall idle,
+ * not a round trip after, and they do not queue behind a deep window.
+ */
+static bool copy_room(const struct worker *wk)
+{
+	double cs = wk->j->cs;
+
+	return (double)(wk->fn + 1) * cs <= best_rate(wk) * wk->p->min_rtt_s + cs || !wk->fn;
 }
 
 static void sample_rate(struct worker *wk, double now, uint32_t raw)
@@ -217,10 +249,13 @@ static int flush_batch(struct worker *wk, char *err, size_t errlen)
 {
 	struct job *j = wk->j;
 	uint64_t added;
+	double t = mono();
 	int r = wk->nbatch ? edg_store_put_many(j->s, wk->nbatch, wk->batch_digest, wk->batch_ptr, wk->batch_len,
 					       &added, err, errlen)
 			   : 0;
 
+	if (mono() - t > wk->store_pause_s)
+		wk->store_pause_s = mono() - t;
 	wk->nbatch = 0;
 	if (r) {
 		pthread_mutex_lock(&j->lock);
@@ -249,7 +284,7 @@ static int ask_more(struct worker *wk, double now)
 		pthread_mutex_lock(&j->lock);
 		while (k < per_req && (double)(wk->fn + 1) * j->cs <= win && wk->fn < wk->fcap) {
 			uint64_t i;
-			if (!take(wk, &i))
+			if (!take(wk, &i, copy_room(wk)))
 				break;
 			wk->fifo[(wk->fh + wk->fn) % wk->fcap] = i;
 			wk->asked_at[(wk->fh + wk->fn) % wk->fcap] = now;
@@ -294,7 +329,7 @@ static int take_answer(struct worker *wk, char *err, size_t errlen)
 	if (!wk->fn)
 		wk->active_s += now - wk->active_since;
 	pthread_mutex_lock(&j->lock);
-	j->flying[i]--;
+	j->asking[i] &= ~(1u << wk->id);
 	if (r == 1) { /* it said it held the chunk; not any more */
 		wk->p->lacked++;
 		j->mask[i] &= ~(1u << wk->id);
@@ -315,12 +350,14 @@ static int take_answer(struct worker *wk, char *err, size_t errlen)
 		j->last_arrival = now;
 		if (!wk->p->chunks)
 			wk->p->first_chunk_s = now - j->t0;
+		wk->p->last_chunk_s = now - j->t0;
 		wk->p->chunks++;
 		wk->p->raw_bytes += raw;
 	} else {
 		wk->p->duplicate_chunks++;
 		j->dup_bytes += raw;
 	}
+	bool ending = !j->pending; /* nothing left to hand out: store as they come, while others still fetch */
 	pthread_cond_broadcast(&j->cond);
 	pthread_mutex_unlock(&j->lock);
 	sample_rate(wk, now, raw);
@@ -329,7 +366,7 @@ static int take_answer(struct worker *wk, char *err, size_t errlen)
 	memcpy(wk->batch_digest + wk->nbatch * EDG_DIGEST_LEN, j->w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
 	wk->batch_ptr[wk->nbatch] = dst;
 	wk->batch_len[wk->nbatch++] = raw;
-	return wk->nbatch == EDG_REQ_MAX ? flush_batch(wk, err, errlen) : 0;
+	return wk->nbatch == EDG_REQ_MAX || ending ? flush_batch(wk, err, errlen) : 0;
 }
 
 /*
@@ -387,9 +424,9 @@ static void *worker_main(void *arg)
 	bool *held = NULL;
 	int r = -ENOMEM;
 
-	bool holds_all = wk->p->chan != NULL;
+	bool holds_all = wk->p->holds_all && wk->p->chan;
 
-	if (holds_all) { /* the recipes' channel: no second connection */
+	if (wk->p->chan) { /* opened while the recipes came: no second connection */
 		wk->c = wk->p->conn;
 		wk->ch = wk->p->chan;
 		wk->p->conn = NULL;
@@ -458,6 +495,11 @@ static void *worker_main(void *arg)
 			goto fail;
 		}
 		if (wk->fn) {
+			pthread_mutex_lock(&j->lock);
+			bool all_in = j->done + j->lost == j->nw || j->fatal; /* what is in flight is only copies now */
+			pthread_mutex_unlock(&j->lock);
+			if (all_in)
+				break;
 			if ((r = take_answer(wk, err, sizeof(err))))
 				goto fail;
 			continue;
@@ -537,15 +579,16 @@ int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, 
 	j.w = w;
 	j.pending = u;
 	j.state = calloc(u ? u : 1, 1);
-	j.flying = calloc(u ? u : 1, 1);
+	j.asking = calloc(u ? u : 1, sizeof(*j.asking));
+	j.asked_t = calloc(u ? u : 1, sizeof(*j.asked_t));
 	j.mask = calloc(u ? u : 1, sizeof(*j.mask));
 	j.others = calloc(u ? u : 1, 1);
 	wk = calloc(npeers, sizeof(*wk));
-	if (!j.state || !j.flying || !j.mask || !j.others || !wk)
+	if (!j.state || !j.asking || !j.asked_t || !j.mask || !j.others || !wk)
 		goto oom;
 	j.alive = (1u << npeers) - 1;
 	for (unsigned k = 0; k < npeers; k++) {
-		/* the figures only: loc .. chan, which come before held, are the caller's */
+		/* the figures only: loc .. holds_all, which come before held, are the caller's */
 		memset(&peers[k].held, 0, sizeof(peers[k]) - offsetof(struct edg_peer, held));
 		wk[k] = (struct worker){ .j = &j, .p = &peers[k], .id = k };
 	}
@@ -613,7 +656,8 @@ out:
 	}
 	free(wk);
 	free(j.state);
-	free(j.flying);
+	free(j.asking);
+	free(j.asked_t);
 	free(j.mask);
 	free(j.others);
 	free(w);
@@ -674,6 +718,47 @@ int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers
 
 /* ---- sources -------------------------------------------------------------------- */
 
+struct connector {
+	struct edg_peer *p;
+	const uint8_t *key;
+	double timeout_s;
+	pthread_t th;
+	bool started;
+};
+
+static void *connect_main(void *arg)
+{
+	struct connector *cn = arg;
+	char err[256];
+
+	cn->p->conn = eng_conn_connect(cn->p->loc, NULL, cn->timeout_s, err, sizeof(err));
+	cn->p->chan = cn->p->conn ? edg_chan_client(cn->p->conn, cn->key, cn->timeout_s, err, sizeof(err)) : NULL;
+	if (cn->p->conn && !cn->p->chan) {
+		eng_conn_close(cn->p->conn);
+		cn->p->conn = NULL;
+	}
+	if (!cn->p->chan)
+		snprintf(cn->p->error, sizeof(cn->p->error), "%s", err);
+	return NULL;
+}
+
+void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s)
+{
+	struct connector cn[EDG_PEERS_MAX];
+
+	for (unsigned k = 0; k < n && k < EDG_PEERS_MAX; k++) {
+		cn[k] = (struct connector){ .p = &p[k], .key = key, .timeout_s = timeout_s };
+		if (p[k].chan)
+			continue;
+		cn[k].started = !pthread_create(&cn[k].th, NULL, connect_main, &cn[k]);
+		if (!cn[k].started) /* no thread: this one connects in turn */
+			connect_main(&cn[k]);
+	}
+	for (unsigned k = 0; k < n && k < EDG_PEERS_MAX; k++)
+		if (cn[k].started)
+			pthread_join(cn[k].th, NULL);
+}
+
 static int add_one(struct edg_sources *src, const char *loc, size_t len, const char *name, bool origin, char *err,
 		   size_t errlen)
 {
@@ -695,6 +780,129 @@ static int add_one(struct edg_sources *src, const char *loc, size_t len, const c
 	src->p[src->n] = (struct edg_peer){ .loc = src->loc[src->n], .name = src->name[src->n], .origin = origin };
 	src->n++;
 	return 0;
+}
+
+static void drop_channel(struct edg_peer *p)
+{
+	edg_chan_free(p->chan);
+	eng_conn_close(p->conn);
+	p->chan = NULL;
+	p->conn = NULL;
+}
+
+static void first_reason(char *err, size_t errlen, const struct edg_peer *p, const char *e)
+{
+	if (!err[0])
+		snprintf(err, errlen, "%.80s: %.400s", p->name, e);
+}
+
+/* Part q of m of image i from peer p into rc: 0, or the read's -errno (the channel dropped if out of step). */
+static int recipe_share(struct edg_peer *p, struct edg_recipe *rc, uint32_t q, uint32_t m, uint64_t *wire, char *err,
+			size_t errlen)
+{
+	char e[512];
+	int r = edg_read_recipe_part(p->chan, rc, q, m, wire, e, sizeof(e));
+
+	if (r)
+		first_reason(err, errlen, p, e);
+	if (r && r != -ENOENT && r != -ESTALE)
+		drop_channel(p);
+	return r;
+}
+
+unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *names, unsigned nimg,
+			     struct edg_recipe *rc, uint64_t *wire, char *err, size_t errlen)
+{
+	unsigned live[EDG_PEERS_MAX], m = 0, parts = 0, got = 0;
+	uint32_t share[EDG_PEERS_MAX];  /* of live peer q: its part, or parts for the header alone */
+	int ref[nimg ? nimg : 1];       /* the peer whose header names image i's recipe */
+	bool have[nimg ? nimg : 1][EDG_PEERS_MAX]; /* image i's part arrived */
+	char e[512];
+
+	for (unsigned k = 0; k < n && k < EDG_PEERS_MAX; k++) {
+		if (p[k].chan)
+			live[m++] = k;
+		else if (p[k].error[0])
+			first_reason(err, errlen, &p[k], p[k].error);
+	}
+	/* the origin's link is the one to spare: with other sources it sends the header alone */
+	for (unsigned q = 0; q < m; q++)
+		parts += !p[live[q]].origin;
+	bool origin_shares = !parts;
+	for (unsigned q = 0, at = 0; q < m; q++)
+		share[q] = origin_shares || !p[live[q]].origin ? at++ : UINT32_MAX;
+	if (origin_shares)
+		parts = m;
+	for (unsigned q = 0; q < m; q++)
+		if (share[q] == UINT32_MAX)
+			share[q] = parts;
+	memset(have, 0, sizeof(have));
+	/* every request first: one round trip for all the shares */
+	for (unsigned q = 0; q < m; q++)
+		for (unsigned i = 0; i < nimg && p[live[q]].chan; i++)
+			if (edg_ask_recipe_part(p[live[q]].chan, names[i], share[q], parts, e, sizeof(e))) {
+				first_reason(err, errlen, &p[live[q]], e);
+				drop_channel(&p[live[q]]);
+			}
+	for (unsigned i = 0; i < nimg; i++)
+		ref[i] = -1;
+	for (unsigned q = 0; q < m; q++) {
+		struct edg_peer *pk = &p[live[q]];
+		bool all = pk->chan != NULL;
+		for (unsigned i = 0; i < nimg && pk->chan; i++) {
+			bool first = !rc[i].digests;
+			int r = recipe_share(pk, &rc[i], share[q], parts, wire, err, errlen);
+			if (!r && share[q] < parts)
+				have[i][share[q]] = true;
+			if (!r && first)
+				ref[i] = (int)live[q];
+			all &= !r;
+		}
+		pk->holds_all = all && pk->chan;
+	}
+	for (unsigned i = 0; i < nimg; i++) {
+		if (ref[i] < 0)
+			continue;
+		struct edg_peer *pr = &p[ref[i]];
+		/* the parts that did not come, from the peer that names the recipe: asked at once, then read */
+		bool asked[EDG_PEERS_MAX] = { false };
+		for (unsigned x = 0; x < parts && pr->chan; x++) {
+			if (have[i][x])
+				continue;
+			if (edg_ask_recipe_part(pr->chan, names[i], x, parts, e, sizeof(e))) {
+				first_reason(err, errlen, pr, e);
+				drop_channel(pr);
+				break;
+			}
+			asked[x] = true;
+		}
+		for (unsigned x = 0; x < parts && pr->chan; x++)
+			if (asked[x])
+				have[i][x] = !recipe_share(pr, &rc[i], x, parts, wire, err, errlen);
+		bool whole = true;
+		for (unsigned x = 0; x < parts; x++)
+			whole &= have[i][x];
+		if (whole && !edg_recipe_intact(&rc[i])) { /* a part was not what its header said: all from one */
+			struct edg_recipe one = { 0 };
+			whole = pr->chan && !edg_ask_recipe_part(pr->chan, names[i], 0, 1, e, sizeof(e)) &&
+				!recipe_share(pr, &one, 0, 1, wire, err, errlen) && edg_recipe_intact(&one);
+			for (unsigned q = 0; q < m; q++) /* nobody is trusted with holding it unasked */
+				p[live[q]].holds_all = false;
+			free(rc[i].digests);
+			rc[i] = one;
+			if (!whole)
+				first_reason(err, errlen, pr, "its recipe does not match its hash");
+		}
+		if (!whole) {
+			free(rc[i].digests);
+			rc[i].digests = NULL;
+			continue;
+		}
+		got++;
+	}
+	for (unsigned q = 0; q < m; q++)
+		p[live[q]].holds_all &= got == nimg && p[live[q]].chan != NULL;
+	return got;
 }
 
 int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char *err, size_t errlen)

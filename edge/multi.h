@@ -25,16 +25,17 @@ struct edg_peer {
 	const char *loc;       /* tcp:HOST:PORT */
 	const char *name;      /* for progress and reports */
 	bool origin;           /* the image's source: last for chunks others hold */
-	/* a channel already open to a service that holds every wanted chunk (the
-	 * one the recipes came from), or NULL. It is not asked what it holds; the
-	 * fetch takes the channel over and sets both NULL; the caller closes
-	 * what is left */
+	/* a channel already open to the service (edg_sources_connect), or NULL:
+	 * the fetch then opens one. The fetch takes the channel over and sets
+	 * both NULL; the caller closes what is left */
 	struct eng_conn *conn;
 	struct edg_chan *chan;
+	bool holds_all;        /* the recipes came from it: not asked what it holds */
 	/* filled in by the fetch */
 	uint64_t held;         /* wanted chunks it said it holds */
 	double answer_s;       /* seconds after the fetch began: it said what it holds */
 	double first_chunk_s;  /* ... its first chunk arrived (0: none) */
+	double last_chunk_s;   /* ... its last one */
 	uint64_t chunks, raw_bytes, wire_bytes, duplicate_chunks, lacked;
 	double rate_bps;       /* raw bits/s while it had chunks in flight */
 	double window_bytes, min_rtt_s;
@@ -82,6 +83,27 @@ struct edg_sources {
 	char loc[EDG_PEERS_MAX][300], name[EDG_PEERS_MAX][80];
 	unsigned n;
 };
+/*
+ * Open a sealed channel to each of the n peers at once (p[k].conn and .chan),
+ * so that connecting overlaps the recipes' transfer. A peer that cannot be
+ * reached is left without, its reason in p[k].error (the fetch tries again
+ * and reports it).
+ */
+void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s);
+/*
+ * The recipes of names[0..nimg) into rc[] (each digests NULL before), in
+ * shares from every peer with a channel open at once: each sends one part of
+ * each (the origin, when others can, the header alone: its link is the one
+ * to spare). The first peer (in order) that has an image
+ * names its recipe; a share another peer lacks, or holds in another version,
+ * is asked of that one after, and the whole is checked against the recipe's
+ * hash (on a mismatch it is fetched whole from the first). A peer that sent
+ * a share of every image's recipe holds those images: holds_all, and it is
+ * not asked what it holds. A peer whose channel fell out of step loses it.
+ * Returns how many recipes arrived; err takes the first failure's reason.
+ */
+unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *names, unsigned nimg,
+			     struct edg_recipe *rc, uint64_t *wire, char *err, size_t errlen);
 /* Add tcp:HOST:PORT[,tcp:HOST:PORT...] (a source named twice is one; origin marks it). 0, or -1 with err. */
 int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char *err, size_t errlen);
 /*

@@ -364,6 +364,43 @@ bool edg_store_has(struct edg_store *s, const uint8_t d[EDG_DIGEST_LEN])
 	return edg_store_meta(s, d, &m) == 0;
 }
 
+int edg_store_has_prefixes(struct edg_store *s, const uint8_t *prefixes, uint32_t n, unsigned plen, uint8_t *bits)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	int rc;
+
+	if (plen < EDG_PREFIX_MIN || plen > EDG_DIGEST_LEN)
+		return -EINVAL;
+	memset(bits, 0, ((size_t)n + 7) / 8);
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+		return rc > 0 ? -rc : -EIO;
+	if ((rc = mdb_cursor_open(txn, s->meta, &c))) {
+		mdb_txn_abort(txn);
+		return rc > 0 ? -rc : -EIO;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		const uint8_t *p = prefixes + (size_t)i * plen;
+		/* the first digest at or after the prefix (a shorter key sorts first), and on
+		 * while digests share it: any of them whose bytes are here answers */
+		MDB_val k = val_of(p, plen), v;
+		for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc && k.mv_size >= plen && !memcmp(k.mv_data, p, plen);
+		     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+			struct meta_rec m;
+			if (meta_of(&k, &v, &m) && !(m.flags & F_MISSING)) {
+				bits[i / 8] |= (uint8_t)(1u << (i % 8));
+				break;
+			}
+		}
+		if (rc && rc != MDB_NOTFOUND)
+			break;
+		rc = 0;
+	}
+	mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+	return rc ? -EIO : 0;
+}
+
 /* The bytes are gone or wrong: drop them, keep what refers to them. */
 static int drop_bytes(MDB_txn *txn, struct edg_store *s, const uint8_t *d)
 {

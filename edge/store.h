@@ -111,6 +111,14 @@ int edg_store_remove_image(struct edg_store *s, const char *name, char *err, siz
 int edg_store_put(struct edg_store *s, const uint8_t digest[EDG_DIGEST_LEN], const void *data, uint32_t len,
 		  bool *added, char *err, size_t errlen);
 bool edg_store_has(struct edg_store *s, const uint8_t digest[EDG_DIGEST_LEN]);
+/*
+ * Which of n digest prefixes (plen bytes each, EDG_PREFIX_MIN..EDG_DIGEST_LEN)
+ * name a chunk whose bytes are here: bit i of bits (n/8 rounded up bytes).
+ * A prefix may name another chunk than the asker meant: the chunk itself is
+ * asked for by its whole digest. 0, or -errno.
+ */
+#define EDG_PREFIX_MIN 8
+int edg_store_has_prefixes(struct edg_store *s, const uint8_t *prefixes, uint32_t n, unsigned plen, uint8_t *bits);
 int edg_store_meta(struct edg_store *s, const uint8_t digest[EDG_DIGEST_LEN], struct edg_chunk_meta *m);
 /*
  * Copy a chunk into buf (cap bytes) and check it against its digest. A chunk

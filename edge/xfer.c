@@ -1,14 +1,21 @@
 /*
  * Chunk exchange (see xfer.h). Messages, little-endian:
- *   RECIPE_REQ   name
- *   RECIPE_HDR   u64 size, u32 chunk size, u64 chunks     (or ERROR)
- *   RECIPE_PART  u32 count, count digests                  (until all came)
+ *   RECIPE_REQ   u32 part, u32 parts, name    (the digests at part, part +
+ *                parts, part + 2 parts, ...: several services can each send
+ *                a share of one recipe, alike in size where an image's data
+ *                and its zeros lie apart; part = parts: the header alone)
+ *   RECIPE_HDR   u64 size, u32 chunk size, u64 chunks, the SHA-256 of all the
+ *                digests (which checks the shares put together)   (or ERROR)
+ *   RECIPE_PART  u32 count, u8 coding, count digests        (until the part came;
+ *                coding 0: as they are, 2: zstd, which takes an image's
+ *                repeated digests, the zero chunk's above all, down to a few bytes)
  *   CHUNKS_REQ   u32 count (<= REQ_MAX), count digests
  *   CHUNK        digest, u32 raw length, u8 compression, bytes   (one per
  *   NOCHUNK      digest                                           request)
  *   ERROR        text
  *   BYE
- *   HAVE_REQ     u32 count (<= HAVE_MAX), count digests
+ *   HAVE_REQ     u32 count (<= HAVE_MAX), u8 prefix length, count digest
+ *                prefixes (a quarter of the bytes: the start of a fetch waits on them)
  *   HAVE         u32 count, a bit per digest asked (1: held here)
  */
 #include "xfer.h"
@@ -45,9 +52,11 @@ enum {
 #define CHUNK_HDR (EDG_DIGEST_LEN + 5)
 #define PIN_S 3600          /* a fetch that dies without unpinning frees its pin after this */
 /* the largest message each end reads: HAVE_REQ of a client, RECIPE_PART of a service */
-#define REQ_BYTES_MAX (4 + (size_t)HAVE_MAX * EDG_DIGEST_LEN)
-#define PART_BYTES_MAX (4 + (size_t)PART_MAX * EDG_DIGEST_LEN)
+#define HAVE_PREFIX 8       /* bytes of each digest a have query names: a false "held" costs one NOCHUNK */
+#define REQ_BYTES_MAX (5 + (size_t)HAVE_MAX * EDG_DIGEST_LEN)
+#define PART_BYTES_MAX (5 + (size_t)PART_MAX * EDG_DIGEST_LEN)
 #define TEXT_MAX 512        /* an ERROR's text that a reader takes in */
+#define RECIPE_HDR_LEN (20 + EDG_DIGEST_LEN)
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -115,55 +124,76 @@ static uint8_t *reply_room(struct reply *o, size_t need)
 	return o->b;
 }
 
-static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t *name, uint32_t len,
-			struct edg_serve_stats *st, struct reply *o)
+/* How many of an n-digest recipe's digests part of parts stands for (every parts-th from part). */
+static uint64_t share_count(uint64_t n, uint32_t part, uint32_t parts)
+{
+	return part < parts && part < n ? (n - part + parts - 1) / parts : 0;
+}
+
+static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t *in, uint32_t len,
+			struct cdc_comp_ctx *cz, struct edg_serve_stats *st, struct reply *o)
 {
 	char nm[EDG_NAME_MAX + 1];
 	uint8_t *d, *out;
 	uint64_t size, n;
 	int r;
 
-	if (len == 0 || len > EDG_NAME_MAX)
+	if (len < 8 || get32(in + 4) == 0 || get32(in) > get32(in + 4))
+		return send_error(ch, "bad recipe part");
+	uint32_t part = get32(in), parts = get32(in + 4);
+	if (len == 8 || len - 8 > EDG_NAME_MAX)
 		return send_error(ch, "bad image name");
-	memcpy(nm, name, len);
-	nm[len] = 0;
+	memcpy(nm, in + 8, len - 8);
+	nm[len - 8] = 0;
 	if (edg_store_recipe(s, nm, &size, &d, &n)) {
 		char msg[EDG_NAME_MAX + 40];
 		snprintf(msg, sizeof(msg), "no image '%s' here", nm);
 		return send_error(ch, msg);
 	}
-	uint32_t first = (uint32_t)(n < PART_MAX ? n : PART_MAX);
-	if (!(out = reply_room(o, 20 > 4 + (size_t)first * EDG_DIGEST_LEN ? 20 : 4 + (size_t)first * EDG_DIGEST_LEN))) {
+	uint64_t count = share_count(n, part, parts);
+	uint32_t first = (uint32_t)(count < PART_MAX ? count : PART_MAX);
+	if (!(out = reply_room(o, RECIPE_HDR_LEN > 5 + (size_t)first * EDG_DIGEST_LEN
+					  ? RECIPE_HDR_LEN
+					  : 5 + (size_t)first * EDG_DIGEST_LEN))) {
 		free(d);
 		return -ENOMEM;
 	}
 	put64(out, size);
 	put32(out + 8, edg_store_chunk_size(s));
 	put64(out + 12, n);
-	r = edg_chan_send(ch, MSG_RECIPE_HDR, out, 20);
-	for (uint64_t at = 0; !r && at < n; at += PART_MAX) {
-		uint32_t k = (uint32_t)(n - at < PART_MAX ? n - at : PART_MAX);
+	cdc_sha256(d, n * EDG_DIGEST_LEN, out + 20);
+	/* the share to the front, in place (each digest moves down, never over one still to move) */
+	for (uint64_t j = 0; j < count && parts > 1; j++)
+		memcpy(d + j * EDG_DIGEST_LEN, d + (part + j * parts) * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+	r = edg_chan_send(ch, MSG_RECIPE_HDR, out, RECIPE_HDR_LEN);
+	for (uint64_t at = 0; !r && at < count; at += PART_MAX) {
+		uint32_t k = (uint32_t)(count - at < PART_MAX ? count - at : PART_MAX);
+		size_t raw = (size_t)k * EDG_DIGEST_LEN;
+		ssize_t z = cdc_compress(cz, CDC_COMP_ZSTD, ZSTD_LEVEL, d + at * EDG_DIGEST_LEN, raw, out + 5, raw);
+		bool packed = z > 0 && (size_t)z < raw;
 		put32(out, k);
-		memcpy(out + 4, d + at * EDG_DIGEST_LEN, (size_t)k * EDG_DIGEST_LEN);
-		r = edg_chan_send(ch, MSG_RECIPE_PART, out, 4 + k * EDG_DIGEST_LEN);
+		out[4] = packed ? CDC_COMP_ZSTD : CDC_COMP_NONE;
+		if (!packed)
+			memcpy(out + 5, d + at * EDG_DIGEST_LEN, raw);
+		r = edg_chan_send(ch, MSG_RECIPE_PART, out, (uint32_t)(5 + (packed ? (size_t)z : raw)));
 	}
 	free(d);
 	st->recipes++;
 	return r;
 }
 
-/* Which of the digests asked about are held here: a bit each, no re-hash (a corrupt copy is NOCHUNK later). */
-static int serve_have(struct edg_store *s, struct edg_chan *ch, const uint8_t *in, uint32_t k, struct reply *o)
+/* Which of the prefixes asked about are held here: a bit each, no re-hash (a corrupt copy is NOCHUNK later). */
+static int serve_have(struct edg_store *s, struct edg_chan *ch, const uint8_t *in, uint32_t k, unsigned plen,
+		      struct reply *o)
 {
 	uint8_t *out = reply_room(o, 4 + ((size_t)k + 7) / 8);
+	int r;
 
 	if (!out)
 		return -ENOMEM;
 	put32(out, k);
-	memset(out + 4, 0, (k + 7) / 8);
-	for (uint32_t i = 0; i < k; i++)
-		if (edg_store_has(s, in + 4 + (size_t)i * EDG_DIGEST_LEN))
-			out[4 + i / 8] |= (uint8_t)(1u << (i % 8));
+	if ((r = edg_store_has_prefixes(s, in + 5, k, plen, out + 4)))
+		return send_error(ch, "cannot read the cache");
 	return edg_chan_send(ch, MSG_HAVE, out, 4 + (k + 7) / 8);
 }
 
@@ -206,10 +236,10 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 		if (type == MSG_BYE)
 			break;
 		if (type == MSG_RECIPE_REQ) {
-			r = serve_recipe(s, ch, in, len, st, &o);
-		} else if (type == MSG_HAVE_REQ && len >= 4 && get32(in) <= HAVE_MAX &&
-			   len == 4 + (uint64_t)get32(in) * EDG_DIGEST_LEN) {
-			r = serve_have(s, ch, in, get32(in), &o);
+			r = serve_recipe(s, ch, in, len, cz, st, &o);
+		} else if (type == MSG_HAVE_REQ && len >= 5 && get32(in) <= HAVE_MAX && in[4] >= EDG_PREFIX_MIN &&
+			   in[4] <= EDG_DIGEST_LEN && len == 5 + (uint64_t)get32(in) * in[4]) {
+			r = serve_have(s, ch, in, get32(in), in[4], &o);
 		} else if (type == MSG_CHUNKS_REQ && len >= 4 && get32(in) <= REQ_MAX &&
 			   len == 4 + get32(in) * EDG_DIGEST_LEN) {
 			uint32_t k = get32(in);
@@ -398,8 +428,8 @@ static int send_request(struct fetch *f, const uint8_t *digests, uint32_t k)
 int edg_ask_have(struct edg_chan *ch, const uint8_t *digests, uint64_t n, bool *held, double timeout_s,
 		 uint64_t *wire, char *err, size_t errlen)
 {
-	/* a query of up to HAVE_MAX digests, and its answer (a bit each) or an error */
-	size_t cap = 4 + (n < HAVE_MAX ? n : HAVE_MAX) * EDG_DIGEST_LEN;
+	/* a query of up to HAVE_MAX prefixes, and its answer (a bit each) or an error */
+	size_t cap = 5 + (n < HAVE_MAX ? n : HAVE_MAX) * HAVE_PREFIX;
 	if (cap < TEXT_MAX)
 		cap = TEXT_MAX;
 	uint8_t *msg = malloc(cap);
@@ -413,12 +443,14 @@ int edg_ask_have(struct edg_chan *ch, const uint8_t *digests, uint64_t n, bool *
 		uint32_t k = (uint32_t)(n - at < HAVE_MAX ? n - at : HAVE_MAX), len;
 		uint8_t type;
 		put32(msg, k);
-		memcpy(msg + 4, digests + at * EDG_DIGEST_LEN, (size_t)k * EDG_DIGEST_LEN);
-		if ((r = edg_chan_send(ch, MSG_HAVE_REQ, msg, 4 + k * EDG_DIGEST_LEN))) {
+		msg[4] = HAVE_PREFIX;
+		for (uint32_t i = 0; i < k; i++)
+			memcpy(msg + 5 + (size_t)i * HAVE_PREFIX, digests + (at + i) * EDG_DIGEST_LEN, HAVE_PREFIX);
+		if ((r = edg_chan_send(ch, MSG_HAVE_REQ, msg, 5 + k * HAVE_PREFIX))) {
 			eng_set_err(err, errlen, "cannot reach the service: %s", strerror(-r));
 			break;
 		}
-		*wire += 4 + 1 + 4 + (uint64_t)k * EDG_DIGEST_LEN + CDC_TAG_LEN;
+		*wire += 4 + 1 + 5 + (uint64_t)k * HAVE_PREFIX + CDC_TAG_LEN;
 		if ((r = edg_chan_recv(ch, &type, msg, (uint32_t)cap, &len, timeout_s))) {
 			eng_set_err(err, errlen, "service: %s", recv_error(r));
 			break;
@@ -462,85 +494,155 @@ uint8_t *edg_wanted(const uint8_t *d, const bool *missing, uint64_t n, uint64_t 
 	return w;
 }
 
-static int ask_recipe(struct edg_chan *ch, const char *name, char *err, size_t errlen)
+int edg_ask_recipe_part(struct edg_chan *ch, const char *name, uint32_t part, uint32_t parts, char *err,
+			size_t errlen)
 {
-	int r = edg_chan_send(ch, MSG_RECIPE_REQ, name, (uint32_t)strlen(name));
+	uint8_t req[8 + EDG_NAME_MAX];
+	size_t len = strlen(name);
+	int r;
 
-	if (r)
+	if (!parts || part > parts || len > EDG_NAME_MAX) {
+		eng_set_err(err, errlen, "bad recipe request");
+		return -EINVAL;
+	}
+	put32(req, part);
+	put32(req + 4, parts);
+	memcpy(req + 8, name, len);
+	if ((r = edg_chan_send(ch, MSG_RECIPE_REQ, req, (uint32_t)(8 + len))))
 		eng_set_err(err, errlen, "cannot reach the service: %s", strerror(-r));
 	return r;
 }
 
-/* The answer to the oldest recipe asked for. */
-static int read_recipe(struct edg_chan *ch, struct edg_recipe *rc, uint64_t *wire_bytes, char *err, size_t errlen)
+static bool same_recipe(const struct edg_recipe *a, const struct edg_recipe *b)
+{
+	return a->size == b->size && a->chunk_size == b->chunk_size && a->n == b->n &&
+	       !memcmp(a->hash, b->hash, EDG_DIGEST_LEN);
+}
+
+int edg_read_recipe_part(struct edg_chan *ch, struct edg_recipe *rc, uint32_t part, uint32_t parts,
+			 uint64_t *wire_bytes, char *err, size_t errlen)
 {
 	struct edg_fetch_report rep = { 0 };
 	struct fetch f = { .ch = ch, .rep = &rep, .err = err, .errlen = errlen };
+	struct edg_recipe h = { 0 };
+	uint8_t *own = NULL, *part_buf = NULL;
 	uint32_t len;
 	uint8_t type;
 	int r;
 
-	memset(rc, 0, sizeof(*rc));
 	f.msg_cap = PART_BYTES_MAX;
-	if (!(f.msg = malloc(f.msg_cap))) {
+	if (!(f.msg = malloc(f.msg_cap)) || !(f.cz = cdc_comp_new()) ||
+	    !(part_buf = malloc((size_t)PART_MAX * EDG_DIGEST_LEN))) {
 		eng_set_err(err, errlen, "out of memory");
-		return -ENOMEM;
+		r = -ENOMEM;
+		goto out;
 	}
 	if ((r = recv_msg(&f, &type, &len)))
 		goto out;
-	if (type != MSG_RECIPE_HDR || len != 20) {
+	if (type != MSG_RECIPE_HDR || len != RECIPE_HDR_LEN) {
 		r = unexpected(&f, type, len, "a recipe");
 		goto out;
 	}
-	rc->size = get64(f.msg);
-	rc->chunk_size = get32(f.msg + 8);
-	rc->n = get64(f.msg + 12);
-	if (rc->chunk_size < EDG_CHUNK_MIN || rc->chunk_size > EDG_CHUNK_MAX || rc->size > INT64_MAX ||
-	    rc->n != rc->size / rc->chunk_size + (rc->size % rc->chunk_size != 0)) {
+	h.size = get64(f.msg);
+	h.chunk_size = get32(f.msg + 8);
+	h.n = get64(f.msg + 12);
+	memcpy(h.hash, f.msg + 20, EDG_DIGEST_LEN);
+	if (h.chunk_size < EDG_CHUNK_MIN || h.chunk_size > EDG_CHUNK_MAX || h.size > INT64_MAX ||
+	    h.n != h.size / h.chunk_size + (h.size % h.chunk_size != 0)) {
 		eng_set_err(err, errlen, "service sent an inconsistent recipe");
 		r = -EPROTO;
 		goto out;
 	}
 	/* the digests are allocated before they arrive: a header must not ask for terabytes
 	 * (fuzz_xfer found a service that did) */
-	if (rc->n > RECIPE_MAX_CHUNKS) {
-		eng_set_err(err, errlen, "service sent a recipe of %llu chunks (at most %llu)",
-			    (unsigned long long)rc->n, (unsigned long long)RECIPE_MAX_CHUNKS);
+	if (h.n > RECIPE_MAX_CHUNKS) {
+		eng_set_err(err, errlen, "service sent a recipe of %llu chunks (at most %llu)", (unsigned long long)h.n,
+			    (unsigned long long)RECIPE_MAX_CHUNKS);
 		r = -EPROTO;
 		goto out;
 	}
-	if (!(rc->digests = malloc(rc->n ? rc->n * EDG_DIGEST_LEN : 1))) {
+	uint64_t count = share_count(h.n, part, parts);
+	bool mine = !rc->digests, same = mine || same_recipe(&h, rc);
+	/* the first answer's header is the recipe's; another version's part is read (the channel
+	 * stays in step) and dropped */
+	if (mine && !(own = malloc(h.n ? h.n * EDG_DIGEST_LEN : 1))) {
 		eng_set_err(err, errlen, "out of memory");
 		r = -ENOMEM;
 		goto out;
 	}
-	for (uint64_t at = 0; at < rc->n;) {
+	uint8_t *into = mine ? own : rc->digests;
+	for (uint64_t at = 0; at < count;) {
 		if ((r = recv_msg(&f, &type, &len)))
 			goto out;
-		uint32_t k = len >= 4 ? get32(f.msg) : 0;
-		/* 64-bit arithmetic: a 32-bit k * 32 wraps and would pass a short message */
-		if (type != MSG_RECIPE_PART || !k || at + k > rc->n || (uint64_t)len != 4 + (uint64_t)k * EDG_DIGEST_LEN) {
+		uint32_t k = len >= 5 ? get32(f.msg) : 0;
+		if (type != MSG_RECIPE_PART || !k || k > PART_MAX || at + k > count) {
 			r = unexpected(&f, type, len, "a recipe part");
 			goto out;
 		}
-		memcpy(rc->digests + at * EDG_DIGEST_LEN, f.msg + 4, (size_t)k * EDG_DIGEST_LEN);
+		/* exactly k digests out, whatever the coding (cdc_decompress refuses any other length) */
+		uint8_t coding = f.msg[4];
+		if ((coding != CDC_COMP_NONE && coding != CDC_COMP_ZSTD) ||
+		    cdc_decompress(f.cz, coding, f.msg + 5, len - 5, part_buf, (size_t)k * EDG_DIGEST_LEN)) {
+			eng_set_err(err, errlen, "service sent a malformed recipe part");
+			r = -EPROTO;
+			goto out;
+		}
+		for (uint32_t x = 0; x < k && same; x++) /* each to its place: every parts-th from part */
+			memcpy(into + (part + (at + x) * parts) * EDG_DIGEST_LEN, part_buf + (size_t)x * EDG_DIGEST_LEN,
+			       EDG_DIGEST_LEN);
 		at += k;
 	}
+	if (!same) {
+		eng_set_err(err, errlen, "service holds another version of the image");
+		r = -ESTALE;
+		goto out;
+	}
+	if (mine) {
+		*rc = h;
+		rc->digests = own;
+		own = NULL;
+	}
 out:
+	free(own);
+	free(part_buf);
+	if (wire_bytes)
+		*wire_bytes += rep.fetched_wire_bytes;
+	cdc_comp_free(f.cz);
+	free(f.msg);
+	return r;
+}
+
+bool edg_recipe_intact(const struct edg_recipe *rc)
+{
+	uint8_t h[EDG_DIGEST_LEN];
+
+	if (!rc->digests)
+		return false;
+	cdc_sha256(rc->digests, rc->n * EDG_DIGEST_LEN, h);
+	return !memcmp(h, rc->hash, EDG_DIGEST_LEN);
+}
+
+/* The answer to the oldest whole recipe asked for, checked against its hash. */
+static int read_recipe(struct edg_chan *ch, struct edg_recipe *rc, uint64_t *wire_bytes, char *err, size_t errlen)
+{
+	int r;
+
+	memset(rc, 0, sizeof(*rc));
+	if (!(r = edg_read_recipe_part(ch, rc, 0, 1, wire_bytes, err, errlen)) && !edg_recipe_intact(rc)) {
+		eng_set_err(err, errlen, "service sent a recipe that does not match its hash");
+		r = -EPROTO;
+	}
 	if (r) {
 		free(rc->digests);
 		rc->digests = NULL;
 	}
-	if (wire_bytes)
-		*wire_bytes += rep.fetched_wire_bytes;
-	free(f.msg);
 	return r;
 }
 
 int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *rc, uint64_t *wire_bytes, char *err,
 		     size_t errlen)
 {
-	int r = ask_recipe(ch, name, err, errlen);
+	int r = edg_ask_recipe_part(ch, name, 0, 1, err, errlen);
 
 	if (wire_bytes)
 		*wire_bytes = 0;
@@ -560,7 +662,7 @@ int edg_fetch_recipes(struct edg_chan *ch, const char *const *names, unsigned n,
 	int r = 0;
 
 	for (unsigned i = 0; i < n; i++) /* every request first: one round trip for them all */
-		asked[i] = !rc[i].digests && !r && !(r = ask_recipe(ch, names[i], e, sizeof(e)));
+		asked[i] = !rc[i].digests && !r && !(r = edg_ask_recipe_part(ch, names[i], 0, 1, e, sizeof(e)));
 	if (r && !err[0])
 		snprintf(err, errlen, "%s", e);
 	for (unsigned i = 0; i < n; i++) {

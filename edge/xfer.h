@@ -25,6 +25,7 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 struct edg_recipe {
 	uint64_t size, n;
 	uint32_t chunk_size;
+	uint8_t hash[EDG_DIGEST_LEN]; /* SHA-256 of the n digests, as the service said */
 	uint8_t *digests; /* n of them, malloc'd */
 };
 
@@ -47,6 +48,23 @@ int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *r
  */
 int edg_fetch_recipes(struct edg_chan *ch, const char *const *names, unsigned n, struct edg_recipe *r,
 		      uint64_t *wire_bytes, char *err, size_t errlen);
+
+/*
+ * A recipe in shares from several services (edge/multi.c). Ask for part of
+ * parts of image name's recipe (part = parts: its header alone; 0 or -errno
+ * with err). Read the oldest answer
+ * into r: with r->digests NULL the header is taken and the digests allocated
+ * (only the part filled); else a header naming the same recipe (size, chunk
+ * size, count, hash) fills its part in place, and another version's is read
+ * and dropped: -ESTALE (the channel is in step, as after -ENOENT, the
+ * service's clean refusal). Any other error leaves the channel out of step.
+ * edg_recipe_intact: the digests put together match the hash.
+ */
+int edg_ask_recipe_part(struct edg_chan *ch, const char *name, uint32_t part, uint32_t parts, char *err,
+			size_t errlen);
+int edg_read_recipe_part(struct edg_chan *ch, struct edg_recipe *r, uint32_t part, uint32_t parts,
+			 uint64_t *wire_bytes, char *err, size_t errlen);
+bool edg_recipe_intact(const struct edg_recipe *r);
 
 /*
  * Fetch what s lacks of recipe r (s must cut chunks of r's size) and

@@ -65,6 +65,8 @@ json_object *cli_sources_json(const struct edg_peer *p, unsigned n, uint64_t fet
 		json_object_object_add(o, "loc", json_object_new_string(p[k].loc));
 		json_object_object_add(o, "origin", json_object_new_boolean(p[k].origin));
 		json_object_object_add(o, "held_chunks", json_object_new_int64((int64_t)p[k].held));
+		/* it sent its share of every recipe asked: it holds those images, and was not asked what it holds */
+		json_object_object_add(o, "holds_images", json_object_new_boolean(p[k].holds_all));
 		json_object_object_add(o, "chunks", json_object_new_int64((int64_t)p[k].chunks));
 		json_object_object_add(o, "share", json_object_new_double(fetched ? (double)p[k].chunks / (double)fetched : 0));
 		json_object_object_add(o, "raw_bytes", json_object_new_int64((int64_t)p[k].raw_bytes));
@@ -74,6 +76,7 @@ json_object *cli_sources_json(const struct edg_peer *p, unsigned n, uint64_t fet
 		json_object_object_add(o, "min_rtt_ms", json_object_new_double(p[k].min_rtt_s * 1e3));
 		json_object_object_add(o, "answer_s", json_object_new_double(p[k].answer_s));
 		json_object_object_add(o, "first_chunk_s", json_object_new_double(p[k].first_chunk_s));
+		json_object_object_add(o, "last_chunk_s", json_object_new_double(p[k].last_chunk_s));
 		json_object_object_add(o, "duplicate_chunks", json_object_new_int64((int64_t)p[k].duplicate_chunks));
 		json_object_object_add(o, "lacked", json_object_new_int64((int64_t)p[k].lacked));
 		json_object_object_add(o, "failed", json_object_new_boolean(p[k].failed));

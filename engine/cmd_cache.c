@@ -739,29 +739,13 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		as[0] = val[F_AS];
 	memset(&rep, 0, sizeof(rep));
 	double t0 = mono_s(), recipe_s;
-	for (unsigned k = 0; k < src.n && got < nimg; k++) {
-		char e[512] = "";
-		struct eng_conn *c = eng_conn_connect(src.p[k].loc, NULL, FETCH_CONNECT_S, e, sizeof(e));
-		struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, e, sizeof(e)) : NULL;
-		int here = ch ? edg_fetch_recipes(ch, want, nimg, rc, &recipe_wire, e, sizeof(e)) : 0;
-		got = 0;
-		for (unsigned i = 0; i < nimg; i++)
-			got += rc[i].digests != NULL;
-		if (got < nimg && !err[0]) /* the first reason */
-			snprintf(err, sizeof(err), "%.80s: %.400s", src.p[k].name, e);
-		if (here == (int)nimg) { /* it holds every image: its worker takes this channel over */
-			src.p[k].conn = c;
-			src.p[k].chan = ch;
-			break;
-		}
-		if (ch)
-			edg_fetch_done(ch);
-		edg_chan_free(ch);
-		if (c)
-			eng_conn_close(c);
-	}
+	/* every source at once, then each image's recipe in shares from all of them; the
+	 * origin's (else the first source's that has it) names it */
+	edg_sources_connect(src.p, src.n, key, FETCH_CONNECT_S);
+	got = edg_sources_recipes(src.p, src.n, want, nimg, rc, &recipe_wire, err, sizeof(err));
 	recipe_s = mono_s() - t0;
 	if (got == nimg) {
+		err[0] = 0; /* a source that lacked an image is no failure when others had it */
 		/* a new cache takes the service's chunk size */
 		s = edg_store_open(val[F_CACHE], true, rc[0].chunk_size, 0, err, sizeof(err));
 		coord = s ? cli_coord_open(cmd->name, val[F_COORD], val[F_AUTH], val[F_EDGE], NULL, &missed) : NULL;
@@ -824,8 +808,10 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 const struct cli_cmd cli_cmd_cache_fetch = {
 	.name = "cache fetch",
 	.summary = "Fetch image NAME from chunk services (handoff-engine serve): its recipe (every\n"
-		   "image's in one round trip, over the channel its chunks then come by), then\n"
-		   "only the chunks this cache lacks, from every source at once (each path kept\n"
+		   "image's in one round trip, a share from each source at once, the whole checked\n"
+		   "against the recipe's hash; a source that sent its shares holds the images and\n"
+		   "is not asked what it holds), then only the chunks this cache lacks, from\n"
+		   "every source at once over the same channels (each path kept\n"
 		   "full by a window sized from its measured rate and round trip; scarce chunks\n"
 		   "first, the origin last for chunks others hold; a silent or failed source's\n"
 		   "chunks move to the others), each checked against its digest; then register\n"

@@ -196,6 +196,18 @@ static void test_corrupt_chunk_caught(void **state)
 	assert_int_equal(m.refs, 1);
 	assert_int_equal(edg_store_get(s, d + 3 * EDG_DIGEST_LEN, buf, sizeof(buf), &got), 0);
 	assert_memory_equal(buf, img + 3 * CS, CS);
+	/* a have query by prefix: held, dropped (5), fetched again (3), unknown; 8 and 32 bytes */
+	uint8_t pre[4 * EDG_DIGEST_LEN], bits[1];
+	for (unsigned plen = EDG_PREFIX_MIN; plen <= EDG_DIGEST_LEN; plen += EDG_DIGEST_LEN - EDG_PREFIX_MIN) {
+		memcpy(pre, d + 2 * EDG_DIGEST_LEN, plen);
+		memcpy(pre + plen, d + 5 * EDG_DIGEST_LEN, plen);
+		memcpy(pre + 2 * plen, d + 3 * EDG_DIGEST_LEN, plen);
+		for (unsigned k = 0; k < plen; k++)
+			pre[3 * plen + k] = d[k] ^ 0xa5;
+		assert_int_equal(edg_store_has_prefixes(s, pre, 4, plen, bits), 0);
+		assert_int_equal(bits[0], 0x5);
+	}
+	assert_int_equal(edg_store_has_prefixes(s, pre, 4, EDG_PREFIX_MIN - 1, bits), -EINVAL);
 	free(img);
 	free(d);
 	edg_store_close(s);

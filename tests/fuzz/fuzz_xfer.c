@@ -18,7 +18,10 @@
  *   3: a client waiting for the image's first chunk (edg_recv_chunk);
  *   4: a client asking for two recipes at once (edg_fetch_recipes): the
  *      replies to both, in turn; a reply that is not a clean refusal must
- *      leave no recipe after it taken.
+ *      leave no recipe after it taken;
+ *   5: a client reading share 1 of 2 of "img"'s recipe into the recipe it
+ *      holds the header and share 0 of (edg_read_recipe_part): whatever
+ *      comes, share 0's places keep their digests.
  *
  * With FUZZ_XFER_SEEDS=DIR the harness writes a well-formed input for each
  * end to DIR and exits (tests/fuzz/corpus/xfer).
@@ -143,7 +146,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	init();
 	if (!size)
 		return 0;
-	switch (data[0] % 5) {
+	switch (data[0] % 6) {
 	case 0: {
 		struct edg_serve_stats st;
 		edg_serve_session(served, &ch, &st, err, sizeof(err));
@@ -177,6 +180,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		free(rc[0].digests);
 		free(rc[1].digests);
+		break;
+	}
+	case 5: {
+		uint8_t d[NCHUNK][EDG_DIGEST_LEN];
+		struct edg_recipe rc = { .size = sizeof(image), .n = NCHUNK, .chunk_size = CHUNK, .digests = &d[0][0] };
+		memcpy(d, digests, sizeof(d));
+		memset(d[1], 0, EDG_DIGEST_LEN); /* share 1 of 2: the second digest, still to come */
+		cdc_sha256(digests, sizeof(digests), rc.hash);
+		int r = edg_read_recipe_part(&ch, &rc, 1, 2, &wire, err, sizeof(err));
+		if (memcmp(d[0], digests[0], EDG_DIGEST_LEN) || memcmp(d[2], digests[2], EDG_DIGEST_LEN) ||
+		    (r == 0 && rc.digests != &d[0][0]))
+			abort();
 		break;
 	}
 	default: {
@@ -246,18 +261,50 @@ static void put_chunk(FILE *f, int c, bool packed)
 	put_msg(f, CHUNK_MSG, body, (uint16_t)(EDG_DIGEST_LEN + 5 + n));
 }
 
+/* A recipe part of k digests from d, as they are or zstd-packed. */
+static void put_part(FILE *f, const uint8_t *d, uint32_t k, bool packed)
+{
+	uint8_t b[5 + NCHUNK * EDG_DIGEST_LEN + 64];
+	size_t n = (size_t)k * EDG_DIGEST_LEN;
+
+	put_le(b, k, 4);
+	b[4] = packed ? CDC_COMP_ZSTD : CDC_COMP_NONE;
+	if (packed) {
+		struct cdc_comp_ctx *cz = cdc_comp_new();
+		ssize_t z = cz ? cdc_compress(cz, CDC_COMP_ZSTD, 3, d, n, b + 5, sizeof(b) - 5) : -1;
+		cdc_comp_free(cz);
+		if (z <= 0)
+			abort();
+		n = (size_t)z;
+	} else {
+		memcpy(b + 5, d, n);
+	}
+	put_msg(f, RECIPE_PART, b, (uint16_t)(5 + n));
+}
+
 static void write_seeds(const char *dir)
 {
-	uint8_t b[4 + NCHUNK * EDG_DIGEST_LEN];
+	uint8_t b[5 + NCHUNK * EDG_DIGEST_LEN];
 	FILE *f;
 
-	/* the service: a recipe, a have query, the chunks and one it lacks, goodbye */
+	/* the service: a recipe, share 1 of 2 of it, its header alone, a have query (8-byte
+	 * prefixes), the chunks and one it lacks, goodbye */
 	f = seed(dir, "serve", 0);
-	put_msg(f, RECIPE_REQ, "img", 3);
+	for (int k = 0; k < 3; k++) {
+		uint8_t req[11];
+		put_le(req, k == 0 ? 0 : k == 1 ? 1 : 2, 4);
+		put_le(req + 4, k == 0 ? 1 : 2, 4);
+		memcpy(req + 8, "img", 3);
+		put_msg(f, RECIPE_REQ, req, sizeof(req));
+	}
+	put_le(b, NCHUNK, 4);
+	b[4] = 8;
+	for (int c = 0; c < NCHUNK; c++)
+		memcpy(b + 5 + c * 8, digests[c], 8);
+	put_msg(f, HAVE_REQ, b, 5 + NCHUNK * 8);
 	put_le(b, NCHUNK, 4);
 	memcpy(b + 4, digests, sizeof(digests));
-	put_msg(f, HAVE_REQ, b, sizeof(b));
-	put_msg(f, CHUNKS_REQ, b, sizeof(b));
+	put_msg(f, CHUNKS_REQ, b, 4 + sizeof(digests));
 	b[4] ^= 1;
 	put_le(b, 1, 4);
 	put_msg(f, CHUNKS_REQ, b, 4 + EDG_DIGEST_LEN);
@@ -265,17 +312,14 @@ static void write_seeds(const char *dir)
 	fclose(f);
 	/* a client's fetch: the recipe in two parts, then the two distinct chunks (one packed) */
 	f = seed(dir, "fetch", 1);
-	uint8_t hdr[20];
+	uint8_t hdr[20 + EDG_DIGEST_LEN];
 	put_le(hdr, sizeof(image), 8);
 	put_le(hdr + 8, CHUNK, 4);
 	put_le(hdr + 12, NCHUNK, 8);
+	cdc_sha256(digests, sizeof(digests), hdr + 20);
 	put_msg(f, RECIPE_HDR, hdr, sizeof(hdr));
-	put_le(b, 2, 4);
-	memcpy(b + 4, digests, 2 * EDG_DIGEST_LEN);
-	put_msg(f, RECIPE_PART, b, 4 + 2 * EDG_DIGEST_LEN);
-	put_le(b, 1, 4);
-	memcpy(b + 4, digests[2], EDG_DIGEST_LEN);
-	put_msg(f, RECIPE_PART, b, 4 + EDG_DIGEST_LEN);
+	put_part(f, &digests[0][0], 2, false);
+	put_part(f, digests[2], 1, false);
 	/* asked in digest order */
 	int first = memcmp(digests[0], digests[1], EDG_DIGEST_LEN) < 0 ? 0 : 1;
 	put_chunk(f, first, true);
@@ -298,8 +342,19 @@ static void write_seeds(const char *dir)
 	f = seed(dir, "recipes", 4);
 	put_msg(f, ERROR_MSG, "no image 'img' here", 19);
 	put_msg(f, RECIPE_HDR, hdr, sizeof(hdr));
-	put_le(b, NCHUNK, 4);
-	memcpy(b + 4, digests, sizeof(digests));
-	put_msg(f, RECIPE_PART, b, sizeof(b));
+	put_part(f, &digests[0][0], NCHUNK, true);
+	fclose(f);
+	/* a header that asks for 2^37 digests: refused before they are allocated */
+	f = seed(dir, "huge-recipe", 1);
+	uint8_t huge[sizeof(hdr)];
+	memcpy(huge, hdr, sizeof(hdr));
+	put_le(huge, 1ull << 49, 8);
+	put_le(huge + 12, (1ull << 49) / CHUNK, 8);
+	put_msg(f, RECIPE_HDR, huge, sizeof(huge));
+	fclose(f);
+	/* share 1 of 2: the header, then the second digest */
+	f = seed(dir, "share", 5);
+	put_msg(f, RECIPE_HDR, hdr, sizeof(hdr));
+	put_part(f, digests[1], 1, false);
 	fclose(f);
 }
