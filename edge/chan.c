@@ -16,7 +16,7 @@
 #include <string.h>
 
 #define MAGIC "HOCH"
-#define VERSION 1
+#define VERSION 2 /* 2: recipes in shares with their hash, have queries by prefix (edge/xfer.c) */
 #define NONCE_LEN 32
 #define MAC_LEN 32
 

@@ -33,7 +33,8 @@ int edg_chan_send(struct edg_chan *ch, uint8_t type, const void *payload, uint32
  * The next message into buf (cap bytes): 0, -EBADMSG (forged, replayed or
  * corrupt), -EMSGSIZE (larger than cap), -EPIPE (the peer closed),
  * -ETIMEDOUT or another -errno. *len: the payload's length. After any
- * error but -ETIMEDOUT the channel is out of step: close it.
+ * error the channel may be out of step (a timeout can fall inside a
+ * frame): close it.
  */
 int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, uint32_t *len, double timeout_s);
 /* The same without a copy: *payload points into the channel's own buffer until the next receive. */

@@ -17,10 +17,10 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#define CONNECT_S 2.0
 #define HAVE_S 30.0
 #define JOIN_WAIT_S 1.0      /* after the first answer, for the others' (a late one joins as it comes) */
 #define WINDOW_START 8       /* chunks in flight before the path is measured */
@@ -306,6 +306,14 @@ static int ask_more(struct worker *wk, double now)
 	}
 }
 
+static bool all_in(struct job *j)
+{
+	pthread_mutex_lock(&j->lock);
+	bool in = j->done + j->lost == j->nw || j->fatal;
+	pthread_mutex_unlock(&j->lock);
+	return in;
+}
+
 /* The answer for the oldest chunk asked. */
 static int take_answer(struct worker *wk, char *err, size_t errlen)
 {
@@ -357,7 +365,8 @@ static int take_answer(struct worker *wk, char *err, size_t errlen)
 		wk->p->duplicate_chunks++;
 		j->dup_bytes += raw;
 	}
-	bool ending = !j->pending; /* nothing left to hand out: store as they come, while others still fetch */
+	/* nothing left to hand out and this path drained: store now, while others still fetch */
+	bool ending = !j->pending && !wk->fn;
 	pthread_cond_broadcast(&j->cond);
 	pthread_mutex_unlock(&j->lock);
 	sample_rate(wk, now, raw);
@@ -427,13 +436,18 @@ static void *worker_main(void *arg)
 	bool holds_all = wk->p->holds_all && wk->p->chan;
 
 	if (wk->p->chan) { /* opened while the recipes came: no second connection */
+		pthread_mutex_lock(&j->lock);
 		wk->c = wk->p->conn;
 		wk->ch = wk->p->chan;
+		pthread_mutex_unlock(&j->lock);
 		wk->p->conn = NULL;
 		wk->p->chan = NULL;
 	} else {
-		wk->c = eng_conn_connect(wk->p->loc, NULL, CONNECT_S, err, sizeof(err));
-		wk->ch = wk->c ? edg_chan_client(wk->c, j->key, CONNECT_S, err, sizeof(err)) : NULL;
+		struct eng_conn *c = eng_conn_connect(wk->p->loc, NULL, EDG_CONNECT_S, err, sizeof(err));
+		pthread_mutex_lock(&j->lock); /* the fetch's end shuts it (under the lock) to wake a wait */
+		wk->c = c;
+		pthread_mutex_unlock(&j->lock);
+		wk->ch = wk->c ? edg_chan_client(wk->c, j->key, EDG_CONNECT_S, err, sizeof(err)) : NULL;
 	}
 	if (wk->ch && (held = calloc(j->nw ? j->nw : 1, sizeof(*held)))) {
 		if (holds_all) { /* it sent the recipes, so it holds the images: a chunk it lacks after all is a NOCHUNK */
@@ -468,7 +482,7 @@ static void *worker_main(void *arg)
 	/* every service's answer before any request, so scarcity decides the order; but a
 	 * service slow to connect does not hold the others up: it joins when it answers */
 	while (j->answered < j->npeers &&
-	       mono() - (j->first_answer ? j->first_answer : j->t0 + CONNECT_S) < JOIN_WAIT_S)
+	       mono() - (j->first_answer ? j->first_answer : j->t0 + EDG_CONNECT_S) < JOIN_WAIT_S)
 		wait_ms(j, 50);
 	pthread_mutex_unlock(&j->lock);
 	free(held);
@@ -495,12 +509,11 @@ static void *worker_main(void *arg)
 			goto fail;
 		}
 		if (wk->fn) {
-			pthread_mutex_lock(&j->lock);
-			bool all_in = j->done + j->lost == j->nw || j->fatal; /* what is in flight is only copies now */
-			pthread_mutex_unlock(&j->lock);
-			if (all_in)
+			if (all_in(j)) /* what is in flight is only copies now */
 				break;
-			if ((r = take_answer(wk, err, sizeof(err))))
+			if ((r = take_answer(wk, err, sizeof(err))) && all_in(j))
+				break; /* woken by the fetch's end (its connection shut), not failed */
+			if (r)
 				goto fail;
 			continue;
 		}
@@ -529,10 +542,13 @@ out:
 		wk->active_s += mono() - wk->active_since;
 	wk->p->rate_bps = wk->active_s > 0 ? (double)wk->p->raw_bytes * 8 / wk->active_s : 0;
 	edg_chan_free(wk->ch);
-	if (wk->c)
-		eng_conn_close(wk->c);
-	wk->ch = NULL;
+	pthread_mutex_lock(&j->lock);
+	struct eng_conn *c = wk->c;
 	wk->c = NULL;
+	pthread_mutex_unlock(&j->lock);
+	if (c)
+		eng_conn_close(c);
+	wk->ch = NULL;
 	return NULL;
 }
 
@@ -626,6 +642,12 @@ int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, 
 		if (over)
 			break;
 	}
+	/* every chunk in: a worker still waiting for a copy is woken, not waited for */
+	pthread_mutex_lock(&j.lock);
+	for (unsigned k = 0; k < started && (j.done + j.lost == j.nw || j.fatal); k++)
+		if (wk[k].c)
+			eng_conn_shutdown(wk[k].c, SHUT_RDWR);
+	pthread_mutex_unlock(&j.lock);
 	for (unsigned k = 0; k < started; k++)
 		pthread_join(wk[k].th, NULL);
 	/* a chunk nobody left holds is lost (every service failed, or none held it) */
@@ -745,9 +767,16 @@ static void *connect_main(void *arg)
 void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s)
 {
 	struct connector cn[EDG_PEERS_MAX];
+	bool origin = false;
+
+	for (unsigned k = 0; k < n; k++)
+		origin |= p[k].origin;
 
 	for (unsigned k = 0; k < n && k < EDG_PEERS_MAX; k++) {
-		cn[k] = (struct connector){ .p = &p[k], .key = key, .timeout_s = timeout_s };
+		/* the source that names the recipes (the origin, else the first) gets the whole wait */
+		bool names = origin ? p[k].origin : k == 0;
+		cn[k] = (struct connector){ .p = &p[k], .key = key,
+					    .timeout_s = names || timeout_s < EDG_CONNECT_S ? timeout_s : EDG_CONNECT_S };
 		if (p[k].chan)
 			continue;
 		cn[k].started = !pthread_create(&cn[k].th, NULL, connect_main, &cn[k]);
@@ -797,11 +826,11 @@ static void first_reason(char *err, size_t errlen, const struct edg_peer *p, con
 }
 
 /* Part q of m of image i from peer p into rc: 0, or the read's -errno (the channel dropped if out of step). */
-static int recipe_share(struct edg_peer *p, struct edg_recipe *rc, uint32_t q, uint32_t m, uint64_t *wire, char *err,
-			size_t errlen)
+static int recipe_share(struct edg_peer *p, struct edg_recipe *rc, uint32_t q, uint32_t m, double timeout_s,
+			uint64_t *wire, char *err, size_t errlen)
 {
 	char e[512];
-	int r = edg_read_recipe_part(p->chan, rc, q, m, wire, e, sizeof(e));
+	int r = edg_read_recipe_part(p->chan, rc, q, m, timeout_s, wire, e, sizeof(e));
 
 	if (r)
 		first_reason(err, errlen, p, e);
@@ -811,7 +840,7 @@ static int recipe_share(struct edg_peer *p, struct edg_recipe *rc, uint32_t q, u
 }
 
 unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *names, unsigned nimg,
-			     struct edg_recipe *rc, uint64_t *wire, char *err, size_t errlen)
+			     struct edg_recipe *rc, double timeout_s, uint64_t *wire, char *err, size_t errlen)
 {
 	unsigned live[EDG_PEERS_MAX], m = 0, parts = 0, got = 0;
 	uint32_t share[EDG_PEERS_MAX];  /* of live peer q: its part, or parts for the header alone */
@@ -851,7 +880,7 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 		bool all = pk->chan != NULL;
 		for (unsigned i = 0; i < nimg && pk->chan; i++) {
 			bool first = !rc[i].digests;
-			int r = recipe_share(pk, &rc[i], share[q], parts, wire, err, errlen);
+			int r = recipe_share(pk, &rc[i], share[q], parts, timeout_s, wire, err, errlen);
 			if (!r && share[q] < parts)
 				have[i][share[q]] = true;
 			if (!r && first)
@@ -878,14 +907,19 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 		}
 		for (unsigned x = 0; x < parts && pr->chan; x++)
 			if (asked[x])
-				have[i][x] = !recipe_share(pr, &rc[i], x, parts, wire, err, errlen);
+				have[i][x] = !recipe_share(pr, &rc[i], x, parts, timeout_s, wire, err, errlen);
 		bool whole = true;
 		for (unsigned x = 0; x < parts; x++)
 			whole &= have[i][x];
 		if (whole && !edg_recipe_intact(&rc[i])) { /* a part was not what its header said: all from one */
 			struct edg_recipe one = { 0 };
-			whole = pr->chan && !edg_ask_recipe_part(pr->chan, names[i], 0, 1, e, sizeof(e)) &&
-				!recipe_share(pr, &one, 0, 1, wire, err, errlen) && edg_recipe_intact(&one);
+			bool asked_whole = pr->chan && !edg_ask_recipe_part(pr->chan, names[i], 0, 1, e, sizeof(e));
+			if (pr->chan && !asked_whole) {
+				first_reason(err, errlen, pr, e);
+				drop_channel(pr);
+			}
+			whole = asked_whole && !recipe_share(pr, &one, 0, 1, timeout_s, wire, err, errlen) &&
+				edg_recipe_intact(&one);
 			for (unsigned q = 0; q < m; q++) /* nobody is trusted with holding it unasked */
 				p[live[q]].holds_all = false;
 			free(rc[i].digests);

@@ -85,11 +85,13 @@ struct edg_sources {
 };
 /*
  * Open a sealed channel to each of the n peers at once (p[k].conn and .chan),
- * so that connecting overlaps the recipes' transfer. A peer that cannot be
- * reached is left without, its reason in p[k].error (the fetch tries again
- * and reports it).
+ * so that connecting overlaps the recipes' transfer: the origin within
+ * timeout_s, the others within EDG_CONNECT_S (one dead source holds the
+ * rest up no longer). A peer that cannot be reached is left without, its
+ * reason in p[k].error (the fetch tries again and reports it).
  */
 void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s);
+#define EDG_CONNECT_S 2.0 /* the longest a source other than the origin may take to connect and key */
 /*
  * The recipes of names[0..nimg) into rc[] (each digests NULL before), in
  * shares from every peer with a channel open at once: each sends one part of
@@ -99,11 +101,12 @@ void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], 
  * is asked of that one after, and the whole is checked against the recipe's
  * hash (on a mismatch it is fetched whole from the first). A peer that sent
  * a share of every image's recipe holds those images: holds_all, and it is
- * not asked what it holds. A peer whose channel fell out of step loses it.
+ * not asked what it holds. A peer silent for timeout_s, or whose channel fell
+ * out of step, loses its channel.
  * Returns how many recipes arrived; err takes the first failure's reason.
  */
 unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *names, unsigned nimg,
-			     struct edg_recipe *rc, uint64_t *wire, char *err, size_t errlen);
+			     struct edg_recipe *rc, double timeout_s, uint64_t *wire, char *err, size_t errlen);
 /* Add tcp:HOST:PORT[,tcp:HOST:PORT...] (a source named twice is one; origin marks it). 0, or -1 with err. */
 int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char *err, size_t errlen);
 /*

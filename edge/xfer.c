@@ -164,7 +164,7 @@ static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t 
 	cdc_sha256(d, n * EDG_DIGEST_LEN, out + 20);
 	/* the share to the front, in place (each digest moves down, never over one still to move) */
 	for (uint64_t j = 0; j < count && parts > 1; j++)
-		memcpy(d + j * EDG_DIGEST_LEN, d + (part + j * parts) * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
+		memmove(d + j * EDG_DIGEST_LEN, d + (part + j * parts) * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
 	r = edg_chan_send(ch, MSG_RECIPE_HDR, out, RECIPE_HDR_LEN);
 	for (uint64_t at = 0; !r && at < count; at += PART_MAX) {
 		uint32_t k = (uint32_t)(count - at < PART_MAX ? count - at : PART_MAX);
@@ -300,6 +300,7 @@ struct fetch {
 	unsigned nbatch;
 	struct cdc_comp_ctx *cz;
 	uint64_t lacking;
+	double wait_s;          /* the longest silence taken (0: IDLE_S) */
 	char *err;
 	size_t errlen;
 };
@@ -317,7 +318,7 @@ static int unexpected(struct fetch *f, uint8_t type, uint32_t len, const char *w
 
 static int recv_msg(struct fetch *f, uint8_t *type, uint32_t *len)
 {
-	int r = edg_chan_recv(f->ch, type, f->msg, f->msg_cap, len, IDLE_S);
+	int r = edg_chan_recv(f->ch, type, f->msg, f->msg_cap, len, f->wait_s > 0 ? f->wait_s : IDLE_S);
 	if (r)
 		eng_set_err(f->err, f->errlen, "service: %s", recv_error(r));
 	else
@@ -519,11 +520,11 @@ static bool same_recipe(const struct edg_recipe *a, const struct edg_recipe *b)
 	       !memcmp(a->hash, b->hash, EDG_DIGEST_LEN);
 }
 
-int edg_read_recipe_part(struct edg_chan *ch, struct edg_recipe *rc, uint32_t part, uint32_t parts,
+int edg_read_recipe_part(struct edg_chan *ch, struct edg_recipe *rc, uint32_t part, uint32_t parts, double timeout_s,
 			 uint64_t *wire_bytes, char *err, size_t errlen)
 {
 	struct edg_fetch_report rep = { 0 };
-	struct fetch f = { .ch = ch, .rep = &rep, .err = err, .errlen = errlen };
+	struct fetch f = { .ch = ch, .rep = &rep, .wait_s = timeout_s, .err = err, .errlen = errlen };
 	struct edg_recipe h = { 0 };
 	uint8_t *own = NULL, *part_buf = NULL;
 	uint32_t len;
@@ -628,7 +629,7 @@ static int read_recipe(struct edg_chan *ch, struct edg_recipe *rc, uint64_t *wir
 	int r;
 
 	memset(rc, 0, sizeof(*rc));
-	if (!(r = edg_read_recipe_part(ch, rc, 0, 1, wire_bytes, err, errlen)) && !edg_recipe_intact(rc)) {
+	if (!(r = edg_read_recipe_part(ch, rc, 0, 1, IDLE_S, wire_bytes, err, errlen)) && !edg_recipe_intact(rc)) {
 		eng_set_err(err, errlen, "service sent a recipe that does not match its hash");
 		r = -EPROTO;
 	}

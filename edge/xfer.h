@@ -57,12 +57,13 @@ int edg_fetch_recipes(struct edg_chan *ch, const char *const *names, unsigned n,
  * (only the part filled); else a header naming the same recipe (size, chunk
  * size, count, hash) fills its part in place, and another version's is read
  * and dropped: -ESTALE (the channel is in step, as after -ENOENT, the
- * service's clean refusal). Any other error leaves the channel out of step.
+ * service's clean refusal). Any other error, a silence of timeout_s among
+ * them, leaves the channel out of step.
  * edg_recipe_intact: the digests put together match the hash.
  */
 int edg_ask_recipe_part(struct edg_chan *ch, const char *name, uint32_t part, uint32_t parts, char *err,
 			size_t errlen);
-int edg_read_recipe_part(struct edg_chan *ch, struct edg_recipe *r, uint32_t part, uint32_t parts,
+int edg_read_recipe_part(struct edg_chan *ch, struct edg_recipe *r, uint32_t part, uint32_t parts, double timeout_s,
 			 uint64_t *wire_bytes, char *err, size_t errlen);
 bool edg_recipe_intact(const struct edg_recipe *r);
 
@@ -87,7 +88,7 @@ uint32_t edg_chunk_msg_max(uint32_t chunk_size);
 /*
  * The next answer, due for chunk `want`: 0 with its checked bytes in dst
  * (*raw_len of them, at most cap), 1 if the service lacks it, or -errno with
- * err (-ETIMEDOUT after timeout_s: the channel is still in step). msg: a
+ * err (-ETIMEDOUT after timeout_s; after any error close the channel). msg: a
  * buffer of edg_chunk_msg_max(cap) bytes; *wire grows by the frame's bytes.
  */
 int edg_recv_chunk(struct edg_chan *ch, const uint8_t *want, uint8_t *msg, struct cdc_comp_ctx *cz, uint8_t *dst,

@@ -742,7 +742,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 	/* every source at once, then each image's recipe in shares from all of them; the
 	 * origin's (else the first source's that has it) names it */
 	edg_sources_connect(src.p, src.n, key, FETCH_CONNECT_S);
-	got = edg_sources_recipes(src.p, src.n, want, nimg, rc, &recipe_wire, err, sizeof(err));
+	got = edg_sources_recipes(src.p, src.n, want, nimg, rc, timeout, &recipe_wire, err, sizeof(err));
 	recipe_s = mono_s() - t0;
 	if (got == nimg) {
 		err[0] = 0; /* a source that lacked an image is no failure when others had it */

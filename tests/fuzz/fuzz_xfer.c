@@ -188,7 +188,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(d, digests, sizeof(d));
 		memset(d[1], 0, EDG_DIGEST_LEN); /* share 1 of 2: the second digest, still to come */
 		cdc_sha256(digests, sizeof(digests), rc.hash);
-		int r = edg_read_recipe_part(&ch, &rc, 1, 2, &wire, err, sizeof(err));
+		int r = edg_read_recipe_part(&ch, &rc, 1, 2, 1, &wire, err, sizeof(err));
 		if (memcmp(d[0], digests[0], EDG_DIGEST_LEN) || memcmp(d[2], digests[2], EDG_DIGEST_LEN) ||
 		    (r == 0 && rc.digests != &d[0][0]))
 			abort();
