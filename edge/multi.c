@@ -48,6 +48,11 @@ struct job {
 	unsigned npeers, answered;
 	double first_answer;      /* when the first service said what it holds */
 	uint64_t requeued;        /* bumped when a chunk goes back to PENDING */
+	/* the endgame's candidates: the chunks in flight once nothing was left to hand
+	 * out (as of tail_requeued), the last handed out first */
+	struct tail_entry { double t; uint64_t i; } *tail;
+	uint64_t ntail, tail_requeued;
+	bool tail_built;
 	double t0, last_arrival, stall;
 	uint64_t dup_bytes;
 	int fatal;
@@ -149,6 +154,34 @@ static void peer_failed(struct worker *wk, const char *why)
 	pthread_cond_broadcast(&j->cond);
 }
 
+static int tail_cmp(const void *a, const void *b)
+{
+	const struct tail_entry *x = a, *y = b;
+
+	return x->t != y->t ? (x->t > y->t ? -1 : 1) : (x->i > y->i) - (x->i < y->i);
+}
+
+/*
+ * The endgame's candidates, listed once when nothing is left to hand out (and
+ * again after chunks came back): the few in flight then, not a search of every
+ * chunk on each take. false when there is no room for the list.
+ */
+static bool endgame_tail(struct job *j)
+{
+	if (j->tail_built && j->tail_requeued == j->requeued)
+		return true;
+	if (!j->tail && !(j->tail = malloc((j->nw ? j->nw : 1) * sizeof(*j->tail))))
+		return false;
+	j->ntail = 0;
+	for (uint64_t i = 0; i < j->nw; i++)
+		if (j->state[i] == FLYING)
+			j->tail[j->ntail++] = (struct tail_entry){ j->asked_t[i], i };
+	qsort(j->tail, j->ntail, sizeof(*j->tail), tail_cmp);
+	j->tail_requeued = j->requeued;
+	j->tail_built = true;
+	return true;
+}
+
 /*
  * The next chunk for this service: its own order first; then, with copy set
  * (endgame: nothing left to hand out), one asked of a single other service,
@@ -176,21 +209,18 @@ static bool take(struct worker *wk, uint64_t *out, bool copy)
 			return true;
 		}
 	}
-	if (j->pending || !copy)
+	if (j->pending || !copy || !endgame_tail(j))
 		return false;
-	uint64_t pick = UINT64_MAX;
-	for (uint64_t k = 0; k < wk->norder; k++) {
-		uint64_t i = wk->order[k];
+	for (uint64_t k = 0; k < j->ntail; k++) {
+		uint64_t i = j->tail[k].i;
 		uint32_t a = j->asking[i];
-		if (j->state[i] == FLYING && a && !(a & (a - 1)) && !(a & bit) && (j->mask[i] & bit) &&
-		    (pick == UINT64_MAX || j->asked_t[i] > j->asked_t[pick]))
-			pick = i;
+		if (j->state[i] == FLYING && a && !(a & (a - 1)) && !(a & bit) && (j->mask[i] & bit)) {
+			j->asking[i] |= bit;
+			*out = i;
+			return true;
+		}
 	}
-	if (pick == UINT64_MAX)
-		return false;
-	j->asking[pick] |= bit;
-	*out = pick;
-	return true;
+	return false;
 }
 
 /* ---- one service ---------------------------------------------------------------- */
@@ -680,6 +710,7 @@ out:
 	free(j.state);
 	free(j.asking);
 	free(j.asked_t);
+	free(j.tail);
 	free(j.mask);
 	free(j.others);
 	free(w);
