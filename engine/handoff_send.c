@@ -135,6 +135,10 @@ struct src {
 	struct eng_outfile out;
 	struct eng_fd out_fd;
 	struct eng_link link;
+	/* the last time the destination acknowledged a byte, or had nothing to (per connection) */
+	const struct eng_conn *acked_conn;
+	uint64_t acked_seen;
+	double acked_at;
 	double rate_Bps;
 	int unsent_limit;       /* the socket's TCP_NOTSENT_LOWAT now (0: not set) */
 	uint64_t wire_bytes;
@@ -820,6 +824,11 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		s->t_pipeline = rep.started_s;
 	if (s->conn) {
 		eng_conn_sample(s->conn, &s->link);
+		if (s->acked_conn != s->conn || !s->link.queued || s->link.acked != s->acked_seen) {
+			s->acked_conn = s->conn;
+			s->acked_seen = s->link.acked;
+			s->acked_at = now_s(s);
+		}
 		double r = s->link.rate_smooth_bps > s->link.delivery_bps ? s->link.rate_smooth_bps
 									  : s->link.delivery_bps;
 		if (r > 0)
@@ -887,6 +896,14 @@ static void tick(void *ctx, struct eng_pipeline *p)
 				src_fail(s, "connection to the destination lost: %s",
 					 r == -EPIPE ? "closed by the destination (wrong key?)" : strerror(-r));
 			s->link_lost = r != -EBADMSG;
+		} else if (s->link.queued && now_s(s) - s->acked_at > ENG_CONTROL_SILENCE_S) {
+			/* its kernel may still answer (a hung receiver, a relay that lost its other
+			 * side), but nothing is acknowledged while bytes wait; with pre-copy holding
+			 * back, no send is in progress for the transport's own idle limit to see */
+			src_fail(s, "connection to the destination lost: nothing acknowledged for %.0f s with %llu bytes "
+				    "waiting (the destination stopped reading)",
+				 ENG_CONTROL_SILENCE_S, (unsigned long long)s->link.queued);
+			s->link_lost = true;
 		}
 		if (s->fail[0])
 			s->ended = true;
