@@ -1320,8 +1320,12 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 		free(c);
 		return NULL;
 	}
-	if (dio_port_open(&c->port, loc->port, loc->mtu, timeout_s > 0 ? timeout_s : 1, err, errlen) ||
-	    conn_alloc_buffers(c, err, errlen) || conn_start_state(c, err, errlen))
+	int why = EIO, r = dio_port_open(&c->port, loc->port, loc->mtu, timeout_s > 0 ? timeout_s : 1, b->cancel, err, errlen);
+	if (r) {
+		why = r == -ENETDOWN ? ETIMEDOUT : -r;
+		goto err;
+	}
+	if (conn_alloc_buffers(c, err, errlen) || conn_start_state(c, err, errlen))
 		goto err;
 	if (pthread_create(&c->io, NULL, io_main, c)) {
 		snprintf(err, errlen, "cannot start the dpdk: I/O thread");
@@ -1332,7 +1336,13 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	/* wait for the handshake */
 	uint64_t deadline = now_us() + (uint64_t)(timeout_s * 1e6);
 	while (!atomic_load(&c->established) && !atomic_load(&c->err)) {
+		if (b->cancel && atomic_load(b->cancel)) {
+			snprintf(err, errlen, "stopped waiting for a peer on DPDK port %s", c->port.name);
+			why = ECANCELED;
+			goto err;
+		}
 		if (now_us() >= deadline) {
+			why = ETIMEDOUT;
 			/* oversize frames vanish without a trace (af_packet, switches): say so */
 			snprintf(err, errlen, listener ? "no sender reached DPDK port %s within %.0f s (handshake frames are %u bytes: a smaller MTU on the path drops them; try mtu=)"
 						       : "no receiver answered on DPDK port %s within %.0f s (handshake frames are %u bytes: a smaller MTU on the path drops them; try mtu=)",
@@ -1350,6 +1360,7 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	return c;
 err:
 	conn_free(c);
+	errno = why;
 	return NULL;
 }
 

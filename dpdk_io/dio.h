@@ -23,6 +23,7 @@
 #ifndef HANDOFF_DIO_H
 #define HANDOFF_DIO_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -55,10 +56,16 @@ int dio_parse(const char *loc, struct dio_loc *out, char *err, size_t errlen);
 struct dio_bind {
 	const uint8_t *key;     /* 32 bytes or NULL */
 	uint8_t base_id[32];
+	const atomic_bool *cancel; /* NULL, or set to stop waiting for the peer (a service stopping) */
 };
 
 struct dio_conn;
 
+/*
+ * NULL with errno ETIMEDOUT (no peer within timeout_s: no handshake, or for
+ * dio_accept a link still down, as net_memif's is until its peer comes),
+ * ECANCELED (b->cancel was set) or another errno, and the reason in err.
+ */
 struct dio_conn *dio_connect(const struct dio_loc *loc, const struct dio_bind *b, double timeout_s,
 			     char *err, size_t errlen);
 struct dio_conn *dio_accept(const struct dio_loc *loc, const struct dio_bind *b, double timeout_s,

@@ -23,7 +23,7 @@
 #define POOL_CACHE 128
 #define LINK_RETRY_S 2.0 /* restart a port whose link stays down this long */
 
-static int find_port(const char *spec, uint16_t *id, char *err, size_t errlen)
+int dio_port_find(const char *spec, uint16_t *id, char *err, size_t errlen)
 {
 	char *end;
 	unsigned long v = strtoul(spec, &end, 10);
@@ -83,7 +83,7 @@ static int port_node(uint16_t id, const struct rte_eth_dev_info *info)
 }
 
 int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double link_timeout_s,
-		  char *err, size_t errlen)
+		  const atomic_bool *cancel, char *err, size_t errlen)
 {
 	struct rte_eth_dev_info info;
 	struct rte_eth_conf conf;
@@ -92,7 +92,7 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 	int ret;
 
 	memset(p, 0, sizeof(*p));
-	if ((ret = find_port(spec, &p->id, err, errlen)))
+	if ((ret = dio_port_find(spec, &p->id, err, errlen)))
 		return ret;
 	rte_eth_dev_get_name_by_port(p->id, p->name);
 	if ((ret = rte_eth_dev_info_get(p->id, &info))) {
@@ -163,10 +163,17 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 		if (!ret) {
 			p->started = true;
 			double until = eng_mono_s() + LINK_RETRY_S;
-			while (!dio_port_link_up(p) && eng_mono_s() < until && eng_mono_s() < deadline)
+			while (!dio_port_link_up(p) && eng_mono_s() < until && eng_mono_s() < deadline &&
+			       !(cancel && atomic_load(cancel)))
 				usleep(20000);
 			if (dio_port_link_up(p))
 				break;
+		}
+		if (cancel && atomic_load(cancel)) {
+			rte_log_set_global_level(log_level);
+			snprintf(err, errlen, "DPDK port %s: stopped waiting for its link", p->name);
+			ret = -ECANCELED;
+			goto err;
 		}
 		if (eng_mono_s() >= deadline) {
 			rte_log_set_global_level(log_level);

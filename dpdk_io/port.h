@@ -11,6 +11,7 @@
 #ifndef HANDOFF_DIO_PORT_H
 #define HANDOFF_DIO_PORT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,11 +33,14 @@ struct dio_port {
 
 /*
  * spec: a port id ("0") or an ethdev name ("net_af_packet0"). mtu_cap: 0 or
- * a smaller MTU to use. Waits up to link_timeout_s for the link. 0, or -errno
- * with a one-line reason that names the EAL argument to check.
+ * a smaller MTU to use. Waits up to link_timeout_s for the link (-ENETDOWN
+ * after it), less once *cancel is set (-ECANCELED; cancel may be NULL). 0, or
+ * -errno with a one-line reason that names the EAL argument to check.
  */
 int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double link_timeout_s,
-		  char *err, size_t errlen);
+		  const atomic_bool *cancel, char *err, size_t errlen);
+/* That spec names a port EAL knows: 0, or -ENODEV with the EAL argument to check. */
+int dio_port_find(const char *spec, uint16_t *id, char *err, size_t errlen);
 void dio_port_close(struct dio_port *p);
 bool dio_port_link_up(const struct dio_port *p);
 

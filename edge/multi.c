@@ -73,6 +73,7 @@ struct worker {
 	uint64_t *fifo;
 	double *asked_at;
 	uint64_t fh, fn, fcap;
+	bool fetching; /* in the request loop (under the job's lock, like fn) */
 	/* the path */
 	double rate_sample[RATE_SAMPLES], interval_t, interval_bytes;
 	unsigned nsample;
@@ -362,11 +363,11 @@ static int take_answer(struct worker *wk, char *err, size_t errlen)
 	double rtt = now - wk->asked_at[wk->fh];
 	if (wk->p->min_rtt_s <= 0 || rtt < wk->p->min_rtt_s)
 		wk->p->min_rtt_s = rtt;
+	pthread_mutex_lock(&j->lock); /* fn under the lock: the fetch's end reads it */
 	wk->fh = (wk->fh + 1) % wk->fcap;
 	wk->fn--;
 	if (!wk->fn)
 		wk->active_s += now - wk->active_since;
-	pthread_mutex_lock(&j->lock);
 	j->asking[i] &= ~(1u << wk->id);
 	if (r == 1) { /* it said it held the chunk; not any more */
 		wk->p->lacked++;
@@ -473,7 +474,8 @@ static void *worker_main(void *arg)
 		wk->p->conn = NULL;
 		wk->p->chan = NULL;
 	} else {
-		struct eng_conn *c = eng_conn_connect(wk->p->loc, NULL, EDG_CONNECT_S, err, sizeof(err));
+		struct eng_conn_bind bind = { .key = j->key };
+		struct eng_conn *c = eng_conn_connect(wk->p->loc, &bind, EDG_CONNECT_S, err, sizeof(err));
 		pthread_mutex_lock(&j->lock); /* the fetch's end shuts it (under the lock) to wake a wait */
 		wk->c = c;
 		pthread_mutex_unlock(&j->lock);
@@ -533,6 +535,9 @@ static void *worker_main(void *arg)
 		r = -ENOMEM;
 		goto fail;
 	}
+	pthread_mutex_lock(&j->lock);
+	wk->fetching = true;
+	pthread_mutex_unlock(&j->lock);
 	for (;;) {
 		if ((r = ask_more(wk, mono()))) {
 			snprintf(err, sizeof(err), "cannot reach the service: %s", strerror(-r));
@@ -672,10 +677,12 @@ int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, 
 		if (over)
 			break;
 	}
-	/* every chunk in: a worker still waiting for a copy is woken, not waited for */
+	/* every chunk in: a worker still waiting for a copy or an answer is woken, not waited
+	 * for; one in the request loop with nothing in flight ends by itself, saying goodbye
+	 * (shutting it would cut that off: dpdk: aborts at once, the goodbye unread) */
 	pthread_mutex_lock(&j.lock);
 	for (unsigned k = 0; k < started && (j.done + j.lost == j.nw || j.fatal); k++)
-		if (wk[k].c)
+		if (wk[k].c && (wk[k].fn || !wk[k].fetching || j.fatal))
 			eng_conn_shutdown(wk[k].c, SHUT_RDWR);
 	pthread_mutex_unlock(&j.lock);
 	for (unsigned k = 0; k < started; k++)
@@ -784,7 +791,9 @@ static void *connect_main(void *arg)
 	struct connector *cn = arg;
 	char err[256];
 
-	cn->p->conn = eng_conn_connect(cn->p->loc, NULL, cn->timeout_s, err, sizeof(err));
+	struct eng_conn_bind bind = { .key = cn->key }; /* dpdk: keys its own handshake with it too */
+
+	cn->p->conn = eng_conn_connect(cn->p->loc, &bind, cn->timeout_s, err, sizeof(err));
 	cn->p->chan = cn->p->conn ? edg_chan_client(cn->p->conn, cn->key, cn->timeout_s, err, sizeof(err)) : NULL;
 	if (cn->p->conn && !cn->p->chan) {
 		eng_conn_close(cn->p->conn);
@@ -832,11 +841,13 @@ static int add_one(struct edg_sources *src, const char *loc, size_t len, const c
 		return -1;
 	}
 	snprintf(src->loc[src->n], sizeof(src->loc[0]), "%.*s", (int)len, loc);
-	if (strncmp(src->loc[src->n], "tcp:", 4) || !strchr(src->loc[src->n] + 4, ':')) {
-		eng_set_err(err, errlen, "a chunk source is tcp:HOST:PORT, not '%s'", src->loc[src->n]);
+	bool dpdk = !strncmp(src->loc[src->n], "dpdk:", 5);
+	if (!dpdk && (strncmp(src->loc[src->n], "tcp:", 4) || !strchr(src->loc[src->n] + 4, ':'))) {
+		eng_set_err(err, errlen, "a chunk source is tcp:HOST:PORT or dpdk:PORT[,...], not '%s'",
+			    src->loc[src->n]);
 		return -1;
 	}
-	snprintf(src->name[src->n], sizeof(src->name[0]), "%s", name ? name : src->loc[src->n] + 4);
+	snprintf(src->name[src->n], sizeof(src->name[0]), "%s", name ? name : src->loc[src->n] + (dpdk ? 0 : 4));
 	src->p[src->n] = (struct edg_peer){ .loc = src->loc[src->n], .name = src->name[src->n], .origin = origin };
 	src->n++;
 	return 0;
@@ -970,15 +981,30 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 	return got;
 }
 
+/* The length of the location at p: up to the comma before the next tcp: or dpdk: (a dpdk: location's
+ * own options, ",peer=...", have commas too). */
+static size_t location_len(const char *p)
+{
+	for (const char *c = strchr(p, ','); c; c = strchr(c + 1, ','))
+		if (!strncmp(c + 1, "tcp:", 4) || !strncmp(c + 1, "dpdk:", 5))
+			return (size_t)(c - p);
+	return strlen(p);
+}
+
 int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char *err, size_t errlen)
 {
 	for (const char *p = list; *p;) {
-		size_t l = strcspn(p, ",");
+		size_t l = *p == ',' ? 0 : location_len(p);
 		if (l && add_one(src, p, l, NULL, origin, err, errlen))
 			return -1;
 		p += l + (p[l] == ',');
 	}
 	return 0;
+}
+
+bool edg_sources_need_eal(const char *list)
+{
+	return list && strstr(list, "dpdk:");
 }
 
 int edg_sources_ask_coordinator(struct edg_sources *src, struct edg_coord *c, const uint8_t *digests, uint64_t n,

@@ -107,8 +107,14 @@ void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], 
  */
 unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *names, unsigned nimg,
 			     struct edg_recipe *rc, double timeout_s, uint64_t *wire, char *err, size_t errlen);
-/* Add tcp:HOST:PORT[,tcp:HOST:PORT...] (a source named twice is one; origin marks it). 0, or -1 with err. */
+/*
+ * Add tcp:HOST:PORT or dpdk:PORT[,peer=MAC,...] locations, comma-separated (a
+ * source named twice is one; origin marks it). A dpdk: source is a port of
+ * this process's own (EAL arguments before --), one per source. 0, or -1 with err.
+ */
 int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char *err, size_t errlen);
+/* The list names a dpdk: source: EAL must be up before connecting. */
+bool edg_sources_need_eal(const char *list);
 /*
  * Add the edges that hold any of the n digests (other than the asking edge),
  * at the address each advertised; one line on log for an edge that holds some

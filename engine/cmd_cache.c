@@ -614,9 +614,10 @@ enum { F_CACHE, F_FROM, F_ORIGIN, F_KEY, F_NAME, F_AS, F_JSON, F_TIMEOUT, F_COOR
 
 static const struct cli_opt fetch_opts[] = {
 	[F_CACHE] = { "cache", 0, "DIR", true, "the cache to fill (created if absent, with the service's chunk size)" },
-	[F_FROM] = { "from", 0, "tcp:HOST:PORT,...", false,
-		     "chunk services (handoff-engine serve) to fetch from, all at once" },
-	[F_ORIGIN] = { "origin", 0, "tcp:HOST:PORT", false,
+	[F_FROM] = { "from", 0, "LOC,...", false,
+		     "chunk services (handoff-engine serve) to fetch from, all at once: tcp:HOST:PORT, or "
+		     "dpdk:PORT[,peer=MAC] through a port of this process's own (EAL arguments before --)" },
+	[F_ORIGIN] = { "origin", 0, "LOC", false,
 		       "the image's own source: holds all of it, asked last for chunks others hold" },
 	[F_KEY] = { "key", 0, "FILE", true, "the key the services hold" },
 	[F_NAME] = { "name", 0, "NAME[,NAME...]", true, "the images to fetch (several: one fetch for all)" },
@@ -630,6 +631,7 @@ static const struct cli_opt fetch_opts[] = {
 
 #define FETCH_CONNECT_S 10.0
 #define FETCH_TIMEOUT_S 2.0
+#define FETCH_EAL_MB 512 /* a dpdk: source's packet buffers and rings, several sources */
 #define FETCH_LOG_S 5.0 /* progress lines when stderr is not a terminal */
 #define FETCH_IMAGES_MAX 16
 
@@ -690,7 +692,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 	uint64_t recipe_wire = 0;
 
 	if (!val[F_FROM] && !val[F_ORIGIN]) {
-		cli_error("%s: name the sources: --from tcp:HOST:PORT,... and/or --origin tcp:HOST:PORT", cmd->name);
+		cli_error("%s: name the sources: --from LOC,... and/or --origin LOC (tcp:HOST:PORT or dpdk:PORT)", cmd->name);
 		return 2;
 	}
 	if (val[F_TIMEOUT]) {
@@ -707,6 +709,10 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 		return 2;
 	}
 	if (cli_read_key(val[F_KEY], key))
+		return 1;
+	int socket;
+	if ((edg_sources_need_eal(val[F_FROM]) || edg_sources_need_eal(val[F_ORIGIN])) &&
+	    cli_eal_start(FETCH_EAL_MB, &socket))
 		return 1;
 	/* each image's recipe from the origin, else the first source named that has it */
 	struct edg_recipe rc[FETCH_IMAGES_MAX] = { { 0 } };
@@ -817,10 +823,11 @@ const struct cli_cmd cli_cmd_cache_fetch = {
 		   "chunks move to the others), each checked against its digest; then register\n"
 		   "it. With --coordinator, the edges that hold what is lacking are asked too.\n"
 		   "A fetch that fails registers nothing; the chunks that arrived stay.",
-	.usage = "--cache DIR --key FILE --name NAME[,NAME...] {--from tcp:HOST:PORT,... | --origin tcp:HOST:PORT} [--as NAME] "
+	.usage = "--cache DIR --key FILE --name NAME[,NAME...] {--from LOC,... | --origin LOC} [--as NAME] "
 		 "[--timeout SECONDS] [--json] [--coordinator URL --coordinator-auth FILE [--edge NAME]]",
 	.opts = fetch_opts,
 	.run = fetch_run,
+	.needs_eal = true,
 };
 
 enum { E_CACHE, E_NAME, E_OUT };
@@ -1034,7 +1041,7 @@ enum { FB_CACHE, FB_FROM, FB_KEY, FB_NAME, FB_OUT, FB_BOOT, FB_JSON };
 
 static const struct cli_opt fetch_base_opts[] = {
 	[FB_CACHE] = { "cache", 0, "DIR", true, "the cache to fill (created if absent)" },
-	[FB_FROM] = { "from", 0, "tcp:HOST:PORT", true, "the chunk service that holds the base" },
+	[FB_FROM] = { "from", 0, "tcp:HOST:PORT|dpdk:PORT", true, "the chunk service that holds the base" },
 	[FB_KEY] = { "key", 0, "FILE", true, "the key the service holds" },
 	[FB_NAME] = { "name", 0, "NAME", true, "the base's name (cache add-base --name)" },
 	[FB_OUT] = { "output", 'o', "BASEDIR", true, "where to write the base VM (absent or empty)" },
@@ -1160,6 +1167,9 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 
 	if (!base_name_ok(cmd->name, val[FB_NAME]) || !out_dir_free(cmd->name, val[FB_OUT], &exists))
 		return 2;
+	int socket;
+	if (!strncmp(val[FB_FROM], "dpdk:", 5) && cli_eal_start(FETCH_EAL_MB, &socket))
+		return 1;
 	/* everything goes into a directory beside BASEDIR, renamed into place when complete */
 	snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", val[FB_OUT]);
 	if (!mkdtemp(tmp)) {
@@ -1170,7 +1180,8 @@ static int fetch_base_run(const struct cli_cmd *cmd, const char *const *val)
 		rmdir(tmp);
 		return 1;
 	}
-	struct eng_conn *c = eng_conn_connect(val[FB_FROM], NULL, FETCH_CONNECT_S, err, sizeof(err));
+	struct eng_conn_bind bind = { .key = key }; /* dpdk: keys its own handshake with it too */
+	struct eng_conn *c = eng_conn_connect(val[FB_FROM], &bind, FETCH_CONNECT_S, err, sizeof(err));
 	struct edg_chan *ch = c ? edg_chan_client(c, key, FETCH_CONNECT_S, err, sizeof(err)) : NULL;
 	explicit_bzero(key, sizeof(key));
 	/* vm.json first: it names the rest */
@@ -1232,7 +1243,8 @@ const struct cli_cmd cli_cmd_cache_fetch_base = {
 		   "With --boot-only, only what the destination QEMU needs to start (vm.json, the\n"
 		   "kernel, the initramfs) and an empty disk of the base's size: receive --cache then\n"
 		   "takes the rest from the cache, or over the link.",
-	.usage = "--cache DIR --from tcp:HOST:PORT --key FILE --name NAME -o BASEDIR [--boot-only] [--json]",
+	.usage = "--cache DIR --from tcp:HOST:PORT|dpdk:PORT --key FILE --name NAME -o BASEDIR [--boot-only] [--json]",
 	.opts = fetch_base_opts,
 	.run = fetch_base_run,
+	.needs_eal = true,
 };

@@ -6,6 +6,7 @@
 #include "cli_coord.h"
 #include "conn.h"
 #include "handoff.h"
+#include "edge/multi.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,7 +195,7 @@ static const struct cli_opt receive_opts[] = {
 	[R_JSON] = { "json", 0, NULL, false, "print a JSON summary on stdout at the end" },
 	[R_TIMEOUT] = { "accept-timeout", 0, "SECONDS", false, "how long to wait for the source (default 600)" },
 	[R_RETRY] = { "retry-for", 0, "SECONDS", false, "if the link is cut, wait this long plus 30 s (the source may notice a cut only after 15 s of silence, or later when its kernel gives up) for the source to reconnect and resume (default 0: fail at once)" },
-	[R_FETCH_FROM] = { "fetch-from", 0, "tcp:HOST:PORT,...", false, "with --cache: before the stream, fetch what the cache lacks from these chunk services (handoff-engine serve) at once; the source sends what they do not deliver" },
+	[R_FETCH_FROM] = { "fetch-from", 0, "LOC,...", false, "with --cache: before the stream, fetch what the cache lacks from these chunk services (handoff-engine serve; tcp:HOST:PORT or dpdk:PORT) at once; the source sends what they do not deliver" },
 	[R_FETCH_KEY] = { "fetch-key", 0, "FILE", false, "the chunk services' key (default: --key)" },
 	[R_VM_NAME] = { "vm-name", 0, "NAME", false, "with --cache and --coordinator: once resumed, register the VM as running on this edge (it references its base's chunks until send --vm-name moves it on)" },
 	COORD_OPTS(R_COORD, R_AUTH, R_EDGE),
@@ -246,7 +247,7 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 	a.coord = cli_coord_open("receive", val[R_COORD], val[R_AUTH], val[R_EDGE],
 				 "going on without it: the source sends what this cache lacks", &missed);
 	int socket;
-	if (!strncmp(a.from, "dpdk:", 5) && cli_eal_start(512, &socket))
+	if ((!strncmp(a.from, "dpdk:", 5) || edg_sources_need_eal(a.fetch_from)) && cli_eal_start(512, &socket))
 		return 1;
 	int ret = eng_handoff_receive(&a, &summary, err, sizeof(err));
 	edg_coord_close(a.coord);

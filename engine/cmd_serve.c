@@ -3,8 +3,11 @@
  * from (edge/xfer.h over edge/chan.h). Long-running; SIGTERM or SIGINT stops
  * it cleanly: no new client is taken, the ones being served are cut off
  * (their fetches fail and keep what had arrived), the cache is closed. Up to
- * CLIENTS_MAX clients are served at once, a thread each: a destination
- * fetching from several edges, and several destinations, share a service.
+ * CLIENTS_MAX clients are served at once over tcp:, a thread each: a
+ * destination fetching from several edges, and several destinations, share a
+ * service. Over dpdk: the port carries one client at a time (conn.h), so
+ * clients are served in turn; each client reaches it through a port of its
+ * own, so the address is not told to the coordinator.
  */
 #include "cli.h"
 #include "cli_coord.h"
@@ -18,12 +21,14 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 enum { S_CACHE, S_LISTEN, S_KEY, S_ADVERTISE, S_COORD, S_AUTH, S_EDGE };
 
 static const struct cli_opt serve_opts[] = {
 	[S_CACHE] = { "cache", 0, "DIR", true, "the cache to serve" },
-	[S_LISTEN] = { "listen", 0, "tcp:ADDR:PORT", true, "where to take clients (PORT 0: any free port, printed)" },
+	[S_LISTEN] = { "listen", 0, "tcp:ADDR:PORT|dpdk:PORT", true,
+		       "where to take clients (tcp: PORT 0: any free port, printed; dpdk: a port given to EAL before --)" },
 	[S_KEY] = { "key", 0, "FILE", true, "the key clients must hold (handoff-engine keygen)" },
 	[S_ADVERTISE] = { "advertise", 0, "tcp:HOST:PORT", false,
 			  "where other edges reach this service, told to the coordinator (default: the listen "
@@ -34,6 +39,7 @@ static const struct cli_opt serve_opts[] = {
 
 #define HANDSHAKE_S 10.0
 #define CLIENTS_MAX 32 /* served at once; more wait in the listen queue */
+#define EAL_MB 256     /* a dpdk: port's packet buffers and rings */
 
 struct server;
 
@@ -48,6 +54,7 @@ struct client {
 };
 
 struct server {
+	struct eng_conn_listener *l;
 	pthread_mutex_t lock;
 	pthread_cond_t freed;
 	struct client clients[CLIENTS_MAX]; /* the ones being served, to cut off on a signal */
@@ -67,6 +74,7 @@ static void *signal_thread(void *arg)
 		return NULL;
 	sv->signo = sig;
 	atomic_store(&sv->stop, true);
+	eng_conn_listener_stop(sv->l);
 	pthread_mutex_lock(&sv->lock);
 	for (unsigned i = 0; i < CLIENTS_MAX; i++)
 		if (sv->clients[i].used && !atomic_load(&sv->clients[i].done))
@@ -88,8 +96,12 @@ static void *serve_one(void *arg)
 	struct edg_chan *ch = atomic_load(&sv->stop) ? NULL : edg_chan_server(cl->c, cl->key, HANDSHAKE_S, err, sizeof(err));
 	if (ch)
 		r = edg_serve_session(cl->s, ch, &st, err, sizeof(err));
-	if (r)
+	if (r && !ch)
 		fprintf(stderr, "serve: %s: %s\n", peer, atomic_load(&sv->stop) ? "cut off by the shutdown" : err);
+	else if (r) /* a fetch cuts off the copies it no longer needs: what was served still counts */
+		fprintf(stderr, "serve: %s: %s after %llu recipes, %llu chunks (%.1f MB sent)\n", peer,
+			atomic_load(&sv->stop) ? "cut off by the shutdown" : err, (unsigned long long)st.recipes,
+			(unsigned long long)st.chunks_sent, st.bytes_sent / 1e6);
 	else
 		fprintf(stderr, "serve: %s: %llu recipes, %llu chunks (%.1f MB, %.1f MB sent), %llu missing\n", peer,
 			(unsigned long long)st.recipes, (unsigned long long)st.chunks_sent, st.bytes_raw / 1e6,
@@ -180,27 +192,45 @@ static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 	char err[512];
 	struct server sv = { .lock = PTHREAD_MUTEX_INITIALIZER, .freed = PTHREAD_COND_INITIALIZER };
 	pthread_t sig_thread;
+	bool dpdk = !strncmp(val[S_LISTEN], "dpdk:", 5);
+	int socket;
 
+	if (dpdk && val[S_COORD]) {
+		cli_error("%s: a dpdk: service is not told to the coordinator (each client reaches it through a "
+			  "port of its own): name it in the client's --from, or serve tcp: for --coordinator",
+			  cmd->name);
+		return 2;
+	}
 	if (cli_read_key(val[S_KEY], key))
 		return 1;
-	/* the signals go to one thread, which can safely wake a blocked session */
+	/* the signals go to one thread, which can safely wake a blocked session (blocked before
+	 * EAL starts its own threads, which would otherwise take them and die) */
 	sigemptyset(&sv.sigs);
 	sigaddset(&sv.sigs, SIGTERM);
 	sigaddset(&sv.sigs, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &sv.sigs, NULL);
+	if (dpdk && cli_eal_start(EAL_MB, &socket))
+		return 1;
 	struct edg_store *s = edg_store_open(val[S_CACHE], false, 0, 0, err, sizeof(err));
 	if (!s) {
 		cli_error("%s: %s", cmd->name, err);
 		return 1;
 	}
-	struct eng_conn_listener *l = eng_conn_listen(val[S_LISTEN], err, sizeof(err));
+	/* dpdk: checks the key in its own handshake too: a peer without it does not hold the port */
+	struct eng_conn_bind bind = { .key = key };
+	struct eng_conn_listener *l = eng_conn_listen(val[S_LISTEN], &bind, err, sizeof(err));
 	if (!l) {
 		cli_error("%s: %s", cmd->name, err);
 		edg_store_close(s);
 		return 1;
 	}
-	fprintf(stderr, "serve: %s on port %d (%u-byte chunks)\n", val[S_CACHE], eng_conn_listener_port(l),
-		edg_store_chunk_size(s));
+	sv.l = l;
+	if (dpdk)
+		fprintf(stderr, "serve: %s on %s, one client at a time (%u-byte chunks)\n", val[S_CACHE],
+			val[S_LISTEN], edg_store_chunk_size(s));
+	else
+		fprintf(stderr, "serve: %s on port %d (%u-byte chunks)\n", val[S_CACHE], eng_conn_listener_port(l),
+			edg_store_chunk_size(s));
 	bool missed;
 	struct edg_coord *coord = cli_coord_open(cmd->name, val[S_COORD], val[S_AUTH], val[S_EDGE], NULL, &missed);
 	if (missed || (coord && advertise(coord, val[S_ADVERTISE], val[S_LISTEN], eng_conn_listener_port(l)))) {
@@ -209,7 +239,10 @@ static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 		edg_store_close(s);
 		return 1;
 	}
-	printf("%d\n", eng_conn_listener_port(l));
+	if (dpdk)
+		printf("%s\n", val[S_LISTEN]);
+	else
+		printf("%d\n", eng_conn_listener_port(l));
 	fflush(stdout);
 	if (pthread_create(&sig_thread, NULL, signal_thread, &sv)) {
 		cli_error("%s: cannot start the signal thread", cmd->name);
@@ -219,18 +252,26 @@ static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 		return 1;
 	}
 	unsigned clients = 0;
+	bool serial = eng_conn_listener_serial(l);
 	while (!atomic_load(&sv.stop)) {
 		bool timed_out;
-		struct eng_conn *c = eng_conn_listener_accept(l, 1.0, &timed_out, err, sizeof(err));
+		/* a serial (dpdk:) accept is woken by the signal thread; tcp: looks at the flag each second */
+		struct eng_conn *c = eng_conn_listener_accept(l, serial ? 3600 : 1.0, &timed_out, err, sizeof(err));
 		if (!c) {
-			if (!timed_out)
+			if (!timed_out) {
 				fprintf(stderr, "serve: %s\n", err);
+				usleep(100000); /* a fault that repeats at once does not flood the log */
+			}
 			continue;
 		}
 		clients++;
 		if (start_client(&sv, s, c, key)) {
 			fprintf(stderr, "serve: %s: no thread to serve it\n", eng_conn_peer(c));
 			eng_conn_close(c);
+		} else if (serial) { /* the port is this client's until it is closed */
+			pthread_mutex_lock(&sv.lock);
+			reap(&sv, true);
+			pthread_mutex_unlock(&sv.lock);
 		}
 	}
 	pthread_mutex_lock(&sv.lock);
@@ -253,10 +294,12 @@ const struct cli_cmd cli_cmd_serve = {
 		   "chunks they lack (handoff-engine cache fetch). Sessions are sealed with keys\n"
 		   "fresh to each session, derived from --key and both ends' random values.\n"
 		   "Prints the port on stdout; one line per client on stderr; up to 32 clients\n"
-		   "at once. With --coordinator it says where it serves, so destinations that ask\n"
-		   "the coordinator who holds a chunk can fetch from here (cache fetch, receive).\n"
-		   "SIGTERM or SIGINT stops it cleanly (and withdraws the address).",
-	.usage = "--cache DIR --listen tcp:ADDR:PORT --key FILE [--coordinator URL --coordinator-auth FILE [--edge NAME] [--advertise tcp:HOST:PORT]]",
+		   "at once over tcp:, one at a time over dpdk: (EAL arguments before --, as for\n"
+		   "receive). With --coordinator (tcp: only) it says where it serves, so destinations\n"
+		   "that ask the coordinator who holds a chunk can fetch from here (cache fetch,\n"
+		   "receive). SIGTERM or SIGINT stops it cleanly (and withdraws the address).",
+	.usage = "--cache DIR --listen tcp:ADDR:PORT|dpdk:PORT --key FILE [--coordinator URL --coordinator-auth FILE [--edge NAME] [--advertise tcp:HOST:PORT]]",
 	.opts = serve_opts,
 	.run = serve_run,
+	.needs_eal = true,
 };

@@ -7,6 +7,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,16 +142,49 @@ struct eng_conn *eng_conn_accept(const char *loc, const struct eng_conn_bind *b,
 }
 
 struct eng_conn_listener {
-	struct eng_tcp_listener *tcp;
+	struct eng_tcp_listener *tcp; /* tcp: */
+	bool dpdk;                    /* dpdk: the port itself, one client at a time */
+	struct dio_loc dl;
+	struct dio_bind db;
+	uint8_t key[32];
+	atomic_bool stop;
 };
 
-struct eng_conn_listener *eng_conn_listen(const char *loc, char *err, size_t errlen)
+static struct eng_conn_listener *listen_dpdk(const char *loc, const struct eng_conn_bind *b, char *err,
+					     size_t errlen)
+{
+	struct eng_conn_listener *l = calloc(1, sizeof(*l));
+	uint16_t id;
+
+	if (!l) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	/* a port EAL does not know fails here, once, not at every accept */
+	if (dio_parse(loc, &l->dl, err, errlen) || dio_port_find(l->dl.port, &id, err, errlen)) {
+		free(l);
+		return NULL;
+	}
+	l->dpdk = true;
+	if (b && b->key) {
+		memcpy(l->key, b->key, sizeof(l->key));
+		l->db.key = l->key;
+	}
+	if (b)
+		memcpy(l->db.base_id, b->base_id, sizeof(l->db.base_id));
+	l->db.cancel = &l->stop;
+	return l;
+}
+
+struct eng_conn_listener *eng_conn_listen(const char *loc, const struct eng_conn_bind *b, char *err, size_t errlen)
 {
 	char host[256], port[32];
 	struct eng_conn_listener *l;
 
+	if (!strncmp(loc, "dpdk:", 5))
+		return listen_dpdk(loc, b, err, errlen);
 	if (strncmp(loc, "tcp:", 4)) {
-		snprintf(err, errlen, "'%s': a service listens on tcp:ADDR:PORT (dpdk: not yet)", loc);
+		snprintf(err, errlen, "'%s': a service listens on tcp:ADDR:PORT or dpdk:PORT", loc);
 		return NULL;
 	}
 	/* port 0 (any free one) is for listeners only, which eng_tcp_parse does not know */
@@ -183,26 +217,46 @@ struct eng_conn *eng_conn_listener_accept(struct eng_conn_listener *l, double ti
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	c->ops = &tcp_ops;
 	err[0] = 0;
-	if (!(c->t = eng_tcp_listener_accept(l->tcp, timeout_s, err, errlen))) {
-		*timed_out = !strncmp(err, "no connection", 13);
+	if (l->dpdk) {
+		c->ops = &dpdk_ops;
+		if (!atomic_load(&l->stop))
+			c->t = dio_accept(&l->dl, &l->db, timeout_s, err, errlen);
+		*timed_out = !c->t && (atomic_load(&l->stop) || errno == ETIMEDOUT || errno == ECANCELED);
+	} else {
+		c->ops = &tcp_ops;
+		c->t = eng_tcp_listener_accept(l->tcp, timeout_s, err, errlen);
+		*timed_out = !c->t && !strncmp(err, "no connection", 13);
+	}
+	if (!c->t) {
 		free(c);
 		return NULL;
 	}
 	return c;
 }
 
+bool eng_conn_listener_serial(const struct eng_conn_listener *l)
+{
+	return l->dpdk;
+}
+
+void eng_conn_listener_stop(struct eng_conn_listener *l)
+{
+	atomic_store(&l->stop, true);
+}
+
 int eng_conn_listener_port(const struct eng_conn_listener *l)
 {
-	return eng_tcp_listener_port(l->tcp);
+	return l->dpdk ? -1 : eng_tcp_listener_port(l->tcp);
 }
 
 void eng_conn_listener_close(struct eng_conn_listener *l)
 {
 	if (!l)
 		return;
-	eng_tcp_listener_close(l->tcp);
+	if (l->tcp)
+		eng_tcp_listener_close(l->tcp);
+	explicit_bzero(l->key, sizeof(l->key));
 	free(l);
 }
 

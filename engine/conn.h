@@ -46,14 +46,21 @@ struct eng_conn *eng_conn_accept(const char *loc, const struct eng_conn_bind *b,
 				 char *err, size_t errlen);
 
 /*
- * A service's side: listen once on tcp:ADDR:PORT (PORT 0 picks one) and take
- * connections one after another. accept returns NULL with *timed_out set when
- * no client came within timeout_s (then the listener stays usable).
+ * A service's side: listen once and take connections one after another.
+ * tcp:ADDR:PORT (PORT 0 picks one) takes clients while earlier ones are
+ * served; dpdk:PORT is one connection on the port at a time (serial: accept
+ * again once the last one is closed), keyed by b like eng_conn_accept. accept
+ * returns NULL with *timed_out set when no client came within timeout_s, or
+ * the listener was stopped (then the listener stays usable to close).
  */
 struct eng_conn_listener;
-struct eng_conn_listener *eng_conn_listen(const char *loc, char *err, size_t errlen);
+struct eng_conn_listener *eng_conn_listen(const char *loc, const struct eng_conn_bind *b, char *err, size_t errlen);
 struct eng_conn *eng_conn_listener_accept(struct eng_conn_listener *l, double timeout_s, bool *timed_out,
 					  char *err, size_t errlen);
+bool eng_conn_listener_serial(const struct eng_conn_listener *l);
+/* Any thread: a dpdk: accept under way returns now, and later ones at once (tcp: accepts end by their timeout). */
+void eng_conn_listener_stop(struct eng_conn_listener *l);
+/* The tcp: port taken; -1 for dpdk:. */
 int eng_conn_listener_port(const struct eng_conn_listener *l);
 void eng_conn_listener_close(struct eng_conn_listener *l);
 

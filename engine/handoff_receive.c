@@ -329,7 +329,7 @@ static void set_conn(struct dst *d, struct eng_conn *c)
 /* tcp with --retry-for: one listener for the whole handoff (rejoin.h) */
 static int open_rejoinable(struct dst *d, char *err, size_t errlen)
 {
-	struct eng_conn_listener *l = eng_conn_listen(d->a->from, err, errlen);
+	struct eng_conn_listener *l = eng_conn_listen(d->a->from, NULL, err, errlen);
 	bool timed_out;
 	int ret;
 

@@ -113,7 +113,7 @@ int main(int argc, char **argv)
 	}
 	uint32_t mtu = (uint32_t)strtoul(argv[3], NULL, 10);
 	double seconds = strtod(argv[4], NULL);
-	if (dio_port_open(&port, argv[2], mtu, 20, err, sizeof(err))) {
+	if (dio_port_open(&port, argv[2], mtu, 20, NULL, err, sizeof(err))) {
 		fprintf(stderr, "pmd-ceiling: %s\n", err);
 		return 1;
 	}

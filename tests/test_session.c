@@ -153,7 +153,7 @@ static void test_rejoin(void **state)
 	test_fill_random(other, sizeof(other));
 	test_fill_random(handoff, sizeof(handoff));
 	snprintf(loc, sizeof(loc), "tcp:127.0.0.1:%u", 20000 + (unsigned)(test_rand() % 12000));
-	struct eng_conn_listener *l = eng_conn_listen(loc, err, sizeof(err));
+	struct eng_conn_listener *l = eng_conn_listen(loc, NULL, err, sizeof(err));
 	assert_non_null(l);
 	struct eng_rejoin_args ra = { .key = key, .retire = count_retire, .ctx = &retired };
 	assert_int_equal(eng_rejoin_start(&r, l, &ra, err, sizeof(err)), 0);

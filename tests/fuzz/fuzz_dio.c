@@ -49,7 +49,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	char *eal[] = { "fuzz_dio", "-l", "0", "--no-huge", "--no-pci", "-m", "128", "--no-telemetry",
 			"--no-shconf", "--vdev", "net_null0", "--file-prefix", prefix, "--log-level", "1" };
 	if (rte_eal_init((int)(sizeof(eal) / sizeof(eal[0])), eal) < 0 ||
-	    dio_port_open(&port0, "net_null0", 0, 5, err, sizeof(err))) {
+	    dio_port_open(&port0, "net_null0", 0, 5, NULL, err, sizeof(err))) {
 		fprintf(stderr, "fuzz_dio: cannot set up EAL and net_null0: %s\n", err);
 		abort();
 	}
