@@ -1314,10 +1314,12 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	struct dio_conn *c = calloc(1, sizeof(*c));
 	if (!c) {
 		snprintf(err, errlen, "out of memory");
+		errno = ENOMEM;
 		return NULL;
 	}
 	if (conn_init(c, loc, b, listener, err, errlen)) {
 		free(c);
+		errno = EIO;
 		return NULL;
 	}
 	int why = EIO, r = dio_port_open(&c->port, loc->port, loc->mtu, timeout_s > 0 ? timeout_s : 1, b->cancel, err, errlen);

@@ -11,9 +11,12 @@
 #include "coord.h"
 #include "codecs/codecs.h"
 #include "engine/errbuf.h"
+#include "engine/tcp.h"
+#include "dpdk_io/dio.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +60,7 @@ struct job {
 	uint64_t dup_bytes;
 	int fatal;
 	bool stop;                /* the deadline passed: hand out nothing more */
+	atomic_bool ended;        /* every chunk in: a dpdk: connect under way gives up */
 	char *err;
 	size_t errlen;
 	pthread_mutex_t lock;
@@ -474,7 +478,7 @@ static void *worker_main(void *arg)
 		wk->p->conn = NULL;
 		wk->p->chan = NULL;
 	} else {
-		struct eng_conn_bind bind = { .key = j->key };
+		struct eng_conn_bind bind = { .key = j->key, .cancel = &j->ended };
 		struct eng_conn *c = eng_conn_connect(wk->p->loc, &bind, EDG_CONNECT_S, err, sizeof(err));
 		pthread_mutex_lock(&j->lock); /* the fetch's end shuts it (under the lock) to wake a wait */
 		wk->c = c;
@@ -681,6 +685,8 @@ int edg_fetch_set(struct edg_store *s, struct edg_peer *peers, unsigned npeers, 
 	 * for; one in the request loop with nothing in flight ends by itself, saying goodbye
 	 * (shutting it would cut that off: dpdk: aborts at once, the goodbye unread) */
 	pthread_mutex_lock(&j.lock);
+	if (j.done + j.lost == j.nw || j.fatal)
+		atomic_store(&j.ended, true);
 	for (unsigned k = 0; k < started && (j.done + j.lost == j.nw || j.fatal); k++)
 		if (wk[k].c && (wk[k].fn || !wk[k].fetching || j.fatal))
 			eng_conn_shutdown(wk[k].c, SHUT_RDWR);
@@ -778,10 +784,36 @@ int edg_fetch_multi(struct edg_store *s, struct edg_peer *peers, unsigned npeers
 
 /* ---- sources -------------------------------------------------------------------- */
 
+/*
+ * Which part of each recipe peer k sends, of *parts: the origin's link is the one to spare, so
+ * with other peers it sends the header alone (part == parts). Dealt over every peer named,
+ * reachable or not: a share that does not come is asked of the peer that names the recipe.
+ */
+static uint32_t dealt_share(const struct edg_peer *p, unsigned n, unsigned k, uint32_t *parts)
+{
+	uint32_t others = 0, at = 0;
+
+	for (unsigned q = 0; q < n; q++)
+		others += !p[q].origin;
+	if (!others) { /* origins alone: every one sends a part */
+		*parts = n;
+		return k;
+	}
+	*parts = others;
+	if (p[k].origin)
+		return others;
+	for (unsigned q = 0; q < k; q++)
+		at += !p[q].origin;
+	return at;
+}
+
 struct connector {
 	struct edg_peer *p;
 	const uint8_t *key;
 	double timeout_s;
+	const char *const *names;
+	unsigned nimg;
+	uint32_t share, parts;
 	pthread_t th;
 	bool started;
 };
@@ -790,11 +822,21 @@ static void *connect_main(void *arg)
 {
 	struct connector *cn = arg;
 	char err[256];
-
 	struct eng_conn_bind bind = { .key = cn->key }; /* dpdk: keys its own handshake with it too */
+	struct edg_chan *ch = NULL;
 
 	cn->p->conn = eng_conn_connect(cn->p->loc, &bind, cn->timeout_s, err, sizeof(err));
-	cn->p->chan = cn->p->conn ? edg_chan_client(cn->p->conn, cn->key, cn->timeout_s, err, sizeof(err)) : NULL;
+	if (cn->p->conn)
+		ch = edg_chan_client_start(cn->p->conn, cn->key, err, sizeof(err));
+	bool asked = true;
+	for (unsigned i = 0; i < cn->nimg && ch && asked; i++) /* sent with the hello */
+		asked = !edg_ask_recipe_part(ch, cn->names[i], cn->share, cn->parts, err, sizeof(err));
+	if (ch && (!asked || edg_chan_client_finish(ch, cn->key, cn->timeout_s, err, sizeof(err)))) {
+		edg_chan_free(ch);
+		ch = NULL;
+	}
+	cn->p->chan = ch;
+	cn->p->recipes_asked = ch && cn->nimg;
 	if (cn->p->conn && !cn->p->chan) {
 		eng_conn_close(cn->p->conn);
 		cn->p->conn = NULL;
@@ -804,7 +846,8 @@ static void *connect_main(void *arg)
 	return NULL;
 }
 
-void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s)
+void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s,
+			 const char *const *names, unsigned nimg)
 {
 	struct connector cn[EDG_PEERS_MAX];
 	bool origin = false;
@@ -814,9 +857,10 @@ void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], 
 
 	for (unsigned k = 0; k < n && k < EDG_PEERS_MAX; k++) {
 		/* the source that names the recipes (the origin, else the first) gets the whole wait */
-		bool names = origin ? p[k].origin : k == 0;
-		cn[k] = (struct connector){ .p = &p[k], .key = key,
-					    .timeout_s = names || timeout_s < EDG_CONNECT_S ? timeout_s : EDG_CONNECT_S };
+		bool first = origin ? p[k].origin : k == 0;
+		cn[k] = (struct connector){ .p = &p[k], .key = key, .names = names, .nimg = nimg,
+					    .timeout_s = first || timeout_s < EDG_CONNECT_S ? timeout_s : EDG_CONNECT_S };
+		cn[k].share = dealt_share(p, n, k, &cn[k].parts);
 		if (p[k].chan)
 			continue;
 		cn[k].started = !pthread_create(&cn[k].th, NULL, connect_main, &cn[k]);
@@ -826,6 +870,54 @@ void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], 
 	for (unsigned k = 0; k < n && k < EDG_PEERS_MAX; k++)
 		if (cn[k].started)
 			pthread_join(cn[k].th, NULL);
+}
+
+/*
+ * A chunk source's location, checked before anything connects: tcp:HOST:PORT,
+ * or dpdk:PORT[,...] on a port no other source uses (one connection owns a
+ * port; the same port named twice would have two I/O threads on one queue).
+ */
+static int location_check(const struct edg_sources *src, const char *loc, char *err, size_t errlen)
+{
+	char host[256], port[32], e[256];
+	struct dio_loc dl;
+
+	if (!strncmp(loc, "tcp:", 4)) {
+		if (eng_tcp_parse(loc, host, sizeof(host), port, sizeof(port), e, sizeof(e))) {
+			eng_set_err(err, errlen, "chunk source '%s': %s", loc, e);
+			return -1;
+		}
+		return 0;
+	}
+	if (strncmp(loc, "dpdk:", 5)) {
+		eng_set_err(err, errlen, "a chunk source is tcp:HOST:PORT or dpdk:PORT[,...], not '%s'", loc);
+		return -1;
+	}
+	if (dio_parse(loc, &dl, e, sizeof(e))) {
+		eng_set_err(err, errlen, "chunk source '%s': %s", loc, e);
+		return -1;
+	}
+	int k = edg_sources_port_user(src, loc);
+	if (k >= 0) {
+		eng_set_err(err, errlen, "chunk sources '%s' and '%s' share DPDK port %s: each needs a port of its own",
+			    src->loc[k], loc, dl.port);
+		return -1;
+	}
+	return 0;
+}
+
+int edg_sources_port_user(const struct edg_sources *src, const char *loc)
+{
+	struct dio_loc dl, other;
+	char e[256];
+
+	if (strncmp(loc, "dpdk:", 5) || dio_parse(loc, &dl, e, sizeof(e)))
+		return -1;
+	for (unsigned k = 0; k < src->n; k++)
+		if (!strncmp(src->loc[k], "dpdk:", 5) && !dio_parse(src->loc[k], &other, e, sizeof(e)) &&
+		    !strcmp(other.port, dl.port))
+			return (int)k;
+	return -1;
 }
 
 static int add_one(struct edg_sources *src, const char *loc, size_t len, const char *name, bool origin, char *err,
@@ -841,12 +933,9 @@ static int add_one(struct edg_sources *src, const char *loc, size_t len, const c
 		return -1;
 	}
 	snprintf(src->loc[src->n], sizeof(src->loc[0]), "%.*s", (int)len, loc);
-	bool dpdk = !strncmp(src->loc[src->n], "dpdk:", 5);
-	if (!dpdk && (strncmp(src->loc[src->n], "tcp:", 4) || !strchr(src->loc[src->n] + 4, ':'))) {
-		eng_set_err(err, errlen, "a chunk source is tcp:HOST:PORT or dpdk:PORT[,...], not '%s'",
-			    src->loc[src->n]);
+	if (location_check(src, src->loc[src->n], err, errlen))
 		return -1;
-	}
+	bool dpdk = !strncmp(src->loc[src->n], "dpdk:", 5);
 	snprintf(src->name[src->n], sizeof(src->name[0]), "%s", name ? name : src->loc[src->n] + (dpdk ? 0 : 4));
 	src->p[src->n] = (struct edg_peer){ .loc = src->loc[src->n], .name = src->name[src->n], .origin = origin };
 	src->n++;
@@ -884,8 +973,8 @@ static int recipe_share(struct edg_peer *p, struct edg_recipe *rc, uint32_t q, u
 unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *names, unsigned nimg,
 			     struct edg_recipe *rc, double timeout_s, uint64_t *wire, char *err, size_t errlen)
 {
-	unsigned live[EDG_PEERS_MAX], m = 0, parts = 0, got = 0;
-	uint32_t share[EDG_PEERS_MAX];  /* of live peer q: its part, or parts for the header alone */
+	unsigned live[EDG_PEERS_MAX], m = 0, got = 0;
+	uint32_t share[EDG_PEERS_MAX], parts = 0; /* of live peer q: its part, or parts for the header alone */
 	int ref[nimg ? nimg : 1];       /* the peer whose header names image i's recipe */
 	bool have[nimg ? nimg : 1][EDG_PEERS_MAX]; /* image i's part arrived */
 	char e[512];
@@ -896,21 +985,12 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 		else if (p[k].error[0])
 			first_reason(err, errlen, &p[k], p[k].error);
 	}
-	/* the origin's link is the one to spare: with other sources it sends the header alone */
 	for (unsigned q = 0; q < m; q++)
-		parts += !p[live[q]].origin;
-	bool origin_shares = !parts;
-	for (unsigned q = 0, at = 0; q < m; q++)
-		share[q] = origin_shares || !p[live[q]].origin ? at++ : UINT32_MAX;
-	if (origin_shares)
-		parts = m;
-	for (unsigned q = 0; q < m; q++)
-		if (share[q] == UINT32_MAX)
-			share[q] = parts;
+		share[q] = dealt_share(p, n, live[q], &parts);
 	memset(have, 0, sizeof(have));
-	/* every request first: one round trip for all the shares */
+	/* every request first (unless asked with the hello): one round trip for all the shares */
 	for (unsigned q = 0; q < m; q++)
-		for (unsigned i = 0; i < nimg && p[live[q]].chan; i++)
+		for (unsigned i = 0; i < nimg && p[live[q]].chan && !p[live[q]].recipes_asked; i++)
 			if (edg_ask_recipe_part(p[live[q]].chan, names[i], share[q], parts, e, sizeof(e))) {
 				first_reason(err, errlen, &p[live[q]], e);
 				drop_channel(&p[live[q]]);
@@ -981,20 +1061,24 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 	return got;
 }
 
-/* The length of the location at p: up to the comma before the next tcp: or dpdk: (a dpdk: location's
- * own options, ",peer=...", have commas too). */
+/* The length of the location at p: up to its first comma, but a dpdk: location
+ * keeps the options that follow it (",peer=MAC,mtu=N,drop=F"). */
 static size_t location_len(const char *p)
 {
-	for (const char *c = strchr(p, ','); c; c = strchr(c + 1, ','))
-		if (!strncmp(c + 1, "tcp:", 4) || !strncmp(c + 1, "dpdk:", 5))
-			return (size_t)(c - p);
-	return strlen(p);
+	size_t l = strcspn(p, ",");
+
+	if (strncmp(p, "dpdk:", 5))
+		return l;
+	while (p[l] == ',' && (!strncmp(p + l + 1, "peer=", 5) || !strncmp(p + l + 1, "mtu=", 4) ||
+			       !strncmp(p + l + 1, "drop=", 5)))
+		l += 1 + strcspn(p + l + 1, ",");
+	return l;
 }
 
 int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char *err, size_t errlen)
 {
 	for (const char *p = list; *p;) {
-		size_t l = *p == ',' ? 0 : location_len(p);
+		size_t l = location_len(p);
 		if (l && add_one(src, p, l, NULL, origin, err, errlen))
 			return -1;
 		p += l + (p[l] == ',');
@@ -1004,7 +1088,13 @@ int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char
 
 bool edg_sources_need_eal(const char *list)
 {
-	return list && strstr(list, "dpdk:");
+	for (const char *p = list; p && *p;) {
+		size_t l = location_len(p);
+		if (!strncmp(p, "dpdk:", 5))
+			return true;
+		p += l + (p[l] == ',');
+	}
+	return false;
 }
 
 int edg_sources_ask_coordinator(struct edg_sources *src, struct edg_coord *c, const uint8_t *digests, uint64_t n,
@@ -1020,6 +1110,12 @@ int edg_sources_ask_coordinator(struct edg_sources *src, struct edg_coord *c, co
 			if (log)
 				fprintf(log, "edge %s holds %llu of the chunks, but: %s\n", h.edge[k],
 					(unsigned long long)h.chunks[k], e);
+			continue;
+		}
+		if (strncmp(loc, "tcp:", 4)) { /* a dpdk: port means nothing on another host */
+			if (log)
+				fprintf(log, "edge %s holds %llu of the chunks, but serves at '%s', not tcp:\n", h.edge[k],
+					(unsigned long long)h.chunks[k], loc);
 			continue;
 		}
 		if (add_one(src, loc, strlen(loc), h.edge[k], false, err, errlen))

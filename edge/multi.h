@@ -22,7 +22,7 @@
 #define EDG_PEERS_MAX 16
 
 struct edg_peer {
-	const char *loc;       /* tcp:HOST:PORT */
+	const char *loc;       /* tcp:HOST:PORT or dpdk:PORT[,...] */
 	const char *name;      /* for progress and reports */
 	bool origin;           /* the image's source: last for chunks others hold */
 	/* a channel already open to the service (edg_sources_connect), or NULL:
@@ -31,6 +31,7 @@ struct edg_peer {
 	struct eng_conn *conn;
 	struct edg_chan *chan;
 	bool holds_all;        /* the recipes came from it: not asked what it holds */
+	bool recipes_asked;    /* its shares were asked with its hello (edg_sources_connect) */
 	/* filled in by the fetch */
 	uint64_t held;         /* wanted chunks it said it holds */
 	double answer_s;       /* seconds after the fetch began: it said what it holds */
@@ -87,10 +88,14 @@ struct edg_sources {
  * Open a sealed channel to each of the n peers at once (p[k].conn and .chan),
  * so that connecting overlaps the recipes' transfer: the origin within
  * timeout_s, the others within EDG_CONNECT_S (one dead source holds the
- * rest up no longer). A peer that cannot be reached is left without, its
- * reason in p[k].error (the fetch tries again and reports it).
+ * rest up no longer). With names (nimg of them), each peer's share of every
+ * recipe (as edg_sources_recipes deals them) is asked with its hello, as early
+ * requests (chan.h): the shares start one round trip sooner. A peer that
+ * cannot be reached is left without, its reason in p[k].error (the fetch
+ * tries again and reports it).
  */
-void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s);
+void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s,
+			 const char *const *names, unsigned nimg);
 #define EDG_CONNECT_S 2.0 /* the longest a source other than the origin may take to connect and key */
 /*
  * The recipes of names[0..nimg) into rc[] (each digests NULL before), in
@@ -115,6 +120,8 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 int edg_sources_add(struct edg_sources *src, const char *list, bool origin, char *err, size_t errlen);
 /* The list names a dpdk: source: EAL must be up before connecting. */
 bool edg_sources_need_eal(const char *list);
+/* The source on the same DPDK port as dpdk: location loc (by the name given), or -1. */
+int edg_sources_port_user(const struct edg_sources *src, const char *loc);
 /*
  * Add the edges that hold any of the n digests (other than the asking edge),
  * at the address each advertised; one line on log for an edge that holds some

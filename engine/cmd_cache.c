@@ -747,7 +747,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 	double t0 = mono_s(), recipe_s;
 	/* every source at once, then each image's recipe in shares from all of them; the
 	 * origin's (else the first source's that has it) names it */
-	edg_sources_connect(src.p, src.n, key, FETCH_CONNECT_S);
+	edg_sources_connect(src.p, src.n, key, FETCH_CONNECT_S, want, nimg);
 	got = edg_sources_recipes(src.p, src.n, want, nimg, rc, timeout, &recipe_wire, err, sizeof(err));
 	recipe_s = mono_s() - t0;
 	if (got == nimg) {

@@ -242,6 +242,19 @@ static int receive_run(const struct cli_cmd *cmd, const char *const *val)
 		return 2;
 	a.fetch_key = val[R_FETCH_KEY] ? fetch_key : NULL;
 	a.fetch_from = val[R_FETCH_FROM];
+	if (a.fetch_from) { /* every source well-formed, none on the handoff's own DPDK port, before anything starts */
+		struct edg_sources *t = calloc(1, sizeof(*t));
+		int k = -1;
+		if (!t || edg_sources_add(t, a.fetch_from, false, err, sizeof(err)) ||
+		    (k = edg_sources_port_user(t, a.from)) >= 0) {
+			if (k >= 0)
+				snprintf(err, sizeof(err), "%.200s: the handoff itself uses that DPDK port", t->loc[k]);
+			cli_error("receive: --fetch-from: %s", t ? err : "out of memory");
+			free(t);
+			return 2;
+		}
+		free(t);
+	}
 	bool missed;
 	/* without it the handoff still completes: the source sends what the cache lacks */
 	a.coord = cli_coord_open("receive", val[R_COORD], val[R_AUTH], val[R_EDGE],

@@ -174,7 +174,7 @@ static int advertise(struct edg_coord *coord, const char *loc, const char *liste
 		snprintf(where, sizeof(where), "%.*s:%d", n, listen, port);
 		loc = where;
 	}
-	if (!eng_conn_is_remote(loc)) {
+	if (strncmp(loc, "tcp:", 4)) { /* a dpdk: port means nothing on another host */
 		cli_error("serve: --advertise wants tcp:HOST:PORT, not '%s'", loc);
 		return -1;
 	}
@@ -251,7 +251,7 @@ static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 		edg_store_close(s);
 		return 1;
 	}
-	unsigned clients = 0;
+	unsigned clients = 0, backoff_ms = 0;
 	bool serial = eng_conn_listener_serial(l);
 	while (!atomic_load(&sv.stop)) {
 		bool timed_out;
@@ -260,10 +260,14 @@ static int serve_run(const struct cli_cmd *cmd, const char *const *val)
 		if (!c) {
 			if (!timed_out) {
 				fprintf(stderr, "serve: %s\n", err);
-				usleep(100000); /* a fault that repeats at once does not flood the log */
+				/* a fault that repeats at once does not flood the log: 0.1 s, doubling up to 5 s */
+				backoff_ms = backoff_ms ? (backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2) : 100;
+				for (unsigned t = 0; t < backoff_ms && !atomic_load(&sv.stop); t += 50)
+					usleep(50000);
 			}
 			continue;
 		}
+		backoff_ms = 0;
 		clients++;
 		if (start_client(&sv, s, c, key)) {
 			fprintf(stderr, "serve: %s: no thread to serve it\n", eng_conn_peer(c));
@@ -293,11 +297,12 @@ const struct cli_cmd cli_cmd_serve = {
 	.summary = "Serve a chunk cache to other edges: they fetch an image's recipe and the\n"
 		   "chunks they lack (handoff-engine cache fetch). Sessions are sealed with keys\n"
 		   "fresh to each session, derived from --key and both ends' random values.\n"
-		   "Prints the port on stdout; one line per client on stderr; up to 32 clients\n"
-		   "at once over tcp:, one at a time over dpdk: (EAL arguments before --, as for\n"
-		   "receive). With --coordinator (tcp: only) it says where it serves, so destinations\n"
-		   "that ask the coordinator who holds a chunk can fetch from here (cache fetch,\n"
-		   "receive). SIGTERM or SIGINT stops it cleanly (and withdraws the address).",
+		   "Prints the port (tcp:) or the location (dpdk:) on stdout; one line per client\n"
+		   "on stderr; up to 32 clients at once over tcp:, one at a time over dpdk: (EAL\n"
+		   "arguments before --, as for receive). With --coordinator (tcp: only) it says\n"
+		   "where it serves, so destinations that ask the coordinator who holds a chunk can\n"
+		   "fetch from here (cache fetch, receive). SIGTERM or SIGINT stops it cleanly (and\n"
+		   "withdraws the address).",
 	.usage = "--cache DIR --listen tcp:ADDR:PORT|dpdk:PORT --key FILE [--coordinator URL --coordinator-auth FILE [--edge NAME] [--advertise tcp:HOST:PORT]]",
 	.opts = serve_opts,
 	.run = serve_run,

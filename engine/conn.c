@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "dpdk_io/dio.h"
+#include "dpdk_io/port.h"
 #include "tcp.h"
 
 struct conn_ops {
@@ -112,7 +113,7 @@ static struct eng_conn *open_conn(const char *loc, const struct eng_conn_bind *b
 				      : eng_tcp_connect(host, port, timeout_s, err, errlen);
 	} else if (!strncmp(loc, "dpdk:", 5)) {
 		struct dio_loc dl;
-		struct dio_bind db = { .key = b ? b->key : NULL };
+		struct dio_bind db = { .key = b ? b->key : NULL, .cancel = b ? b->cancel : NULL };
 		c->ops = &dpdk_ops;
 		if (b)
 			memcpy(db.base_id, b->base_id, sizeof(db.base_id));

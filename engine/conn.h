@@ -11,6 +11,7 @@
 #ifndef HANDOFF_CONN_H
 #define HANDOFF_CONN_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,6 +35,7 @@ bool eng_conn_is_remote(const char *loc);
 struct eng_conn_bind {
 	const uint8_t *key;
 	uint8_t base_id[32];
+	const atomic_bool *cancel; /* NULL, or set to stop a dpdk: wait for the peer (tcp: ends by its timeout) */
 };
 
 struct eng_conn;
