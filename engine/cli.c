@@ -304,7 +304,30 @@ bool cli_dpdk_has_node(int node)
 	return dpdk_has_socket(node);
 }
 
+/* Writes what f holds to stderr (what other threads printed while EAL's output was held). */
+static void replay(FILE *f)
+{
+	char buf[4096];
+	size_t n;
+
+	fflush(f);
+	rewind(f);
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+		if (fwrite(buf, 1, n, stderr) != n)
+			break;
+}
+
 int cli_eal_start(unsigned mem_mb, int *socket)
+{
+	char err[1024];
+
+	if (!cli_eal_start_quiet(mem_mb, socket, err, sizeof(err)))
+		return 0;
+	cli_error("%s", err);
+	return -1;
+}
+
+int cli_eal_start_quiet(unsigned mem_mb, int *socket, char *err, size_t errlen)
 {
 	char lcores[256], mem[32], prefix[64], *argv[64];
 	char *logbuf = NULL;
@@ -339,10 +362,17 @@ int cli_eal_start(unsigned mem_mb, int *socket)
 		rte_log_set_global_level(RTE_LOG_NOTICE);
 	fflush(stdout);
 	fflush(stderr);
-	int saved_stdout = dup(1), saved_stderr = dup(2), devnull = open("/dev/null", O_WRONLY);
-	if (devnull >= 0) {
-		dup2(devnull, 1);
-		dup2(devnull, 2);
+	/*
+	 * Held, not dropped: a usage text on bad arguments is noise beside our one
+	 * line, but another thread of ours (send prepares while EAL starts) may
+	 * print meanwhile, and that comes out after.
+	 */
+	FILE *held = tmpfile();
+	int saved_stdout = dup(1), saved_stderr = dup(2), devnull = held ? -1 : open("/dev/null", O_WRONLY);
+	int sink = held ? fileno(held) : devnull;
+	if (sink >= 0) {
+		dup2(sink, 1);
+		dup2(sink, 2);
 	}
 	int ret = rte_eal_init(argc, argv);
 	int eal_errno = rte_errno;
@@ -373,10 +403,16 @@ int cli_eal_start(unsigned mem_mb, int *socket)
 			if (why && !strncmp(why, "EAL: ", 5))
 				why += 5;
 		}
-		cli_error("DPDK EAL initialisation failed (%s)%s%s; check the EAL arguments before --",
-			  rte_strerror(eal_errno), why ? ": " : "", why ? why : "");
+		snprintf(err, errlen, "DPDK EAL initialisation failed (%s)%s%s; check the EAL arguments before --",
+			 rte_strerror(eal_errno), why ? ": " : "", why ? why : "");
 		free(logbuf);
+		if (held)
+			fclose(held);
 		return -1;
+	}
+	if (held) {
+		replay(held);
+		fclose(held);
 	}
 	free(logbuf);
 	eal_started = true;

@@ -59,6 +59,8 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * lcores. 0, or -1 after a one-line error.
  */
 int cli_eal_start(unsigned mem_mb, int *socket);
+/* The same, the reason in err instead of on stderr; safe while another thread of ours prints. */
+int cli_eal_start_quiet(unsigned mem_mb, int *socket, char *err, size_t errlen);
 /* EAL memory (MiB) a diff of these sizes needs: pools and dedup tables. */
 unsigned cli_diff_mem_mb(uint64_t base_size, uint64_t target_size);
 /* The EAL arguments the operator gave before --, kept for cli_eal_start. */

@@ -98,6 +98,11 @@ static int vm_name_args(const char *cmd, const char *name, const char *url, cons
 	return 0;
 }
 
+static int send_eal(int *socket, char *err, size_t errlen)
+{
+	return cli_eal_start_quiet(512, socket, err, errlen);
+}
+
 static int send_run(const struct cli_cmd *cmd, const char *const *val)
 {
 	struct eng_send_args a = {
@@ -147,8 +152,7 @@ static int send_run(const struct cli_cmd *cmd, const char *const *val)
 	    (val[S_KEY] && cli_read_key(val[S_KEY], key)))
 		return 2;
 	a.key = val[S_KEY] ? key : NULL;
-	if (cli_eal_start(512, &a.socket))
-		return 1;
+	a.start_eal = send_eal; /* overlapped with the set-up */
 	int ret = eng_handoff_send(&a, &summary, err, sizeof(err));
 	if (!ret && val[S_VM_NAME] && summary) /* the VM runs at the destination now: not here */
 		json_object_object_add(summary, "coordinator_vm", json_object_new_string(cli_coord_end_vm(

@@ -52,6 +52,13 @@ struct eng_send_args {
 	bool adapt;              /* --mode auto: the controller (adapt.h) re-picks it while running */
 	const char *trace_path;  /* --trace: one JSON line per controller tick */
 	int socket;
+	/*
+	 * NULL, or starts EAL (0, or -1 with err) and sets *socket: called on the
+	 * calling thread (EAL's main lcore) while another thread opens the base,
+	 * QMP and, over tcp:, the connection, so that EAL's start (0.1 s of TSC
+	 * calibration on hosts whose CPUID does not give the frequency) overlaps them.
+	 */
+	int (*start_eal)(int *socket, char *err, size_t errlen);
 	bool progress;
 	double connect_timeout_s;
 	double stop_budget_s;    /* ENG_STOP_SECONDS unless --stop-budget */

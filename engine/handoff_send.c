@@ -169,6 +169,7 @@ struct src {
 	bool planned;           /* the plan and map went through */
 	/* start-up, eng_mono_s(): from main() (or the call) to the first state on the wire */
 	double t_begin, t_setup, t_connected, t_guarded, t_pipeline, t_first_pass, t_first_fed, t_first_state;
+	int socket; /* the pipeline's NUMA node */
 	char fail[512];
 };
 
@@ -1210,13 +1211,13 @@ static int map_shared_ram(struct src *s, char *err, size_t errlen)
 		return 0; /* not a RAM block of the base: no use */
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		snprintf(err, errlen, "cannot open the VM's RAM %s: %s", path, strerror(errno));
+		snprintf(err, errlen, "cannot open the VM's RAM %.300s: %s", path, strerror(errno));
 		return -errno;
 	}
 	void *m = mmap(NULL, blk->length, PROT_READ, MAP_SHARED, fd, 0);
 	close(fd);
 	if (m == MAP_FAILED) {
-		snprintf(err, errlen, "cannot map the VM's RAM %s: %s", path, strerror(errno));
+		snprintf(err, errlen, "cannot map the VM's RAM %.300s: %s", path, strerror(errno));
 		return -ENOMEM;
 	}
 	s->shared = m;
@@ -1601,6 +1602,63 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 	return 0;
 }
 
+/* What needs no EAL: the base, the disk, QMP, and (not over dpdk:) the connection. */
+struct prep {
+	struct src *s;
+	bool transport;
+	int ret;
+	char err[512];
+};
+
+static void *prep_main(void *arg)
+{
+	struct prep *p = arg;
+
+	if ((p->ret = setup(p->s, p->err, sizeof(p->err))))
+		return NULL;
+	p->s->t_setup = eng_mono_s();
+	if (p->transport && !(p->ret = open_transport(p->s, p->err, sizeof(p->err))))
+		p->s->t_connected = eng_mono_s();
+	return NULL;
+}
+
+/* EAL on this thread, the rest on another meanwhile; 0, or -errno with err. */
+static int prepare(struct src *s, char *err, size_t errlen)
+{
+	const struct eng_send_args *a = s->a;
+	struct prep p = { .s = s, .transport = strncmp(a->to, "dpdk:", 5) != 0 }; /* dio needs EAL up */
+	char eal_err[512] = "";
+	int eal = 0;
+	pthread_t th;
+
+	s->socket = a->socket;
+	if (a->start_eal) {
+		bool threaded = !pthread_create(&th, NULL, prep_main, &p);
+		eal = a->start_eal(&s->socket, eal_err, sizeof(eal_err));
+		if (threaded)
+			pthread_join(th, NULL);
+		else if (!eal)
+			prep_main(&p);
+	} else {
+		prep_main(&p);
+	}
+	if (eal) {
+		snprintf(err, errlen, "%s", eal_err);
+		return -ENODEV;
+	}
+	if (p.ret) {
+		snprintf(err, errlen, "%s", p.err);
+		return p.ret;
+	}
+	if (!p.transport) {
+		int r = open_transport(s, err, errlen);
+		if (r)
+			return r;
+		s->t_connected = eng_mono_s();
+	}
+	return 0;
+}
+
 int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char *err, size_t errlen)
 {
 	struct src *s = calloc(1, sizeof(*s));
@@ -1620,12 +1678,8 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	s->t0 = rte_rdtsc();
 	s->guard.fd = -1;
 	s->t_begin = cli_main_s ? cli_main_s : eng_mono_s();
-	if ((ret = setup(s, err, errlen)))
+	if ((ret = prepare(s, err, errlen)))
 		goto out;
-	s->t_setup = eng_mono_s();
-	if ((ret = open_transport(s, err, errlen)))
-		goto out;
-	s->t_connected = eng_mono_s();
 	if (s->conn && eng_guard_start(&s->guard, a->qmp_path, s->was_running, err, errlen)) {
 		ret = -EIO;
 		goto out;
@@ -1674,7 +1728,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 	struct eng_diff_args da = {
 		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed,
 		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
-		.socket = a->socket, .ledger = resumable ? &s->ledger : NULL,
+		.socket = s->socket, .ledger = resumable ? &s->ledger : NULL,
 		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
 	};
 	/*

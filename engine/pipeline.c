@@ -823,6 +823,17 @@ static void flush_segment(struct stage *s)
 }
 
 /*
+ * The size a data segment aims for: ENG_SEG_FIRST for the first, doubling up
+ * to ENG_SEG_TARGET, so the first bytes reach the link once 64 KiB are encoded
+ * rather than 1 MiB (a quarter of a second into a live first pass here).
+ */
+static uint32_t segment_target(const struct eng_pipeline *p)
+{
+	uint64_t t = (uint64_t)ENG_SEG_FIRST << (p->data_segments < 5 ? p->data_segments : 5);
+	return t < ENG_SEG_TARGET ? (uint32_t)t : ENG_SEG_TARGET;
+}
+
+/*
  * Packs whole batches into ~1 MiB segments. A batch that does not fit starts
  * a new segment; segments hold whole batches so a segment decodes alone.
  */
@@ -836,7 +847,7 @@ static int poll_segment(struct stage *s)
 	uint64_t t0 = rte_rdtsc();
 	/* An empty batch encodes to the lone RESET byte: nothing to carry. */
 	if (!p->batch_packed && b->enc_len > 1) {
-		if (p->open_seg && p->open_seg->raw_len + b->enc_len > ENG_SEG_TARGET)
+		if (p->open_seg && p->open_seg->raw_len + b->enc_len > segment_target(p))
 			flush_segment(s);
 		if (!p->open_seg && !(p->open_seg = open_segment(p)))
 			return 0; /* no free segment: retry the batch later */

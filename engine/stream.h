@@ -29,8 +29,9 @@
 #define ENG_MAX_OBJECTS 4
 #define ENG_HEADER_MAX (ENG_HEADER_LEN + ENG_MAX_OBJECTS * ENG_OBJECT_DESC_LEN)
 #define ENG_FRAME_HDR 12
-/* Segments aim for this many raw bytes... */
+/* Segments aim for this many raw bytes (the first ones less, so the link starts sooner)... */
 #define ENG_SEG_TARGET (1u << 20)
+#define ENG_SEG_FIRST (64u << 10)
 /* ...and never exceed this: readers reject anything larger. */
 #define ENG_SEG_RAW_MAX (ENG_SEG_TARGET + 256 * (CDC_DELTA_MAX + 24))
 #define ENG_FRAME_MAX (ENG_FRAME_HDR + ENG_SEG_RAW_MAX + 4096 + CDC_TAG_LEN)
