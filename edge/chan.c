@@ -22,7 +22,7 @@
 #include <string.h>
 
 #define MAGIC "HOCH"
-#define VERSION 3 /* 3: early frames with the hello; 2: recipes in shares, have queries by prefix (edge/xfer.c) */
+#define VERSION 3 /* 3: early frames with the hello, chunks pushed behind a share; 2: recipes in shares, have queries by prefix (edge/xfer.c) */
 #define NONCE_LEN 32
 #define MAC_LEN 32
 #define HELLO_LEN (5 + NONCE_LEN + 1)

@@ -31,6 +31,10 @@
 #define RATE_INTERVAL_S 0.25 /* goodput samples; the window uses the best of the last RATE_SAMPLES */
 #define RATE_SAMPLES 8
 #define PIN_S 3600
+#define PUSHED_DROP (1ull << 63) /* a fifo entry: the k-th chunk sent unasked, to read and drop */
+
+static int drain_pushed(struct edg_peer *p, struct edg_chan *ch, uint32_t cs, double timeout_s, uint64_t *wire,
+			uint64_t *raw_bytes, char *err, size_t errlen);
 
 enum chunk_state { PENDING, FLYING, DONE, LOST };
 
@@ -151,6 +155,8 @@ static void peer_failed(struct worker *wk, const char *why)
 	j->alive &= ~(1u << wk->id);
 	for (uint64_t k = 0; k < wk->fn; k++) {
 		uint64_t i = wk->fifo[(wk->fh + k) % wk->fcap];
+		if (i & PUSHED_DROP)
+			continue;
 		j->asking[i] &= ~(1u << wk->id);
 		release(j, i);
 	}
@@ -354,24 +360,36 @@ static int take_answer(struct worker *wk, char *err, size_t errlen)
 {
 	struct job *j = wk->j;
 	uint64_t i = wk->fifo[wk->fh];
+	bool drop = i & PUSHED_DROP; /* sent unasked, and held here or on its way elsewhere */
+	bool unasked = wk->asked_at[wk->fh] < 0; /* waited in the channel: no round trip, no rate */
+	const uint8_t *want = drop ? wk->p->pushed + (i & ~PUSHED_DROP) * EDG_DIGEST_LEN : j->w + i * EDG_DIGEST_LEN;
 	uint8_t *dst = wk->batch + (size_t)wk->nbatch * j->cs;
 	uint32_t raw = 0;
-	int r = edg_recv_chunk(wk->ch, j->w + i * EDG_DIGEST_LEN, wk->msg, wk->cz, dst, j->cs, &raw, j->timeout_s,
-			       &wk->p->wire_bytes, err, errlen);
+	int r = edg_recv_chunk(wk->ch, want, wk->msg, wk->cz, dst, j->cs, &raw, j->timeout_s, &wk->p->wire_bytes, err,
+			       errlen);
 	double now = mono();
 
 	if (r < 0)
 		return r;
 	/* the least ever seen: a chunk asked for when its path was idle, so no queue of
-	 * ours is in it (later ones wait behind the window, and would grow it) */
+	 * ours is in it (later ones wait behind the window, and would grow it); one sent
+	 * unasked was not asked at all */
 	double rtt = now - wk->asked_at[wk->fh];
-	if (wk->p->min_rtt_s <= 0 || rtt < wk->p->min_rtt_s)
+	if (!unasked && (wk->p->min_rtt_s <= 0 || rtt < wk->p->min_rtt_s))
 		wk->p->min_rtt_s = rtt;
 	pthread_mutex_lock(&j->lock); /* fn under the lock: the fetch's end reads it */
 	wk->fh = (wk->fh + 1) % wk->fcap;
 	wk->fn--;
 	if (!wk->fn)
 		wk->active_s += now - wk->active_since;
+	if (drop) {
+		if (!r) {
+			wk->p->duplicate_chunks++;
+			j->dup_bytes += raw;
+		}
+		pthread_mutex_unlock(&j->lock);
+		return 0;
+	}
 	j->asking[i] &= ~(1u << wk->id);
 	if (r == 1) { /* it said it held the chunk; not any more */
 		wk->p->lacked++;
@@ -404,7 +422,8 @@ static int take_answer(struct worker *wk, char *err, size_t errlen)
 	bool ending = !j->pending && !wk->fn;
 	pthread_cond_broadcast(&j->cond);
 	pthread_mutex_unlock(&j->lock);
-	sample_rate(wk, now, raw);
+	if (!unasked)
+		sample_rate(wk, now, raw);
 	if (!first)
 		return 0;
 	memcpy(wk->batch_digest + wk->nbatch * EDG_DIGEST_LEN, j->w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
@@ -460,6 +479,43 @@ static int build_order(struct worker *wk)
 	return 0;
 }
 
+/*
+ * The chunks this service sent unasked behind its shares are on their way: each is taken as
+ * if asked (it heads the fifo), or, when the cache holds it or another path has it, read and
+ * dropped when it comes. Under nothing: before the request loop.
+ */
+static int digest_order(const void *a, const void *b)
+{
+	return memcmp(a, b, EDG_DIGEST_LEN);
+}
+
+static void take_pushed(struct worker *wk, double now)
+{
+	struct job *j = wk->j;
+	uint32_t bit = 1u << wk->id;
+
+	pthread_mutex_lock(&j->lock);
+	for (uint32_t k = 0; k < wk->p->npushed && wk->fn < wk->fcap; k++) {
+		const uint8_t *d = wk->p->pushed + (size_t)k * EDG_DIGEST_LEN;
+		const uint8_t *hit = j->nw ? bsearch(d, j->w, j->nw, EDG_DIGEST_LEN, digest_order) : NULL;
+		uint64_t i = hit ? (uint64_t)(hit - j->w) / EDG_DIGEST_LEN : 0, slot = (wk->fh + wk->fn) % wk->fcap;
+		if (hit && j->state[i] == PENDING) {
+			j->state[i] = FLYING;
+			j->asking[i] = bit;
+			j->asked_t[i] = now;
+			j->pending--;
+			wk->fifo[slot] = i;
+			wk->p->unasked++;
+		} else {
+			wk->fifo[slot] = PUSHED_DROP | k;
+		}
+		wk->asked_at[slot] = -1;
+		if (!wk->fn++)
+			wk->active_since = wk->interval_t = now;
+	}
+	pthread_mutex_unlock(&j->lock);
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *wk = arg;
@@ -484,13 +540,24 @@ static void *worker_main(void *arg)
 		wk->c = c;
 		pthread_mutex_unlock(&j->lock);
 		wk->ch = wk->c ? edg_chan_client(wk->c, j->key, EDG_CONNECT_S, err, sizeof(err)) : NULL;
+		free(wk->p->pushed); /* a new channel: nothing waits in it */
+		wk->p->pushed = NULL;
+		wk->p->npushed = 0;
 	}
 	if (wk->ch && (held = calloc(j->nw ? j->nw : 1, sizeof(*held)))) {
 		if (holds_all) { /* it sent the recipes, so it holds the images: a chunk it lacks after all is a NOCHUNK */
 			memset(held, 1, j->nw * sizeof(*held));
 			r = 0;
 		} else {
-			r = edg_ask_have(wk->ch, j->w, j->nw, held, HAVE_S, &wk->p->wire_bytes, err, sizeof(err));
+			/* what it sent unasked comes first: read and dropped (duplicates), then what it holds */
+			uint64_t n = wk->p->npushed, raw = 0;
+			r = drain_pushed(wk->p, wk->ch, j->cs, HAVE_S, &wk->p->wire_bytes, &raw, err, sizeof(err));
+			pthread_mutex_lock(&j->lock);
+			wk->p->duplicate_chunks += r ? 0 : n;
+			j->dup_bytes += raw;
+			pthread_mutex_unlock(&j->lock);
+			if (!r)
+				r = edg_ask_have(wk->ch, j->w, j->nw, held, HAVE_S, &wk->p->wire_bytes, err, sizeof(err));
 		}
 	} else if (wk->ch) {
 		snprintf(err, sizeof(err), "out of memory");
@@ -542,6 +609,7 @@ static void *worker_main(void *arg)
 	pthread_mutex_lock(&j->lock);
 	wk->fetching = true;
 	pthread_mutex_unlock(&j->lock);
+	take_pushed(wk, mono());
 	for (;;) {
 		if ((r = ask_more(wk, mono()))) {
 			snprintf(err, sizeof(err), "cannot reach the service: %s", strerror(-r));
@@ -581,6 +649,9 @@ out:
 		wk->active_s += mono() - wk->active_since;
 	wk->p->rate_bps = wk->active_s > 0 ? (double)wk->p->raw_bytes * 8 / wk->active_s : 0;
 	edg_chan_free(wk->ch);
+	free(wk->p->pushed); /* what was taken came; the rest went with the channel */
+	wk->p->pushed = NULL;
+	wk->p->npushed = 0;
 	pthread_mutex_lock(&j->lock);
 	struct eng_conn *c = wk->c;
 	wk->c = NULL;
@@ -813,7 +884,7 @@ struct connector {
 	double timeout_s;
 	const char *const *names;
 	unsigned nimg;
-	uint32_t share, parts;
+	uint32_t share, parts, push;
 	pthread_t th;
 	bool started;
 };
@@ -821,6 +892,7 @@ struct connector {
 static void *connect_main(void *arg)
 {
 	struct connector *cn = arg;
+	uint32_t push = cn->nimg ? cn->push : 0;
 	char err[256];
 	struct eng_conn_bind bind = { .key = cn->key }; /* dpdk: keys its own handshake with it too */
 	struct edg_chan *ch = NULL;
@@ -829,14 +901,18 @@ static void *connect_main(void *arg)
 	if (cn->p->conn)
 		ch = edg_chan_client_start(cn->p->conn, cn->key, err, sizeof(err));
 	bool asked = true;
-	for (unsigned i = 0; i < cn->nimg && ch && asked; i++) /* sent with the hello */
-		asked = !edg_ask_recipe_part(ch, cn->names[i], cn->share, cn->parts, err, sizeof(err));
+	/* sent with the hello; the pushed chunks behind the last share only, so that every share
+	 * comes before them */
+	for (unsigned i = 0; i < cn->nimg && ch && asked; i++)
+		asked = !edg_ask_recipe_part(ch, cn->names[i], cn->share, cn->parts, i + 1 == cn->nimg ? push : 0, err,
+					     sizeof(err));
 	if (ch && (!asked || edg_chan_client_finish(ch, cn->key, cn->timeout_s, err, sizeof(err)))) {
 		edg_chan_free(ch);
 		ch = NULL;
 	}
 	cn->p->chan = ch;
 	cn->p->recipes_asked = ch && cn->nimg;
+	cn->p->push_asked = ch && push;
 	if (cn->p->conn && !cn->p->chan) {
 		eng_conn_close(cn->p->conn);
 		cn->p->conn = NULL;
@@ -847,7 +923,7 @@ static void *connect_main(void *arg)
 }
 
 void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s,
-			 const char *const *names, unsigned nimg)
+			 const char *const *names, unsigned nimg, uint32_t push)
 {
 	struct connector cn[EDG_PEERS_MAX];
 	bool origin = false;
@@ -858,7 +934,7 @@ void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], 
 	for (unsigned k = 0; k < n && k < EDG_PEERS_MAX; k++) {
 		/* the source that names the recipes (the origin, else the first) gets the whole wait */
 		bool first = origin ? p[k].origin : k == 0;
-		cn[k] = (struct connector){ .p = &p[k], .key = key, .names = names, .nimg = nimg,
+		cn[k] = (struct connector){ .p = &p[k], .key = key, .names = names, .nimg = nimg, .push = push,
 					    .timeout_s = first || timeout_s < EDG_CONNECT_S ? timeout_s : EDG_CONNECT_S };
 		cn[k].share = dealt_share(p, n, k, &cn[k].parts);
 		if (p[k].chan)
@@ -942,27 +1018,104 @@ static int add_one(struct edg_sources *src, const char *loc, size_t len, const c
 	return 0;
 }
 
-static void drop_channel(struct edg_peer *p)
-{
-	edg_chan_free(p->chan);
-	eng_conn_close(p->conn);
-	p->chan = NULL;
-	p->conn = NULL;
-}
-
 static void first_reason(char *err, size_t errlen, const struct edg_peer *p, const char *e)
 {
 	if (!err[0])
 		snprintf(err, errlen, "%.80s: %.400s", p->name, e);
 }
 
+static void drop_channel(struct edg_peer *p)
+{
+	edg_chan_free(p->chan);
+	eng_conn_close(p->conn);
+	p->chan = NULL;
+	p->conn = NULL;
+	free(p->pushed);
+	p->pushed = NULL;
+	p->npushed = 0;
+}
+
+void edg_peer_drop(struct edg_peer *p)
+{
+	if (p->chan)
+		edg_fetch_done(p->chan);
+	drop_channel(p);
+}
+
+/*
+ * Reads and drops the chunks a peer sent unasked behind its shares: an answer to a
+ * request of ours waits behind them (a share it lacked, the whole recipe). 0, or -errno.
+ */
+static int drain_pushed(struct edg_peer *p, struct edg_chan *ch, uint32_t cs, double timeout_s, uint64_t *wire,
+			uint64_t *raw_bytes, char *err, size_t errlen)
+{
+	uint8_t *msg = p->npushed ? malloc(edg_chunk_msg_max(cs)) : NULL, *dst = p->npushed ? malloc(cs) : NULL;
+	struct cdc_comp_ctx *cz = p->npushed ? cdc_comp_new() : NULL;
+	int r = !p->npushed || (msg && dst && cz) ? 0 : -ENOMEM;
+
+	*raw_bytes = 0;
+	for (uint32_t k = 0; k < p->npushed && r >= 0; k++) {
+		uint32_t raw = 0;
+		r = edg_recv_chunk(ch, p->pushed + (size_t)k * EDG_DIGEST_LEN, msg, cz, dst, cs, &raw, timeout_s, wire,
+				   err, errlen);
+		*raw_bytes += raw;
+	}
+	cdc_comp_free(cz);
+	free(msg);
+	free(dst);
+	free(p->pushed);
+	p->pushed = NULL;
+	p->npushed = 0;
+	return r < 0 ? r : 0;
+}
+
+/* Pushed chunks ahead of answers to come on p's channel: dropped, or the channel with them. */
+static void drain_before_answers(struct edg_peer *p, uint32_t cs, double timeout_s, uint64_t *wire, char *err,
+				 size_t errlen)
+{
+	char e[512];
+	uint64_t raw;
+
+	if (p->chan && p->npushed && drain_pushed(p, p->chan, cs, timeout_s, wire, &raw, e, sizeof(e))) {
+		first_reason(err, errlen, p, e);
+		drop_channel(p);
+	}
+}
+
+/* The digests of what the peer sent unasked behind a share just read, added to its list. */
+static int read_pushed(struct edg_peer *p, double timeout_s, uint64_t *wire, char *err, size_t errlen)
+{
+	uint8_t *d, *all;
+	uint32_t k;
+	int r = edg_read_pushed(p->chan, &d, &k, timeout_s, wire, err, errlen);
+
+	if (r || !k)
+		return r;
+	if (!(all = realloc(p->pushed, (size_t)(p->npushed + k) * EDG_DIGEST_LEN))) {
+		free(d);
+		eng_set_err(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	memcpy(all + (size_t)p->npushed * EDG_DIGEST_LEN, d, (size_t)k * EDG_DIGEST_LEN);
+	p->pushed = all;
+	p->npushed += k;
+	free(d);
+	return 0;
+}
+
 /* Part q of m of image i from peer p into rc: 0, or the read's -errno (the channel dropped if out of step). */
-static int recipe_share(struct edg_peer *p, struct edg_recipe *rc, uint32_t q, uint32_t m, double timeout_s,
-			uint64_t *wire, char *err, size_t errlen)
+static int recipe_share(struct edg_peer *p, struct edg_recipe *rc, uint32_t q, uint32_t m, bool early,
+			double timeout_s, uint64_t *wire, char *err, size_t errlen)
 {
 	char e[512];
 	int r = edg_read_recipe_part(p->chan, rc, q, m, timeout_s, wire, e, sizeof(e));
 
+	/* the service sent the last share asked with the hello (this version or another): what
+	 * it pushed behind it comes next */
+	if ((!r || r == -ESTALE) && early && p->push_asked) {
+		int rp = read_pushed(p, timeout_s, wire, e, sizeof(e));
+		r = rp ? rp : r;
+	}
 	if (r)
 		first_reason(err, errlen, p, e);
 	if (r && r != -ENOENT && r != -ESTALE)
@@ -991,7 +1144,7 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 	/* every request first (unless asked with the hello): one round trip for all the shares */
 	for (unsigned q = 0; q < m; q++)
 		for (unsigned i = 0; i < nimg && p[live[q]].chan && !p[live[q]].recipes_asked; i++)
-			if (edg_ask_recipe_part(p[live[q]].chan, names[i], share[q], parts, e, sizeof(e))) {
+			if (edg_ask_recipe_part(p[live[q]].chan, names[i], share[q], parts, 0, e, sizeof(e))) {
 				first_reason(err, errlen, &p[live[q]], e);
 				drop_channel(&p[live[q]]);
 			}
@@ -1002,7 +1155,8 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 		bool all = pk->chan != NULL;
 		for (unsigned i = 0; i < nimg && pk->chan; i++) {
 			bool first = !rc[i].digests;
-			int r = recipe_share(pk, &rc[i], share[q], parts, timeout_s, wire, err, errlen);
+			int r = recipe_share(pk, &rc[i], share[q], parts, pk->recipes_asked && i + 1 == nimg, timeout_s, wire,
+					     err, errlen);
 			if (!r && share[q] < parts)
 				have[i][share[q]] = true;
 			if (!r && first)
@@ -1020,27 +1174,29 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 		for (unsigned x = 0; x < parts && pr->chan; x++) {
 			if (have[i][x])
 				continue;
-			if (edg_ask_recipe_part(pr->chan, names[i], x, parts, e, sizeof(e))) {
+			if (edg_ask_recipe_part(pr->chan, names[i], x, parts, 0, e, sizeof(e))) {
 				first_reason(err, errlen, pr, e);
 				drop_channel(pr);
 				break;
 			}
 			asked[x] = true;
 		}
+		drain_before_answers(pr, rc[i].chunk_size, timeout_s, wire, err, errlen);
 		for (unsigned x = 0; x < parts && pr->chan; x++)
 			if (asked[x])
-				have[i][x] = !recipe_share(pr, &rc[i], x, parts, timeout_s, wire, err, errlen);
+				have[i][x] = !recipe_share(pr, &rc[i], x, parts, false, timeout_s, wire, err, errlen);
 		bool whole = true;
 		for (unsigned x = 0; x < parts; x++)
 			whole &= have[i][x];
 		if (whole && !edg_recipe_intact(&rc[i])) { /* a part was not what its header said: all from one */
 			struct edg_recipe one = { 0 };
-			bool asked_whole = pr->chan && !edg_ask_recipe_part(pr->chan, names[i], 0, 1, e, sizeof(e));
+			bool asked_whole = pr->chan && !edg_ask_recipe_part(pr->chan, names[i], 0, 1, 0, e, sizeof(e));
 			if (pr->chan && !asked_whole) {
 				first_reason(err, errlen, pr, e);
 				drop_channel(pr);
 			}
-			whole = asked_whole && !recipe_share(pr, &one, 0, 1, timeout_s, wire, err, errlen) &&
+			drain_before_answers(pr, rc[i].chunk_size, timeout_s, wire, err, errlen);
+			whole = asked_whole && pr->chan && !recipe_share(pr, &one, 0, 1, false, timeout_s, wire, err, errlen) &&
 				edg_recipe_intact(&one);
 			for (unsigned q = 0; q < m; q++) /* nobody is trusted with holding it unasked */
 				p[live[q]].holds_all = false;

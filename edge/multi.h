@@ -32,12 +32,16 @@ struct edg_peer {
 	struct edg_chan *chan;
 	bool holds_all;        /* the recipes came from it: not asked what it holds */
 	bool recipes_asked;    /* its shares were asked with its hello (edg_sources_connect) */
+	bool push_asked;       /* ... with the first chunks of each share sent unasked behind it */
+	uint8_t *pushed;       /* their digests, read with the shares (the chunks wait in the channel) */
+	uint32_t npushed;      /* the fetch takes them, or drops them with the channel (edg_peer_drop) */
 	/* filled in by the fetch */
 	uint64_t held;         /* wanted chunks it said it holds */
 	double answer_s;       /* seconds after the fetch began: it said what it holds */
 	double first_chunk_s;  /* ... its first chunk arrived (0: none) */
 	double last_chunk_s;   /* ... its last one */
 	uint64_t chunks, raw_bytes, wire_bytes, duplicate_chunks, lacked;
+	uint64_t unasked;      /* chunks it sent unasked behind its shares that were taken (push) */
 	double rate_bps;       /* raw bits/s while it had chunks in flight */
 	double window_bytes, min_rtt_s;
 	bool failed;
@@ -90,12 +94,17 @@ struct edg_sources {
  * timeout_s, the others within EDG_CONNECT_S (one dead source holds the
  * rest up no longer). With names (nimg of them), each peer's share of every
  * recipe (as edg_sources_recipes deals them) is asked with its hello, as early
- * requests (chan.h): the shares start one round trip sooner. A peer that
+ * requests (chan.h): the shares start one round trip sooner; with push_bytes,
+ * each with about that many bytes of its first chunks behind it, unasked (for a cache
+ * that holds nothing yet, so the paths carry data while the destination puts
+ * the recipes together and asks). A peer that
  * cannot be reached is left without, its reason in p[k].error (the fetch
  * tries again and reports it).
  */
 void edg_sources_connect(struct edg_peer *p, unsigned n, const uint8_t key[32], double timeout_s,
-			 const char *const *names, unsigned nimg);
+			 const char *const *names, unsigned nimg, uint32_t push_bytes);
+/* Close what the fetch did not take over of a peer: its channel (saying goodbye) and connection. */
+void edg_peer_drop(struct edg_peer *p);
 #define EDG_CONNECT_S 2.0 /* the longest a source other than the origin may take to connect and key */
 /*
  * The recipes of names[0..nimg) into rc[] (each digests NULL before), in

@@ -39,6 +39,7 @@ enum {
 	MSG_BYE,
 	MSG_HAVE_REQ,
 	MSG_HAVE,
+	MSG_PUSHED, /* the digests of the chunks that follow a share unasked (RECIPE_REQ's push) */
 };
 
 #define REQ_MAX EDG_REQ_MAX
@@ -109,6 +110,18 @@ struct reply {
 	size_t cap, max;
 };
 
+/* What serving chunks takes: the store, a chunk's room and a compressor. */
+struct serving {
+	struct edg_store *s;
+	struct edg_chan *ch;
+	struct reply o;
+	uint8_t *raw;
+	struct cdc_comp_ctx *cz;
+	uint32_t cs;
+	size_t cap;
+	struct edg_serve_stats *st;
+};
+
 static uint8_t *reply_room(struct reply *o, size_t need)
 {
 	if (need > o->max)
@@ -130,21 +143,85 @@ static uint64_t share_count(uint64_t n, uint32_t part, uint32_t parts)
 	return part < parts && part < n ? (n - part + parts - 1) / parts : 0;
 }
 
-static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t *in, uint32_t len,
-			struct cdc_comp_ctx *cz, struct edg_serve_stats *st, struct reply *o)
+/* Each chunk of digests[0..k) as a CHUNK (compressed when smaller) or a NOCHUNK. */
+static int serve_chunks(struct serving *v, const uint8_t *digests, uint32_t k)
 {
+	uint8_t *out = reply_room(&v->o, CHUNK_HDR + (v->cap > v->cs ? v->cap : v->cs));
+	int r = out ? 0 : -ENOMEM;
+
+	for (uint32_t i = 0; i < k && !r; i++) {
+		const uint8_t *d = digests + (size_t)i * EDG_DIGEST_LEN;
+		uint32_t got;
+		if (edg_store_get(v->s, d, v->raw, v->cs, &got)) {
+			v->st->chunks_missing++;
+			r = edg_chan_send(v->ch, MSG_NOCHUNK, d, EDG_DIGEST_LEN);
+			continue;
+		}
+		ssize_t z = cdc_compress(v->cz, CDC_COMP_ZSTD, ZSTD_LEVEL, v->raw, got, out + CHUNK_HDR, v->cap);
+		bool packed = z > 0 && (size_t)z < got;
+		memcpy(out, d, EDG_DIGEST_LEN);
+		put32(out + EDG_DIGEST_LEN, got);
+		out[EDG_DIGEST_LEN + 4] = packed ? CDC_COMP_ZSTD : CDC_COMP_NONE;
+		if (!packed)
+			memcpy(out + CHUNK_HDR, v->raw, got);
+		uint32_t body = packed ? (uint32_t)z : got;
+		r = edg_chan_send(v->ch, MSG_CHUNK, out, CHUNK_HDR + body);
+		v->st->chunks_sent++;
+		v->st->bytes_raw += got;
+		v->st->bytes_sent += CHUNK_HDR + body;
+	}
+	return r;
+}
+
+/*
+ * The first distinct chunks of the share (at the front of d), up to push, unasked: their
+ * digests in a PUSHED, then each as CHUNKS_REQ would answer it. A destination with an empty
+ * cache asks for this, so its path carries data while it assembles the recipe and asks.
+ */
+static int push_share(struct serving *v, const uint8_t *d, uint64_t count, uint32_t push)
+{
+	uint8_t *list = malloc(4 + (size_t)push * EDG_DIGEST_LEN);
+	uint32_t k = 0;
+	int r;
+
+	if (!list)
+		return -ENOMEM;
+	for (uint64_t j = 0; j < count && k < push; j++) {
+		const uint8_t *x = d + j * EDG_DIGEST_LEN;
+		bool seen = false;
+		for (uint32_t q = 0; q < k && !seen; q++)
+			seen = !memcmp(list + 4 + (size_t)q * EDG_DIGEST_LEN, x, EDG_DIGEST_LEN);
+		if (!seen)
+			memcpy(list + 4 + (size_t)k++ * EDG_DIGEST_LEN, x, EDG_DIGEST_LEN);
+	}
+	put32(list, k);
+	r = edg_chan_send(v->ch, MSG_PUSHED, list, 4 + k * EDG_DIGEST_LEN);
+	if (!r)
+		r = serve_chunks(v, list + 4, k);
+	free(list);
+	return r;
+}
+
+/* RECIPE_REQ: u32 part, u32 parts, u32 push (bytes of chunks to send unasked after the share), name. */
+static int serve_recipe(struct serving *v, const uint8_t *in, uint32_t len)
+{
+	struct edg_store *s = v->s;
+	struct edg_chan *ch = v->ch;
+	struct reply *o = &v->o;
 	char nm[EDG_NAME_MAX + 1];
 	uint8_t *d, *out;
 	uint64_t size, n;
 	int r;
 
-	if (len < 8 || get32(in + 4) == 0 || get32(in) > get32(in + 4))
+	if (len < 12 || get32(in + 4) == 0 || get32(in) > get32(in + 4))
 		return send_error(ch, "bad recipe part");
-	uint32_t part = get32(in), parts = get32(in + 4);
-	if (len == 8 || len - 8 > EDG_NAME_MAX)
+	uint32_t part = get32(in), parts = get32(in + 4), push_bytes = get32(in + 8);
+	/* at least one chunk when asked, at most EDG_PUSH_MAX */
+	uint32_t push = !push_bytes ? 0 : push_bytes / v->cs < 1 ? 1 : push_bytes / v->cs > EDG_PUSH_MAX ? EDG_PUSH_MAX : push_bytes / v->cs;
+	if (len == 12 || len - 12 > EDG_NAME_MAX)
 		return send_error(ch, "bad image name");
-	memcpy(nm, in + 8, len - 8);
-	nm[len - 8] = 0;
+	memcpy(nm, in + 12, len - 12);
+	nm[len - 12] = 0;
 	if (edg_store_recipe(s, nm, &size, &d, &n)) {
 		char msg[EDG_NAME_MAX + 40];
 		snprintf(msg, sizeof(msg), "no image '%s' here", nm);
@@ -169,7 +246,7 @@ static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t 
 	for (uint64_t at = 0; !r && at < count; at += PART_MAX) {
 		uint32_t k = (uint32_t)(count - at < PART_MAX ? count - at : PART_MAX);
 		size_t raw = (size_t)k * EDG_DIGEST_LEN;
-		ssize_t z = cdc_compress(cz, CDC_COMP_ZSTD, ZSTD_LEVEL, d + at * EDG_DIGEST_LEN, raw, out + 5, raw);
+		ssize_t z = cdc_compress(v->cz, CDC_COMP_ZSTD, ZSTD_LEVEL, d + at * EDG_DIGEST_LEN, raw, out + 5, raw);
 		bool packed = z > 0 && (size_t)z < raw;
 		put32(out, k);
 		out[4] = packed ? CDC_COMP_ZSTD : CDC_COMP_NONE;
@@ -177,8 +254,10 @@ static int serve_recipe(struct edg_store *s, struct edg_chan *ch, const uint8_t 
 			memcpy(out + 5, d + at * EDG_DIGEST_LEN, raw);
 		r = edg_chan_send(ch, MSG_RECIPE_PART, out, (uint32_t)(5 + (packed ? (size_t)z : raw)));
 	}
+	if (!r && push)
+		r = push_share(v, d, count, push);
 	free(d);
-	st->recipes++;
+	v->st->recipes++;
 	return r;
 }
 
@@ -201,16 +280,17 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 		      size_t errlen)
 {
 	uint32_t cs = edg_store_chunk_size(s), len;
-	size_t cap = cdc_comp_bound(CDC_COMP_ZSTD, cs), out_max = edg_chunk_msg_max(cs);
+	size_t out_max = edg_chunk_msg_max(cs);
 	if (out_max < PART_BYTES_MAX)
 		out_max = PART_BYTES_MAX;
 	/* requests are read where the channel keeps them (at most REQ_BYTES_MAX: a larger one ends
 	 * the session); replies grow up to the largest */
 	const uint8_t *in;
-	struct reply o = { .cap = 64 << 10, .max = out_max };
-	o.b = malloc(o.cap);
-	uint8_t *raw = malloc(cs);
-	struct cdc_comp_ctx *cz = cdc_comp_new();
+	struct serving v = { .s = s, .ch = ch, .o = { .cap = 64 << 10, .max = out_max }, .cs = cs,
+			     .cap = cdc_comp_bound(CDC_COMP_ZSTD, cs), .st = st };
+	v.o.b = malloc(v.o.cap);
+	v.raw = malloc(cs);
+	v.cz = cdc_comp_new();
 	uint8_t type;
 	int r = 0;
 
@@ -219,7 +299,7 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 	double wait = FIRST_S;
 
 	memset(st, 0, sizeof(*st));
-	if (!o.b || !raw || !cz || out_max > EDG_CHAN_MAX_PAYLOAD) {
+	if (!v.o.b || !v.raw || !v.cz || out_max > EDG_CHAN_MAX_PAYLOAD) {
 		eng_set_err(err, errlen, "out of memory");
 		r = -ENOMEM;
 		goto out;
@@ -236,37 +316,13 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 		if (type == MSG_BYE)
 			break;
 		if (type == MSG_RECIPE_REQ) {
-			r = serve_recipe(s, ch, in, len, cz, st, &o);
+			r = serve_recipe(&v, in, len);
 		} else if (type == MSG_HAVE_REQ && len >= 5 && get32(in) <= HAVE_MAX && in[4] >= EDG_PREFIX_MIN &&
 			   in[4] <= EDG_DIGEST_LEN && len == 5 + (uint64_t)get32(in) * in[4]) {
-			r = serve_have(s, ch, in, get32(in), in[4], &o);
+			r = serve_have(s, ch, in, get32(in), in[4], &v.o);
 		} else if (type == MSG_CHUNKS_REQ && len >= 4 && get32(in) <= REQ_MAX &&
 			   len == 4 + get32(in) * EDG_DIGEST_LEN) {
-			uint32_t k = get32(in);
-			uint8_t *out = reply_room(&o, CHUNK_HDR + (cap > cs ? cap : cs));
-			if (!out)
-				r = -ENOMEM;
-			for (uint32_t i = 0; i < k && !r; i++) {
-				const uint8_t *d = in + 4 + i * EDG_DIGEST_LEN;
-				uint32_t got;
-				if (edg_store_get(s, d, raw, cs, &got)) {
-					st->chunks_missing++;
-					r = edg_chan_send(ch, MSG_NOCHUNK, d, EDG_DIGEST_LEN);
-					continue;
-				}
-				ssize_t z = cdc_compress(cz, CDC_COMP_ZSTD, ZSTD_LEVEL, raw, got, out + CHUNK_HDR, cap);
-				bool packed = z > 0 && (size_t)z < got;
-				memcpy(out, d, EDG_DIGEST_LEN);
-				put32(out + EDG_DIGEST_LEN, got);
-				out[EDG_DIGEST_LEN + 4] = packed ? CDC_COMP_ZSTD : CDC_COMP_NONE;
-				if (!packed)
-					memcpy(out + CHUNK_HDR, raw, got);
-				uint32_t body = packed ? (uint32_t)z : got;
-				r = edg_chan_send(ch, MSG_CHUNK, out, CHUNK_HDR + body);
-				st->chunks_sent++;
-				st->bytes_raw += got;
-				st->bytes_sent += CHUNK_HDR + body;
-			}
+			r = serve_chunks(&v, in + 4, get32(in));
 		} else {
 			send_error(ch, "malformed request");
 			eng_set_err(err, errlen, "client sent a malformed request (type %u, %u bytes)", type, len);
@@ -279,9 +335,9 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 		}
 	}
 out:
-	cdc_comp_free(cz);
-	free(o.b);
-	free(raw);
+	cdc_comp_free(v.cz);
+	free(v.o.b);
+	free(v.raw);
 	return r;
 }
 
@@ -495,10 +551,10 @@ uint8_t *edg_wanted(const uint8_t *d, const bool *missing, uint64_t n, uint64_t 
 	return w;
 }
 
-int edg_ask_recipe_part(struct edg_chan *ch, const char *name, uint32_t part, uint32_t parts, char *err,
-			size_t errlen)
+int edg_ask_recipe_part(struct edg_chan *ch, const char *name, uint32_t part, uint32_t parts, uint32_t push_bytes,
+			char *err, size_t errlen)
 {
-	uint8_t req[8 + EDG_NAME_MAX];
+	uint8_t req[12 + EDG_NAME_MAX];
 	size_t len = strlen(name);
 	int r;
 
@@ -508,8 +564,9 @@ int edg_ask_recipe_part(struct edg_chan *ch, const char *name, uint32_t part, ui
 	}
 	put32(req, part);
 	put32(req + 4, parts);
-	memcpy(req + 8, name, len);
-	if ((r = edg_chan_send(ch, MSG_RECIPE_REQ, req, (uint32_t)(8 + len))))
+	put32(req + 8, push_bytes);
+	memcpy(req + 12, name, len);
+	if ((r = edg_chan_send(ch, MSG_RECIPE_REQ, req, (uint32_t)(12 + len))))
 		eng_set_err(err, errlen, "cannot reach the service: %s", strerror(-r));
 	return r;
 }
@@ -613,6 +670,41 @@ out:
 	return r;
 }
 
+int edg_read_pushed(struct edg_chan *ch, uint8_t **digests, uint32_t *k, double timeout_s, uint64_t *wire_bytes,
+		    char *err, size_t errlen)
+{
+	struct edg_fetch_report rep = { 0 };
+	struct fetch f = { .ch = ch, .rep = &rep, .wait_s = timeout_s, .err = err, .errlen = errlen,
+			   .msg_cap = 4 + EDG_PUSH_MAX * EDG_DIGEST_LEN };
+	uint8_t type;
+	uint32_t len;
+	int r;
+
+	*digests = NULL;
+	*k = 0;
+	if (!(f.msg = malloc(f.msg_cap))) {
+		eng_set_err(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	if (!(r = recv_msg(&f, &type, &len))) {
+		uint32_t n = len >= 4 ? get32(f.msg) : UINT32_MAX;
+		if (type != MSG_PUSHED || n > EDG_PUSH_MAX || len != 4 + n * EDG_DIGEST_LEN) {
+			r = unexpected(&f, type, len, "the list of chunks sent unasked");
+			r = r == -ENOENT ? -EPROTO : r; /* an ERROR here is out of step too */
+		} else if (n && !(*digests = malloc((size_t)n * EDG_DIGEST_LEN))) {
+			eng_set_err(err, errlen, "out of memory");
+			r = -ENOMEM;
+		} else {
+			memcpy(*digests, f.msg + 4, (size_t)n * EDG_DIGEST_LEN);
+			*k = n;
+		}
+	}
+	if (wire_bytes)
+		*wire_bytes += rep.fetched_wire_bytes;
+	free(f.msg);
+	return r;
+}
+
 bool edg_recipe_intact(const struct edg_recipe *rc)
 {
 	uint8_t h[EDG_DIGEST_LEN];
@@ -643,7 +735,7 @@ static int read_recipe(struct edg_chan *ch, struct edg_recipe *rc, uint64_t *wir
 int edg_fetch_recipe(struct edg_chan *ch, const char *name, struct edg_recipe *rc, uint64_t *wire_bytes, char *err,
 		     size_t errlen)
 {
-	int r = edg_ask_recipe_part(ch, name, 0, 1, err, errlen);
+	int r = edg_ask_recipe_part(ch, name, 0, 1, 0, err, errlen);
 
 	if (wire_bytes)
 		*wire_bytes = 0;
@@ -663,7 +755,7 @@ int edg_fetch_recipes(struct edg_chan *ch, const char *const *names, unsigned n,
 	int r = 0;
 
 	for (unsigned i = 0; i < n; i++) /* every request first: one round trip for them all */
-		asked[i] = !rc[i].digests && !r && !(r = edg_ask_recipe_part(ch, names[i], 0, 1, e, sizeof(e)));
+		asked[i] = !rc[i].digests && !r && !(r = edg_ask_recipe_part(ch, names[i], 0, 1, 0, e, sizeof(e)));
 	if (r && !err[0])
 		snprintf(err, errlen, "%s", e);
 	for (unsigned i = 0; i < n; i++) {

@@ -61,8 +61,19 @@ int edg_fetch_recipes(struct edg_chan *ch, const char *const *names, unsigned n,
  * them, leaves the channel out of step.
  * edg_recipe_intact: the digests put together match the hash.
  */
-int edg_ask_recipe_part(struct edg_chan *ch, const char *name, uint32_t part, uint32_t parts, char *err,
-			size_t errlen);
+int edg_ask_recipe_part(struct edg_chan *ch, const char *name, uint32_t part, uint32_t parts, uint32_t push_bytes,
+			char *err, size_t errlen);
+/*
+ * push_bytes asks the service to send, right behind a share it sends, the
+ * share's first distinct chunks unasked, about that many bytes of them (at
+ * least one chunk, at most EDG_PUSH_MAX): after a share read
+ * with 0 or -ESTALE comes edg_read_pushed (their digests, *k of them, in
+ * *digests, malloc'd), then each chunk as edg_recv_chunk reads it. 0, or
+ * -errno (the channel out of step).
+ */
+#define EDG_PUSH_MAX 64
+int edg_read_pushed(struct edg_chan *ch, uint8_t **digests, uint32_t *k, double timeout_s, uint64_t *wire_bytes,
+		    char *err, size_t errlen);
 int edg_read_recipe_part(struct edg_chan *ch, struct edg_recipe *r, uint32_t part, uint32_t parts, double timeout_s,
 			 uint64_t *wire_bytes, char *err, size_t errlen);
 bool edg_recipe_intact(const struct edg_recipe *r);

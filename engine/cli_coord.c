@@ -79,6 +79,7 @@ json_object *cli_sources_json(const struct edg_peer *p, unsigned n, uint64_t fet
 		json_object_object_add(o, "last_chunk_s", json_object_new_double(p[k].last_chunk_s));
 		json_object_object_add(o, "duplicate_chunks", json_object_new_int64((int64_t)p[k].duplicate_chunks));
 		json_object_object_add(o, "lacked", json_object_new_int64((int64_t)p[k].lacked));
+		json_object_object_add(o, "unasked_chunks", json_object_new_int64((int64_t)p[k].unasked));
 		json_object_object_add(o, "failed", json_object_new_boolean(p[k].failed));
 		if (p[k].failed)
 			json_object_object_add(o, "error", json_object_new_string(p[k].error));

@@ -631,6 +631,7 @@ static const struct cli_opt fetch_opts[] = {
 
 #define FETCH_CONNECT_S 10.0
 #define FETCH_TIMEOUT_S 2.0
+#define FETCH_PUSH_BYTES (512u << 10) /* per source, unasked, into a new cache: 8 chunks of 64 KiB */
 #define FETCH_EAL_MB 512 /* a dpdk: source's packet buffers and rings, several sources */
 #define FETCH_LOG_S 5.0 /* progress lines when stderr is not a terminal */
 #define FETCH_IMAGES_MAX 16
@@ -747,7 +748,11 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 	double t0 = mono_s(), recipe_s;
 	/* every source at once, then each image's recipe in shares from all of them; the
 	 * origin's (else the first source's that has it) names it */
-	edg_sources_connect(src.p, src.n, key, FETCH_CONNECT_S, want, nimg);
+	/* a cache with nothing yet wants every chunk: each source sends its share's first ones
+	 * unasked, so the paths carry data while the recipes are put together and the chunks asked */
+	char mdb[PATH_MAX];
+	snprintf(mdb, sizeof(mdb), "%s/data.mdb", val[F_CACHE]);
+	edg_sources_connect(src.p, src.n, key, FETCH_CONNECT_S, want, nimg, access(mdb, F_OK) ? FETCH_PUSH_BYTES : 0);
 	got = edg_sources_recipes(src.p, src.n, want, nimg, rc, timeout, &recipe_wire, err, sizeof(err));
 	recipe_s = mono_s() - t0;
 	if (got == nimg) {
@@ -762,11 +767,7 @@ static int fetch_run(const struct cli_cmd *cmd, const char *const *val)
 					    sizeof(err));
 	}
 	for (unsigned k = 0; k < src.n; k++) /* a channel the fetch did not take over */
-		if (src.p[k].chan) {
-			edg_fetch_done(src.p[k].chan);
-			edg_chan_free(src.p[k].chan);
-			eng_conn_close(src.p[k].conn);
-		}
+		edg_peer_drop(&src.p[k]);
 	explicit_bzero(key, sizeof(key));
 	cli_progress_end();
 	if (isatty(2))

@@ -21,7 +21,9 @@
  *      leave no recipe after it taken;
  *   5: a client reading share 1 of 2 of "img"'s recipe into the recipe it
  *      holds the header and share 0 of (edg_read_recipe_part): whatever
- *      comes, share 0's places keep their digests.
+ *      comes, share 0's places keep their digests;
+ *   6: a client reading the list of chunks a service sends unasked behind a
+ *      share (edg_read_pushed): at most EDG_PUSH_MAX, a list iff any.
  *
  * With FUZZ_XFER_SEEDS=DIR the harness writes a well-formed input for each
  * end to DIR and exits (tests/fuzz/corpus/xfer).
@@ -146,7 +148,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	init();
 	if (!size)
 		return 0;
-	switch (data[0] % 6) {
+	switch (data[0] % 7) {
 	case 0: {
 		struct edg_serve_stats st;
 		edg_serve_session(served, &ch, &st, err, sizeof(err));
@@ -194,6 +196,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		break;
 	}
+	case 6: {
+		uint8_t *d = NULL;
+		uint32_t k = 0;
+		int r = edg_read_pushed(&ch, &d, &k, 1, &wire, err, sizeof(err));
+		if (k > EDG_PUSH_MAX || (!d) != (k == 0) || (r && (d || k)))
+			abort();
+		free(d);
+		break;
+	}
 	default: {
 		static uint8_t msg[EDG_CHAN_MAX_PAYLOAD], dst[CHUNK];
 		struct cdc_comp_ctx *cz = cdc_comp_new();
@@ -226,7 +237,7 @@ static void put_le(uint8_t *p, uint64_t v, int n)
 }
 
 /* the message types of edge/xfer.c */
-enum { RECIPE_REQ = 1, RECIPE_HDR, RECIPE_PART, CHUNKS_REQ, CHUNK_MSG, NOCHUNK, ERROR_MSG, BYE, HAVE_REQ, HAVE };
+enum { RECIPE_REQ = 1, RECIPE_HDR, RECIPE_PART, CHUNKS_REQ, CHUNK_MSG, NOCHUNK, ERROR_MSG, BYE, HAVE_REQ, HAVE, PUSHED };
 
 static FILE *seed(const char *dir, const char *name, uint8_t end)
 {
@@ -287,14 +298,15 @@ static void write_seeds(const char *dir)
 	uint8_t b[5 + NCHUNK * EDG_DIGEST_LEN];
 	FILE *f;
 
-	/* the service: a recipe, share 1 of 2 of it, its header alone, a have query (8-byte
-	 * prefixes), the chunks and one it lacks, goodbye */
+	/* the service: a recipe, share 1 of 2 of it with two chunks pushed behind it, its header
+	 * alone, a have query (8-byte prefixes), the chunks and one it lacks, goodbye */
 	f = seed(dir, "serve", 0);
 	for (int k = 0; k < 3; k++) {
-		uint8_t req[11];
+		uint8_t req[15];
 		put_le(req, k == 0 ? 0 : k == 1 ? 1 : 2, 4);
 		put_le(req + 4, k == 0 ? 1 : 2, 4);
-		memcpy(req + 8, "img", 3);
+		put_le(req + 8, k == 1 ? 2 * CHUNK : 0, 4);
+		memcpy(req + 12, "img", 3);
 		put_msg(f, RECIPE_REQ, req, sizeof(req));
 	}
 	put_le(b, NCHUNK, 4);
@@ -356,5 +368,11 @@ static void write_seeds(const char *dir)
 	f = seed(dir, "share", 5);
 	put_msg(f, RECIPE_HDR, hdr, sizeof(hdr));
 	put_part(f, digests[1], 1, false);
+	fclose(f);
+	/* the list of two chunks sent unasked */
+	f = seed(dir, "pushed", 6);
+	put_le(b, 2, 4);
+	memcpy(b + 4, digests, 2 * EDG_DIGEST_LEN);
+	put_msg(f, PUSHED, b, 4 + 2 * EDG_DIGEST_LEN);
 	fclose(f);
 }
