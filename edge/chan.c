@@ -1,7 +1,7 @@
 /*
  * Sealed channel (see chan.h). Handshake, both values 32 random bytes:
  *   client -> server  "HOCH" version cn n, then n early frames
- *   server -> client  "HOCH" version sn HMAC(k_auth, "server" cn sn)
+ *   server -> client  "HOCH" version sn HMAC(k_auth, "server" cn sn n)
  * k_auth, k_c2s and k_s2c are HKDF(key, cn || sn, "ho-chunk auth" / "c2s" /
  * "s2c"). The early frames are sealed with HKDF(key, cn || 0^32, "ho-chunk
  * early"): they prove the client holds the key, but the server's value is
@@ -20,6 +20,7 @@
 #include <openssl/hmac.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAGIC "HOCH"
 #define VERSION 3 /* 3: early frames with the hello, chunks pushed behind a share; 2: recipes in shares, have queries by prefix (edge/xfer.c) */
@@ -52,14 +53,17 @@ static int derive(const uint8_t key[32], const uint8_t *cn, const uint8_t *sn, c
 	return cdc_derive_key(key, salt, sizeof(salt), info, out, 32);
 }
 
-static void server_mac(const uint8_t k_auth[32], const uint8_t *cn, const uint8_t *sn, uint8_t out[MAC_LEN])
+/* n: the early frames the server took: one cut from the client's flight fails the client's check */
+static void server_mac(const uint8_t k_auth[32], const uint8_t *cn, const uint8_t *sn, uint8_t n,
+		       uint8_t out[MAC_LEN])
 {
-	uint8_t msg[6 + 2 * NONCE_LEN];
+	uint8_t msg[6 + 2 * NONCE_LEN + 1];
 	unsigned len = MAC_LEN;
 
 	memcpy(msg, "server", 6);
 	memcpy(msg + 6, cn, NONCE_LEN);
 	memcpy(msg + 6 + NONCE_LEN, sn, NONCE_LEN);
+	msg[6 + 2 * NONCE_LEN] = n;
 	HMAC(EVP_sha256(), k_auth, 32, msg, sizeof(msg), out, &len);
 }
 
@@ -134,6 +138,7 @@ struct edg_chan *edg_chan_client_start(struct eng_conn *c, const uint8_t key[32]
 int edg_chan_client_finish(struct edg_chan *ch, const uint8_t key[32], double timeout_s, char *err, size_t errlen)
 {
 	uint8_t reply[5 + NONCE_LEN + MAC_LEN], k_auth[32], mac[MAC_LEN], cn[NONCE_LEN];
+	uint8_t n = ch->out[5 + NONCE_LEN];
 	int r;
 
 	memcpy(cn, ch->out + 5, NONCE_LEN);
@@ -154,7 +159,7 @@ int edg_chan_client_finish(struct edg_chan *ch, const uint8_t key[32], double ti
 		snprintf(err, errlen, "cannot derive the session keys");
 		return -1;
 	}
-	server_mac(k_auth, cn, sn, mac);
+	server_mac(k_auth, cn, sn, n, mac);
 	OPENSSL_cleanse(k_auth, sizeof(k_auth));
 	if (CRYPTO_memcmp(mac, reply + 5 + NONCE_LEN, MAC_LEN)) {
 		snprintf(err, errlen, "handshake: the server does not hold our key (wrong --key?)");
@@ -176,9 +181,23 @@ struct edg_chan *edg_chan_client(struct eng_conn *c, const uint8_t key[32], doub
 	return ch;
 }
 
+static double mono(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* What is left of the handshake's one deadline (a slow peer gets it once, not per read). */
+static double left(double until)
+{
+	double l = until - mono();
+	return l > 0.001 ? l : 0.001;
+}
+
 /* The n early frames after the hello, opened and queued; 0, or -1 with err (a failed one: not our key). */
-static int read_early(struct edg_chan *ch, const uint8_t key[32], const uint8_t *cn, unsigned n, char *err,
-		      size_t errlen)
+static int read_early(struct edg_chan *ch, const uint8_t key[32], const uint8_t *cn, unsigned n, double until,
+		      char *err, size_t errlen)
 {
 	struct cdc_sealer *x = n ? sealer(key, cn, NULL, "ho-chunk early") : NULL;
 	int r = 0;
@@ -190,7 +209,7 @@ static int read_early(struct edg_chan *ch, const uint8_t key[32], const uint8_t 
 	}
 	for (unsigned k = 0; k < n && !r; k++) {
 		uint8_t hdr[4], tag[CDC_TAG_LEN], *b = ch->rx_frame;
-		if ((r = eng_conn_recv_all(ch->c, hdr, 4, ch->timeout_s))) {
+		if ((r = eng_conn_recv_all(ch->c, hdr, 4, left(until)))) {
 			conn_err(ch->c, r, "handshake", err, errlen);
 			break;
 		}
@@ -200,8 +219,8 @@ static int read_early(struct edg_chan *ch, const uint8_t key[32], const uint8_t 
 			r = -EMSGSIZE;
 			break;
 		}
-		if ((r = eng_conn_recv_all(ch->c, b, body, ch->timeout_s)) ||
-		    (r = eng_conn_recv_all(ch->c, tag, sizeof(tag), ch->timeout_s))) {
+		if ((r = eng_conn_recv_all(ch->c, b, body, left(until))) ||
+		    (r = eng_conn_recv_all(ch->c, tag, sizeof(tag), left(until)))) {
 			conn_err(ch->c, r, "handshake", err, errlen);
 			break;
 		}
@@ -226,6 +245,7 @@ struct edg_chan *edg_chan_server(struct eng_conn *c, const uint8_t key[32], doub
 {
 	uint8_t hello[HELLO_LEN], reply[5 + NONCE_LEN + MAC_LEN], k_auth[32];
 	struct edg_chan *ch = chan_new(c, timeout_s);
+	double until = mono() + timeout_s;
 	int r;
 
 	if (!ch) {
@@ -244,7 +264,7 @@ struct edg_chan *edg_chan_server(struct eng_conn *c, const uint8_t key[32], doub
 		snprintf(err, errlen, "handshake: more than %d early frames", EDG_CHAN_EARLY_FRAMES);
 		goto fail;
 	}
-	if (read_early(ch, key, hello + 5, hello[5 + NONCE_LEN], err, errlen))
+	if (read_early(ch, key, hello + 5, hello[5 + NONCE_LEN], until, err, errlen))
 		goto fail;
 	memcpy(reply, MAGIC, 4);
 	reply[4] = VERSION;
@@ -252,7 +272,7 @@ struct edg_chan *edg_chan_server(struct eng_conn *c, const uint8_t key[32], doub
 		snprintf(err, errlen, "cannot set up the session");
 		goto fail;
 	}
-	server_mac(k_auth, hello + 5, reply + 5, reply + 5 + NONCE_LEN);
+	server_mac(k_auth, hello + 5, reply + 5, hello[5 + NONCE_LEN], reply + 5 + NONCE_LEN);
 	OPENSSL_cleanse(k_auth, sizeof(k_auth));
 	if (session_keys(ch, key, hello + 5, reply + 5, false, err, errlen))
 		goto fail;
@@ -338,6 +358,11 @@ int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, u
 	if (!r && *len)
 		memcpy(buf, p, *len);
 	return r;
+}
+
+bool edg_chan_in_session(const struct edg_chan *ch)
+{
+	return ch->rx_seq > 0;
 }
 
 void edg_chan_free(struct edg_chan *ch)

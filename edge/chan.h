@@ -55,6 +55,12 @@ int edg_chan_recv(struct edg_chan *ch, uint8_t *type, void *buf, uint32_t cap, u
 /* The same without a copy: *payload points into the channel's own buffer until the next receive. */
 int edg_chan_recv_view(struct edg_chan *ch, uint8_t *type, const uint8_t **payload, uint32_t max, uint32_t *len,
 		       double timeout_s);
+/*
+ * The peer sent a frame of this session (not only early frames, which a
+ * recording can replay): a server gives a client that has not yet proved its
+ * session a short wait.
+ */
+bool edg_chan_in_session(const struct edg_chan *ch);
 /* Wipes the keys; the connection stays the caller's. */
 void edg_chan_free(struct edg_chan *ch);
 

@@ -34,7 +34,7 @@
 #define PUSHED_DROP (1ull << 63) /* a fifo entry: the k-th chunk sent unasked, to read and drop */
 
 static int drain_pushed(struct edg_peer *p, struct edg_chan *ch, uint32_t cs, double timeout_s, uint64_t *wire,
-			uint64_t *raw_bytes, char *err, size_t errlen);
+			uint64_t *raw_bytes, uint64_t *chunks, char *err, size_t errlen);
 
 enum chunk_state { PENDING, FLYING, DONE, LOST };
 
@@ -550,10 +550,10 @@ static void *worker_main(void *arg)
 			r = 0;
 		} else {
 			/* what it sent unasked comes first: read and dropped (duplicates), then what it holds */
-			uint64_t n = wk->p->npushed, raw = 0;
-			r = drain_pushed(wk->p, wk->ch, j->cs, HAVE_S, &wk->p->wire_bytes, &raw, err, sizeof(err));
+			uint64_t n = 0, raw = 0;
+			r = drain_pushed(wk->p, wk->ch, j->cs, HAVE_S, &wk->p->wire_bytes, &raw, &n, err, sizeof(err));
 			pthread_mutex_lock(&j->lock);
-			wk->p->duplicate_chunks += r ? 0 : n;
+			wk->p->duplicate_chunks += n;
 			j->dup_bytes += raw;
 			pthread_mutex_unlock(&j->lock);
 			if (!r)
@@ -1047,18 +1047,19 @@ void edg_peer_drop(struct edg_peer *p)
  * request of ours waits behind them (a share it lacked, the whole recipe). 0, or -errno.
  */
 static int drain_pushed(struct edg_peer *p, struct edg_chan *ch, uint32_t cs, double timeout_s, uint64_t *wire,
-			uint64_t *raw_bytes, char *err, size_t errlen)
+			uint64_t *raw_bytes, uint64_t *chunks, char *err, size_t errlen)
 {
 	uint8_t *msg = p->npushed ? malloc(edg_chunk_msg_max(cs)) : NULL, *dst = p->npushed ? malloc(cs) : NULL;
 	struct cdc_comp_ctx *cz = p->npushed ? cdc_comp_new() : NULL;
 	int r = !p->npushed || (msg && dst && cz) ? 0 : -ENOMEM;
 
-	*raw_bytes = 0;
+	*raw_bytes = *chunks = 0;
 	for (uint32_t k = 0; k < p->npushed && r >= 0; k++) {
 		uint32_t raw = 0;
 		r = edg_recv_chunk(ch, p->pushed + (size_t)k * EDG_DIGEST_LEN, msg, cz, dst, cs, &raw, timeout_s, wire,
 				   err, errlen);
-		*raw_bytes += raw;
+		*raw_bytes += r == 0 ? raw : 0;
+		*chunks += r == 0; /* a NOCHUNK carried no bytes */
 	}
 	cdc_comp_free(cz);
 	free(msg);
@@ -1074,9 +1075,9 @@ static void drain_before_answers(struct edg_peer *p, uint32_t cs, double timeout
 				 size_t errlen)
 {
 	char e[512];
-	uint64_t raw;
+	uint64_t raw, n;
 
-	if (p->chan && p->npushed && drain_pushed(p, p->chan, cs, timeout_s, wire, &raw, e, sizeof(e))) {
+	if (p->chan && p->npushed && drain_pushed(p, p->chan, cs, timeout_s, wire, &raw, &n, e, sizeof(e))) {
 		first_reason(err, errlen, p, e);
 		drop_channel(p);
 	}
@@ -1170,7 +1171,7 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 			continue;
 		struct edg_peer *pr = &p[ref[i]];
 		/* the parts that did not come, from the peer that names the recipe: asked at once, then read */
-		bool asked[EDG_PEERS_MAX] = { false };
+		bool asked[EDG_PEERS_MAX] = { false }, any = false;
 		for (unsigned x = 0; x < parts && pr->chan; x++) {
 			if (have[i][x])
 				continue;
@@ -1179,9 +1180,10 @@ unsigned edg_sources_recipes(struct edg_peer *p, unsigned n, const char *const *
 				drop_channel(pr);
 				break;
 			}
-			asked[x] = true;
+			asked[x] = any = true;
 		}
-		drain_before_answers(pr, rc[i].chunk_size, timeout_s, wire, err, errlen);
+		if (any) /* its pushed chunks are ahead of the answers: only then are they lost */
+			drain_before_answers(pr, rc[i].chunk_size, timeout_s, wire, err, errlen);
 		for (unsigned x = 0; x < parts && pr->chan; x++)
 			if (asked[x])
 				have[i][x] = !recipe_share(pr, &rc[i], x, parts, false, timeout_s, wire, err, errlen);

@@ -50,6 +50,7 @@ enum {
 #define ZSTD_LEVEL 3
 #define IDLE_S 300.0        /* a client silent this long is gone */
 #define FIRST_S 10.0        /* the wait for a session's first (key-proving) frame */
+#define EARLY_S 30.0        /* after early requests (replayable), the wait for the first session frame */
 #define CHUNK_HDR (EDG_DIGEST_LEN + 5)
 #define PIN_S 3600          /* a fetch that dies without unpinning frees its pin after this */
 /* the largest message each end reads: HAVE_REQ of a client, RECIPE_PART of a service */
@@ -312,7 +313,7 @@ int edg_serve_session(struct edg_store *s, struct edg_chan *ch, struct edg_serve
 				eng_set_err(err, errlen, "client: %s", recv_error(r));
 			break;
 		}
-		wait = IDLE_S;
+		wait = edg_chan_in_session(ch) ? IDLE_S : EARLY_S;
 		if (type == MSG_BYE)
 			break;
 		if (type == MSG_RECIPE_REQ) {

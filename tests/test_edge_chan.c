@@ -4,7 +4,8 @@
  * the session's; their limits; a client without the key is refused at its
  * early frames; and a recorded hello with its early frames, replayed by a
  * host without the key, is answered (sealed for a session it cannot read)
- * but its next frame fails.
+ * but its next frame fails; a relay that cuts an early frame from the flight
+ * is caught by the client (the service's MAC covers the count it took).
  */
 #include "testlib.h"
 
@@ -246,28 +247,39 @@ static size_t read_quiet(int fd, uint8_t *buf, size_t cap, int quiet_ms)
 	return n;
 }
 
+/*
+ * A real client (a thread, t) connected to a listener of ours: what it sent, its hello and two
+ * early frames, in rec (*n bytes); it waits on the returned socket for the service's answer.
+ */
+static int record_client(struct early_client *ec, const uint8_t key[32], pthread_t *t, uint8_t *rec, size_t cap,
+			 size_t *n)
+{
+	uint16_t port;
+	int lfd = raw_listen(&port);
+
+	memset(ec, 0, sizeof(*ec));
+	snprintf(ec->loc, sizeof(ec->loc), "tcp:127.0.0.1:%u", port);
+	memcpy(ec->key, key, 32);
+	assert_int_equal(pthread_create(t, NULL, early_client_main, ec), 0);
+	int fd = accept(lfd, NULL, NULL);
+	assert_true(fd >= 0);
+	close(lfd);
+	*n = read_quiet(fd, rec, cap, 300);
+	return fd;
+}
+
 static void test_replayed_hello(void **state)
 {
 	uint8_t key[32], rec[4096], got[4096];
 	char loc[64];
-	uint16_t port;
 	struct early_client ec;
 	struct echo e;
 	pthread_t t;
+	size_t n;
 
 	(void)state;
 	test_fill_random(key, sizeof(key));
-	/* record what a real client sends: its hello and two early frames */
-	int lfd = raw_listen(&port);
-	memset(&ec, 0, sizeof(ec));
-	snprintf(ec.loc, sizeof(ec.loc), "tcp:127.0.0.1:%u", port);
-	memcpy(ec.key, key, 32);
-	assert_int_equal(pthread_create(&t, NULL, early_client_main, &ec), 0);
-	int rfd = accept(lfd, NULL, NULL);
-	assert_true(rfd >= 0);
-	size_t n = read_quiet(rfd, rec, sizeof(rec), 300);
-	close(rfd);
-	close(lfd);
+	close(record_client(&ec, key, &t, rec, sizeof(rec), &n));
 	pthread_join(t, NULL);
 	assert_int_not_equal(ec.ret, 0); /* nobody answered it */
 	assert_true(n > 5 + 32 + 1 + 2 * (4 + 1 + 16));
@@ -290,6 +302,35 @@ static void test_replayed_hello(void **state)
 	assert_int_equal(e.rc, -EBADMSG);
 }
 
+/* A relay that drops the last early frame and lowers the count: the client must notice. */
+static void test_cut_early_frame(void **state)
+{
+	uint8_t key[32], rec[4096], reply[69];
+	char loc[64];
+	struct early_client ec;
+	struct echo e;
+	pthread_t t;
+	size_t n;
+
+	(void)state;
+	test_fill_random(key, sizeof(key));
+	echo_start(&e, key, loc, sizeof(loc));
+	int cfd = record_client(&ec, key, &t, rec, sizeof(rec), &n);
+	const size_t hello = 5 + 32 + 1, first = 4 + 1 + 5 + 16; /* "first": type + 5 bytes, sealed */
+	assert_true(n == hello + first + 4 + 1 + 6 + 16 && rec[hello - 1] == 2);
+	rec[hello - 1] = 1; /* one frame said, one sent: both authentic, the second cut */
+	int sfd = raw_connect(loc);
+	assert_int_equal(write(sfd, rec, hello + first), (ssize_t)(hello + first));
+	assert_int_equal(read_quiet(sfd, reply, sizeof(reply), 500), sizeof(reply));
+	assert_int_equal(write(cfd, reply, sizeof(reply)), (ssize_t)sizeof(reply));
+	pthread_join(t, NULL);
+	assert_int_not_equal(ec.ret, 0); /* the service's MAC covers the count it took */
+	close(cfd);
+	close(sfd);
+	echo_stop(&e);
+	assert_int_equal(e.msgs, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -297,6 +338,7 @@ int main(void)
 		cmocka_unit_test(test_early_limits),
 		cmocka_unit_test(test_wrong_key),
 		cmocka_unit_test(test_replayed_hello),
+		cmocka_unit_test(test_cut_early_frame),
 	};
 
 	test_seed();
