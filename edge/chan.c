@@ -13,6 +13,7 @@
  */
 #include "chan.h"
 #include "codecs/codecs.h"
+#include "engine/clock.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -20,7 +21,6 @@
 #include <openssl/hmac.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define MAGIC "HOCH"
 #define VERSION 3 /* 3: early frames with the hello, chunks pushed behind a share; 2: recipes in shares, have queries by prefix (edge/xfer.c) */
@@ -181,17 +181,10 @@ struct edg_chan *edg_chan_client(struct eng_conn *c, const uint8_t key[32], doub
 	return ch;
 }
 
-static double mono(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 /* What is left of the handshake's one deadline (a slow peer gets it once, not per read). */
 static double left(double until)
 {
-	double l = until - mono();
+	double l = until - eng_mono_s();
 	return l > 0.001 ? l : 0.001;
 }
 
@@ -245,7 +238,7 @@ struct edg_chan *edg_chan_server(struct eng_conn *c, const uint8_t key[32], doub
 {
 	uint8_t hello[HELLO_LEN], reply[5 + NONCE_LEN + MAC_LEN], k_auth[32];
 	struct edg_chan *ch = chan_new(c, timeout_s);
-	double until = mono() + timeout_s;
+	double until = eng_mono_s() + timeout_s;
 	int r;
 
 	if (!ch) {

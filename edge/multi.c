@@ -484,11 +484,6 @@ static int build_order(struct worker *wk)
  * if asked (it heads the fifo), or, when the cache holds it or another path has it, read and
  * dropped when it comes. Under nothing: before the request loop.
  */
-static int digest_order(const void *a, const void *b)
-{
-	return memcmp(a, b, EDG_DIGEST_LEN);
-}
-
 static void take_pushed(struct worker *wk, double now)
 {
 	struct job *j = wk->j;
@@ -497,7 +492,7 @@ static void take_pushed(struct worker *wk, double now)
 	pthread_mutex_lock(&j->lock);
 	for (uint32_t k = 0; k < wk->p->npushed && wk->fn < wk->fcap; k++) {
 		const uint8_t *d = wk->p->pushed + (size_t)k * EDG_DIGEST_LEN;
-		const uint8_t *hit = j->nw ? bsearch(d, j->w, j->nw, EDG_DIGEST_LEN, digest_order) : NULL;
+		const uint8_t *hit = j->nw ? bsearch(d, j->w, j->nw, EDG_DIGEST_LEN, edg_digest_cmp) : NULL;
 		uint64_t i = hit ? (uint64_t)(hit - j->w) / EDG_DIGEST_LEN : 0, slot = (wk->fh + wk->fn) % wk->fcap;
 		if (hit && j->state[i] == PENDING) {
 			j->state[i] = FLYING;

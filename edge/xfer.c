@@ -529,7 +529,7 @@ int edg_ask_have(struct edg_chan *ch, const uint8_t *digests, uint64_t n, bool *
 	return r;
 }
 
-static int digest_cmp(const void *a, const void *b)
+int edg_digest_cmp(const void *a, const void *b)
 {
 	return memcmp(a, b, EDG_DIGEST_LEN);
 }
@@ -544,7 +544,7 @@ uint8_t *edg_wanted(const uint8_t *d, const bool *missing, uint64_t n, uint64_t 
 	for (uint64_t i = 0; i < n; i++)
 		if (missing[i])
 			memcpy(w + k++ * EDG_DIGEST_LEN, d + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);
-	qsort(w, k, EDG_DIGEST_LEN, digest_cmp);
+	qsort(w, k, EDG_DIGEST_LEN, edg_digest_cmp);
 	for (uint64_t i = 0; i < k; i++)
 		if (!out || memcmp(w + (out - 1) * EDG_DIGEST_LEN, w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN))
 			memmove(w + out++ * EDG_DIGEST_LEN, w + i * EDG_DIGEST_LEN, EDG_DIGEST_LEN);

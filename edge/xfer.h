@@ -105,6 +105,7 @@ uint32_t edg_chunk_msg_max(uint32_t chunk_size);
 int edg_recv_chunk(struct edg_chan *ch, const uint8_t *want, uint8_t *msg, struct cdc_comp_ctx *cz, uint8_t *dst,
 		   uint32_t cap, uint32_t *raw_len, double timeout_s, uint64_t *wire, char *err, size_t errlen);
 /* Each digest of d[0..n) marked missing, once (an image repeats some, zeros above all), sorted; malloc'd. */
+int edg_digest_cmp(const void *a, const void *b); /* that order: qsort and bsearch over digests */
 uint8_t *edg_wanted(const uint8_t *d, const bool *missing, uint64_t n, uint64_t *nw);
 /* Which of n digests the service holds (held[i]). 0, or -errno with err. */
 int edg_ask_have(struct edg_chan *ch, const uint8_t *digests, uint64_t n, bool *held, double timeout_s,
