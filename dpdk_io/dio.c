@@ -1179,14 +1179,17 @@ static void conn_free(struct dio_conn *c)
 		pthread_join(c->io, NULL);
 	}
 	/*
-	 * After a RESET of ours the peer closes at once. Stopping our port at
-	 * the same moment races, inside net_memif, with the peer's disconnect
-	 * that DPDK's interrupt thread handles (seen: "EAL: Error: Invalid
-	 * memory" and a crash, about 1 run in 20 of a refused handshake): let
-	 * the peer leave first, for up to a second, and the PMD finish with
-	 * its leaving (the link reads down as the PMD starts tearing down).
+	 * Stopping our port while the peer stops its own races, inside
+	 * net_memif, with the peer's disconnect that DPDK's interrupt thread
+	 * handles (seen: "EAL: Error: Invalid memory" and a crash, about 1 run
+	 * in 20 of a refused handshake, and a serve --listen dpdk: that
+	 * crashed after a client's clean goodbye). So one side leaves first:
+	 * after a RESET of ours the peer closes at once, and after a clean end
+	 * the connector does; the other waits for up to a second, and for the
+	 * PMD to finish with its leaving (the link reads down as it starts).
 	 */
-	if (c->reset_sent && c->port.started) {
+	bool peer_leaves_first = c->reset_sent || (c->listener && atomic_load(&c->err) != -ECONNRESET);
+	if (peer_leaves_first && c->port.started) {
 		for (int i = 0; i < 50 && dio_port_link_up(&c->port); i++)
 			usleep(20000);
 		usleep(100000);
