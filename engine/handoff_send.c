@@ -52,6 +52,24 @@ struct pass_report {
 	struct pass_report *next;
 };
 
+/*
+ * Guest RAM read in chunks with pread: the kernel copies through its own
+ * mapping of the page cache, while touching our mapping of it costs a fault
+ * and a TLB miss per 4 KiB page (on this nested host 256 MiB read 0.02 s by
+ * pread, 0.11 s through the mapping once its pages were mapped, and the
+ * first sweep faulted them in at several us each).
+ */
+#define LIVE_CHUNK_BLOCKS 256u
+#define REFRESH_SHARE 0.2 /* of the time between passes that scans may take */
+#define FULL_TICK_S 0.09  /* the controller's tick (tick_ms 100); early ticks in between */
+#define THROTTLE_STEP_MIN_S 1.0 /* between the guest throttle's steps */
+
+struct live_chunk {
+	uint8_t *buf;    /* LIVE_CHUNK_BLOCKS blocks */
+	uint64_t first;  /* first block of the shared RAM held */
+	unsigned n;      /* blocks held (0: none) */
+};
+
 struct src {
 	const struct eng_send_args *a;
 	/* adaptation (--mode auto) */
@@ -76,6 +94,10 @@ struct src {
 	const uint8_t *shared;
 	size_t shared_len;
 	uint64_t shared_off; /* where the backend's RAM block sits in the RAM image */
+	int shared_fd;       /* the backend file, read in chunks by the sweep and the scans */
+	int base_ram_fd;     /* the base's mem.img: what the mirror holds of a page never written */
+	uint64_t *mirror_written; /* per mirror block: written since it came from mem.img */
+	struct live_chunk sweep_live, sweep_base, scan_live, scan_base;
 	/* the first pass's pages not yet compared with the mirror (begin_unscanned_pass) */
 	uint64_t *unchecked, unchecked_first, unchecked_n, unchecked_pos;
 	int disk_fd;
@@ -112,6 +134,13 @@ struct src {
 	enum phase phase;
 	uint64_t t0;
 	double stop_requested_s, last_refresh_s, qemu_done_s, trailer_s;
+	uint64_t tick_due;      /* when the pipeline's main lcore ticks next at the latest (eng_tick_due) */
+	double full_tick_s, last_tick_s;
+	double thr_step_s;      /* the guest throttle's last step */
+	double stop_decided_s;  /* the rest fit: QEMU asked to finish (stop_requested_s once it took that) */
+	double final_scan_s;    /* the scan of RAM after the VM stopped (part of the pause) */
+	double held_s;          /* pre-copy's feed held back: more than the link's commit waited */
+	double refresh_cost_s; /* what the last scan of RAM and the disk's map took */
 	double stop_ts, resume_ts; /* QMP event times (host realtime clock) */
 	double best_est;      /* smallest estimated time of a pass so far */
 	/* wire bytes per raw byte fed, over the last whole pass: late passes
@@ -272,6 +301,58 @@ static int begin_unscanned_pass(struct src *s)
 	return 0;
 }
 
+/*
+ * Block b of the shared RAM from fd, whose block 0 sits at byte at: from c,
+ * read by the chunk that holds it (the sweep and the scans go in address
+ * order), or NULL if the read fails (the caller reads its mapping instead).
+ */
+static const uint8_t *chunk_page(struct src *s, struct live_chunk *c, int fd, uint64_t at, uint64_t b)
+{
+	if (c->n && b >= c->first && b - c->first < c->n)
+		return c->buf + (b - c->first) * CDC_BLOCK_SIZE;
+	uint64_t nblocks = s->shared_len / CDC_BLOCK_SIZE, n = nblocks - b < LIVE_CHUNK_BLOCKS ? nblocks - b
+												: LIVE_CHUNK_BLOCKS;
+	c->n = 0;
+	if (fd < 0 || (!c->buf && !(c->buf = aligned_alloc(CDC_BLOCK_SIZE, LIVE_CHUNK_BLOCKS * CDC_BLOCK_SIZE))))
+		return NULL;
+	ssize_t got = pread(fd, c->buf, n * CDC_BLOCK_SIZE, (off_t)(at + b * CDC_BLOCK_SIZE));
+	if (got < CDC_BLOCK_SIZE)
+		return NULL;
+	c->first = b;
+	c->n = (unsigned)(got / CDC_BLOCK_SIZE);
+	return c->buf;
+}
+
+/* Block b of the shared RAM as it is now. */
+static const uint8_t *live_page(struct src *s, struct live_chunk *c, uint64_t b)
+{
+	const uint8_t *p = chunk_page(s, c, s->shared_fd, 0, b);
+
+	return p ? p : s->shared + b * CDC_BLOCK_SIZE;
+}
+
+/*
+ * What the mirror holds of block b of the shared RAM. A page never written
+ * since the mirror was mapped from mem.img is read from mem.img like the
+ * live one: its page of the copy-on-write mirror would cost a fault.
+ */
+static const uint8_t *mirror_page(struct src *s, struct live_chunk *c, uint64_t b)
+{
+	uint64_t mb = s->shared_off / CDC_BLOCK_SIZE + b;
+	const uint8_t *p = NULL;
+
+	if (!(s->mirror_written[mb / 64] >> (mb % 64) & 1))
+		p = chunk_page(s, c, s->base_ram_fd, s->shared_off, b);
+	return p ? p : s->mirror + mb * CDC_BLOCK_SIZE;
+}
+
+/* The mirror's block mb takes data. */
+static void mirror_write(struct src *s, uint64_t mb, const uint8_t *data)
+{
+	memcpy(s->mirror + mb * CDC_BLOCK_SIZE, data, CDC_BLOCK_SIZE);
+	__atomic_fetch_or(&s->mirror_written[mb / 64], 1ull << (mb % 64), __ATOMIC_RELAXED); /* the bridge's too */
+}
+
 /* An unchecked page the feed took: false when it still equals the mirror (nothing to send). */
 static bool changed_since_mirror(struct src *s, uint64_t g)
 {
@@ -281,11 +362,10 @@ static bool changed_since_mirror(struct src *s, uint64_t g)
 	    !(s->unchecked[b / 64] >> (b % 64) & 1))
 		return true;
 	s->unchecked[b / 64] &= ~(1ull << (b % 64));
-	uint8_t *m = s->mirror + s->shared_off + b * CDC_BLOCK_SIZE;
-	const uint8_t *live = s->shared + b * CDC_BLOCK_SIZE;
-	if (!memcmp(m, live, CDC_BLOCK_SIZE))
+	const uint8_t *live = live_page(s, &s->sweep_live, b);
+	if (!memcmp(mirror_page(s, &s->sweep_base, b), live, CDC_BLOCK_SIZE))
 		return false;
-	memcpy(m, live, CDC_BLOCK_SIZE);
+	mirror_write(s, s->shared_off / CDC_BLOCK_SIZE + b, live);
 	return true;
 }
 
@@ -300,8 +380,7 @@ static void mirror_take_live(struct src *s, uint64_t g)
 	uint64_t first = s->first[ENG_VM_MEMORY] + s->shared_off / CDC_BLOCK_SIZE;
 
 	if (s->shared && g >= first && g - first < s->shared_len / CDC_BLOCK_SIZE)
-		memcpy(s->mirror + s->shared_off + (g - first) * CDC_BLOCK_SIZE, s->shared + (g - first) * CDC_BLOCK_SIZE,
-		       CDC_BLOCK_SIZE);
+		mirror_write(s, s->shared_off / CDC_BLOCK_SIZE + (g - first), s->shared + (g - first) * CDC_BLOCK_SIZE);
 }
 
 /* A RAM page found written again (the disk's count comes from the tracker). */
@@ -315,11 +394,12 @@ static void scan_shared_ram(struct src *s)
 {
 	uint64_t first = s->first[ENG_VM_MEMORY] + s->shared_off / CDC_BLOCK_SIZE;
 
+	s->scan_live.n = s->scan_base.n = 0; /* what they held is stale */
 	for (size_t off = 0; off < s->shared_len; off += CDC_BLOCK_SIZE) {
-		uint8_t *m = s->mirror + s->shared_off + off;
-		if (!memcmp(m, s->shared + off, CDC_BLOCK_SIZE))
+		const uint8_t *live = live_page(s, &s->scan_live, off / CDC_BLOCK_SIZE);
+		if (!memcmp(mirror_page(s, &s->scan_base, off / CDC_BLOCK_SIZE), live, CDC_BLOCK_SIZE))
 			continue;
-		memcpy(m, s->shared + off, CDC_BLOCK_SIZE);
+		mirror_write(s, (s->shared_off + off) / CDC_BLOCK_SIZE, live);
 		heat_up(s, first + off / CDC_BLOCK_SIZE);
 		mark(s, first + off / CDC_BLOCK_SIZE);
 	}
@@ -515,7 +595,9 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 
 	if (s->ended)
 		return ENG_FEED_END;
-	if (!__atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE) || s->hold)
+	if (!__atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE))
+		return 0;
+	if (s->hold)
 		return 0;
 	/* the first pass ends with a sweep of the blocks the destination's cache lacks */
 	uint64_t walk = s->total * s->sweeps, end = walk + (s->lacking_late ? s->total : 0);
@@ -571,6 +653,7 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		__atomic_store_n(&s->pass_active, false, __ATOMIC_RELEASE);
 		if (s->final_pass)
 			s->ended = s->final_fed = true;
+		eng_tick_due(&s->tick_due, 0); /* what next: a scan, a pass, the stop */
 	}
 	return (int)n;
 }
@@ -611,6 +694,8 @@ static int on_page(void *ctx, uint64_t off, const uint8_t *data)
 			return 0;
 		memset(page, 0, CDC_BLOCK_SIZE);
 	}
+	__atomic_fetch_or(&s->mirror_written[off / CDC_BLOCK_SIZE / 64], 1ull << (off / CDC_BLOCK_SIZE % 64),
+			  __ATOMIC_RELAXED);
 	heat_up(s, s->first[ENG_VM_MEMORY] + off / CDC_BLOCK_SIZE);
 	mark(s, s->first[ENG_VM_MEMORY] + off / CDC_BLOCK_SIZE);
 	return 0;
@@ -645,6 +730,7 @@ static void *bridge_main(void *arg)
 			ok = 1;
 	}
 	__atomic_store_n(&s->bridge_done, ok, __ATOMIC_RELEASE);
+	eng_tick_due(&s->tick_due, 0); /* the final pass can start */
 	return NULL;
 }
 
@@ -706,6 +792,9 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 	}
 	if (!s->thr.active || s->thr.fraction >= 0.99)
 		return false;
+	/* passes can be a fraction of a second apart: the last step gets a second to show */
+	if (s->thr.fraction > 0 && now_s(s) - s->thr_step_s < THROTTLE_STEP_MIN_S)
+		return true;
 	double next = s->thr.fraction == 0 ? 0.3 : s->thr.fraction + 0.2;
 	double span = s->cur_report ? now_s(s) - s->cur_report->start_s : 0;
 	double dirty = span > 0.5 ? (double)pending * CDC_BLOCK_SIZE / span / (1 - s->thr.fraction) : 0;
@@ -720,6 +809,7 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 		return false;
 	}
 	eng_guard_throttle(&s->guard, &s->thr);
+	s->thr_step_s = now_s(s);
 	if (s->thr_steps++ == 0)
 		s->thr_since = now_s(s);
 	if (next > s->thr_max)
@@ -790,8 +880,10 @@ static void begin_final(struct src *s)
 	s->qemu_done_s = now_s(s);
 	throttle_release(s); /* the VM is stopped: nothing left to slow */
 	/* QEMU stopped the VM: RAM is frozen (QEMU sent none of the shared block) */
-	if (s->shared && s->conn)
+	if (s->shared && s->conn) {
 		scan_shared_ram(s);
+		s->final_scan_s = now_s(s) - s->qemu_done_s;
+	}
 	/* QEMU flushed the disk when it stopped the VM: this map is the last */
 	if (mark_dirty_disk(s))
 		return;
@@ -816,7 +908,17 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	struct src *s = ctx;
 	struct eng_diff_report rep;
 	char err[200];
+	/* a tick asked early (tick_soon) acts on passes and queues; the controller and
+	 * the progress line keep their windows of about tick_ms */
+	double t = now_s(s);
+	bool full = t - s->full_tick_s >= FULL_TICK_S;
 
+	if (full)
+		s->full_tick_s = t;
+	/* a gap longer than a tick is no hold (the pipeline stopped: a cut, a new stream) */
+	if (s->hold && s->phase == PH_PRECOPY && t - s->last_tick_s < 0.2)
+		s->held_s += t - s->last_tick_s;
+	s->last_tick_s = t;
 	eng_pipeline_report(p, &rep);
 	s->wire_bytes = s->wire_prev + rep.wire_bytes;
 	if (!s->t_first_state)
@@ -835,7 +937,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		if (r > 0)
 			s->rate_Bps = r / 8;
 	}
-	if (s->a->adapt) {
+	if (s->a->adapt && full) {
 		struct eng_adapt_sample smp;
 		struct eng_mode next, cand;
 		struct eng_trial trial;
@@ -876,6 +978,10 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	if (s->conn && s->rate_Bps > 0) {
 		s->hold = s->phase == PH_PRECOPY && backlog > commit;
 		limit_queues(s);
+		if (s->hold) { /* looked at again once the excess should have drained (fast link: ms) */
+			double wait = (backlog - commit) / s->rate_Bps;
+			eng_tick_due(&s->tick_due, eng_mono_s() + (wait < 0.1 ? wait : 0.1));
+		}
 	}
 	/* the destination only speaks before the trailer to say it failed */
 	if (s->conn && !s->fail[0]) {
@@ -883,7 +989,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		char text[ENG_MSG_TEXT_MAX + 1];
 		if (!s->have_ctl && s->stream.header_len)
 			s->have_ctl = eng_control_init(&s->ctl, s->conn, &s->stream, s->a->key, 1) == 0;
-		int r = s->have_ctl ? eng_control_recv(&s->ctl, 0.001, &type, text, sizeof(text)) : -ETIMEDOUT;
+		int r = s->have_ctl ? eng_control_recv(&s->ctl, full ? 0.001 : 0, &type, text, sizeof(text)) : -ETIMEDOUT;
 		if (r == 0 && type != ENG_MSG_ALIVE) /* ALIVE: it read the trailer and is loading */
 			src_fail(s, "destination %s: %s", type == ENG_MSG_FAILED ? "failed" : "spoke out of turn",
 				 type == ENG_MSG_FAILED ? text : eng_msg_name(type));
@@ -924,7 +1030,8 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		src_fail(s, "%s", s->bridge_err);
 		s->ended = true;
 	}
-	progress_line(s, &rep, pending);
+	if (full)
+		progress_line(s, &rep, pending);
 	if (s->fail[0] || __atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE))
 		return;
 	switch (s->phase) {
@@ -933,8 +1040,11 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			begin_final(s);
 			break;
 		}
-		/* between passes: what changed since, at most once a second (a scan reads all RAM) */
-		if (now_s(s) - s->last_refresh_s >= 1.0 || s->passes == 0) {
+		/* between passes: what changed since; a scan reads all RAM, so scans take at most
+		 * REFRESH_SHARE of the time (once a second at most, before: on a fast link the
+		 * rest waited 0.4 s after a 0.6 s first pass for a 0.05 s scan) */
+		double refresh_at = s->last_refresh_s + s->refresh_cost_s / REFRESH_SHARE;
+		if (now_s(s) >= refresh_at || s->passes == 0) {
 			s->last_refresh_s = now_s(s);
 			if (s->shared)
 				scan_shared_ram(s);
@@ -942,8 +1052,10 @@ static void tick(void *ctx, struct eng_pipeline *p)
 				s->ended = true;
 				return;
 			}
+			s->refresh_cost_s = now_s(s) - s->last_refresh_s;
 			pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
 		} else if (s->passes) {
+			eng_tick_due(&s->tick_due, eng_mono_s() + (refresh_at - now_s(s)));
 			return;
 		}
 		/* before the link has carried enough to measure, assume a slow one */
@@ -979,6 +1091,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			 * state says "running" and the destination starts it) and sends
 			 * the devices; RAM is read from the shared backend after that.
 			 */
+			s->stop_decided_s = now_s(s);
 			if (s->shared ? qemu_migrate(s, 300000, err, sizeof(err))
 				      : qb_migrate_set_downtime(s->qmp, 300000, err, sizeof(err))) {
 				src_fail(s, "cannot let QEMU finish: %s", err);
@@ -1215,11 +1328,12 @@ static int map_shared_ram(struct src *s, char *err, size_t errlen)
 		return -errno;
 	}
 	void *m = mmap(NULL, blk->length, PROT_READ, MAP_SHARED, fd, 0);
-	close(fd);
 	if (m == MAP_FAILED) {
 		snprintf(err, errlen, "cannot map the VM's RAM %.300s: %s", path, strerror(errno));
+		close(fd);
 		return -ENOMEM;
 	}
+	s->shared_fd = fd;
 	s->shared = m;
 	s->shared_len = blk->length;
 	s->shared_off = blk->image_off;
@@ -1297,7 +1411,10 @@ static int setup(struct src *s, char *err, size_t errlen)
 	/* the mirror starts as the base RAM: the VM was started from it */
 	s->mirror_len = (size_t)s->count[ENG_VM_MEMORY] * CDC_BLOCK_SIZE;
 	s->mirror = mmap(NULL, s->mirror_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (s->mirror == MAP_FAILED) {
+	s->mirror_written = calloc((s->count[ENG_VM_MEMORY] + 63) / 64 + 1, sizeof(uint64_t));
+	if (s->mirror == MAP_FAILED || !s->mirror_written) {
+		if (s->mirror != MAP_FAILED)
+			munmap(s->mirror, s->mirror_len);
 		s->mirror = NULL;
 		snprintf(err, errlen, "cannot allocate the RAM mirror: %s", strerror(errno));
 		return -ENOMEM;
@@ -1319,8 +1436,7 @@ static int setup(struct src *s, char *err, size_t errlen)
 		}
 		memcpy(s->mirror, s->base.map[ENG_VM_MEMORY], mem_size);
 	}
-	if (mfd >= 0)
-		close(mfd);
+	s->base_ram_fd = mfd; /* the mirror's pages as they started, for the first sweep */
 	s->qmp = qb_qmp_connect(s->a->qmp_path, 10, err, errlen);
 	if (!s->qmp || check_source(s, err, errlen))
 		return -EIO;
@@ -1361,6 +1477,7 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 	json_object_object_add(o, "link_mbit", json_object_new_double(s->rate_Bps * 8 / 1e6));
 	json_object_object_add(o, "stop_budget_s", json_object_new_double(s->a->stop_budget_s));
 	json_object_object_add(o, "stopped_over_budget", json_object_new_boolean(s->over_budget));
+	json_object_object_add(o, "feed_held_s", json_object_new_double(s->held_s));
 	json_object *th = json_object_new_object();
 	json_object_object_add(th, "enabled", json_object_new_boolean(s->a->throttle));
 	json_object_object_add(th, "used", json_object_new_boolean(s->thr_steps > 0));
@@ -1410,6 +1527,9 @@ static json_object *summary_json(struct src *s, const struct eng_diff_report *re
 		json_object_object_add(o, "destination_cache", c);
 	}
 	json_object *t = json_object_new_object();
+	json_object_object_add(t, "stop_decided_s", json_object_new_double(s->stop_decided_s));
+	json_object_object_add(t, "scan_s", json_object_new_double(s->refresh_cost_s));
+	json_object_object_add(t, "final_scan_s", json_object_new_double(s->final_scan_s));
 	json_object_object_add(t, "stop_s", json_object_new_double(s->stop_requested_s));
 	json_object_object_add(t, "stop_qmp_time", json_object_new_double(s->stop_ts));
 	json_object_object_add(t, "resume_qmp_time", json_object_new_double(s->resume_ts));
@@ -1673,7 +1793,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		return -ENOMEM;
 	}
 	s->a = a;
-	s->disk_fd = s->read_fd = s->mig_fd = -1;
+	s->disk_fd = s->read_fd = s->mig_fd = s->shared_fd = s->base_ram_fd = -1;
 	s->out.fd = s->trace_out.fd = -1;
 	s->t0 = rte_rdtsc();
 	s->guard.fd = -1;
@@ -1729,7 +1849,7 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed,
 		.key = a->key, .session = s->conn ? s->session : NULL, .aead = a->aead, .mode = a->mode,
 		.socket = s->socket, .ledger = resumable ? &s->ledger : NULL,
-		.tick = tick, .tick_ctx = s, .tick_ms = 100, .stream_out = &s->stream,
+		.tick = tick, .tick_ctx = s, .tick_ms = 100, .tick_due = &s->tick_due, .stream_out = &s->stream,
 	};
 	/*
 	 * A lacking block the guest writes again goes as a delta against its
@@ -1819,6 +1939,15 @@ out:
 		close(s->disk_fd);
 	if (s->mirror)
 		munmap(s->mirror, s->mirror_len);
+	if (s->shared_fd >= 0)
+		close(s->shared_fd);
+	free(s->sweep_live.buf);
+	free(s->sweep_base.buf);
+	free(s->scan_live.buf);
+	free(s->scan_base.buf);
+	free(s->mirror_written);
+	if (s->base_ram_fd >= 0)
+		close(s->base_ram_fd);
 	for (struct pass_report *p = s->reports, *n; p; p = n) {
 		n = p->next;
 		free(p);

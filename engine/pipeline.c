@@ -1012,16 +1012,25 @@ static void back_off(unsigned idle)
 static void run_plan(struct eng_pipeline *p, struct lcore_plan *plan, bool main_lcore)
 {
 	uint64_t period = rte_get_tsc_hz() / 1000 * (p->a->tick_ms ? p->a->tick_ms : 100);
-	uint64_t next_tick = rte_rdtsc() + period;
+	uint64_t min_gap = rte_get_tsc_hz() / 1000 * ENG_TICK_MIN_GAP_MS;
+	uint64_t last_tick = rte_rdtsc(), next_tick = last_tick + period;
 	unsigned idle = 0;
 
 	while (!finished(p)) {
 		int work = 0;
 		for (unsigned i = 0; i < plan->n; i++)
 			work += stage_poll[plan->stages[i]->id](plan->stages[i]);
-		if (main_lcore && p->a->tick && (p->a->tick_every_loop || rte_rdtsc() >= next_tick)) {
-			p->a->tick(p->a->tick_ctx, p);
-			next_tick = rte_rdtsc() + period;
+		if (main_lcore && p->a->tick) {
+			uint64_t now = rte_rdtsc(), due = 0;
+			if (p->a->tick_due && now - last_tick >= min_gap)
+				due = __atomic_load_n(p->a->tick_due, __ATOMIC_ACQUIRE);
+			if (p->a->tick_every_loop || now >= next_tick || (due && eng_mono_s() * 1e6 >= (double)due)) {
+				if (p->a->tick_due)
+					__atomic_store_n(p->a->tick_due, 0, __ATOMIC_SEQ_CST);
+				p->a->tick(p->a->tick_ctx, p);
+				last_tick = rte_rdtsc();
+				next_tick = last_tick + period;
+			}
 		}
 		if (work)
 			idle = 0;

@@ -119,6 +119,18 @@ struct eng_feed {
 	void *ctx;
 };
 
+#define ENG_TICK_MIN_GAP_MS 2
+
+/* A tick at at_s (eng_mono_s(); 0: at once) at the latest: the earliest request stands. */
+static inline void eng_tick_due(uint64_t *due, double at_s)
+{
+	uint64_t t = at_s > 0 ? (uint64_t)(at_s * 1e6) : 1, old = __atomic_load_n(due, __ATOMIC_RELAXED);
+
+	while ((!old || t < old) &&
+	       !__atomic_compare_exchange_n(due, &old, t, true, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+		;
+}
+
 struct eng_diff_args {
 	enum eng_stream_kind kind;
 	unsigned nobj;
@@ -134,6 +146,14 @@ struct eng_diff_args {
 	void (*tick)(void *ctx, struct eng_pipeline *p);
 	unsigned tick_ms;
 	bool tick_every_loop; /* tests: tick on every main-lcore loop, between any two batches */
+	/*
+	 * If set: a tick is due at *tick_due (eng_tick_due, from any thread),
+	 * ENG_TICK_MIN_GAP_MS after the last tick at the earliest: a pass that
+	 * ended or a queue that drains is acted on then, not up to tick_ms later
+	 * (on a fast link, most of a handoff). The main lcore clears it just
+	 * before the tick, so what was asked before is seen by that tick.
+	 */
+	uint64_t *tick_due;
 	void *tick_ctx;
 	struct eng_stream *stream_out; /* if set: the header, salt and session, for control messages (segment key wiped) */
 	/*

@@ -476,8 +476,8 @@ struct eng_tcp *eng_tcp_connect(const char *host, const char *port, double timeo
 			break;
 		sleep_s(RETRY_PAUSE_S);
 	}
-	snprintf(err, errlen, "cannot connect to %s within %.1f s: %s", t->peer, timeout_s,
-		 strerror(-last));
+	snprintf(err, errlen, "cannot connect to %s within %.1f s: %s%s", t->peer, timeout_s, strerror(-last),
+		 last == -ECONNREFUSED ? " (nothing listens there: a receiver listens once its set-up is done)" : "");
 err:
 	eng_tcp_close(t);
 	return NULL;
