@@ -157,10 +157,10 @@ bench: setup
 	@perf/bench-diff
 
 # handoff-engine vs QEMU's own live migration over the emulated WAN (needs root): the
-# default workload and one that outruns the link
+# default workload, one that outruns the link, and the default one on an unshaped link
 bench-handoff: setup
 	@$(MAKE) --no-print-directory all
-	@HANDOFF_ENGINE=$(abspath $(ENGINE)) HANDOFF_BUILD=$(abspath $(BUILD)) perf/handoff-bench --cases default,outrun
+	@HANDOFF_ENGINE=$(abspath $(ENGINE)) HANDOFF_BUILD=$(abspath $(BUILD)) perf/handoff-bench --cases default,outrun,fast
 
 bench-transport: setup
 	@$(MAKE) --no-print-directory all
