@@ -164,6 +164,7 @@ struct src {
 	struct eng_outfile out;
 	struct eng_fd out_fd;
 	struct eng_link link;
+	struct eng_link_fall link_fall;
 	/* the last time the destination acknowledged a byte, or had nothing to (per connection) */
 	const struct eng_conn *acked_conn;
 	uint64_t acked_seen;
@@ -932,8 +933,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			s->acked_seen = s->link.acked;
 			s->acked_at = now_s(s);
 		}
-		double r = s->link.rate_smooth_bps > s->link.delivery_bps ? s->link.rate_smooth_bps
-									  : s->link.delivery_bps;
+		double r = eng_link_rate_bps(&s->link_fall, &s->link, now_s(s));
 		if (r > 0)
 			s->rate_Bps = r / 8;
 	}
@@ -944,6 +944,8 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		double free_lc = eng_cpu_free(&s->cpu);
 		free_lc = eng_cpu_share(free_lc, s->cpu.ncpu, rep.lcores);
 		eng_adapt_fill(&smp, now_s(s), &rep, s->conn ? &s->link : NULL, free_lc);
+		if (s->conn && s->rate_Bps > 0)
+			smp.link_bps = s->rate_Bps * 8; /* with a fall taken at once (eng_link_rate_bps) */
 		smp.guest_throttle = s->thr.active ? s->thr.fraction : 0;
 		if (s->sq) /* what waits in our send queue waits for the link too */
 			smp.unsent += eng_sendq_queued(s->sq);

@@ -28,4 +28,48 @@ struct eng_link {
 	bool app_limited;
 };
 
+/*
+ * The link's rate the engine acts on (the feed's commit, the stop, the
+ * controller): the larger of the acknowledged rate's EWMA and the
+ * delivery-rate estimate, since a link that idled (app-limited) understates
+ * itself in both. But a fall the delivery rate has shown for ENG_LINK_FALL_S
+ * with data waiting is taken at once, and held until the EWMA has followed:
+ * after 300 -> 5 Mbit/s the EWMA took 3-5 s to come down, and what was
+ * committed and encoded for the fast link meanwhile crossed at 5.
+ */
+#define ENG_LINK_FALL_S 0.3
+#define ENG_LINK_FALL_RATIO 0.5 /* the delivery rate below this share of the EWMA: falling */
+
+struct eng_link_fall {
+	double since; /* falling since (0: not falling) */
+	bool fallen;  /* the delivery rate stands for the link until the EWMA follows */
+};
+
+static inline double eng_link_rate_bps(struct eng_link_fall *f, const struct eng_link *l, double now)
+{
+	double hi = l->rate_smooth_bps > l->delivery_bps ? l->rate_smooth_bps : l->delivery_bps;
+
+	if (l->delivery_bps <= 0) {
+		f->since = 0;
+		f->fallen = false;
+		return hi;
+	}
+	if (f->fallen) {
+		if (l->rate_smooth_bps > 1.25 * l->delivery_bps)
+			return l->delivery_bps;
+		f->fallen = false;
+	}
+	if (l->app_limited || l->delivery_bps >= ENG_LINK_FALL_RATIO * l->rate_smooth_bps) {
+		f->since = 0;
+		return hi;
+	}
+	if (!f->since)
+		f->since = now;
+	if (now - f->since < ENG_LINK_FALL_S)
+		return hi;
+	f->since = 0;
+	f->fallen = true;
+	return l->delivery_bps;
+}
+
 #endif

@@ -12,6 +12,7 @@
 #include "testlib.h"
 
 #include "engine/adapt.h"
+#include "engine/link.h"
 
 /* fast-and-loose, balanced, tight-and-slow */
 static const struct eng_mode_profile table[] = {
@@ -582,6 +583,54 @@ static void test_cpu_meter(void **state)
 	assert_true(f1 > 0 && f2 >= 0 && f2 <= m.ncpu);
 }
 
+/*
+ * The link figure (engine/link.h): a fall the delivery rate shows for
+ * ENG_LINK_FALL_S with data waiting is taken at once and held until the
+ * EWMA follows; a dip shorter than that, or one while the sender was
+ * app-limited, is not; a link that comes back is the larger figure again.
+ */
+static void test_a_link_fall_is_taken_at_once(void **state)
+{
+	(void)state;
+	struct eng_link_fall f = { 0 };
+	struct eng_link l = { .rate_smooth_bps = 300e6, .delivery_bps = 290e6, .unsent = 1 << 20 };
+	double t = 0;
+
+	assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
+	/* a 0.2 s dip: not yet */
+	l.delivery_bps = 5e6;
+	for (; t < 0.2; t += 0.1)
+		assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
+	l.delivery_bps = 280e6;
+	assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
+	/* app-limited: the delivery rate says nothing about the link */
+	l.delivery_bps = 5e6;
+	l.app_limited = true;
+	for (double u = t + 1; t < u; t += 0.1)
+		assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
+	/* a real fall: taken once it lasted ENG_LINK_FALL_S */
+	l.app_limited = false;
+	double seen = 0, took = -1;
+	for (double u = t + 1; t < u; t += 0.1) {
+		seen = eng_link_rate_bps(&f, &l, t);
+		if (seen == 5e6 && took < 0)
+			took = t;
+	}
+	assert_true(took >= 0 && seen == 5e6);
+	/* held while the EWMA comes down, even through app-limited ticks */
+	l.rate_smooth_bps = 50e6;
+	l.app_limited = true;
+	assert_true(eng_link_rate_bps(&f, &l, t) == 5e6);
+	/* the EWMA followed: the larger figure again, without a jump */
+	l.rate_smooth_bps = 6e6;
+	l.app_limited = false;
+	assert_true(eng_link_rate_bps(&f, &l, t) == 6e6);
+	/* the link came back */
+	l.delivery_bps = 250e6;
+	l.rate_smooth_bps = 100e6;
+	assert_true(eng_link_rate_bps(&f, &l, t + 0.1) == 250e6);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -605,6 +654,7 @@ int main(void)
 		cmocka_unit_test(test_a_feed_bound_pipeline_does_not_probe),
 		cmocka_unit_test(test_a_switch_is_measured_after_the_old_blocks_left),
 		cmocka_unit_test(test_a_link_bound_mode_is_not_read_as_cpu_bound),
+		cmocka_unit_test(test_a_link_fall_is_taken_at_once),
 		cmocka_unit_test(test_generated_table_is_sane),
 		cmocka_unit_test(test_cpu_share_is_at_least_the_fair_share),
 		cmocka_unit_test(test_cpu_meter),
