@@ -1032,6 +1032,32 @@ static int after_rx(struct dio_conn *c, uint64_t now, uint16_t n)
 	return work;
 }
 
+/*
+ * EAL pins the thread that started it to the main lcore's CPU, and a thread
+ * made from it inherits that: the I/O thread shared one CPU with the
+ * application's main thread (probe's generator, the pipeline's ingest and
+ * sink) while the other CPUs EAL was given idled. It may run on any of them
+ * on the port's NUMA node (all of them if none is there): the scheduler
+ * places it. False when that is one CPU anyway.
+ */
+static bool io_thread_cpus(int socket, rte_cpuset_t *cpus)
+{
+	rte_cpuset_t all;
+	unsigned id;
+
+	CPU_ZERO(cpus);
+	CPU_ZERO(&all);
+	RTE_LCORE_FOREACH(id) {
+		rte_cpuset_t cs = rte_lcore_cpuset(id);
+		CPU_OR(&all, &all, &cs);
+		if (socket < 0 || rte_lcore_to_socket_id(id) == (unsigned)socket)
+			CPU_OR(cpus, cpus, &cs);
+	}
+	if (!CPU_COUNT(cpus))
+		*cpus = all;
+	return CPU_COUNT(cpus) > 1;
+}
+
 static void *io_main(void *arg)
 {
 	struct dio_conn *c = arg;
@@ -1332,7 +1358,14 @@ static struct dio_conn *conn_open(const struct dio_loc *loc, const struct dio_bi
 	}
 	if (conn_alloc_buffers(c, err, errlen) || conn_start_state(c, err, errlen))
 		goto err;
-	if (pthread_create(&c->io, NULL, io_main, c)) {
+	pthread_attr_t attr;
+	rte_cpuset_t cpus;
+	pthread_attr_init(&attr);
+	if (io_thread_cpus(c->port.socket, &cpus)) /* set before it starts: EAL reads it as it registers */
+		pthread_attr_setaffinity_np(&attr, sizeof(cpus), &cpus);
+	int created = pthread_create(&c->io, &attr, io_main, c);
+	pthread_attr_destroy(&attr);
+	if (created) {
 		snprintf(err, errlen, "cannot start the dpdk: I/O thread");
 		goto err;
 	}

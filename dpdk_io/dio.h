@@ -5,7 +5,8 @@
  * docs/transport.md; frames: wire.h; rate: pace.h; port set-up: port.h.
  *
  * Threads: a connection runs one I/O thread (registered with EAL, so it has
- * mempool caches) that alone touches the port's queues: RX burst, ACKs,
+ * mempool caches, and free to run on any CPU EAL was given) that alone
+ * touches the port's queues: RX burst, ACKs,
  * loss detection, retransmission, paced TX. Application threads copy into
  * and out of two byte rings (single producer, single consumer each), so one
  * thread may send while another receives, as with tcp:. The I/O thread backs
