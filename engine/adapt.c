@@ -259,6 +259,13 @@ static void update_link(struct eng_adapt *a, const struct eng_adapt_sample *s, c
 		a->link_est = l > 0 ? l : 0;
 		return;
 	}
+	if (s->link_fell) {
+		/* the link fell: an idle window (the feed held while the queue drains) must not
+		 * keep the fast link's ceiling */
+		a->link_est = a->ceiling = l;
+		a->ceiling_t = s->t;
+		return;
+	}
 	if (!a->app_limited) {
 		/* the figure of the window's last tick with data waiting: a window
 		 * that went idle at its end ends with what we made, not the link */

@@ -98,6 +98,7 @@ struct eng_adapt_sample {
 	uint64_t queued;      /* bytes handed to the transport and not yet acknowledged */
 	uint64_t unsent;      /* of those, not yet on the wire (plus our send queue's) */
 	double guest_throttle; /* fraction of the guest's CPU the engine takes away (0: none) */
+	bool link_fell;        /* link_bps is a fall the transport just showed (engine/link.h) */
 };
 
 struct eng_adapt {

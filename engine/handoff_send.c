@@ -165,6 +165,7 @@ struct src {
 	struct eng_fd out_fd;
 	struct eng_link link;
 	struct eng_link_fall link_fall;
+	const struct eng_conn *link_fall_conn;
 	/* the last time the destination acknowledged a byte, or had nothing to (per connection) */
 	const struct eng_conn *acked_conn;
 	uint64_t acked_seen;
@@ -920,6 +921,8 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	if (s->hold && s->phase == PH_PRECOPY && t - s->last_tick_s < 0.2)
 		s->held_s += t - s->last_tick_s;
 	s->last_tick_s = t;
+	double link_now = 0;
+
 	eng_pipeline_report(p, &rep);
 	s->wire_bytes = s->wire_prev + rep.wire_bytes;
 	if (!s->t_first_state)
@@ -933,9 +936,13 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			s->acked_seen = s->link.acked;
 			s->acked_at = now_s(s);
 		}
-		double r = eng_link_rate_bps(&s->link_fall, &s->link, now_s(s));
-		if (r > 0)
-			s->rate_Bps = r / 8;
+		if (s->link_fall_conn != s->conn) { /* a new connection: its own figures */
+			s->link_fall_conn = s->conn;
+			memset(&s->link_fall, 0, sizeof(s->link_fall));
+		}
+		link_now = eng_link_rate_bps(&s->link_fall, &s->link, now_s(s));
+		if (link_now > 0)
+			s->rate_Bps = link_now / 8;
 	}
 	if (s->a->adapt && full) {
 		struct eng_adapt_sample smp;
@@ -944,8 +951,10 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		double free_lc = eng_cpu_free(&s->cpu);
 		free_lc = eng_cpu_share(free_lc, s->cpu.ncpu, rep.lcores);
 		eng_adapt_fill(&smp, now_s(s), &rep, s->conn ? &s->link : NULL, free_lc);
-		if (s->conn && s->rate_Bps > 0)
-			smp.link_bps = s->rate_Bps * 8; /* with a fall taken at once (eng_link_rate_bps) */
+		if (link_now > 0) { /* with a fall taken at once (eng_link_rate_bps) */
+			smp.link_bps = link_now;
+			smp.link_fell = s->link_fall.fallen;
+		}
 		smp.guest_throttle = s->thr.active ? s->thr.fraction : 0;
 		if (s->sq) /* what waits in our send queue waits for the link too */
 			smp.unsent += eng_sendq_queued(s->sq);

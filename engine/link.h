@@ -41,8 +41,10 @@ struct eng_link {
 #define ENG_LINK_FALL_RATIO 0.5 /* the delivery rate below this share of the EWMA: falling */
 
 struct eng_link_fall {
-	double since; /* falling since (0: not falling) */
-	bool fallen;  /* the delivery rate stands for the link until the EWMA follows */
+	bool falling; /* since `since`, with data waiting */
+	double since;
+	bool fallen;  /* bps stands for the link until the EWMA follows */
+	double bps;   /* the delivery rate of the last sample with data waiting */
 };
 
 static inline double eng_link_rate_bps(struct eng_link_fall *f, const struct eng_link *l, double now)
@@ -50,26 +52,31 @@ static inline double eng_link_rate_bps(struct eng_link_fall *f, const struct eng
 	double hi = l->rate_smooth_bps > l->delivery_bps ? l->rate_smooth_bps : l->delivery_bps;
 
 	if (l->delivery_bps <= 0) {
-		f->since = 0;
-		f->fallen = false;
+		f->falling = f->fallen = false;
 		return hi;
 	}
 	if (f->fallen) {
-		if (l->rate_smooth_bps > 1.25 * l->delivery_bps)
-			return l->delivery_bps;
+		/* an app-limited sample is our own sending rate, not the link's */
+		if (!l->app_limited)
+			f->bps = l->delivery_bps;
+		if (l->rate_smooth_bps > 1.25 * f->bps)
+			return f->bps;
 		f->fallen = false;
 	}
 	if (l->app_limited || l->delivery_bps >= ENG_LINK_FALL_RATIO * l->rate_smooth_bps) {
-		f->since = 0;
+		f->falling = false;
 		return hi;
 	}
-	if (!f->since)
+	if (!f->falling) {
+		f->falling = true;
 		f->since = now;
+	}
 	if (now - f->since < ENG_LINK_FALL_S)
 		return hi;
-	f->since = 0;
+	f->falling = false;
 	f->fallen = true;
-	return l->delivery_bps;
+	f->bps = l->delivery_bps;
+	return f->bps;
 }
 
 #endif

@@ -597,9 +597,9 @@ static void test_a_link_fall_is_taken_at_once(void **state)
 	double t = 0;
 
 	assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
-	/* a 0.2 s dip: not yet */
+	/* a 0.2 s dip (three samples): not yet */
 	l.delivery_bps = 5e6;
-	for (; t < 0.2; t += 0.1)
+	for (double u = t + 0.25; t < u; t += 0.1)
 		assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
 	l.delivery_bps = 280e6;
 	assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
@@ -610,17 +610,19 @@ static void test_a_link_fall_is_taken_at_once(void **state)
 		assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
 	/* a real fall: taken once it lasted ENG_LINK_FALL_S */
 	l.app_limited = false;
-	double seen = 0, took = -1;
+	double seen = 0, took = -1, from = t;
 	for (double u = t + 1; t < u; t += 0.1) {
 		seen = eng_link_rate_bps(&f, &l, t);
 		if (seen == 5e6 && took < 0)
 			took = t;
 	}
-	assert_true(took >= 0 && seen == 5e6);
-	/* held while the EWMA comes down, even through app-limited ticks */
+	assert_true(seen == 5e6 && took - from > ENG_LINK_FALL_S - 0.05 && took - from < ENG_LINK_FALL_S + 0.15);
+	/* held while the EWMA comes down; an app-limited sample (our own rate) does not move it */
 	l.rate_smooth_bps = 50e6;
 	l.app_limited = true;
+	l.delivery_bps = 1e6;
 	assert_true(eng_link_rate_bps(&f, &l, t) == 5e6);
+	l.delivery_bps = 5e6;
 	/* the EWMA followed: the larger figure again, without a jump */
 	l.rate_smooth_bps = 6e6;
 	l.app_limited = false;
