@@ -17,7 +17,7 @@
 
 struct fixture {
 	char *dir, *path;
-	int fd;
+	int fd, ro; /* the file, and the same file read-only: the kernel refuses writes to it */
 	uint8_t *want; /* BLOCKS blocks as they should end up */
 };
 
@@ -29,6 +29,8 @@ static int setup(void **state)
 	f->fd = open(f->path, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	assert_true(f->fd >= 0);
 	assert_int_equal(ftruncate(f->fd, (off_t)BLOCKS * CDC_BLOCK_SIZE), 0);
+	f->ro = open(f->path, O_RDONLY);
+	assert_true(f->ro >= 0);
 	f->want = calloc(BLOCKS, CDC_BLOCK_SIZE);
 	*state = f;
 	return 0;
@@ -38,11 +40,20 @@ static int teardown(void **state)
 {
 	struct fixture *f = *state;
 	close(f->fd); /* the directory goes at exit (test_tmpdir) */
+	close(f->ro);
 	free(f->path);
 	free(f->dir);
 	free(f->want);
 	free(f);
 	return 0;
+}
+
+static struct eng_uring_file *new_store(int fd)
+{
+	char err[200];
+	struct eng_uring_file *u = eng_uring_file_new(fd, (uint64_t)BLOCKS * CDC_BLOCK_SIZE, err, sizeof(err));
+	assert_non_null(u);
+	return u;
 }
 
 static void write_block(struct eng_store *st, struct fixture *f, uint64_t b)
@@ -62,9 +73,7 @@ static void assert_reads(struct eng_store *st, struct fixture *f, uint64_t b)
 static void test_reads_see_writes_in_flight_and_done(void **state)
 {
 	struct fixture *f = *state;
-	char err[200];
-	struct eng_uring_file *u = eng_uring_file_new(f->fd, (uint64_t)BLOCKS * CDC_BLOCK_SIZE, err, sizeof(err));
-	assert_non_null(u);
+	struct eng_uring_file *u = new_store(f->fd);
 	struct eng_store st = eng_uring_store(u);
 
 	for (uint64_t i = 0; i < BLOCKS; i++) {
@@ -91,11 +100,7 @@ static void test_reads_see_writes_in_flight_and_done(void **state)
 static void test_a_refused_write_is_the_stores_error(void **state)
 {
 	struct fixture *f = *state;
-	char err[200];
-	int ro = open(f->path, O_RDONLY);
-	assert_true(ro >= 0);
-	struct eng_uring_file *u = eng_uring_file_new(ro, (uint64_t)BLOCKS * CDC_BLOCK_SIZE, err, sizeof(err));
-	assert_non_null(u);
+	struct eng_uring_file *u = new_store(f->ro);
 	struct eng_store st = eng_uring_store(u);
 	int ret = 0;
 	uint8_t blk[CDC_BLOCK_SIZE] = { 1 };
@@ -105,18 +110,13 @@ static void test_a_refused_write_is_the_stores_error(void **state)
 		ret = eng_uring_file_sync(u);
 	assert_int_equal(ret, -EBADF);
 	eng_uring_file_free(u);
-	close(ro);
 }
 
 /* A read behind writes that fail: the store's error, and the caller's buffer is never written later. */
 static void test_a_read_behind_failing_writes(void **state)
 {
 	struct fixture *f = *state;
-	char err[200];
-	int ro = open(f->path, O_RDONLY);
-	assert_true(ro >= 0);
-	struct eng_uring_file *u = eng_uring_file_new(ro, (uint64_t)BLOCKS * CDC_BLOCK_SIZE, err, sizeof(err));
-	assert_non_null(u);
+	struct eng_uring_file *u = new_store(f->ro);
 	struct eng_store st = eng_uring_store(u);
 	uint8_t blk[CDC_BLOCK_SIZE] = { 2 };
 	for (uint64_t b = 0; b < 10; b++) /* queued, not yet submitted: they fail once they run */
@@ -127,7 +127,6 @@ static void test_a_read_behind_failing_writes(void **state)
 	free(out); /* under ASan, a late write into it would be caught below */
 	assert_int_equal(eng_uring_file_sync(u), -EBADF);
 	eng_uring_file_free(u);
-	close(ro);
 }
 
 int main(void)
