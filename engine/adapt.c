@@ -153,8 +153,20 @@ void eng_adapt_trial(struct eng_adapt *a, const struct eng_trial *t, double now)
 	const struct eng_mode_profile *r = &a->table[ref], *c = &a->table[cand];
 	a->trial_r = (double)t->cand_bytes / (double)t->cur_bytes;
 	a->trial_p = (double)t->cand_ns / (double)t->cur_ns;
+	/*
+	 * A trial compresses each batch alone: it cannot see the earlier
+	 * segments a running zstd mode takes as its history, so against one it
+	 * overrates a candidate without that window (igzip, lzma). There the
+	 * candidate's bytes are the worse of the trial's and the table's
+	 * (profiled whole, history and all): a trial read wdiff:igzip:3 at 1.01x
+	 * xor:zstd:1, and it sent 1.24x the bytes.
+	 */
+	double rr = a->trial_r;
+	if (cdc_history_window(r->mode.comp, r->mode.level) && !cdc_history_window(c->mode.comp, c->mode.level) &&
+	    r->r > 1e-6 && c->r / r->r > rr)
+		rr = c->r / r->r;
 	if (c->r > 1e-6)
-		a->corr_r[cand] = clampd(a->corr_r[ref] * r->r / c->r * a->trial_r, CORR_MIN, CORR_MAX);
+		a->corr_r[cand] = clampd(a->corr_r[ref] * r->r / c->r * rr, CORR_MIN, CORR_MAX);
 	if (c->p_ns > 0)
 		a->corr_p[cand] = clampd(a->corr_p[ref] * r->p_ns / c->p_ns * a->trial_p, CORR_MIN, CORR_MAX);
 	a->trial_figures[cand] = true;

@@ -11,6 +11,8 @@
  */
 #include "testlib.h"
 
+#include <math.h>
+
 #include "engine/adapt.h"
 #include "engine/link.h"
 
@@ -584,6 +586,30 @@ static void test_cpu_meter(void **state)
 }
 
 /*
+ * A trial cannot see a running zstd mode's history window: against one, a
+ * candidate without such a window (igzip here) gets the worse of the
+ * trial's bytes and the table's; between two zstd modes, the trial's.
+ */
+static void test_a_trial_against_zstd_history_is_not_overrated(void **state)
+{
+	(void)state;
+	struct eng_adapt a;
+	/* the trial reads none:igzip:0 as small as wdiff:zstd:3; the table says twice the bytes */
+	struct eng_trial t = { .cur = table[1].mode, .cand = table[0].mode, .blocks = 256,
+			       .cur_bytes = 100000, .cand_bytes = 100000, .cur_ns = 1000000, .cand_ns = 500000 };
+
+	eng_adapt_init(&a, table, 3, &table[1].mode, NULL);
+	eng_adapt_trial(&a, &t, 1.0);
+	assert_true(fabs(a.corr_r[0] * table[0].r - a.corr_r[1] * table[1].r * 2.0) < 1e-9);
+	/* the other way round (igzip running, a zstd candidate): the trial stands */
+	t = (struct eng_trial){ .cur = table[0].mode, .cand = table[1].mode, .blocks = 256,
+				.cur_bytes = 100000, .cand_bytes = 60000, .cur_ns = 500000, .cand_ns = 1000000 };
+	eng_adapt_init(&a, table, 3, &table[0].mode, NULL);
+	eng_adapt_trial(&a, &t, 1.0);
+	assert_true(fabs(a.corr_r[1] * table[1].r - a.corr_r[0] * table[0].r * 0.6) < 1e-9);
+}
+
+/*
  * The link figure (engine/link.h): a fall the delivery rate shows for
  * ENG_LINK_FALL_S with data waiting is taken at once and held until the
  * EWMA follows; a dip shorter than that, or one while the sender was
@@ -657,6 +683,7 @@ int main(void)
 		cmocka_unit_test(test_a_switch_is_measured_after_the_old_blocks_left),
 		cmocka_unit_test(test_a_link_bound_mode_is_not_read_as_cpu_bound),
 		cmocka_unit_test(test_a_link_fall_is_taken_at_once),
+		cmocka_unit_test(test_a_trial_against_zstd_history_is_not_overrated),
 		cmocka_unit_test(test_generated_table_is_sane),
 		cmocka_unit_test(test_cpu_share_is_at_least_the_fair_share),
 		cmocka_unit_test(test_cpu_meter),
