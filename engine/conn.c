@@ -308,6 +308,11 @@ const char *eng_conn_transport(const struct eng_conn *c)
 	return c->ops->name;
 }
 
+int eng_conn_socket(const struct eng_conn *c)
+{
+	return c->ops == &tcp_ops ? eng_tcp_fd(c->t) : -1;
+}
+
 void eng_conn_sample(struct eng_conn *c, struct eng_link *out)
 {
 	c->ops->sample(c->t, out);

@@ -79,6 +79,8 @@ int eng_conn_shutdown(struct eng_conn *c, int how);
 const char *eng_conn_error(const struct eng_conn *c);
 const char *eng_conn_peer(const struct eng_conn *c);
 const char *eng_conn_transport(const struct eng_conn *c); /* "tcp" or "dpdk" */
+/* tcp: the kernel socket (still owned by c; another process may hold a dup of it); dpdk: -1. */
+int eng_conn_socket(const struct eng_conn *c);
 void eng_conn_sample(struct eng_conn *c, struct eng_link *out);
 /* Transport counters for --json (dpdk: port stats, retransmissions). */
 json_object *eng_conn_stats_json(struct eng_conn *c);

@@ -38,9 +38,10 @@ static uint64_t nonce(uint8_t dir, uint64_t seq)
 	return (uint64_t)dir << 56 | seq;
 }
 
-int eng_control_send(struct eng_control *c, enum eng_msg_type type, const char *text)
+/* message = len:u16 | sealed(type text) | tag into buf (2 + 1 + ENG_MSG_TEXT_MAX + CDC_TAG_LEN bytes): its length, or 0. */
+static size_t seal_message(const struct eng_control *c, uint8_t dir, uint64_t seq, enum eng_msg_type type,
+			   const char *text, uint8_t *buf)
 {
-	uint8_t buf[2 + 1 + ENG_MSG_TEXT_MAX + CDC_TAG_LEN];
 	size_t tl = text ? strnlen(text, ENG_MSG_TEXT_MAX) : 0;
 	size_t len = 1 + tl;
 
@@ -49,16 +50,34 @@ int eng_control_send(struct eng_control *c, enum eng_msg_type type, const char *
 	buf[2] = (uint8_t)type;
 	if (tl)
 		memcpy(buf + 3, text, tl);
-	if (cdc_seal(c->sealer, nonce(c->my_dir, c->send_seq++), c->aad, sizeof(c->aad), buf + 2, len,
-		     buf + 2 + len))
-		return -EIO;
-	return eng_conn_send(c->conn, buf, 2 + len + CDC_TAG_LEN);
+	if (cdc_seal(c->sealer, nonce(dir, seq), c->aad, sizeof(c->aad), buf + 2, len, buf + 2 + len))
+		return 0;
+	return 2 + len + CDC_TAG_LEN;
+}
+
+int eng_control_send(struct eng_control *c, enum eng_msg_type type, const char *text)
+{
+	uint8_t buf[ENG_CONTROL_MSG_MAX];
+	size_t n = seal_message(c, c->my_dir, c->send_seq++, type, text, buf);
+
+	return n ? eng_conn_send(c->conn, buf, n) : -EIO;
+}
+
+size_t eng_control_expect(const struct eng_control *c, enum eng_msg_type type, uint8_t *out, size_t outlen)
+{
+	uint8_t buf[ENG_CONTROL_MSG_MAX];
+	size_t n = seal_message(c, c->my_dir == 1 ? 2 : 1, c->recv_seq, type, NULL, buf);
+
+	if (!n || n > outlen)
+		return 0;
+	memcpy(out, buf, n);
+	return n;
 }
 
 int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type *type, char *text,
 		     size_t textlen)
 {
-	uint8_t buf[2 + 1 + ENG_MSG_TEXT_MAX + CDC_TAG_LEN];
+	uint8_t buf[ENG_CONTROL_MSG_MAX];
 	double rest_s = timeout_s > 5 ? timeout_s : 5;
 	/* once a first byte came, the rest follows at once: a short poll must not cut a message in two */
 	int ret = eng_conn_recv_all(c->conn, buf, 1, timeout_s);

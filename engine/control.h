@@ -35,6 +35,7 @@ enum eng_msg_type {
 	ENG_MSG_READY = 1, ENG_MSG_COMMIT = 2, ENG_MSG_RESUMED = 3, ENG_MSG_FAILED = 4, ENG_MSG_ALIVE = 5,
 };
 #define ENG_MSG_TEXT_MAX 240
+#define ENG_CONTROL_MSG_MAX (2 + 1 + ENG_MSG_TEXT_MAX + CDC_TAG_LEN) /* one message on the wire */
 #define ENG_CONTROL_ALIVE_S 1.0
 #define ENG_CONTROL_SILENCE_S 15.0
 
@@ -51,6 +52,13 @@ int eng_control_init(struct eng_control *c, struct eng_conn *t, const struct eng
 		     const uint8_t *key, int sender);
 void eng_control_free(struct eng_control *c);
 int eng_control_send(struct eng_control *c, enum eng_msg_type type, const char *text);
+/*
+ * The bytes the peer's next message would be on the wire if it is `type`
+ * with no text (AEAD is deterministic for a given nonce): their length, or 0.
+ * receive hands COMMIT's to its guard, which can then recognise the
+ * source's commit on the connection after receive died (guard.h).
+ */
+size_t eng_control_expect(const struct eng_control *c, enum eng_msg_type type, uint8_t *out, size_t outlen);
 /* Wait for one message: type and its text (NUL-terminated). -ETIMEDOUT, -EBADMSG, -errno. */
 int eng_control_recv(struct eng_control *c, double timeout_s, enum eng_msg_type *type, char *text,
 		     size_t textlen);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -18,14 +19,17 @@ extern char **environ;
 /*
  * Messages on the pipe: a type byte, then a body for some. Engine to guard:
  * W running flag, T the throttle as it is, C (source: a flag; destination:
- * none) committed, D u64 length and the device state, X released. Guard to
- * engine: R ready, A armed (holds the device state), F fed and an int32
- * errno (0: QEMU has it all).
+ * none) committed, D u64 length and the device state, X released, K u8
+ * length and the bytes of the source's COMMIT, with the connection's socket
+ * (SCM_RIGHTS). Guard to engine: R ready, A armed (holds the device state),
+ * F fed and an int32 errno (0: QEMU has it all).
  */
 enum {
 	MSG_READY = 'R', MSG_RUNNING = 'W', MSG_THROTTLE = 'T', MSG_COMMIT = 'C', MSG_RELEASE = 'X',
-	MSG_TAIL = 'D', MSG_ARMED = 'A', MSG_FED = 'F',
+	MSG_TAIL = 'D', MSG_ARMED = 'A', MSG_FED = 'F', MSG_WATCH = 'K',
 };
+#define WATCH_MAX 64	   /* a COMMIT on the wire is 19 bytes */
+#define WATCH_WAIT_S 60 /* as long as receive itself waits for COMMIT */
 
 /* 0, or -EPIPE when the guard is gone (never a SIGPIPE: MSG_NOSIGNAL). */
 static int send_all(struct eng_guard *g, const void *buf, size_t len)
@@ -197,6 +201,30 @@ int eng_guard_fed(struct eng_guard *g, char *err, size_t errlen)
 	return 0;
 }
 
+int eng_guard_watch_commit(struct eng_guard *g, int sock, const void *commit, size_t len)
+{
+	char body[2 + WATCH_MAX] = { MSG_WATCH, (char)len };
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} ctl = { 0 };
+	struct iovec iov = { body, 2 + len };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+
+	if (g->fd < 0 || sock < 0 || !len || len > WATCH_MAX)
+		return -EINVAL;
+	memcpy(body + 2, commit, len);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &sock, sizeof(int));
+	ssize_t n;
+	while ((n = sendmsg(g->fd, &m, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	return n == (ssize_t)iov.iov_len ? 0 : -EPIPE;
+}
+
 void eng_guard_throttle(struct eng_guard *g, const struct eng_throttle *t)
 {
 	put(g, MSG_THROTTLE, t, sizeof(*t)); /* a guard gone is caught at the commit */
@@ -308,11 +336,79 @@ static int32_t write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
+/* One type byte; a socket passed with it (MSG_WATCH) into *passed. 0, or -1 at the end. */
+static int recv_type(int fd, char *type, int *passed)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = { type, 1 };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
+	ssize_t n;
+
+	while ((n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+		;
+	if (n != 1)
+		return -1;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) {
+			if (*passed >= 0)
+				close(*passed);
+			memcpy(passed, CMSG_DATA(c), sizeof(int));
+		}
+	return 0;
+}
+
+/*
+ * receive died after it said READY and before it passed COMMIT on: did the
+ * source's COMMIT come (or is it still coming) on the connection? Only a key
+ * holder can seal it, so its bytes prove the commit. receive may have read
+ * the first bytes of it (the length, up to 2) before it died: a suffix that
+ * holds the whole sealed part counts too.
+ */
+static bool commit_on_wire(int sock, const uint8_t *expect, size_t len)
+{
+	uint8_t got[WATCH_MAX];
+	size_t n = 0;
+
+	while (n < len) {
+		struct pollfd p = { sock, POLLIN, 0 };
+		int r = poll(&p, 1, WATCH_WAIT_S * 1000);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return false;
+		ssize_t k = recv(sock, got + n, len - n, MSG_DONTWAIT);
+		if (k < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (k <= 0)
+			return false;
+		n += (size_t)k;
+		if (n >= len - 2 && !memcmp(got, expect + len - n, n))
+			return true;
+	}
+	return false;
+}
+
+/* QEMU's stream gets the device state and ends: 0, or an errno. */
+static int32_t feed_tail(int mig_fd, const char *tail, uint64_t len)
+{
+	int32_t code = write_all(mig_fd, tail, len);
+
+	if (!code && shutdown(mig_fd, SHUT_WR))
+		code = errno;
+	return code;
+}
+
 int eng_guard_incoming_main(int fd, int mig_fd)
 {
 	char *tail = NULL;
 	uint64_t len = 0;
 	char type, ready = MSG_READY;
+	uint8_t commit[WATCH_MAX];
+	uint8_t commit_len = 0;
+	int watch = -1; /* the connection, once receive said READY */
 
 	signal(SIGINT, SIG_IGN);
 	signal(SIGTERM, SIG_IGN);
@@ -321,11 +417,24 @@ int eng_guard_incoming_main(int fd, int mig_fd)
 	if (send(fd, &ready, 1, MSG_NOSIGNAL) != 1)
 		return 1;
 	for (;;) {
-		/* receive is gone before the commit: the stream closes with us, QEMU never runs */
-		if (recv_all(fd, &type, 1))
-			return 0;
+		if (recv_type(fd, &type, &watch)) {
+			/* receive is gone before it passed COMMIT on: unless the source's COMMIT is on
+			 * the wire, the stream closes with us and QEMU never runs */
+			if (watch < 0 || !tail || !commit_on_wire(watch, commit, commit_len))
+				return 0;
+			int32_t code = feed_tail(mig_fd, tail, len);
+			fprintf(stderr, "handoff-engine guard: receive died as the source committed: %s\n",
+				code ? strerror(code) : "QEMU has the device state and starts the VM here");
+			return code ? 1 : 0;
+		}
 		if (type == MSG_RELEASE)
 			return 0;
+		if (type == MSG_WATCH) {
+			if (recv_all(fd, &commit_len, 1) || !commit_len || commit_len > WATCH_MAX ||
+			    recv_all(fd, commit, commit_len) || watch < 0)
+				return 1;
+			continue;
+		}
 		if (type == MSG_TAIL) {
 			char armed = MSG_ARMED;
 			free(tail);
@@ -337,10 +446,10 @@ int eng_guard_incoming_main(int fd, int mig_fd)
 		}
 		if (type != MSG_COMMIT || !tail)
 			return 1;
-		/* committed: the VM is this end's now, whatever becomes of receive */
-		int32_t code = write_all(mig_fd, tail, len);
-		if (!code && shutdown(mig_fd, SHUT_WR))
-			code = errno;
+		/* committed: the VM is this end's now, whatever becomes of receive (which has the connection) */
+		if (watch >= 0)
+			close(watch);
+		int32_t code = feed_tail(mig_fd, tail, len);
 		char reply[1 + sizeof(code)] = { MSG_FED };
 		memcpy(reply + 1, &code, sizeof(code));
 		send(fd, reply, sizeof(reply), MSG_NOSIGNAL);

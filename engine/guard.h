@@ -20,6 +20,14 @@
  * state to QEMU, so a receive killed after the commit still leaves the VM
  * starting at the destination, never paused at both ends. Before COMMIT a
  * receive that dies takes the stream down with it and QEMU never runs.
+ *
+ * Between READY and COMMIT (a round trip) receive cannot know whether the
+ * source has committed, so over tcp: it hands the guard the connection's
+ * socket and the exact bytes the source's COMMIT will be (control.h): if
+ * receive dies there, the guard reads the connection itself and feeds QEMU
+ * when the COMMIT comes. What is left is receive dying in the microseconds
+ * between reading COMMIT and passing it on, and dpdk:, whose port dies with
+ * receive: there the source, committed and unconfirmed, stays paused.
  */
 #ifndef HANDOFF_GUARD_H
 #define HANDOFF_GUARD_H
@@ -50,6 +58,9 @@ void eng_guard_release(struct eng_guard *g);
 int eng_guard_start_incoming(struct eng_guard *g, int mig_fd, char *err, size_t errlen);
 /* It keeps the device state (QEMU's stream tail) until the commit. */
 int eng_guard_hold_tail(struct eng_guard *g, const void *tail, size_t len, char *err, size_t errlen);
+/* READY is about to go out on the connection whose socket is sock (tcp:):
+ * watch it for these bytes (the source's COMMIT) should receive die. */
+int eng_guard_watch_commit(struct eng_guard *g, int sock, const void *commit, size_t len);
 /* COMMIT arrived: the guard feeds the tail and ends QEMU's stream... */
 int eng_guard_feed(struct eng_guard *g);
 /* ...and says when it did: 0 when QEMU has it all. */

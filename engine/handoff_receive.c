@@ -767,8 +767,14 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 	uint8_t byte;
 	int ret;
 
-	if ((ret = eng_control_send(ctl, ENG_MSG_READY, NULL)) ||
-	    (ret = eng_control_recv(ctl, 60, &type, text, sizeof(text)))) {
+	/* the guard watches for COMMIT too: a receive that dies before it reads it still hands the VM over */
+	uint8_t commit[ENG_CONTROL_MSG_MAX];
+	size_t commit_len = eng_control_expect(ctl, ENG_MSG_COMMIT, commit, sizeof(commit));
+	if (commit_len && eng_conn_socket(ctl->conn) >= 0)
+		eng_guard_watch_commit(&d->guard, eng_conn_socket(ctl->conn), commit, commit_len);
+	if (!(ret = eng_control_send(ctl, ENG_MSG_READY, NULL)))
+		fault_point("receive-dies-after-ready");
+	if (ret || (ret = eng_control_recv(ctl, 60, &type, text, sizeof(text)))) {
 		snprintf(err, errlen, "source did not commit: %s",
 			 ret == -EBADMSG ? "forged or corrupt message" : strerror(-ret));
 		/* -ETIMEDOUT: our 60 s ran out, or the transport gave up on a silent peer (a cut) */

@@ -737,6 +737,11 @@ static void fail_io(struct eng_tcp *t, int e)
 
 /* ---- data ------------------------------------------------------------- */
 
+int eng_tcp_fd(const struct eng_tcp *t)
+{
+	return t->fd;
+}
+
 int eng_tcp_send(struct eng_tcp *t, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;

@@ -91,6 +91,8 @@ int eng_tcp_shutdown(struct eng_tcp *t, int how);
 const char *eng_tcp_error(const struct eng_tcp *t);
 /* "HOST:PORT" of the peer. */
 const char *eng_tcp_peer(const struct eng_tcp *t);
+/* The connected socket itself (still owned by t). */
+int eng_tcp_fd(const struct eng_tcp *t);
 
 /* Adapters for the stream writer and reader (recv uses the default timeout). */
 struct eng_sink eng_tcp_sink(struct eng_tcp *t);
