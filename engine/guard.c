@@ -225,6 +225,13 @@ int eng_guard_watch_commit(struct eng_guard *g, int sock, const void *commit, si
 	return n == (ssize_t)iov.iov_len ? 0 : -EPIPE;
 }
 
+void eng_guard_unwatch(struct eng_guard *g)
+{
+	char body[2] = { MSG_WATCH, 0 };
+
+	send_all(g, body, sizeof(body));
+}
+
 void eng_guard_throttle(struct eng_guard *g, const struct eng_throttle *t)
 {
 	put(g, MSG_THROTTLE, t, sizeof(*t)); /* a guard gone is caught at the commit */
@@ -336,7 +343,7 @@ static int32_t write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
-/* One type byte; a socket passed with it (MSG_WATCH) into *passed. 0, or -1 at the end. */
+/* One type byte; a socket passed with it (MSG_WATCH) into *passed. 0, -1 at the end (receive is gone), -2 on another error. */
 static int recv_type(int fd, char *type, int *passed)
 {
 	union {
@@ -350,7 +357,7 @@ static int recv_type(int fd, char *type, int *passed)
 	while ((n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
 		;
 	if (n != 1)
-		return -1;
+		return n == 0 || errno == ECONNRESET ? -1 : -2;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) {
 			if (*passed >= 0)
@@ -417,10 +424,16 @@ int eng_guard_incoming_main(int fd, int mig_fd)
 	if (send(fd, &ready, 1, MSG_NOSIGNAL) != 1)
 		return 1;
 	for (;;) {
-		if (recv_type(fd, &type, &watch)) {
+		int r = recv_type(fd, &type, &watch);
+		if (r == -2)
+			return 1; /* receive may still be there: never read its connection */
+		if (r) {
 			/* receive is gone before it passed COMMIT on: unless the source's COMMIT is on
 			 * the wire, the stream closes with us and QEMU never runs */
-			if (watch < 0 || !tail || !commit_on_wire(watch, commit, commit_len))
+			bool committed = watch >= 0 && commit_len && tail && commit_on_wire(watch, commit, commit_len);
+			if (watch >= 0)
+				close(watch); /* the source hears the end now, not after QEMU read the tail */
+			if (!committed)
 				return 0;
 			int32_t code = feed_tail(mig_fd, tail, len);
 			fprintf(stderr, "handoff-engine guard: receive died as the source committed: %s\n",
@@ -430,9 +443,14 @@ int eng_guard_incoming_main(int fd, int mig_fd)
 		if (type == MSG_RELEASE)
 			return 0;
 		if (type == MSG_WATCH) {
-			if (recv_all(fd, &commit_len, 1) || !commit_len || commit_len > WATCH_MAX ||
-			    recv_all(fd, commit, commit_len) || watch < 0)
+			if (recv_all(fd, &commit_len, 1) || commit_len > WATCH_MAX || recv_all(fd, commit, commit_len))
 				return 1;
+			if (!commit_len && watch >= 0) { /* receive gave that connection up */
+				close(watch);
+				watch = -1;
+			}
+			if (watch < 0) /* the socket did not come: no watch, receive still feeds QEMU */
+				commit_len = 0;
 			continue;
 		}
 		if (type == MSG_TAIL) {

@@ -61,6 +61,8 @@ int eng_guard_hold_tail(struct eng_guard *g, const void *tail, size_t len, char 
 /* READY is about to go out on the connection whose socket is sock (tcp:):
  * watch it for these bytes (the source's COMMIT) should receive die. */
 int eng_guard_watch_commit(struct eng_guard *g, int sock, const void *commit, size_t len);
+/* No COMMIT on that connection (receive gave it up): the guard closes its copy. */
+void eng_guard_unwatch(struct eng_guard *g);
 /* COMMIT arrived: the guard feeds the tail and ends QEMU's stream... */
 int eng_guard_feed(struct eng_guard *g);
 /* ...and says when it did: 0 when QEMU has it all. */

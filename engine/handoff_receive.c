@@ -775,6 +775,8 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 	if (!(ret = eng_control_send(ctl, ENG_MSG_READY, NULL)))
 		fault_point("receive-dies-after-ready");
 	if (ret || (ret = eng_control_recv(ctl, 60, &type, text, sizeof(text)))) {
+		/* a COMMIT left unread in a connection we give up must never count later */
+		eng_guard_unwatch(&d->guard);
 		snprintf(err, errlen, "source did not commit: %s",
 			 ret == -EBADMSG ? "forged or corrupt message" : strerror(-ret));
 		/* -ETIMEDOUT: our 60 s ran out, or the transport gave up on a silent peer (a cut) */
@@ -782,6 +784,7 @@ static int commit_and_resume(struct dst *d, struct eng_control *ctl, const struc
 		return ret;
 	}
 	if (type != ENG_MSG_COMMIT) {
+		eng_guard_unwatch(&d->guard);
 		snprintf(err, errlen, "source aborted: %s", text);
 		return -ECANCELED;
 	}
