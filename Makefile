@@ -173,7 +173,7 @@ bench-adapt: setup
 # Many live handoffs back and forth between two sites, trackers kept up (not in make test): perf/soak.
 soak: setup
 	@$(MAKE) --no-print-directory all
-	@perf/soak --engine $(abspath $(ENGINE))
+	@perf/soak
 
 # A VM handed to an edge that never held its base (needs root): perf/bench-edge.
 bench-edge: setup
