@@ -853,8 +853,6 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
  */
 #define COMMIT_S 0.1         /* pipeline, send queue and socket, beyond one round trip */
 #define COMMIT_MIN 1e6
-#define SHARE_MIN (64 << 10)  /* the least room the feed is given a share of (wire bytes) */
-#define FLOW_RATIO_MIN 0.1    /* the least wire per fed byte a share and the backlog are priced at */
 #define SENDQ_S 0.05         /* our send queue */
 #define SENDQ_MIN (256u << 10)
 #define SOCKET_UNSENT_S 0.02 /* not yet on the wire in the socket */
@@ -893,10 +891,8 @@ static double flow_ratio(const struct eng_diff_report *rep, double fallback)
 {
 	const struct eng_stage_report *seal = &rep->stages[ENG_STAGE_SEAL];
 
-	if (seal->blocks >= 256) { /* a start rich in zeros and duplicates must not price the rest at nothing */
-		double r = (double)seal->bytes_out / ((double)seal->blocks * CDC_BLOCK_SIZE);
-		return r > FLOW_RATIO_MIN ? r : FLOW_RATIO_MIN;
-	}
+	if (seal->blocks >= 256)
+		return (double)seal->bytes_out / ((double)seal->blocks * CDC_BLOCK_SIZE);
 	return fallback > 0.5 ? fallback : 0.5;
 }
 
@@ -913,21 +909,13 @@ static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, do
 }
 
 
-/*
- * The feed's share until the next tick: room bytes of wire at ratio
- * (pre-copy over a link), or all. Less room than SHARE_MIN is no share: a
- * block at a time, each asking for the next tick, made one-block segments
- * and a tick every 2 ms; the tick comes back once that much has drained.
- */
+/* The feed's share until the next tick: room bytes of wire at ratio (pre-copy over a link), or all. */
 static void set_feed_budget(struct src *s, double room, double ratio)
 {
 	int64_t blocks = INT64_MAX;
 
-	if (s->conn && s->phase == PH_PRECOPY) {
-		blocks = room >= SHARE_MIN ? (int64_t)(room / ratio / CDC_BLOCK_SIZE) + 1 : 0;
-		if (!blocks && s->rate_Bps > 0)
-			eng_tick_due(&s->tick_due, eng_mono_s() + (SHARE_MIN - (room > 0 ? room : 0)) / s->rate_Bps);
-	}
+	if (s->conn && s->phase == PH_PRECOPY)
+		blocks = room > 0 ? (int64_t)(room / (ratio > 0.01 ? ratio : 0.01) / CDC_BLOCK_SIZE) + 1 : 0;
 	__atomic_store_n(&s->feed_budget, blocks, __ATOMIC_RELEASE);
 }
 
