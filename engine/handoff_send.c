@@ -117,15 +117,6 @@ struct src {
 	uint64_t *sent;         /* blocks fed at least once */
 	uint64_t resent_blocks;
 	bool pass_active, final_pass, ended, hold;
-	/*
-	 * Blocks the feed may hand over before a tick looks again (pre-copy
-	 * over a link): the room left in the commit, at the ratio the wire
-	 * shows. Without it one tick of feeding at lcore speed went out in one
-	 * go (10 MB of input at 10 Mbit/s: seconds of link time in the mode of
-	 * that moment, and the controller's trial waited for the next burst).
-	 * The ingest lcore takes from it, the tick sets it.
-	 */
-	int64_t feed_budget;
 	bool final_fed;         /* the final pass went through the whole block space */
 	unsigned passes;
 	struct pass_report *reports, *cur_report;
@@ -610,11 +601,6 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		return 0;
 	if (s->hold)
 		return 0;
-	int64_t budget = __atomic_load_n(&s->feed_budget, __ATOMIC_ACQUIRE);
-	if (budget <= 0)
-		return 0; /* the tick it asked for sets the next share */
-	if ((int64_t)max > budget)
-		max = (unsigned)budget;
 	/* the first pass ends with a sweep of the blocks the destination's cache lacks */
 	uint64_t walk = s->total * s->sweeps, end = walk + (s->lacking_late ? s->total : 0);
 	while (n < max && s->cursor < end && steps++ < 16384u * s->sweeps) { /* the same share of a pass per call */
@@ -655,8 +641,6 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		n++;
 	}
 	s->fed_blocks += n;
-	if (n && __atomic_sub_fetch(&s->feed_budget, (int64_t)n, __ATOMIC_ACQ_REL) <= 0)
-		eng_tick_due(&s->tick_due, 0); /* its share is fed: how much more may go */
 	if (n && !s->t_first_fed)
 		s->t_first_fed = eng_mono_s();
 	if (s->cur_report)
@@ -880,22 +864,6 @@ static void limit_queues(struct src *s)
 	}
 }
 
-/*
- * Wire bytes per fed byte of the blocks the pipeline finished, for what is
- * in flight and what may be fed: early in a pass the wire lags what was fed
- * (the monitor's ratio then reads near 0, and a share computed with it let
- * 25 MB in at once), so until enough blocks are through, at least `fallback`
- * or one half.
- */
-static double flow_ratio(const struct eng_diff_report *rep, double fallback)
-{
-	const struct eng_stage_report *seal = &rep->stages[ENG_STAGE_SEAL];
-
-	if (seal->blocks >= 256)
-		return (double)seal->bytes_out / ((double)seal->blocks * CDC_BLOCK_SIZE);
-	return fallback > 0.5 ? fallback : 0.5;
-}
-
 /* Bytes that will reach the wire before anything the feed hands over now. */
 static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, double ratio)
 {
@@ -908,16 +876,6 @@ static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, do
 	return b;
 }
 
-
-/* The feed's share until the next tick: room bytes of wire at ratio (pre-copy over a link), or all. */
-static void set_feed_budget(struct src *s, double room, double ratio)
-{
-	int64_t blocks = INT64_MAX;
-
-	if (s->conn && s->phase == PH_PRECOPY)
-		blocks = room > 0 ? (int64_t)(room / (ratio > 0.01 ? ratio : 0.01) / CDC_BLOCK_SIZE) + 1 : 0;
-	__atomic_store_n(&s->feed_budget, blocks, __ATOMIC_RELEASE);
-}
 
 static void begin_final(struct src *s)
 {
@@ -935,7 +893,6 @@ static void begin_final(struct src *s)
 		mark(s, s->first[ENG_VM_DEVICES] + b);
 	s->final_pass = true;
 	s->phase = PH_FINAL;
-	set_feed_budget(s, 0, 0); /* the VM is stopped: all of it, now */
 	start_pass(s);
 }
 
@@ -953,7 +910,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	struct src *s = ctx;
 	struct eng_diff_report rep;
 	char err[200];
-	/* a tick asked early (eng_tick_due) acts on passes and queues; the controller and
+	/* a tick asked early (tick_soon) acts on passes and queues; the controller and
 	 * the progress line keep their windows of about tick_ms */
 	double t = now_s(s);
 	bool full = t - s->full_tick_s >= FULL_TICK_S;
@@ -1024,8 +981,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		ratio = s->pass_ratio;
 	s->est_ratio = ratio;
 	uint64_t pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
-	double flow = flow_ratio(&rep, ratio);
-	double backlog = backlog_bytes(s, &rep, flow);
+	double backlog = backlog_bytes(s, &rep, ratio);
 	/* keep little link time committed: the rest stays pending, where a page
 	 * dirtied again replaces its older version for free, and what is
 	 * committed when the link slows down must cross at the new rate */
@@ -1038,7 +994,6 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			eng_tick_due(&s->tick_due, eng_mono_s() + (wait < 0.1 ? wait : 0.1));
 		}
 	}
-	set_feed_budget(s, commit - backlog, flow);
 	/* the destination only speaks before the trailer to say it failed */
 	if (s->conn && !s->fail[0]) {
 		enum eng_msg_type type;
@@ -1156,7 +1111,6 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			}
 			s->stop_requested_s = now_s(s);
 			s->phase = PH_STOPPING;
-			set_feed_budget(s, 0, 0); /* the stop is decided: the rest goes at once */
 		} else if (s->passes == 0 || walkable_blocks(s, pending) * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES || fits ||
 			   /* the link would idle: send what changed rather than wait for 10 MB that a
 			    * quiet (or slowed) guest may never write. With only withheld blocks
@@ -1901,8 +1855,6 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		ret = -ENOMEM;
 		goto out;
 	}
-	/* before the first tick: a commit's worth at the starting ratio (no link figure yet) */
-	set_feed_budget(s, COMMIT_MIN, 0.5);
 	struct eng_feed feed = { feed_next, feed_size, s };
 	struct eng_diff_args da = {
 		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed,
