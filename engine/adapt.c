@@ -76,6 +76,7 @@ void eng_adapt_init(struct eng_adapt *a, const struct eng_mode_profile *table, u
 	a->best = a->probe_from = a->cur;
 	a->mopen = true;
 	a->want = a->trial_new = -1;
+	a->moved_t = -1e9;
 }
 
 static int mode_index(const struct eng_adapt *a, const struct eng_mode *m)
@@ -115,6 +116,13 @@ static bool tried_lately(struct eng_adapt *a, unsigned i, double t, char *event)
 		note(event, "trial");
 	}
 	return false;
+}
+
+static bool measured(const struct eng_adapt *a);
+
+bool eng_adapt_settled(const struct eng_adapt *a)
+{
+	return measured(a) && a->want < 0 && !a->probing && a->pred[a->best] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN);
 }
 
 bool eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m)
@@ -258,6 +266,19 @@ static bool measured(const struct eng_adapt *a)
 }
 
 /*
+ * A link figure to trust (measured with data waiting, or grown past the
+ * ceiling) moved by ENG_ADAPT_LINK_MOVE from the last one: the link fell or
+ * grew, not noise. Windows without a figure (a reconnect) and app-limited
+ * ones (our own rate) do not count; a fall the transport showed always does.
+ */
+static void note_move(struct eng_adapt *a, const struct eng_adapt_sample *s, double l)
+{
+	if (a->trusted > 0 && (l > a->trusted * ENG_ADAPT_LINK_MOVE || l * ENG_ADAPT_LINK_MOVE < a->trusted))
+		a->moved_t = s->t;
+	a->trusted = l;
+}
+
+/*
  * The link the predictions use. While data waited for it, the transport's
  * figure is the link (and becomes the ceiling). While its queue was empty we
  * sent all we made: the figure is a lower bound, and the ceiling stands in,
@@ -273,7 +294,9 @@ static void update_link(struct eng_adapt *a, const struct eng_adapt_sample *s, c
 	}
 	if (s->link_fell) {
 		/* the link fell: an idle window (the feed held while the queue drains) must not
-		 * keep the fast link's ceiling */
+		 * keep the fast link's ceiling. The transport saw it halve: a move by itself */
+		a->moved_t = s->t;
+		a->trusted = l;
 		a->link_est = a->ceiling = l;
 		a->ceiling_t = s->t;
 		return;
@@ -282,11 +305,14 @@ static void update_link(struct eng_adapt *a, const struct eng_adapt_sample *s, c
 		/* the figure of the window's last tick with data waiting: a window
 		 * that went idle at its end ends with what we made, not the link */
 		l = a->wait_link;
+		note_move(a, s, l);
 		a->link_est = a->ceiling = l;
 		a->ceiling_t = s->t;
 		return;
 	}
 	if (a->ceiling > 0 && l > a->ceiling * (1 + ENG_ADAPT_MARGIN)) {
+		if (l > a->ceiling * ENG_ADAPT_LINK_MOVE)
+			note_move(a, s, l);
 		a->ceiling = 0; /* unknown again: worth a probe now */
 		a->next_probe_t = s->t;
 		a->probe_fails = 0;
@@ -406,8 +432,15 @@ static bool start_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, c
  */
 static int maybe_switch(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
 {
-	/* the hold stops flapping on noise; a win this large is no noise (the link fell) */
-	bool urgent = a->pred[a->best] > a->pred[a->cur] * (1 + ENG_ADAPT_URGENT);
+	/*
+	 * The hold stops flapping on noise. A win this large just after the
+	 * link moved (fell or grew) is no noise; at any other time it is the
+	 * model's word alone, and it waits for the hold and a trial like any
+	 * other: on a link that had fallen to 5 Mbit/s long before, untried
+	 * modes won on paper by 5x one after the other, and the controller went
+	 * through 20 of them.
+	 */
+	bool urgent = a->pred[a->best] > a->pred[a->cur] * (1 + ENG_ADAPT_URGENT) && s->t - a->moved_t < ENG_ADAPT_HOLD_S;
 	bool held = a->chosen && s->t - a->since < ENG_ADAPT_HOLD_S && !urgent;
 	if (held || a->best == a->cur || a->pred[a->best] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN))
 		return 0;

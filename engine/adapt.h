@@ -40,8 +40,11 @@
  * leaves the decision to the model.
  *
  * A new mode must win by ENG_ADAPT_MARGIN and the running one must have held
- * ENG_ADAPT_HOLD_S, unless the new one wins by ENG_ADAPT_URGENT (the link
- * fell: waiting out the hold sends seconds the wrong way). The starting
+ * ENG_ADAPT_HOLD_S, unless the new one wins by ENG_ADAPT_URGENT within
+ * ENG_ADAPT_HOLD_S of the link moving: a fall the transport showed, or a
+ * figure measured with data waiting (or grown past the ceiling)
+ * ENG_ADAPT_LINK_MOVE off the last such figure. Waiting out the hold, or a
+ * trial, then sends seconds the wrong way. The starting
  * mode is not a choice: the first decision comes with the first measured
  * window. Every decision needs a measured
  * window of the running mode, opened once the blocks fed before the switch
@@ -65,7 +68,8 @@
 
 #define ENG_ADAPT_HOLD_S 5.0
 #define ENG_ADAPT_MARGIN 0.05
-#define ENG_ADAPT_URGENT 0.25       /* a win this large switches before the hold is over */
+#define ENG_ADAPT_URGENT 0.25       /* a win this large, the link just moved: no hold, no trial */
+#define ENG_ADAPT_LINK_MOVE 2.0     /* the link moved: a figure to trust this factor off the last one */
 #define ENG_ADAPT_WINDOW_S 1.0      /* decisions, and live P and R, over about this long */
 #define ENG_ADAPT_BUSY 0.5          /* lcores busy this share of the window: CPU-bound */
 #define ENG_ADAPT_PROBE_S 1.5       /* a probe runs at least this long */
@@ -132,6 +136,8 @@ struct eng_adapt {
 	/* link */
 	double link_est;       /* what the predictions use */
 	double ceiling, ceiling_t; /* last rate measured while data waited for the link (0: none) */
+	double trusted;        /* the last link figure taken as the link (note_move) */
+	double moved_t;        /* when it last moved by ENG_ADAPT_LINK_MOVE */
 	/* probing */
 	bool probing;
 	unsigned probe_from, probe_fails;
@@ -156,6 +162,12 @@ void eng_adapt_init(struct eng_adapt *a, const struct eng_mode_profile *table, u
 		    const struct eng_mode *start, FILE *trace);
 /* One tick. Returns true and sets *next when the pipeline should switch. */
 bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struct eng_mode *next);
+/*
+ * Whether the controller stands by the running mode: measured, no trial or
+ * probe under way, none predicted better by the margin (in the last
+ * window's predictions: after a switch, those that chose it).
+ */
+bool eng_adapt_settled(const struct eng_adapt *a);
 /* The mode a trial should run now, once (the caller asks the pipeline); false: none. */
 bool eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m);
 /* A trial's figures (eng_pipeline_trial_done), at time now. */

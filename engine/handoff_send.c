@@ -117,6 +117,23 @@ struct src {
 	uint64_t *sent;         /* blocks fed at least once */
 	uint64_t resent_blocks;
 	bool pass_active, final_pass, ended, hold;
+	/*
+	 * Blocks the feed may hand over before a tick looks again (pre-copy
+	 * over a link): the room left in the commit, at the ratio the wire
+	 * shows. Without it one tick of feeding at lcore speed went out in one
+	 * go (10 MB of input at 10 Mbit/s: seconds of link time in the mode of
+	 * that moment, and the controller's trial waited for the next burst).
+	 * The ingest lcore takes from it, the tick sets it.
+	 */
+	int64_t feed_budget;
+	/*
+	 * Little left for the link (tick): a feed held back returns 0, so the
+	 * pipeline sends the segment it holds open; otherwise ENG_FEED_HELD, and
+	 * the segment waits to be filled. Flushing at every spent share cut
+	 * segments 5-10x short, and each cost zstd:9 its 8 MB history again:
+	 * the send process used 15-22 s of CPU for what took 11.
+	 */
+	bool link_dry;
 	bool final_fed;         /* the final pass went through the whole block space */
 	unsigned passes;
 	struct pass_report *reports, *cur_report;
@@ -599,8 +616,12 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		return ENG_FEED_END;
 	if (!__atomic_load_n(&s->pass_active, __ATOMIC_ACQUIRE))
 		return 0;
-	if (s->hold)
-		return 0;
+	/* no share while held (backlog_bytes past the commit): the tick sets both */
+	int64_t budget = __atomic_load_n(&s->feed_budget, __ATOMIC_ACQUIRE);
+	if (budget <= 0) /* the tick it asked for sets the next share */
+		return __atomic_load_n(&s->link_dry, __ATOMIC_ACQUIRE) ? 0 : ENG_FEED_HELD;
+	if ((int64_t)max > budget)
+		max = (unsigned)budget;
 	/* the first pass ends with a sweep of the blocks the destination's cache lacks */
 	uint64_t walk = s->total * s->sweeps, end = walk + (s->lacking_late ? s->total : 0);
 	while (n < max && s->cursor < end && steps++ < 16384u * s->sweeps) { /* the same share of a pass per call */
@@ -641,6 +662,8 @@ static int feed_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **v
 		n++;
 	}
 	s->fed_blocks += n;
+	if (n && __atomic_sub_fetch(&s->feed_budget, (int64_t)n, __ATOMIC_ACQ_REL) <= 0)
+		eng_tick_due(&s->tick_due, 0); /* its share is fed: how much more may go */
 	if (n && !s->t_first_fed)
 		s->t_first_fed = eng_mono_s();
 	if (s->cur_report)
@@ -837,16 +860,47 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
  */
 #define COMMIT_S 0.1         /* pipeline, send queue and socket, beyond one round trip */
 #define COMMIT_MIN 1e6
+#define COMMIT_AHEAD_S 5.0   /* in a settled mode (mode_settled) */
+#define DRY_S 0.1             /* link time left to send under which the link runs dry */
+#define SHARE_MIN (64 << 10)  /* the least room the feed is given a share of (wire bytes) */
+#define FLOW_RATIO_MIN 0.1    /* the least wire per fed byte a share and the backlog are priced at */
 #define SENDQ_S 0.05         /* our send queue */
 #define SENDQ_MIN (256u << 10)
 #define SOCKET_UNSENT_S 0.02 /* not yet on the wire in the socket */
 #define SOCKET_UNSENT_MIN (128 << 10)
+
+/*
+ * Whether the mode is one to encode ahead in: a static mode, or the
+ * controller's settled choice. While it is still deciding (no measured
+ * window yet, a trial or a probe under way, a better mode predicted) what is
+ * encoded ahead goes in a mode about to be dropped, and a trial waits for it
+ * to drain: at 10 Mbit/s, 10 MB went in auto's start mode while the trial of
+ * the better one waited 6 s for blocks to try.
+ */
+static bool mode_settled(const struct src *s)
+{
+	return !s->a->adapt || eng_adapt_settled(&s->adapt);
+}
 
 static double commit_bytes(const struct src *s)
 {
 	double c = s->rate_Bps * (COMMIT_S + s->link.min_rtt_ms / 1e3);
 
 	return c > COMMIT_MIN ? c : COMMIT_MIN;
+}
+
+/*
+ * What the feed may commit: the commit, or COMMIT_AHEAD_S of link time in a
+ * settled mode. Only the feed's hold and share use it: whether the link
+ * would idle (a new pass) and whether the rest fits the stop look at the
+ * commit alone, or a settled mode started a pass whenever less than 5 s was
+ * committed, and sent pages again that would have been merged pending.
+ */
+static double ahead_bytes(const struct src *s)
+{
+	double c = commit_bytes(s);
+
+	return mode_settled(s) && c < s->rate_Bps * COMMIT_AHEAD_S ? s->rate_Bps * COMMIT_AHEAD_S : c;
 }
 
 static void limit_queues(struct src *s)
@@ -864,6 +918,24 @@ static void limit_queues(struct src *s)
 	}
 }
 
+/*
+ * Wire bytes per fed byte of the blocks the pipeline finished, for what is
+ * in flight and what may be fed: early in a pass the wire lags what was fed
+ * (the monitor's ratio then reads near 0, and a share computed with it let
+ * 25 MB in at once), so until enough blocks are through, at least `fallback`
+ * or one half.
+ */
+static double flow_ratio(const struct eng_diff_report *rep, double fallback)
+{
+	const struct eng_stage_report *seal = &rep->stages[ENG_STAGE_SEAL];
+
+	if (seal->blocks >= 256) { /* a start rich in zeros and duplicates must not price the rest at nothing */
+		double r = (double)seal->bytes_out / ((double)seal->blocks * CDC_BLOCK_SIZE);
+		return r > FLOW_RATIO_MIN ? r : FLOW_RATIO_MIN;
+	}
+	return fallback > 0.5 ? fallback : 0.5;
+}
+
 /* Bytes that will reach the wire before anything the feed hands over now. */
 static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, double ratio)
 {
@@ -876,6 +948,24 @@ static double backlog_bytes(struct src *s, const struct eng_diff_report *rep, do
 	return b;
 }
 
+
+/*
+ * The feed's share until the next tick: room bytes of wire at ratio
+ * (pre-copy over a link), or all. Less room than SHARE_MIN is no share: a
+ * block at a time, each asking for the next tick, made one-block segments
+ * and a tick every 2 ms; the tick comes back once that much has drained.
+ */
+static void set_feed_budget(struct src *s, double room, double ratio)
+{
+	int64_t blocks = INT64_MAX;
+
+	if (s->conn && s->phase == PH_PRECOPY) {
+		blocks = room >= SHARE_MIN ? (int64_t)(room / ratio / CDC_BLOCK_SIZE) + 1 : 0;
+		if (!blocks && s->rate_Bps > 0)
+			eng_tick_due(&s->tick_due, eng_mono_s() + (SHARE_MIN - (room > 0 ? room : 0)) / s->rate_Bps);
+	}
+	__atomic_store_n(&s->feed_budget, blocks, __ATOMIC_RELEASE);
+}
 
 static void begin_final(struct src *s)
 {
@@ -893,6 +983,7 @@ static void begin_final(struct src *s)
 		mark(s, s->first[ENG_VM_DEVICES] + b);
 	s->final_pass = true;
 	s->phase = PH_FINAL;
+	set_feed_budget(s, 0, 0); /* the VM is stopped: all of it, now */
 	start_pass(s);
 }
 
@@ -910,7 +1001,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 	struct src *s = ctx;
 	struct eng_diff_report rep;
 	char err[200];
-	/* a tick asked early (tick_soon) acts on passes and queues; the controller and
+	/* a tick asked early (eng_tick_due) acts on passes and queues; the controller and
 	 * the progress line keep their windows of about tick_ms */
 	double t = now_s(s);
 	bool full = t - s->full_tick_s >= FULL_TICK_S;
@@ -981,18 +1072,24 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		ratio = s->pass_ratio;
 	s->est_ratio = ratio;
 	uint64_t pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
-	double backlog = backlog_bytes(s, &rep, ratio);
+	double flow = flow_ratio(&rep, ratio);
+	double backlog = backlog_bytes(s, &rep, flow);
 	/* keep little link time committed: the rest stays pending, where a page
 	 * dirtied again replaces its older version for free, and what is
 	 * committed when the link slows down must cross at the new rate */
-	double commit = commit_bytes(s);
+	double commit = commit_bytes(s), ahead = ahead_bytes(s);
 	if (s->conn && s->rate_Bps > 0) {
-		s->hold = s->phase == PH_PRECOPY && backlog > commit;
+		s->hold = s->phase == PH_PRECOPY && backlog > ahead;
 		limit_queues(s);
 		if (s->hold) { /* looked at again once the excess should have drained (fast link: ms) */
-			double wait = (backlog - commit) / s->rate_Bps;
+			double wait = (backlog - ahead) / s->rate_Bps;
 			eng_tick_due(&s->tick_due, eng_mono_s() + (wait < 0.1 ? wait : 0.1));
 		}
+	}
+	set_feed_budget(s, ahead - backlog, flow);
+	if (s->conn) {
+		double to_go = (double)s->link.unsent + (s->sq ? (double)eng_sendq_queued(s->sq) : 0);
+		__atomic_store_n(&s->link_dry, to_go <= s->rate_Bps * DRY_S, __ATOMIC_RELEASE);
 	}
 	/* the destination only speaks before the trailer to say it failed */
 	if (s->conn && !s->fail[0]) {
@@ -1111,6 +1208,7 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			}
 			s->stop_requested_s = now_s(s);
 			s->phase = PH_STOPPING;
+			set_feed_budget(s, 0, 0); /* the stop is decided: the rest goes at once */
 		} else if (s->passes == 0 || walkable_blocks(s, pending) * CDC_BLOCK_SIZE >= ENG_ITERATE_BYTES || fits ||
 			   /* the link would idle: send what changed rather than wait for 10 MB that a
 			    * quiet (or slowed) guest may never write. With only withheld blocks
@@ -1711,6 +1809,9 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 		return -ENOMEM;
 	}
 	s->unsent_limit = 0;
+	/* the new connection's first tick sets the share; until then, one commit */
+	__atomic_store_n(&s->link_dry, true, __ATOMIC_RELEASE);
+	set_feed_budget(s, COMMIT_MIN, 0.5);
 	memset(&s->stream, 0, sizeof(s->stream));
 	uint64_t owed = eng_ledger_rewind(&s->ledger, applied, owe_block, s);
 	s->owed_blocks += owed;
@@ -1855,6 +1956,9 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		ret = -ENOMEM;
 		goto out;
 	}
+	/* before the first tick: a commit's worth at the starting ratio (no link figure yet) */
+	s->link_dry = true;
+	set_feed_budget(s, COMMIT_MIN, 0.5);
 	struct eng_feed feed = { feed_next, feed_size, s };
 	struct eng_diff_args da = {
 		.kind = ENG_KIND_VM, .nobj = ENG_VM_OBJECTS, .obj = obj, .feed = &feed,

@@ -100,6 +100,7 @@ struct eng_diff_object {
 };
 
 #define ENG_FEED_END (-1000000)
+#define ENG_FEED_HELD (-1000001)
 
 /*
  * Where blocks come from. next() fills up to max blocks: refs[i] =
@@ -108,7 +109,10 @@ struct eng_diff_object {
  * they already are (a mapped file): they must stay unchanged until the run
  * ends. It returns how many it filled, 0 when none are ready yet (a
  * live source: the pipeline flushes what it holds and asks again later),
- * ENG_FEED_END when there will be no more, or -errno with a reason in err.
+ * ENG_FEED_END when there will be no more, ENG_FEED_HELD when there are
+ * blocks but the source holds them back for now and what the pipeline has
+ * open (a partial segment) may wait for more rather than go out alone, or
+ * -errno with a reason in err.
  * A block may come again later with new content; the receiver ends with the
  * last version. size() gives each object's final size, once, after the end.
  */

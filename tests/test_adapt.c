@@ -192,11 +192,14 @@ static void test_a_large_win_does_not_wait_for_the_hold(void **state)
 
 	(void)state;
 	eng_adapt_init(&a, table, 3, &table[0].mode, NULL);
+	s.queued = s.unsent = 1 << 20; /* data waits for the slow link: its figure is the link */
 	run(&a, &s, 2.5, 5e6, 2, 1, 1);
 	assert_int_equal(a.cur, 2);
 	double switched = a.since;
-	/* the link jumps and lzma's lcores are 37x slower than igzip's: no hold
+	/* the link jumps (the queue empties, and the link figure grows past the
+	 * last one 2000x) and lzma's lcores are 37x slower than igzip's: no hold
 	 * (one window to measure the running mode, one to decide) */
+	s.queued = s.unsent = 0;
 	run(&a, &s, 2.5, 10e9, 2, 1, 1);
 	assert_int_equal(a.cur, 0);
 	assert_true(a.since - switched < ENG_ADAPT_HOLD_S);
@@ -357,24 +360,64 @@ static void test_a_trial_that_told_nothing_leaves_it_to_the_model(void **state)
 	assert_true(a.since - asked <= ENG_ADAPT_WINDOW_S + 0.15); /* the next window, not the lapse */
 }
 
-/* The link falls: a win past the urgent margin switches without waiting for a trial. */
+/*
+ * A 5 Mbit/s link on which the tight mode wins past the urgent margin:
+ * after 3 s of a 10 Gbit/s link (fell) or from the start; trials answered
+ * as the table says (answer) or never. Returns whether a trial was asked
+ * for, or answered.
+ */
+static bool big_win(struct eng_adapt *a, struct eng_adapt_sample *s, bool fell, bool answer)
+{
+	struct eng_mode next, want;
+	bool asked = false;
+
+	eng_adapt_init(a, table, 3, &table[0].mode, NULL);
+	if (fell) {
+		run(a, s, 3, 10e9, 2, 1, 1);
+		assert_int_equal(a->cur, 0);
+	}
+	for (int i = 0; i < 30 && a->cur == 0; i++) {
+		advance(s, &a->table[a->cur], 0.1, 5e6, 5e6, 2, 1, 1);
+		s->link_fell = fell;
+		eng_adapt_tick(a, s, &next);
+		if (answer)
+			answer_trial(a, s->t, 1, 1, 1, 1);
+		else
+			asked |= eng_adapt_trial_wanted(a, &want);
+		asked |= a->trials > 0;
+	}
+	return asked;
+}
+
+/* The link fell: a win past the urgent margin switches without waiting for a trial. */
 static void test_an_urgent_win_does_not_wait_for_a_trial(void **state)
 {
 	struct eng_adapt a;
 	struct eng_adapt_sample s = { 0 };
-	struct eng_mode next, want;
 
 	(void)state;
-	eng_adapt_init(&a, table, 3, &table[0].mode, NULL);
-	bool asked = false;
-	for (int i = 0; i < 30 && a.cur == 0; i++) {
-		advance(&s, &a.table[a.cur], 0.1, 5e6, 5e6, 2, 1, 1);
-		eng_adapt_tick(&a, &s, &next);
-		asked |= eng_adapt_trial_wanted(&a, &want); /* never answered */
-	}
+	assert_false(big_win(&a, &s, true, false));
 	assert_int_equal(a.cur, 2);
-	assert_false(asked);
-	assert_true(s.t < 3.0);
+	assert_true(s.t < 3 + 2.5);
+}
+
+/*
+ * The same win on a link that did not move is the model's word alone: it
+ * waits for a trial. (Long after a fall to 5 Mbit/s, untried modes won on paper by 5x
+ * one after the other, and the controller went through 20 of them.)
+ */
+static void test_a_large_win_without_a_fall_waits_for_a_trial(void **state)
+{
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+
+	(void)state;
+	assert_true(big_win(&a, &s, false, false));
+	assert_int_equal(a.cur, 0); /* the trial never came, and has not lapsed yet */
+	memset(&s, 0, sizeof(s));
+	assert_true(big_win(&a, &s, false, true));
+	assert_int_equal(a.trials, 1);
+	assert_int_equal(a.cur, 2);
 }
 
 /*
@@ -674,6 +717,7 @@ int main(void)
 		cmocka_unit_test(test_a_trial_that_never_comes_lapses_to_the_model),
 		cmocka_unit_test(test_a_trial_that_told_nothing_leaves_it_to_the_model),
 		cmocka_unit_test(test_an_urgent_win_does_not_wait_for_a_trial),
+		cmocka_unit_test(test_a_large_win_without_a_fall_waits_for_a_trial),
 		cmocka_unit_test(test_cpu_bound_with_an_empty_queue_probes_and_moves_lighter),
 		cmocka_unit_test(test_a_probe_that_finds_no_room_goes_back),
 		cmocka_unit_test(test_a_link_rising_from_5_to_100_mbit_moves_lighter),

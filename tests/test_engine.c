@@ -80,6 +80,33 @@ static void switch_modes(void *ctx, struct eng_pipeline *p)
 /* A tick other than the mode cycle, for one run (NULL: none). */
 static void (*other_tick)(void *ctx, struct eng_pipeline *p);
 
+/*
+ * For one run: the target's feed hands over 8 blocks at a time, each time
+ * after a call that returns pause_code (0: nothing ready, or ENG_FEED_HELD)
+ * as a live source held back by its link does.
+ */
+static bool pausing;
+static int pause_code;
+static struct eng_feed paused_feed;
+
+static int pausing_next(void *ctx, uint64_t *refs, uint8_t *data, const uint8_t **view, unsigned max, char *err,
+			size_t errlen)
+{
+	static bool paused;
+
+	(void)ctx;
+	paused = !paused;
+	if (paused)
+		return pause_code;
+	return paused_feed.next(paused_feed.ctx, refs, data, view, max < 8 ? max : 8, err, errlen);
+}
+
+static uint64_t pausing_size(void *ctx, unsigned obj)
+{
+	(void)ctx;
+	return paused_feed.size(paused_feed.ctx, obj);
+}
+
 static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const uint8_t *key,
 		   struct eng_diff_report *rep, bool switching)
 {
@@ -90,6 +117,10 @@ static int diff_to(struct eng_mem *stream, const struct eng_mode *mode, const ui
 	seen_segments = next_mode = 0;
 	struct eng_file_feed target = { .fd = fd, .size = fx.target_len };
 	struct eng_feed feed = eng_file_feed(&target);
+	if (pausing) {
+		paused_feed = feed;
+		feed = (struct eng_feed){ pausing_next, pausing_size, NULL };
+	}
 	struct eng_diff_object obj = {
 		.name = "image", .base = fx.idx, .capacity = fx.target_len, .have = fx_have,
 	};
@@ -351,6 +382,45 @@ static void test_dedup_verdicts(void **state)
 	free(t);
 	/* and it decodes */
 	assert_round_trip(&m, NULL, false);
+}
+
+/*
+ * A source that holds blocks back (ENG_FEED_HELD) lets the open segment
+ * wait to be filled; one with nothing ready (0) has it sent at once. Both
+ * patch back byte for byte. (Flushing at every held share cut live
+ * segments short, and each cost zstd:9 its history window again.)
+ */
+static void test_a_held_feed_keeps_the_segment_open(void **state)
+{
+	struct eng_mem stream = { 0 }, result;
+	struct eng_diff_report rep;
+	const struct eng_mode mode = { CDC_DELTA_NONE, CDC_COMP_ZSTD, 3 };
+	uint64_t segments[2];
+	char err[256];
+
+	(void)state;
+	size_t len = 512 * CDC_BLOCK_SIZE;
+	uint8_t *base = malloc(len), *target = malloc(len);
+	test_fill_random(base, len);
+	test_fill_text(target, len);
+	load_fixture(base, len, target, len);
+	pausing = true;
+	for (int held = 0; held < 2; held++) {
+		pause_code = held ? ENG_FEED_HELD : 0;
+		assert_int_equal(diff_to(&stream, &mode, NULL, &rep, false), 0);
+		segments[held] = rep.segments;
+		if (patch_from(&stream, NULL, &result, err, sizeof(err)))
+			fail_msg("patch: %s", err);
+		assert_int_equal(result.len, len);
+		assert_memory_equal(result.data, target, len);
+		eng_mem_free(&result);
+		eng_mem_free(&stream);
+	}
+	pausing = false;
+	assert_true(segments[0] >= 32);  /* 64 pauses: about one segment each */
+	assert_true(segments[1] <= 10);  /* 64 KiB doubling up to 1 MiB */
+	free(base);
+	free(target);
 }
 
 static void test_mode_switch_while_running(void **state)
@@ -920,6 +990,7 @@ int main(void)
 		cmocka_unit_test(test_partial_base_round_trip),
 		cmocka_unit_test(test_history_window),
 		cmocka_unit_test(test_dedup_verdicts),
+		cmocka_unit_test(test_a_held_feed_keeps_the_segment_open),
 		cmocka_unit_test(test_mode_switch_while_running),
 		cmocka_unit_test(test_trial_on_the_same_blocks),
 		cmocka_unit_test(test_rejects_damage),
