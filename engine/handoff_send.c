@@ -156,7 +156,7 @@ struct src {
 	double thr_step_s;      /* the guest throttle's last step */
 	double stop_decided_s;  /* the rest fit: QEMU asked to finish (stop_requested_s once it took that) */
 	double final_scan_s;    /* the scan of RAM after the VM stopped (part of the pause) */
-	double held_s;          /* pre-copy's feed held back: more than the link's commit waited */
+	double held_s;          /* pre-copy's feed held back: more than its lead (ahead_bytes) waited */
 	double refresh_cost_s; /* what the last scan of RAM and the disk's map took */
 	double stop_ts, resume_ts; /* QMP event times (host realtime clock) */
 	double best_est;      /* smallest estimated time of a pass so far */
