@@ -30,8 +30,9 @@
  *
  * Before it switches to a mode it has no recent trial of, the controller
  * has the pipeline try that mode beside the running one on the same blocks
- * (eng_pipeline_trial): the candidate's R and P become the running mode's
- * times the ratios the trial measured. Figures a mode measured while it ran
+ * (eng_pipeline_trial), with the best mode tried before and a runner-up:
+ * each candidate's R and P become the running mode's times the ratios the
+ * trial measured. Figures a mode measured while it ran
  * were taken on other data than the running mode's; on a live VM, whose
  * pages compress anywhere from 0.05 to 0.6 from one second to the next,
  * comparing those switched on noise. A trial's verdict stands
@@ -46,7 +47,7 @@
  * ENG_ADAPT_LINK_MOVE off the last such figure. Waiting out the hold, or a
  * trial, then sends seconds the wrong way. The starting
  * mode is not a choice: the first decision comes with the first measured
- * window. Every decision needs a measured
+ * window (and the trial it needs may run before it). Every decision needs a measured
  * window of the running mode, opened once the blocks fed before the switch
  * were compressed (the pipeline holds several MB encoded the old way).
  *
@@ -146,12 +147,15 @@ struct eng_adapt {
 	bool tried[ENG_ADAPT_MAX_MODES];
 	bool trial_figures[ENG_ADAPT_MAX_MODES]; /* its correction came from the trial */
 	double tried_t[ENG_ADAPT_MAX_MODES];
-	int want;              /* the mode a trial should run (-1: none) */
-	bool asked;            /* the caller took `want`: its trial is under way */
+	int want;              /* the mode a switch waits on a trial of (-1: none) */
+	unsigned want_n;       /* the trial's candidates: want, then others (pick_candidates) */
+	unsigned want_set[ENG_TRIAL_MAX];
+	bool asked;            /* the caller took them: their trial is under way */
 	double asked_t, now;
 	unsigned trials;       /* trials done */
-	int trial_new;         /* a trial of this mode came in since the last trace line (-1: none) */
-	double trial_r, trial_p; /* the last one: candidate over reference, bytes and ns */
+	unsigned trial_new_n;  /* modes whose trial came in since the last trace line */
+	unsigned trial_new[ENG_TRIAL_MAX];
+	double trial_r[ENG_TRIAL_MAX], trial_p[ENG_TRIAL_MAX]; /* theirs: candidate over reference, bytes and ns */
 	/* last predictions, input B/s per mode: min(processing, network), and processing alone */
 	double pred[ENG_ADAPT_MAX_MODES], proc[ENG_ADAPT_MAX_MODES];
 	unsigned best;
@@ -168,8 +172,8 @@ bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struc
  * window's predictions: after a switch, those that chose it).
  */
 bool eng_adapt_settled(const struct eng_adapt *a);
-/* The mode a trial should run now, once (the caller asks the pipeline); false: none. */
-bool eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m);
+/* The modes a trial should run now (m holds ENG_TRIAL_MAX), once (the caller asks the pipeline); 0: none. */
+unsigned eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m);
 /* A trial's figures (eng_pipeline_trial_done), at time now. */
 void eng_adapt_trial(struct eng_adapt *a, const struct eng_trial *t, double now);
 /* The sample's figures from a pipeline report and a link sample. */

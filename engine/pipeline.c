@@ -129,7 +129,8 @@ struct eng_pipeline {
 	volatile uint64_t mode_word;
 	/* trial: asked by the tick, claimed by one delta instance, handed back */
 	int trial_state;
-	uint64_t trial_word;
+	unsigned trial_n;
+	uint64_t trial_words[ENG_TRIAL_MAX];
 	struct eng_trial trial_result;
 	/* ingest */
 	uint64_t ingest_seq, ingest_blocks;
@@ -223,11 +224,13 @@ static struct eng_mode current_mode(const struct eng_pipeline *p)
 
 enum { TRIAL_IDLE, TRIAL_ASKED, TRIAL_RUNNING, TRIAL_DONE };
 
-bool eng_pipeline_trial(struct eng_pipeline *p, const struct eng_mode *m)
+bool eng_pipeline_trial(struct eng_pipeline *p, const struct eng_mode *m, unsigned n)
 {
 	if (__atomic_load_n(&p->trial_state, __ATOMIC_ACQUIRE) != TRIAL_IDLE)
 		return false;
-	p->trial_word = mode_pack(m);
+	p->trial_n = n < ENG_TRIAL_MAX ? n : ENG_TRIAL_MAX;
+	for (unsigned i = 0; i < p->trial_n; i++)
+		p->trial_words[i] = mode_pack(&m[i]);
 	__atomic_store_n(&p->trial_state, TRIAL_ASKED, __ATOMIC_RELEASE);
 	return true;
 }
@@ -739,20 +742,26 @@ static void trial_batch(struct stage *s, const struct batch *b)
 			return;
 		memset(&s->trial, 0, sizeof(s->trial));
 		s->trial.cur = current_mode(p);
-		s->trial.cand = mode_unpack(p->trial_word);
+		bool other = false;
+		for (unsigned i = 0; i < p->trial_n; i++) {
+			s->trial.cand[s->trial.ncand++] = mode_unpack(p->trial_words[i]);
+			other |= p->trial_words[i] != mode_pack(&s->trial.cur);
+		}
+		if (!other)
+			goto give_up; /* the controller switched to it meanwhile: nothing to compare */
 		if (!s->comp && !(s->comp = cdc_comp_new()))
 			goto give_up;
 		if (!s->trial_enc && !(s->trial_enc = malloc(BATCH_ENC_MAX)))
 			goto give_up;
 		if (!s->trial_out && !(s->trial_out = malloc(TRIAL_OUT_MAX)))
 			goto give_up;
-		if (mode_pack(&s->trial.cur) == p->trial_word)
-			goto give_up; /* the controller switched to it meanwhile: nothing to compare */
 		s->trial_on = true;
 	}
 	struct eng_trial *t = &s->trial;
 	trial_half(s, b, &t->cur, &t->cur_bytes, &t->cur_ns);
-	trial_half(s, b, &t->cand, &t->cand_bytes, &t->cand_ns);
+	for (unsigned i = 0; i < t->ncand; i++) /* the running mode itself: no figures, it tells nothing */
+		if (mode_pack(&t->cand[i]) != mode_pack(&t->cur))
+			trial_half(s, b, &t->cand[i], &t->cand_bytes[i], &t->cand_ns[i]);
 	t->blocks += fresh;
 	if (t->blocks < ENG_TRIAL_BLOCKS)
 		return;
@@ -761,7 +770,8 @@ static void trial_batch(struct stage *s, const struct batch *b)
 	__atomic_store_n(&p->trial_state, TRIAL_DONE, __ATOMIC_RELEASE);
 	return;
 give_up: /* a result without blocks: the trial told nothing about the modes it names */
-	p->trial_result = (struct eng_trial){ .cur = s->trial.cur, .cand = s->trial.cand };
+	p->trial_result = s->trial;
+	p->trial_result.blocks = 0;
 	__atomic_store_n(&p->trial_state, TRIAL_DONE, __ATOMIC_RELEASE);
 }
 

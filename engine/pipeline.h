@@ -196,24 +196,29 @@ int eng_diff_run(const struct eng_diff_args *a, struct eng_diff_report *rep, cha
 /* From the tick: takes effect at the next batch / segment boundary. */
 void eng_pipeline_set_mode(struct eng_pipeline *p, const struct eng_mode *m);
 /*
- * A trial: a candidate mode encoded beside the running one on the same
- * blocks (batches the claiming delta instance takes next, until they held
- * ENG_TRIAL_BLOCKS new blocks; a worker's instance, not the main lcore's,
- * when there is one), each batch
- * compressed on its own both ways, so the controller compares the two on
- * the same data rather than on whatever each happened to meet while it ran.
- * Both halves are done by the trial (the stage's own encoding is not reused),
- * and their lcore time is not in the stage figures.
+ * A trial: up to ENG_TRIAL_MAX candidate modes encoded beside the running
+ * one on the same blocks (batches the claiming delta instance takes next,
+ * until they held ENG_TRIAL_BLOCKS new blocks; a worker's instance, not the
+ * main lcore's, when there is one), each batch compressed on its own every
+ * way, so the controller compares the modes on the same data rather than on
+ * whatever each happened to meet while it ran. Every candidate at once: one
+ * at a time, auto's start on a 10 Mbit/s link went through three trials in a
+ * row, 1-2 s each, in its start mode. All halves are done by the trial (the
+ * stage's own encoding is not reused), and their lcore time is not in the
+ * stage figures.
  */
 #define ENG_TRIAL_BLOCKS 256
+#define ENG_TRIAL_MAX 3
 struct eng_trial {
-	struct eng_mode cur, cand; /* cur: the running mode when the trial began */
+	struct eng_mode cur;       /* the running mode when the trial began */
+	unsigned ncand;
+	struct eng_mode cand[ENG_TRIAL_MAX];
 	uint64_t blocks;           /* new blocks (what the modes encode differently); 0: it told nothing */
-	uint64_t cur_bytes, cand_bytes; /* compressed, each batch alone */
-	uint64_t cur_ns, cand_ns;       /* thread CPU ns of delta encoding and compression */
+	uint64_t cur_bytes, cand_bytes[ENG_TRIAL_MAX]; /* compressed, each batch alone */
+	uint64_t cur_ns, cand_ns[ENG_TRIAL_MAX];       /* thread CPU ns of delta encoding and compression */
 };
-/* From the tick: ask for a trial of m; false while another is under way. */
-bool eng_pipeline_trial(struct eng_pipeline *p, const struct eng_mode *m);
+/* From the tick: ask for a trial of the n modes m; false while another is under way. */
+bool eng_pipeline_trial(struct eng_pipeline *p, const struct eng_mode *m, unsigned n);
 /* From the tick: true once, when the trial asked for is done, with its figures. */
 bool eng_pipeline_trial_done(struct eng_pipeline *p, struct eng_trial *t);
 /* From the tick: end the run now, as failed (no trailer goes out). */

@@ -57,24 +57,29 @@ static void advance(struct eng_adapt_sample *s, const struct eng_mode_profile *m
 static void answer_trial(struct eng_adapt *a, double t, double p_factor, double r_factor, double cand_p,
 			 double cand_r)
 {
-	struct eng_mode m;
+	struct eng_mode m[ENG_TRIAL_MAX];
+	unsigned n = eng_adapt_trial_wanted(a, m);
 
-	if (!eng_adapt_trial_wanted(a, &m))
+	if (!n)
 		return;
-	const struct eng_mode_profile *cur = &a->table[a->cur], *cand = NULL;
-	for (unsigned i = 0; i < a->n; i++)
-		if (!memcmp(&a->table[i].mode, &m, sizeof(m)))
-			cand = &a->table[i];
-	assert_non_null(cand);
+	const struct eng_mode_profile *cur = &a->table[a->cur];
 	struct eng_trial tr = {
 		.cur = cur->mode,
-		.cand = m,
+		.ncand = n,
 		.blocks = ENG_TRIAL_BLOCKS,
 		.cur_bytes = (uint64_t)(cur->r * r_factor * (1 << 20)),
-		.cand_bytes = (uint64_t)(cand->r * r_factor * cand_r * (1 << 20)),
 		.cur_ns = (uint64_t)(cur->p_ns * p_factor * ENG_TRIAL_BLOCKS),
-		.cand_ns = (uint64_t)(cand->p_ns * p_factor * cand_p * ENG_TRIAL_BLOCKS),
 	};
+	for (unsigned k = 0; k < n; k++) {
+		const struct eng_mode_profile *cand = NULL;
+		for (unsigned i = 0; i < a->n; i++)
+			if (!memcmp(&a->table[i].mode, &m[k], sizeof(m[k])))
+				cand = &a->table[i];
+		assert_non_null(cand);
+		tr.cand[k] = m[k];
+		tr.cand_bytes[k] = (uint64_t)(cand->r * r_factor * cand_r * (1 << 20));
+		tr.cand_ns[k] = (uint64_t)(cand->p_ns * p_factor * cand_p * ENG_TRIAL_BLOCKS);
+	}
 	eng_adapt_trial(a, &tr, t);
 }
 
@@ -319,15 +324,17 @@ static double switch_without_figures(struct eng_adapt *a, bool answer_empty)
 		{ "b", { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 9 }, 8000, 0.090 },
 	};
 	struct eng_adapt_sample s = { 0 };
-	struct eng_mode next, want;
+	struct eng_mode next, want[ENG_TRIAL_MAX];
 	double asked = 0;
 
 	eng_adapt_init(a, pair, 2, &pair[0].mode, NULL);
 	for (int i = 0; i < 200 && a->cur == 0; i++) {
 		advance(&s, &a->table[a->cur], 0.1, 5e6, 5e6, 2, 1, 1);
 		eng_adapt_tick(a, &s, &next);
-		if (eng_adapt_trial_wanted(a, &want)) {
-			struct eng_trial none = { .cur = pair[0].mode, .cand = want };
+		unsigned n = eng_adapt_trial_wanted(a, want);
+		if (n) {
+			struct eng_trial none = { .cur = pair[0].mode, .ncand = n };
+			memcpy(none.cand, want, sizeof(want));
 			asked = s.t;
 			if (answer_empty)
 				eng_adapt_trial(a, &none, s.t);
@@ -368,7 +375,7 @@ static void test_a_trial_that_told_nothing_leaves_it_to_the_model(void **state)
  */
 static bool big_win(struct eng_adapt *a, struct eng_adapt_sample *s, bool fell, bool answer)
 {
-	struct eng_mode next, want;
+	struct eng_mode next, want[ENG_TRIAL_MAX];
 	bool asked = false;
 
 	eng_adapt_init(a, table, 3, &table[0].mode, NULL);
@@ -383,7 +390,7 @@ static bool big_win(struct eng_adapt *a, struct eng_adapt_sample *s, bool fell, 
 		if (answer)
 			answer_trial(a, s->t, 1, 1, 1, 1);
 		else
-			asked |= eng_adapt_trial_wanted(a, &want);
+			asked |= eng_adapt_trial_wanted(a, want) > 0;
 		asked |= a->trials > 0;
 	}
 	return asked;
@@ -418,6 +425,117 @@ static void test_a_large_win_without_a_fall_waits_for_a_trial(void **state)
 	assert_true(big_win(&a, &s, false, true));
 	assert_int_equal(a.trials, 1);
 	assert_int_equal(a.cur, 2);
+}
+
+/*
+ * A trial answered with the truth: each mode's bytes are the table's times
+ * truth[mode], and times pages (how the blocks tried suit the others over
+ * the running mode); n is returned.
+ */
+static unsigned answer_truly(struct eng_adapt *a, double t, const double *truth, double pages,
+			     struct eng_mode *want)
+{
+	unsigned n = eng_adapt_trial_wanted(a, want);
+	const struct eng_mode_profile *cur = &a->table[a->cur];
+	struct eng_trial tr = { .cur = cur->mode, .ncand = n, .blocks = ENG_TRIAL_BLOCKS,
+				.cur_bytes = 100000, .cur_ns = (uint64_t)(cur->p_ns * ENG_TRIAL_BLOCKS) };
+
+	for (unsigned k = 0; k < n; k++) {
+		unsigned m = 0;
+		while (memcmp(&a->table[m].mode, &want[k], sizeof(want[k])))
+			m++;
+		tr.cand[k] = want[k];
+		tr.cand_bytes[k] = (uint64_t)(100000 * a->table[m].r / cur->r * truth[m] / truth[a->cur] * pages);
+		tr.cand_ns[k] = (uint64_t)(a->table[m].p_ns * ENG_TRIAL_BLOCKS);
+	}
+	if (n)
+		eng_adapt_trial(a, &tr, t);
+	return n;
+}
+
+/*
+ * On a slow link the table ranks b first and c a close second; on the data
+ * at hand b saves nothing over the running mode and c halves its bytes. One
+ * trial tries b and c (a delta and codec pair each) together, asked in the
+ * start mode's first window, and the controller goes to c at its first
+ * decision, without a second trial.
+ */
+static void test_one_trial_tries_the_runners_up_too(void **state)
+{
+	static const struct eng_mode_profile four[] = {
+		{ "a", { CDC_DELTA_XOR, CDC_COMP_ZSTD, 1 }, 4000, 0.100 },
+		{ "b", { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 9 }, 8000, 0.080 },
+		{ "c", { CDC_DELTA_BEST, CDC_COMP_ZSTD, 9 }, 8000, 0.081 },
+		{ "d", { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 3 }, 6000, 0.085 },
+	};
+	static const double truth[] = { 1.0, 1.25, 0.62, 1.3 };
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next, want[ENG_TRIAL_MAX];
+	unsigned asked = 0;
+	double asked_t = 0;
+
+	(void)state;
+	eng_adapt_init(&a, four, 4, &four[0].mode, NULL);
+	for (int i = 0; i < 100 && a.cur == 0; i++) {
+		advance(&s, &a.table[a.cur], 0.1, 5e6, 5e6, 2, 1, 1);
+		eng_adapt_tick(&a, &s, &next);
+		unsigned n = answer_truly(&a, s.t, truth, 1, want);
+		if (!n)
+			continue;
+		asked++;
+		asked_t = s.t;
+		/* b first (the model's pick), then c: d is b's pair at another level */
+		assert_int_equal(n, 2);
+		assert_memory_equal(&want[0], &four[1].mode, sizeof(want[0]));
+		assert_memory_equal(&want[1], &four[2].mode, sizeof(want[1]));
+	}
+	assert_int_equal(asked, 1);
+	assert_int_equal(a.trials, 1);
+	assert_int_equal(a.cur, 2);
+	assert_true(asked_t < 2 * ENG_ADAPT_WINDOW_S); /* before the start mode's own figures */
+	assert_true(a.since < 2 * ENG_ADAPT_WINDOW_S + 0.25); /* its first decision */
+}
+
+/*
+ * After a trial of b, c and d found them worse than the table said, e (not
+ * tried yet) ranks first on the table's word. Its trial runs on pages on
+ * which every other mode does 20% better against the running one, and it
+ * brings d, the best of those tried, along although e is of d's delta and
+ * codec pair: the switch weighs e against d on the same blocks, not against
+ * d's figures from other pages (e would win by those), and goes to d.
+ */
+static void test_a_trial_brings_the_one_to_beat(void **state)
+{
+	static const struct eng_mode_profile five[] = {
+		{ "a", { CDC_DELTA_XOR, CDC_COMP_ZSTD, 1 }, 4000, 0.100 },
+		{ "b", { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 9 }, 8000, 0.080 },
+		{ "c", { CDC_DELTA_BEST, CDC_COMP_ZSTD, 9 }, 8000, 0.081 },
+		{ "d", { CDC_DELTA_NONE, CDC_COMP_ZSTD, 9 }, 8000, 0.082 },
+		{ "e", { CDC_DELTA_NONE, CDC_COMP_ZSTD, 3 }, 6000, 0.083 },
+	};
+	static const double truth[] = { 1.0, 1.2, 1.1, 1.05, 1.15 };
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next, want[ENG_TRIAL_MAX];
+	unsigned asked = 0;
+
+	(void)state;
+	eng_adapt_init(&a, five, 5, &five[0].mode, NULL);
+	for (int i = 0; i < 100 && a.cur == 0; i++) {
+		advance(&s, &a.table[a.cur], 0.1, 5e6, 5e6, 2, 1, 1);
+		eng_adapt_tick(&a, &s, &next);
+		unsigned n = answer_truly(&a, s.t, truth, asked ? 0.8 : 1, want);
+		if (!n)
+			continue;
+		if (++asked == 2) {
+			assert_int_equal(n, 3);
+			assert_memory_equal(&want[0], &five[4].mode, sizeof(want[0]));
+			assert_memory_equal(&want[1], &five[3].mode, sizeof(want[1])); /* the one to beat */
+		}
+	}
+	assert_int_equal(asked, 2);
+	assert_int_equal(a.cur, 3);
 }
 
 /*
@@ -638,15 +756,15 @@ static void test_a_trial_against_zstd_history_is_not_overrated(void **state)
 	(void)state;
 	struct eng_adapt a;
 	/* the trial reads none:igzip:0 as small as wdiff:zstd:3; the table says twice the bytes */
-	struct eng_trial t = { .cur = table[1].mode, .cand = table[0].mode, .blocks = 256,
-			       .cur_bytes = 100000, .cand_bytes = 100000, .cur_ns = 1000000, .cand_ns = 500000 };
+	struct eng_trial t = { .cur = table[1].mode, .ncand = 1, .cand = { table[0].mode }, .blocks = 256,
+			       .cur_bytes = 100000, .cand_bytes = { 100000 }, .cur_ns = 1000000, .cand_ns = { 500000 } };
 
 	eng_adapt_init(&a, table, 3, &table[1].mode, NULL);
 	eng_adapt_trial(&a, &t, 1.0);
 	assert_true(fabs(a.corr_r[0] * table[0].r - a.corr_r[1] * table[1].r * 2.0) < 1e-9);
 	/* the other way round (igzip running, a zstd candidate): the trial stands */
-	t = (struct eng_trial){ .cur = table[0].mode, .cand = table[1].mode, .blocks = 256,
-				.cur_bytes = 100000, .cand_bytes = 60000, .cur_ns = 500000, .cand_ns = 1000000 };
+	t = (struct eng_trial){ .cur = table[0].mode, .ncand = 1, .cand = { table[1].mode }, .blocks = 256,
+				.cur_bytes = 100000, .cand_bytes = { 60000 }, .cur_ns = 500000, .cand_ns = { 1000000 } };
 	eng_adapt_init(&a, table, 3, &table[0].mode, NULL);
 	eng_adapt_trial(&a, &t, 1.0);
 	assert_true(fabs(a.corr_r[1] * table[1].r - a.corr_r[0] * table[0].r * 0.6) < 1e-9);
@@ -718,6 +836,8 @@ int main(void)
 		cmocka_unit_test(test_a_trial_that_told_nothing_leaves_it_to_the_model),
 		cmocka_unit_test(test_an_urgent_win_does_not_wait_for_a_trial),
 		cmocka_unit_test(test_a_large_win_without_a_fall_waits_for_a_trial),
+		cmocka_unit_test(test_one_trial_tries_the_runners_up_too),
+		cmocka_unit_test(test_a_trial_brings_the_one_to_beat),
 		cmocka_unit_test(test_cpu_bound_with_an_empty_queue_probes_and_moves_lighter),
 		cmocka_unit_test(test_a_probe_that_finds_no_room_goes_back),
 		cmocka_unit_test(test_a_link_rising_from_5_to_100_mbit_moves_lighter),

@@ -458,11 +458,16 @@ static void test_mode_switch_while_running(void **state)
 
 static struct eng_trial trial;
 static int trials_done;
+static unsigned trial_modes = 1;
 
-/* Asks for a trial of the stored, uncompressed mode once the run is under way; keeps what comes back. */
+/*
+ * Asks for a trial of the stored, uncompressed mode (and with trial_modes 2,
+ * of none:zstd:1 too) once the run is under way; keeps what comes back.
+ */
 static void ask_trial(void *ctx, struct eng_pipeline *p)
 {
-	static const struct eng_mode stored = { CDC_DELTA_NONE, CDC_COMP_NONE, 0 };
+	static const struct eng_mode modes[] = { { CDC_DELTA_NONE, CDC_COMP_NONE, 0 },
+						  { CDC_DELTA_NONE, CDC_COMP_ZSTD, 1 } };
 	struct eng_diff_report rep;
 
 	(void)ctx;
@@ -470,7 +475,7 @@ static void ask_trial(void *ctx, struct eng_pipeline *p)
 		trials_done++;
 	eng_pipeline_report(p, &rep);
 	if (!trials_done && rep.blocks)
-		eng_pipeline_trial(p, &stored);
+		eng_pipeline_trial(p, modes, trial_modes);
 }
 
 /*
@@ -502,10 +507,11 @@ static void test_trial_on_the_same_blocks(void **state)
 	assert_int_equal(trials_done, 1);
 	assert_true(trial.blocks >= ENG_TRIAL_BLOCKS);
 	assert_memory_equal(&trial.cur, &m, sizeof(m));
-	assert_int_equal(trial.cand.comp, CDC_COMP_NONE);
+	assert_int_equal(trial.ncand, 1);
+	assert_int_equal(trial.cand[0].comp, CDC_COMP_NONE);
 	/* stored raw blocks against zstd'd deltas of a few changed bytes */
-	assert_true(trial.cand_bytes > 20 * trial.cur_bytes);
-	assert_true(trial.cur_ns > 0 && trial.cand_ns > 0);
+	assert_true(trial.cand_bytes[0] > 20 * trial.cur_bytes);
+	assert_true(trial.cur_ns > 0 && trial.cand_ns[0] > 0);
 	assert_int_equal(patch_from(&stream, NULL, &result, err, sizeof(err)), 0);
 	assert_int_equal(result.len, len);
 	assert_memory_equal(result.data, fx.target, len);
@@ -520,6 +526,23 @@ static void test_trial_on_the_same_blocks(void **state)
 	other_tick = NULL;
 	assert_int_equal(trials_done, 1);
 	assert_int_equal(trial.blocks, 0);
+	eng_mem_free(&stream);
+
+	/* two candidates on the same blocks, one of them the running mode: figures for the other alone */
+	trials_done = 0;
+	trial_modes = 2;
+	other_tick = ask_trial;
+	assert_int_equal(diff_to(&stream, &stored, NULL, &rep, false), 0);
+	other_tick = NULL;
+	trial_modes = 1;
+	assert_int_equal(trials_done, 1);
+	assert_true(trial.blocks >= ENG_TRIAL_BLOCKS);
+	assert_int_equal(trial.ncand, 2);
+	assert_int_equal(trial.cand[1].comp, CDC_COMP_ZSTD);
+	assert_true(trial.cand_ns[0] == 0 && trial.cand_bytes[0] == 0);
+	assert_true(trial.cand_ns[1] > 0);
+	/* zstd on text against the same blocks stored */
+	assert_true(trial.cand_bytes[1] * 2 < trial.cur_bytes);
 	eng_mem_free(&stream);
 }
 
