@@ -1,6 +1,7 @@
 #include "adapt.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -46,12 +47,23 @@ static uint64_t busy_ns(const struct eng_adapt_sample *s)
 	return ns;
 }
 
+/* printf onto the end of a string, truncating */
+static void __attribute__((format(printf, 3, 4))) append(char *buf, size_t size, const char *fmt, ...)
+{
+	size_t n = strlen(buf);
+	va_list ap;
+
+	if (n + 1 >= size)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf + n, size - n, fmt, ap);
+	va_end(ap);
+}
+
 /* What a decision did, for the trace: "link-grew", then "probe" etc. */
 static void note(char *event, const char *what)
 {
-	size_t n = strlen(event);
-
-	snprintf(event + n, EVENT_LEN - n, "%s%s", n ? "," : "", what);
+	append(event, EVENT_LEN, "%s%s", *event ? "," : "", what);
 }
 
 static bool queue_idle(const struct eng_adapt_sample *s)
@@ -150,21 +162,35 @@ static void pick_candidates(struct eng_adapt *a, unsigned i)
  * switch waits for it, unless it lapsed: with no data flowing to try it on,
  * the model decides.
  */
+/*
+ * The mode a switch waited on, given up on: the model decides for it. The
+ * others in the trial keep what they had (an anchor its trial figures).
+ */
+static void give_up_trial(struct eng_adapt *a, double t)
+{
+	a->tried[a->want] = true;
+	a->tried_t[a->want] = t;
+	a->trial_figures[a->want] = false;
+	a->asked = false;
+	a->want = -1;
+}
+
+/* A trial asked for and not done within ENG_ADAPT_TRIAL_WAIT_S lapses, whatever the model prefers by then. */
+static bool trial_lapsed(struct eng_adapt *a, double t, char *event)
+{
+	if (!a->asked || t - a->asked_t < ENG_ADAPT_TRIAL_WAIT_S)
+		return false;
+	give_up_trial(a, t);
+	note(event, "trial-lapsed");
+	return true;
+}
+
 static bool tried_lately(struct eng_adapt *a, unsigned i, double t, char *event)
 {
 	if (trial_stands(a, i, t))
 		return true;
-	if (a->asked && t - a->asked_t >= ENG_ADAPT_TRIAL_WAIT_S) {
-		for (unsigned k = 0; k < a->want_n; k++) {
-			a->tried[a->want_set[k]] = true;
-			a->tried_t[a->want_set[k]] = t;
-			a->trial_figures[a->want_set[k]] = false;
-		}
-		a->asked = false;
-		a->want = -1;
-		note(event, "trial-lapsed");
+	if (trial_lapsed(a, t, event))
 		return trial_stands(a, i, t);
-	}
 	if (a->want < 0) {
 		pick_candidates(a, i);
 		note(event, "trial");
@@ -194,19 +220,17 @@ unsigned eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m)
  * A candidate's R and P are the reference mode's (the one running when the
  * trial began) times what the trial measured: scale and correction stay
  * consistent, as the running mode's figures only ever move the shared
- * scale. A trial that told nothing counts as a lapse for its candidates.
+ * scale. A trial that told nothing about a candidate leaves it as it was
+ * (eng_adapt_trial gives up on the mode the switch waited on).
  */
 static void take_trial(struct eng_adapt *a, const struct eng_trial *t, int ref, unsigned k, double now)
 {
 	int cand = mode_index(a, &t->cand[k]);
 
-	if (cand < 0)
+	if (cand < 0 || ref < 0 || cand == ref || !t->blocks || !t->cur_bytes || !t->cur_ns || !t->cand_ns[k])
 		return;
 	a->tried[cand] = true;
 	a->tried_t[cand] = now;
-	a->trial_figures[cand] = false;
-	if (ref < 0 || cand == ref || !t->blocks || !t->cur_bytes || !t->cur_ns || !t->cand_ns[k])
-		return; /* it told nothing: the model decides */
 	const struct eng_mode_profile *r = &a->table[ref], *c = &a->table[cand];
 	double tr = (double)t->cand_bytes[k] / (double)t->cur_bytes;
 	double tp = (double)t->cand_ns[k] / (double)t->cur_ns;
@@ -241,10 +265,12 @@ void eng_adapt_trial(struct eng_adapt *a, const struct eng_trial *t, double now)
 	bool answered = false;
 
 	for (unsigned k = 0; k < t->ncand && k < ENG_TRIAL_MAX; k++) {
-		answered |= mode_index(a, &t->cand[k]) == a->want;
+		answered |= a->want >= 0 && mode_index(a, &t->cand[k]) == a->want;
 		take_trial(a, t, ref, k, now);
 	}
-	if (answered) {
+	if (answered && !trial_stands(a, (unsigned)a->want, now))
+		give_up_trial(a, now); /* it told nothing about it: the model decides */
+	else if (answered) {
 		a->asked = false;
 		a->want = -1;
 	}
@@ -559,6 +585,7 @@ static bool decide(struct eng_adapt *a, const struct eng_adapt_sample *s, char *
 	a->seen_Bps = a->mopen && a->windows ? (double)(s->stage[ENG_STAGE_SEAL].blocks - a->dprev.stage[ENG_STAGE_SEAL].blocks) *
 							CDC_BLOCK_SIZE / dt : 0;
 	update_link(a, s, event);
+	trial_lapsed(a, s->t, event);
 	a->ticks = a->link_ticks = a->idle_ticks = 0;
 	a->free_sum = a->wait_link = 0;
 	a->dprev = *s;
@@ -581,11 +608,10 @@ static void trace(const struct eng_adapt *a, const struct eng_adapt_sample *s, u
 
 	if (!a->trace)
 		return;
-	for (unsigned k = 0, nt = 0, nr = 0, np = 0; k < a->trial_new_n; k++) { /* the trials that came in now */
-		const char *sep = k ? "," : "";
-		nt += (unsigned)snprintf(tried + nt, sizeof(tried) - nt, "%s%s", k ? "+" : "", a->table[a->trial_new[k]].name);
-		nr += (unsigned)snprintf(tr + nr, sizeof(tr) - nr, "%s%.4f", sep, a->trial_r[k]);
-		np += (unsigned)snprintf(tp + np, sizeof(tp) - np, "%s%.4f", sep, a->trial_p[k]);
+	for (unsigned k = 0; k < a->trial_new_n; k++) { /* the trials that came in now */
+		append(tried, sizeof(tried), "%s%s", k ? "+" : "", a->table[a->trial_new[k]].name);
+		append(tr, sizeof(tr), "%s%.4g", k ? "," : "", a->trial_r[k]);
+		append(tp, sizeof(tp), "%s%.4g", k ? "," : "", a->trial_p[k]);
 	}
 	fprintf(a->trace,
 		"{\"t\":%.3f,\"mode\":\"%s\",\"next\":\"%s\",\"P_ns\":%.1f,\"feed_ns\":%.1f,\"R\":%.4f,"

@@ -357,6 +357,40 @@ static void test_a_trial_that_never_comes_lapses_to_the_model(void **state)
 	assert_true(a.since - asked >= ENG_ADAPT_TRIAL_WAIT_S);
 }
 
+/*
+ * A trial asked for on a slow link never comes, and the link grows so that
+ * the running mode is best again: the trial still lapses, and the
+ * controller stands by its mode (the feed may run ahead again).
+ */
+static void test_a_trial_lapses_after_the_model_changed_its_mind(void **state)
+{
+	static const struct eng_mode_profile pair[] = {
+		{ "a", { CDC_DELTA_NONE, CDC_COMP_ZSTD, 1 }, 4000, 0.100 },
+		{ "b", { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 9 }, 8000, 0.090 },
+	};
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next, want[ENG_TRIAL_MAX];
+	bool asked = false;
+
+	(void)state;
+	eng_adapt_init(&a, pair, 2, &pair[0].mode, NULL);
+	for (int i = 0; i < 40 && !asked; i++) {
+		advance(&s, &a.table[a.cur], 0.1, 5e6, 5e6, 2, 1, 1);
+		eng_adapt_tick(&a, &s, &next);
+		asked = eng_adapt_trial_wanted(&a, want) > 0;
+	}
+	assert_true(asked);
+	assert_false(eng_adapt_settled(&a));
+	for (int i = 0; i < (int)(ENG_ADAPT_TRIAL_WAIT_S * 10) + 20; i++) {
+		advance(&s, &a.table[a.cur], 0.1, 5e6, 10e9, 2, 1, 1); /* a is the faster on the lcores */
+		eng_adapt_tick(&a, &s, &next);
+	}
+	assert_int_equal(a.cur, 0);
+	assert_int_equal(a.want, -1);
+	assert_true(eng_adapt_settled(&a));
+}
+
 /* A trial that told nothing (no memory, or the pipeline busy) leaves it to the model at once. */
 static void test_a_trial_that_told_nothing_leaves_it_to_the_model(void **state)
 {
@@ -834,6 +868,7 @@ int main(void)
 		cmocka_unit_test(test_a_trial_keeps_noisy_data_from_switching),
 		cmocka_unit_test(test_a_trial_that_never_comes_lapses_to_the_model),
 		cmocka_unit_test(test_a_trial_that_told_nothing_leaves_it_to_the_model),
+		cmocka_unit_test(test_a_trial_lapses_after_the_model_changed_its_mind),
 		cmocka_unit_test(test_an_urgent_win_does_not_wait_for_a_trial),
 		cmocka_unit_test(test_a_large_win_without_a_fall_waits_for_a_trial),
 		cmocka_unit_test(test_one_trial_tries_the_runners_up_too),

@@ -526,6 +526,8 @@ static void test_trial_on_the_same_blocks(void **state)
 	other_tick = NULL;
 	assert_int_equal(trials_done, 1);
 	assert_int_equal(trial.blocks, 0);
+	assert_int_equal(trial.ncand, 1); /* it names what it was asked to try */
+	assert_memory_equal(&trial.cand[0], &stored, sizeof(stored));
 	eng_mem_free(&stream);
 
 	/* two candidates on the same blocks, one of them the running mode: figures for the other alone */
