@@ -157,12 +157,6 @@ static void pick_candidates(struct eng_adapt *a, unsigned i)
 }
 
 /*
- * Whether mode i may be switched to now on its figures: a trial of it
- * stands. Otherwise one is asked for (unless another is under way) and the
- * switch waits for it, unless it lapsed: with no data flowing to try it on,
- * the model decides.
- */
-/*
  * The mode a switch waited on, given up on: the model decides for it. The
  * others in the trial keep what they had (an anchor its trial figures).
  */
@@ -185,6 +179,12 @@ static bool trial_lapsed(struct eng_adapt *a, double t, char *event)
 	return true;
 }
 
+/*
+ * Whether mode i may be switched to now on its figures: a trial of it
+ * stands. Otherwise one is asked for (unless another is under way) and the
+ * switch waits for it, unless it lapsed: with no data flowing to try it on,
+ * the model decides.
+ */
 static bool tried_lately(struct eng_adapt *a, unsigned i, double t, char *event)
 {
 	if (trial_stands(a, i, t))
@@ -223,10 +223,8 @@ unsigned eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m)
  * scale. A trial that told nothing about a candidate leaves it as it was
  * (eng_adapt_trial gives up on the mode the switch waited on).
  */
-static void take_trial(struct eng_adapt *a, const struct eng_trial *t, int ref, unsigned k, double now)
+static void take_trial(struct eng_adapt *a, const struct eng_trial *t, int ref, int cand, unsigned k, double now)
 {
-	int cand = mode_index(a, &t->cand[k]);
-
 	if (cand < 0 || ref < 0 || cand == ref || !t->blocks || !t->cur_bytes || !t->cur_ns || !t->cand_ns[k])
 		return;
 	a->tried[cand] = true;
@@ -265,12 +263,13 @@ void eng_adapt_trial(struct eng_adapt *a, const struct eng_trial *t, double now)
 	bool answered = false;
 
 	for (unsigned k = 0; k < t->ncand && k < ENG_TRIAL_MAX; k++) {
-		answered |= a->want >= 0 && mode_index(a, &t->cand[k]) == a->want;
-		take_trial(a, t, ref, k, now);
+		int cand = mode_index(a, &t->cand[k]);
+		answered |= a->want >= 0 && cand == a->want;
+		take_trial(a, t, ref, cand, k, now);
 	}
-	if (answered && !trial_stands(a, (unsigned)a->want, now))
+	if (answered && !trial_stands(a, (unsigned)a->want, now)) {
 		give_up_trial(a, now); /* it told nothing about it: the model decides */
-	else if (answered) {
+	} else if (answered) {
 		a->asked = false;
 		a->want = -1;
 	}
