@@ -38,7 +38,10 @@
  * comparing those switched on noise. A trial's verdict stands
  * ENG_ADAPT_TRIAL_AGE_S; one not done within ENG_ADAPT_TRIAL_WAIT_S (no data
  * flowing: a live feed held back by the link comes in bursts seconds apart)
- * leaves the decision to the model.
+ * leaves the decision to the model. Link-bound with lcores to spare, a
+ * trial costs no throughput: one is asked for a mode the model puts ahead
+ * by less than the margin too (explore), since the table was profiled on
+ * other data; a switch still needs the trial's figures to win by it.
  *
  * A new mode must win by ENG_ADAPT_MARGIN and the running one must have held
  * ENG_ADAPT_HOLD_S, unless the new one wins by ENG_ADAPT_URGENT within
@@ -78,6 +81,7 @@
 #define ENG_ADAPT_PROBE_WAIT_S 10.0 /* before the next probe; doubles per probe that found no room */
 #define ENG_ADAPT_TRIAL_AGE_S 20.0 /* a trial's figures stand this long */
 #define ENG_ADAPT_TRIAL_WAIT_S 10.0 /* a trial not done by then is given up */
+#define ENG_ADAPT_EXPLORE_S 5.0    /* between trials asked with no switch waiting (explore) */
 #define ENG_ADAPT_MAX_MODES 64
 
 struct eng_mode_profile {
@@ -153,6 +157,7 @@ struct eng_adapt {
 	bool asked;            /* the caller took them: their trial is under way */
 	double asked_t, now;
 	unsigned trials;       /* trials done */
+	double explored_t;     /* when a trial was last asked with no switch waiting (explore) */
 	unsigned trial_new_n;  /* modes whose trial came in since the last trace line */
 	unsigned trial_new[ENG_TRIAL_MAX];
 	double trial_r[ENG_TRIAL_MAX], trial_p[ENG_TRIAL_MAX]; /* theirs: candidate over reference, bytes and ns */
@@ -167,9 +172,10 @@ void eng_adapt_init(struct eng_adapt *a, const struct eng_mode_profile *table, u
 /* One tick. Returns true and sets *next when the pipeline should switch. */
 bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struct eng_mode *next);
 /*
- * Whether the controller stands by the running mode: measured, no trial or
- * probe under way, none predicted better by the margin (in the last
- * window's predictions: after a switch, those that chose it).
+ * Whether the controller stands by the running mode: measured (or the
+ * start mode before any switch), no trial or probe under way, none
+ * predicted better by the margin (in the last window's predictions: after
+ * a switch, those that chose it).
  */
 bool eng_adapt_settled(const struct eng_adapt *a);
 /* The modes a trial should run now (m holds ENG_TRIAL_MAX), once (the caller asks the pipeline); 0: none. */

@@ -61,6 +61,7 @@ struct pass_report {
  */
 #define LIVE_CHUNK_BLOCKS 256u
 #define REFRESH_SHARE 0.2 /* of the time between passes that scans may take */
+#define SCAN_SLICE_S 0.02 /* of a scan between passes, per tick */
 #define FULL_TICK_S 0.09  /* the controller's tick (tick_ms 100); early ticks in between */
 #define THROTTLE_STEP_MIN_S 1.0 /* between the guest throttle's steps */
 
@@ -159,6 +160,9 @@ struct src {
 	double final_scan_s;    /* the scan of RAM after the VM stopped (part of the pause) */
 	double held_s;          /* pre-copy's feed held back: more than its lead (ahead_bytes) waited */
 	double refresh_cost_s; /* what the last scan of RAM and the disk's map took */
+	bool scanning;          /* a scan of shared RAM between passes is under way, at scan_at */
+	size_t scan_at;
+	double scan_spent_s;    /* what its slices took so far */
 	double stop_ts, resume_ts; /* QMP event times (host realtime clock) */
 	double best_est;      /* smallest estimated time of a pass so far */
 	/* wire bytes per raw byte fed, over the last whole pass: late passes
@@ -410,12 +414,24 @@ static void heat_up(struct src *s, uint64_t g)
 		s->heat[g]++;
 }
 
-static void scan_shared_ram(struct src *s)
+/*
+ * Compares shared RAM with the mirror from s->scan_at on, for about budget_s
+ * (0: to the end); true once the end is reached. Between passes the scan
+ * goes in slices, one per tick: whole, 256 MiB took 60-150 ms of the main
+ * lcore, and the controller's ticks and the feed waited for it.
+ */
+static bool scan_shared_ram(struct src *s, double budget_s)
 {
 	uint64_t first = s->first[ENG_VM_MEMORY] + s->shared_off / CDC_BLOCK_SIZE;
+	double until = eng_mono_s() + budget_s;
 
 	s->scan_live.n = s->scan_base.n = 0; /* what they held is stale */
-	for (size_t off = 0; off < s->shared_len; off += CDC_BLOCK_SIZE) {
+	for (size_t off = s->scan_at; off < s->shared_len; off += CDC_BLOCK_SIZE) {
+		if (budget_s > 0 && off > s->scan_at && !(off / CDC_BLOCK_SIZE % LIVE_CHUNK_BLOCKS) &&
+		    eng_mono_s() >= until) {
+			s->scan_at = off;
+			return false;
+		}
 		const uint8_t *live = live_page(s, &s->scan_live, off / CDC_BLOCK_SIZE);
 		if (!memcmp(mirror_page(s, &s->scan_base, off / CDC_BLOCK_SIZE), live, CDC_BLOCK_SIZE))
 			continue;
@@ -423,6 +439,8 @@ static void scan_shared_ram(struct src *s)
 		heat_up(s, first + off / CDC_BLOCK_SIZE);
 		mark(s, first + off / CDC_BLOCK_SIZE);
 	}
+	s->scan_at = 0;
+	return true;
 }
 
 /* ---- passes --------------------------------------------------------------------- */
@@ -884,14 +902,23 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 /*
  * Whether the mode is one to encode ahead in: a static mode, or the
  * controller's settled choice. While it is still deciding (no measured
- * window yet, a trial or a probe under way, a better mode predicted) what is
+ * window yet after a switch, a trial or a probe under way, a better mode
+ * predicted) what is
  * encoded ahead goes in a mode about to be dropped, and a trial waits for it
  * to drain: at 10 Mbit/s, 10 MB went in auto's start mode while the trial of
  * the better one waited 6 s for blocks to try.
  */
 static bool mode_settled(const struct src *s)
 {
-	return !s->a->adapt || eng_adapt_settled(&s->adapt);
+	/*
+	 * With the lcores the bottleneck (the transport's queue mostly empty
+	 * over the controller's last window) little waits to be sent, and a
+	 * lead only keeps them busy: held to the commit (4 MB at 300 Mbit/s,
+	 * with 7 MB in flight in the pipeline), a CPU-bound fast phase left
+	 * them idle, and auto sent 5-12 MB less than its own start mode static
+	 * before a fall to 5 Mbit/s.
+	 */
+	return !s->a->adapt || eng_adapt_settled(&s->adapt) || s->adapt.app_limited;
 }
 
 static double commit_bytes(const struct src *s)
@@ -1002,7 +1029,8 @@ static void begin_final(struct src *s)
 	throttle_release(s); /* the VM is stopped: nothing left to slow */
 	/* QEMU stopped the VM: RAM is frozen (QEMU sent none of the shared block) */
 	if (s->shared && s->conn) {
-		scan_shared_ram(s);
+		s->scan_at = 0; /* a scan between passes may have been under way: all of it, now */
+		scan_shared_ram(s, 0);
 		s->final_scan_s = now_s(s) - s->qemu_done_s;
 	}
 	/* QEMU flushed the disk when it stopped the VM: this map is the last */
@@ -1186,15 +1214,24 @@ static void tick(void *ctx, struct eng_pipeline *p)
 		 * REFRESH_SHARE of the time (once a second at most, before: on a fast link the
 		 * rest waited 0.4 s after a 0.6 s first pass for a 0.05 s scan) */
 		double refresh_at = s->last_refresh_s + s->refresh_cost_s / REFRESH_SHARE;
-		if (now_s(s) >= refresh_at || s->passes == 0) {
-			s->last_refresh_s = now_s(s);
-			if (s->shared)
-				scan_shared_ram(s);
+		if (s->scanning || now_s(s) >= refresh_at || s->passes == 0) {
+			double t0 = now_s(s);
+			if (!s->scanning)
+				s->scan_spent_s = 0;
+			s->scanning = s->shared && !scan_shared_ram(s, SCAN_SLICE_S);
+			s->scan_spent_s += now_s(s) - t0;
+			if (s->scanning) { /* the rest in the next ticks, the stages polled in between */
+				eng_tick_due(&s->tick_due, eng_mono_s());
+				return;
+			}
+			t0 = now_s(s);
 			if (mark_dirty_disk(s)) {
 				s->ended = true;
 				return;
 			}
-			s->refresh_cost_s = now_s(s) - s->last_refresh_s;
+			s->refresh_cost_s = s->scan_spent_s + (now_s(s) - t0);
+			/* as if it had run in one go: the next one REFRESH_SHARE of the time later */
+			s->last_refresh_s = now_s(s) - s->refresh_cost_s;
 			pending = __atomic_load_n(&s->pending_count, __ATOMIC_RELAXED);
 		} else if (s->passes) {
 			eng_tick_due(&s->tick_due, eng_mono_s() + (refresh_at - now_s(s)));
@@ -1773,6 +1810,15 @@ static void close_transport(struct src *s)
 	s->conn = NULL;
 }
 
+/* A trace line per resume, whatever the destination said it holds (state). */
+static void trace_resume(struct src *s, double down, uint64_t applied, uint64_t owed, const char *state)
+{
+	if (s->trace)
+		fprintf(s->trace, "{\"t\":%.3f,\"event\":\"resume\",\"down_s\":%.3f,\"applied_segments\":%llu,"
+			"\"owed_blocks\":%llu,\"state\":\"%s\"}\n", now_s(s), down, (unsigned long long)applied,
+			(unsigned long long)owed, state);
+}
+
 /*
  * The link was cut (send --retry-for): connect again, ask the destination
  * where it stands and go on from there. Everything the destination did not
@@ -1832,6 +1878,7 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 	if (state == ENG_RESUME_RESUMED) { /* COMMIT arrived; only its answer was lost */
 		s->resumed_remote = true;
 		fprintf(stderr, "send: reconnected after %.1f s: the VM already runs at the destination\n", down);
+		trace_resume(s, down, applied, 0, "resumed");
 		return 0;
 	}
 	/* a COMMIT sent on the old connection never arrived (the receiver stopped
@@ -1861,10 +1908,7 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 	}
 	fprintf(stderr, "send: resumed after %.1f s: the destination holds %llu segments, %llu blocks go again\n",
 		down, (unsigned long long)applied, (unsigned long long)owed);
-	if (s->trace)
-		fprintf(s->trace, "{\"t\":%.3f,\"event\":\"resume\",\"down_s\":%.3f,\"applied_segments\":%llu,"
-			"\"owed_blocks\":%llu,\"state\":\"%s\"}\n", now_s(s), down, (unsigned long long)applied,
-			(unsigned long long)owed, state == ENG_RESUME_VERIFIED ? "verified" : "receiving");
+	trace_resume(s, down, applied, owed, state == ENG_RESUME_VERIFIED ? "verified" : "receiving");
 	return 0;
 }
 

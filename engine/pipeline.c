@@ -1025,29 +1025,51 @@ static void back_off(unsigned idle)
 		usleep(idle < 512 ? 20 : idle < 2048 ? 100 : 500);
 }
 
+struct tick_clock {
+	uint64_t period, min_gap, last, next;
+};
+
+/* The controller's tick, on the main lcore, when its period or a requested time came. */
+static void tick_if_due(struct eng_pipeline *p, struct tick_clock *c)
+{
+	uint64_t now = rte_rdtsc(), due = 0;
+
+	if (p->a->tick_due && now - c->last >= c->min_gap)
+		due = __atomic_load_n(p->a->tick_due, __ATOMIC_ACQUIRE);
+	if (p->a->tick_every_loop || now >= c->next || (due && eng_mono_s() * 1e6 >= (double)due)) {
+		if (p->a->tick_due)
+			__atomic_store_n(p->a->tick_due, 0, __ATOMIC_SEQ_CST);
+		p->a->tick(p->a->tick_ctx, p);
+		c->last = rte_rdtsc();
+		c->next = c->last + c->period;
+	}
+}
+
 static void run_plan(struct eng_pipeline *p, struct lcore_plan *plan, bool main_lcore)
 {
-	uint64_t period = rte_get_tsc_hz() / 1000 * (p->a->tick_ms ? p->a->tick_ms : 100);
-	uint64_t min_gap = rte_get_tsc_hz() / 1000 * ENG_TICK_MIN_GAP_MS;
-	uint64_t last_tick = rte_rdtsc(), next_tick = last_tick + period;
+	struct tick_clock clock = {
+		.period = rte_get_tsc_hz() / 1000 * (p->a->tick_ms ? p->a->tick_ms : 100),
+		.min_gap = rte_get_tsc_hz() / 1000 * ENG_TICK_MIN_GAP_MS,
+		.last = rte_rdtsc(),
+	};
+	bool ticks = main_lcore && p->a->tick;
 	unsigned idle = 0;
 
+	clock.next = clock.last + clock.period;
 	while (!finished(p)) {
 		int work = 0;
-		for (unsigned i = 0; i < plan->n; i++)
+		/*
+		 * The tick is looked at after every stage, not once a pass: with
+		 * the feed running ahead, one pass of a single lcore's plan took
+		 * 150 ms, and the controller's windows stretched with it.
+		 */
+		for (unsigned i = 0; i < plan->n; i++) {
 			work += stage_poll[plan->stages[i]->id](plan->stages[i]);
-		if (main_lcore && p->a->tick) {
-			uint64_t now = rte_rdtsc(), due = 0;
-			if (p->a->tick_due && now - last_tick >= min_gap)
-				due = __atomic_load_n(p->a->tick_due, __ATOMIC_ACQUIRE);
-			if (p->a->tick_every_loop || now >= next_tick || (due && eng_mono_s() * 1e6 >= (double)due)) {
-				if (p->a->tick_due)
-					__atomic_store_n(p->a->tick_due, 0, __ATOMIC_SEQ_CST);
-				p->a->tick(p->a->tick_ctx, p);
-				last_tick = rte_rdtsc();
-				next_tick = last_tick + period;
-			}
+			if (ticks && !p->a->tick_every_loop)
+				tick_if_due(p, &clock);
 		}
+		if (ticks && p->a->tick_every_loop)
+			tick_if_due(p, &clock);
 		if (work)
 			idle = 0;
 		else

@@ -573,6 +573,48 @@ static void test_a_trial_brings_the_one_to_beat(void **state)
 }
 
 /*
+ * Link-bound (data waits for the link) with lcores to spare: b is ahead of
+ * the running mode on paper by 2%, under the margin, and a trial of it is
+ * asked all the same (explore). Where b truly sends `truth` of a's bytes,
+ * 0.85 switches to it; 0.98 does not, and no other trial is asked while
+ * that one stands. With the queue empty (app-limited) none is asked.
+ */
+static unsigned explore_close(double truth_b, uint64_t unsent, unsigned *trials)
+{
+	static const struct eng_mode_profile close[] = {
+		{ "a", { CDC_DELTA_NONE, CDC_COMP_ZSTD, 1 }, 4000, 0.100 },
+		{ "b", { CDC_DELTA_BEST, CDC_COMP_ZSTD, 9 }, 8000, 0.098 },
+	};
+	const double truth[] = { 1.0, truth_b };
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next, want[ENG_TRIAL_MAX];
+
+	eng_adapt_init(&a, close, 2, &close[0].mode, NULL);
+	for (int i = 0; i < 150; i++) {
+		advance(&s, &a.table[a.cur], 0.1, 5e6 / 8 / a.table[a.cur].r, 5e6, 2, 1, 1);
+		s.unsent = unsent;
+		eng_adapt_tick(&a, &s, &next);
+		answer_truly(&a, s.t, truth, 1, want);
+	}
+	*trials = a.trials;
+	return a.cur;
+}
+
+static void test_link_bound_with_lcores_to_spare_tries_a_close_mode(void **state)
+{
+	unsigned trials;
+
+	(void)state;
+	assert_int_equal(explore_close(0.85, 4 << 20, &trials), 1);
+	assert_int_equal(trials, 1);
+	assert_int_equal(explore_close(0.98, 4 << 20, &trials), 0);
+	assert_int_equal(trials, 1); /* 15 s: the trial still stands */
+	assert_int_equal(explore_close(0.85, 0, &trials), 0);
+	assert_int_equal(trials, 0);
+}
+
+/*
  * CPU-bound on a fast link: the queue is empty and the link estimate is
  * only what the tight mode makes (30.6 Mbit/s of a 10 Gbit/s link). The
  * controller probes the fastest mode, sees the queue stay empty and keeps
@@ -873,6 +915,7 @@ int main(void)
 		cmocka_unit_test(test_a_large_win_without_a_fall_waits_for_a_trial),
 		cmocka_unit_test(test_one_trial_tries_the_runners_up_too),
 		cmocka_unit_test(test_a_trial_brings_the_one_to_beat),
+		cmocka_unit_test(test_link_bound_with_lcores_to_spare_tries_a_close_mode),
 		cmocka_unit_test(test_cpu_bound_with_an_empty_queue_probes_and_moves_lighter),
 		cmocka_unit_test(test_a_probe_that_finds_no_room_goes_back),
 		cmocka_unit_test(test_a_link_rising_from_5_to_100_mbit_moves_lighter),
