@@ -696,7 +696,8 @@ int edg_read_pushed(struct edg_chan *ch, uint8_t **digests, uint32_t *k, double 
 			eng_set_err(err, errlen, "out of memory");
 			r = -ENOMEM;
 		} else {
-			memcpy(*digests, f.msg + 4, (size_t)n * EDG_DIGEST_LEN);
+			if (n) /* an empty list has no array to fill */
+				memcpy(*digests, f.msg + 4, (size_t)n * EDG_DIGEST_LEN);
 			*k = n;
 		}
 	}
