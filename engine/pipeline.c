@@ -1029,19 +1029,26 @@ struct tick_clock {
 	uint64_t period, min_gap, last, next;
 };
 
-/* The controller's tick, on the main lcore, when its period or a requested time came. */
+/*
+ * The controller's tick, on the main lcore, when its period or a requested
+ * time came. A requested (early) tick leaves the period alone: restarted
+ * by each, the period's ticks came up to 190 ms apart, and the controller's
+ * own ticks (at least 90 ms apart) with them.
+ */
 static void tick_if_due(struct eng_pipeline *p, struct tick_clock *c)
 {
 	uint64_t now = rte_rdtsc(), due = 0;
+	bool periodic = now >= c->next;
 
 	if (p->a->tick_due && now - c->last >= c->min_gap)
 		due = __atomic_load_n(p->a->tick_due, __ATOMIC_ACQUIRE);
-	if (p->a->tick_every_loop || now >= c->next || (due && eng_mono_s() * 1e6 >= (double)due)) {
+	if (p->a->tick_every_loop || periodic || (due && eng_mono_s() * 1e6 >= (double)due)) {
 		if (p->a->tick_due)
 			__atomic_store_n(p->a->tick_due, 0, __ATOMIC_SEQ_CST);
 		p->a->tick(p->a->tick_ctx, p);
 		c->last = rte_rdtsc();
-		c->next = c->last + c->period;
+		if (periodic)
+			c->next = c->last + c->period;
 	}
 }
 
