@@ -162,10 +162,13 @@ static void pick_candidates(struct eng_adapt *a, unsigned i)
  */
 static void give_up_trial(struct eng_adapt *a, double t)
 {
-	a->tried[a->want] = true;
-	a->tried_t[a->want] = t;
-	a->trial_figures[a->want] = false;
-	a->asked = false;
+	/* an explore trial stands in for nobody's: a switch still needs one of its own */
+	if (!a->exploring) {
+		a->tried[a->want] = true;
+		a->tried_t[a->want] = t;
+		a->trial_figures[a->want] = false;
+	}
+	a->asked = a->exploring = false;
 	a->want = -1;
 }
 
@@ -277,7 +280,7 @@ void eng_adapt_trial(struct eng_adapt *a, const struct eng_trial *t, double now)
 	if (answered && !trial_stands(a, (unsigned)a->want, now)) {
 		give_up_trial(a, now); /* it told nothing about it: the model decides */
 	} else if (answered) {
-		a->asked = false;
+		a->asked = a->exploring = false;
 		a->want = -1;
 	}
 	if (a->trial_new_n > had)
@@ -590,12 +593,18 @@ static void early_trial(struct eng_adapt *a, char *event)
  */
 static void explore(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
 {
-	if (a->app_limited || a->util >= ENG_ADAPT_BUSY || a->want >= 0 || a->probing || a->best == a->cur ||
+	if (!a->link_bound || a->util >= ENG_ADAPT_BUSY || a->want >= 0 || a->probing || a->best == a->cur ||
 	    trial_stands(a, a->best, s->t) || (a->explored_t > 0 && s->t - a->explored_t < ENG_ADAPT_EXPLORE_S))
 		return;
 	a->explored_t = s->t;
 	pick_candidates(a, a->best);
+	a->exploring = true;
 	note(event, "explore");
+}
+
+bool eng_adapt_cpu_bound(const struct eng_adapt *a)
+{
+	return a->app_limited && a->util >= ENG_ADAPT_BUSY;
 }
 
 /* Once a window: classify it, update the link, predict, act. */
@@ -606,6 +615,7 @@ static bool decide(struct eng_adapt *a, const struct eng_adapt_sample *s, char *
 	a->free_lcores = a->free_sum / a->ticks;
 	a->util = (double)(busy_ns(s) - busy_ns(&a->dprev)) / (dt * 1e9 * (a->free_lcores > 0.1 ? a->free_lcores : 0.1));
 	a->app_limited = a->link_ticks && a->idle_ticks * 2 > a->link_ticks;
+	a->link_bound = a->link_ticks && !a->app_limited;
 	a->seen_Bps = a->mopen && a->windows ? (double)(s->stage[ENG_STAGE_SEAL].blocks - a->dprev.stage[ENG_STAGE_SEAL].blocks) *
 							CDC_BLOCK_SIZE / dt : 0;
 	update_link(a, s, event);

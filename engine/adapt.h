@@ -138,6 +138,7 @@ struct eng_adapt {
 	double free_lcores, util; /* over the last window */
 	double seen_Bps;       /* input B/s the running mode moved through the seal stage then */
 	bool app_limited;      /* the last window: the transport's queue was mostly empty */
+	bool link_bound;       /* the last window: data waited for the link (it had a figure, the queue held data) */
 	/* link */
 	double link_est;       /* what the predictions use */
 	double ceiling, ceiling_t; /* last rate measured while data waited for the link (0: none) */
@@ -158,6 +159,7 @@ struct eng_adapt {
 	double asked_t, now;
 	unsigned trials;       /* trials done */
 	double explored_t;     /* when a trial was last asked with no switch waiting (explore) */
+	bool exploring;        /* the trial asked is that one: no switch waits on it */
 	unsigned trial_new_n;  /* modes whose trial came in since the last trace line */
 	unsigned trial_new[ENG_TRIAL_MAX];
 	double trial_r[ENG_TRIAL_MAX], trial_p[ENG_TRIAL_MAX]; /* theirs: candidate over reference, bytes and ns */
@@ -178,6 +180,8 @@ bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struc
  * a switch, those that chose it).
  */
 bool eng_adapt_settled(const struct eng_adapt *a);
+/* The lcores were the bottleneck over the last window: the transport's queue mostly empty, the lcores busy. */
+bool eng_adapt_cpu_bound(const struct eng_adapt *a);
 /* The modes a trial should run now (m holds ENG_TRIAL_MAX), once (the caller asks the pipeline); 0: none. */
 unsigned eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m);
 /* A trial's figures (eng_pipeline_trial_done), at time now. */

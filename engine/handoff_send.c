@@ -912,13 +912,14 @@ static bool mode_settled(const struct src *s)
 {
 	/*
 	 * With the lcores the bottleneck (the transport's queue mostly empty
-	 * over the controller's last window) little waits to be sent, and a
+	 * and the lcores busy over the controller's last window: a queue the
+	 * held feed emptied itself is no sign) little waits to be sent, and a
 	 * lead only keeps them busy: held to the commit (4 MB at 300 Mbit/s,
 	 * with 7 MB in flight in the pipeline), a CPU-bound fast phase left
 	 * them idle, and auto sent 5-12 MB less than its own start mode static
 	 * before a fall to 5 Mbit/s.
 	 */
-	return !s->a->adapt || eng_adapt_settled(&s->adapt) || s->adapt.app_limited;
+	return !s->a->adapt || eng_adapt_settled(&s->adapt) || eng_adapt_cpu_bound(&s->adapt);
 }
 
 static double commit_bytes(const struct src *s)
@@ -1027,9 +1028,10 @@ static void begin_final(struct src *s)
 {
 	s->qemu_done_s = now_s(s);
 	throttle_release(s); /* the VM is stopped: nothing left to slow */
+	s->scanning = false; /* a scan between passes may have been under way: all of it, now */
+	s->scan_at = 0;
 	/* QEMU stopped the VM: RAM is frozen (QEMU sent none of the shared block) */
 	if (s->shared && s->conn) {
-		s->scan_at = 0; /* a scan between passes may have been under way: all of it, now */
 		scan_shared_ram(s, 0);
 		s->final_scan_s = now_s(s) - s->qemu_done_s;
 	}
@@ -1874,6 +1876,9 @@ static int resume_link(struct src *s, char *err, size_t errlen)
 	}
 	s->resumes++;
 	s->fail[0] = 0;
+	/* a scan cut short by the cut starts again: pages before its cursor may have changed since */
+	s->scanning = false;
+	s->scan_at = 0;
 	s->link_lost = false;
 	if (state == ENG_RESUME_RESUMED) { /* COMMIT arrived; only its answer was lost */
 		s->resumed_remote = true;

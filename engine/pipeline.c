@@ -1038,7 +1038,8 @@ struct tick_clock {
 static void tick_if_due(struct eng_pipeline *p, struct tick_clock *c)
 {
 	uint64_t now = rte_rdtsc(), due = 0;
-	bool periodic = now >= c->next;
+	/* an early tick within the minimum gap of the period's stands in for it */
+	bool periodic = now + c->min_gap >= c->next;
 
 	if (p->a->tick_due && now - c->last >= c->min_gap)
 		due = __atomic_load_n(p->a->tick_due, __ATOMIC_ACQUIRE);
@@ -1072,8 +1073,11 @@ static void run_plan(struct eng_pipeline *p, struct lcore_plan *plan, bool main_
 		 */
 		for (unsigned i = 0; i < plan->n; i++) {
 			work += stage_poll[plan->stages[i]->id](plan->stages[i]);
-			if (ticks && !p->a->tick_every_loop)
+			if (ticks && !p->a->tick_every_loop) {
 				tick_if_due(p, &clock);
+				if (finished(p)) /* the tick may abort the run: nothing more goes to the sink */
+					break;
+			}
 		}
 		if (ticks && p->a->tick_every_loop)
 			tick_if_due(p, &clock);

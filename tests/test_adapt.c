@@ -577,13 +577,16 @@ static void test_a_trial_brings_the_one_to_beat(void **state)
  * the running mode on paper by 2%, under the margin, and a trial of it is
  * asked all the same (explore). Where b truly sends `truth` of a's bytes,
  * 0.85 switches to it; 0.98 does not, and no other trial is asked while
- * that one stands. With the queue empty (app-limited) none is asked.
+ * that one stands. With the queue empty (app-limited) or the lcores busy
+ * (p_factor) none is asked. Left unanswered (answer false), the trial
+ * lapses without standing in for one: b is not taken as tried.
  */
-static unsigned explore_close(double truth_b, uint64_t unsent, unsigned *trials)
+static unsigned explore_close(double truth_b, uint64_t unsent, double p_factor, bool answer, unsigned *trials,
+			      bool *b_tried)
 {
 	static const struct eng_mode_profile close[] = {
 		{ "a", { CDC_DELTA_NONE, CDC_COMP_ZSTD, 1 }, 4000, 0.100 },
-		{ "b", { CDC_DELTA_BEST, CDC_COMP_ZSTD, 9 }, 8000, 0.098 },
+		{ "b", { CDC_DELTA_BEST, CDC_COMP_ZSTD, 9 }, 4100, 0.098 }, /* as cheap: link-bound when a's lcores are busy */
 	};
 	const double truth[] = { 1.0, truth_b };
 	struct eng_adapt a;
@@ -592,26 +595,37 @@ static unsigned explore_close(double truth_b, uint64_t unsent, unsigned *trials)
 
 	eng_adapt_init(&a, close, 2, &close[0].mode, NULL);
 	for (int i = 0; i < 150; i++) {
-		advance(&s, &a.table[a.cur], 0.1, 5e6 / 8 / a.table[a.cur].r, 5e6, 2, 1, 1);
+		advance(&s, &a.table[a.cur], 0.1, 5e6 / 8 / a.table[a.cur].r, 5e6, 2, p_factor, 1);
 		s.unsent = unsent;
 		eng_adapt_tick(&a, &s, &next);
-		answer_truly(&a, s.t, truth, 1, want);
+		if (answer)
+			answer_truly(&a, s.t, truth, 1, want);
+		else
+			eng_adapt_trial_wanted(&a, want);
 	}
 	*trials = a.trials;
+	*b_tried = a.tried[1];
 	return a.cur;
 }
 
 static void test_link_bound_with_lcores_to_spare_tries_a_close_mode(void **state)
 {
 	unsigned trials;
+	bool tried;
 
 	(void)state;
-	assert_int_equal(explore_close(0.85, 4 << 20, &trials), 1);
+	assert_int_equal(explore_close(0.85, 4 << 20, 1, true, &trials, &tried), 1);
 	assert_int_equal(trials, 1);
-	assert_int_equal(explore_close(0.98, 4 << 20, &trials), 0);
+	assert_int_equal(explore_close(0.98, 4 << 20, 1, true, &trials, &tried), 0);
 	assert_int_equal(trials, 1); /* 15 s: the trial still stands */
-	assert_int_equal(explore_close(0.85, 0, &trials), 0);
+	assert_int_equal(explore_close(0.85, 0, 1, true, &trials, &tried), 0);
 	assert_int_equal(trials, 0);
+	/* 4 us a block at 1.5k blocks/s is 0.3% of 2 lcores; 200x that is 61% (b stays link-bound) */
+	assert_int_equal(explore_close(0.85, 4 << 20, 200, true, &trials, &tried), 0);
+	assert_int_equal(trials, 0);
+	assert_int_equal(explore_close(0.85, 4 << 20, 1, false, &trials, &tried), 0);
+	assert_int_equal(trials, 0);
+	assert_false(tried);
 }
 
 /*
