@@ -210,8 +210,14 @@ bool eng_adapt_settled(const struct eng_adapt *a)
 	 * commit until its two windows were measured, auto sent 5-8 MB less
 	 * than the same mode static in fast-drop's 1.5 s at 300 Mbit/s, and
 	 * took 89-95 s to its 77.5. A trial asked (early_trial) unsettles it.
+	 * So does a switch until the new mode's first window, unless a trial
+	 * backed it: held to the commit, its feed waited for the old mode's
+	 * lead to drain, and without new blocks no window opened (on `steps`
+	 * the feed stood 4-5 s after each switch, and the rise to 50 Mbit/s
+	 * found 1 MB queued where the same mode static had 6). An explore
+	 * trial decides no switch that waits: the lead stands while it runs.
 	 */
-	return (measured(a) || !a->switches) && a->want < 0 && !a->probing &&
+	return (measured(a) || !a->switches || a->backed) && (a->want < 0 || a->exploring) && !a->probing &&
 	       a->pred[a->best] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN);
 }
 
@@ -490,6 +496,7 @@ static bool switch_to(struct eng_adapt *a, const struct eng_adapt_sample *s, uns
 	a->windows = 0;
 	/* a mode tried lately keeps the trial's correction: its windows move the scale */
 	a->fresh = !(a->trial_figures[to] && trial_stands(a, to, s->t));
+	a->backed = !a->probing && a->trial_figures[to] && trial_stands(a, to, s->t);
 	return true;
 }
 
@@ -590,11 +597,16 @@ static void early_trial(struct eng_adapt *a, char *event)
  * of none:zstd:1, too little to ever ask a trial, and on what was left for
  * the 5 Mbit/s phase best:zstd:9 sent 10% less (6.3 MB to 7.0, 1.2 s of
  * link time). A switch still needs the trial's figures to win by the margin.
+ * A trial from before the link last moved does not keep explore from
+ * asking again: what is left to send then is other pages (on `steps`, the
+ * pages dirtied again by the 5 Mbit/s phase, where wdiff:zstd:9 sent 0.56x
+ * none:zstd:1's bytes against 0.98x on the first pages).
  */
 static void explore(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
 {
 	if (!a->link_bound || a->util >= ENG_ADAPT_BUSY || a->want >= 0 || a->probing || a->best == a->cur ||
-	    trial_stands(a, a->best, s->t) || (a->explored_t > 0 && s->t - a->explored_t < ENG_ADAPT_EXPLORE_S))
+	    (trial_stands(a, a->best, s->t) && a->tried_t[a->best] >= a->moved_t) ||
+	    (a->explored_t > 0 && s->t - a->explored_t < ENG_ADAPT_EXPLORE_S))
 		return;
 	a->explored_t = s->t;
 	pick_candidates(a, a->best);

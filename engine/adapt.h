@@ -126,6 +126,7 @@ struct eng_adapt {
 	bool packed;
 	unsigned windows;      /* completed windows of cur */
 	bool fresh;            /* cur's first window teaches its correction, not the scale */
+	bool backed;           /* cur was switched to on a standing trial's figures */
 	double stage_p[ENG_STAGE_COUNT]; /* ns per block, last window */
 	double live_p, live_r, feed_ns, ingest_ns;
 	double scale_p, scale_r;
@@ -175,7 +176,8 @@ void eng_adapt_init(struct eng_adapt *a, const struct eng_mode_profile *table, u
 bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struct eng_mode *next);
 /*
  * Whether the controller stands by the running mode: measured (or the
- * start mode before any switch), no trial or probe under way, none
+ * start mode before any switch, or switched to on a standing trial's
+ * figures), no probe or trial a switch waits on under way, none
  * predicted better by the margin (in the last window's predictions: after
  * a switch, those that chose it).
  */

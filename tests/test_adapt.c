@@ -581,19 +581,20 @@ static void test_a_trial_brings_the_one_to_beat(void **state)
  * (p_factor) none is asked. Left unanswered (answer false), the trial
  * lapses without standing in for one: b is not taken as tried.
  */
+static const struct eng_mode_profile close_pair[] = {
+	{ "a", { CDC_DELTA_NONE, CDC_COMP_ZSTD, 1 }, 4000, 0.100 },
+	{ "b", { CDC_DELTA_BEST, CDC_COMP_ZSTD, 9 }, 4100, 0.098 }, /* as cheap: link-bound when a's lcores are busy */
+};
+
 static unsigned explore_close(double truth_b, uint64_t unsent, double p_factor, bool answer, unsigned *trials,
 			      bool *b_tried)
 {
-	static const struct eng_mode_profile close[] = {
-		{ "a", { CDC_DELTA_NONE, CDC_COMP_ZSTD, 1 }, 4000, 0.100 },
-		{ "b", { CDC_DELTA_BEST, CDC_COMP_ZSTD, 9 }, 4100, 0.098 }, /* as cheap: link-bound when a's lcores are busy */
-	};
 	const double truth[] = { 1.0, truth_b };
 	struct eng_adapt a;
 	struct eng_adapt_sample s = { 0 };
 	struct eng_mode next, want[ENG_TRIAL_MAX];
 
-	eng_adapt_init(&a, close, 2, &close[0].mode, NULL);
+	eng_adapt_init(&a, close_pair, 2, &close_pair[0].mode, NULL);
 	for (int i = 0; i < 150; i++) {
 		advance(&s, &a.table[a.cur], 0.1, 5e6 / 8 / a.table[a.cur].r, 5e6, 2, p_factor, 1);
 		s.unsent = unsent;
@@ -626,6 +627,72 @@ static void test_link_bound_with_lcores_to_spare_tries_a_close_mode(void **state
 	assert_int_equal(explore_close(0.85, 4 << 20, 1, false, &trials, &tried), 0);
 	assert_int_equal(trials, 0);
 	assert_false(tried);
+}
+
+/*
+ * A trial from before the link moved does not keep explore from asking
+ * again: b, tried at 0.98 of a's bytes (no switch), is tried anew once the
+ * link fell to a fifth, and the pages left then suit it (0.85).
+ */
+static void test_explore_asks_again_once_the_link_moved(void **state)
+{
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next, want[ENG_TRIAL_MAX];
+	double truth[] = { 1.0, 0.98 };
+
+	(void)state;
+	eng_adapt_init(&a, close_pair, 2, &close_pair[0].mode, NULL);
+	for (int i = 0; i < 150; i++) {
+		double link = i < 80 ? 5e6 : 1e6;
+		if (i == 80)
+			truth[1] = 0.85;
+		advance(&s, &a.table[a.cur], 0.1, link / 8 / a.table[a.cur].r, link, 2, 1, 1);
+		s.unsent = 4 << 20;
+		eng_adapt_tick(&a, &s, &next);
+		answer_truly(&a, s.t, truth, 1, want);
+		if (i == 79) {
+			assert_int_equal(a.trials, 1);
+			assert_int_equal(a.cur, 0);
+		}
+	}
+	assert_int_equal(a.trials, 2);
+	assert_int_equal(a.cur, 1);
+}
+
+/*
+ * The feed runs ahead (eng_adapt_settled) in a mode the controller stands
+ * by. An explore trial decides no waiting switch: the lead stands while it
+ * runs. A switch a trial backed is settled at once; one the model made
+ * alone (its trial brought no figures) waits for the new mode's first
+ * window. (Held to the commit after a backed switch, the feed waited for
+ * the old mode's lead to drain, and no window could open meanwhile.)
+ */
+static void test_the_feed_runs_ahead_of_a_mode_the_controller_stands_by(void **state)
+{
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next;
+
+	(void)state;
+	eng_adapt_init(&a, close_pair, 2, &close_pair[0].mode, NULL);
+	for (int i = 0; i < 100 && !a.exploring; i++) {
+		advance(&s, &a.table[a.cur], 0.1, 5e6 / 8 / a.table[a.cur].r, 5e6, 2, 1, 1);
+		s.unsent = 4 << 20;
+		eng_adapt_tick(&a, &s, &next);
+	}
+	assert_true(a.exploring);
+	assert_true(eng_adapt_settled(&a));
+
+	memset(&s, 0, sizeof(s));
+	assert_true(big_win(&a, &s, false, true));
+	assert_int_equal(a.cur, 2);
+	assert_int_equal(a.windows, 0);
+	assert_true(eng_adapt_settled(&a));
+
+	switch_without_figures(&a, true);
+	assert_int_equal(a.windows, 0);
+	assert_false(eng_adapt_settled(&a));
 }
 
 /*
@@ -930,6 +997,8 @@ int main(void)
 		cmocka_unit_test(test_one_trial_tries_the_runners_up_too),
 		cmocka_unit_test(test_a_trial_brings_the_one_to_beat),
 		cmocka_unit_test(test_link_bound_with_lcores_to_spare_tries_a_close_mode),
+		cmocka_unit_test(test_the_feed_runs_ahead_of_a_mode_the_controller_stands_by),
+		cmocka_unit_test(test_explore_asks_again_once_the_link_moved),
 		cmocka_unit_test(test_cpu_bound_with_an_empty_queue_probes_and_moves_lighter),
 		cmocka_unit_test(test_a_probe_that_finds_no_room_goes_back),
 		cmocka_unit_test(test_a_link_rising_from_5_to_100_mbit_moves_lighter),
