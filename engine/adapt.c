@@ -105,6 +105,12 @@ static bool trial_stands(const struct eng_adapt *a, unsigned i, double t)
 	return a->tried[i] && t - a->tried_t[i] < ENG_ADAPT_TRIAL_AGE_S;
 }
 
+/* A trial of i stands and is from after the link last moved (explore). */
+static bool trial_current(const struct eng_adapt *a, unsigned i, double t)
+{
+	return trial_stands(a, i, t) && a->tried_t[i] >= a->moved_t;
+}
+
 /*
  * A trial's candidates: i; the best predicted mode with trial figures (the
  * one to beat); then the next best, one per delta and codec pair (two levels
@@ -215,9 +221,12 @@ bool eng_adapt_settled(const struct eng_adapt *a)
 	 * lead to drain, and without new blocks no window opened (on `steps`
 	 * the feed stood 4-5 s after each switch, and the rise to 50 Mbit/s
 	 * found 1 MB queued where the same mode static had 6). An explore
-	 * trial decides no switch that waits: the lead stands while it runs.
+	 * trial of a mode the model puts within the margin leaves the lead
+	 * alone, unless it asks again what a trial from before the link moved
+	 * told: then a switch is likely, and the lead would go in the old mode.
 	 */
-	return (measured(a) || !a->switches || a->backed) && (a->want < 0 || a->exploring) && !a->probing &&
+	return (measured(a) || !a->switches || a->backed) && (a->want < 0 || (a->exploring && !a->reasked)) &&
+	       !a->probing &&
 	       a->pred[a->best] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN);
 }
 
@@ -496,7 +505,7 @@ static bool switch_to(struct eng_adapt *a, const struct eng_adapt_sample *s, uns
 	a->windows = 0;
 	/* a mode tried lately keeps the trial's correction: its windows move the scale */
 	a->fresh = !(a->trial_figures[to] && trial_stands(a, to, s->t));
-	a->backed = !a->probing && a->trial_figures[to] && trial_stands(a, to, s->t);
+	a->backed = !a->probing && a->trial_figures[to] && trial_current(a, to, s->t);
 	return true;
 }
 
@@ -605,9 +614,9 @@ static void early_trial(struct eng_adapt *a, char *event)
 static void explore(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
 {
 	if (!a->link_bound || a->util >= ENG_ADAPT_BUSY || a->want >= 0 || a->probing || a->best == a->cur ||
-	    (trial_stands(a, a->best, s->t) && a->tried_t[a->best] >= a->moved_t) ||
-	    (a->explored_t > 0 && s->t - a->explored_t < ENG_ADAPT_EXPLORE_S))
+	    trial_current(a, a->best, s->t) || (a->explored_t > 0 && s->t - a->explored_t < ENG_ADAPT_EXPLORE_S))
 		return;
+	a->reasked = trial_stands(a, a->best, s->t);
 	a->explored_t = s->t;
 	pick_candidates(a, a->best);
 	a->exploring = true;

@@ -161,6 +161,7 @@ struct eng_adapt {
 	unsigned trials;       /* trials done */
 	double explored_t;     /* when a trial was last asked with no switch waiting (explore) */
 	bool exploring;        /* the trial asked is that one: no switch waits on it */
+	bool reasked;          /* ... and it asks again about a mode tried before the link moved */
 	unsigned trial_new_n;  /* modes whose trial came in since the last trace line */
 	unsigned trial_new[ENG_TRIAL_MAX];
 	double trial_r[ENG_TRIAL_MAX], trial_p[ENG_TRIAL_MAX]; /* theirs: candidate over reference, bytes and ns */
@@ -177,7 +178,8 @@ bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struc
 /*
  * Whether the controller stands by the running mode: measured (or the
  * start mode before any switch, or switched to on a standing trial's
- * figures), no probe or trial a switch waits on under way, none
+ * figures after the link last moved), no probe or trial a switch waits
+ * on (or an explore trial asking again after a move) under way, none
  * predicted better by the margin (in the last window's predictions: after
  * a switch, those that chose it).
  */

@@ -901,9 +901,9 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 
 /*
  * Whether the mode is one to encode ahead in: a static mode, or the
- * controller's settled choice. While it is still deciding (no measured
- * window yet after a switch, a trial or a probe under way, a better mode
- * predicted) what is
+ * controller's settled choice (eng_adapt_settled). While it is still
+ * deciding (no measured window yet after a switch no trial backed, a trial
+ * a switch waits on or a probe under way, a better mode predicted) what is
  * encoded ahead goes in a mode about to be dropped, and a trial waits for it
  * to drain: at 10 Mbit/s, 10 MB went in auto's start mode while the trial of
  * the better one waited 6 s for blocks to try.
