@@ -125,7 +125,8 @@ struct eng_adapt {
 	uint64_t fed_at_switch, packed_mark;
 	bool packed;
 	unsigned windows;      /* completed windows of cur */
-	bool fresh;            /* cur's first window teaches its correction, not the scale */
+	bool fresh;            /* cur's first windows teach its correction, not the scale */
+	uint64_t fresh_blocks; /* sealed blocks those windows measured so far */
 	bool backed;           /* cur was switched to on a standing trial's figures */
 	double stage_p[ENG_STAGE_COUNT]; /* ns per block, last window */
 	double live_p, live_r, feed_ns, ingest_ns;

@@ -788,6 +788,38 @@ static void test_a_cpu_hog_arriving_and_leaving_moves_and_comes_back(void **stat
 	assert_int_equal(m.a.probes, 0);
 }
 
+/*
+ * CPU-bound on a fast link, the controller probes the fastest mode; the link
+ * falls to 5 Mbit/s as the probe starts, and the probe's first window, the
+ * feed held, seals a few dozen blocks of mostly zeros. That window alone
+ * does not make the fast mode's R (0.2) look like 0.005: the tightest mode
+ * is taken for the 5 Mbit/s phase. (It stayed in the probed mode, which the
+ * window had put at the corrections' floor.)
+ */
+static void test_a_probe_window_of_zeros_after_a_fall_does_not_set_r(void **state)
+{
+	struct sim m;
+	struct eng_mode next;
+
+	(void)state;
+	sim_init(&m, 2, NULL);
+	for (int i = 0; i < 100 && !m.a.probing; i++)
+		sim_run(&m, 0.1, 10e9, 2);
+	assert_true(m.a.probing);
+	assert_int_equal(m.a.cur, 0);
+	/* the open segment was flushed: the probe's window opens on the next blocks */
+	m.s.stage[ENG_STAGE_COMPRESS].bytes_in += ENG_SEG_RAW_MAX;
+	for (int i = 0; i < 12; i++) {
+		feed(&m.s, 0.1, 6, table[0].p_ns, 0, 0.005);
+		m.s.link_bps = 5e6;
+		m.s.unsent = 4 << 20;
+		eng_adapt_tick(&m.a, &m.s, &next);
+	}
+	assert_true(m.a.windows >= 1);
+	assert_true(m.a.corr_r[0] > 0.3);
+	assert_int_equal(sim_run(&m, 15, 5e6, 2), 2);
+}
+
 /* The single ingest lcore is the bottleneck: no mode is faster, nothing to probe. */
 static void test_a_feed_bound_pipeline_does_not_probe(void **state)
 {
@@ -1006,6 +1038,7 @@ int main(void)
 		cmocka_unit_test(test_a_probe_that_finds_no_room_goes_back),
 		cmocka_unit_test(test_a_link_rising_from_5_to_100_mbit_moves_lighter),
 		cmocka_unit_test(test_a_fast_link_dropping_to_5_mbit_moves_tighter),
+		cmocka_unit_test(test_a_probe_window_of_zeros_after_a_fall_does_not_set_r),
 		cmocka_unit_test(test_a_cpu_hog_arriving_and_leaving_moves_and_comes_back),
 		cmocka_unit_test(test_a_feed_bound_pipeline_does_not_probe),
 		cmocka_unit_test(test_a_switch_is_measured_after_the_old_blocks_left),
