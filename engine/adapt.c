@@ -11,7 +11,9 @@
 #define MIN_WINDOW_BLOCKS 64
 #define MIN_STAGE_BLOCKS 16
 #define R_WEIGHT_BLOCKS 1024.0 /* a window of this many sealed blocks moves the R scale half way */
-/* a fresh mode's prior correction counts as this many sealed blocks of its own */
+/* a fresh mode learns its correction from this many sealed blocks; what it
+ * had counts as up to CORR_PRIOR_BLOCKS of them, less as they come in */
+#define CORR_FRESH_BLOCKS 1024.0
 #define CORR_PRIOR_BLOCKS 256.0
 #define SCALE_MIN 0.05
 #define SCALE_MAX 20.0
@@ -246,9 +248,10 @@ unsigned eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m)
 /*
  * A candidate's R and P are the reference mode's (the one running when the
  * trial began) times what the trial measured: scale and correction stay
- * consistent, as the running mode's figures only ever move the shared
- * scale. A trial that told nothing about a candidate leaves it as it was
- * (eng_adapt_trial gives up on the mode the switch waited on).
+ * consistent, as the running mode's figures move the shared scale, or, while
+ * it learns its own correction, the candidate's with it (anchored). A trial
+ * that told nothing about a candidate leaves it as it was (eng_adapt_trial
+ * gives up on the mode the switch waited on).
  */
 static void take_trial(struct eng_adapt *a, const struct eng_trial *t, int ref, int cand, unsigned k, double now)
 {
@@ -276,6 +279,10 @@ static void take_trial(struct eng_adapt *a, const struct eng_trial *t, int ref, 
 	if (c->p_ns > 0)
 		a->corr_p[cand] = clampd(a->corr_p[ref] * r->p_ns / c->p_ns * tp, CORR_MIN, CORR_MAX);
 	a->trial_figures[cand] = true;
+	if (a->fresh && ref == (int)a->cur)
+		a->anchored[cand] = true;
+	if (cand == (int)a->cur) /* a trial from before the switch: cur has figures to stand on */
+		a->fresh = false;
 	if (a->trial_new_n < ENG_TRIAL_MAX) {
 		a->trial_r[a->trial_new_n] = tr;
 		a->trial_p[a->trial_new_n] = tp;
@@ -310,11 +317,28 @@ static double mode_r(const struct eng_adapt *a, unsigned i)
 }
 
 /*
+ * A fresh mode's correction (corr is corr_p or corr_r): the blocks-weighted
+ * mean, in log terms, of its windows' figures x and of what it had (weighing
+ * prior_w blocks). Modes a trial measured against it keep their ratio to it.
+ */
+static void learn(struct eng_adapt *a, double *corr, struct eng_adapt_mean *m, double x, uint64_t blocks,
+		  double prior_w)
+{
+	m->sum += (double)blocks * log(x);
+	m->n += (double)blocks;
+	double c = clampd(exp((prior_w * m->prior + m->sum) / (prior_w + m->n)), CORR_MIN, CORR_MAX);
+	for (unsigned i = 0; i < a->n; i++)
+		if (a->anchored[i])
+			corr[i] = clampd(corr[i] * c / corr[a->cur], CORR_MIN, CORR_MAX);
+	corr[a->cur] = c;
+}
+
+/*
  * Live figures of the running mode over a window: each stage's ns per block
  * it handled, R at the seal stage (bytes out of the blocks sealed there).
- * The first window after a switch compares the new mode with the scale the
- * old one left: it sets the new mode's correction; later windows move the
- * scale.
+ * The first windows after a switch without a standing trial compare the new
+ * mode with the scale the old one left: they set the new mode's correction
+ * (learn); later windows move the scale.
  */
 static void measure(struct eng_adapt *a, const struct eng_adapt_sample *s)
 {
@@ -365,20 +389,20 @@ static void measure(struct eng_adapt *a, const struct eng_adapt_sample *s)
 		/*
 		 * The correction is the mean (in log terms, weighted by sealed
 		 * blocks) of the mode's first windows and of what it had before,
-		 * until R_WEIGHT_BLOCKS were sealed. A probe's first window after
+		 * which weighs less as blocks come in and nothing once
+		 * CORR_FRESH_BLOCKS were sealed (then the scale moves again,
+		 * with no leftover of the prior to push into it). A probe's first window after
 		 * a fall, the feed held, sealed 64 mostly-zero blocks: taken
 		 * alone they made the probed light mode best at 5 Mbit/s, and
 		 * auto stayed in it (fast-drop, 135.9 MB against 109.6).
 		 */
-		double w = (double)sealed / ((double)(a->fresh_blocks + sealed) + CORR_PRIOR_BLOCKS);
-		if (sp > 0)
-			a->corr_p[a->cur] = clampd(exp(w * log(sp / a->scale_p) + (1 - w) * log(a->corr_p[a->cur])),
-						   CORR_MIN, CORR_MAX);
-		if (sr > 0)
-			a->corr_r[a->cur] = clampd(exp(w * log(sr / a->scale_r) + (1 - w) * log(a->corr_r[a->cur])),
-						   CORR_MIN, CORR_MAX);
 		a->fresh_blocks += sealed;
-		a->fresh = a->fresh_blocks < R_WEIGHT_BLOCKS;
+		double prior_w = CORR_PRIOR_BLOCKS * (1 - fmin(1, (double)a->fresh_blocks / CORR_FRESH_BLOCKS));
+		if (sp > 0)
+			learn(a, a->corr_p, &a->fresh_p, sp / a->scale_p, sealed, prior_w);
+		if (sr > 0)
+			learn(a, a->corr_r, &a->fresh_r, sr / a->scale_r, sealed, prior_w);
+		a->fresh = a->fresh_blocks < CORR_FRESH_BLOCKS;
 	} else {
 		if (sp > 0)
 			a->scale_p = clampd(sp / a->corr_p[a->cur], SCALE_MIN, SCALE_MAX);
@@ -520,6 +544,9 @@ static bool switch_to(struct eng_adapt *a, const struct eng_adapt_sample *s, uns
 	/* a mode tried lately keeps the trial's correction: its windows move the scale */
 	a->fresh = !(a->trial_figures[to] && trial_stands(a, to, s->t));
 	a->fresh_blocks = 0;
+	a->fresh_p = (struct eng_adapt_mean){ .prior = log(a->corr_p[to]) };
+	a->fresh_r = (struct eng_adapt_mean){ .prior = log(a->corr_r[to]) };
+	memset(a->anchored, 0, sizeof(a->anchored));
 	a->backed = !a->probing && a->trial_figures[to] && trial_current(a, to, s->t);
 	return true;
 }
@@ -718,6 +745,13 @@ bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struc
 		a->started = true;
 		a->mprev = a->dprev = *s;
 		a->since = a->next_probe_t = s->t;
+	} else if (a->restarted) {
+		/* windows start again with the new pipeline's first block, all of it cur's */
+		if (s->stage[ENG_STAGE_INGEST].blocks) {
+			a->restarted = false;
+			a->mprev = a->dprev = *s;
+			a->mopen = a->packed = true;
+		}
 	} else if (a->started) {
 		a->ticks++;
 		a->free_sum += s->free_lcores;
@@ -743,6 +777,11 @@ bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struc
 	if (change)
 		*next = a->table[a->cur].mode;
 	return change;
+}
+
+void eng_adapt_restart(struct eng_adapt *a)
+{
+	a->restarted = a->started;
 }
 
 void eng_adapt_fill(struct eng_adapt_sample *s, double t, const struct eng_diff_report *rep,

@@ -110,6 +110,11 @@ struct eng_adapt_sample {
 	bool link_fell;        /* link_bps is a fall the transport just showed (engine/link.h) */
 };
 
+/* A correction being learned: log of what the mode had, and its windows' log figures times their blocks. */
+struct eng_adapt_mean {
+	double prior, sum, n;
+};
+
 struct eng_adapt {
 	const struct eng_mode_profile *table;
 	unsigned n, cur;
@@ -127,6 +132,9 @@ struct eng_adapt {
 	unsigned windows;      /* completed windows of cur */
 	bool fresh;            /* cur's first windows teach its correction, not the scale */
 	uint64_t fresh_blocks; /* sealed blocks those windows measured so far */
+	struct eng_adapt_mean fresh_p, fresh_r;
+	bool anchored[ENG_ADAPT_MAX_MODES]; /* tried against cur while fresh: keeps its ratio to cur */
+	bool restarted;        /* a new pipeline (after a cut): its counters start again */
 	bool backed;           /* cur was switched to on a standing trial's figures */
 	double stage_p[ENG_STAGE_COUNT]; /* ns per block, last window */
 	double live_p, live_r, feed_ns, ingest_ns;
@@ -176,6 +184,8 @@ void eng_adapt_init(struct eng_adapt *a, const struct eng_mode_profile *table, u
 		    const struct eng_mode *start, FILE *trace);
 /* One tick. Returns true and sets *next when the pipeline should switch. */
 bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struct eng_mode *next);
+/* The pipeline was built again (a reconnect): the next samples count from 0, all in cur. */
+void eng_adapt_restart(struct eng_adapt *a);
 /*
  * Whether the controller stands by the running mode: measured (or the
  * start mode before any switch, or switched to on a standing trial's

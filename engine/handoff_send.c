@@ -2061,8 +2061,10 @@ int eng_handoff_send(const struct eng_send_args *a, json_object **summary, char 
 		room -= da.sent_copies[o];
 	}
 	/* one stream per connection: more than one only after a cut (--retry-for) */
-	for (;;) {
+	for (unsigned streams = 0;; streams++) {
 		struct eng_sink sink = s->sq ? eng_sendq_sink(s->sq) : eng_fd_sink(&s->out_fd);
+		if (streams && s->a->adapt)
+			eng_adapt_restart(&s->adapt);
 		da.sink = &sink;
 		da.mode = s->mode_now;
 		memset(&rep, 0, sizeof(rep));

@@ -788,36 +788,115 @@ static void test_a_cpu_hog_arriving_and_leaving_moves_and_comes_back(void **stat
 	assert_int_equal(m.a.probes, 0);
 }
 
+/* CPU-bound on a 10 Gbit/s link from the tightest mode: the controller probes the fastest. */
+static void probe_the_fast_mode(struct sim *m)
+{
+	sim_init(m, 2, NULL);
+	for (int i = 0; i < 100 && !m->a.probing; i++)
+		sim_run(m, 0.1, 10e9, 2);
+	assert_true(m->a.probing);
+	assert_int_equal(m->a.cur, 0);
+	assert_true(m->a.fresh);
+	/* the open segment was flushed: the probe's window opens on the next blocks */
+	m->s.stage[ENG_STAGE_COMPRESS].bytes_in += ENG_SEG_RAW_MAX;
+}
+
+/* secs of ticks in which the pipeline seals `blocks` blocks a tick at R r, on a link of link_bps */
+static void trickle(struct sim *m, double secs, uint64_t blocks, double r, double link_bps, uint64_t unsent)
+{
+	struct eng_mode next;
+
+	for (int i = 0; i < (int)(secs * 10 + 0.5); i++) {
+		feed(&m->s, 0.1, blocks, table[m->a.cur].p_ns, 0, r);
+		m->s.link_bps = link_bps;
+		m->s.unsent = unsent;
+		eng_adapt_tick(&m->a, &m->s, &next);
+	}
+}
+
 /*
- * CPU-bound on a fast link, the controller probes the fastest mode; the link
- * falls to 5 Mbit/s as the probe starts, and the probe's first window, the
- * feed held, seals a few dozen blocks of mostly zeros. That window alone
- * does not make the fast mode's R (0.2) look like 0.005: the tightest mode
- * is taken for the 5 Mbit/s phase. (It stayed in the probed mode, which the
- * window had put at the corrections' floor.)
+ * The link falls to 5 Mbit/s as the probe starts, and the probe's first
+ * window, the feed held, seals a few dozen blocks of mostly zeros. That
+ * window alone does not make the fast mode's R (0.2) look like 0.005, nor
+ * move the scale: the tightest mode is taken for the 5 Mbit/s phase. (It
+ * stayed in the probed mode, which the window had put at the corrections'
+ * floor.)
  */
 static void test_a_probe_window_of_zeros_after_a_fall_does_not_set_r(void **state)
 {
 	struct sim m;
-	struct eng_mode next;
 
 	(void)state;
-	sim_init(&m, 2, NULL);
-	for (int i = 0; i < 100 && !m.a.probing; i++)
-		sim_run(&m, 0.1, 10e9, 2);
-	assert_true(m.a.probing);
-	assert_int_equal(m.a.cur, 0);
-	/* the open segment was flushed: the probe's window opens on the next blocks */
-	m.s.stage[ENG_STAGE_COMPRESS].bytes_in += ENG_SEG_RAW_MAX;
-	for (int i = 0; i < 12; i++) {
-		feed(&m.s, 0.1, 6, table[0].p_ns, 0, 0.005);
-		m.s.link_bps = 5e6;
-		m.s.unsent = 4 << 20;
-		eng_adapt_tick(&m.a, &m.s, &next);
-	}
-	assert_true(m.a.windows >= 1);
+	probe_the_fast_mode(&m);
+	double scale_r = m.a.scale_r;
+	trickle(&m, 1.5, 6, 0.005, 5e6, 4 << 20);
+	assert_int_equal(m.a.windows, 1);
+	assert_true(m.a.fresh);
+	assert_true(m.a.scale_r == scale_r);
 	assert_true(m.a.corr_r[0] > 0.3);
 	assert_int_equal(sim_run(&m, 15, 5e6, 2), 2);
+}
+
+/*
+ * A fresh mode's correction is the mean of its first 1024 sealed blocks:
+ * after the zeros, 1000 blocks at the R the table gives bring it near 1
+ * (the zeros weigh some 64 of 1064 blocks), and what it had (1) no longer
+ * counts; then the scale moves again. A mode tried against it meanwhile
+ * moves with it.
+ */
+static void test_a_fresh_mode_learns_from_its_first_1024_blocks(void **state)
+{
+	struct sim m;
+
+	(void)state;
+	probe_the_fast_mode(&m);
+	for (int i = 0; i < 20 && !m.a.windows; i++)
+		trickle(&m, 0.1, 6, 0.005, 10e9, 0);
+	assert_int_equal(m.a.windows, 1);
+	assert_true(m.a.fresh);
+	double zeros = (double)m.a.fresh_blocks;
+	/* a trial of the tight mode against the fresh one: it keeps its ratio to it */
+	struct eng_trial tr = {
+		.cur = table[0].mode, .ncand = 1, .blocks = ENG_TRIAL_BLOCKS,
+		.cur_bytes = 200000, .cur_ns = 4000 * ENG_TRIAL_BLOCKS,
+		.cand = { table[2].mode }, .cand_bytes = { 70000 }, .cand_ns = { 150000 * ENG_TRIAL_BLOCKS },
+	};
+	eng_adapt_trial(&m.a, &tr, m.s.t);
+	double ratio = m.a.corr_r[2] / m.a.corr_r[0];
+	for (int i = 0; i < 30 && m.a.fresh; i++)
+		trickle(&m, 0.1, 100, table[0].r, 10e9, 0);
+	assert_int_equal(m.a.cur, 0);
+	assert_false(m.a.fresh);
+	double want = exp(zeros / (double)m.a.fresh_blocks * log(0.005 / table[0].r));
+	assert_true(fabs(m.a.corr_r[0] / want - 1) < 0.01);
+	assert_true(fabs(m.a.corr_r[2] / m.a.corr_r[0] / ratio - 1) < 1e-6);
+}
+
+/*
+ * After a cut the pipeline is built again and its counters start from 0:
+ * the controller takes up its windows on the new pipeline's first block
+ * and reads no window across the two (R read 1/4096, and wrapped block
+ * counts weighed it in full).
+ */
+static void test_a_new_pipeline_after_a_cut_starts_new_windows(void **state)
+{
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+
+	(void)state;
+	eng_adapt_init(&a, table, 3, &table[0].mode, NULL);
+	assert_int_equal(run(&a, &s, 10, 5e6, 2, 1, 1), 2);
+	double scale_r = a.scale_r, corr_r = a.corr_r[2];
+	unsigned windows = a.windows;
+	eng_adapt_restart(&a);
+	double t = s.t;
+	memset(&s, 0, sizeof(s));
+	s.t = t;
+	assert_int_equal(run(&a, &s, 0.5, 5e6, 2, 1, 1), 2);
+	assert_int_equal(a.windows, windows);
+	assert_int_equal(run(&a, &s, 3, 5e6, 2, 1, 1), 2);
+	assert_true(a.windows > windows);
+	assert_true(fabs(a.scale_r / scale_r - 1) < 0.01 && a.corr_r[2] == corr_r);
 }
 
 /* The single ingest lcore is the bottleneck: no mode is faster, nothing to probe. */
@@ -1039,6 +1118,8 @@ int main(void)
 		cmocka_unit_test(test_a_link_rising_from_5_to_100_mbit_moves_lighter),
 		cmocka_unit_test(test_a_fast_link_dropping_to_5_mbit_moves_tighter),
 		cmocka_unit_test(test_a_probe_window_of_zeros_after_a_fall_does_not_set_r),
+		cmocka_unit_test(test_a_fresh_mode_learns_from_its_first_1024_blocks),
+		cmocka_unit_test(test_a_new_pipeline_after_a_cut_starts_new_windows),
 		cmocka_unit_test(test_a_cpu_hog_arriving_and_leaving_moves_and_comes_back),
 		cmocka_unit_test(test_a_feed_bound_pipeline_does_not_probe),
 		cmocka_unit_test(test_a_switch_is_measured_after_the_old_blocks_left),
