@@ -157,6 +157,8 @@ struct eng_adapt {
 	/* probing */
 	bool probing;
 	unsigned probe_from, probe_fails;
+	double probe_link;     /* the link figure when it began */
+	double probe_corr_p, probe_corr_r, probe_scale_p, probe_scale_r; /* the model then */
 	double next_probe_t;
 	/* trials: when each mode was last tried beside the running one (or given up on) */
 	bool tried[ENG_ADAPT_MAX_MODES];
