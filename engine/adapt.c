@@ -563,9 +563,14 @@ static bool end_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, cha
 	 * none:zstd:-5 read R 0.23 on the pages after the fall to 5 Mbit/s
 	 * (none:zstd:9 had read 0.36 on the 50 Mbit/s phase's): kept on that,
 	 * through the 5 Mbit/s phase, the handoff took 48.6 s (27-30 s
-	 * before). The model goes back to what it was, and so does the mode.
+	 * before). The model goes back to what it was, and so does the mode;
+	 * no trial can have measured another mode against the probed one (none
+	 * starts during a probe, or while one is wanted).
+	 * The fall is a link measured during the probe under half the rate we
+	 * sent as it began: an older ceiling may be stale.
 	 */
-	if (a->link_est * ENG_ADAPT_LINK_MOVE < a->probe_link) {
+	bool fell = a->ceiling > 0 && a->ceiling_t >= a->probe_t && a->ceiling * ENG_ADAPT_LINK_MOVE < a->probe_link;
+	if (fell) {
 		a->corr_p[to] = a->probe_corr_p;
 		a->corr_r[to] = a->probe_corr_r;
 		a->scale_p = a->probe_scale_p;
@@ -573,11 +578,12 @@ static bool end_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, cha
 		predict(a);
 		note(event, "probe-void");
 		to = from;
+	} else {
+		if (a->pred[from] >= a->pred[to])
+			to = from;
+		if (a->pred[a->best] > a->pred[to] * (1 + ENG_ADAPT_MARGIN))
+			to = a->best;
 	}
-	if (a->pred[from] >= a->pred[to])
-		to = from;
-	if (a->pred[a->best] > a->pred[to] * (1 + ENG_ADAPT_MARGIN))
-		to = a->best;
 	a->probing = false;
 	a->chosen = true;
 	/* no room found: wait twice as long before the next probe */
@@ -597,7 +603,7 @@ static bool end_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, cha
  */
 static bool start_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, char *event)
 {
-	if (!a->app_limited || a->util < ENG_ADAPT_BUSY || s->t < a->next_probe_t ||
+	if (!a->app_limited || a->util < ENG_ADAPT_BUSY || s->t < a->next_probe_t || a->want >= 0 ||
 	    s->t - a->since < ENG_ADAPT_PROBE_S ||
 	    (a->ceiling > 0 && s->t - a->ceiling_t < ENG_ADAPT_PROBE_WAIT_S))
 		return false;
@@ -610,7 +616,8 @@ static bool start_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, c
 		return false; /* no faster mode, or the link figure already allows it */
 	a->probing = true;
 	a->probe_from = a->cur;
-	a->probe_link = a->link_est;
+	a->probe_t = s->t;
+	a->probe_link = s->link_bps;
 	a->probe_corr_p = a->corr_p[c];
 	a->probe_corr_r = a->corr_r[c];
 	a->probe_scale_p = a->scale_p;

@@ -157,7 +157,7 @@ struct eng_adapt {
 	/* probing */
 	bool probing;
 	unsigned probe_from, probe_fails;
-	double probe_link;     /* the link figure when it began */
+	double probe_t, probe_link; /* when it began, and the rate we sent then (at most the link) */
 	double probe_corr_p, probe_corr_r, probe_scale_p, probe_scale_r; /* the model then */
 	double next_probe_t;
 	/* trials: when each mode was last tried beside the running one (or given up on) */
