@@ -213,6 +213,13 @@ static bool tried_lately(struct eng_adapt *a, unsigned i, double t, char *event)
 
 static bool measured(const struct eng_adapt *a);
 
+/* No trial a switch waits on, no probe, no mode predicted better by the margin. */
+static bool standing(const struct eng_adapt *a)
+{
+	return (a->want < 0 || (a->exploring && !a->reasked)) && !a->probing &&
+	       a->pred[a->best] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN);
+}
+
 bool eng_adapt_settled(const struct eng_adapt *a)
 {
 	/*
@@ -229,9 +236,12 @@ bool eng_adapt_settled(const struct eng_adapt *a)
 	 * alone, unless it asks again what a trial from before the link moved
 	 * told: then a switch is likely, and the lead would go in the old mode.
 	 */
-	return (measured(a) || !a->switches || a->backed) && (a->want < 0 || (a->exploring && !a->reasked)) &&
-	       !a->probing &&
-	       a->pred[a->best] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN);
+	return (measured(a) || !a->switches || a->backed) && standing(a);
+}
+
+bool eng_adapt_measuring(const struct eng_adapt *a)
+{
+	return !measured(a) && a->switches && !a->backed && standing(a);
 }
 
 unsigned eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m)

@@ -197,6 +197,12 @@ void eng_adapt_restart(struct eng_adapt *a);
  * a switch, those that chose it).
  */
 bool eng_adapt_settled(const struct eng_adapt *a);
+/*
+ * It would stand by the running mode, but has yet to measure it: a switch
+ * no trial backed waits for the new mode's first window (the feed keeps a
+ * short lead in it, so that the window comes and the link is not left dry).
+ */
+bool eng_adapt_measuring(const struct eng_adapt *a);
 /* The lcores were the bottleneck over the last window: the transport's queue mostly empty, the lcores busy. */
 bool eng_adapt_cpu_bound(const struct eng_adapt *a);
 /* The modes a trial should run now (m holds ENG_TRIAL_MAX), once (the caller asks the pipeline); 0: none. */

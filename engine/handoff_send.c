@@ -891,6 +891,7 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 #define COMMIT_S 0.1         /* pipeline, send queue and socket, beyond one round trip */
 #define COMMIT_MIN 1e6
 #define COMMIT_AHEAD_S 5.0   /* in a settled mode (mode_settled) */
+#define MEASURE_AHEAD_S 1.0  /* in a mode the controller has yet to measure (eng_adapt_measuring) */
 #define DRY_S 0.1             /* link time left to send under which the link runs dry */
 #define SHARE_MIN (64 << 10)  /* the least room the feed is given a share of (wire bytes) */
 #define FLOW_RATIO_MIN 0.1    /* the least wire per fed byte a share and the backlog are priced at */
@@ -931,16 +932,25 @@ static double commit_bytes(const struct src *s)
 
 /*
  * What the feed may commit: the commit, or COMMIT_AHEAD_S of link time in a
- * settled mode. Only the feed's hold and share use it: whether the link
- * would idle (a new pass) and whether the rest fits the stop look at the
- * commit alone, or a settled mode started a pass whenever less than 5 s was
- * committed, and sent pages again that would have been merged pending.
+ * settled mode, MEASURE_AHEAD_S in one the controller switched to without a
+ * trial and has yet to measure. Held to the commit there, the feed stood
+ * while the old mode's lead drained, and the new mode's window could not
+ * come: on `steps`, a switch as the link rose to 50 Mbit/s left the feed
+ * standing 2 s and the link idle, and auto took 46.2 s (27.0 and 27.4 in
+ * its other runs, the same bytes). Only the feed's hold and share use it:
+ * whether the link would idle (a new pass) and whether the rest fits the
+ * stop look at the commit alone, or a settled mode started a pass whenever
+ * less than 5 s was committed, and sent pages again that would have been
+ * merged pending.
  */
 static double ahead_bytes(const struct src *s)
 {
 	double c = commit_bytes(s);
+	double lead_s = mode_settled(s) ? COMMIT_AHEAD_S
+			: s->a->adapt && eng_adapt_measuring(&s->adapt) ? MEASURE_AHEAD_S
+									 : 0;
 
-	return mode_settled(s) && c < s->rate_Bps * COMMIT_AHEAD_S ? s->rate_Bps * COMMIT_AHEAD_S : c;
+	return c < s->rate_Bps * lead_s ? s->rate_Bps * lead_s : c;
 }
 
 static void limit_queues(struct src *s)

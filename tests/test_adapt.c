@@ -382,6 +382,7 @@ static void test_a_trial_lapses_after_the_model_changed_its_mind(void **state)
 	}
 	assert_true(asked);
 	assert_false(eng_adapt_settled(&a));
+	assert_false(eng_adapt_measuring(&a));
 	for (int i = 0; i < (int)(ENG_ADAPT_TRIAL_WAIT_S * 10) + 20; i++) {
 		advance(&s, &a.table[a.cur], 0.1, 5e6, 10e9, 2, 1, 1); /* a is the faster on the lcores */
 		eng_adapt_tick(&a, &s, &next);
@@ -693,9 +694,12 @@ static void test_the_feed_runs_ahead_of_a_mode_the_controller_stands_by(void **s
 	assert_int_equal(a.windows, 0);
 	assert_true(eng_adapt_settled(&a));
 
+	assert_false(eng_adapt_measuring(&a));
+
 	switch_without_figures(&a, true);
 	assert_int_equal(a.windows, 0);
 	assert_false(eng_adapt_settled(&a));
+	assert_true(eng_adapt_measuring(&a)); /* a short lead: the window must come */
 }
 
 /*
