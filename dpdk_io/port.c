@@ -23,6 +23,19 @@
 #define POOL_CACHE 128
 #define LINK_RETRY_S 2.0 /* restart a port whose link stays down this long */
 
+/*
+ * What each port was last configured with. A later open with the same MTU
+ * and pool only starts it again: reconfiguring replaces the PMD's queues,
+ * and a net_memif server accepts its next client while stopped, recording
+ * that client's rings in the queues it has then (a fresh TX queue would
+ * point at no ring: the server hears the client and never answers it).
+ */
+static struct port_setup {
+	bool configured;
+	uint32_t mtu;
+	struct rte_mempool *pool;
+} setups[RTE_MAX_ETHPORTS];
+
 int dio_port_find(const char *spec, uint16_t *id, char *err, size_t errlen)
 {
 	char *end;
@@ -124,6 +137,7 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 	p->pool = rte_mempool_lookup(pool_name);
 	if (p->pool && p->pool->elt_size < sizeof(struct rte_mbuf) + room) {
 		rte_mempool_free(p->pool);
+		setups[p->id].configured = false; /* its RX queue held that pool */
 		p->pool = NULL;
 	}
 	if (!p->pool)
@@ -134,18 +148,24 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 		return -ENOMEM;
 	}
 
-	memset(&conf, 0, sizeof(conf));
-	conf.rxmode.mtu = p->mtu < eth_mtu ? p->mtu : eth_mtu;
-	if ((ret = rte_eth_dev_configure(p->id, 1, 1, &conf))) {
-		snprintf(err, errlen, "DPDK port %s: cannot configure (MTU %u): %s", p->name, p->mtu,
-			 rte_strerror(-ret));
-		goto err;
-	}
-	rte_eth_dev_adjust_nb_rx_tx_desc(p->id, &nrx, &ntx);
-	if ((ret = rte_eth_rx_queue_setup(p->id, 0, nrx, p->socket, NULL, p->pool)) ||
-	    (ret = rte_eth_tx_queue_setup(p->id, 0, ntx, p->socket, NULL))) {
-		snprintf(err, errlen, "DPDK port %s: cannot set up its queues: %s", p->name, rte_strerror(-ret));
-		goto err;
+	struct port_setup *setup = &setups[p->id];
+	if (!setup->configured || setup->mtu != p->mtu || setup->pool != p->pool) {
+		setup->configured = false;
+		memset(&conf, 0, sizeof(conf));
+		conf.rxmode.mtu = p->mtu < eth_mtu ? p->mtu : eth_mtu;
+		if ((ret = rte_eth_dev_configure(p->id, 1, 1, &conf))) {
+			snprintf(err, errlen, "DPDK port %s: cannot configure (MTU %u): %s", p->name, p->mtu,
+				 rte_strerror(-ret));
+			goto err;
+		}
+		rte_eth_dev_adjust_nb_rx_tx_desc(p->id, &nrx, &ntx);
+		if ((ret = rte_eth_rx_queue_setup(p->id, 0, nrx, p->socket, NULL, p->pool)) ||
+		    (ret = rte_eth_tx_queue_setup(p->id, 0, ntx, p->socket, NULL))) {
+			snprintf(err, errlen, "DPDK port %s: cannot set up its queues: %s", p->name,
+				 rte_strerror(-ret));
+			goto err;
+		}
+		*setup = (struct port_setup){ .configured = true, .mtu = p->mtu, .pool = p->pool };
 	}
 	/*
 	 * Bring the link up. A net_memif client cannot start before its server
