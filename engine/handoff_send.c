@@ -1100,7 +1100,10 @@ static void tick(void *ctx, struct eng_pipeline *p)
 			s->link_fall_conn = s->conn;
 			memset(&s->link_fall, 0, sizeof(s->link_fall));
 		}
-		link_now = eng_link_rate_bps(&s->link_fall, &s->link, now_s(s));
+		struct eng_link waiting = s->link; /* what waits in our send queue waits for the link too */
+		if (s->sq)
+			waiting.unsent += eng_sendq_queued(s->sq);
+		link_now = eng_link_rate_bps(&s->link_fall, &waiting, now_s(s));
 		if (link_now > 0)
 			s->rate_Bps = link_now / 8;
 	}

@@ -1077,23 +1077,25 @@ static void test_a_link_fall_is_taken_at_once(void **state)
 {
 	(void)state;
 	struct eng_link_fall f = { 0 };
-	struct eng_link l = { .rate_smooth_bps = 300e6, .delivery_bps = 290e6, .unsent = 1 << 20 };
+	struct eng_link l = { .rate_smooth_bps = 300e6, .delivery_bps = 290e6, .rate_bps = 290e6, .unsent = 1 << 20 };
 	double t = 0;
 
 	assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
 	/* a 0.2 s dip (three samples): not yet */
-	l.delivery_bps = 5e6;
+	l.delivery_bps = l.rate_bps = 5e6;
 	for (double u = t + 0.25; t < u; t += 0.1)
 		assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
-	l.delivery_bps = 280e6;
+	l.delivery_bps = l.rate_bps = 280e6;
 	assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
-	/* app-limited: the delivery rate says nothing about the link */
-	l.delivery_bps = 5e6;
+	/* app-limited, nothing waiting: neither rate says anything about the link */
+	l.delivery_bps = l.rate_bps = 5e6;
 	l.app_limited = true;
+	l.unsent = 0;
 	for (double u = t + 1; t < u; t += 0.1)
 		assert_true(eng_link_rate_bps(&f, &l, t) == 300e6);
 	/* a real fall: taken once it lasted ENG_LINK_FALL_S */
 	l.app_limited = false;
+	l.unsent = 1 << 20;
 	double seen = 0, took = -1, from = t;
 	for (double u = t + 1; t < u; t += 0.1) {
 		seen = eng_link_rate_bps(&f, &l, t);
@@ -1101,7 +1103,7 @@ static void test_a_link_fall_is_taken_at_once(void **state)
 			took = t;
 	}
 	assert_true(seen == 5e6 && took - from > ENG_LINK_FALL_S - 0.05 && took - from < ENG_LINK_FALL_S + 0.15);
-	/* held while the EWMA comes down; an app-limited sample (our own rate) does not move it */
+	/* held while the EWMA comes down; an app-limited delivery rate (our own) does not move it */
 	l.rate_smooth_bps = 50e6;
 	l.app_limited = true;
 	l.delivery_bps = 1e6;
@@ -1112,9 +1114,42 @@ static void test_a_link_fall_is_taken_at_once(void **state)
 	l.app_limited = false;
 	assert_true(eng_link_rate_bps(&f, &l, t) == 6e6);
 	/* the link came back */
-	l.delivery_bps = 250e6;
+	l.delivery_bps = l.rate_bps = 250e6;
 	l.rate_smooth_bps = 100e6;
 	assert_true(eng_link_rate_bps(&f, &l, t + 0.1) == 250e6);
+}
+
+/*
+ * The kernel's delivery rate is its last rate sample: after a fall it can
+ * stand still for seconds (no ACKs in loss recovery). With data waiting the
+ * acknowledged rate shows the fall, and the figure taken is what crossed
+ * while it fell, not the EWMA's memory of the fast link.
+ */
+static void test_a_fall_shows_while_the_delivery_rate_stands_still(void **state)
+{
+	(void)state;
+	struct eng_link_fall f = { 0 };
+	struct eng_link l = { .rate_smooth_bps = 1900e6, .delivery_bps = 1973e6, .rate_bps = 1900e6, .unsent = 12 << 20 };
+	double t = 0, seen = 0, took = -1;
+
+	for (; t < 1; t += 0.1)
+		assert_true(eng_link_rate_bps(&f, &l, t) == 1973e6);
+	/* 5 Mbit/s from here: 62.5 KB acknowledged a tick, the delivery rate as it was */
+	double from = t;
+	for (double u = t + 2; t < u; t += 0.1) {
+		l.acked += 62500;
+		l.rate_bps = 5e6;
+		l.rate_smooth_bps += 0.1 / 1.1 * (5e6 - l.rate_smooth_bps);
+		seen = eng_link_rate_bps(&f, &l, t);
+		if (seen < 10e6 && took < 0)
+			took = t;
+	}
+	assert_true(took > from && took - from < 1.0);
+	assert_true(seen > 4e6 && seen < 6e6);
+	/* nothing waiting (our queue ran dry) and a stale delivery rate: no new figure, the fall holds */
+	l.unsent = 0;
+	l.rate_bps = 0;
+	assert_true(eng_link_rate_bps(&f, &l, t) == seen);
 }
 
 int main(void)
@@ -1152,6 +1187,7 @@ int main(void)
 		cmocka_unit_test(test_a_switch_is_measured_after_the_old_blocks_left),
 		cmocka_unit_test(test_a_link_bound_mode_is_not_read_as_cpu_bound),
 		cmocka_unit_test(test_a_link_fall_is_taken_at_once),
+		cmocka_unit_test(test_a_fall_shows_while_the_delivery_rate_stands_still),
 		cmocka_unit_test(test_a_trial_against_zstd_history_is_not_overrated),
 		cmocka_unit_test(test_generated_table_is_sane),
 		cmocka_unit_test(test_cpu_share_is_at_least_the_fair_share),
