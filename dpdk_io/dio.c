@@ -100,6 +100,9 @@ struct dio_conn {
 	double dead_s, idle_s;
 
 	uint8_t *snd_buf;
+	/* DATA payloads lent to the PMD straight from snd_buf (port.tx_borrows):
+	 * one reference of ours keeps the count above 0, so nothing is freed */
+	struct rte_mbuf_ext_shared_info snd_lent;
 	_Atomic uint64_t app_end;  /* app: bytes written */
 	_Atomic uint64_t snd_una;  /* io: bytes acknowledged */
 	atomic_bool fin_req;       /* app: no more bytes after app_end */
@@ -137,7 +140,7 @@ struct dio_conn {
 
 	/* statistics: written by io, read racily by samplers (counters only) */
 	_Atomic uint64_t st_frames_tx, st_frames_rx, st_data_frames, st_data_bytes, st_retx_frames,
-		st_retx_bytes, st_rto, st_probes, st_dropped, st_forged;
+		st_retx_bytes, st_rto, st_probes, st_dropped, st_forged, st_tx_copied;
 	_Atomic uint64_t st_pacing, st_bw, st_rtt; /* doubles as bits */
 	uint64_t t0_us;
 
@@ -753,13 +756,56 @@ static bool can_transmit(struct dio_conn *c)
 	return c->ntx < BURST;
 }
 
+/* snd_lent's free callback: the count never reaches 0 (the send ring is the connection's) */
+static void never_freed(void *addr, void *opaque)
+{
+	(void)addr;
+	(void)opaque;
+}
+
+/*
+ * A DATA frame whose payload stays where it is on the send ring: the header
+ * in one mbuf, and chained to it one that points at the ring. The bytes
+ * stay put until acknowledged, and the PMD has copied them before tx_burst
+ * returns. NULL when the payload wraps around the ring's end (it is copied
+ * then) or no mbuf is left.
+ */
+static struct rte_mbuf *frame_lent(struct dio_conn *c, const struct seg *s)
+{
+	uint64_t at = s->off % DIO_SNDBUF;
+	void *pl;
+
+	if (at + s->len > DIO_SNDBUF)
+		return NULL;
+	struct rte_mbuf *m = frame_new(c, DIO_DATA, s->fin ? DIO_F_FIN : 0, s->off, s->len, &pl);
+	struct rte_mbuf *body = m ? rte_pktmbuf_alloc(c->port.pool) : NULL;
+	if (!body) {
+		rte_pktmbuf_free(m);
+		return NULL;
+	}
+	rte_pktmbuf_trim(m, (uint16_t)s->len); /* the header alone */
+	rte_mbuf_ext_refcnt_update(&c->snd_lent, 1);
+	rte_pktmbuf_attach_extbuf(body, c->snd_buf + at, RTE_BAD_IOVA, (uint16_t)s->len, &c->snd_lent);
+	body->data_len = (uint16_t)s->len;
+	body->pkt_len = s->len;
+	if (rte_pktmbuf_chain(m, body)) {
+		rte_pktmbuf_free(m);
+		rte_pktmbuf_free(body);
+		return NULL;
+	}
+	return m;
+}
+
 static void transmit(struct dio_conn *c, struct seg *s, bool retx, uint64_t now)
 {
-	void *pl;
-	struct rte_mbuf *m = frame_new(c, DIO_DATA, s->fin ? DIO_F_FIN : 0, s->off, s->len, &pl);
-	if (!m)
-		return;
-	ring_get(c->snd_buf, DIO_SNDBUF, s->off, pl, s->len);
+	struct rte_mbuf *m = c->port.tx_borrows ? frame_lent(c, s) : NULL;
+	if (!m) {
+		void *pl;
+		if (!(m = frame_new(c, DIO_DATA, s->fin ? DIO_F_FIN : 0, s->off, s->len, &pl)))
+			return;
+		ring_get(c->snd_buf, DIO_SNDBUF, s->off, pl, s->len);
+		atomic_fetch_add_explicit(&c->st_tx_copied, s->len, memory_order_relaxed);
+	}
 	s->sent_us = now;
 	s->retx |= retx;
 	s->delivered = c->delivered;
@@ -1274,6 +1320,8 @@ static int conn_start_state(struct dio_conn *c, char *err, size_t errlen)
 		return -1;
 	}
 	c->rng |= 1;
+	c->snd_lent.free_cb = never_freed;
+	rte_mbuf_ext_refcnt_set(&c->snd_lent, 1);
 	c->peer_wnd_end = DIO_RCVBUF;
 	c->last_adv_wnd = DIO_RCVBUF;
 	c->rto_us = MIN_RTO_US;
@@ -1595,6 +1643,7 @@ void dio_stats(struct dio_conn *c, struct dio_stats *s)
 	s->data_bytes_tx = atomic_load(&c->st_data_bytes);
 	s->retx_frames = atomic_load(&c->st_retx_frames);
 	s->retx_bytes = atomic_load(&c->st_retx_bytes);
+	s->tx_copied_bytes = atomic_load(&c->st_tx_copied);
 	s->rto_events = atomic_load(&c->st_rto);
 	s->loss_probes = atomic_load(&c->st_probes);
 	s->loss_rounds = c->pace.loss_rounds;

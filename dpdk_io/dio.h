@@ -85,6 +85,7 @@ void dio_sample(struct dio_conn *c, struct eng_link *out);
 struct dio_stats {
 	uint64_t frames_tx, frames_rx, data_frames_tx, data_bytes_tx;
 	uint64_t retx_frames, retx_bytes, rto_events, loss_probes, loss_rounds, dropped_injected;
+	uint64_t tx_copied_bytes; /* DATA payload bytes copied into mbufs (the rest was lent from the send ring) */
 	uint64_t forged_frames; /* ACK or RESET frames whose tag failed: ignored */
 	uint64_t acked_bytes, received_bytes;
 	uint64_t port_ipackets, port_opackets, port_ibytes, port_obytes, port_imissed, port_ierrors,

@@ -12,6 +12,7 @@
 
 #include <rte_bus.h>
 #include <rte_dev.h>
+#include <rte_devargs.h>
 #include <rte_errno.h>
 #include <rte_ethdev.h>
 #include <rte_log.h>
@@ -95,6 +96,23 @@ static int port_node(uint16_t id, const struct rte_eth_dev_info *info)
 	return node >= 0 && cli_dpdk_has_node(node) ? node : SOCKET_ID_ANY;
 }
 
+/*
+ * PMDs known to copy every frame out of its mbufs before tx_burst returns.
+ * A PCI NIC reads the mbufs later by DMA, and net_memif with zero-copy=yes
+ * hands its own buffers over: both need the payload in mbuf memory.
+ */
+static bool tx_copies_frames(const struct rte_eth_dev_info *info)
+{
+	if (!(info->tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS) || !info->driver_name)
+		return false;
+	if (!strcmp(info->driver_name, "net_af_packet"))
+		return true;
+	if (strcmp(info->driver_name, "net_memif"))
+		return false;
+	const struct rte_devargs *da = info->device ? rte_dev_devargs(info->device) : NULL;
+	return !(da && da->args && strstr(da->args, "zero-copy=yes"));
+}
+
 int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double link_timeout_s,
 		  const atomic_bool *cancel, char *err, size_t errlen)
 {
@@ -113,6 +131,7 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 		return ret;
 	}
 	p->socket = port_node(p->id, &info);
+	p->tx_borrows = tx_copies_frames(&info);
 	/*
 	 * Virtual PMDs report 1518-byte frames whatever the path carries
 	 * (af_packet sends up to its framesz, memif chains buffers): an mtu=
@@ -153,6 +172,8 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 		setup->configured = false;
 		memset(&conf, 0, sizeof(conf));
 		conf.rxmode.mtu = p->mtu < eth_mtu ? p->mtu : eth_mtu;
+		if (p->tx_borrows)
+			conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
 		if ((ret = rte_eth_dev_configure(p->id, 1, 1, &conf))) {
 			snprintf(err, errlen, "DPDK port %s: cannot configure (MTU %u): %s", p->name, p->mtu,
 				 rte_strerror(-ret));

@@ -76,7 +76,7 @@ static json_object *dpdk_stats(void *t)
 	json_object_object_add(o, "port_node", json_object_new_int(s.port_node));
 	json_object_object_add(o, "buffers_node", json_object_new_int(s.buffers_node));
 	U(mtu); U(frames_tx); U(frames_rx); U(data_frames_tx); U(data_bytes_tx); U(retx_frames);
-	U(retx_bytes); U(rto_events); U(loss_probes); U(loss_rounds); U(dropped_injected); U(forged_frames); U(acked_bytes);
+	U(retx_bytes); U(tx_copied_bytes); U(rto_events); U(loss_probes); U(loss_rounds); U(dropped_injected); U(forged_frames); U(acked_bytes);
 	U(received_bytes); U(port_ipackets); U(port_opackets); U(port_ibytes); U(port_obytes);
 	U(port_imissed); U(port_ierrors); U(port_oerrors);
 	D(seconds); D(pacing_bps); D(bw_bps); D(min_rtt_us);
