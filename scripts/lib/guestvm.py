@@ -729,10 +729,11 @@ class Guest:
         except OSError as e:
             raise GuestError(f"cannot write to guest control port {self.ctl_path}: {e}") from None
 
-    def go(self, mem=None, disk=None, seed=1, hot=None):
+    def go(self, mem=None, disk=None, seed=1, hot=None, cap_mb=None):
         """Start the guest workloads: mem/disk = (rate MB/s, total MB) or
         None; hot = (percent, KiB) or None: each workload keeps a hot region
-        of KiB of text that percent of its steps rewrite in place. Returns
+        of KiB of text that percent of its steps rewrite in place; cap_mb:
+        the memory workload's footprint (None: the guest's 96 MB). Returns
         the GO line sent."""
         def rt(v, what):
             if v is None:
@@ -748,6 +749,10 @@ class Guest:
             if not (0 <= pct <= 100 and 0 <= kb <= 65536) or int(pct) != pct or int(kb) != kb or kb % 64:
                 raise GuestError(f"bad hot region {hot} (whole percent 0..100, KiB 0 or a multiple of 64 up to 65536)")
             line += f" hot={int(pct)}:{int(kb)}"
+        if cap_mb is not None:
+            if int(cap_mb) != cap_mb or not 1 <= cap_mb <= 9999:
+                raise GuestError(f"bad memory footprint cap {cap_mb} (whole MB, 1..9999)")
+            line += f" cap={int(cap_mb)}"
         self.send_ctl(line)
         return line
 
