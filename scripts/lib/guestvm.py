@@ -27,7 +27,6 @@ import ctypes
 import hashlib
 import json
 import os
-import queue
 import re
 import shlex
 import shutil
