@@ -91,7 +91,10 @@ static inline double eng_link_rate_bps(struct eng_link_fall *f, const struct eng
 	bool have = eng_link_seen(f, l, now, &seen);
 
 	if (f->fallen) {
-		if (have)
+		/* the kernel's estimate, once it moves again, is steadier than our EWMA of ACKs */
+		if (delivery > 0 && !l->app_limited)
+			f->bps = delivery;
+		else if (have)
 			f->bps = seen;
 		if (l->rate_smooth_bps > 1.25 * f->bps)
 			return f->bps;
