@@ -30,8 +30,8 @@ struct dio_port {
 	struct rte_mempool *pool;
 	bool started;
 	/* the PMD copies each frame out of its mbufs inside tx_burst and walks
-	 * chains (net_af_packet, net_memif without zero-copy): a payload may ride
-	 * as an external buffer that is not DMA-mapped, chained to its header */
+	 * chains (net_af_packet): a payload may ride as an external buffer that
+	 * is not DMA-mapped, chained to its header */
 	bool tx_borrows;
 };
 
