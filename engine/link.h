@@ -61,13 +61,17 @@ struct eng_link_fall {
 	double wait_bps, wait_t; /* the acknowledged rate's EWMA with data waiting, and its last sample */
 };
 
-/* What the link carried lately, when this sample says: *bps set, true. */
-static inline bool eng_link_seen(struct eng_link_fall *f, const struct eng_link *l, double now, double *bps)
+/*
+ * What the link carried lately, when this sample says: *bps set, true.
+ * fresh: the delivery rate, when it is one (0 when app-limited, our own
+ * rate, or standing still since the fall).
+ */
+static inline bool eng_link_seen(struct eng_link_fall *f, const struct eng_link *l, double fresh, double now,
+				 double *bps)
 {
-	/* an app-limited sample is our own rate; one that stood still since the fall, none */
-	bool have = l->delivery_bps > 0 && !l->app_limited && l->delivery_bps != f->stale_delivery;
+	bool have = fresh > 0;
 
-	*bps = have ? l->delivery_bps : 0;
+	*bps = fresh;
 	if (l->unsent > 0) {
 		double dt = now - f->wait_t;
 		if (!f->waited || dt > 1) /* the first sample, or the first after a pause */
@@ -87,13 +91,13 @@ static inline double eng_link_rate_bps(struct eng_link_fall *f, const struct eng
 {
 	double delivery = l->delivery_bps != f->stale_delivery ? l->delivery_bps : 0;
 	double hi = l->rate_smooth_bps > delivery ? l->rate_smooth_bps : delivery;
-	double seen;
-	bool have = eng_link_seen(f, l, now, &seen);
+	double fresh = l->app_limited ? 0 : delivery, seen;
+	bool have = eng_link_seen(f, l, fresh, now, &seen);
 
 	if (f->fallen) {
 		/* the kernel's estimate, once it moves again, is steadier than our EWMA of ACKs */
-		if (delivery > 0 && !l->app_limited)
-			f->bps = delivery;
+		if (fresh > 0)
+			f->bps = fresh;
 		else if (have)
 			f->bps = seen;
 		if (l->rate_smooth_bps > 1.25 * f->bps)
