@@ -223,8 +223,10 @@ static bool standing(const struct eng_adapt *a)
 bool eng_adapt_settled(const struct eng_adapt *a)
 {
 	/*
-	 * The start mode stands until a decision says otherwise: held to the
-	 * commit until its two windows were measured, auto sent 5-8 MB less
+	 * The start mode is the lightest, chosen for a fast link: until its
+	 * figures are measured it is not encoded far ahead (measuring: 1 s of
+	 * link time, not 5), or on a slow link seconds of it would cross in
+	 * its looser bytes. Held to the commit instead, auto sent 5-8 MB less
 	 * than the same mode static in fast-drop's 1.5 s at 300 Mbit/s, and
 	 * took 89-95 s to its 77.5. A trial asked (early_trial) unsettles it.
 	 * So does a switch until the new mode's first window, unless a trial
@@ -236,12 +238,12 @@ bool eng_adapt_settled(const struct eng_adapt *a)
 	 * alone, unless it asks again what a trial from before the link moved
 	 * told: then a switch is likely, and the lead would go in the old mode.
 	 */
-	return (measured(a) || !a->switches || a->backed) && standing(a);
+	return (measured(a) || a->backed) && standing(a);
 }
 
 bool eng_adapt_measuring(const struct eng_adapt *a)
 {
-	return !measured(a) && a->switches && !a->backed && standing(a);
+	return !measured(a) && !a->backed && standing(a);
 }
 
 unsigned eng_adapt_trial_wanted(struct eng_adapt *a, struct eng_mode *m)
@@ -435,11 +437,13 @@ static void measure(struct eng_adapt *a, const struct eng_adapt_sample *s)
 /*
  * The running mode has figures of its own: one window after a switch, two
  * at the start (the first carries one-off costs: contexts, first-touch
- * memory).
+ * memory), unless data waited for the link over the first: then the
+ * lcores' cost hardly counts, and each second more in the light start
+ * mode sends its looser bytes on a link that is the bottleneck.
  */
 static bool measured(const struct eng_adapt *a)
 {
-	return a->windows >= (a->switches ? 1u : 2u);
+	return a->windows >= (a->switches || a->link_bound ? 1u : 2u);
 }
 
 /*

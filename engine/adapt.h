@@ -189,18 +189,19 @@ bool eng_adapt_tick(struct eng_adapt *a, const struct eng_adapt_sample *s, struc
 /* The pipeline was built again (a reconnect): the next samples count from 0, all in cur. */
 void eng_adapt_restart(struct eng_adapt *a);
 /*
- * Whether the controller stands by the running mode: measured (or the
- * start mode before any switch, or switched to on a standing trial's
- * figures after the link last moved), no probe or trial a switch waits
+ * Whether the controller stands by the running mode: measured (or
+ * switched to on a standing trial's figures after the link last moved),
+ * no probe or trial a switch waits
  * on (or an explore trial asking again after a move) under way, none
  * predicted better by the margin (in the last window's predictions: after
  * a switch, those that chose it).
  */
 bool eng_adapt_settled(const struct eng_adapt *a);
 /*
- * It would stand by the running mode, but has yet to measure it: a switch
- * no trial backed waits for the new mode's first window (the feed keeps a
- * short lead in it, so that the window comes and the link is not left dry).
+ * It would stand by the running mode, but has yet to measure it: the start
+ * mode before its first decision, or a switch no trial backed waiting for
+ * the new mode's first window (the feed keeps a short lead in it, so that
+ * the window comes and the link is not left dry).
  */
 bool eng_adapt_measuring(const struct eng_adapt *a);
 /* The lcores were the bottleneck over the last window: the transport's queue mostly empty, the lcores busy. */

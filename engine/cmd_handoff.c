@@ -37,7 +37,7 @@ static const struct cli_opt send_opts[] = {
 };
 
 /* where --mode auto starts (why: docs/adapt.md; perf/bench-adapt's START_MODE names it too) */
-static const struct eng_mode auto_mode = { CDC_DELTA_NONE, CDC_COMP_ZSTD, 1 };
+static const struct eng_mode auto_mode = { CDC_DELTA_NONE, CDC_COMP_ZSTD, -5 };
 
 static int need_key(const char *loc, const char *key_path, const char *what)
 {

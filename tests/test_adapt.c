@@ -773,6 +773,42 @@ static void test_a_fast_link_dropping_to_5_mbit_moves_tighter(void **state)
 }
 
 /*
+ * Auto starts in the lightest mode, made for a fast link. Until its first
+ * window it is measuring (the feed keeps a short lead in it); on a slow
+ * link that window shows data waiting for the link, and the first decision
+ * comes then (with the trial it asks for), not after a second window: each
+ * second more in the light mode sends looser bytes on the bottleneck.
+ */
+static void test_a_link_bound_start_decides_after_one_window(void **state)
+{
+	struct sim m;
+
+	(void)state;
+	sim_init(&m, 0, NULL);
+	assert_true(eng_adapt_measuring(&m.a));
+	assert_false(eng_adapt_settled(&m.a));
+	sim_run(&m, 0.5, 5e6, 2);
+	assert_true(eng_adapt_measuring(&m.a));
+	assert_int_equal(sim_run(&m, 1.0, 5e6, 2), 2);
+	assert_true(m.a.since < 1.5); /* a window after the first block (0.1 s), and the trial */
+	assert_int_equal(m.a.switches, 1);
+	assert_int_equal(m.a.trials, 1);
+}
+
+/* The light start on a fast link: the lcores are the bottleneck, and it stays (two windows measured it). */
+static void test_a_cpu_bound_start_stays_light(void **state)
+{
+	struct sim m;
+
+	(void)state;
+	sim_init(&m, 0, NULL);
+	assert_int_equal(sim_run(&m, 2.5, 10e9, 2), 0);
+	assert_int_equal(m.a.switches, 0);
+	assert_true(eng_adapt_settled(&m.a));
+	assert_true(eng_adapt_cpu_bound(&m.a));
+}
+
+/*
  * 20 Mbit/s: best:lzma:6 is network-bound and best. A hog leaves 0.2 lcores:
  * lzma becomes CPU-bound (its queue empties, the link figure falls to the 3
  * Mbit/s it makes) and the mid mode, network-bound at the 20 Mbit/s last
@@ -1178,6 +1214,8 @@ int main(void)
 		cmocka_unit_test(test_a_probe_that_finds_no_room_goes_back),
 		cmocka_unit_test(test_a_link_rising_from_5_to_100_mbit_moves_lighter),
 		cmocka_unit_test(test_a_fast_link_dropping_to_5_mbit_moves_tighter),
+		cmocka_unit_test(test_a_link_bound_start_decides_after_one_window),
+		cmocka_unit_test(test_a_cpu_bound_start_stays_light),
 		cmocka_unit_test(test_a_probe_window_of_zeros_after_a_fall_does_not_set_r),
 		cmocka_unit_test(test_a_fresh_mode_learns_from_its_first_1024_blocks),
 		cmocka_unit_test(test_a_probe_the_link_fell_under_goes_back),
