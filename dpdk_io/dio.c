@@ -288,7 +288,7 @@ static void tx_flush(struct dio_conn *c)
 {
 	if (!c->ntx)
 		return;
-	uint16_t n = rte_eth_tx_burst(c->port.id, 0, c->txq, (uint16_t)c->ntx);
+	uint16_t n = dio_port_tx(&c->port, c->txq, (uint16_t)c->ntx);
 	atomic_fetch_add_explicit(&c->st_frames_tx, n, memory_order_relaxed);
 	/* what the queue did not take waits for the next flush, in order */
 	memmove(c->txq, c->txq + n, (c->ntx - n) * sizeof(c->txq[0]));
@@ -1124,7 +1124,7 @@ static void *io_main(void *arg)
 			send_hello(c, false);
 			last_hello = now;
 		}
-		uint16_t n = rte_eth_rx_burst(c->port.id, 0, rx, BURST);
+		uint16_t n = dio_port_rx(&c->port, rx, BURST);
 		for (uint16_t i = 0; i < n; i++) {
 			on_frame(c, rx[i], now);
 			rte_pktmbuf_free(rx[i]);

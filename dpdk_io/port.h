@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <rte_ethdev.h>
 #include <rte_ether.h>
 #include <rte_mempool.h>
 
@@ -46,6 +47,25 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 /* That spec names a port EAL knows: 0, or -ENODEV with the EAL argument to check. */
 int dio_port_find(const char *spec, uint16_t *id, char *err, size_t errlen);
 void dio_port_close(struct dio_port *p);
+
+/* The port whose PMD burst this thread is in (port.c: a fault there is a departed peer). */
+extern _Thread_local const char *volatile dio_burst_port;
+
+static inline uint16_t dio_port_rx(const struct dio_port *p, struct rte_mbuf **m, uint16_t n)
+{
+	dio_burst_port = p->name;
+	n = rte_eth_rx_burst(p->id, 0, m, n);
+	dio_burst_port = NULL;
+	return n;
+}
+
+static inline uint16_t dio_port_tx(const struct dio_port *p, struct rte_mbuf **m, uint16_t n)
+{
+	dio_burst_port = p->name;
+	n = rte_eth_tx_burst(p->id, 0, m, n);
+	dio_burst_port = NULL;
+	return n;
+}
 bool dio_port_link_up(const struct dio_port *p);
 
 #endif
