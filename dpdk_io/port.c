@@ -53,22 +53,29 @@ _Thread_local const char *volatile dio_burst_port;
 static struct sigaction prev_segv, prev_bus;
 static pthread_once_t burst_guard_once = PTHREAD_ONCE_INIT;
 
-static void say(const char *s)
+/* dst += src within a buffer of end - dst left: async-signal-safe */
+static char *put(char *dst, const char *end, const char *src)
 {
-	ssize_t r = write(2, s, strlen(s));
-	(void)r;
+	while (*src && dst < end)
+		*dst++ = *src++;
+	return dst;
 }
 
 static void burst_fault(int sig, siginfo_t *si, void *ctx)
 {
 	const char *port = dio_burst_port;
+	char line[256], *end = line + sizeof(line) - 1, *p = line;
 
 	(void)si;
 	(void)ctx;
 	if (port) {
-		say("handoff-engine: dpdk: port ");
-		say(port);
-		say(" faulted inside its driver's burst: the peer went away while it copied (its shared memory was unmapped); the transfer is lost\n");
+		p = put(p, end, "handoff-engine: dpdk: port ");
+		p = put(p, end, port);
+		p = put(p, end, " faulted inside its driver's burst: the peer went away while it copied"
+				" (its shared memory was unmapped); the transfer is lost");
+		*p++ = '\n';
+		ssize_t r = write(2, line, (size_t)(p - line)); /* one write: one line */
+		(void)r;
 		_exit(1);
 	}
 	sigaction(sig, sig == SIGBUS ? &prev_bus : &prev_segv, NULL);

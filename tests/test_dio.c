@@ -1,12 +1,17 @@
 /*
- * dpdk_io pieces that need no port: location parsing and the pacing
- * controller driven by a simulated bottleneck. The transport itself runs
- * over real PMDs in tests/it_dpdk.
+ * dpdk_io pieces that need no port: location parsing, the pacing
+ * controller driven by a simulated bottleneck, and the guard on PMD bursts.
+ * The transport itself runs over real PMDs in tests/it_dpdk.
  */
 #include "testlib.h"
 
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
 #include "dpdk_io/dio.h"
 #include "dpdk_io/pace.h"
+#include "dpdk_io/port.h"
 
 static void test_parse(void **state)
 {
@@ -130,6 +135,65 @@ static void test_app_limited_samples_do_not_lower_the_estimate(void **state)
 	assert_true(p.bw_bps >= bw * 0.99);
 }
 
+/*
+ * A child that faults (a write to a page it may not touch), inside a PMD
+ * burst or not, once a port open installed the guard; its stderr in out.
+ */
+static int fault_child(bool in_burst, char *out, size_t outlen)
+{
+	int fds[2], status;
+
+	assert_int_equal(pipe(fds), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (!pid) {
+		struct dio_port port;
+		char err[256];
+		dup2(fds[1], 2);
+		close(fds[0]);
+		signal(SIGSEGV, SIG_DFL); /* the handler before ours: not cmocka's (or ASan's) */
+		/* no EAL, no port: the open fails, after installing the guard */
+		if (dio_port_open(&port, "no_such_port", 0, 0.1, NULL, err, sizeof(err)) != -ENODEV)
+			_exit(3);
+		volatile int *page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (in_burst)
+			dio_burst_port = "net_memif0";
+		*page = 1;
+		_exit(4);
+	}
+	close(fds[1]);
+	size_t got = 0;
+	for (ssize_t n; got < outlen - 1 && (n = read(fds[0], out + got, outlen - 1 - got)) > 0;)
+		got += (size_t)n;
+	out[got] = 0;
+	close(fds[0]);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return status;
+}
+
+/*
+ * net_memif unmaps a departed peer's memory while a burst may copy into
+ * it: a fault inside a burst ends the process with one line and status 1.
+ * Any other fault is left to the handler before (here the default: the
+ * signal).
+ */
+static void test_a_fault_inside_a_burst_ends_with_one_line(void **state)
+{
+	char out[4096];
+
+	(void)state;
+	int st = fault_child(true, out, sizeof(out));
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 1);
+	assert_non_null(strstr(out, "dpdk: port net_memif0 faulted inside its driver's burst"));
+	assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
+
+	st = fault_child(false, out, sizeof(out));
+	assert_false(WIFEXITED(st) && WEXITSTATUS(st) == 4); /* the write did fault */
+	assert_null(strstr(out, "driver's burst"));
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -138,6 +202,7 @@ int main(void)
 		cmocka_unit_test(test_random_loss_costs_no_rate),
 		cmocka_unit_test(test_heavy_loss_backs_off_but_at_most_to_half),
 		cmocka_unit_test(test_app_limited_samples_do_not_lower_the_estimate),
+		cmocka_unit_test(test_a_fault_inside_a_burst_ends_with_one_line),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
