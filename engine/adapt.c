@@ -641,6 +641,17 @@ static bool start_probe(struct eng_adapt *a, const struct eng_adapt_sample *s, c
 	return switch_to(a, s, c);
 }
 
+/* The mode other than the running one with a standing trial predicted fastest (-1: none). */
+static int best_tried(const struct eng_adapt *a, double t)
+{
+	int b = -1;
+
+	for (unsigned j = 0; j < a->n; j++)
+		if (j != a->cur && trial_stands(a, j, t) && a->trial_figures[j] && (b < 0 || a->pred[j] > a->pred[b]))
+			b = (int)j;
+	return b;
+}
+
 /*
  * Switch to the predicted best if it wins by the margin, the hold allows
  * and a trial of it stands: 1 switched, 0 nothing to do, -1 waiting for a
@@ -661,11 +672,22 @@ static int maybe_switch(struct eng_adapt *a, const struct eng_adapt_sample *s, c
 	if (held || a->best == a->cur || a->pred[a->best] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN))
 		return 0;
 	/* the link fell: a trial waits for a feed the link holds back */
-	if (!urgent && !tried_lately(a, a->best, s->t, event))
-		return -1;
+	int to = (int)a->best;
+	if (!urgent && !tried_lately(a, a->best, s->t, event)) {
+		/*
+		 * Leaving the blind start, the best mode a trial measured goes now
+		 * if it wins by the margin; the model's pick waits for its own trial.
+		 * Each trial moved the model's best to another untried mode on
+		 * `hog` (20 Mbit/s): four trials in a row kept the start mode 0.9 s
+		 * and 10.6 MB.
+		 */
+		to = a->switches || a->chosen ? -1 : best_tried(a, s->t);
+		if (to < 0 || a->pred[to] <= a->pred[a->cur] * (1 + ENG_ADAPT_MARGIN))
+			return -1;
+	}
 	a->chosen = true;
 	note(event, "switch");
-	return switch_to(a, s, a->best) ? 1 : 0;
+	return switch_to(a, s, (unsigned)to) ? 1 : 0;
 }
 
 /*

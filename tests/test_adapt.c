@@ -533,6 +533,40 @@ static void test_one_trial_tries_the_runners_up_too(void **state)
 }
 
 /*
+ * Leaving the start mode: the trial of b and c finds b worse than the table
+ * and c a little worse, and d (b's pair, not tried) now ranks first on the
+ * table's word. The controller goes to c, the best tried and 10% ahead of
+ * the start, at once; d's trial does not keep the start mode running.
+ */
+static void test_the_start_leaves_for_the_best_mode_tried(void **state)
+{
+	static const struct eng_mode_profile four[] = {
+		{ "a", { CDC_DELTA_NONE, CDC_COMP_ZSTD, -5 }, 3000, 0.100 },
+		{ "b", { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 9 }, 8000, 0.080 },
+		{ "c", { CDC_DELTA_BEST, CDC_COMP_ZSTD, 9 }, 8000, 0.081 },
+		{ "d", { CDC_DELTA_WDIFF, CDC_COMP_ZSTD, 3 }, 6000, 0.085 },
+	};
+	static const double truth[] = { 1.0, 1.3, 1.1, 1.0 };
+	struct eng_adapt a;
+	struct eng_adapt_sample s = { 0 };
+	struct eng_mode next, want[ENG_TRIAL_MAX];
+
+	(void)state;
+	eng_adapt_init(&a, four, 4, &four[0].mode, NULL);
+	for (int i = 0; i < 100; i++) {
+		advance(&s, &a.table[a.cur], 0.1, 5e6, 5e6, 2, 1, 1);
+		s.unsent = 4 << 20;
+		eng_adapt_tick(&a, &s, &next);
+		if (a.cur)
+			break;
+		answer_truly(&a, s.t, truth, 1, want);
+	}
+	assert_int_equal(a.cur, 2);
+	assert_int_equal(a.trials, 1); /* the switch came with the first trial's figures */
+	assert_int_equal(a.want, 3);   /* d's trial is asked, and did not hold the switch */
+}
+
+/*
  * After a trial of b, c and d found them worse than the table said, e (not
  * tried yet) ranks first on the table's word. Its trial runs on pages on
  * which every other mode does 20% better against the running one, and it
@@ -1207,6 +1241,7 @@ int main(void)
 		cmocka_unit_test(test_a_large_win_without_a_fall_waits_for_a_trial),
 		cmocka_unit_test(test_one_trial_tries_the_runners_up_too),
 		cmocka_unit_test(test_a_trial_brings_the_one_to_beat),
+		cmocka_unit_test(test_the_start_leaves_for_the_best_mode_tried),
 		cmocka_unit_test(test_link_bound_with_lcores_to_spare_tries_a_close_mode),
 		cmocka_unit_test(test_the_feed_runs_ahead_of_a_mode_the_controller_stands_by),
 		cmocka_unit_test(test_explore_asks_again_once_the_link_moved),
