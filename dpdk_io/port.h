@@ -47,6 +47,7 @@ int dio_port_open(struct dio_port *p, const char *spec, uint32_t mtu_cap, double
 /* That spec names a port EAL knows: 0, or -ENODEV with the EAL argument to check. */
 int dio_port_find(const char *spec, uint16_t *id, char *err, size_t errlen);
 void dio_port_close(struct dio_port *p);
+bool dio_port_link_up(const struct dio_port *p);
 
 /* The port whose PMD burst this thread is in (port.c: a fault there is a departed peer). */
 extern _Thread_local const char *volatile dio_burst_port;
@@ -66,6 +67,5 @@ static inline uint16_t dio_port_tx(const struct dio_port *p, struct rte_mbuf **m
 	dio_burst_port = NULL;
 	return n;
 }
-bool dio_port_link_up(const struct dio_port *p);
 
 #endif

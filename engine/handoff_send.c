@@ -903,8 +903,9 @@ static bool throttle_step(struct src *s, double est, double rate, double ratio, 
 /*
  * Whether the mode is one to encode ahead in: a static mode, or the
  * controller's settled choice (eng_adapt_settled). While it is still
- * deciding (no measured window yet after a switch no trial backed, a trial
- * a switch waits on or a probe under way, a better mode predicted) what is
+ * deciding (no measured window yet of the start mode or after a switch no
+ * trial backed, a trial a switch waits on or a probe under way, a better
+ * mode predicted) what is
  * encoded ahead goes in a mode about to be dropped, and a trial waits for it
  * to drain: at 10 Mbit/s, 10 MB went in auto's start mode while the trial of
  * the better one waited 6 s for blocks to try.
@@ -932,8 +933,9 @@ static double commit_bytes(const struct src *s)
 
 /*
  * What the feed may commit: the commit, or COMMIT_AHEAD_S of link time in a
- * settled mode, MEASURE_AHEAD_S in one the controller switched to without a
- * trial and has yet to measure. Held to the commit there, the feed stood
+ * settled mode, MEASURE_AHEAD_S in one the controller has yet to measure
+ * (auto's start mode, or one switched to without a trial: eng_adapt_measuring).
+ * Held to the commit after such a switch, the feed stood
  * while the old mode's lead drained, and the new mode's window could not
  * come: on `steps`, a switch as the link rose to 50 Mbit/s left the feed
  * standing 2 s and the link idle, and auto took 46.2 s (27.0 and 27.4 in
